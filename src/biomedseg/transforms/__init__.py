@@ -1,0 +1,1 @@
+"""Augmentation and normalisation of image + mask pairs."""

@@ -1,0 +1,175 @@
+"""Command line: ``biomedseg COMMAND ...``.
+
+Only parses arguments and calls one library function per command; torch and MONAI are imported
+inside the commands so ``biomedseg --help`` answers at once. A :class:`UserError` is printed as
+one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from biomedseg.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Semantic segmentation of 2D biomedical images: audit, train, evaluate, predict.")
+
+DataArg = typer.Argument(None, help="DATA folder with images/ and masks/ (and optional dataset.json)")
+ImagesOpt = typer.Option(None, "--images", help="image folder (instead of DATA)")
+MasksOpt = typer.Option(None, "--masks", help="mask folder (instead of DATA)")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(levelname)s: %(message)s"
+                        if verbose else "%(message)s", stream=sys.stderr)
+    logging.getLogger("biomedseg").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+@app.command()
+def train(
+    data: Optional[Path] = DataArg,
+    out: Path = typer.Option(..., "--out", "-o", help="run folder to write"),
+    images: Optional[Path] = ImagesOpt,
+    masks: Optional[Path] = MasksOpt,
+    epochs: Optional[int] = typer.Option(None, help="number of epochs"),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="wall-clock budget, e.g. 10m, 1h"),
+    model: Optional[str] = typer.Option(None, help="architecture (see `biomedseg models`)"),
+    loss: Optional[str] = typer.Option(None, help="loss spec, e.g. dice+ce, 0.5*focal+dice"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
+    seed: Optional[int] = typer.Option(None, help="random seed"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from checkpoints/last.pt"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | auto"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    patch_size: Optional[int] = typer.Option(None, "--patch-size"),
+    lr: Optional[float] = typer.Option(None, "--lr"),
+    optimizer: Optional[str] = typer.Option(None, help="adam | adamw | sgd | rmsprop"),
+    schedule: Optional[str] = typer.Option(None, help="poly | cosine | constant"),
+    class_weights: Optional[str] = typer.Option(None, "--class-weights", help="none | inverse | median | w0,w1,..."),
+    augment: Optional[str] = typer.Option(None, help="augmentation preset"),
+    val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
+    precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="any config option: key=value (repeatable)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Train a model on DATA and write the run folder --out."""
+    from biomedseg.training.api import train as run_train
+    from biomedseg.training.config import merge, parse_overrides
+
+    flags = {"epochs": epochs, "time_budget": time_budget, "model": model, "loss": loss, "seed": seed,
+             "device": device, "batch_size": batch_size, "patch_size": patch_size, "lr": lr, "optimizer": optimizer,
+             "schedule": schedule, "class_weights": class_weights, "augment": augment, "val_fraction": val_fraction,
+             "precision": precision}
+    overrides = merge(parse_overrides(set_), flags)
+    run_dir = run_train(data, out, images=images, masks=masks, config=config, resume=resume, quiet=quiet, **overrides)
+    typer.echo(f"run folder: {run_dir}")
+
+
+@app.command()
+def evaluate(
+    run: Path = typer.Argument(..., help="run folder written by `train`"),
+    data: Optional[Path] = DataArg,
+    out: Path = typer.Option(..., "--out", "-o", help="folder for metrics.json, per_image.csv, overlays, report"),
+    split: str = typer.Option("test", help="test | val | train | all"),
+    images: Optional[Path] = ImagesOpt,
+    masks: Optional[Path] = MasksOpt,
+    tta: bool = typer.Option(False, "--tta", help="average predictions over flips"),
+    valid_dir: Optional[Path] = typer.Option(None, "--valid-masks", help="count only pixels inside these masks (e.g. DRIVE fov/)"),
+    no_overlays: bool = typer.Option(False, "--no-overlays"),
+    device: str = typer.Option("auto"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Evaluate a run on a labelled split: Dice, IoU, precision, recall, F1, FP/FN; overlays; HTML report."""
+    from biomedseg.evaluation import evaluate as run_eval
+
+    m = run_eval(run, data, out, images=images, masks=masks, split=split, tta=tta, overlays=not no_overlays,
+                 valid_dir=valid_dir, device=device, quiet=quiet)
+    typer.echo(format_metrics(m))
+    typer.echo(f"wrote {out}/metrics.json, per_image.csv, overlays/, report.html")
+
+
+@app.command()
+def predict(
+    run: Path = typer.Argument(..., help="run folder written by `train`"),
+    inputs: List[str] = typer.Argument(..., help="image files, folders or glob patterns"),
+    out: Path = typer.Option(..., "--out", "-o", help="output folder"),
+    tta: bool = typer.Option(False, "--tta", help="average predictions over flips"),
+    probabilities: bool = typer.Option(False, "--probabilities", help="also write <name>_proba.tif (float16)"),
+    no_overlays: bool = typer.Option(False, "--no-overlays"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="redo inputs whose mask already exists"),
+    device: str = typer.Option("auto"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Predict masks for new images of any size (sliding window, Gaussian blending)."""
+    from biomedseg.inference.predict import predict as run_predict
+
+    s = run_predict(run, inputs, out, tta=tta, overlays=not no_overlays, probabilities=probabilities,
+                    overwrite=overwrite, device=device, quiet=quiet)
+    typer.echo(f"{len(s.done)} predicted, {len(s.skipped)} skipped (already done), {len(s.failed)} failed -> {out}")
+    for path, reason in s.failed:
+        typer.echo(f"failed: {reason}", err=True)
+    if s.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def models():
+    """List the available architectures."""
+    from biomedseg.models.registry import get_entry, list_models
+
+    for name in list_models():
+        typer.echo(f"{name:20s} {get_entry(name).description}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("biomedseg_demo"), "--out", "-o", help="folder for data, run and results"),
+    time_budget: str = typer.Option("2m", "--time-budget", help="training time"),
+    seed: int = typer.Option(0),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Generate synthetic data, train, evaluate, predict and report (the built-in default job)."""
+    from biomedseg.demo import run_demo
+
+    run_demo(out, time_budget=time_budget, seed=seed, quiet=quiet)
+
+
+def format_metrics(m: dict) -> str:
+    lines = [f"dice {m['dice']:.4f}  iou {m['iou']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+             f"pixel_accuracy {m['pixel_accuracy']:.4f}  image_dice {m.get('image_dice', float('nan')):.4f}"]
+    for name, d in m["per_class"].items():
+        lines.append(f"  {name:16s} dice {d['dice']:.4f}  iou {d['iou']:.4f}  precision {d['precision']:.4f}  "
+                     f"recall {d['recall']:.4f}  fp {d['fp']}  fn {d['fn']}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Console-script entry point: user errors -> one line on stderr, exit code 2."""
+    _setup_logging()
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(2)
+        if isinstance(exc, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,270 @@
+"""Finding images and their masks on disk.
+
+A data set is either a folder ``DATA`` with ``images/``, ``masks/`` and an optional
+``dataset.json``, or explicit image and mask folders. Masks are paired to images by file
+stem: ``x`` pairs with ``x``, ``x_mask``, ``x-mask``, ``x_label``, ``x_labels``, ``x-label``,
+``x_seg`` or ``x_gt`` (suffix case-insensitive, extensions may differ). Masks may also sit
+next to their images (Kaggle nerve: ``1_1.tif`` + ``1_1_mask.tif``). Hidden files and files
+without an image extension are ignored. Every problem found is reported in one ``UserError``.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from biomedseg.errors import UserError
+from biomedseg.io.images import IMAGE_EXTENSIONS, image_shape, is_image_file
+
+MASK_SUFFIXES: tuple[str, ...] = (
+    "_mask", "-mask", "_label", "_labels", "-label", "_seg", "_gt")
+MAX_NAMES = 5
+
+
+@dataclass
+class Sample:
+    """One image, its mask (``None`` when unlabelled) and its id (the image's stem)."""
+
+    id: str
+    image: Path
+    mask: Path | None
+
+
+@dataclass
+class DataSource:
+    """Where a data set lives. ``meta`` is the parsed ``dataset.json`` (or ``None``)."""
+
+    root: Path
+    images_dir: Path
+    masks_dir: Path | None
+    meta: dict | None = None
+
+
+def natural_key(text: str) -> tuple:
+    """Sort key that orders ``"2"`` before ``"10"``."""
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t)
+                 for t in re.split(r"(\d+)", text) if t)
+
+
+def mask_base(stem: str) -> str | None:
+    """Image stem a mask stem refers to (``"x_mask"`` -> ``"x"``), or None without suffix."""
+    lower = stem.lower()
+    for suffix in MASK_SUFFIXES:
+        if lower.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return None
+
+
+def name_list(names: list[str], limit: int = MAX_NAMES) -> str:
+    """``"a.png, b.png"`` or ``"a.png, ..., e.png and 3 more"``."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Non-hidden files with an image extension directly in ``folder``, naturally sorted."""
+    files = [p for p in folder.iterdir() if p.is_file() and is_image_file(p)]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def _has_mask_files(folder: Path) -> bool:
+    return folder.is_dir() and any(mask_base(p.stem) for p in _image_files(folder))
+
+
+def _missing(folder: Path | None) -> str | None:
+    if folder is None:
+        return None
+    if not folder.exists():
+        return f"{folder}: folder not found"
+    if not folder.is_dir():
+        return f"{folder}: not a folder"
+    return None
+
+
+def _match_masks(ids: dict[str, Path], masks: list[Path]) -> tuple[dict, list[Path], list[str]]:
+    """Assign masks to image ids: ``({id: mask}, unused masks, ambiguity problems)``."""
+    candidates: dict[str, list[Path]] = {}
+    unused = []
+    for mask in masks:
+        base = mask_base(mask.stem)
+        key = mask.stem if mask.stem in ids else base if base in ids else None
+        if key is None:
+            unused.append(mask)
+        else:
+            candidates.setdefault(key, []).append(mask)
+    problems = [f"{len(ms)} masks match image {ids[k].name} ({name_list([m.name for m in ms])})"
+                for k, ms in candidates.items() if len(ms) > 1]
+    return {k: ms[0] for k, ms in candidates.items()}, unused, problems
+
+
+def find_pairs(images_dir: str | os.PathLike,
+               masks_dir: str | os.PathLike | None) -> list[Sample]:
+    """Pair every image in ``images_dir`` with its mask in ``masks_dir``.
+
+    ``masks_dir`` may equal ``images_dir`` (masks carry a suffix and are then not images) or
+    be ``None`` (unlabelled: every sample has ``mask=None``). Returns samples sorted by id.
+    Unpaired images or masks, ambiguous matches, duplicate ids, empty or missing folders are
+    all collected into one ``UserError``.
+    """
+    images_dir = Path(images_dir)
+    masks_dir = Path(masks_dir) if masks_dir is not None else None
+    problems = [p for p in (_missing(images_dir), _missing(masks_dir)) if p]
+    if problems:
+        raise UserError("; ".join(dict.fromkeys(problems)))
+    files = _image_files(images_dir)
+    same = masks_dir is not None and masks_dir.resolve() == images_dir.resolve()
+    images = [p for p in files if not (same and mask_base(p.stem))]
+    if not images:
+        kinds = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise UserError(f"{images_dir}: no images found (looked for {kinds})")
+    ids: dict[str, Path] = {}
+    for path in images:
+        if path.stem in ids:
+            problems.append(f"{images_dir}: 2 images share the id {path.stem} "
+                            f"({ids[path.stem].name}, {path.name})")
+        ids.setdefault(path.stem, path)
+    if masks_dir is None:
+        if problems:
+            raise UserError("; ".join(problems))
+        return [Sample(i, p, None) for i, p in sorted(ids.items(), key=lambda t: natural_key(t[0]))]
+    masks = [p for p in files if mask_base(p.stem)] if same else _image_files(masks_dir)
+    matched, unused, ambiguous = _match_masks(ids, masks)
+    problems += [f"{masks_dir}: {a}" for a in ambiguous]
+    lonely = [p.name for i, p in ids.items() if i not in matched]
+    if not masks:
+        problems.append(f"{masks_dir}: no masks found")
+    elif lonely:
+        problems.append(f"{masks_dir}: {_plural(len(lonely), 'image has', 'images have')} "
+                        f"no mask ({name_list(lonely)})")
+    if unused:
+        problems.append(f"{masks_dir}: {_plural(len(unused), 'mask has', 'masks have')} "
+                        f"no image ({name_list([p.name for p in unused])})")
+    if problems:
+        raise UserError("; ".join(problems))
+    return [Sample(i, ids[i], matched[i]) for i in sorted(ids, key=natural_key)]
+
+
+def _load_meta(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: cannot read dataset description ({' '.join(str(exc).split())})")
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: dataset description must be a JSON object")
+    return meta
+
+
+def resolve_data(data: str | os.PathLike | None = None,
+                 images: str | os.PathLike | None = None,
+                 masks: str | os.PathLike | None = None) -> DataSource:
+    """Locate image and mask folders.
+
+    ``data``: a folder with ``images/``, ``masks/`` (or ``*_mask`` files inside ``images/``)
+    and optional ``dataset.json``; a folder holding images and ``*_mask`` files directly
+    also works. ``images``/``masks`` override the folders. Without any mask folder or mask
+    files a ``UserError`` names the missing ``masks`` folder.
+    """
+    root = Path(data) if data is not None else None
+    if root is not None and (problem := _missing(root)):
+        raise UserError(problem)
+    if images is not None:
+        images_dir = Path(images)
+    elif root is None:
+        raise UserError("no data given: pass a DATA folder or --images (and --masks)")
+    elif not (root / "images").exists() and _has_mask_files(root):
+        images_dir = root
+    else:
+        images_dir = root / "images"
+    if problem := _missing(images_dir):
+        raise UserError(problem)
+    if masks is not None:
+        masks_dir = Path(masks)
+        if problem := _missing(masks_dir):
+            raise UserError(problem)
+    elif root is not None and (root / "masks").is_dir():
+        masks_dir = root / "masks"
+    elif _has_mask_files(images_dir):
+        masks_dir = images_dir
+    elif root is not None:
+        raise UserError(f"{root / 'masks'}: folder not found (and no *_mask files in "
+                        f"{images_dir})")
+    else:
+        raise UserError(f"{images_dir}: no masks given; pass --masks (no *_mask files "
+                        "next to the images)")
+    root = root if root is not None else images_dir.parent
+    meta = _load_meta(root / "dataset.json") if data is not None else None
+    return DataSource(root=root, images_dir=images_dir, masks_dir=masks_dir, meta=meta)
+
+
+def check_pairs(samples: list[Sample]) -> None:
+    """Check every image (and mask) can be opened and sizes agree, from headers only.
+
+    All unreadable files and size mismatches are reported in one ``UserError``.
+    """
+    problems: list[str] = []
+    for sample in samples:
+        try:
+            ih, iw = image_shape(sample.image)
+        except UserError as exc:
+            problems.append(str(exc))
+            ih = iw = None
+        if sample.mask is None:
+            continue
+        try:
+            mh, mw = image_shape(sample.mask)
+        except UserError as exc:
+            problems.append(str(exc))
+            continue
+        if ih is not None and (mh, mw) != (ih, iw):
+            problems.append(f"{sample.mask}: mask is {mw}x{mh} but its image is {iw}x{ih}")
+    if problems:
+        more = len(problems) - MAX_NAMES
+        text = "; ".join(problems[:MAX_NAMES]) + (f"; and {more} more problems" if more > 0 else "")
+        raise UserError(text)
+
+
+def list_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Expand files, folders (their image files, sorted, not recursive) and glob patterns.
+
+    Missing items, non-image files and patterns or folders without images raise
+    ``UserError``. Duplicates are dropped; order is kept.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            files = _image_files(path)
+            if not files:
+                raise UserError(f"{path}: no images found in this folder")
+        elif path.is_file():
+            if path.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise UserError(f"{path}: not an image file (expected "
+                                f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+            files = [path]
+        elif any(c in str(item) for c in "*?["):
+            files = sorted((Path(p) for p in glob.glob(str(item))
+                            if Path(p).is_file() and is_image_file(p)),
+                           key=lambda p: natural_key(str(p)))
+            if not files:
+                raise UserError(f"{item}: pattern matches no image files")
+        else:
+            raise UserError(f"{path}: no such file or folder")
+        found.extend(files)
+    seen: set[Path] = set()
+    unique = []
+    for path in found:
+        key = path.resolve()
+        if key not in seen:
+            seen.add(key)
+            unique.append(path)
+    return unique

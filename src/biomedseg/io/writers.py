@@ -1,0 +1,120 @@
+"""Atomic file writers.
+
+Every writer writes to a hidden temporary file in the destination folder and renames it over
+the destination with ``os.replace`` (atomic on POSIX and Windows within one file system), so a
+crash or an exception never leaves a half-written file; the temporary file is removed on
+failure. Parent folders are created as needed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import secrets
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+#: Arrays larger than this are written as BigTIFF (classic TIFF offsets stop at 4 GiB; the
+#: margin leaves room for tags and compression overhead).
+BIGTIFF_BYTES = 2**32 - 2**25
+#: Images with more pixels than this are written tiled by default.
+TILE_PIXELS = 1024 * 1024
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it to ``path`` on success.
+
+    The temporary name is hidden and keeps the suffix (``.x.1a2b3c.tmp.png``) so that
+    writers which pick the format from the extension still work. On an exception the
+    temporary file is removed and the exception propagates; ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write ``(H, W)`` uint8/uint16, ``(H, W, 1)`` or ``(H, W, 3)`` uint8 as PNG (lossless)."""
+    from PIL import Image
+
+    arr = np.asarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    ok = (arr.ndim == 2 and arr.dtype in (np.uint8, np.uint16)) or (
+        arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8)
+    if not ok:
+        raise ValueError(f"write_png takes (H, W) uint8/uint16 or (H, W, 3) uint8, "
+                         f"got {arr.shape} {arr.dtype}")
+    image = Image.fromarray(np.ascontiguousarray(arr))
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+
+
+def write_tiff(path: str | os.PathLike, array: np.ndarray,
+               tile: tuple[int, int] | None = None, compression: str | None = "zlib") -> None:
+    """Write ``(H, W)`` or ``(H, W, 3)`` (any numeric dtype) as a compressed TIFF.
+
+    ``tile=None`` tiles with 256x256 when the image exceeds ``TILE_PIXELS`` pixels (tile
+    sizes must be multiples of 16). BigTIFF is used automatically for arrays near 4 GiB.
+    """
+    import tifffile
+
+    arr = np.ascontiguousarray(array)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"write_tiff takes (H, W) or (H, W, C), got shape {arr.shape}")
+    if tile is None and arr.shape[0] * arr.shape[1] > TILE_PIXELS:
+        tile = (256, 256)
+    photometric = "rgb" if arr.ndim == 3 and arr.shape[2] == 3 else "minisblack"
+    with atomic_path(path) as tmp:
+        tifffile.imwrite(tmp, arr, tile=tile, compression=compression,
+                         photometric=photometric, bigtiff=arr.nbytes > BIGTIFF_BYTES,
+                         metadata=None)
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain-Python copy of ``obj``: numpy scalars/arrays, paths, tuples, sets, dataclasses
+    converted; NaN and infinities become ``None`` (strict JSON has no NaN)."""
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = sorted(obj, key=str) if isinstance(obj, (set, frozenset)) else obj
+        return [_jsonable(v) for v in items]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return _jsonable(dataclasses.asdict(obj))
+    return obj
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented UTF-8 JSON (see :func:`_jsonable` for conversions)."""
+    text = json.dumps(_jsonable(obj), indent=2, ensure_ascii=False, allow_nan=False)
+    write_text(path, text + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` as UTF-8."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)

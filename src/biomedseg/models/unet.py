@@ -1,0 +1,42 @@
+"""U-Net (MONAI's implementation), the default architecture."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from biomedseg.models.registry import register
+
+
+def _unet_multiple(depth: int = 5, **_) -> int:
+    return 2 ** (depth - 1)
+
+
+@register("unet", multiple=_unet_multiple, description="U-Net with residual units (MONAI), configurable depth/width")
+def build_unet(
+    in_channels: int,
+    n_classes: int,
+    depth: int = 5,
+    base_channels: int = 32,
+    max_channels: int = 512,
+    num_res_units: int = 2,
+    norm: str = "instance",
+    dropout: float = 0.0,
+) -> nn.Module:
+    """MONAI ``UNet``: ``depth`` resolution levels, channels doubling from ``base_channels``.
+
+    ``norm``: ``instance`` | ``batch`` | ``group`` (MONAI norm names); ``num_res_units`` 0 gives
+    plain double-conv blocks.
+    """
+    from monai.networks.nets import UNet
+
+    channels = tuple(min(base_channels * 2**i, max_channels) for i in range(depth))
+    return UNet(
+        spatial_dims=2,
+        in_channels=in_channels,
+        out_channels=n_classes,
+        channels=channels,
+        strides=(2,) * (depth - 1),
+        num_res_units=num_res_units,
+        norm=norm,
+        dropout=dropout,
+    )

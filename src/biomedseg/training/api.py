@@ -1,0 +1,162 @@
+"""``biomedseg.train(...)``: the train command as a Python function.
+
+Writes the RUN folder described in ``docs/architecture.md``::
+
+    RUN/config.yaml   RUN/plan.yaml   RUN/dataset.json   RUN/checkpoints/{best,last}.pt
+    RUN/metrics.csv   RUN/curves.png  RUN/tensorboard/
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from biomedseg.errors import UserError
+from biomedseg.io.writers import write_json, write_text
+from biomedseg.training.config import TrainConfig, build_config, load_config_file, merge
+
+log = logging.getLogger("biomedseg")
+
+
+def resolve_config(config_file=None, overrides: dict | None = None, resume_run: Path | None = None) -> TrainConfig:
+    """Defaults < config file < overrides (command line). On resume the run's own config is the base."""
+    base = {}
+    if resume_run is not None and (resume_run / "config.yaml").is_file():
+        base = yaml.safe_load((resume_run / "config.yaml").read_text()) or {}
+    return build_config(merge(base, load_config_file(config_file), overrides or {}), source=str(config_file or "options"))
+
+
+def seed_everything(seed: int, deterministic: bool = True) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def train(data=None, out=None, *, images=None, masks=None, config=None, resume: bool = False,
+          quiet: bool = False, **overrides) -> Path:
+    """Train a model on ``data`` (a DATA folder) and write the run folder ``out``.
+
+    ``overrides`` are config fields (see :class:`~biomedseg.training.config.TrainConfig`), e.g.
+    ``epochs=20``, ``time_budget="10m"``, ``model="unet"``. Returns the run folder.
+    """
+    import torch
+
+    from biomedseg.data.datasets import PatchSampler, class_pixel_counts, load_sample
+    from biomedseg.losses import build_loss, class_weights_from_counts
+    from biomedseg.models import count_parameters, create_model
+    from biomedseg.training.checkpoint import load_checkpoint
+    from biomedseg.training.data_setup import auto_iterations_per_epoch, prepare_data
+    from biomedseg.training.device import configure_threads, resolve_device, resolve_precision
+    from biomedseg.training.logger import RunLogger
+    from biomedseg.training.optim import ProgressSchedule, build_optimizer
+    from biomedseg.training.trainer import Trainer, TrainState
+    from biomedseg.transforms.basic import build_augmenter
+    from biomedseg.transforms.normalize import Normalizer
+
+    if out is None:
+        raise UserError("train: --out RUN is required")
+    run_dir = Path(out)
+    if resume and not (run_dir / "checkpoints" / "last.pt").is_file():
+        raise UserError(f"{run_dir}: nothing to resume (no checkpoints/last.pt)")
+    if not resume and (run_dir / "checkpoints" / "last.pt").is_file():
+        raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or choose another --out")
+    cfg = resolve_config(config, overrides, run_dir if resume else None)
+    if cfg.epochs is None and cfg.time_budget is None:
+        cfg = cfg.model_copy(update={"epochs": 50})
+    seed_everything(cfg.seed, cfg.deterministic)
+    threads = configure_threads(cfg.num_threads)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+
+    setup = prepare_data(cfg, data, images, masks)
+    by_id = {s.id: s for s in setup.samples}
+    n_classes = len(setup.classes)
+    rng = np.random.default_rng(cfg.seed)
+    from tqdm.auto import tqdm
+
+    cache, snapped = {}, 0
+    wanted = setup.split["train"] + setup.split.get("val", [])
+    for sid in tqdm(wanted, desc="loading images", disable=True if (quiet or len(wanted) < 20) else None, leave=False):
+        cache[sid], n = load_sample(by_id[sid], setup.palette, setup.channels, setup.strict_index, n_classes, rng)
+        snapped += n
+    if snapped:
+        log.warning("%d mask pixels were off the palette (anti-aliasing/JPEG damage) and were snapped "
+                    "to the nearest class", snapped)
+    train_samples = [cache[i] for i in setup.split["train"]]
+    val_samples = [cache[i] for i in setup.split.get("val", [])]
+    if not train_samples:
+        raise UserError(f"{setup.source.root}: the training split is empty")
+
+    normalizer = Normalizer.fit(s.image for s in train_samples)
+    counts = class_pixel_counts(train_samples, n_classes)
+    weights = class_weights_from_counts(counts, cfg.class_weights)
+    model = create_model(cfg.model, setup.channels, n_classes, **cfg.model_kwargs).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    loss_fn = build_loss(cfg.loss, n_classes, weights.to(device) if weights is not None else None).to(device)
+    optimizer = build_optimizer(model, cfg)
+    schedule = ProgressSchedule(optimizer, cfg.schedule, cfg.lr, cfg.warmup_fraction)
+    ipe = auto_iterations_per_epoch(cfg, [s.shape for s in train_samples])
+    augmenter = build_augmenter(cfg.augment)
+
+    def make_sampler(epoch: int) -> PatchSampler:
+        return PatchSampler(train_samples, cfg.patch_size, n_classes, normalizer, augmenter, cfg.fg_oversample,
+                            setup.background, seed=[cfg.seed, epoch])
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(run_dir / "config.yaml", cfg.to_yaml())
+    dataset_info = {
+        "classes": setup.classes, "background": setup.background, "palette": setup.palette.to_json(),
+        "strict_index": setup.strict_index, "channels": setup.channels, "n_classes": n_classes,
+        "normalization": normalizer.to_json(), "split": setup.split,
+        "source": str(Path(setup.source.root).resolve()), "class_pixel_counts": counts.tolist(),
+        "class_weights": weights.tolist() if weights is not None else None,
+    }
+    write_json(run_dir / "dataset.json", dataset_info)
+    plan = {
+        "device": {"value": str(device), "reason": "CUDA when present" if device.type == "cuda" else "no GPU visible"},
+        "precision": {"value": precision, "reason": "native bf16/fp16 support" if precision != "fp32"
+                      else "no native bf16 on this CPU: emulated bf16 is slower than fp32"},
+        "threads": {"value": threads, "reason": "cores available to this process"},
+        "channels": {"value": setup.channels, "reason": "colour found in the images" if setup.channels == 3
+                     else "all images grey (or grey stored as RGB)"},
+        "iterations_per_epoch": {"value": ipe, "reason": "about one pass over the training pixels, in [25, 250]"},
+        "parameters": {"value": count_parameters(model), "reason": f"{cfg.model} {cfg.model_kwargs or ''}".strip()},
+    }
+    write_text(run_dir / "plan.yaml", yaml.safe_dump(plan, sort_keys=False))
+
+    state = TrainState()
+    logger = RunLogger(run_dir, resume=resume)
+    if resume:
+        ck = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        state = TrainState(epoch=ck["epoch"], iteration=ck["iteration"], elapsed=ck["elapsed"],
+                           best_score=ck["best_score"], best_epoch=ck["best_epoch"])
+        torch.set_rng_state(ck["torch_rng"])
+        logger.truncate(state.epoch)
+    trainer = Trainer(cfg, model, loss_fn, optimizer, schedule, make_sampler, val_samples, normalizer, n_classes,
+                      setup.classes, setup.background, run_dir, device, precision, ipe, quiet=quiet)
+    t0 = time.perf_counter()
+    try:
+        state = trainer.fit(state, logger)
+    finally:
+        logger.close()
+    from biomedseg.reports.curves import plot_curves
+
+    if (run_dir / "metrics.csv").is_file():
+        plot_curves(run_dir / "metrics.csv", run_dir / "curves.png")
+    if not quiet:
+        log.info("trained %d epochs (%d steps) in %.0fs; best val Dice %.4f at epoch %d; run: %s",
+                 state.epoch, state.iteration, time.perf_counter() - t0, state.best_score, state.best_epoch, run_dir)
+    return run_dir

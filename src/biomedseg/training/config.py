@@ -1,0 +1,156 @@
+"""Validated training configuration (one flat pydantic model).
+
+Every field can come from a YAML file (``--config``), from the command line (``--set key=value``
+or the dedicated flags) or from the automatic plan; the run folder stores the fully resolved
+config so a run can be reproduced with ``biomedseg train DATA --config RUN/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from biomedseg.errors import UserError
+
+
+def parse_duration(text: str | float | int | None) -> float | None:
+    """``"10m"`` -> 600.0 seconds; accepts s, m, h suffixes, combinations (``1h30m``) and bare seconds."""
+    if text is None or text == "":
+        return None
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip().lower()
+    if re.fullmatch(r"[0-9.]+", s):
+        return float(s)
+    parts = re.findall(r"([0-9.]+)\s*(h|m|min|s|sec)", s)
+    if not parts or "".join(a + b for a, b in parts) != re.sub(r"\s+", "", s):
+        raise UserError(f"time budget {text!r}: use e.g. 90s, 10m, 1h30m")
+    scale = {"h": 3600, "m": 60, "min": 60, "s": 1, "sec": 1}
+    return float(sum(float(a) * scale[b] for a, b in parts))
+
+
+class TrainConfig(BaseModel):
+    """All settings of a training run, with their defaults."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    # network and objective
+    model: str = "unet"
+    model_kwargs: dict[str, Any] = Field(default_factory=dict)
+    loss: str = "dice+ce"
+    class_weights: str = "none"  # none | inverse | median | "w0,w1,..."
+    # optimisation
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.99
+    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    warmup_fraction: float = 0.02
+    grad_clip: float = 12.0
+    # length
+    epochs: int | None = None
+    time_budget: float | None = None  # seconds; CLI accepts "10m"
+    iterations_per_epoch: int | None = None  # default: one pass over the training images' area
+    # patches and sampling
+    patch_size: int = 256
+    batch_size: int = 8
+    fg_oversample: float = 0.33
+    augment: str = "default"
+    # data
+    val_fraction: float = 0.15
+    classes: list[str] | None = None
+    background: str | int | None = "auto"  # class excluded from mean Dice; auto: class named background
+    palette: list[list[int]] | None = None
+    channels: int | None = None  # input channels; default: from the data
+    exclude: list[str] = Field(default_factory=list)  # sample ids to leave out (label conflicts)
+    # validation / inference
+    overlap: float = 0.25
+    val_every: int = 1
+    # runtime
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    channels_last: bool = True
+    num_threads: int | None = None
+    deterministic: bool = True
+
+    @field_validator("time_budget", mode="before")
+    @classmethod
+    def _duration(cls, v):
+        return parse_duration(v)
+
+    @field_validator("patch_size")
+    @classmethod
+    def _patch(cls, v):
+        if v < 16:
+            raise ValueError("patch_size must be >= 16")
+        return v
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _parse_value(text: str) -> Any:
+    """Command-line ``--set key=value`` values are YAML scalars/lists (``0.1``, ``[a, b]``, ``null``)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """``["lr=0.01", "model_kwargs.depth=4"]`` -> ``{"lr": 0.01, "model_kwargs": {"depth": 4}}``."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = _parse_value(value)
+    return out
+
+
+def load_config_file(path: str | Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a mapping of option: value")
+    return data
+
+
+def merge(*layers: dict[str, Any]) -> dict[str, Any]:
+    """Later layers win; nested dicts (model_kwargs) merge key by key; None values are ignored."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        for k, v in layer.items():
+            if v is None:
+                continue
+            if isinstance(v, dict) and isinstance(out.get(k), dict):
+                out[k] = {**out[k], **v}
+            else:
+                out[k] = v
+    return out
+
+
+def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
+    """Validate ``values`` into a :class:`TrainConfig`; problems become one-line UserErrors."""
+    try:
+        return TrainConfig(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"]) or "?"
+        raise UserError(f"{source}: option {loc!r}: {err['msg']}") from None

@@ -1,0 +1,124 @@
+"""From a DATA folder to everything training needs: pairs, classes, palette, split, cache.
+
+Writes nothing; :mod:`biomedseg.training.api` records the result in the run folder's
+``dataset.json`` so that ``predict`` and ``evaluate`` need nothing but the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
+from biomedseg.data.splits import make_split
+from biomedseg.errors import UserError
+from biomedseg.io import Palette, discover_palette, image_shape, is_grey_rgb, read_image
+
+log = logging.getLogger("biomedseg")
+
+
+@dataclass
+class DataSetup:
+    source: object  # DataSource
+    samples: list  # all Samples (after exclusions)
+    classes: list[str]
+    palette: Palette
+    strict_index: bool
+    background: int | None
+    channels: int
+    split: dict[str, list[str]]
+
+
+def _classes_and_palette(cfg, meta: dict | None, mask_paths) -> tuple[list[str], Palette, bool]:
+    classes = cfg.classes or (meta or {}).get("classes")
+    if cfg.palette:
+        palette = Palette([tuple(int(v) for v in entry) for entry in cfg.palette])
+        classes = classes or [f"class_{i}" for i in range(len(palette.values))]
+        if len(classes) != len(palette.values):
+            raise UserError(f"config: {len(classes)} classes but a palette of {len(palette.values)} entries")
+        return list(classes), palette, False
+    palette = discover_palette(mask_paths)
+    k = len(palette.values)
+    is_index = all(len(v) == 1 and v[0] == i for i, v in enumerate(palette.values))
+    if classes:
+        if is_index:
+            # index masks with configured classes: values >= K are errors, not damage
+            return list(classes), Palette.identity(len(classes)), True
+        if len(classes) != k:
+            raise UserError(f"the masks use {k} values {[v if len(v) > 1 else v[0] for v in palette.values]} "
+                            f"but {len(classes)} classes are configured ({', '.join(classes)})")
+        return list(classes), palette, False
+    if k <= 2:
+        names = ["background", "foreground"][:k] if k == 2 else ["background"]
+    else:
+        names = ["background"] + [f"class_{i}" for i in range(1, k)]
+    if k < 2:
+        names = ["background", "foreground"]
+        palette = Palette.identity(2) if is_index else Palette(list(palette.values) + [(255,)])
+    return names, palette, False
+
+
+def _background_index(cfg, classes: list[str]) -> int | None:
+    bg = cfg.background
+    if bg is None or bg == "none":
+        return None
+    if bg == "auto":
+        for i, n in enumerate(classes):
+            if n.lower() in ("background", "bg", "back"):
+                return i
+        return None
+    if isinstance(bg, int) or (isinstance(bg, str) and bg.isdigit()):
+        return int(bg)
+    if bg in classes:
+        return classes.index(bg)
+    raise UserError(f"config: background {bg!r} is not one of the classes {classes}")
+
+
+def _channels(cfg, image_paths) -> int:
+    if cfg.channels:
+        return int(cfg.channels)
+    # colour if any sampled image holds real colour; grey-stored-as-RGB counts as grey
+    step = max(1, len(image_paths) // 64)
+    for p in image_paths[::step]:
+        img = read_image(p)
+        if img.shape[-1] == 3 and not is_grey_rgb(img):
+            return 3
+    return 1
+
+
+def prepare_data(cfg, data=None, images=None, masks=None) -> DataSetup:
+    """Find and check pairs, classes, palette, channels and the train/val(/test) split."""
+    source = resolve_data(data, images, masks)
+    samples = find_pairs(source.images_dir, source.masks_dir)
+    check_pairs(samples)
+    excluded = set(cfg.exclude)
+    samples = [s for s in samples if s.id not in excluded]
+    if not samples:
+        raise UserError(f"{source.images_dir}: no image/mask pairs left to train on")
+    meta = source.meta or {}
+    classes, palette, strict = _classes_and_palette(cfg, meta, [s.mask for s in samples])
+    ids = [s.id for s in samples]
+    given = meta.get("split") or {}
+    if given.get("train"):
+        train_pool = [i for i in given["train"] if i in set(ids)]
+        missing = sorted(set(given["train"]) - set(ids) - excluded)
+        if missing:
+            raise UserError(f"{source.root}/dataset.json: split names {len(missing)} ids with no image/mask pair "
+                            f"({', '.join(missing[:5])})")
+        split = make_split(train_pool, cfg.val_fraction, cfg.seed)
+        split["test"] = sorted(i for i in given.get("test", []) if i in set(ids))
+    else:
+        split = make_split(ids, cfg.val_fraction, cfg.seed)
+    return DataSetup(source, samples, classes, palette, strict, _background_index(cfg, classes),
+                     _channels(cfg, [s.image for s in samples]), split)
+
+
+def auto_iterations_per_epoch(cfg, train_shapes) -> int:
+    """One epoch = about one pass over the training pixels, clamped to [25, 250] steps."""
+    if cfg.iterations_per_epoch:
+        return int(cfg.iterations_per_epoch)
+    area = float(sum(h * w for h, w in train_shapes))
+    steps = area / (cfg.patch_size**2 * cfg.batch_size)
+    return int(np.clip(round(steps), 25, 250))

@@ -1,0 +1,213 @@
+"""The training loop: short, with behaviour passed in as objects.
+
+One epoch = ``iterations_per_epoch`` steps on random patches, then validation of whole images by
+sliding window. The loop stops after ``epochs`` or when the time budget would be exceeded by one
+more step plus the final validation, keeping the best checkpoint (by mean foreground Dice).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from biomedseg.data.datasets import PatchSampler, Prefetcher
+from biomedseg.inference.sliding_window import SlidingWindowPredictor, autocast_context
+from biomedseg.metrics import MetricAccumulator
+from biomedseg.training.checkpoint import save_checkpoint
+from biomedseg.training.logger import RunLogger
+
+
+@dataclass
+class TrainState:
+    """Counters that a resumed run continues from."""
+
+    epoch: int = 0
+    iteration: int = 0
+    elapsed: float = 0.0  # training seconds spent so far (all sessions)
+    best_score: float = -1.0
+    best_epoch: int = 0
+    history: list = field(default_factory=list)
+
+
+class Trainer:
+    """Runs the optimisation; ``fit()`` returns the final :class:`TrainState`.
+
+    Args:
+        model: network producing ``(N, K, H, W)`` logits (already on ``device``).
+        loss_fn: ``(logits, target (N, H, W) int64) -> scalar``.
+        make_sampler: ``epoch -> PatchSampler`` (seeded by epoch, so resume is exact).
+        val_samples: cached validation images (whole images).
+        normalizer: maps ``(H, W, C)`` raw images to ``(C, H, W) float32``.
+    """
+
+    def __init__(self, cfg, model, loss_fn, optimizer, schedule, make_sampler, val_samples,
+                 normalizer, n_classes, class_names, background, run_dir: Path, device, precision,
+                 iterations_per_epoch: int, is_main: bool = True, quiet: bool = False):
+        self.cfg, self.model, self.loss_fn = cfg, model, loss_fn
+        self.optimizer, self.schedule = optimizer, schedule
+        self.make_sampler = make_sampler
+        self.val_samples = val_samples
+        self.normalizer = normalizer
+        self.n_classes, self.class_names, self.background = n_classes, class_names, background
+        self.run_dir, self.device, self.precision = Path(run_dir), device, precision
+        self.ipe = iterations_per_epoch
+        self.is_main, self.quiet = is_main, quiet
+        self.scaler = torch.amp.GradScaler("cuda") if (precision == "fp16" and device.type == "cuda") else None
+        self.budget = cfg.time_budget
+        self.total_iters = cfg.epochs * self.ipe if cfg.epochs else None
+
+    # -- progress of the schedule ---------------------------------------------------------
+    def progress(self, state: TrainState) -> float:
+        ps = []
+        if self.total_iters:
+            ps.append(state.iteration / self.total_iters)
+        if self.budget:
+            ps.append(state.elapsed / self.budget)
+        return min(1.0, max(ps)) if ps else 0.0
+
+    # -- one optimisation step --------------------------------------------------------------
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.model.train()
+        if self.cfg.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(self.device, self.precision):
+            logits = self.model(x)
+        if isinstance(logits, (list, tuple)):  # deep supervision: weighted heads, full-res first
+            weights = [0.5**i for i in range(len(logits))]
+            loss = sum(w * self.loss_fn(l.float(), y) for w, l in zip(weights, logits)) / sum(weights)
+        else:
+            loss = self.loss_fn(logits.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+        return float(loss.detach())
+
+    # -- validation on whole images -------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict:
+        net = getattr(self.model, "module", self.model)
+        predictor = SlidingWindowPredictor(
+            net, self.cfg.patch_size, overlap=self.cfg.overlap, batch_size=max(1, self.cfg.batch_size // 2),
+            device=self.device, precision=self.precision, channels_last=self.cfg.channels_last,
+        )
+        acc = MetricAccumulator(self.n_classes, self.class_names, self.background)
+        losses = []
+        for s in self.val_samples:
+            logits = predictor.predict_logits(self.normalizer(s.image))
+            target = torch.from_numpy(s.mask.astype(np.int64))
+            losses.append(float(self.loss_fn(logits[None], target[None])))
+            acc.update(logits.argmax(0).numpy().astype(np.uint8), s.mask, image_id=s.id)
+        summary = acc.summary()
+        summary["loss"] = float(np.mean(losses)) if losses else float("nan")
+        return summary
+
+    def _fg_counts(self, summary: dict, key: str) -> float:
+        fg = [n for i, n in enumerate(self.class_names) if i != self.background]
+        return float(sum(summary["per_class"][n][key] for n in fg))
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def checkpoint_state(self, state: TrainState) -> dict:
+        net = getattr(self.model, "module", self.model)
+        return {
+            "model": net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "epoch": state.epoch,
+            "iteration": state.iteration,
+            "elapsed": state.elapsed,
+            "best_score": state.best_score,
+            "best_epoch": state.best_epoch,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    # -- the loop -------------------------------------------------------------------------
+    def fit(self, state: TrainState | None = None, logger: RunLogger | None = None) -> TrainState:
+        from tqdm.auto import tqdm
+
+        state = state or TrainState()
+        ckpt_dir = self.run_dir / "checkpoints"
+        val_cost = 0.0  # seconds one validation took (measured)
+        step_cost = 0.0  # seconds per step (running estimate)
+        total = self.total_iters if self.total_iters else int(self.budget or 0)
+        bar = tqdm(total=total, initial=min(total, state.iteration if self.total_iters else int(state.elapsed)),
+                   unit="it" if self.total_iters else "s", disable=True if (self.quiet or not self.is_main) else None,
+                   dynamic_ncols=True, leave=False, file=sys.stderr)
+        last_val = {}
+        stop = False
+        while not stop:
+            if self.cfg.epochs and state.epoch >= self.cfg.epochs:
+                break
+            sampler: PatchSampler = self.make_sampler(state.epoch)
+            prefetch = Prefetcher(sampler, self.cfg.batch_size)
+            t_epoch, losses, n_images = time.perf_counter(), [], 0
+            try:
+                for _ in range(self.ipe):
+                    if self.budget and state.elapsed + step_cost + val_cost * 1.1 >= self.budget and state.iteration > 0:
+                        stop = True
+                        break
+                    t0 = time.perf_counter()
+                    lr = self.schedule.step(self.progress(state))
+                    xb, yb = prefetch.next()
+                    x = torch.from_numpy(xb).to(self.device, non_blocking=True)
+                    y = torch.from_numpy(yb).to(self.device, non_blocking=True)
+                    losses.append(self.train_step(x, y))
+                    n_images += len(xb)
+                    dt = time.perf_counter() - t0
+                    step_cost = dt if step_cost == 0 else 0.9 * step_cost + 0.1 * dt
+                    state.iteration += 1
+                    state.elapsed += dt
+                    bar.update(1 if self.total_iters else int(state.elapsed) - bar.n)
+                    bar.set_postfix(loss=f"{losses[-1]:.3f}", val_dice=f"{last_val.get('dice', float('nan')):.3f}")
+            finally:
+                prefetch.close()
+            if not losses:
+                break
+            state.epoch += 1
+            train_seconds = time.perf_counter() - t_epoch
+            do_val = bool(self.val_samples) and (state.epoch % self.cfg.val_every == 0 or stop or
+                                                 (self.cfg.epochs and state.epoch >= self.cfg.epochs))
+            row = {"epoch": state.epoch, "iteration": state.iteration, "train_loss": float(np.mean(losses)),
+                   "lr": lr, "images_per_s": n_images / max(train_seconds, 1e-9)}
+            if do_val:
+                t0 = time.perf_counter()
+                last_val = self.validate()
+                val_cost = time.perf_counter() - t0
+                state.elapsed += val_cost
+                row.update({"val_loss": last_val["loss"], "val_dice": last_val["dice"], "val_iou": last_val["iou"],
+                            "val_precision": last_val["precision"], "val_recall": last_val["recall"],
+                            "val_f1": last_val["f1"], "val_fp": self._fg_counts(last_val, "fp"),
+                            "val_fn": self._fg_counts(last_val, "fn")})
+                for name, d in last_val["per_class"].items():
+                    row[f"val_dice_{name}"] = d["dice"]
+            row["seconds"] = state.elapsed
+            if self.is_main:
+                improved = do_val and last_val["dice"] > state.best_score
+                if improved or (not self.val_samples):
+                    state.best_score = last_val.get("dice", state.best_score) if do_val else state.best_score
+                    state.best_epoch = state.epoch
+                    save_checkpoint(ckpt_dir / "best.pt", self.checkpoint_state(state))
+                save_checkpoint(ckpt_dir / "last.pt", self.checkpoint_state(state))
+                if logger is not None:
+                    logger.log(row)
+                if not self.quiet:
+                    msg = f"epoch {state.epoch}: loss {row['train_loss']:.4f}"
+                    if do_val:
+                        msg += f", val dice {last_val['dice']:.4f} (best {state.best_score:.4f} @ {state.best_epoch})"
+                    bar.write(msg + f", {state.elapsed:.0f}s")
+            if self.budget and state.elapsed + step_cost + val_cost * 1.1 >= self.budget:
+                stop = True
+        bar.close()
+        return state
