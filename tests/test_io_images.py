@@ -267,3 +267,24 @@ def test_conform_channels():
     assert conform_channels(g[..., 0], 1).shape == (20, 30, 1)
     with pytest.raises(ValueError):
         conform_channels(g, 2)
+
+
+def test_palette_tiff_expanded(tmp_path):
+    idx = RNG.integers(0, 2, size=(6, 5)).astype(np.uint8)
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:, 1] = (65535, 0, 32896)  # 16-bit TIFF colormap entries
+    tifffile.imwrite(tmp_path / "p.tif", idx, photometric="palette", colormap=cmap)
+    out = read_image(tmp_path / "p.tif")
+    assert out.shape == (6, 5, 3) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out[idx == 1][0], (255, 0, 128))
+    np.testing.assert_array_equal(read_raw(tmp_path / "p.tif"), idx)
+
+
+def test_integer_tiff_dtypes_normalised(tmp_path):
+    tifffile.imwrite(tmp_path / "u32.tif", np.array([[0, 70000]], np.uint32).repeat(4, 0))
+    tifffile.imwrite(tmp_path / "u32s.tif", np.array([[0, 4000]], np.uint32).repeat(4, 0))
+    tifffile.imwrite(tmp_path / "i16.tif", np.array([[-5, 7]], np.int16).repeat(4, 0))
+    assert read_image(tmp_path / "u32.tif").dtype == np.float32
+    assert read_image(tmp_path / "u32s.tif").dtype == np.uint16
+    out = read_image(tmp_path / "i16.tif")
+    assert out.dtype == np.float32 and out[0, 0, 0] == -5

@@ -246,3 +246,22 @@ def test_read_mask_float_tiff(tmp_path):
     tifffile.imwrite(path, _blobs(1).astype(np.float32))
     mask, n = read_mask(path, Palette.identity(2), strict_index=True)
     np.testing.assert_array_equal(mask, _blobs(1))
+
+
+def test_discover_antialiased_rgb_mask(tmp_path):
+    rng = np.random.default_rng(1)
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    paths = []
+    for i in range(3):
+        m = np.zeros((100, 100, 3), np.uint8)
+        for col in colours:
+            y, x = rng.integers(0, 70, 2)
+            m[y:y + 25, x:x + 25] = col
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(m).resize((217, 217), Image.BILINEAR).save(path)  # blended edges
+        paths.append(path)
+    palette = discover_palette(paths)
+    assert palette.values[0] == (0, 0, 0)
+    assert sorted(palette.values[1:]) == sorted(colours)
+    mask, n_snapped = read_mask(paths[0], palette)
+    assert n_snapped > 0 and mask.max() <= 4

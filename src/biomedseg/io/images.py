@@ -230,7 +230,8 @@ def read_raw(path: str | os.PathLike) -> np.ndarray:
     """Read pixel values as stored: ``(H, W)`` or ``(H, W, 3)``, any integer/float dtype.
 
     Alpha is dropped, palette ("P") images give their palette indices, 1-bit PNG/BMP give
-    0/255 ``uint8``, boolean TIFFs 0/1 ``uint8``. Used for masks. Raises ``UserError`` when the file cannot be read.
+    0/255 ``uint8``, boolean TIFFs 0/1 ``uint8``. Used for masks. Raises ``UserError`` when
+    the file cannot be read.
     """
     arr = _decode(path, expand_palette=False)
     if arr.dtype == np.bool_:

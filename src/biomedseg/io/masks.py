@@ -23,16 +23,16 @@ from biomedseg.io.images import read_raw
 #: A value covering less than this fraction of the pixels of every mask that contains it is
 #: damage (anti-aliasing, resampling, compression), not a class.
 DAMAGE_FRACTION = 0.0005
-#: A rarer value this close to a more frequent one (8-bit units) is the same class, damaged
-#: (JPEG spreads 0/255 masks over roughly 0..25 and 230..255).
+#: A value this close (8-bit units) to a more frequent one is that class, damaged (JPEG
+#: spreads 0/255 masks over roughly 0..25 and 230..255) ...
 GREY_TOLERANCE = 32
 RGB_TOLERANCE = 72
+#: ... unless it covers at least this fraction of some mask and 10% of its neighbour's pixels.
+SUBSTANTIAL_FRACTION = 0.02
 #: A rare colour this close to the segment between two class colours is an anti-aliased edge.
 BLEND_TOLERANCE = 16
 #: Tolerances are widened by this factor when masks are JPEG files.
 LOSSY_FACTOR = 1.5
-#: ... unless it covers at least this fraction of some mask and 10% of its neighbour's pixels.
-SUBSTANTIAL_FRACTION = 0.02
 #: The class values themselves must cover at least this fraction of the mask pixels.
 MIN_LEVEL_COVERAGE = 0.5
 MAX_SAMPLE_FILES = 200
@@ -201,6 +201,20 @@ def _cluster(totals: dict, fractions: dict, tol: float, max_classes: int, where,
     return levels
 
 
+def _tally(paths: list[Path]) -> tuple[dict, dict, int]:
+    """Merge :func:`_file_table` over files: max fraction and summed count per value."""
+    fractions: dict[tuple[int, ...], float] = {}
+    totals: dict[tuple[int, ...], int] = {}
+    n_pixels = 0
+    for path in paths:
+        file_fractions, file_totals, file_pixels = _file_table(path)
+        n_pixels += file_pixels
+        for key, frac in file_fractions.items():
+            fractions[key] = max(frac, fractions.get(key, 0.0))
+            totals[key] = totals.get(key, 0) + file_totals[key]
+    return fractions, totals, n_pixels
+
+
 def discover_palette(paths: Iterable[str | os.PathLike], max_classes: int = 32) -> Palette:
     """Find the class palette of a set of mask files.
 
@@ -208,22 +222,16 @@ def discover_palette(paths: Iterable[str | os.PathLike], max_classes: int = 32) 
     file are read. Small index values 0..m (m < max_classes, at least half of them present)
     -> identity palette of m + 1 classes; otherwise grey levels ascending (0/255 ->
     ``[(0,), (255,)]``) or colours with black first, then by frequency. Values rarer than
-    ``DAMAGE_FRACTION`` in every mask, and rare values close to a frequent one, are damage.
+    ``DAMAGE_FRACTION`` in every mask, rare values close to a frequent one and rare blends
+    of two colours are damage. Raises ``UserError`` for more than ``max_classes`` classes or
+    values spread out like an intensity image.
     """
     paths = [Path(p) for p in paths]
     if not paths:
         raise UserError("no mask files given: cannot find the mask values")
     where = paths[0].parent
-    fractions: dict[tuple[int, ...], float] = {}
-    totals: dict[tuple[int, ...], int] = {}
-    n_pixels = 0
     sample = _sample(paths, MAX_SAMPLE_FILES)
-    for path in sample:
-        file_fractions, file_totals, file_pixels = _file_table(path)
-        n_pixels += file_pixels
-        for key, frac in file_fractions.items():
-            fractions[key] = max(frac, fractions.get(key, 0.0))
-            totals[key] = totals.get(key, 0) + file_totals[key]
+    fractions, totals, n_pixels = _tally(sample)
     colour = any(len(k) == 3 for k in totals)
     if colour:  # grey files in a colour set: v -> (v, v, v)
         fractions, totals = _widen(fractions, max), _widen(totals, sum)

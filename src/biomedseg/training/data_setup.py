@@ -56,7 +56,11 @@ def _classes_and_palette(cfg, meta: dict | None, mask_paths) -> tuple[list[str],
         names = ["background"] + [f"class_{i}" for i in range(1, k)]
     if k < 2:
         names = ["background", "foreground"]
-        palette = Palette.identity(2) if is_index else Palette(list(palette.values) + [(255,)])
+        if is_index:
+            palette = Palette.identity(2)
+        else:  # a single value seen: it is the background unless it is the 255 of a 0/255 encoding
+            only = palette.values[0]
+            palette = Palette([(0,) * len(only), only] if any(only) else [only, (255,) * len(only)])
     return names, palette, False
 
 

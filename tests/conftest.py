@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny synthetic datasets and the real datasets beside the project."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(os.environ.get("BIOMEDSEG_SHARED", Path(__file__).resolve().parents[2] / "shared")) / "datasets"
+
+# Small, fast training settings shared by the end-to-end tests.
+TINY = {
+    "model_kwargs": {"depth": 3, "base_channels": 8, "num_res_units": 0},
+    "patch_size": 64,
+    "batch_size": 4,
+    "iterations_per_epoch": 6,
+    "num_threads": 2,
+}
+
+
+def shared_dataset(name: str) -> Path:
+    """Path of ``../shared/datasets/<name>``; skips the test with a reason when absent."""
+    path = SHARED / name
+    if not (path / "images").is_dir():
+        pytest.skip(f"real dataset {name!r} not available (expected at {path}; ../shared is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """A tiny 3-class synthetic dataset (10 train, 4 test images of 64x96)."""
+    from biomedseg.data.synthetic import make_synthetic_dataset
+
+    out = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic_dataset(out / "data", n_train=10, n_test=4, size=(64, 96), seed=1)
+
+
+@pytest.fixture(scope="session")
+def trained_run(synthetic_data, tmp_path_factory) -> Path:
+    """A run trained for 2 short epochs on :func:`synthetic_data` (shared by several tests)."""
+    from biomedseg.training.api import train
+
+    out = tmp_path_factory.mktemp("runs") / "run"
+    return train(synthetic_data, out, epochs=2, seed=0, quiet=True, **TINY)

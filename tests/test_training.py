@@ -1,0 +1,136 @@
+"""End-to-end: train -> evaluate -> predict on tiny synthetic data; resume; determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import TINY
+from PIL import Image
+
+from biomedseg.errors import UserError
+from biomedseg.evaluation import evaluate
+from biomedseg.inference.predict import predict
+from biomedseg.training.api import train
+from biomedseg.training.checkpoint import load_checkpoint
+
+
+def test_run_folder_layout(trained_run):
+    for name in ("config.yaml", "plan.yaml", "dataset.json", "metrics.csv", "curves.png",
+                 "checkpoints/best.pt", "checkpoints/last.pt"):
+        assert (trained_run / name).is_file(), name
+    assert any((trained_run / "tensorboard").iterdir())
+    info = json.loads((trained_run / "dataset.json").read_text())
+    assert info["classes"] == ["background", "cell", "filament"]
+    assert info["background"] == 0
+    assert len(info["normalization"]["mean"]) == info["channels"] == 1
+    assert set(info["split"]) >= {"train", "val", "test"}
+    assert not set(info["split"]["train"]) & set(info["split"]["val"])
+    rows = list(csv.DictReader(open(trained_run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert all(0.0 <= float(r["val_dice"]) <= 1.0 for r in rows)
+    # the stored config is complete: every default written out
+    cfg = (trained_run / "config.yaml").read_text()
+    for key in ("lr:", "optimizer:", "loss:", "patch_size:", "seed:", "augment:"):
+        assert key in cfg
+
+
+def test_checkpoints_load_weights_only(trained_run):
+    ck = load_checkpoint(trained_run / "checkpoints" / "last.pt")
+    assert ck["epoch"] == 2 and ck["iteration"] == 2 * TINY["iterations_per_epoch"]
+    assert all(isinstance(v, torch.Tensor) for v in ck["model"].values())
+
+
+def test_evaluate_writes_metrics(trained_run, synthetic_data, tmp_path):
+    m = evaluate(trained_run, synthetic_data, tmp_path / "eval", split="test", quiet=True)
+    saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    for key in ("dice", "iou", "precision", "recall", "f1", "pixel_accuracy", "image_dice", "per_class"):
+        assert key in saved
+    assert set(saved["per_class"]) == {"background", "cell", "filament"}
+    assert {"fp", "fn"} <= set(saved["per_class"]["cell"])
+    assert saved["n_images"] == 4
+    assert abs(saved["dice"] - m["dice"]) < 1e-9
+    rows = list(csv.DictReader(open(tmp_path / "eval" / "per_image.csv")))
+    assert len(rows) == 4
+    overlays = sorted((tmp_path / "eval" / "overlays").glob("*.png"))
+    assert len(overlays) == 4
+    assert (tmp_path / "eval" / "report.html").is_file()
+
+
+def test_predict_folder_and_bad_file(trained_run, synthetic_data, tmp_path):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for p in sorted((synthetic_data / "images").glob("*.png"))[:2]:
+        (inputs / p.name).write_bytes(p.read_bytes())
+    big = np.random.default_rng(0).integers(0, 255, (150, 211), dtype=np.uint8)  # other size than training
+    Image.fromarray(big).save(inputs / "big.png")
+    (inputs / "broken.png").write_text("not an image")
+    s = predict(trained_run, [str(inputs)], tmp_path / "out", quiet=True)
+    assert len(s.done) == 3 and len(s.failed) == 1
+    assert "broken.png" in s.failed[0][1]
+    mask = np.asarray(Image.open(tmp_path / "out" / "big.png"))
+    assert mask.shape == (150, 211) and mask.dtype == np.uint8 and mask.max() <= 2
+    assert (tmp_path / "out" / "big_overlay.png").is_file()
+    # a second call skips what is done
+    s2 = predict(trained_run, [str(inputs)], tmp_path / "out", quiet=True)
+    assert len(s2.skipped) == 3 and not s2.done
+
+
+def test_resume_continues_from_last(synthetic_data, tmp_path):
+    run = train(synthetic_data, tmp_path / "r", epochs=1, seed=3, quiet=True, **TINY)
+    with pytest.raises(UserError, match="already holds a run"):
+        train(synthetic_data, run, epochs=2, seed=3, quiet=True, **TINY)
+    train(synthetic_data, run, epochs=2, resume=True, quiet=True)
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ck["epoch"] == 2
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+
+
+def test_resume_equals_uninterrupted(synthetic_data, tmp_path, monkeypatch):
+    """A run interrupted after epoch 1 and resumed ends with the weights of an uninterrupted run."""
+    from biomedseg.training.trainer import Trainer
+
+    full = train(synthetic_data, tmp_path / "full", epochs=2, seed=5, quiet=True, **TINY)
+    original = Trainer.validate
+    calls = {"n": 0}
+
+    def crash_on_second(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "validate", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(synthetic_data, tmp_path / "part", epochs=2, seed=5, quiet=True, **TINY)
+    monkeypatch.setattr(Trainer, "validate", original)
+    assert load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["epoch"] == 1
+    train(synthetic_data, tmp_path / "part", resume=True, quiet=True)
+    a = load_checkpoint(full / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")["model"]
+    diffs = [float((a[k].float() - b[k].float()).abs().max()) for k in a]
+    assert max(diffs) < 1e-5
+
+
+def test_same_seed_same_weights(synthetic_data, tmp_path):
+    a = train(synthetic_data, tmp_path / "a", epochs=1, seed=7, quiet=True, **TINY)
+    b = train(synthetic_data, tmp_path / "b", epochs=1, seed=7, quiet=True, **TINY)
+    wa = load_checkpoint(a / "checkpoints" / "last.pt")["model"]
+    wb = load_checkpoint(b / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_time_budget_stops_in_time(synthetic_data, tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    run = train(synthetic_data, tmp_path / "t", time_budget="6s", seed=0, quiet=True, **TINY)
+    took = time.perf_counter() - t0
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert ck["elapsed"] <= 6.0 + 1.5
+    assert ck["iteration"] > 0
+    assert took < 30  # loading + writing around the budget stays small
