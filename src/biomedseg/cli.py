@@ -148,27 +148,17 @@ def format_metrics(m: dict) -> str:
 
 
 def main() -> None:
-    """Console-script entry point: user errors -> one line on stderr, exit code 2."""
+    """Console-script entry point: user errors -> one line on stderr, exit code 2.
+
+    Typer runs in standalone mode, so usage errors (a missing argument, an unknown option) are
+    printed by it with exit code 2 as well.
+    """
     _setup_logging()
     try:
-        app(standalone_mode=False)
+        app()
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(2)
-        if isinstance(exc, click.exceptions.Abort):
-            sys.exit(1)
-        raise
 
 
 if __name__ == "__main__":

@@ -31,6 +31,17 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume_run: 
     return build_config(merge(base, load_config_file(config_file), overrides or {}), source=str(config_file or "options"))
 
 
+def _plan_applies(key: str, model_name: str) -> bool:
+    """Plan entries for ``model_kwargs.X`` apply only when the chosen architecture takes ``X``."""
+    if not key.startswith("model_kwargs."):
+        return True
+    import inspect
+
+    from biomedseg.models.registry import get_entry
+
+    return key.split(".", 1)[1] in inspect.signature(get_entry(model_name).factory).parameters
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
     import torch
 
@@ -57,6 +68,8 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     from biomedseg.training.checkpoint import load_checkpoint
     from biomedseg.training.data_setup import auto_iterations_per_epoch, prepare_data
     from biomedseg.training.device import configure_threads, resolve_device, resolve_precision
+    from biomedseg.training.distributed import (gather_objects, init_distributed, parameter_checksum, shutdown,
+                                                wrap_model)
     from biomedseg.training.logger import RunLogger
     from biomedseg.training.optim import ProgressSchedule, build_optimizer
     from biomedseg.training.trainer import Trainer, TrainState
@@ -71,12 +84,17 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     if not resume and (run_dir / "checkpoints" / "last.pt").is_file():
         raise UserError(f"{run_dir}: already holds a run; use --resume to continue it or choose another --out")
     cfg = resolve_config(config, overrides, run_dir if resume else None)
+    explicit = merge(load_config_file(config), overrides or {})  # what the user set: the plan keeps off it
     if cfg.epochs is None and cfg.time_budget is None:
         cfg = cfg.model_copy(update={"epochs": 50})
     seed_everything(cfg.seed, cfg.deterministic)
     threads = configure_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
+    dist_info = init_distributed(device.type)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
     precision = resolve_precision(cfg.precision, device)
+    quiet = quiet or not dist_info.is_main
 
     setup = prepare_data(cfg, data, images, masks)
     by_id = {s.id: s for s in setup.samples}
@@ -97,6 +115,20 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     if not train_samples:
         raise UserError(f"{setup.source.root}: the training split is empty")
 
+    planned = {}
+    if cfg.auto_plan and not resume:
+        from biomedseg.training.planner import apply_plan, fingerprint_from_samples, make_plan
+
+        fingerprint = fingerprint_from_samples(train_samples, n_classes, setup.classes, setup.background,
+                                               setup.channels)
+        planned = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs)
+        planned = {k: v for k, v in planned.items() if _plan_applies(k, cfg.model)}
+        cfg = build_config(apply_plan(cfg.model_dump(), planned, explicit), source="plan")
+        for key in planned:
+            top, _, sub = key.partition(".")
+            if top in explicit and (not sub or sub in (explicit.get(top) or {})):
+                planned[key] = {"value": explicit[top][sub] if sub else explicit[top], "reason": "set by the user"}
+        planned["fingerprint"] = fingerprint
     normalizer = Normalizer.fit(s.image for s in train_samples)
     counts = class_pixel_counts(train_samples, n_classes)
     weights = class_weights_from_counts(counts, cfg.class_weights)
@@ -111,10 +143,12 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
 
     def make_sampler(epoch: int) -> PatchSampler:
         return PatchSampler(train_samples, cfg.patch_size, n_classes, normalizer, augmenter, cfg.fg_oversample,
-                            setup.background, seed=[cfg.seed, epoch])
+                            setup.background, seed=[cfg.seed, epoch, dist_info.rank])
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", cfg.to_yaml())
+    main = dist_info.is_main
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / "config.yaml", cfg.to_yaml())
     dataset_info = {
         "classes": setup.classes, "background": setup.background, "palette": setup.palette.to_json(),
         "strict_index": setup.strict_index, "channels": setup.channels, "n_classes": n_classes,
@@ -122,8 +156,8 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
         "source": str(Path(setup.source.root).resolve()), "class_pixel_counts": counts.tolist(),
         "class_weights": weights.tolist() if weights is not None else None,
     }
-    write_json(run_dir / "dataset.json", dataset_info)
     plan = {
+        **planned,
         "device": {"value": str(device), "reason": "CUDA when present" if device.type == "cuda" else "no GPU visible"},
         "precision": {"value": precision, "reason": "native bf16/fp16 support" if precision != "fp32"
                       else "no native bf16 on this CPU: emulated bf16 is slower than fp32"},
@@ -133,10 +167,14 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
         "iterations_per_epoch": {"value": ipe, "reason": "about one pass over the training pixels, in [25, 250]"},
         "parameters": {"value": count_parameters(model), "reason": f"{cfg.model} {cfg.model_kwargs or ''}".strip()},
     }
-    write_text(run_dir / "plan.yaml", yaml.safe_dump(plan, sort_keys=False))
+    if dist_info.enabled:
+        plan["world_size"] = {"value": dist_info.world_size, "reason": "torchrun processes (DDP)"}
+    if main:
+        write_json(run_dir / "dataset.json", dataset_info)
+        write_text(run_dir / "plan.yaml", yaml.safe_dump(plan, sort_keys=False))
 
     state = TrainState()
-    logger = RunLogger(run_dir, resume=resume)
+    logger = RunLogger(run_dir, resume=resume) if main else None
     if resume:
         ck = load_checkpoint(run_dir / "checkpoints" / "last.pt")
         model.load_state_dict(ck["model"])
@@ -144,14 +182,26 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
         state = TrainState(epoch=ck["epoch"], iteration=ck["iteration"], elapsed=ck["elapsed"],
                            best_score=ck["best_score"], best_epoch=ck["best_epoch"])
         torch.set_rng_state(ck["torch_rng"])
-        logger.truncate(state.epoch)
-    trainer = Trainer(cfg, model, loss_fn, optimizer, schedule, make_sampler, val_samples, normalizer, n_classes,
-                      setup.classes, setup.background, run_dir, device, precision, ipe, quiet=quiet)
+        if logger is not None:
+            logger.truncate(state.epoch)
+    train_model = wrap_model(model, dist_info, device)
+    trainer = Trainer(cfg, train_model, loss_fn, optimizer, schedule, make_sampler, val_samples, normalizer,
+                      n_classes, setup.classes, setup.background, run_dir, device, precision, ipe,
+                      dist_info=dist_info, quiet=quiet)
     t0 = time.perf_counter()
     try:
         state = trainer.fit(state, logger)
     finally:
-        logger.close()
+        if logger is not None:
+            logger.close()
+    if dist_info.enabled:  # record that the ranks ended in sync and who wrote checkpoints
+        report = gather_objects({"rank": dist_info.rank, "checksum": parameter_checksum(model),
+                                 "checkpoints_written": trainer.checkpoints_written}, dist_info)
+        if main:
+            write_json(run_dir / "ddp.json", {"world_size": dist_info.world_size, "ranks": report})
+        shutdown(dist_info)
+    if not main:
+        return run_dir
     from biomedseg.reports.curves import plot_curves
 
     if (run_dir / "metrics.csv").is_file():

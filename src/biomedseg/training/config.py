@@ -48,7 +48,7 @@ class TrainConfig(BaseModel):
     lr: float = 2e-3
     weight_decay: float = 1e-4
     momentum: float = 0.99
-    schedule: Literal["poly", "cosine", "constant"] = "poly"
+    schedule: Literal["poly", "cosine", "constant", "step", "plateau"] = "poly"
     warmup_fraction: float = 0.02
     grad_clip: float = 12.0
     # length
@@ -70,6 +70,8 @@ class TrainConfig(BaseModel):
     # validation / inference
     overlap: float = 0.25
     val_every: int = 1
+    # self-configuration: plan values apply to every option not set explicitly
+    auto_plan: bool = True
     # runtime
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

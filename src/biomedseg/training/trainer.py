@@ -19,6 +19,7 @@ from biomedseg.data.datasets import PatchSampler, Prefetcher
 from biomedseg.inference.sliding_window import SlidingWindowPredictor, autocast_context
 from biomedseg.metrics import MetricAccumulator
 from biomedseg.training.checkpoint import save_checkpoint
+from biomedseg.training.distributed import DistInfo, barrier, broadcast_flag
 from biomedseg.training.logger import RunLogger
 
 
@@ -47,7 +48,7 @@ class Trainer:
 
     def __init__(self, cfg, model, loss_fn, optimizer, schedule, make_sampler, val_samples,
                  normalizer, n_classes, class_names, background, run_dir: Path, device, precision,
-                 iterations_per_epoch: int, is_main: bool = True, quiet: bool = False):
+                 iterations_per_epoch: int, dist_info: DistInfo | None = None, quiet: bool = False):
         self.cfg, self.model, self.loss_fn = cfg, model, loss_fn
         self.optimizer, self.schedule = optimizer, schedule
         self.make_sampler = make_sampler
@@ -56,7 +57,9 @@ class Trainer:
         self.n_classes, self.class_names, self.background = n_classes, class_names, background
         self.run_dir, self.device, self.precision = Path(run_dir), device, precision
         self.ipe = iterations_per_epoch
-        self.is_main, self.quiet = is_main, quiet
+        self.dist = dist_info or DistInfo()
+        self.is_main, self.quiet = self.dist.is_main, quiet
+        self.checkpoints_written = 0
         self.scaler = torch.amp.GradScaler("cuda") if (precision == "fp16" and device.type == "cuda") else None
         self.budget = cfg.time_budget
         self.total_iters = cfg.epochs * self.ipe if cfg.epochs else None
@@ -147,6 +150,12 @@ class Trainer:
                    dynamic_ncols=True, leave=False, file=sys.stderr)
         last_val = {}
         stop = False
+        # wall clock: everything (sampling waits, validation, checkpoints) counts against the budget
+        session_start, elapsed_before = time.perf_counter(), state.elapsed
+
+        def tick() -> None:
+            state.elapsed = elapsed_before + (time.perf_counter() - session_start)
+
         while not stop:
             if self.cfg.epochs and state.epoch >= self.cfg.epochs:
                 break
@@ -155,9 +164,12 @@ class Trainer:
             t_epoch, losses, n_images = time.perf_counter(), [], 0
             try:
                 for _ in range(self.ipe):
-                    if self.budget and state.elapsed + step_cost + val_cost * 1.1 >= self.budget and state.iteration > 0:
-                        stop = True
-                        break
+                    if self.budget:  # rank 0's clock decides for every rank
+                        tick()
+                        out_of_time = state.elapsed + step_cost + val_cost * 1.1 >= self.budget and state.iteration > 0
+                        if broadcast_flag(out_of_time, self.dist):
+                            stop = True
+                            break
                     t0 = time.perf_counter()
                     lr = self.schedule.step(self.progress(state))
                     xb, yb = prefetch.next()
@@ -168,7 +180,7 @@ class Trainer:
                     dt = time.perf_counter() - t0
                     step_cost = dt if step_cost == 0 else 0.9 * step_cost + 0.1 * dt
                     state.iteration += 1
-                    state.elapsed += dt
+                    tick()
                     bar.update(1 if self.total_iters else int(state.elapsed) - bar.n)
                     bar.set_postfix(loss=f"{losses[-1]:.3f}", val_dice=f"{last_val.get('dice', float('nan')):.3f}")
             finally:
@@ -177,21 +189,22 @@ class Trainer:
                 break
             state.epoch += 1
             train_seconds = time.perf_counter() - t_epoch
-            do_val = bool(self.val_samples) and (state.epoch % self.cfg.val_every == 0 or stop or
-                                                 (self.cfg.epochs and state.epoch >= self.cfg.epochs))
+            do_val = self.is_main and bool(self.val_samples) and (
+                state.epoch % self.cfg.val_every == 0 or stop or (self.cfg.epochs and state.epoch >= self.cfg.epochs))
             row = {"epoch": state.epoch, "iteration": state.iteration, "train_loss": float(np.mean(losses)),
                    "lr": lr, "images_per_s": n_images / max(train_seconds, 1e-9)}
             if do_val:
                 t0 = time.perf_counter()
                 last_val = self.validate()
                 val_cost = time.perf_counter() - t0
-                state.elapsed += val_cost
+                tick()
                 row.update({"val_loss": last_val["loss"], "val_dice": last_val["dice"], "val_iou": last_val["iou"],
                             "val_precision": last_val["precision"], "val_recall": last_val["recall"],
                             "val_f1": last_val["f1"], "val_fp": self._fg_counts(last_val, "fp"),
                             "val_fn": self._fg_counts(last_val, "fn")})
                 for name, d in last_val["per_class"].items():
                     row[f"val_dice_{name}"] = d["dice"]
+            tick()
             row["seconds"] = state.elapsed
             if self.is_main:
                 improved = do_val and last_val["dice"] > state.best_score
@@ -199,7 +212,9 @@ class Trainer:
                     state.best_score = last_val.get("dice", state.best_score) if do_val else state.best_score
                     state.best_epoch = state.epoch
                     save_checkpoint(ckpt_dir / "best.pt", self.checkpoint_state(state))
+                    self.checkpoints_written += 1
                 save_checkpoint(ckpt_dir / "last.pt", self.checkpoint_state(state))
+                self.checkpoints_written += 1
                 if logger is not None:
                     logger.log(row)
                 if not self.quiet:
@@ -207,7 +222,9 @@ class Trainer:
                     if do_val:
                         msg += f", val dice {last_val['dice']:.4f} (best {state.best_score:.4f} @ {state.best_epoch})"
                     bar.write(msg + f", {state.elapsed:.0f}s")
-            if self.budget and state.elapsed + step_cost + val_cost * 1.1 >= self.budget:
+            barrier(self.dist)  # other ranks wait while rank 0 validates and writes
+            tick()
+            if self.budget and broadcast_flag(state.elapsed + step_cost + val_cost * 1.1 >= self.budget, self.dist):
                 stop = True
         bar.close()
         return state

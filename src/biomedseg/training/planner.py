@@ -1,0 +1,129 @@
+"""Self-configuration: from a data fingerprint and a compute budget to training choices.
+
+:func:`make_plan` is a pure function: ``fingerprint`` (see :func:`fingerprint_from_samples`) +
+budget + device -> ``{option: {"value": v, "reason": "..."}}``. Options the user sets explicitly
+(config file or command line) always win over the plan. The rules and the measurements behind
+them are logged in ``docs/experiments.md``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# Measured step times are scaled from this reference (see docs/experiments.md).
+MIN_STEPS_CPU = 600  # fewer optimisation steps than this and a wide network under-trains
+
+
+def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], background, channels: int,
+                             dtype_max: int = 255) -> dict:
+    """Data fingerprint of cached training samples (``image (H, W, C)``, ``mask (H, W) uint8``).
+
+    Keys: ``n_images``, ``median_shape`` (h, w), ``min_shape``, ``channels``, ``bit_depth``,
+    ``class_share`` (pixel fraction per class), ``image_share`` (fraction of images holding each
+    class), ``object_diameter_p90`` per foreground class (pixels, from connected components).
+    """
+    from scipy import ndimage
+
+    shapes = np.array([s.mask.shape for s in samples])
+    counts = np.zeros(n_classes, np.int64)
+    holders = np.zeros(n_classes, np.int64)
+    diam: dict[int, list[float]] = {c: [] for c in range(n_classes)}
+    for s in samples:
+        bc = np.bincount(s.mask.ravel(), minlength=n_classes)[:n_classes]
+        counts += bc
+        holders += bc > 0
+        for c in range(n_classes):
+            if c == background or not bc[c]:
+                continue
+            lab, n = ndimage.label(s.mask == c)
+            if n:
+                areas = np.bincount(lab.ravel())[1:]
+                diam[c].extend((2 * np.sqrt(areas / np.pi)).tolist())
+    bit16 = any(s.image.dtype == np.uint16 for s in samples)
+    return {
+        "n_images": len(samples),
+        "median_shape": [int(v) for v in np.median(shapes, axis=0)],
+        "min_shape": [int(v) for v in shapes.min(axis=0)],
+        "channels": channels,
+        "bit_depth": 16 if bit16 else 8,
+        "class_names": class_names,
+        "background": background,
+        "class_share": (counts / max(counts.sum(), 1)).round(5).tolist(),
+        "image_share": (holders / max(len(samples), 1)).round(4).tolist(),
+        "object_diameter_p90": {class_names[c]: float(np.percentile(v, 90)) for c, v in diam.items() if v},
+    }
+
+
+def _pow2_floor(x: float) -> int:
+    return 2 ** int(math.floor(math.log2(max(x, 1))))
+
+
+def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs: int | None = None) -> dict:
+    """Choose patch size, network size, batch, sampling, loss and schedule for ``fp``.
+
+    Returns ``{option: {"value": ..., "reason": "..."}}`` with option names of
+    :class:`~biomedseg.training.config.TrainConfig`.
+    """
+    plan: dict[str, dict] = {}
+    h, w = fp["median_shape"]
+    small_side = min(h, w)
+    gpu = device_type == "cuda"
+    # patch: 256 on CPU (step time), 512 on GPU; never above the typical image, at least 4x objects
+    cap = 512 if gpu else 256
+    obj = max(fp.get("object_diameter_p90", {}).values(), default=16.0)
+    want = max(64, _pow2_floor(4 * obj))
+    patch = min(cap, max(want, 128), _pow2_floor(small_side) if small_side >= 64 else 64)
+    plan["patch_size"] = {"value": int(patch), "reason": f"images {h}x{w}, 90th-percentile object diameter "
+                          f"{obj:.0f}px: >= 4 object diameters of context, capped at {cap} for "
+                          f"{'GPU memory' if gpu else 'CPU step time'} and at the image size"}
+    depth = int(min(5, max(3, math.log2(patch / 8) + 1)))
+    plan["model_kwargs.depth"] = {"value": depth, "reason": f"bottleneck of {patch // 2 ** (depth - 1)}px on a {patch}px patch"}
+    short_cpu = (not gpu) and (budget_s is not None and budget_s < 20 * 60)
+    base = 16 if short_cpu else 32
+    plan["model_kwargs.base_channels"] = {
+        "value": base,
+        "reason": "CPU budget under 20 min: a 4x cheaper network takes ~4x more steps, which wins there "
+                  "(docs/experiments.md)" if short_cpu else "full-width U-Net (32..512): best final Dice given time"}
+    plan["batch_size"] = {"value": 8 if not gpu else 16, "reason": "8 patches per step on CPU (step-time bound); "
+                          "16 on GPU" if not gpu else "16 patches of 512px fit a 16 GB GPU in mixed precision"}
+    fg = [i for i in range(len(fp["class_share"])) if i != fp.get("background")]
+    rare = min((fp["class_share"][i] for i in fg), default=1.0)
+    over = 0.5 if rare < 0.05 else 0.33
+    plan["fg_oversample"] = {"value": over, "reason": f"rarest foreground class holds {rare:.2%} of the pixels"
+                             + (" (< 5%): half the patches centred on foreground" if over == 0.5 else "")}
+    plan["class_weights"] = {"value": "none", "reason": "the Dice term of dice+ce already weighs every class "
+                             "equally; foreground oversampling handles the rest"}
+    plan["loss"] = {"value": "dice+ce", "reason": "robust default for thin and rare structures (nnU-Net's choice)"}
+    plan["augment"] = {"value": "default", "reason": "flips/rotations and mild intensity changes: microscopy has "
+                       "no preferred orientation"}
+    plan["optimizer"] = {"value": "adamw", "reason": "adaptive steps converge in few epochs; nnU-Net's SGD schedule "
+                         "assumes ~1000 epochs"}
+    plan["lr"] = {"value": 2e-3, "reason": "AdamW with poly decay to 0 over the budget"}
+    plan["schedule"] = {"value": "poly", "reason": "decays to zero exactly when the epochs or the time budget end"}
+    if fp.get("bit_depth") == 16:
+        plan["normalization"] = {"value": "zscore", "reason": "16-bit data: z-score per channel on the "
+                                 "training set statistics (values clipped at the 0.5/99.5 percentiles)"}
+    return plan
+
+
+def apply_plan(values: dict, plan: dict, explicit: dict) -> dict:
+    """Config ``values`` updated with every plan entry the user did not set in ``explicit``."""
+    out = {**values, "model_kwargs": dict(values.get("model_kwargs") or {})}
+    for key, entry in plan.items():
+        if key.startswith("model_kwargs."):
+            sub = key.split(".", 1)[1]
+            if sub not in (explicit.get("model_kwargs") or {}):
+                out["model_kwargs"][sub] = entry["value"]
+        elif key in explicit or key not in _CONFIG_FIELDS():
+            continue
+        else:
+            out[key] = entry["value"]
+    return out
+
+
+def _CONFIG_FIELDS() -> set[str]:
+    from biomedseg.training.config import TrainConfig
+
+    return set(TrainConfig.model_fields)
