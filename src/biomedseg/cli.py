@@ -54,6 +54,7 @@ def train(
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
     precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="any config option: key=value (repeatable)"),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="plan.yaml from `biomedseg plan` (default: plan now)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train a model on DATA and write the run folder --out."""
@@ -65,7 +66,8 @@ def train(
              "schedule": schedule, "class_weights": class_weights, "augment": augment, "val_fraction": val_fraction,
              "precision": precision}
     overrides = merge(parse_overrides(set_), flags)
-    run_dir = run_train(data, out, images=images, masks=masks, config=config, resume=resume, quiet=quiet, **overrides)
+    run_dir = run_train(data, out, images=images, masks=masks, config=config, resume=resume, quiet=quiet, plan=plan,
+                        **overrides)
     typer.echo(f"run folder: {run_dir}")
 
 
@@ -114,6 +116,30 @@ def predict(
         typer.echo(f"failed: {reason}", err=True)
     if s.failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def plan(
+    data: Optional[Path] = DataArg,
+    out: Path = typer.Option(Path("plan.yaml"), "--out", "-o", help="plan file to write"),
+    images: Optional[Path] = ImagesOpt,
+    masks: Optional[Path] = MasksOpt,
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="training time the plan is for, e.g. 30m"),
+    epochs: Optional[int] = typer.Option(None, help="or a number of epochs"),
+    device: str = typer.Option("auto", help="cpu | cuda | auto"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="config option key=value (repeatable)"),
+):
+    """Fingerprint DATA and write plan.yaml: every automatic training choice with its reason."""
+    from biomedseg.training.config import parse_overrides
+    from biomedseg.training.planner import plan_data
+
+    result = plan_data(data, out, images=images, masks=masks, time_budget=time_budget, epochs=epochs, device=device,
+                       config=config, **parse_overrides(set_))
+    for key, entry in result.items():
+        if isinstance(entry, dict) and "value" in entry:
+            typer.echo(f"{key:28s} {entry['value']!s:>8s}  {entry['reason']}")
+    typer.echo(f"wrote {out}")
 
 
 @app.command()

@@ -54,11 +54,12 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def train(data=None, out=None, *, images=None, masks=None, config=None, resume: bool = False,
-          quiet: bool = False, **overrides) -> Path:
+          quiet: bool = False, plan=None, **overrides) -> Path:
     """Train a model on ``data`` (a DATA folder) and write the run folder ``out``.
 
     ``overrides`` are config fields (see :class:`~biomedseg.training.config.TrainConfig`), e.g.
-    ``epochs=20``, ``time_budget="10m"``, ``model="unet"``. Returns the run folder.
+    ``epochs=20``, ``time_budget="10m"``, ``model="unet"``. ``plan``: a ``plan.yaml`` from
+    ``biomedseg plan`` to use instead of planning now. Returns the run folder.
     """
     import torch
 
@@ -121,7 +122,12 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
 
         fingerprint = fingerprint_from_samples(train_samples, n_classes, setup.classes, setup.background,
                                                setup.channels)
-        planned = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs)
+        if plan is not None:
+            from biomedseg.training.planner import load_plan_file
+
+            planned = load_plan_file(plan)
+        else:
+            planned = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs)
         planned = {k: v for k, v in planned.items() if _plan_applies(k, cfg.model)}
         cfg = build_config(apply_plan(cfg.model_dump(), planned, explicit), source="plan")
         for key in planned:
