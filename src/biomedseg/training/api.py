@@ -127,7 +127,12 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
 
             planned = load_plan_file(plan)
         else:
-            planned = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs)
+            from biomedseg.training.planner import step_timer
+
+            timer = None  # measuring is only worth it when the width is the plan's to choose
+            if "base_channels" not in (explicit.get("model_kwargs") or {}) and cfg.model == "unet":
+                timer = step_timer(setup.channels, n_classes, str(device))
+            planned = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs, step_time=timer)
         planned = {k: v for k, v in planned.items() if _plan_applies(k, cfg.model)}
         cfg = build_config(apply_plan(cfg.model_dump(), planned, explicit), source="plan")
         for key in planned:

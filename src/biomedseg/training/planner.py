@@ -12,8 +12,37 @@ import math
 
 import numpy as np
 
-# Measured step times are scaled from this reference (see docs/experiments.md).
-MIN_STEPS_CPU = 600  # fewer optimisation steps than this and a wide network under-trains
+# Fewer optimisation steps than this in the budget and the full-width U-Net under-trains: a 4x
+# cheaper one (base 16) wins (ISBI, 10 min, docs/experiments.md).
+MIN_STEPS_FULL_WIDTH = 400
+
+
+def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, depth: int, base: int,
+                      device: str = "cpu", repeats: int = 1) -> float:
+    """Seconds of one training step (forward, backward, AdamW) of the default U-Net, measured here."""
+    import time
+
+    import torch
+
+    from biomedseg.models import create_model
+
+    model = create_model("unet", channels, n_classes, depth=depth, base_channels=base).to(device)
+    model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    x = torch.randn(batch, channels, patch, patch, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, n_classes, (batch, patch, patch), device=device)
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device != "cpu":
+            torch.cuda.synchronize()
+        if i:  # the first step warms up allocators and kernels
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
 def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], background, channels: int,
@@ -60,10 +89,13 @@ def _pow2_floor(x: float) -> int:
     return 2 ** int(math.floor(math.log2(max(x, 1))))
 
 
-def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs: int | None = None) -> dict:
+def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs: int | None = None,
+              step_time=None) -> dict:
     """Choose patch size, network size, batch, sampling, loss and schedule for ``fp``.
 
-    Returns ``{option: {"value": ..., "reason": "..."}}`` with option names of
+    ``step_time(patch, batch, depth, base) -> seconds`` measures a training step here (see
+    :func:`measure_step_time`); without it the width follows the budget alone. Returns
+    ``{option: {"value": ..., "reason": "..."}}`` with option names of
     :class:`~biomedseg.training.config.TrainConfig`.
     """
     plan: dict[str, dict] = {}
@@ -80,13 +112,22 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
                           f"{'GPU memory' if gpu else 'CPU step time'} and at the image size"}
     depth = int(min(5, max(3, math.log2(patch / 8) + 1)))
     plan["model_kwargs.depth"] = {"value": depth, "reason": f"bottleneck of {patch // 2 ** (depth - 1)}px on a {patch}px patch"}
-    short_cpu = (not gpu) and (budget_s is not None and budget_s < 20 * 60)
-    base = 16 if short_cpu else 32
-    plan["model_kwargs.base_channels"] = {
-        "value": base,
-        "reason": "CPU budget under 20 min: a 4x cheaper network takes ~4x more steps, which wins there "
-                  "(docs/experiments.md)" if short_cpu else "full-width U-Net (32..512): best final Dice given time"}
-    plan["batch_size"] = {"value": 8 if not gpu else 16, "reason": "8 patches per step on CPU (step-time bound); "
+    batch = 8 if not gpu else 16
+    base, why = 32, "full-width U-Net (32..512 channels): best final Dice when it gets enough steps"
+    if budget_s is not None and not gpu:
+        if step_time is not None:
+            t = step_time(patch, batch, depth, 32)
+            steps = int(0.85 * budget_s / t)
+            if steps < MIN_STEPS_FULL_WIDTH:
+                base = 16
+                why = (f"measured {t:.2f}s per step at width 32: only ~{steps} steps fit the budget "
+                       f"(< {MIN_STEPS_FULL_WIDTH}); a 4x cheaper network takes ~4x more steps, which wins there")
+            else:
+                why = f"measured {t:.2f}s per step at width 32: ~{steps} steps fit the budget"
+        elif budget_s < 20 * 60:
+            base, why = 16, "CPU budget under 20 min: a 4x cheaper network takes ~4x more steps, which wins there"
+    plan["model_kwargs.base_channels"] = {"value": base, "reason": why}
+    plan["batch_size"] = {"value": batch, "reason": "8 patches per step on CPU (step-time bound); "
                           "16 on GPU" if not gpu else "16 patches of 512px fit a 16 GB GPU in mixed precision"}
     fg = [i for i in range(len(fp["class_share"])) if i != fp.get("background")]
     rare = min((fp["class_share"][i] for i in fg), default=1.0)
@@ -106,6 +147,15 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
         plan["normalization"] = {"value": "zscore", "reason": "16-bit data: z-score per channel on the "
                                  "training set statistics (values clipped at the 0.5/99.5 percentiles)"}
     return plan
+
+
+def step_timer(channels: int, n_classes: int, device: str):
+    """``step_time`` callback for :func:`make_plan` measuring on ``device``."""
+
+    def measure(patch, batch, depth, base):
+        return measure_step_time(channels, n_classes, patch, batch, depth, base, device)
+
+    return measure
 
 
 def apply_plan(values: dict, plan: dict, explicit: dict) -> dict:
@@ -156,7 +206,8 @@ def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None,
                for i in setup.split["train"]]
     fp = fingerprint_from_samples(samples, n_classes, setup.classes, setup.background, setup.channels)
     dev = resolve_device(device)
-    plan = make_plan(fp, parse_duration(time_budget), dev.type, epochs)
+    plan = make_plan(fp, parse_duration(time_budget), dev.type, epochs, step_time=step_timer(setup.channels, n_classes,
+                                                                                              dev.type))
     result = {"fingerprint": fp, "time_budget_s": parse_duration(time_budget), "device": dev.type, **plan}
     if out is not None:
         write_text(Path(out), yaml.safe_dump(result, sort_keys=False))
