@@ -106,10 +106,15 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     cap = 512 if gpu else 256
     obj = max(fp.get("object_diameter_p90", {}).values(), default=16.0)
     want = max(64, _pow2_floor(4 * obj))
-    patch = min(cap, max(want, 128), _pow2_floor(small_side) if small_side >= 64 else 64)
-    plan["patch_size"] = {"value": int(patch), "reason": f"images {h}x{w}, 90th-percentile object diameter "
-                          f"{obj:.0f}px: >= 4 object diameters of context, capped at {cap} for "
-                          f"{'GPU memory' if gpu else 'CPU step time'} and at the image size"}
+    fit = _pow2_floor(small_side) if small_side >= 64 else 64
+    if gpu:  # context is nearly free on a GPU: the largest patch the images allow
+        patch = min(cap, fit)
+        why = f"images {h}x{w}: largest power-of-two patch up to {cap} (GPU memory)"
+    else:
+        patch = min(cap, max(want, 128), fit)
+        why = (f"images {h}x{w}, 90th-percentile object diameter {obj:.0f}px: >= 4 object diameters of "
+               f"context, capped at {cap} for CPU step time and at the image size")
+    plan["patch_size"] = {"value": int(patch), "reason": why}
     depth = int(min(5, max(3, math.log2(patch / 8) + 1)))
     plan["model_kwargs.depth"] = {"value": depth, "reason": f"bottleneck of {patch // 2 ** (depth - 1)}px on a {patch}px patch"}
     batch = 8 if not gpu else 16

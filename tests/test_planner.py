@@ -1,0 +1,52 @@
+"""The planner: every choice has a reason, measurements drive the width, user values win."""
+
+from __future__ import annotations
+
+import yaml
+
+from biomedseg.training.planner import MIN_STEPS_FULL_WIDTH, apply_plan, make_plan
+
+FP = {"n_images": 20, "median_shape": [512, 512], "min_shape": [512, 512], "channels": 1, "bit_depth": 8,
+      "class_names": ["background", "cell", "rare"], "background": 0, "class_share": [0.8, 0.19, 0.01],
+      "image_share": [1.0, 1.0, 0.5], "object_diameter_p90": {"cell": 20.0, "rare": 5.0}}
+
+
+def test_every_value_has_a_reason():
+    plan = make_plan(FP, 600, "cpu", step_time=lambda *a: 1.0)
+    assert len(plan) >= 10
+    for key, entry in plan.items():
+        assert set(entry) == {"value", "reason"}, key
+        assert isinstance(entry["reason"], str) and len(entry["reason"]) > 10, key
+    yaml.safe_dump(plan)  # serialisable as plan.yaml
+
+
+def test_width_follows_measured_steps():
+    budget = 600
+    slow = make_plan(FP, budget, "cpu", step_time=lambda *a: budget / (MIN_STEPS_FULL_WIDTH / 2))
+    fast = make_plan(FP, budget, "cpu", step_time=lambda *a: budget / (MIN_STEPS_FULL_WIDTH * 4))
+    assert slow["model_kwargs.base_channels"]["value"] == 16
+    assert "measured" in slow["model_kwargs.base_channels"]["reason"]
+    assert fast["model_kwargs.base_channels"]["value"] == 32
+    assert make_plan(FP, None, "cpu")["model_kwargs.base_channels"]["value"] == 32  # epochs: no budget pressure
+
+
+def test_rare_class_gets_oversampled_and_patch_fits_image():
+    plan = make_plan(FP, None, "cpu")
+    assert plan["fg_oversample"]["value"] == 0.5
+    small = dict(FP, median_shape=[100, 180], min_shape=[90, 150])
+    p = make_plan(small, None, "cpu")["patch_size"]["value"]
+    assert p <= 100 and p & (p - 1) == 0  # power of two within the image
+    assert make_plan(FP, None, "cuda")["patch_size"]["value"] == 512
+    common = dict(FP, class_share=[0.5, 0.3, 0.2])
+    assert make_plan(common, None, "cpu")["fg_oversample"]["value"] == 0.33
+
+
+def test_user_values_win():
+    plan = make_plan(FP, 600, "cpu", step_time=lambda *a: 10.0)
+    values = {"patch_size": 256, "batch_size": 8, "model_kwargs": {"depth": 4}, "lr": 0.002}
+    explicit = {"batch_size": 2, "model_kwargs": {"depth": 4}}
+    out = apply_plan({**values, "batch_size": 2}, plan, explicit)
+    assert out["batch_size"] == 2  # user
+    assert out["model_kwargs"]["depth"] == 4  # user
+    assert out["model_kwargs"]["base_channels"] == plan["model_kwargs.base_channels"]["value"]  # plan
+    assert out["fg_oversample"] == plan["fg_oversample"]["value"]
