@@ -48,7 +48,7 @@ def train(
     patch_size: Optional[int] = typer.Option(None, "--patch-size"),
     lr: Optional[float] = typer.Option(None, "--lr"),
     optimizer: Optional[str] = typer.Option(None, help="adam | adamw | sgd | rmsprop"),
-    schedule: Optional[str] = typer.Option(None, help="poly | cosine | constant"),
+    schedule: Optional[str] = typer.Option(None, help="poly | cosine | constant | step | plateau"),
     class_weights: Optional[str] = typer.Option(None, "--class-weights", help="none | inverse | median | w0,w1,..."),
     augment: Optional[str] = typer.Option(None, help="augmentation preset"),
     val_fraction: Optional[float] = typer.Option(None, "--val-fraction"),
@@ -144,11 +144,30 @@ def plan(
 
 @app.command()
 def models():
-    """List the available architectures."""
+    """List the available architectures: parameters, GFLOPs per 256x256 grey image (2 classes), description."""
     from biomedseg.models.registry import get_entry, list_models
+    from biomedseg.models.summary import model_summary
 
+    typer.echo(f"{'name':16s} {'params':>8s} {'GFLOPs':>7s}  description (GFLOPs @256x256, 1 channel, 2 classes)")
     for name in list_models():
-        typer.echo(f"{name:20s} {get_entry(name).description}")
+        s = model_summary(name, in_channels=1, n_classes=2, size=256)
+        typer.echo(f"{name:16s} {s['params'] / 1e6:7.2f}M {s['gflops']:7.1f}  {get_entry(name).description}")
+
+
+@app.command("augment-preview")
+def augment_preview(
+    data: Path = typer.Argument(..., help="DATA folder with images/ and masks/"),
+    out: Path = typer.Option(Path("augment_preview.png"), "--out", "-o", help="PNG file to write"),
+    preset: str = typer.Option("default", help="augmentation preset: none | flips | default | strong"),
+    n: int = typer.Option(8, "--n", "-n", help="number of example patches (rows)"),
+    seed: int = typer.Option(0, help="random seed (patches and augmentations)"),
+    patch_size: int = typer.Option(256, "--patch-size", help="patch side in pixels, as in training"),
+):
+    """Draw random training patches before/after augmentation (image and mask overlay) to check a preset."""
+    from biomedseg.reports.augment_preview import augment_preview as run_preview
+
+    path = run_preview(data, out, preset=preset, n=n, seed=seed, patch_size=patch_size)
+    typer.echo(f"wrote {path}")
 
 
 @app.command()

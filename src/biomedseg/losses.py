@@ -3,7 +3,9 @@
 A spec is a sum of weighted terms: ``"dice+ce"``, ``"0.5*focal+dice"``,
 ``"tversky:alpha=0.3,beta=0.7"``. Every loss takes logits ``(N, K, H, W) float`` and an index
 target ``(N, H, W) int64`` and returns a scalar. MONAI's implementations are used where they
-exist; each term is computed in float32 even under autocast.
+exist; each term is computed in float32 even under autocast. Registered here: ``ce``, ``dice``,
+``focal``; :mod:`biomedseg.losses_extra` adds ``bce``, ``jaccard``, ``tversky``, ``fbeta`` and
+``lovasz``.
 """
 
 from __future__ import annotations
@@ -75,16 +77,32 @@ def _dice(n_classes, class_weights=None, include_background: str | bool = True, 
     )
 
 
+class _SumOverClasses(nn.Module):
+    """Per-class elementwise loss ``(N, K, H, W)`` -> sum over classes, mean over pixels."""
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, logits, target):
+        return self.inner(logits, target).sum(dim=1).mean()
+
+
 @register_loss("focal")
 def _focal(n_classes, class_weights=None, gamma: float = 2.0, alpha: float | None = None):
+    """Softmax focal loss (Lin et al. 2017), ``-mean_pixels (1 - p_t)^gamma log p_t``.
+
+    MONAI's ``reduction="mean"`` also averages over the K classes (giving CE / K at gamma=0);
+    summing over classes instead makes ``focal:gamma=0`` equal to ``ce``.
+    """
     from monai.losses import FocalLoss
 
-    kw = {"gamma": float(gamma), "use_softmax": True, "to_onehot_y": True}
+    kw = {"gamma": float(gamma), "use_softmax": True, "to_onehot_y": True, "reduction": "none"}
     if alpha is not None:
         kw["alpha"] = float(alpha)
     if class_weights is not None:
         kw["weight"] = class_weights.float()
-    return _OneHotLoss(FocalLoss(**kw))
+    return _OneHotLoss(_SumOverClasses(FocalLoss(**kw)))
 
 
 def _as_bool(v) -> bool:

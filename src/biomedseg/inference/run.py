@@ -9,6 +9,7 @@ from pathlib import Path
 import yaml
 
 from biomedseg.errors import UserError
+from biomedseg.training.device import use_channels_last
 
 
 @dataclass
@@ -37,7 +38,8 @@ class LoadedRun:
         cfg = self.config
         return SlidingWindowPredictor(self.model, cfg.patch_size, overlap=cfg.overlap if overlap is None else overlap,
                                       batch_size=batch_size or max(1, cfg.batch_size // 2), device=self.device,
-                                      precision=self.precision, tta=tta, channels_last=cfg.channels_last)
+                                      precision=self.precision, tta=tta,
+                                      channels_last=use_channels_last(cfg.channels_last, self.device))
 
 
 def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision: str | None = None) -> LoadedRun:
@@ -62,10 +64,12 @@ def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision:
     state = load_checkpoint(ckpt)
     configure_threads(cfg.num_threads)
     dev = resolve_device(device)
-    model = create_model(cfg.model, info["channels"], info["n_classes"], **cfg.model_kwargs)
+    # the checkpoint holds the weights: never fetch pretrained encoder weights again here
+    kwargs = {k: v for k, v in cfg.model_kwargs.items() if k != "pretrained"}
+    model = create_model(cfg.model, info["channels"], info["n_classes"], **kwargs)
     model.load_state_dict(state["model"])
     model = model.to(dev).eval()
-    if cfg.channels_last:
+    if use_channels_last(cfg.channels_last, dev):
         model = model.to(memory_format=torch.channels_last)
     return LoadedRun(run_dir, model, cfg, info, Normalizer.from_json(info["normalization"]), dev,
                      resolve_precision(precision or cfg.precision, dev))

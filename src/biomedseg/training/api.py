@@ -35,11 +35,8 @@ def _plan_applies(key: str, model_name: str) -> bool:
     """Plan entries for ``model_kwargs.X`` apply only when the chosen architecture takes ``X``."""
     if not key.startswith("model_kwargs."):
         return True
-    import inspect
-
-    from biomedseg.models.registry import get_entry
-
-    return key.split(".", 1)[1] in inspect.signature(get_entry(model_name).factory).parameters
+    # the planned network is the default U-Net; other architectures keep their published sizes
+    return model_name == "unet"
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -144,7 +141,9 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     counts = class_pixel_counts(train_samples, n_classes)
     weights = class_weights_from_counts(counts, cfg.class_weights)
     model = create_model(cfg.model, setup.channels, n_classes, **cfg.model_kwargs).to(device)
-    if cfg.channels_last:
+    from biomedseg.training.device import use_channels_last
+
+    if use_channels_last(cfg.channels_last, device):
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.loss, n_classes, weights.to(device) if weights is not None else None).to(device)
     optimizer = build_optimizer(model, cfg)
@@ -193,6 +192,7 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
         state = TrainState(epoch=ck["epoch"], iteration=ck["iteration"], elapsed=ck["elapsed"],
                            best_score=ck["best_score"], best_epoch=ck["best_epoch"])
         torch.set_rng_state(ck["torch_rng"])
+        schedule.load_state_dict(ck.get("schedule", {}))
         if logger is not None:
             logger.truncate(state.epoch)
     train_model = wrap_model(model, dist_info, device)

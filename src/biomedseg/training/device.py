@@ -46,3 +46,12 @@ def configure_threads(num_threads: int | None) -> int:
             num_threads = os.cpu_count() or 1
     torch.set_num_threads(max(1, int(num_threads)))
     return torch.get_num_threads()
+
+
+def use_channels_last(setting: bool | None, device: torch.device) -> bool:
+    """channels_last memory format: the setting if given, else on for CUDA and off for CPU.
+
+    Measured on the project's AVX-512 CPU (MONAI U-Net, batch 8, 256x256, fp32 training):
+    5.4 images/s contiguous versus 1.7 channels_last (docs/experiments.md).
+    """
+    return bool(setting) if setting is not None else device.type == "cuda"

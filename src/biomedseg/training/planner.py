@@ -27,9 +27,12 @@ def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, dep
     from biomedseg.models import create_model
 
     model = create_model("unet", channels, n_classes, depth=depth, base_channels=base).to(device)
-    model = model.to(memory_format=torch.channels_last)
+    from biomedseg.training.device import use_channels_last
+
+    cl = torch.channels_last if use_channels_last(None, torch.device(device)) else torch.contiguous_format
+    model = model.to(memory_format=cl)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, channels, patch, patch, device=device).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, patch, patch, device=device).contiguous(memory_format=cl)
     y = torch.randint(0, n_classes, (batch, patch, patch), device=device)
     times = []
     for i in range(repeats + 1):

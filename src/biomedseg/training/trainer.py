@@ -61,6 +61,9 @@ class Trainer:
         self.is_main, self.quiet = self.dist.is_main, quiet
         self.checkpoints_written = 0
         self.scaler = torch.amp.GradScaler("cuda") if (precision == "fp16" and device.type == "cuda") else None
+        from biomedseg.training.device import use_channels_last
+
+        self.channels_last = use_channels_last(cfg.channels_last, device)
         self.budget = cfg.time_budget
         self.total_iters = cfg.epochs * self.ipe if cfg.epochs else None
 
@@ -76,7 +79,7 @@ class Trainer:
     # -- one optimisation step --------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.model.train()
-        if self.cfg.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast_context(self.device, self.precision):
             logits = self.model(x)
@@ -104,7 +107,7 @@ class Trainer:
         net = getattr(self.model, "module", self.model)
         predictor = SlidingWindowPredictor(
             net, self.cfg.patch_size, overlap=self.cfg.overlap, batch_size=max(1, self.cfg.batch_size // 2),
-            device=self.device, precision=self.precision, channels_last=self.cfg.channels_last,
+            device=self.device, precision=self.precision, channels_last=self.channels_last,
         )
         acc = MetricAccumulator(self.n_classes, self.class_names, self.background)
         losses = []
@@ -134,6 +137,7 @@ class Trainer:
             "best_score": state.best_score,
             "best_epoch": state.best_epoch,
             "torch_rng": torch.get_rng_state(),
+            "schedule": self.schedule.state_dict(),
         }
 
     # -- the loop -------------------------------------------------------------------------
@@ -196,6 +200,7 @@ class Trainer:
             if do_val:
                 t0 = time.perf_counter()
                 last_val = self.validate()
+                self.schedule.observe(last_val["dice"])  # only the plateau schedule reacts
                 val_cost = time.perf_counter() - t0
                 tick()
                 row.update({"val_loss": last_val["loss"], "val_dice": last_val["dice"], "val_iou": last_val["iou"],
