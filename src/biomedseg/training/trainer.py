@@ -165,7 +165,7 @@ class Trainer:
                 break
             sampler: PatchSampler = self.make_sampler(state.epoch)
             prefetch = Prefetcher(sampler, self.cfg.batch_size)
-            t_epoch, losses, n_images = time.perf_counter(), [], 0
+            t_epoch, losses, n_images, data_wait = time.perf_counter(), [], 0, 0.0
             try:
                 for _ in range(self.ipe):
                     if self.budget:  # rank 0's clock decides for every rank
@@ -176,7 +176,9 @@ class Trainer:
                             break
                     t0 = time.perf_counter()
                     lr = self.schedule.step(self.progress(state))
+                    t_data = time.perf_counter()
                     xb, yb = prefetch.next()
+                    data_wait += time.perf_counter() - t_data
                     x = torch.from_numpy(xb).to(self.device, non_blocking=True)
                     y = torch.from_numpy(yb).to(self.device, non_blocking=True)
                     losses.append(self.train_step(x, y))
@@ -196,7 +198,8 @@ class Trainer:
             do_val = self.is_main and bool(self.val_samples) and (
                 state.epoch % self.cfg.val_every == 0 or stop or (self.cfg.epochs and state.epoch >= self.cfg.epochs))
             row = {"epoch": state.epoch, "iteration": state.iteration, "train_loss": float(np.mean(losses)),
-                   "lr": lr, "images_per_s": n_images / max(train_seconds, 1e-9)}
+                   "lr": lr, "images_per_s": n_images / max(train_seconds, 1e-9),
+                   "data_wait_share": data_wait / max(train_seconds, 1e-9)}
             if do_val:
                 t0 = time.perf_counter()
                 last_val = self.validate()
