@@ -265,3 +265,18 @@ def test_discover_antialiased_rgb_mask(tmp_path):
     assert sorted(palette.values[1:]) == sorted(colours)
     mask, n_snapped = read_mask(paths[0], palette)
     assert n_snapped > 0 and mask.max() <= 4
+
+
+def test_palette_ignores_jpeg_masks_when_lossless_ones_exist(tmp_path):
+    from PIL import Image
+
+    from biomedseg.io import discover_palette
+
+    m = np.zeros((40, 40), np.uint8)
+    m[10:30, 10:30] = 255
+    Image.fromarray(m).save(tmp_path / "a.png")
+    damaged = m.copy()
+    damaged[m == 0] = 1  # what JPEG does to a black background
+    damaged[0, 0] = 3
+    Image.fromarray(damaged).save(tmp_path / "b.jpg", quality=60)
+    assert discover_palette([tmp_path / "a.png", tmp_path / "b.jpg"]).values == [(0,), (255,)]

@@ -31,6 +31,81 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 @app.command()
+def audit(
+    data: Optional[Path] = DataArg,
+    out: Path = typer.Option(..., "--out", "-o", help="report folder: audit.json, audit.html, audit_files/"),
+    images: Optional[Path] = ImagesOpt,
+    masks: Optional[Path] = MasksOpt,
+    check_flips: bool = typer.Option(False, "--check-flips", help="also find mirrored (flipped) copies"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+):
+    """Check DATA before training: files, masks, class balance, intensities, near duplicates, leakage.
+
+    Problems are reported (most serious first) with exit code 0; exit code 2 only when the data
+    cannot be read at all.
+    """
+    from biomedseg.data.audit import format_audit_summary, run_audit
+
+    result = run_audit(data, out, images=images, masks=masks, check_flips=check_flips, progress=not quiet)
+    typer.echo(format_audit_summary(result))
+    typer.echo(f"wrote {out / 'audit.json'} and {out / 'audit.html'}")
+
+
+@app.command()
+def split(
+    data: Path = typer.Argument(..., help="DATA folder; its dataset.json gets the split"),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="share of images for testing"),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="share of images for validation"),
+    seed: int = typer.Option(0, "--seed", help="random seed"),
+    stratify: bool = typer.Option(False, "--stratify", help="spread the rarest class present in each image evenly"),
+    exclude_conflicts: bool = typer.Option(
+        True, "--exclude-conflicts/--keep-conflicts",
+        help="leave out (and list in DATA/exclude.txt) images whose mask conflicts with a near-duplicate copy"),
+    audit: Optional[Path] = typer.Option(None, "--audit", help="reuse this audit.json (or its folder) instead of auditing"),
+    check_flips: bool = typer.Option(False, "--check-flips", help="also group mirrored copies (when auditing)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+):
+    """Write a train/val/test split into DATA/dataset.json that keeps near-duplicate groups together."""
+    from biomedseg.data.group_split import write_split
+
+    r = write_split(data, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, stratify=stratify,
+                    exclude_conflicts=exclude_conflicts, audit=audit, check_flips=check_flips, progress=not quiet)
+    sides = ", ".join(f"{k} {v}" for k, v in r["split"].items())
+    typer.echo(f"split: {sides} ({r['groups']} near-duplicate groups of {r['grouped_images']} images kept together)")
+    if exclude_conflicts:
+        typer.echo(f"excluded {r['excluded']} images with conflicting duplicate masks -> {r['exclude_txt']}")
+    typer.echo(f"wrote {r['dataset_json']}")
+
+
+@app.command()
+def tile(
+    src: Path = typer.Argument(..., help="DATA folder, or one large image (mask: --masks or x_mask.* beside it)"),
+    out: Path = typer.Option(..., "--out", "-o", help="DATA folder to write: images/, masks/, tiles.csv, dataset.json"),
+    size: int = typer.Option(512, "--size", help="tile side in pixels"),
+    stride: Optional[int] = typer.Option(None, "--stride", help="step between tiles (default: --size, no overlap)"),
+    keep_empty: float = typer.Option(0.1, "--keep-empty", help="fraction of background-only tiles kept (random, --seed)"),
+    tissue_threshold: Optional[float] = typer.Option(
+        None, "--tissue-threshold", help="drop background-only tiles with a smaller share of tissue pixels (0..1)"),
+    level: int = typer.Option(0, "--level", help="pyramid level of TIFF slides (0 = full resolution)"),
+    seed: int = typer.Option(0, "--seed", help="seed of the choice of background-only tiles"),
+    masks: Optional[Path] = typer.Option(None, "--masks", help="mask folder (with DATA) or mask file (with one image)"),
+    max_decode_megapixels: float = typer.Option(
+        150.0, "--max-decode-megapixels", help="largest PNG/JPEG (or TIFF strip) decoded whole"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace tiles already in --out"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+):
+    """Cut large images and masks into aligned tiles: a training DATA folder with provenance (tiles.csv)."""
+    from biomedseg.data.tiling import tile_dataset
+
+    s = tile_dataset(src, out, size=size, stride=stride, keep_empty=keep_empty, tissue_threshold=tissue_threshold,
+                     level=level, seed=seed, max_decode_pixels=int(max_decode_megapixels * 1e6), masks=masks,
+                     overwrite=overwrite, progress=not quiet)
+    typer.echo(f"{s['n_tiles']} tiles from {s['n_sources']} images: {s['n_labelled']} labelled, "
+               f"{s['n_empty_kept']} of {s['n_empty']} background-only kept, {s['n_blank_dropped']} blank dropped")
+    typer.echo(f"wrote {out}/images, {out}/masks, {out}/tiles.csv, {out}/dataset.json")
+
+
+@app.command()
 def train(
     data: Optional[Path] = DataArg,
     out: Path = typer.Option(..., "--out", "-o", help="run folder to write"),

@@ -230,6 +230,9 @@ def discover_palette(paths: Iterable[str | os.PathLike], max_classes: int = 32) 
     if not paths:
         raise UserError("no mask files given: cannot find the mask values")
     where = paths[0].parent
+    lossless = [p for p in paths if p.suffix.lower() not in (".jpg", ".jpeg")]
+    if lossless and len(lossless) < len(paths):
+        paths = lossless  # JPEG masks shift values (a 0 becomes 1): learn the palette from the exact files
     sample = _sample(paths, MAX_SAMPLE_FILES)
     fractions, totals, n_pixels = _tally(sample)
     colour = any(len(k) == 3 for k in totals)

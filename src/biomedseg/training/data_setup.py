@@ -97,7 +97,9 @@ def prepare_data(cfg, data=None, images=None, masks=None) -> DataSetup:
     source = resolve_data(data, images, masks)
     samples = find_pairs(source.images_dir, source.masks_dir)
     check_pairs(samples)
-    excluded = set(cfg.exclude)
+    from biomedseg.data.group_split import read_exclude
+
+    excluded = set(cfg.exclude) | set(read_exclude(source.root))  # DATA/exclude.txt from `biomedseg split`
     samples = [s for s in samples if s.id not in excluded]
     if not samples:
         raise UserError(f"{source.images_dir}: no image/mask pairs left to train on")
@@ -111,7 +113,10 @@ def prepare_data(cfg, data=None, images=None, masks=None) -> DataSetup:
         if missing:
             raise UserError(f"{source.root}/dataset.json: split names {len(missing)} ids with no image/mask pair "
                             f"({', '.join(missing[:5])})")
-        split = make_split(train_pool, cfg.val_fraction, cfg.seed)
+        if given.get("val"):  # a given validation split (e.g. duplicate-aware, from `biomedseg split`)
+            split = {"train": train_pool, "val": [i for i in given["val"] if i in set(ids)]}
+        else:
+            split = make_split(train_pool, cfg.val_fraction, cfg.seed)
         split["test"] = sorted(i for i in given.get("test", []) if i in set(ids))
     else:
         split = make_split(ids, cfg.val_fraction, cfg.seed)
