@@ -34,12 +34,15 @@ def run_one(name: str, budget: str, workdir: Path, extra: dict) -> dict:
     biomedseg.train(data, run, time_budget=budget, quiet=True, **extra)
     train_s = time.perf_counter() - t0
     valid = data / "fov" if (data / "fov").is_dir() else None
+    t1 = time.perf_counter()
     m = biomedseg.evaluate(run, data, workdir / f"{name}_{budget}_eval", split="test", overlays=False,
                            valid_dir=valid, quiet=True)
+    eval_s = time.perf_counter() - t1
     per_class = {k: round(v["dice"], 4) for k, v in m["per_class"].items()}
     target = TARGET.get(name)
     score = per_class[target] if target else round(m["dice"], 4)
-    return {"dataset": name, "budget": budget, "train_s": round(train_s, 1), "score": score,
+    return {"dataset": name, "budget": budget, "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
+            "score": score,
             "score_name": f"{target} Dice" if target else "mean fg Dice", "per_class": per_class,
             "iou": round(m["iou"], 4), "f1": round(m["f1"], 4), "image_dice": round(m["image_dice"], 4),
             "reference": REFERENCE.get(name, "")}
@@ -58,8 +61,8 @@ def main(argv=None) -> int:
     extra = parse_overrides(args.set)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="biomedseg_ttd_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print("| dataset | budget | train s | test score | per-class Dice | reference |")
-    print("|---|---|---|---|---|---|")
+    print("| dataset | budget | train s | evaluate s | test score | per-class Dice | reference |")
+    print("|---|---|---|---|---|---|---|")
     results = []
     for name in args.datasets.split(","):
         if not (SHARED / name / "images").is_dir():
@@ -68,7 +71,7 @@ def main(argv=None) -> int:
         for budget in args.budgets.split(","):
             r = run_one(name, budget, workdir, extra)
             results.append(r)
-            print(f"| {name} | {budget} | {r['train_s']} | {r['score_name']} {r['score']:.4f} | "
+            print(f"| {name} | {budget} | {r['train_s']} | {r['eval_s']} | {r['score_name']} {r['score']:.4f} | "
                   f"{', '.join(f'{k} {v:.3f}' for k, v in r['per_class'].items())} | {r['reference']} |", flush=True)
             if args.json:
                 with open(args.json, "a") as f:
