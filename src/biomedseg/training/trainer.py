@@ -170,7 +170,7 @@ class Trainer:
                 for _ in range(self.ipe):
                     if self.budget:  # rank 0's clock decides for every rank
                         tick()
-                        out_of_time = state.elapsed + step_cost + val_cost * 1.1 >= self.budget and state.iteration > 0
+                        out_of_time = state.elapsed + 2 * step_cost + val_cost * 1.5 >= self.budget and state.iteration > 0
                         if broadcast_flag(out_of_time, self.dist):
                             stop = True
                             break
@@ -232,7 +232,7 @@ class Trainer:
                     bar.write(msg + f", {state.elapsed:.0f}s")
             barrier(self.dist)  # other ranks wait while rank 0 validates and writes
             tick()
-            if self.budget and broadcast_flag(state.elapsed + step_cost + val_cost * 1.1 >= self.budget, self.dist):
+            if self.budget and broadcast_flag(state.elapsed + 2 * step_cost + val_cost * 1.5 >= self.budget, self.dist):
                 stop = True
         bar.close()
         return state
