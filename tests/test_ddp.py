@@ -19,7 +19,7 @@ def test_two_ranks_stay_in_sync_and_only_rank0_writes(synthetic_data, tmp_path):
            "-m", "biomedseg.cli", "train", str(synthetic_data), "--out", str(run), "--epochs", "2", "--quiet",
            "--set", "model_kwargs={depth: 3, base_channels: 8, num_res_units: 0}", "--set", "patch_size=64",
            "--set", "batch_size=2", "--set", "iterations_per_epoch=4", "--set", "num_threads=1"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((run / "ddp.json").read_text())
     assert report["world_size"] == 2

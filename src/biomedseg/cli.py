@@ -154,7 +154,8 @@ def evaluate(
     split: str = typer.Option("test", help="test | val | train | all"),
     images: Optional[Path] = ImagesOpt,
     masks: Optional[Path] = MasksOpt,
-    tta: bool = typer.Option(False, "--tta", help="average predictions over flips"),
+    tta: str = typer.Option("none", "--tta", help="test-time augmentation: none | flips | flips+rot90"),
+    no_postprocess: bool = typer.Option(False, "--no-postprocess", help="ignore RUN/postprocess.yaml (plain argmax)"),
     valid_dir: Optional[Path] = typer.Option(None, "--valid-masks", help="count only pixels inside these masks (e.g. DRIVE fov/)"),
     no_overlays: bool = typer.Option(False, "--no-overlays"),
     device: str = typer.Option("auto"),
@@ -164,7 +165,7 @@ def evaluate(
     from biomedseg.evaluation import evaluate as run_eval
 
     m = run_eval(run, data, out, images=images, masks=masks, split=split, tta=tta, overlays=not no_overlays,
-                 valid_dir=valid_dir, device=device, quiet=quiet)
+                 valid_dir=valid_dir, device=device, quiet=quiet, postprocess=not no_postprocess)
     typer.echo(format_metrics(m))
     typer.echo(f"wrote {out}/metrics.json, per_image.csv, overlays/, report.html")
 
@@ -172,25 +173,70 @@ def evaluate(
 @app.command()
 def predict(
     run: Path = typer.Argument(..., help="run folder written by `train`"),
-    inputs: List[str] = typer.Argument(..., help="image files, folders or glob patterns"),
+    inputs: List[str] = typer.Argument(..., help="image files, folders, glob patterns or .zarr folders"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
-    tta: bool = typer.Option(False, "--tta", help="average predictions over flips"),
+    tta: str = typer.Option("none", "--tta", help="test-time augmentation: none | flips | flips+rot90"),
     probabilities: bool = typer.Option(False, "--probabilities", help="also write <name>_proba.tif (float16)"),
     no_overlays: bool = typer.Option(False, "--no-overlays"),
     overwrite: bool = typer.Option(False, "--overwrite", help="redo inputs whose mask already exists"),
+    no_postprocess: bool = typer.Option(False, "--no-postprocess", help="ignore RUN/postprocess.yaml (plain argmax)"),
+    rle: Optional[Path] = typer.Option(None, "--rle", help="also write a Kaggle run-length CSV (img,pixels) here"),
+    instances: bool = typer.Option(False, "--instances", help="also write <name>_instances.tif (int32 object labels)"),
+    output_format: Optional[str] = typer.Option(None, "--format", help="mask format: png | tiff | zarr "
+                                                "(default png; huge inputs: tiled tiff)"),
+    level: int = typer.Option(0, "--level", min=0, help="pyramid level of TIFF/OME-Zarr inputs (0 = full resolution)"),
+    skip_blank: Optional[float] = typer.Option(None, "--skip-blank", help="huge inputs: skip tiles whose normalised "
+                                               "std is below this (predicted background)"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="tiles per forward pass"),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Predict masks for new images of any size (sliding window, Gaussian blending)."""
+    """Predict masks for new images of any size (sliding window, Gaussian blending; huge images streamed)."""
     from biomedseg.inference.predict import predict as run_predict
 
     s = run_predict(run, inputs, out, tta=tta, overlays=not no_overlays, probabilities=probabilities,
-                    overwrite=overwrite, device=device, quiet=quiet)
-    typer.echo(f"{len(s.done)} predicted, {len(s.skipped)} skipped (already done), {len(s.failed)} failed -> {out}")
+                    overwrite=overwrite, device=device, quiet=quiet, postprocess=not no_postprocess, rle=rle,
+                    instances=instances, output_format=output_format, level=level, batch_size=batch_size,
+                    skip_blank_std=skip_blank)
+    typer.echo(f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
+               f"{len(s.failed)} failed -> {out}")
+    if s.rle is not None:
+        typer.echo(f"wrote {s.rle}")
     for path, reason in s.failed:
         typer.echo(f"failed: {reason}", err=True)
     if s.failed:
         raise typer.Exit(1)
+
+
+@app.command("tune-postprocess")
+def tune_postprocess(
+    run: Path = typer.Argument(..., help="run folder written by `train`"),
+    data: Optional[Path] = typer.Argument(None, help="labelled DATA folder (default: the run's training data)"),
+    split: str = typer.Option("val", help="split to tune on: val | test | train | all"),
+    images: Optional[Path] = ImagesOpt,
+    masks: Optional[Path] = MasksOpt,
+    tta: str = typer.Option("none", "--tta", help="none | flips | flips+rot90 (use what you will predict with)"),
+    no_gating: bool = typer.Option(False, "--no-gating", help="do not tune the empty-mask gate"),
+    device: str = typer.Option("auto"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Tune post-processing (per-class thresholds, minimum object area, empty-mask gate) on a split;
+    writes RUN/postprocess.yaml, which predict and evaluate then apply."""
+    from biomedseg.inference.tuning import tune_postprocess as run_tune
+
+    cfg = run_tune(run, data, split=split, images=images, masks=masks, tta=tta, gate=not no_gating, device=device,
+                   quiet=quiet)
+    t = cfg.tuning
+    typer.echo(f"{t['n_images']} {split} images: dice {t['dice_argmax']:.4f} (argmax) -> {t['dice_tuned']:.4f} "
+               f"(tuned); image_dice {t['image_dice_without_gating']:.4f} without gating, "
+               f"{t['image_dice_with_gating']:.4f} with gating ({'adopted' if t['gating_adopted'] else 'not adopted'})")
+    for name, steps in cfg.classes.items():
+        typer.echo(f"  {name:16s} threshold {steps.threshold if steps.threshold is not None else 'argmax'}  "
+                   f"min_object_area {steps.min_object_area}")
+    if cfg.gating.active:
+        typer.echo(f"  gate: min_total_area {cfg.gating.min_total_area}  "
+                   f"min_max_probability {cfg.gating.min_max_probability}")
+    typer.echo(f"wrote {Path(run) / 'postprocess.yaml'}")
 
 
 @app.command()

@@ -2,6 +2,8 @@
 
 Writes to ``out``: ``metrics.json`` (pooled scores, ``image_dice``, ``per_class``),
 ``per_image.csv``, ``overlays/<id>.png`` (TP/FP/FN per foreground class) and ``report.html``.
+Predictions are post-processed with ``RUN/postprocess.yaml`` when the run has one
+(``postprocess=False`` scores the raw argmax); ``metrics.json`` records the chain used.
 """
 
 from __future__ import annotations
@@ -29,16 +31,19 @@ def _split_ids(split: str, run_info: dict, meta: dict | None, all_ids: list[str]
     raise UserError(f"--split {split}: the data has no {split!r} split (dataset.json); use --split all")
 
 
-def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = "test", tta: bool = False,
-             overlays: bool = True, valid_dir: str | None = None, device: str = "auto", quiet: bool = False) -> dict:
+def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = "test", tta: bool | str = False,
+             overlays: bool = True, valid_dir: str | None = None, device: str = "auto", quiet: bool = False,
+             postprocess: bool = True) -> dict:
     """Evaluate run folder ``run`` on ``data``; returns the metrics dict also written to ``metrics.json``.
 
     ``valid_dir``: optional folder of ``<id>.png`` masks (non-zero = counted), e.g. DRIVE's
-    field-of-view masks; pixels outside are ignored.
+    field-of-view masks; pixels outside are ignored. ``tta``: ``False`` | ``"flips"`` |
+    ``"flips+rot90"``. ``postprocess``: apply ``RUN/postprocess.yaml`` when present.
     """
     from tqdm.auto import tqdm
 
     from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
+    from biomedseg.inference.postprocess import load_postprocess
     from biomedseg.inference.predict import predict_image
     from biomedseg.inference.run import LoadedRun, load_run
     from biomedseg.io import Palette, read_image, read_mask, read_raw, write_json, write_png, write_text
@@ -60,6 +65,9 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     palette = Palette.from_json(loaded.info["palette"])
     classes, bg = loaded.classes, loaded.background
     predictor = loaded.predictor(tta=tta)
+    post = load_postprocess(loaded.run_dir) if postprocess else None
+    if post is not None and post.is_identity:
+        post = None
     out = Path(out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     acc = MetricAccumulator(len(classes), classes, bg)
@@ -76,7 +84,7 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
                 raise UserError(f"{valid_dir}: no valid-region mask for {sid}")
             valid = np.asarray(read_raw(vp)) > 0
             valid = valid if valid.ndim == 2 else valid.any(-1)
-        pred, _ = predict_image(loaded, predictor, image)
+        pred, _ = predict_image(loaded, predictor, image, postprocess=post)
         acc.update(pred, target, valid=valid, image_id=sid)
         if overlays:
             p = out / "overlays" / f"{sid}.png"
@@ -86,7 +94,8 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
         log.warning("%d ground-truth pixels were off the palette and were snapped to the nearest class", snapped)
     metrics = acc.summary()
     metrics.update({"split": split, "n_images": len(ids), "run": str(loaded.run_dir), "data": str(source.root),
-                    "tta": tta, "classes": classes, "background": classes[bg] if bg is not None else None})
+                    "tta": tta, "classes": classes, "background": classes[bg] if bg is not None else None,
+                    "postprocess": post.model_dump(mode="json", exclude={"tuning"}) if post is not None else None})
     rows = acc.per_image_rows()
     write_json(out / "metrics.json", _finite(metrics))
     if rows:

@@ -1,9 +1,22 @@
 """``biomedseg.predict(...)``: masks for new images of any size.
 
 For each input image: read, conform channels, normalise as in training, sliding-window
-inference with Gaussian blending, then write (atomically) ``<stem>.png`` (class-index mask;
-``.tif`` above ``tiff_above`` pixels), optionally ``<stem>_overlay.png`` and
-``<stem>_proba.tif`` (float16 ``(K, H, W)``). One unreadable input is reported and skipped.
+inference with Gaussian blending, post-processing (``RUN/postprocess.yaml`` when present), then
+write (atomically) ``<stem>.png`` (class-index mask; ``.tif`` above ``tiff_above`` pixels or with
+``output_format="tiff"``, an OME-Zarr ``<stem>.zarr`` with ``"zarr"``), optionally
+``<stem>_overlay.png``, ``<stem>_proba.tif`` (float16 ``(K, H, W)``) and
+``<stem>_instances.tif`` (int32 instance labels). The mask is written last: its presence marks
+the input as done, and finished inputs are skipped when a run is repeated.
+
+Huge inputs (more than ``STREAM_ABOVE_PIXELS`` pixels, tiled TIFFs above
+``TILED_STREAM_ABOVE_PIXELS``, a pyramid level > 0, zarr inputs) go through the
+:class:`~biomedseg.inference.streaming.StreamingPredictor`: read, predicted and written band by
+band to a tiled TIFF or OME-Zarr (``<stem>.partial.*`` until complete). Only per-pixel
+post-processing (thresholds) applies to them; overlays, instances and RLE are skipped.
+
+``rle=PATH`` writes a Kaggle-style CSV: ``img,pixels`` (one row per image, all foreground), or
+``img,class,pixels`` (one row per image and foreground class) with several foreground classes,
+or ``ImageId,EncodedPixels`` (one row per object) with ``instances=True``.
 """
 
 from __future__ import annotations
@@ -18,7 +31,10 @@ from biomedseg.errors import UserError
 
 log = logging.getLogger("biomedseg")
 
-TIFF_ABOVE_PIXELS = 8192 * 8192  # larger masks go to tiled TIFF (PNG has no tiling)
+TIFF_ABOVE_PIXELS = 8192 * 8192  # larger in-memory masks go to tiled TIFF (PNG has no tiling)
+STREAM_ABOVE_PIXELS = 4096 * 4096  # larger inputs are predicted band by band (bounded memory)
+TILED_STREAM_ABOVE_PIXELS = 2048 * 2048  # tiled TIFF inputs above this are streamed too
+OUTPUT_FORMATS = ("png", "tiff", "zarr")
 
 
 @dataclass
@@ -27,76 +43,337 @@ class PredictSummary:
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
     outputs: list[Path] = field(default_factory=list)
+    streamed: list[Path] = field(default_factory=list)
+    rle: Path | None = None
+    workers: list[int] = field(default_factory=list)  # process ids (distributed prediction)
+
+    def merge(self, other: "PredictSummary") -> None:
+        for name in ("done", "skipped", "failed", "outputs", "streamed"):
+            getattr(self, name).extend(getattr(other, name))
 
 
-def predict_image(run, predictor, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(H, W, C)`` raw image -> (``(H, W) uint8`` index mask, ``(K, H, W) float32`` probabilities)."""
+def predict_proba_image(run, predictor, image: np.ndarray) -> np.ndarray:
+    """``(H, W, C)`` raw image -> ``(K, H, W) float32`` probabilities."""
     from biomedseg.io import conform_channels
 
-    x = run.normalizer(conform_channels(image, run.info["channels"]))
-    proba = predictor.predict_proba(x)
-    return proba.argmax(0).astype(np.uint8), proba
+    return predictor.predict_proba(run.normalizer(conform_channels(image, run.info["channels"])))
 
 
-def predict(run, inputs, out, *, tta: bool = False, overlays: bool = True, probabilities: bool = False,
-            overwrite: bool = False, device: str = "auto", quiet: bool = False) -> PredictSummary:
-    """Predict every image of ``inputs`` (files, folders, globs) with the run folder ``run``.
+def predict_image(run, predictor, image: np.ndarray, postprocess=None) -> tuple[np.ndarray, np.ndarray]:
+    """``(H, W, C)`` raw image -> (``(H, W) uint8`` index mask, ``(K, H, W) float32`` probabilities).
+
+    ``postprocess``: a :class:`~biomedseg.inference.postprocess.PostprocessConfig` (``None``: argmax).
+    """
+    proba = predict_proba_image(run, predictor, image)
+    if postprocess is None:
+        return proba.argmax(0).astype(np.uint8), proba
+    from biomedseg.inference.postprocess import apply_postprocess
+
+    mask, _ = apply_postprocess(proba, postprocess, run.classes, run.background)
+    return mask, proba
+
+
+def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True, probabilities: bool = False,
+            overwrite: bool = False, device: str = "auto", quiet: bool = False, postprocess: bool = True,
+            rle: str | Path | None = None, instances: bool = False, output_format: str | None = None,
+            level: int = 0, stream: bool | None = None, batch_size: int | None = None,
+            skip_blank_std: float | None = None) -> PredictSummary:
+    """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``.
+
+    Args:
+        tta: ``False`` | ``True``/``"flips"`` | ``"flips+rot90"``.
+        postprocess: apply ``RUN/postprocess.yaml`` when the run has one.
+        rle: write a Kaggle RLE CSV here (see module docstring).
+        instances: also write ``<stem>_instances.tif`` (int32 labels; watershed where configured).
+        output_format: ``"png"`` (default; ``.tif`` for masks above ``TIFF_ABOVE_PIXELS``),
+            ``"tiff"`` or ``"zarr"``; streamed inputs are written as tiff unless ``"zarr"``.
+        level: pyramid level of TIFF/OME-Zarr inputs (0 = full resolution; > 0 streams).
+        stream: force (``True``) or forbid (``False``) streaming; ``None`` decides by size.
+        batch_size: tiles per forward pass (default: the run's).
+        skip_blank_std: streamed inputs: tiles whose normalised standard deviation is below this
+            are not run (predicted background).
 
     Returns a :class:`PredictSummary`; the CLI exits non-zero when ``failed`` is not empty.
     """
     from tqdm.auto import tqdm
 
-    from biomedseg.data.discovery import list_inputs
+    from biomedseg.inference.postprocess import load_postprocess
     from biomedseg.inference.run import LoadedRun, load_run
-    from biomedseg.io import read_image, write_png, write_tiff
 
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    files = list_inputs([str(i) for i in inputs])
-    if not files:
-        raise UserError(f"{', '.join(map(str, inputs))}: no images found")
+    if output_format is not None and output_format not in OUTPUT_FORMATS:
+        raise UserError(f"--format {output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    files = collect_inputs(inputs)
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
-    predictor = loaded.predictor(tta=tta)
+    post = load_postprocess(loaded.run_dir) if postprocess else None
+    if post is not None and post.is_identity:
+        post = None
+    predictor = loaded.predictor(tta=tta, batch_size=batch_size)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
+    rle_rows: list[tuple] = []
+    opts = dict(overlays=overlays, probabilities=probabilities, overwrite=overwrite, post=post, instances=instances,
+                output_format=output_format, level=level, stream=stream, tta=tta, batch_size=batch_size,
+                skip_blank_std=skip_blank_std, want_rle=rle is not None)
     for path in tqdm(files, desc="predicting", unit="img", disable=True if (quiet or len(files) < 2) else None):
         try:
-            summary.outputs.extend(_predict_one(loaded, predictor, path, out, overlays, probabilities, overwrite,
-                                                summary, read_image, write_png, write_tiff))
+            written, rows = _predict_one(loaded, predictor, path, out, summary, **opts)
+            summary.outputs.extend(written)
+            rle_rows.extend(rows)
         except UserError as exc:
             summary.failed.append((path, str(exc)))
             log.error("%s", exc)
+    if rle is not None:
+        summary.rle = write_rle(rle, rle_rows, loaded, instances)
     return summary
 
 
-def _mask_path(out: Path, path: Path, n_pixels: int) -> Path:
-    return out / (path.stem + (".tif" if n_pixels > TIFF_ABOVE_PIXELS or path.suffix.lower() in (".tif", ".tiff")
-                               and n_pixels > 4096 * 4096 else ".png"))
+# ---------------------------------------------------------------- inputs and outputs
+
+def collect_inputs(inputs) -> list[Path]:
+    """Files, folders, globs (``list_inputs``) plus ``.zarr`` folders given directly."""
+    from biomedseg.data.discovery import list_inputs
+
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    inputs = [str(i) for i in inputs]
+    zarrs = [i for i in inputs if Path(i).suffix.lower() == ".zarr" and Path(i).is_dir()]
+    others = [i for i in inputs if i not in zarrs]
+    files = list_inputs(others) if others else []
+    files = files + [Path(z) for z in zarrs]
+    if not files:
+        raise UserError(f"{', '.join(map(str, inputs))}: no images found")
+    return files
 
 
-def _predict_one(run, predictor, path, out, overlays, probabilities, overwrite, summary,
-                 read_image, write_png, write_tiff) -> list[Path]:
-    existing = [p for p in (out / f"{path.stem}.png", out / f"{path.stem}.tif") if p.is_file()]
-    if existing and not overwrite:
+def _stem(path: Path) -> str:
+    return path.name[:-5] if path.name.lower().endswith(".zarr") else path.stem
+
+
+def existing_mask(out: Path, stem: str) -> Path | None:
+    """The finished mask of ``stem`` in ``out`` (``.png``, ``.tif`` or ``.zarr``), if any.
+    ``<stem>.partial.*`` files (interrupted streaming) never count."""
+    for ext in (".png", ".tif"):
+        if (out / f"{stem}{ext}").is_file():
+            return out / f"{stem}{ext}"
+    z = out / f"{stem}.zarr"
+    if z.is_dir() and ((z / ".zgroup").is_file() or (z / "zarr.json").is_file()):
+        return z
+    return None
+
+
+def _mask_path(out: Path, path: Path, n_pixels: int, output_format: str | None = None) -> Path:
+    stem = _stem(path)
+    if output_format == "zarr":
+        return out / f"{stem}.zarr"
+    if output_format == "tiff":
+        return out / f"{stem}.tif"
+    return out / (stem + (".tif" if n_pixels > TIFF_ABOVE_PIXELS or path.suffix.lower() in (".tif", ".tiff")
+                          and n_pixels > 4096 * 4096 else ".png"))
+
+
+def wants_streaming(path: Path, level: int = 0) -> tuple[bool, tuple[int, int] | None]:
+    """``(stream?, (H, W) or None)`` for an input, from its header (no decode)."""
+    from biomedseg.io import image_shape
+
+    if path.is_dir():
+        return True, None
+    is_tiff = path.suffix.lower() in (".tif", ".tiff")
+    if is_tiff and level > 0:
+        return True, None
+    try:
+        h, w = image_shape(path)
+    except UserError:
+        return False, None  # read_image reports the problem
+    if h * w > STREAM_ABOVE_PIXELS:
+        return True, (h, w)
+    if is_tiff and h * w > TILED_STREAM_ABOVE_PIXELS:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tf:
+                if tf.pages[0].is_tiled:
+                    return True, (h, w)
+        except Exception:
+            pass
+    return False, (h, w)
+
+
+def _check_not_input(mask_path: Path, path: Path) -> None:
+    if mask_path.resolve() == path.resolve():
+        raise UserError(f"{path}: its mask would overwrite the input; write to another --out folder")
+
+
+def _remove_other_formats(out: Path, stem: str, keep: Path, path: Path) -> None:
+    """``--overwrite`` with another format: drop the old mask (never the input itself)."""
+    import shutil
+
+    for other in (out / f"{stem}.png", out / f"{stem}.tif", out / f"{stem}.zarr"):
+        if other != keep and other.exists() and other.resolve() != path.resolve():
+            shutil.rmtree(other) if other.is_dir() else other.unlink()
+
+
+def _write_zarr_mask(path: Path, mask: np.ndarray) -> None:
+    """In-memory mask -> OME-Zarr, via ``<stem>.partial.zarr`` renamed when complete."""
+    from biomedseg.inference.streaming import _finish, _ZarrArrayWriter, partial_path
+
+    part = partial_path(path)
+    w = _ZarrArrayWriter(part, mask.shape, np.uint8, 256, "yx")
+    w.write(0, mask)
+    _finish(part, path)
+
+
+def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities, overwrite, post, instances,
+                 output_format, level, stream, tta, batch_size, skip_blank_std, want_rle) -> tuple[list[Path], list]:
+    from biomedseg.io import read_image, write_png, write_tiff
+
+    stem = _stem(path)
+    done = existing_mask(out, stem)
+    if done is not None and not overwrite:
         summary.skipped.append(path)
-        return []
+        return [], (rle_rows_from_outputs(out, stem, run, instances) if want_rle else [])
+    streamed, shape = wants_streaming(path, level) if stream is None else (bool(stream), None)
+    if streamed:
+        return _predict_streamed(run, path, out, summary, post=post, probabilities=probabilities, tta=tta,
+                                 output_format=output_format, level=level, batch_size=batch_size,
+                                 skip_blank_std=skip_blank_std, overlays=overlays, instances=instances,
+                                 want_rle=want_rle), []
     image = read_image(path)
-    mask, proba = predict_image(run, predictor, image)
+    proba = predict_proba_image(run, predictor, image)
+    if post is not None or instances:
+        from biomedseg.inference.postprocess import apply_postprocess
+
+        mask, inst = apply_postprocess(proba, post, run.classes, run.background, instances=instances or None)
+    else:
+        mask, inst = proba.argmax(0).astype(np.uint8), None
     written = []
     if overlays:
         from biomedseg.reports.overlays import class_overlay
 
-        ov = out / f"{path.stem}_overlay.png"
+        ov = out / f"{stem}_overlay.png"
         write_png(ov, class_overlay(image, mask, background=run.background))
         written.append(ov)
     if probabilities:
-        pp = out / f"{path.stem}_proba.tif"
+        pp = out / f"{stem}_proba.tif"
         write_tiff(pp, proba.astype(np.float16))
         written.append(pp)
+    labels = None
+    if instances:
+        from biomedseg.inference.postprocess import combine_instances
+
+        labels = combine_instances(inst or {}, mask.shape)
+        ip = out / f"{stem}_instances.tif"
+        write_tiff(ip, labels)
+        written.append(ip)
     # the mask is written last: its presence marks the input as done when a run is resumed
-    mask_path = _mask_path(out, path, mask.size)
-    (write_tiff if mask_path.suffix == ".tif" else write_png)(mask_path, mask)
+    mask_path = _mask_path(out, path, mask.size, output_format)
+    _check_not_input(mask_path, path)
+    _remove_other_formats(out, stem, mask_path, path)
+    if mask_path.suffix == ".zarr":
+        _write_zarr_mask(mask_path, mask)
+    else:
+        (write_tiff if mask_path.suffix == ".tif" else write_png)(mask_path, mask)
     written.append(mask_path)
     summary.done.append(path)
-    return written
+    return written, (rle_rows_for(stem, mask, labels, run, instances) if want_rle else [])
+
+
+def _predict_streamed(run, path, out, summary, *, post, probabilities, tta, output_format, level, batch_size,
+                      skip_blank_std, overlays, instances, want_rle) -> list[Path]:
+    from biomedseg.inference.postprocess import decide, resolve_classes
+    from biomedseg.inference.streaming import StreamingPredictor, open_source
+
+    stem = _stem(path)
+    fmt = "zarr" if output_format == "zarr" else "tiff"
+    if output_format == "png":
+        log.info("%s: streamed (large input); writing a tiled TIFF instead of PNG", path)
+    skipped = [name for name, on in (("overlay", overlays), ("instances", instances), ("RLE", want_rle)) if on]
+    if skipped:
+        log.info("%s: streamed (large input): no %s", path, ", ".join(skipped))
+    decider = None
+    if post is not None:
+        if post.needs_whole_image:
+            log.warning("%s: streamed (large input): only the per-class thresholds of postprocess.yaml apply "
+                        "(object and gating steps need the whole image)", path)
+        thr = {c: s.threshold for c, s in resolve_classes(post, len(run.classes), run.classes).items()}
+        if any(t is not None for t in thr.values()):
+            bg = run.background
+
+            def decider(p):
+                return decide(p, thr, bg)
+    sp = StreamingPredictor.from_run(run, tta=tta, batch_size=batch_size, skip_blank_std=skip_blank_std,
+                                     decide=decider)
+    with open_source(path, level) as src:  # the output keeps the input's tiling when it has one
+        tile = src.tile[-1] if src.tile and src.tile[-1] % 16 == 0 and 64 <= src.tile[-1] <= 2048 else None
+        ext = ".zarr" if fmt == "zarr" else ".tif"
+        mask_path = out / f"{stem}{ext}"
+        _check_not_input(mask_path, path)
+        proba_path = out / f"{stem}_proba{ext}" if probabilities else None
+        res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=level, out_tile=tile)
+    _remove_other_formats(out, stem, mask_path, path)
+    log.info("%s: %dx%d streamed in %.1f s (%.2f MPix/s, %d tiles, %d blank)", path, res.shape[1], res.shape[0],
+             res.seconds, res.mpix_per_s, res.n_tiles, res.n_skipped)
+    summary.done.append(path)
+    summary.streamed.append(path)
+    return res.outputs
+
+
+# ---------------------------------------------------------------- RLE
+
+def _rle_kind(run, instances: bool) -> str:
+    from biomedseg.inference.postprocess import foreground
+
+    if instances:
+        return "instances"
+    return "binary" if len(foreground(len(run.classes), run.background)) == 1 else "multiclass"
+
+
+def rle_rows_for(stem: str, mask: np.ndarray, labels: np.ndarray | None, run, instances: bool) -> list[tuple]:
+    """RLE CSV rows of one image (see the module docstring for the three layouts)."""
+    from biomedseg.inference.postprocess import foreground
+    from biomedseg.inference.rle import instance_rle_rows, rle_encode
+
+    kind = _rle_kind(run, instances)
+    fg = foreground(len(run.classes), run.background)
+    if kind == "instances":
+        if labels is None:
+            from biomedseg.inference.postprocess import combine_instances, label_objects
+
+            labels = combine_instances({c: label_objects(mask == c)[0] for c in fg}, mask.shape)
+        return instance_rle_rows(stem, labels)
+    if kind == "binary":
+        return [(stem, rle_encode(mask == fg[0]))]
+    return [(stem, run.classes[c], rle_encode(mask == c)) for c in fg]
+
+
+def rle_rows_from_outputs(out: Path, stem: str, run, instances: bool) -> list[tuple]:
+    """RLE rows of an input already predicted (resumed run, distributed run): read back its
+    mask (and ``_instances.tif``). Streamed (tiled TIFF/zarr, huge) masks have none."""
+    from biomedseg.io import read_raw
+
+    mask_path = existing_mask(out, stem)
+    if mask_path is None or mask_path.suffix == ".zarr":
+        return []
+    from biomedseg.io import image_shape
+
+    if np.prod(image_shape(mask_path)) > STREAM_ABOVE_PIXELS:
+        log.info("%s: large mask, left out of the RLE file", mask_path)
+        return []
+    mask = read_raw(mask_path)
+    labels = None
+    inst = out / f"{stem}_instances.tif"
+    if instances and inst.is_file():
+        import tifffile
+
+        labels = tifffile.imread(inst)
+    return rle_rows_for(stem, mask, labels, run, instances)
+
+
+def write_rle(path, rows: list[tuple], run, instances: bool) -> Path:
+    """Write the RLE CSV with the header matching the rows' layout."""
+    from biomedseg.inference.rle import write_rle_csv
+
+    header = {"instances": ("ImageId", "EncodedPixels"), "binary": ("img", "pixels"),
+              "multiclass": ("img", "class", "pixels")}[_rle_kind(run, instances)]
+    write_rle_csv(rows, path, header=header)
+    return Path(path)

@@ -1,0 +1,117 @@
+"""Throughput of whole-image prediction: MONAI's ``sliding_window_inference`` vs biomedseg's
+``StreamingPredictor`` with its default CPU settings.
+
+The same network (MONAI ``UNet``, channels 32-64-128-256-512, strides 2, ``num_res_units=2``,
+about 6.5 M parameters, random weights), tile 256, overlap 0.25, Gaussian blending, float32, on a
+random 1-channel image; both produce class probabilities and the argmax mask. Measured
+interleaved (A B A B ...) in one process after a warm-up, reporting medians. Also measures the
+raw forward rate of biomedseg's inference model (forward images/s x tile pixels / overlap factor,
+where the overlap factor = tiles x tile pixels / image pixels): the bound no tiling can beat.
+
+    python benchmarks/predict_throughput.py                   # 4096 x 4096, all cores
+    python benchmarks/predict_throughput.py --size 1024 --threads 1 --repeats 1   # smoke run
+
+The last line is the single result line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+
+def build_model():
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(32, 64, 128, 256, 512),
+                strides=(2, 2, 2, 2), num_res_units=2).eval()
+
+
+def main(argv=None) -> str:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=4096, help="image side in pixels")
+    ap.add_argument("--tile", type=int, default=256)
+    ap.add_argument("--overlap", type=float, default=0.25)
+    ap.add_argument("--repeats", type=int, default=2, help="A/B pairs (medians are reported)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: cores available)")
+    ap.add_argument("--monai-batch", type=int, default=4, help="MONAI sw_batch_size")
+    ap.add_argument("--batch", type=int, default=None, help="biomedseg batch size (default: its default)")
+    ap.add_argument("--forward-batches", type=int, default=3)
+    args = ap.parse_args(argv)
+
+    from monai.inferers import sliding_window_inference
+
+    from biomedseg.inference.sliding_window import tile_starts
+    from biomedseg.inference.streaming import StreamingPredictor, argmax0
+    from biomedseg.training.device import configure_threads, cpu_has_native_bf16
+
+    threads = configure_threads(args.threads)
+    torch.manual_seed(0)
+    model = build_model()
+    n_params = sum(p.numel() for p in model.parameters())
+    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    kw = {} if args.batch is None else {"batch_size": args.batch}
+    sp = StreamingPredictor(model, args.tile, args.overlap, precision=precision, **kw)
+    x = np.random.default_rng(0).normal(size=(1, args.size, args.size)).astype(np.float32)
+    xt = torch.from_numpy(x)[None]
+    n_pix = args.size * args.size
+    n_tiles = len(tile_starts(args.size, args.tile, args.overlap)) ** 2
+    overlap_factor = n_tiles * args.tile ** 2 / n_pix
+    print(f"model: MONAI UNet {n_params / 1e6:.2f} M parameters; image {args.size}x{args.size}, tile {args.tile}, "
+          f"overlap {args.overlap}: {n_tiles} tiles (overlap factor {overlap_factor:.2f}); threads {threads}; "
+          f"biomedseg precision {precision} batch {sp.batch_size}, MONAI fp32 batch {args.monai_batch}", flush=True)
+
+    def run_monai() -> float:
+        t = time.perf_counter()
+        with torch.inference_mode():
+            logits = sliding_window_inference(xt, (args.tile, args.tile), args.monai_batch, model,
+                                              overlap=args.overlap, mode="gaussian", sigma_scale=0.125)
+            argmax0(torch.softmax(logits[0], 0))
+        return time.perf_counter() - t
+
+    def run_biomedseg() -> float:
+        t = time.perf_counter()
+        sp.run(x, lambda y0, p: argmax0(p))
+        return time.perf_counter() - t
+
+    # warm-up on a small crop (allocator, oneDNN primitives)
+    with torch.inference_mode():
+        sliding_window_inference(xt[..., :args.tile * 2, :args.tile * 2], (args.tile, args.tile), args.monai_batch,
+                                 model, overlap=args.overlap, mode="gaussian")
+    sp.run(x[:, :args.tile * 2, :args.tile * 2], lambda y0, p: None)
+
+    times = {"monai": [], "biomedseg": []}
+    for i in range(args.repeats):
+        for name, fn in (("monai", run_monai), ("biomedseg", run_biomedseg)):
+            dt = fn()
+            times[name].append(dt)
+            print(f"  repeat {i + 1}: {name:9s} {dt:7.2f} s  {n_pix / 1e6 / dt:6.3f} MPix/s", flush=True)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mpix = {k: n_pix / 1e6 / v for k, v in med.items()}
+
+    # raw forward rate of the inference model biomedseg uses, at its precision
+    from biomedseg.inference.sliding_window import tta_forward
+
+    b = sp.batch_size
+    tiles = torch.randn(b, 1, args.tile, args.tile)
+    with torch.inference_mode():
+        tta_forward(sp.model, tiles, sp.transforms, sp.device, sp.precision, sp.channels_last)
+        t = time.perf_counter()
+        for _ in range(args.forward_batches):
+            tta_forward(sp.model, tiles, sp.transforms, sp.device, sp.precision, sp.channels_last)
+        fwd = args.forward_batches * b / (time.perf_counter() - t)
+    bound = fwd * args.tile ** 2 / overlap_factor / 1e6
+    line = (f"RESULT predict_throughput size={args.size} tile={args.tile} overlap={args.overlap} threads={threads} "
+            f"monai={mpix['monai']:.3f}MPix/s biomedseg={mpix['biomedseg']:.3f}MPix/s "
+            f"ratio={mpix['biomedseg'] / mpix['monai']:.2f} forward={fwd:.2f}img/s({precision}) "
+            f"forward_bound={bound:.3f}MPix/s biomedseg/bound={mpix['biomedseg'] / bound:.2f}")
+    print(line, flush=True)
+    return line
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Prediction of many files as Dask tasks on a 2-process LocalCluster."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+pytest.importorskip("distributed", reason='Dask is optional: pip install "biomedseg[distributed]"')
+
+
+def make_run(run_dir, patch=64):
+    from biomedseg.models import create_model
+    from biomedseg.training.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    kw = {"depth": 3, "base_channels": 8, "num_res_units": 1}
+    save_checkpoint(run_dir / "checkpoints" / "best.pt", {"model": create_model("unet", 1, 2, **kw).state_dict()})
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": "unet", "model_kwargs": kw, "patch_size": patch,
+                                                         "batch_size": 4, "device": "cpu", "precision": "fp32",
+                                                         "num_threads": 1}))
+    (run_dir / "dataset.json").write_text(json.dumps({
+        "classes": ["background", "cell"], "background": 0, "palette": {"values": [[0], [1]]},
+        "strict_index": False, "channels": 1, "n_classes": 2, "normalization": {"mean": [100.0], "std": [50.0]},
+        "split": {"train": [], "val": []}, "source": ""}))
+    return run_dir
+
+
+@pytest.mark.timeout(120)
+def test_local_cluster_predicts_every_file_once_per_worker_load(tmp_path):
+    from distributed import Client
+
+    from biomedseg.inference.distributed import loaded_runs, local_cluster, predict_distributed
+    from biomedseg.inference.predict import predict
+
+    run = make_run(tmp_path / "run")
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (80, 70), dtype=np.uint8)).save(images / f"im{i}.png")
+    out = tmp_path / "out"
+    # LocalCluster(n_workers=2, threads_per_worker=1, processes=True), workers forked from a
+    # fork server that imported torch once
+    with local_cluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:
+        s = predict_distributed(run, [images], out, client=client, overlays=False, rle=tmp_path / "sub.csv",
+                                quiet=True)
+        assert not s.failed, s.failed
+        assert sorted(p.name for p in s.done) == [f"im{i}.png" for i in range(4)]
+        # each worker process loaded the run at most once, however many tasks it ran
+        counts = client.run(loaded_runs)
+        assert len(counts) == 2 and all(c <= 1 for c in counts.values()) and sum(counts.values()) >= 1
+        assert 1 <= len(s.workers) <= 2
+        # a second run submits nothing: every mask exists
+        again = predict_distributed(run, [images], out, client=client, quiet=True)
+        assert again.done == [] and len(again.skipped) == 4
+    # identical to the single-process result
+    ref = predict(run, [images], tmp_path / "ref", overlays=False, quiet=True)
+    assert len(ref.done) == 4
+    for i in range(4):
+        a = np.asarray(Image.open(out / f"im{i}.png"))
+        b = np.asarray(Image.open(tmp_path / "ref" / f"im{i}.png"))
+        assert np.array_equal(a, b)
+    lines = (tmp_path / "sub.csv").read_text().splitlines()
+    assert lines[0] == "img,pixels" and len(lines) == 5
