@@ -18,14 +18,18 @@
   are not run: pixels covered only by blank tiles become ``blank_class``.
 
 Peak memory is independent of the image height and linear in its width (one band).
+
+The pieces live in :mod:`~biomedseg.inference.tile_sources` (input readers),
+:mod:`~biomedseg.inference.band_accumulator` (tile grid, Gaussian blending of one band),
+:mod:`~biomedseg.inference.stream_writers` (tiled TIFF / OME-Zarr writers, partial files) and
+:mod:`~biomedseg.inference.stream_queues` (thread hand-off); their public names are
+re-exported here.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import queue
-import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,309 +40,30 @@ import numpy as np
 import torch
 
 from biomedseg.errors import UserError
+from biomedseg.inference.band_accumulator import BandAccumulator, TileGrid, argmax0
 from biomedseg.inference.sliding_window import (
     importance_map,
     normalize_tta,
     optimize_for_inference,
-    pad_before_after,
     reflect_pad,
-    tile_starts,
     tta_forward,
     tta_transforms,
 )
+from biomedseg.inference.stream_queues import END, Failure, get_unless_stopped, put_unless_stopped
+from biomedseg.inference.stream_writers import (  # noqa: F401  (BIGTIFF_BYTES re-exported)
+    BIGTIFF_BYTES,
+    StripWriter,
+    ZarrArrayWriter,
+    finish_output,
+    partial_path,
+    remove_output,
+)
+from biomedseg.inference.tile_sources import ArraySource, TileSource, open_source
 
-log = logging.getLogger("biomedseg")
+# names this module defined before it was split (``predict`` imports the private ones)
+_Writer, _ZarrArrayWriter, _finish, _remove = StripWriter, ZarrArrayWriter, finish_output, remove_output
 
 DEFAULT_OUT_TILE = 256
-#: uncompressed outputs above this many bytes are written as BigTIFF
-BIGTIFF_BYTES = 2**32 - 2**25
-
-
-# ====================================================================== tile sources
-
-class TileSource:
-    """A 2D image read by full-width row bands.
-
-    Attributes: ``shape`` ``(H, W)``, ``channels`` (1..4 as stored), ``dtype``, ``tile``
-    (the stored tile ``(th, tw)`` or ``None``). :meth:`read_rows` returns rows ``[y0, y1)`` as
-    ``(y1 - y0, W, C)``.
-    """
-
-    shape: tuple[int, int]
-    channels: int
-    dtype: np.dtype
-    tile: tuple[int, int] | None = None
-    name: str = "<array>"
-
-    def read_rows(self, y0: int, y1: int) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def _axes_plan(shape: tuple[int, ...], axes: str | None, name: str) -> tuple[list, int, int, int | None]:
-    """From an array shape (and axes letters if known) build ``(index template, y_axis, x_axis,
-    channel_axis)``. Singleton axes are indexed with 0; exactly one non-spatial axis may remain
-    (the channels); more is a stack, which is refused."""
-    nd = len(shape)
-    if axes is not None and len(axes) == nd:
-        axes = axes.upper()
-        y_ax, x_ax = axes.rfind("Y"), axes.rfind("X")
-        if y_ax < 0 or x_ax < 0:
-            raise UserError(f"{name}: array axes {axes!r} have no Y/X")
-    else:
-        dims = [i for i, s in enumerate(shape) if s != 1]
-        if nd == 2:
-            y_ax, x_ax = 0, 1
-        elif len(dims) == 3 and shape[dims[2]] <= 4:
-            y_ax, x_ax = dims[0], dims[1]
-        elif len(dims) >= 2:
-            y_ax, x_ax = dims[-2], dims[-1]
-        else:
-            raise UserError(f"{name}: array of shape {tuple(shape)} is not a 2D image")
-    others = [i for i in range(nd) if i not in (y_ax, x_ax) and shape[i] != 1]
-    if len(others) > 1:
-        raise UserError(f"{name}: array of shape {tuple(shape)} is a stack; only single 2D images are supported")
-    c_ax = others[0] if others else None
-    if c_ax is not None and shape[c_ax] > 4:
-        raise UserError(f"{name}: {shape[c_ax]} channels; 1 (grey), 3 (RGB) or 4 (RGBA) expected")
-    template = [slice(None) if i in (x_ax, c_ax) else 0 for i in range(nd)]
-    return template, y_ax, x_ax, c_ax
-
-
-class ArraySource(TileSource):
-    """Any array supporting numpy slicing: numpy, ``np.memmap``, zarr arrays, tifffile stores.
-
-    ``axes``: letters such as ``"YX"``, ``"YXS"``, ``"CYX"``, ``"TCZYX"`` (OME); ``None`` guesses
-    ``(H, W)``, ``(H, W, C<=4)`` or ``(C, H, W)`` after dropping singleton axes.
-    """
-
-    def __init__(self, array, axes: str | None = None, name: str = "<array>", tile=None, closer=None):
-        self.array = array
-        self.name = name
-        shape = tuple(int(s) for s in array.shape)
-        self._template, self._y, self._x, self._c = _axes_plan(shape, axes, name)
-        self.shape = (shape[self._y], shape[self._x])
-        self.channels = shape[self._c] if self._c is not None else 1
-        self.dtype = np.dtype(array.dtype)
-        self.tile = tile
-        self._closer = closer
-
-    def read_rows(self, y0: int, y1: int) -> np.ndarray:
-        idx = list(self._template)
-        idx[self._y] = slice(y0, y1)
-        block = np.asarray(self.array[tuple(idx)])
-        kept = [i for i in range(len(idx)) if not isinstance(idx[i], int)]  # remaining axes, in order
-        order = [kept.index(self._y), kept.index(self._x)] + ([kept.index(self._c)] if self._c is not None else [])
-        block = np.transpose(block, order)
-        return block if block.ndim == 3 else block[:, :, None]
-
-    def close(self) -> None:
-        if self._closer is not None:
-            self._closer()
-            self._closer = None
-
-
-class _ContiguousTiffSource(TileSource):
-    """Uncompressed contiguous TIFF pages (ImageJ/raw writers): rows read by file offset, so a
-    band costs a band of memory (tifffile's zarr store would decode the page as one chunk)."""
-
-    def __init__(self, path: Path, page, axes: str, shape: tuple[int, ...], dtype: np.dtype):
-        self.name = str(path)
-        self._offset = int(page.dataoffsets[0])
-        self._template, self._y, self._x, self._c = _axes_plan(shape, axes, self.name)
-        if self._c is not None and self._c not in (0, len(shape) - 1):
-            raise ValueError("unsupported layout")
-        self._planar = self._c is not None and self._c < self._y
-        self.shape = (shape[self._y], shape[self._x])
-        self.channels = shape[self._c] if self._c is not None else 1
-        self.dtype = np.dtype(dtype)
-        self._fh = open(path, "rb")
-        self.tile = None
-
-    def _read(self, offset: int, count: int) -> np.ndarray:
-        self._fh.seek(offset)
-        buf = self._fh.read(count * self.dtype.itemsize)
-        return np.frombuffer(buf, dtype=self.dtype, count=count).astype(self.dtype.newbyteorder("="))
-
-    def read_rows(self, y0: int, y1: int) -> np.ndarray:
-        h, w = self.shape
-        n, c, item = y1 - y0, self.channels, self.dtype.itemsize
-        if self._planar:
-            planes = [self._read(self._offset + (p * h * w + y0 * w) * item, n * w).reshape(n, w) for p in range(c)]
-            return np.stack(planes, axis=-1)
-        return self._read(self._offset + y0 * w * c * item, n * w * c).reshape(n, w, c)
-
-    def close(self) -> None:
-        self._fh.close()
-
-
-def _tiff_source(path: Path, level: int) -> TileSource:
-    import tifffile
-    import zarr
-
-    try:
-        tif = tifffile.TiffFile(path)
-    except Exception as exc:
-        raise UserError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-    try:
-        if not tif.series:
-            raise UserError(f"{path}: cannot read image (no image data in the TIFF file)")
-        series = tif.series[0]
-        levels = series.levels
-        if not 0 <= level < len(levels):
-            raise UserError(f"{path}: --level {level} does not exist (the file has {len(levels)} "
-                            f"level{'s' if len(levels) != 1 else ''}: 0..{len(levels) - 1})")
-        lev = levels[level]
-        page = lev.pages[0] if lev.pages else tif.pages[0]
-        tile = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
-        if page.photometric == tifffile.PHOTOMETRIC.PALETTE:
-            raise UserError(f"{path}: palette (indexed colour) TIFFs are not supported for streaming")
-        if (len(lev.pages) == 1 and page.is_contiguous and page.compression == 1 and not page.is_tiled
-                and page.bitspersample in (8, 16, 32, 64)):
-            try:
-                dtype = lev.dtype.newbyteorder(tif.byteorder)
-                src = _ContiguousTiffSource(path, page, lev.axes, tuple(lev.shape), dtype)
-                tif.close()
-                return src
-            except ValueError:
-                pass
-        store = lev.aszarr()
-        arr = zarr.open(store, mode="r")
-
-        def closer():
-            store.close()
-            tif.close()
-
-        return ArraySource(arr, axes=lev.axes, name=str(path), tile=tile, closer=closer)
-    except BaseException:
-        tif.close()
-        raise
-
-
-def _ome_axes(attrs: dict) -> tuple[list, str | None]:
-    ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-    if not ms:
-        return [], None
-    axes = ms[0].get("axes")
-    letters = None
-    if axes:
-        names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
-        letters = "".join(n[0].upper() for n in names)
-    return [d["path"] for d in ms[0].get("datasets", [])], letters
-
-
-def _zarr_source(path: Path, level: int) -> TileSource:
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as exc:
-        raise UserError(f"{path}: cannot open zarr ({type(exc).__name__}: {exc})") from None
-    axes = None
-    if isinstance(node, zarr.Group):
-        paths, axes = _ome_axes(dict(node.attrs))
-        if not paths:
-            arrays = sorted(name for name, _ in node.arrays())
-            if len(arrays) != 1:
-                raise UserError(f"{path}: zarr group without OME multiscales metadata and "
-                                f"{len(arrays)} arrays; pass the array itself")
-            paths = arrays
-        if not 0 <= level < len(paths):
-            raise UserError(f"{path}: --level {level} does not exist (levels 0..{len(paths) - 1})")
-        node = node[paths[level]]
-    elif level:
-        raise UserError(f"{path}: --level {level}: a plain zarr array has one level")
-    chunks = getattr(node, "chunks", None)
-    return ArraySource(node, axes=axes, name=str(path), tile=tuple(chunks[-2:]) if chunks else None)
-
-
-def open_source(obj, level: int = 0) -> TileSource:
-    """A :class:`TileSource` for a path (TIFF, ``.zarr``, or any image ``read_image`` reads),
-    a zarr array or a numpy array ``(H, W)`` / ``(H, W, C)``."""
-    if isinstance(obj, TileSource):
-        return obj
-    if isinstance(obj, (str, os.PathLike)):
-        path = Path(obj)
-        if path.is_dir() or path.suffix.lower() == ".zarr":
-            return _zarr_source(path, level)
-        if not path.is_file():
-            raise UserError(f"{path}: no such file")
-        with open(path, "rb") as fh:
-            head = fh.read(4)
-        if head in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
-            return _tiff_source(path, level)
-        from biomedseg.io import read_image
-
-        if level:
-            log.warning("%s: --level %d ignored (not a pyramid TIFF or zarr)", path, level)
-        return ArraySource(read_image(path), axes="YXC", name=str(path))
-    return ArraySource(obj)
-
-
-def argmax0(p: torch.Tensor) -> torch.Tensor:
-    """``p.argmax(0)`` as ``uint8`` (first maximum wins), by a running maximum over the classes:
-    elementwise passes instead of torch's slow strided reduction over the leading axis (10x)."""
-    idx = torch.zeros(p.shape[1:], dtype=torch.uint8, device=p.device)
-    best = p[0]
-    for k in range(1, p.shape[0]):
-        better = p[k] > best
-        idx.masked_fill_(better, k)
-        best = torch.maximum(best, p[k])
-    return idx
-
-
-# ====================================================================== output sinks
-
-def partial_path(path: Path) -> Path:
-    """``out/x.tif`` -> ``out/x.partial.tif``: where an output is written until it is complete."""
-    path = Path(path)
-    return path.with_name(f"{path.stem}.partial{path.suffix}")
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
-
-
-def _finish(partial: Path, final: Path) -> None:
-    if final.exists() and final.is_dir():
-        shutil.rmtree(final)
-    os.replace(partial, final)
-
-
-class _ZarrArrayWriter:
-    """An OME-Zarr (NGFF 0.4, zarr format 2) image with one level ``0`` written strip by strip."""
-
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype, tile: int, axes: str):
-        import zarr
-
-        _remove(path)
-        chunks = (1,) * (len(shape) - 2) + (tile, tile)
-        try:  # zarr >= 3: write zarr format 2 (OME-NGFF 0.4), the widely read flavour
-            self.group = zarr.open_group(str(path), mode="w", zarr_format=2)
-            self.array = self.group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-        except (TypeError, AttributeError):  # zarr 2
-            self.group = zarr.open_group(str(path), mode="w")
-            self.array = self.group.create_dataset("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-        kinds = {"c": "channel", "y": "space", "x": "space"}
-        self.group.attrs["multiscales"] = [{
-            "version": "0.4", "name": path.name.split(".")[0],
-            "axes": [{"name": a, "type": kinds[a]} for a in axes],
-            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(shape)}]}],
-        }]
-
-    def write(self, y0: int, block: np.ndarray) -> None:
-        self.array[..., y0:y0 + block.shape[-2], :] = block
 
 
 @dataclass
@@ -356,154 +81,6 @@ class StreamResult:
         return self.shape[0] * self.shape[1] / 1e6 / max(self.seconds, 1e-9)
 
 
-class _Failure:
-    def __init__(self, exc: BaseException):
-        self.exc = exc
-
-
-_END = object()
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
-    """Put unless ``stop`` is set; False when stopped."""
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return True
-        except queue.Full:
-            continue
-    return False
-
-
-def _get(q: queue.Queue, stop: threading.Event):
-    while True:
-        try:
-            return q.get(timeout=0.1)
-        except queue.Empty:
-            if stop.is_set():
-                return _END
-
-
-class _Writer(threading.Thread):
-    """Assembles finalised rows into strips ``tile`` rows high and writes them: the mask as a tiled
-    TIFF (tifffile pulls tiles from a generator fed by the queue) or OME-Zarr; probabilities as
-    OME-Zarr, or via a temporary zarr converted to a ``(K, H, W)`` float16 tiled TIFF at the end."""
-
-    def __init__(self, shape, n_classes, tile, mask_path, mask_fmt, proba_path, proba_fmt, compression, stop,
-                 prefetch=2):
-        super().__init__(daemon=True, name="biomedseg-writer")
-        self.h, self.w = shape
-        self.k = n_classes
-        self.tile = tile
-        self.mask_path, self.mask_fmt = mask_path, mask_fmt
-        self.proba_path, self.proba_fmt = proba_path, proba_fmt
-        self.compression = compression
-        self.q: queue.Queue = queue.Queue(maxsize=prefetch)
-        self.stop = stop
-        self.error: BaseException | None = None
-        self.proba_store: _ZarrArrayWriter | None = None
-        self.mask_store: _ZarrArrayWriter | None = None
-        self._tmp_proba: Path | None = None
-
-    # --- strips
-    def _strips(self):
-        t, w = self.tile, self.w
-        mbuf = np.zeros((t, w), np.uint8)
-        pbuf = np.zeros((self.k, t, w), np.float16) if self.proba_path is not None else None
-        filled, strip_y = 0, 0
-        while True:
-            item = _get(self.q, self.stop)
-            if item is _END:
-                if self.stop.is_set():
-                    raise RuntimeError("stopped")
-                break
-            y0, mask, proba = item
-            n, off = mask.shape[0], 0
-            while off < n:
-                take = min(t - filled, n - off)
-                mbuf[filled:filled + take] = mask[off:off + take]
-                if pbuf is not None:
-                    pbuf[:, filled:filled + take] = proba[:, off:off + take]
-                filled += take
-                off += take
-                if filled == t or strip_y + filled == self.h:
-                    yield strip_y, mbuf[:filled], (pbuf[:, :filled] if pbuf is not None else None)
-                    strip_y += filled
-                    filled = 0
-        if strip_y != self.h:
-            raise RuntimeError(f"writer got {strip_y} of {self.h} rows")
-
-    def _push_sinks(self, strips):
-        for y0, mask, proba in strips:
-            if proba is not None:
-                self.proba_store.write(y0, proba)
-            if self.mask_store is not None:
-                self.mask_store.write(y0, mask)
-            yield y0, mask
-
-    def _mask_tiles(self, strips):
-        # copies: the strip buffer is reused for the next strip
-        t = self.tile
-        for _, mask in strips:
-            for x in range(0, self.w, t):
-                yield mask[:, x:x + t].copy()
-
-    def run(self):
-        try:
-            if self.proba_path is not None:
-                if self.proba_fmt == "zarr":
-                    target = self.proba_path
-                else:
-                    target = self._tmp_proba = self.proba_path.with_name(self.proba_path.name + ".tmp.zarr")
-                self.proba_store = _ZarrArrayWriter(target, (self.k, self.h, self.w), np.float16, self.tile, "cyx")
-            strips = self._push_sinks(self._strips())
-            if self.mask_fmt == "zarr":
-                self.mask_store = _ZarrArrayWriter(self.mask_path, (self.h, self.w), np.uint8, self.tile, "yx")
-                for _ in strips:
-                    pass
-            else:
-                import tifffile
-
-                _remove(self.mask_path)
-                with tifffile.TiffWriter(self.mask_path, bigtiff=self.h * self.w > BIGTIFF_BYTES) as tw:
-                    # maxworkers=1: tiles are pulled one at a time; with a pool, tifffile reads
-                    # up to hundreds of MB of tiles ahead of encoding them
-                    tw.write(self._mask_tiles(strips), shape=(self.h, self.w), dtype=np.uint8,
-                             tile=(self.tile, self.tile), compression=self.compression,
-                             photometric="minisblack", metadata=None, maxworkers=1)
-            if self._tmp_proba is not None:
-                self._proba_to_tiff()
-        except BaseException as exc:  # reported by the main thread
-            self.error = exc
-            self.stop.set()
-
-    def _proba_to_tiff(self):
-        """Temporary ``(K, H, W)`` zarr -> tiled float16 TIFF with K pages (as ``write_tiff``)."""
-        import tifffile
-
-        arr, t = self.proba_store.array, self.tile
-
-        def tiles(k):
-            for y in range(0, self.h, t):
-                strip = np.asarray(arr[k, y:y + t, :])
-                for x in range(0, self.w, t):
-                    yield strip[:, x:x + t]
-
-        _remove(self.proba_path)
-        big = self.k * self.h * self.w * 2 > BIGTIFF_BYTES
-        with tifffile.TiffWriter(self.proba_path, bigtiff=big) as tw:
-            for k in range(self.k):
-                tw.write(tiles(k), shape=(self.h, self.w), dtype=np.float16, tile=(t, t),
-                         compression=self.compression, photometric="minisblack", metadata=None, maxworkers=1)
-        shutil.rmtree(self._tmp_proba, ignore_errors=True)
-
-    def cleanup(self):
-        for p in (self._tmp_proba, self.mask_path, self.proba_path):
-            if p is not None:
-                _remove(p)
-
-
-# ====================================================================== predictor
 
 class StreamingPredictor:
     """Band-by-band sliding-window prediction with bounded memory.
@@ -607,136 +184,74 @@ class StreamingPredictor:
             src.close()
 
     def _run(self, src: TileSource, on_rows, on_start) -> StreamResult:
+        """Reader thread -> :meth:`_consume` (network, blending) in this thread."""
         t_start = time.perf_counter()
-        H, W = src.shape
-        R = self.patch_size
-        pt, pb = pad_before_after(H, R)
-        pl, pr = pad_before_after(W, R)
-        Hp, Wp = H + pt + pb, W + pl + pr
-        ys, xs = tile_starts(Hp, R, self.overlap), tile_starts(Wp, R, self.overlap)
-        result = StreamResult((H, W))
+        grid = TileGrid.for_image(src.shape, self.patch_size, self.overlap)
+        result = StreamResult((grid.height, grid.width))
         stop = threading.Event()
         bands: queue.Queue = queue.Queue(maxsize=self.prefetch)
-
-        def reader():
-            try:
-                for y in ys:
-                    if pt or pb:  # image shorter than a tile: one band, the whole image padded
-                        x = self._prep(src.read_rows(0, H))
-                    else:
-                        x = self._prep(src.read_rows(y, y + R))
-                    x = reflect_pad(x, pt, pb, pl, pr)
-                    blank = None
-                    if self.skip_blank_std is not None:
-                        t = torch.from_numpy(x)
-                        blank = [bool(t[:, :, xx:xx + R].std() < self.skip_blank_std) for xx in xs]
-                    if not _put(bands, (y, torch.from_numpy(x), blank), stop):
-                        return
-                _put(bands, _END, stop)
-            except BaseException as exc:
-                _put(bands, _Failure(exc), stop)
-
-        thread = threading.Thread(target=reader, daemon=True, name="biomedseg-reader")
+        thread = threading.Thread(target=self._read_bands, args=(src, grid, bands, stop), daemon=True,
+                                  name="biomedseg-reader")
         thread.start()
         try:
-            self._consume(bands, stop, ys, xs, (H, W), (pt, pl), (Hp, Wp), on_rows, on_start, result)
+            self._consume(bands, stop, grid, on_rows, on_start, result)
         finally:
             stop.set()
             thread.join()
         result.seconds = time.perf_counter() - t_start
         return result
 
+    def _read_bands(self, src: TileSource, grid: TileGrid, bands: queue.Queue, stop: threading.Event) -> None:
+        """Reader thread body: one :meth:`_read_band` item per tile row, then ``END``; an
+        exception is passed on as a ``Failure``."""
+        try:
+            for y in grid.ys:
+                if not put_unless_stopped(bands, self._read_band(src, grid, y), stop):
+                    return
+            put_unless_stopped(bands, END, stop)
+        except BaseException as exc:
+            put_unless_stopped(bands, Failure(exc), stop)
+
+    def _read_band(self, src: TileSource, grid: TileGrid, y: int) -> tuple:
+        """``(y, band (C, tile, Wp) float32 tensor, blank flags per tile (list of bool) or None)``
+        for the tile row starting at padded row ``y``."""
+        R = grid.tile
+        pt, pb, pl, pr = grid.pad
+        if pt or pb:  # image shorter than a tile: one band, the whole image padded
+            x = self._prep(src.read_rows(0, grid.height))
+        else:
+            x = self._prep(src.read_rows(y, y + R))
+        x = reflect_pad(x, pt, pb, pl, pr)
+        blank = None
+        if self.skip_blank_std is not None:
+            t = torch.from_numpy(x)
+            blank = [bool(t[:, :, xx:xx + R].std() < self.skip_blank_std) for xx in grid.xs]
+        return y, torch.from_numpy(x), blank
+
     def _tiles(self, bands, stop, xs):
         """Yield ``(y, x, tile (C, R, R) or None if blank)`` in row-major order."""
         R = self.patch_size
         while True:
-            item = _get(bands, stop)
-            if item is _END:
+            item = get_unless_stopped(bands, stop)
+            if item is END:
                 return
-            if isinstance(item, _Failure):
+            if isinstance(item, Failure):
                 raise item.exc
             y, band, blank = item
             for j, x in enumerate(xs):
                 yield y, x, (None if blank is not None and blank[j] else band[:, :, x:x + R])
 
     @torch.inference_mode()
-    def _consume(self, bands, stop, ys, xs, shape, pad, padded, on_rows, on_start, result):
+    def _consume(self, bands, stop, grid: TileGrid, on_rows, on_start, result: StreamResult) -> None:
+        """Run the network on batches of tiles and blend them into a :class:`BandAccumulator`."""
         from tqdm.auto import tqdm
 
-        H, W = shape
-        pt, pl = pad
-        Hp, Wp = padded
-        R, dev = self.patch_size, self.device
-        imp = self._weights
         self.model.eval()
-        state = {"acc": None, "wsum": None, "base": 0}  # base: padded row of acc[:, 0]
-        bar = tqdm(total=len(ys) * len(xs), desc="tiles", unit="tile", disable=not self.progress, leave=False)
-
-        def allocate(k):
-            state["acc"] = torch.zeros((k, R, Wp), dtype=torch.float32, device=dev)
-            state["wsum"] = torch.zeros((1, R, Wp), dtype=torch.float32, device=dev)
-            if on_start is not None:
-                on_start((H, W), k)
-
-        def emit_chunk(m):
-            """Finalise padded rows [base, base + m) (m <= R) and shift the band up by m."""
-            acc, wsum, base = state["acc"], state["wsum"], state["base"]
-            lo, hi = max(base, pt), min(base + m, pt + H)
-            if hi > lo:
-                a = acc[:, lo - base:hi - base, pl:pl + W]
-                w = wsum[:, lo - base:hi - base, pl:pl + W]
-                if self.skip_blank_std is not None:  # pixels under blank tiles only have no weight
-                    empty = w <= 0
-                    logits = a / torch.where(empty, torch.ones_like(w), w)
-                    if bool(empty.any()):
-                        fill = torch.full((a.shape[0], 1, 1), -30.0, device=a.device)
-                        fill[min(self.blank_class, a.shape[0] - 1)] = 30.0
-                        logits = torch.where(empty, fill, logits)
-                else:
-                    logits = a / w
-                on_rows(lo - pt, torch.softmax(logits, dim=0).float().cpu())
-            if m >= R:
-                acc.zero_()
-                wsum.zero_()
-            else:
-                acc[:, :R - m] = acc[:, m:].clone()
-                acc[:, R - m:] = 0
-                wsum[:, :R - m] = wsum[:, m:].clone()
-                wsum[:, R - m:] = 0
-            state["base"] = base + m
-
-        def emit(n):
-            while n > 0:
-                m = min(n, R)
-                emit_chunk(m)
-                n -= m
-
-        def accumulate(y, x, out):
-            if state["acc"] is None:
-                allocate(out.shape[0])
-            if y > state["base"]:
-                emit(y - state["base"])
-            state["acc"][:, :, x:x + R] += out * imp
-            state["wsum"][:, :, x:x + R] += imp
-
+        accumulator = BandAccumulator(grid, self._weights, self.device, on_rows, on_start,
+                                      fill_empty=self.skip_blank_std is not None, blank_class=self.blank_class)
+        bar = tqdm(total=grid.n_tiles, desc="tiles", unit="tile", disable=not self.progress, leave=False)
         batch, where = [], []
-
-        def flush():
-            if not batch:
-                return
-            x = torch.stack(batch).to(dev, non_blocking=True)
-            n = x.shape[0]
-            if self.compile and n < self.batch_size:  # one compiled shape: pad the last batch
-                x = torch.cat([x, x[-1:].expand(self.batch_size - n, -1, -1, -1)])
-            out = tta_forward(self.model, x, self.transforms, dev, self.precision, self.channels_last)[:n]
-            for (y, xx), o in zip(where, out):
-                accumulate(y, xx, o)
-            result.n_tiles += len(batch)
-            bar.update(len(batch))
-            batch.clear()
-            where.clear()
-
-        for y, x, tile in self._tiles(bands, stop, xs):
+        for y, x, tile in self._tiles(bands, stop, grid.xs):
             if tile is None:  # blank: contributes nothing
                 result.n_skipped += 1
                 bar.update(1)
@@ -744,12 +259,30 @@ class StreamingPredictor:
             batch.append(tile)
             where.append((y, x))
             if len(batch) == self.batch_size:
-                flush()
-        flush()
+                self._flush(batch, where, accumulator, result, bar)
+        self._flush(batch, where, accumulator, result, bar)
         bar.close()
-        if state["acc"] is None:  # every tile was blank: the network never ran
-            allocate(self._n_classes())
-        emit(Hp - state["base"])
+        if not accumulator.allocated:  # every tile was blank: the network never ran
+            accumulator.allocate(self._n_classes())
+        accumulator.finish()
+
+    def _flush(self, batch: list, where: list, accumulator: BandAccumulator, result: StreamResult, bar) -> None:
+        """Predict the queued ``(C, R, R)`` tiles at padded positions ``where``, add them to the
+        accumulator and empty both lists."""
+        if not batch:
+            return
+        dev = self.device
+        x = torch.stack(batch).to(dev, non_blocking=True)
+        n = x.shape[0]
+        if self.compile and n < self.batch_size:  # one compiled shape: pad the last batch
+            x = torch.cat([x, x[-1:].expand(self.batch_size - n, -1, -1, -1)])
+        out = tta_forward(self.model, x, self.transforms, dev, self.precision, self.channels_last)[:n]
+        for (y, xx), o in zip(where, out):
+            accumulator.add(y, xx, o)
+        result.n_tiles += len(batch)
+        bar.update(len(batch))
+        batch.clear()
+        where.clear()
 
     def _n_classes(self) -> int:
         c = self.channels or (len(self.normalizer.mean) if self.normalizer is not None else 1)
@@ -796,25 +329,23 @@ class StreamingPredictor:
         mask_path.parent.mkdir(parents=True, exist_ok=True)
         stop = threading.Event()
         state: dict = {}
-        tile = int(out_tile or self.out_tile)
-        if tile % 16:
-            tile = max(16, (tile // 16) * 16)
+        tile = self._output_tile(out_tile)
 
         def start(shape, k):
-            state["writer"] = _Writer(shape, k, tile, mask_part, fmt, proba_part, fmt, self.compression, stop,
+            state["writer"] = StripWriter(shape, k, tile, mask_part, fmt, proba_part, fmt, self.compression, stop,
                                       self.prefetch)
             state["writer"].start()
 
         def rows(y0, p):
             writer = state["writer"]
             item = (y0, self._decide(p), p.numpy().astype(np.float16) if proba_path is not None else None)
-            if not _put(writer.q, item, stop) or writer.error is not None:
+            if not put_unless_stopped(writer.q, item, stop) or writer.error is not None:
                 raise writer.error or RuntimeError("writer stopped")
 
         try:
             result = self.run(source, rows, level=level, on_start=start)
             writer = state["writer"]
-            _put(writer.q, _END, stop)
+            put_unless_stopped(writer.q, END, stop)
             writer.join()
             if writer.error is not None:
                 raise writer.error
@@ -826,9 +357,16 @@ class StreamingPredictor:
                 writer.cleanup()
             raise
         if proba_path is not None:
-            _finish(proba_part, proba_path)
+            finish_output(proba_part, proba_path)
             result.outputs.append(proba_path)
-        _finish(mask_part, mask_path)
+        finish_output(mask_part, mask_path)
         result.outputs.append(mask_path)
         result.seconds = max(result.seconds, 0.0)
         return result
+
+    def _output_tile(self, out_tile: int | None) -> int:
+        """Tile side of written images: ``out_tile`` (else the predictor's), a multiple of 16."""
+        tile = int(out_tile or self.out_tile)
+        if tile % 16:
+            tile = max(16, (tile // 16) * 16)
+        return tile
