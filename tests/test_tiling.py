@@ -196,3 +196,22 @@ def test_rgb_palette_masks_become_indices(tmp_path):
     for c, colour in enumerate(colours):
         expected[idx == c] = pal.index(list(colour))
     assert np.array_equal(rmask, expected)
+
+
+def test_overwrite_never_deletes_the_source(tmp_path):
+    """`tile SRC --out SRC --overwrite` must refuse before removing anything."""
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from biomedseg.data.tiling import tile_dataset
+    from biomedseg.errors import UserError
+
+    data = tmp_path / "d"
+    (data / "images").mkdir(parents=True)
+    (data / "masks").mkdir()
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(data / "images" / "a.png")
+    Image.fromarray(np.ones((64, 64), np.uint8)).save(data / "masks" / "a.png")
+    with pytest.raises(UserError):
+        tile_dataset(data, data, size=32, overwrite=True)
+    assert (data / "images" / "a.png").is_file() and (data / "masks" / "a.png").is_file()

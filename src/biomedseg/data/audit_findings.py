@@ -1,0 +1,208 @@
+"""Findings of the data audit: the problems it reports, most serious first.
+
+A finding is a dict ``{"severity": "error" | "warning" | "info", "code", "message", "count",
+"items" (at most 200)}``; :func:`audit_findings` derives them from the sections of an audit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from biomedseg.data.discovery import name_list, natural_key
+from biomedseg.data.inventory import Scan
+
+#: Share of empty masks above which empty masks are a warning (else info).
+EMPTY_WARNING = 0.10
+#: Class pixel share below which a class is called rare.
+RARE_CLASS = 0.01
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
+
+
+def plural(n: int, one: str, many: str | None = None) -> str:
+    """``"1 file"`` / ``"3 files"`` (``many`` defaults to ``one + "s"``)."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def finding(severity: str, code: str, message: str, items: list | None = None,
+            count: int | None = None) -> dict:
+    """One finding; ``count`` defaults to the number of ``items`` (1 without items)."""
+    return {"severity": severity, "code": code, "message": message,
+            "count": count if count is not None else (len(items) if items is not None else 1),
+            "items": (items or [])[:200]}
+
+
+def audit_findings(audit: dict, scan: Scan) -> list[dict]:
+    """All findings of ``audit`` (sections ``inventory``, ``masks``, ``duplicates``,
+    ``intensity``), most serious first; takes the ``_early_findings`` out of ``audit``."""
+    inv, masks, dups = audit["inventory"], audit["masks"], audit["duplicates"]
+    f: list[dict] = list(audit.pop("_early_findings", []))
+    f += _file_findings(inv, scan)
+    f += _mask_value_findings(masks)
+    f += _duplicate_findings(dups.get("groups", []))
+    f += _damage_findings(inv, masks)
+    if masks.get("classes"):
+        f += _class_findings(masks)
+    f += _format_findings(inv, audit.get("intensity", {}))
+    f.sort(key=lambda x: SEVERITY_ORDER[x["severity"]])
+    return f
+
+
+def _file_findings(inv: dict, scan: Scan) -> list[dict]:
+    """dataset.json, unreadable, unpaired, several masks, duplicate ids, size mismatches."""
+    f: list[dict] = []
+    if scan.meta_problem:
+        f.append(finding("warning", "dataset_json", scan.meta_problem))
+    if inv["unreadable"]:
+        rows = inv["unreadable"]
+        f.append(finding("error", "unreadable",
+                         f"{plural(len(rows), 'file')} cannot be read: " +
+                         "; ".join(r["error"] for r in rows[:3]) + (" ..." if len(rows) > 3 else ""),
+                         [r["file"] for r in rows]))
+    if scan.masks_dir is None:
+        f.append(finding("error", "no_masks", f"{scan.images_dir}: no masks found (no masks/ folder "
+                                              "and no *_mask files): only images were audited"))
+    if inv["unpaired_images"]:
+        rows = inv["unpaired_images"]
+        f.append(finding("error", "unpaired_images",
+                         f"{plural(len(rows), 'image has', 'images have')} no mask ({name_list(rows)})", rows))
+    if inv["unpaired_masks"]:
+        rows = inv["unpaired_masks"]
+        f.append(finding("error", "unpaired_masks",
+                         f"{plural(len(rows), 'mask has', 'masks have')} no image ({name_list(rows)})", rows))
+    if inv["multiple_masks"]:
+        rows = inv["multiple_masks"]
+        ex = rows[0]
+        f.append(finding("error", "multiple_masks",
+                         f"{plural(len(rows), 'image has', 'images have')} several mask files "
+                         f"(e.g. {ex['id']}: {', '.join(Path(m).name for m in ex['masks'])}); "
+                         "training refuses them: merge each set into one mask (union) or delete the extras",
+                         [r["id"] for r in rows]))
+    if inv["duplicate_ids"]:
+        rows = inv["duplicate_ids"]
+        f.append(finding("error", "duplicate_ids",
+                         f"{plural(len(rows), 'id is', 'ids are')} used by two image files "
+                         f"(e.g. {', '.join(Path(p).name for p in rows[0]['files'])})", [r["id"] for r in rows]))
+    if inv["size_mismatches"]:
+        rows = inv["size_mismatches"]
+        r0 = rows[0]
+        f.append(finding("error", "size_mismatch",
+                         f"{plural(len(rows), 'mask differs', 'masks differ')} in size from the image "
+                         f"(e.g. {r0['mask']}: {r0['mask_size'][0]}x{r0['mask_size'][1]}, image "
+                         f"{r0['image_size'][0]}x{r0['image_size'][1]})", [r["id"] for r in rows]))
+    return f
+
+
+def _mask_value_findings(masks: dict) -> list[dict]:
+    """Masks encoded unlike the others or holding values that are no class."""
+    if not masks.get("mask_outliers"):
+        return []
+    rows = masks["mask_outliers"]
+    r0 = rows[0]
+    what = f"{masks.get('encoding')}: {masks.get('palette_description')}"
+    extra = f"; values {r0['unknown_values']} are not classes" if r0.get("unknown_values") else ""
+    return [finding("error", "mask_values",
+                    f"{plural(len(rows), 'mask is', 'masks are')} encoded unlike the others or "
+                    f"{'holds' if len(rows) == 1 else 'hold'} values outside the classes ({what}): "
+                    f"e.g. {r0['mask']} is {r0['encoding']} with "
+                    f"values {r0['levels']}{extra}; re-export those masks like the rest",
+                    [r["id"] for r in rows])]
+
+
+def _duplicate_findings(groups: list[dict]) -> list[dict]:
+    """Near-duplicate groups: conflicting masks, leakage over the split, the groups."""
+    f: list[dict] = []
+    conflicts = [g for g in groups if g["conflict"]]
+    if conflicts:
+        ids = sorted({i for g in conflicts for i in g["conflict_ids"]}, key=natural_key)
+        g0 = conflicts[0]
+        f.append(finding("warning", "duplicate_conflicts",
+                         f"{plural(len(conflicts), 'near-duplicate group has', 'near-duplicate groups have')} "
+                         f"conflicting masks ({plural(len(ids), 'image')}; e.g. {', '.join(g0['members'][:4])}: "
+                         f"Dice {g0['min_dice']}); `biomedseg split DATA --exclude-conflicts` leaves them out",
+                         ids))
+    leaks = [g for g in groups if g["leak"]]
+    if leaks:
+        f.append(finding("warning", "leakage",
+                         f"{plural(len(leaks), 'near-duplicate group straddles', 'near-duplicate groups straddle')}"
+                         f" the dataset.json split (e.g. {', '.join(leaks[0]['members'][:4])} on "
+                         f"{' + '.join(leaks[0]['split_sides'])}): test scores are inflated; "
+                         "`biomedseg split DATA` keeps groups together", [g["members"][0] for g in leaks]))
+    if groups:
+        n_img = sum(g["size"] for g in groups)
+        exact = sum(1 for g in groups if g["exact"])
+        f.append(finding("warning", "duplicates",
+                         f"{plural(len(groups), 'group')} of near-duplicate images ({plural(n_img, 'image')}, "
+                         f"{exact} pixel-identical); keep each group on one side of the split",
+                         [g["members"][0] for g in groups]))
+    return f
+
+
+def _damage_findings(inv: dict, masks: dict) -> list[dict]:
+    """Masks with off-palette pixels and blank images."""
+    f: list[dict] = []
+    if masks.get("damaged_masks"):
+        rows = masks["damaged_masks"]
+        f.append(finding("warning", "damaged_masks",
+                         f"{plural(len(rows), 'mask has', 'masks have')} {masks['damaged_pixels']} pixels off "
+                         f"the palette (JPEG or anti-aliasing damage, e.g. {rows[0]['mask']}: {rows[0]['pixels']}"
+                         " px); they are snapped to the nearest class; save masks as PNG",
+                         [r["id"] for r in rows]))
+    if inv["constant_images"]:
+        rows = inv["constant_images"]
+        f.append(finding("warning", "constant_images",
+                         f"{plural(len(rows), 'image is', 'images are')} blank (one value everywhere): "
+                         f"{name_list(rows)}", rows))
+    return f
+
+
+def _class_findings(masks: dict) -> list[dict]:
+    """Absent classes, empty masks, rare classes, annotation specks."""
+    f: list[dict] = []
+    frac = masks["class_pixel_fraction"]
+    absent = [c for c, v in frac.items() if v == 0]
+    if absent and masks.get("n_masks_measured"):
+        f.append(finding("warning", "absent_classes",
+                         f"{plural(len(absent), 'class never appears', 'classes never appear')} in the masks: "
+                         f"{', '.join(absent)}", absent))
+    ef = masks.get("empty_mask_fraction", 0.0)
+    if masks.get("empty_masks"):
+        f.append(finding("warning" if ef >= EMPTY_WARNING else "info", "empty_masks",
+                         f"{100 * ef:.1f}% of the masks ({masks['empty_masks']}) are empty (background "
+                         "only); with many empty masks use a loss robust to them (e.g. dice+ce) and "
+                         "report per-image Dice with the empty-mask convention",
+                         masks["empty_mask_ids"], count=masks["empty_masks"]))
+    rare = [c for c, v in frac.items() if 0 < v < RARE_CLASS and c != masks.get("background")]
+    if rare:
+        w = masks["class_weights"]["median"]
+        f.append(finding("info", "rare_classes",
+                         f"rare {'class' if len(rare) == 1 else 'classes'} "
+                         + ", ".join(f"{c} ({100 * frac[c]:.2f}% of pixels)" for c in rare)
+                         + f": consider --class-weights median ({', '.join(f'{v:.3g}' for v in w)})", rare))
+    specks = {c: o["specks"] for c, o in masks["objects"].items() if o.get("specks")}
+    if specks:
+        f.append(finding("info", "specks",
+                         "tiny annotated objects (<= 4 px, annotation specks?): "
+                         + ", ".join(f"{c}: {v}" for c, v in specks.items()), list(specks),
+                         count=int(sum(specks.values()))))
+    return f
+
+
+def _format_findings(inv: dict, intensity: dict) -> list[dict]:
+    """Mixed sizes / channels / pixel types, grey stored as RGB, unused 16-bit range."""
+    f: list[dict] = []
+    if len(inv["sizes"]) > 1:
+        top = inv["sizes"][0]
+        f.append(finding("info", "mixed_sizes", f"images come in {len(inv['sizes'])} sizes "
+                                                f"(most common {top['width']}x{top['height']})"))
+    if len(inv["channels"]) > 1 or len(inv["dtypes"]) > 1:
+        f.append(finding("info", "mixed_formats",
+                         f"images mix channel counts {inv['channels']} / pixel types {inv['dtypes']}"))
+    if inv["grey_stored_as_rgb"]:
+        rows = inv["grey_stored_as_rgb"]
+        f.append(finding("info", "grey_rgb", f"{plural(len(rows), 'grey image is', 'grey images are')} "
+                                             "stored as RGB (all channels equal); they are read as grey", rows))
+    bits = intensity.get("effective_bits")
+    if bits and bits < 16:
+        lo, hi = intensity["uint16_range"]
+        f.append(finding("info", "bit_depth", f"16-bit images use only {lo}..{hi} ({bits}-bit data)"))
+    return f
