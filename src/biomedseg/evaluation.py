@@ -31,6 +31,27 @@ def _split_ids(split: str, run_info: dict, meta: dict | None, all_ids: list[str]
     raise UserError(f"--split {split}: the data has no {split!r} split (dataset.json); use --split all")
 
 
+def select_split(loaded, data, images, masks, split: str):
+    """Labelled samples of ``split`` in the DATA given (or the run's own training data).
+
+    Returns ``(source, ids, by_id)``; the run's own split is used when DATA is the training data.
+    """
+    from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
+
+    if data is None and images is None:
+        data = loaded.info.get("source")
+        if not data or not Path(data).is_dir():
+            raise UserError(f"{loaded.run_dir}: the training data folder {data!r} is gone; pass DATA")
+    source = resolve_data(data, images, masks)
+    samples = find_pairs(source.images_dir, source.masks_dir)
+    check_pairs(samples)
+    same_data = Path(loaded.info.get("source", "")) == Path(source.root).resolve()
+    ids = _split_ids(split, loaded.info, source.meta, [s.id for s in samples], same_data)
+    if not ids:
+        raise UserError(f"{source.root}: the {split!r} split is empty; choose another --split")
+    return source, ids, {s.id: s for s in samples}
+
+
 def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = "test", tta: bool | str = False,
              overlays: bool = True, valid_dir: str | None = None, device: str = "auto", quiet: bool = False,
              postprocess: bool = True) -> dict:
@@ -42,7 +63,6 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     """
     from tqdm.auto import tqdm
 
-    from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
     from biomedseg.inference.postprocess import load_postprocess
     from biomedseg.inference.predict import predict_image
     from biomedseg.inference.run import LoadedRun, load_run
@@ -54,14 +74,7 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     if out is None:
         raise UserError("evaluate: --out DIR is required")
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
-    source = resolve_data(data, images, masks)
-    samples = find_pairs(source.images_dir, source.masks_dir)
-    check_pairs(samples)
-    same_data = Path(loaded.info.get("source", "")) == Path(source.root).resolve()
-    ids = _split_ids(split, loaded.info, source.meta, [s.id for s in samples], same_data)
-    if not ids:
-        raise UserError(f"{source.root}: the {split!r} split is empty")
-    by_id = {s.id: s for s in samples}
+    source, ids, by_id = select_split(loaded, data, images, masks, split)
     palette = Palette.from_json(loaded.info["palette"])
     classes, bg = loaded.classes, loaded.background
     predictor = loaded.predictor(tta=tta)

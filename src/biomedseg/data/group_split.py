@@ -19,6 +19,7 @@ from collections import Counter
 from datetime import datetime
 from pathlib import Path
 
+from biomedseg.data.splits import count_for_fraction
 from biomedseg.data.discovery import natural_key
 from biomedseg.errors import UserError
 from biomedseg.io.writers import write_json, write_text
@@ -28,13 +29,6 @@ _EXCLUDE_HEADER = ("# Image ids left out of training: their masks conflict with 
                    "# (written by `biomedseg split`; one id per line, '#' starts a comment).\n")
 
 
-def _count(n: int, fraction: float, name: str) -> int:
-    """Images wanted on a side: as ``make_split`` counts them (at least 1 when positive)."""
-    if not 0.0 <= fraction < 1.0:
-        raise UserError(f"{name}: must be at least 0 and below 1 (got {fraction})")
-    if fraction == 0.0 or n < 2:
-        return 0
-    return max(1, round(n * fraction))
 
 
 def _units(pool: list[str], groups) -> list[list[str]]:
@@ -81,7 +75,7 @@ def split_with_groups(ids, groups, test_fraction: float = 0.2, val_fraction: flo
         raise UserError(f"val_fraction + test_fraction must be below 1 (got {val_fraction} + {test_fraction})")
     pool = sorted({str(i) for i in ids})
     n = len(pool)
-    n_test, n_val = _count(n, test_fraction, "test_fraction"), _count(n, val_fraction, "val_fraction")
+    n_test, n_val = count_for_fraction(n, test_fraction, "test_fraction"), count_for_fraction(n, val_fraction, "val_fraction")
     while n_val + n_test > max(n - 1, 0):  # tiny data set: keep one item for training
         if n_test > 0 and (n_test >= n_val or n_val <= 1):
             n_test -= 1

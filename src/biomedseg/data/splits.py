@@ -7,7 +7,8 @@ import random
 from biomedseg.errors import UserError
 
 
-def _count(n: int, fraction: float, name: str) -> int:
+def count_for_fraction(n: int, fraction: float, name: str) -> int:
+    """Images for a side holding ``fraction`` of ``n`` (at least 1 when positive and n >= 2)."""
     if not 0.0 <= fraction < 1.0:
         raise UserError(f"{name}: must be at least 0 and below 1 (got {fraction})")
     if fraction == 0.0 or n < 2:
@@ -28,8 +29,8 @@ def make_split(ids: list[str], val_fraction: float, seed: int,
                         f"(got {val_fraction} + {test_fraction})")
     pool = sorted(set(ids))
     n = len(pool)
-    n_val = _count(n, val_fraction, "val_fraction")
-    n_test = _count(n, test_fraction, "test_fraction")
+    n_val = count_for_fraction(n, val_fraction, "val_fraction")
+    n_test = count_for_fraction(n, test_fraction, "test_fraction")
     while n_val + n_test > max(n - 1, 0):  # tiny data set: keep one item for training
         if n_test > 0 and (n_test >= n_val or n_val <= 1):
             n_test -= 1

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.errors import UserError
 from biomedseg.inference.postprocess import (
     ClassSteps,
     GatingConfig,
@@ -205,26 +204,14 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
     """
     from tqdm.auto import tqdm
 
-    from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
-    from biomedseg.evaluation import _split_ids
+    from biomedseg.evaluation import select_split
     from biomedseg.inference.predict import predict_proba_image
     from biomedseg.inference.run import LoadedRun, load_run
     from biomedseg.io import Palette, read_image, read_mask
 
     loaded = loaded if isinstance(loaded, LoadedRun) else load_run(run_dir, device=device)
     run_dir = Path(loaded.run_dir)
-    if data is None and images is None:
-        data = loaded.info.get("source")
-        if not data or not Path(data).is_dir():
-            raise UserError(f"{run_dir}: the training data folder {data!r} is gone; pass DATA")
-    source = resolve_data(data, images, masks)
-    samples = find_pairs(source.images_dir, source.masks_dir)
-    check_pairs(samples)
-    same = Path(loaded.info.get("source", "")) == Path(source.root).resolve()
-    ids = _split_ids(split, loaded.info, source.meta, [s.id for s in samples], same)
-    if not ids:
-        raise UserError(f"{source.root}: the {split!r} split is empty; tune on another split (--split)")
-    by_id = {s.id: s for s in samples}
+    source, ids, by_id = select_split(loaded, data, images, masks, split)
     palette = Palette.from_json(loaded.info["palette"])
     classes, bg = loaded.classes, loaded.background
     k = len(classes)
