@@ -39,3 +39,18 @@ def test_isbi_short_training_beats_otsu(tmp_path):
     membrane = m["per_class"]["membrane"]["dice"]
     assert 0.4 < baseline < 0.65  # sanity of the baseline itself (about 0.53)
     assert membrane > baseline + 0.05, (membrane, baseline)
+
+
+def test_audit_class_shares_match_dataset_json(tmp_path):
+    """The audit's class pixel shares equal the dataset's published fractions to 3 decimals."""
+    from biomedseg.data.audit import run_audit
+
+    for name in ("isbi2012_em", "dsb2018_nuclei"):
+        data = shared_dataset(name)
+        expected = json.loads((data / "dataset.json").read_text())["class_pixel_fraction"]
+        result = run_audit(data, tmp_path / name, progress=False)
+        shares = result["masks"]["class_pixel_fraction"]
+        assert set(shares) == set(expected)
+        for cls, value in expected.items():
+            assert abs(shares[cls] - value) < 5e-4, (name, cls, shares[cls], value)
+        assert (tmp_path / name / "audit.html").is_file()
