@@ -230,3 +230,21 @@ def test_gate_tuning_prefers_empty_masks_for_negatives():
     gate, without, with_gate = _tune_gate(cache, masks, [1], 0)
     assert gate.active and without == pytest.approx(0.5) and with_gate == pytest.approx(1.0)
     assert 16 < gate.min_total_area <= 400 or 0.55 < gate.min_max_probability <= 0.9
+
+
+def test_reliable_gain_needs_a_consistent_improvement():
+    """Bootstrap adoption: a gain carried by one image is rejected, a gain on most images kept."""
+    from biomedseg.inference.tuning import reliable_gain
+
+    rng = np.random.default_rng(0)
+    before = rng.uniform(0.6, 0.9, 10)
+    one_lucky = before.copy()
+    one_lucky[0] += 0.1
+    one_lucky[1:] -= 0.005
+    assert not reliable_gain(before, one_lucky, pooled=False)
+    assert reliable_gain(before, before + 0.02, pooled=False)
+    # pooled counts: (n_images, n_fg, 3) tp, fp, fn
+    counts = np.tile(np.array([[[80, 20, 20]]]), (8, 1, 1))
+    better = np.tile(np.array([[[85, 15, 15]]]), (8, 1, 1))
+    assert reliable_gain(counts, better)
+    assert not reliable_gain(better, counts)

@@ -76,7 +76,7 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    channels_last: bool | None = None  # None: on for CUDA, off for CPU (3x slower there, docs/experiments.md)
+    channels_last: bool | None = None  # None: on for CUDA, off for CPU (slower there, docs/experiments.md)
     num_threads: int | None = None
     deterministic: bool = True
 
