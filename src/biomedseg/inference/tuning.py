@@ -305,7 +305,11 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
             raw = np.array([_image_dice(m, it.target, fg) for m, it in zip(masks_, cache)])
             gated_scores = np.array([_image_dice(np.zeros_like(m) + (bg or 0), it.target, fg)
                                      if _gated(m, it, gating, fg) else d for m, it, d in zip(masks_, cache, raw)])
-            adopted["gating"] = reliable_gain(raw, gated_scores, pooled=False)
+            gated_masks = [np.zeros_like(m) + (bg or 0) if _gated(m, it, gating, fg) else m
+                           for m, it in zip(masks_, cache)]
+            # emptying whole images trades pooled Dice for image_dice: require both not to get worse
+            keeps_pooled = _pooled_dice(gated_masks, cache, fg)[0] >= _pooled_dice(masks_, cache, fg)[0] - 1e-3
+            adopted["gating"] = keeps_pooled and reliable_gain(raw, gated_scores, pooled=False)
             if not adopted["gating"]:
                 gating, imd_with = GatingConfig(), imd_without
     else:
