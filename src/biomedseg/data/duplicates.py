@@ -306,21 +306,22 @@ def find_pairs(thumbs: np.ndarray, valid: np.ndarray, digests: list[str | None],
     return exact + [best[k] for k in sorted(best)], info
 
 
-def group_pairs(n: int, pairs: list[Pair]) -> list[list[int]]:
-    """Union-find: groups (sorted member lists, >= 2 members) joined by ``pairs``."""
-    parent = list(range(n))
+def connected_groups(n: int, edges: list[tuple[int, int]]) -> list[list[int]]:
+    """Connected components of ``n`` nodes joined by ``edges`` (SciPy), each a sorted member list,
+    ordered by first member; singletons included."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def root(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    for p in pairs:
-        ra, rb = root(p.i), root(p.j)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
+    rows = [a for a, _ in edges]
+    cols = [b for _, b in edges]
+    graph = coo_matrix((np.ones(len(edges), np.int8), (rows, cols)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
     groups: dict[int, list[int]] = {}
     for x in range(n):
-        groups.setdefault(root(x), []).append(x)
-    return sorted((g for g in groups.values() if len(g) > 1), key=lambda g: g[0])
+        groups.setdefault(int(labels[x]), []).append(x)
+    return sorted(groups.values(), key=lambda g: g[0])
+
+
+def group_pairs(n: int, pairs: list[Pair]) -> list[list[int]]:
+    """Groups (sorted member lists, >= 2 members) joined by ``pairs``."""
+    return [g for g in connected_groups(n, [(p.i, p.j) for p in pairs]) if len(g) > 1]

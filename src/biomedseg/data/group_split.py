@@ -33,24 +33,15 @@ _EXCLUDE_HEADER = ("# Image ids left out of training: their masks conflict with 
 
 def _units(pool: list[str], groups) -> list[list[str]]:
     """Connected groups over ``pool`` (overlapping groups merge); singletons for the rest."""
-    parent = {i: i for i in pool}
+    from biomedseg.data.duplicates import connected_groups
 
-    def root(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
+    index = {i: k for k, i in enumerate(pool)}
+    edges = []
     for g in groups:
-        members = [m for m in g if m in parent]
-        for m in members[1:]:
-            ra, rb = root(members[0]), root(m)
-            if ra != rb:
-                parent[max(ra, rb, key=natural_key)] = min(ra, rb, key=natural_key)
-    units: dict[str, list[str]] = {}
-    for i in pool:
-        units.setdefault(root(i), []).append(i)
-    return sorted((sorted(u, key=natural_key) for u in units.values()), key=lambda u: natural_key(u[0]))
+        members = [index[m] for m in g if m in index]
+        edges += [(members[0], m) for m in members[1:]]
+    units = [[pool[k] for k in comp] for comp in connected_groups(len(pool), edges)]
+    return sorted((sorted(u, key=natural_key) for u in units), key=lambda u: natural_key(u[0]))
 
 
 def split_with_groups(ids, groups, test_fraction: float = 0.2, val_fraction: float = 0.1,
