@@ -210,6 +210,12 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
                                  "checkpoints_written": trainer.checkpoints_written}, dist_info)
         if main:
             write_json(run_dir / "ddp.json", {"world_size": dist_info.world_size, "ranks": report})
+        # free the DDP wrapper (its reducer holds the process group) before destroying the group:
+        # a gloo group destroyed first hangs in its destructor once the other rank has exited
+        trainer.model = train_model = None
+        import gc
+
+        gc.collect()
         shutdown(dist_info)
     if not main:
         return run_dir

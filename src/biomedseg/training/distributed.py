@@ -89,5 +89,9 @@ def gather_objects(obj, info: DistInfo) -> list:
 
 
 def shutdown(info: DistInfo) -> None:
+    """Leave the process group: every rank waits here for the others, then the group is destroyed.
+
+    Call it after the DistributedDataParallel wrapper is gone (it holds the group)."""
     if info.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
