@@ -87,7 +87,7 @@ def _child(args) -> None:
     import torch
 
     from biomedseg.inference.streaming import StreamingPredictor
-    from biomedseg.training.device import configure_threads
+    from biomedseg.device import configure_threads
     from biomedseg.transforms.normalize import Normalizer
 
     threads = configure_threads(args.threads)

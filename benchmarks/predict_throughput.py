@@ -47,7 +47,7 @@ def main(argv=None) -> str:
 
     from biomedseg.inference.sliding_window import tile_starts
     from biomedseg.inference.streaming import StreamingPredictor, argmax0
-    from biomedseg.training.device import configure_threads, cpu_has_native_bf16
+    from biomedseg.device import configure_threads, cpu_has_native_bf16
 
     threads = configure_threads(args.threads)
     torch.manual_seed(0)

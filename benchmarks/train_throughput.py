@@ -61,7 +61,7 @@ def make_biomedseg(patch, batch, precision=None, channels_last=None):
     from biomedseg.losses import build_loss
     from biomedseg.models import create_model
     from biomedseg.training.config import TrainConfig
-    from biomedseg.training.device import resolve_precision, use_channels_last
+    from biomedseg.device import resolve_precision, use_channels_last
     from biomedseg.training.optim import ProgressSchedule, build_optimizer
     from biomedseg.training.trainer import Trainer
 
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     from biomedseg.models.summary import model_summary
-    from biomedseg.training.device import configure_threads
+    from biomedseg.device import configure_threads
 
     threads = configure_threads(args.threads)
     gflops_fwd = model_summary("unet", 1, 2, size=args.patch, base_channels=32)["gflops"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from biomedseg.errors import UserError
-from biomedseg.training.device import use_channels_last
+from biomedseg.device import use_channels_last
 
 
 @dataclass
@@ -49,7 +49,7 @@ def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision:
     from biomedseg.models import create_model
     from biomedseg.training.checkpoint import load_checkpoint
     from biomedseg.training.config import build_config
-    from biomedseg.training.device import configure_threads, resolve_device, resolve_precision
+    from biomedseg.device import configure_threads, resolve_device, resolve_precision
     from biomedseg.transforms.normalize import Normalizer
 
     run_dir = Path(run_dir)

@@ -65,7 +65,7 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     from biomedseg.models import count_parameters, create_model
     from biomedseg.training.checkpoint import load_checkpoint
     from biomedseg.training.data_setup import auto_iterations_per_epoch, prepare_data
-    from biomedseg.training.device import configure_threads, resolve_device, resolve_precision
+    from biomedseg.device import configure_threads, resolve_device, resolve_precision
     from biomedseg.training.distributed import (gather_objects, init_distributed, parameter_checksum, shutdown,
                                                 wrap_model)
     from biomedseg.training.logger import RunLogger
@@ -141,7 +141,7 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     counts = class_pixel_counts(train_samples, n_classes)
     weights = class_weights_from_counts(counts, cfg.class_weights)
     model = create_model(cfg.model, setup.channels, n_classes, **cfg.model_kwargs).to(device)
-    from biomedseg.training.device import use_channels_last
+    from biomedseg.device import use_channels_last
 
     if use_channels_last(cfg.channels_last, device):
         model = model.to(memory_format=torch.channels_last)

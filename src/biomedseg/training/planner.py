@@ -27,7 +27,7 @@ def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, dep
     from biomedseg.models import create_model
 
     model = create_model("unet", channels, n_classes, depth=depth, base_channels=base).to(device)
-    from biomedseg.training.device import use_channels_last
+    from biomedseg.device import use_channels_last
 
     cl = torch.channels_last if use_channels_last(None, torch.device(device)) else torch.contiguous_format
     model = model.to(memory_format=cl)
@@ -203,7 +203,7 @@ def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None,
     from biomedseg.training.api import resolve_config
     from biomedseg.training.config import parse_duration
     from biomedseg.training.data_setup import prepare_data
-    from biomedseg.training.device import resolve_device
+    from biomedseg.device import resolve_device
 
     cfg = resolve_config(config, overrides)
     setup = prepare_data(cfg, data, images, masks)

@@ -61,7 +61,7 @@ class Trainer:
         self.is_main, self.quiet = self.dist.is_main, quiet
         self.checkpoints_written = 0
         self.scaler = torch.amp.GradScaler("cuda") if (precision == "fp16" and device.type == "cuda") else None
-        from biomedseg.training.device import use_channels_last
+        from biomedseg.device import use_channels_last
 
         self.channels_last = use_channels_last(cfg.channels_last, device)
         self.budget = cfg.time_budget
