@@ -8,8 +8,9 @@ For each dataset and model: ``train(DATA, RUN, time_budget=B, model=NAME)`` with
 (self-configured) plan, then ``evaluate(RUN, DATA, split="test")``. Each result is stored as
 ``WORKDIR/<dataset>/<model>/result.json`` and reused by later invocations (``--force`` redoes
 it), so models can be run one at a time and the table printed at the end. Columns: parameters
-and GFLOPs per 256x256 image of the configuration actually trained (the planner may narrow
-``base_channels`` on short CPU budgets), training images/s (median over epochs of
+and GFLOPs per 256x256 image of the configuration actually trained (the planner narrows an
+architecture's width option, ``base_channels`` or ``width``, when its published width gets fewer
+than ~400 steps in the budget; the "width" column shows the trained value and the published one), training images/s (median over epochs of
 ``RUN/metrics.csv``), epochs, and test Dice per class. ISBI also gets an Otsu baseline row
 (dark = membrane).
 """
@@ -114,18 +115,29 @@ def _fmt(v, spec: str) -> str:
     return format(v, spec)
 
 
+def _width(r: dict) -> str:
+    """``"16 (64)"``: the width option the run trained with and the architecture's published one."""
+    from biomedseg.models.registry import width_option
+
+    option = width_option(r["model"])
+    if option is None:
+        return "-"
+    key, full = option
+    return f"{r.get('model_kwargs', {}).get(key, full)} ({full})"
+
+
 def print_table(dataset: str, results: list[dict], baseline: dict | None = None, first_col: str = "model") -> None:
     classes = list((results[0] if results else baseline)["per_class"])
     print(f"\n### {dataset}\n")
-    print(f"| {first_col} | params (M) | GFLOPs / 256x256 | train img/s | epochs | "
+    print(f"| {first_col} | width (published) | params (M) | GFLOPs / 256x256 | train img/s | epochs | "
           + " | ".join(f"Dice {c}" for c in classes) + " |")
-    print("|---|---:|---:|---:|---:|" + "---:|" * len(classes))
+    print("|---|---|---:|---:|---:|---:|" + "---:|" * len(classes))
     for r in results:
-        print(f"| {r['label']} | {r['params'] / 1e6:.2f} | {_fmt(r['gflops'], '.1f')} | "
+        print(f"| {r['label']} | {_width(r)} | {r['params'] / 1e6:.2f} | {_fmt(r['gflops'], '.1f')} | "
               f"{_fmt(r['images_per_s'], '.1f')} | {r['epochs']} | "
               + " | ".join(_fmt(r["per_class"].get(c, {}).get("dice"), ".4f") for c in classes) + " |")
     if baseline:
-        print(f"| {baseline['label']} | - | - | - | - | "
+        print(f"| {baseline['label']} | - | - | - | - | - | "
               + " | ".join(_fmt(baseline["per_class"].get(c, {}).get("dice"), ".4f") for c in classes) + " |")
 
 

@@ -50,3 +50,42 @@ def test_user_values_win():
     assert out["model_kwargs"]["depth"] == 4  # user
     assert out["model_kwargs"]["base_channels"] == plan["model_kwargs.base_channels"]["value"]  # plan
     assert out["fg_oversample"] == plan["fg_oversample"]["value"]
+
+
+def test_other_architectures_are_narrowed_only_when_the_budget_is_short():
+    budget = 600
+    calls = []
+
+    def step_time(patch, batch, depth, width):  # cost ~ width^2, 64 wide: 40 steps fit
+        calls.append(width)
+        return budget / 40 * (width / 64) ** 2
+
+    plan = make_plan(FP, budget, "cpu", step_time=step_time, model="unet-classic",
+                     width_option=("base_channels", 64))
+    assert plan["model_kwargs.base_channels"]["value"] == 16  # 64 -> 32 (~160 steps) -> 16 (~640)
+    assert calls == [64, 32]  # measured the published width and the intermediate one
+    assert "base_channels=64" in plan["model_kwargs.base_channels"]["reason"]
+    roomy = make_plan(FP, budget, "cpu", step_time=lambda *a: budget / 4000, model="vgg16-unet",
+                      width_option=("width", 64))
+    assert roomy["model_kwargs.width"]["value"] == 64 and "model_kwargs.base_channels" not in roomy
+    assert make_plan(FP, None, "cpu", model="segnet", width_option=("base_channels", 64))[
+        "model_kwargs.base_channels"]["value"] == 64
+
+
+def test_plan_entries_apply_to_the_architecture_that_takes_them():
+    from biomedseg.training.api import _plan_applies
+
+    assert _plan_applies("model_kwargs.depth", "unet", {})
+    assert not _plan_applies("model_kwargs.depth", "segnet", {})  # published depth kept
+    assert _plan_applies("model_kwargs.base_channels", "segnet", {})
+    assert _plan_applies("model_kwargs.width", "resnet34-unet", {})
+    assert not _plan_applies("model_kwargs.width", "resnet34-unet", {"pretrained": "w.pt"})  # weights fix it
+    assert not _plan_applies("model_kwargs.base_channels", "resnet34-unet", {})
+    assert _plan_applies("lr", "segnet", {})
+
+
+def test_measured_step_of_another_architecture_scales_a_probe_batch():
+    from biomedseg.training.planner import measure_step_time
+
+    t = measure_step_time(1, 2, 32, 8, None, 8, model="segnet", probe_batch=2)
+    assert t > 0

@@ -61,6 +61,26 @@ def get_entry(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
+#: keyword arguments that set a network's width (channels of its first stage), in order of preference
+WIDTH_KWARGS = ("base_channels", "width")
+
+
+def width_option(name: str) -> tuple[str, int] | None:
+    """``(keyword, default)`` of the option that sets architecture ``name``'s width, or ``None``.
+
+    Every channel count of the registered families scales with it, so halving it makes a
+    network about 4x cheaper (FLOPs and parameters). Used by the planner to fit short budgets.
+    """
+    import inspect
+
+    params = inspect.signature(get_entry(name).factory).parameters
+    for key in WIDTH_KWARGS:
+        p = params.get(key)
+        if p is not None and isinstance(p.default, int):
+            return key, int(p.default)
+    return None
+
+
 class PadToMultiple(nn.Module):
     """Wraps a network: reflect-pads ``(N, C, H, W)`` up to a multiple, crops the output back."""
 

@@ -31,12 +31,21 @@ def resolve_config(config_file=None, overrides: dict | None = None, resume_run: 
     return build_config(merge(base, load_config_file(config_file), overrides or {}), source=str(config_file or "options"))
 
 
-def _plan_applies(key: str, model_name: str) -> bool:
-    """Plan entries for ``model_kwargs.X`` apply only when the chosen architecture takes ``X``."""
+def _plan_applies(key: str, model_name: str, model_kwargs: dict) -> bool:
+    """Plan entries for ``model_kwargs.X`` apply only when the chosen architecture takes ``X``.
+
+    The default U-Net takes the planned depth and width; other architectures keep their published
+    depth and take only the planned width (narrowed when their published width gets too few
+    steps in the budget), and never when pretrained weights fix the width.
+    """
     if not key.startswith("model_kwargs."):
         return True
-    # the planned network is the default U-Net; other architectures keep their published sizes
-    return model_name == "unet"
+    if model_name == "unet":
+        return True
+    from biomedseg.models.registry import width_option
+
+    option = width_option(model_name)
+    return option is not None and key == f"model_kwargs.{option[0]}" and not model_kwargs.get("pretrained")
 
 
 def seed_everything(seed: int, deterministic: bool = True) -> None:
@@ -123,14 +132,25 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
             from biomedseg.training.planner import load_plan_file
 
             planned = load_plan_file(plan)
+            planned_for = planned.get("model", {}).get("value", "unet")
+            if "model" in explicit and explicit["model"] != planned_for:
+                # sizes planned for another architecture do not carry over
+                planned = {k: v for k, v in planned.items() if not k.startswith("model_kwargs.") and k != "model"}
+            else:
+                cfg = build_config({**cfg.model_dump(), "model": planned_for}, source="plan")
         else:
             from biomedseg.training.planner import step_timer
 
+            from biomedseg.models.registry import width_option
+
+            option = width_option(cfg.model)
             timer = None  # measuring is only worth it when the width is the plan's to choose
-            if "base_channels" not in (explicit.get("model_kwargs") or {}) and cfg.model == "unet":
-                timer = step_timer(setup.channels, n_classes, str(device))
-            planned = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs, step_time=timer)
-        planned = {k: v for k, v in planned.items() if _plan_applies(k, cfg.model)}
+            if (option is not None and option[0] not in (explicit.get("model_kwargs") or {})
+                    and not cfg.model_kwargs.get("pretrained")):
+                timer = step_timer(setup.channels, n_classes, str(device), model=cfg.model)
+            planned = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs, step_time=timer,
+                                model=cfg.model, width_option=option)
+        planned = {k: v for k, v in planned.items() if _plan_applies(k, cfg.model, cfg.model_kwargs)}
         cfg = build_config(apply_plan(cfg.model_dump(), planned, explicit), source="plan")
         for key in planned:
             top, _, sub = key.partition(".")

@@ -15,29 +15,46 @@ import numpy as np
 # Fewer optimisation steps than this in the budget and the full-width U-Net under-trains: a 4x
 # cheaper one (base 16) wins (ISBI, 10 min, docs/experiments.md).
 MIN_STEPS_FULL_WIDTH = 400
+#: the planner never narrows a network below this width (channels of the first stage)
+MIN_WIDTH = 16
 
 
-def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, depth: int, base: int,
-                      device: str = "cpu", repeats: int = 1) -> float:
-    """Seconds of one training step (forward, backward, AdamW) of the default U-Net, measured here."""
+def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, depth: int | None = None,
+                      base: int | None = None, device: str = "cpu", repeats: int = 1, model: str = "unet",
+                      probe_batch: int | None = None) -> float:
+    """Seconds of one training step (forward, backward, AdamW) of ``model``, measured here.
+
+    ``depth`` and ``base`` (the width option, see :func:`~biomedseg.models.registry.width_option`)
+    are passed to the factory when given. ``probe_batch`` measures a smaller batch and scales the
+    time by ``batch / probe_batch`` (used for costly networks, whose steps last seconds).
+    """
     import time
 
     import torch
 
-    from biomedseg.models import create_model
-
-    model = create_model("unet", channels, n_classes, depth=depth, base_channels=base).to(device)
     from biomedseg.device import use_channels_last
+    from biomedseg.models import create_model
+    from biomedseg.models.registry import width_option
 
+    kwargs = {}
+    if depth is not None:
+        kwargs["depth"] = depth
+    option = width_option(model)
+    if base is not None and option is not None:
+        kwargs[option[0]] = base
+    net = create_model(model, channels, n_classes, **kwargs).to(device)
     cl = torch.channels_last if use_channels_last(None, torch.device(device)) else torch.contiguous_format
-    model = model.to(memory_format=cl)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    x = torch.randn(batch, channels, patch, patch, device=device).contiguous(memory_format=cl)
-    y = torch.randint(0, n_classes, (batch, patch, patch), device=device)
+    net = net.to(memory_format=cl)
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    b = min(batch, probe_batch) if probe_batch else batch
+    x = torch.randn(b, channels, patch, patch, device=device).contiguous(memory_format=cl)
+    y = torch.randint(0, n_classes, (b, patch, patch), device=device)
     times = []
     for i in range(repeats + 1):
         t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(x), y)
+        out = net(x)
+        out = out[0] if isinstance(out, (list, tuple)) else out
+        loss = torch.nn.functional.cross_entropy(out, y)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -45,7 +62,7 @@ def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, dep
             torch.cuda.synchronize()
         if i:  # the first step warms up allocators and kernels
             times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(times)) * batch / b
 
 
 def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], background, channels: int,
@@ -93,11 +110,15 @@ def _pow2_floor(x: float) -> int:
 
 
 def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs: int | None = None,
-              step_time=None) -> dict:
+              step_time=None, model: str = "unet", width_option: tuple[str, int] | None = None) -> dict:
     """Choose patch size, network size, batch, sampling, loss and schedule for ``fp``.
 
-    ``step_time(patch, batch, depth, base) -> seconds`` measures a training step here (see
-    :func:`measure_step_time`); without it the width follows the budget alone. Returns
+    ``step_time(patch, batch, depth, width) -> seconds`` measures a training step here (see
+    :func:`measure_step_time`); without it the width follows the budget alone. ``model`` and
+    ``width_option`` (``(keyword, published default)``, default ``("base_channels", 32)``) name
+    the architecture whose width is planned: the default U-Net gets depth and width, other
+    architectures keep their published depth and are only narrowed when the budget is too short
+    for their published width. Returns
     ``{option: {"value": ..., "reason": "..."}}`` with option names of
     :class:`~biomedseg.training.config.TrainConfig`.
     """
@@ -121,20 +142,9 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     depth = int(min(5, max(3, math.log2(patch / 8) + 1)))
     plan["model_kwargs.depth"] = {"value": depth, "reason": f"bottleneck of {patch // 2 ** (depth - 1)}px on a {patch}px patch"}
     batch = 8 if not gpu else 16
-    base, why = 32, "full-width U-Net (32..512 channels): best final Dice when it gets enough steps"
-    if budget_s is not None and not gpu:
-        if step_time is not None:
-            t = step_time(patch, batch, depth, 32)
-            steps = int(0.85 * budget_s / t)
-            if steps < MIN_STEPS_FULL_WIDTH:
-                base = 16
-                why = (f"measured {t:.2f}s per step at width 32: only ~{steps} steps fit the budget "
-                       f"(< {MIN_STEPS_FULL_WIDTH}); a 4x cheaper network takes ~4x more steps, which wins there")
-            else:
-                why = f"measured {t:.2f}s per step at width 32: ~{steps} steps fit the budget"
-        elif budget_s < 20 * 60:
-            base, why = 16, "CPU budget under 20 min: a 4x cheaper network takes ~4x more steps, which wins there"
-    plan["model_kwargs.base_channels"] = {"value": base, "reason": why}
+    key, full = width_option if width_option is not None else ("base_channels", 32)
+    width, why = _plan_width(model, key, full, patch, batch, depth, budget_s, gpu, step_time)
+    plan[f"model_kwargs.{key}"] = {"value": width, "reason": why}
     plan["batch_size"] = {"value": batch, "reason": "8 patches per step on CPU (step-time bound); "
                           "16 on GPU" if not gpu else "16 patches of 512px fit a 16 GB GPU in mixed precision"}
     fg = [i for i in range(len(fp["class_share"])) if i != fp.get("background")]
@@ -157,11 +167,45 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     return plan
 
 
-def step_timer(channels: int, n_classes: int, device: str):
-    """``step_time`` callback for :func:`make_plan` measuring on ``device``."""
+def _plan_width(model: str, key: str, full: int, patch: int, batch: int, depth: int, budget_s, gpu: bool,
+                step_time) -> tuple[int, str]:
+    """Width (value of option ``key``, published ``full``) and its reason; see :func:`make_plan`."""
+    name = "U-Net (32..512 channels)" if model == "unet" else f"{model} ({key}={full})"
+    if budget_s is None or gpu:
+        return full, f"published width of the {name}: best final Dice when it gets enough steps"
+    if step_time is None:
+        if budget_s < 20 * 60:
+            return max(MIN_WIDTH, full // 2), ("CPU budget under 20 min: a 4x cheaper network takes ~4x more "
+                                               "steps, which wins there")
+        return full, f"published width of the {name}"
+    width, t = full, step_time(patch, batch, depth, full)
+    steps = int(0.85 * budget_s / t)
+    first = f"measured {t:.2f}s per step at {key}={full}: ~{steps} steps fit the budget"
+    if steps >= MIN_STEPS_FULL_WIDTH:
+        return full, first
+    while steps < MIN_STEPS_FULL_WIDTH and width // 2 >= MIN_WIDTH:
+        width //= 2
+        if width // 2 >= MIN_WIDTH:  # another halving may follow: measure this width
+            t = step_time(patch, batch, depth, width)
+        else:
+            t = t / 4  # channels halved: about 4x fewer FLOPs
+        steps = int(0.85 * budget_s / t)
+    return width, (f"{first} (< {MIN_STEPS_FULL_WIDTH}); {key}={width} is ~{(full // width) ** 2}x cheaper "
+                   f"and takes ~{steps} steps, which wins on short budgets")
 
-    def measure(patch, batch, depth, base):
-        return measure_step_time(channels, n_classes, patch, batch, depth, base, device)
+
+def step_timer(channels: int, n_classes: int, device: str, model: str = "unet"):
+    """``step_time(patch, batch, depth, width)`` callback for :func:`make_plan` on ``device``.
+
+    The default U-Net is measured at the full batch with the planned depth; other architectures
+    keep their own depth and are probed with a batch of 2 (their steps can take many seconds).
+    """
+
+    def measure(patch, batch, depth, width):
+        if model == "unet":
+            return measure_step_time(channels, n_classes, patch, batch, depth, width, device)
+        return measure_step_time(channels, n_classes, patch, batch, None, width, device, model=model,
+                                 probe_batch=2)
 
     return measure
 
@@ -214,8 +258,13 @@ def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None,
                for i in setup.split["train"]]
     fp = fingerprint_from_samples(samples, n_classes, setup.classes, setup.background, setup.channels)
     dev = resolve_device(device)
-    plan = make_plan(fp, parse_duration(time_budget), dev.type, epochs, step_time=step_timer(setup.channels, n_classes,
-                                                                                              dev.type))
+    from biomedseg.models.registry import width_option
+
+    plan = {"model": {"value": cfg.model, "reason": "architecture the sizes below are planned for "
+                      "(set with --set model=NAME; see `biomedseg models`)"}}
+    plan.update(make_plan(fp, parse_duration(time_budget), dev.type, epochs, model=cfg.model,
+                          width_option=width_option(cfg.model),
+                          step_time=step_timer(setup.channels, n_classes, dev.type, model=cfg.model)))
     result = {"fingerprint": fp, "time_budget_s": parse_duration(time_budget), "device": dev.type, **plan}
     if out is not None:
         write_text(Path(out), yaml.safe_dump(result, sort_keys=False))
