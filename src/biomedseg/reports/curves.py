@@ -3,20 +3,18 @@
 matplotlib is imported inside the functions (never at package import) and only through its
 object-oriented API with the Agg canvas: no pyplot, so nothing changes the user's global
 backend, no window opens on a headless server, and no figure is left in pyplot's registry.
-Files are written atomically (temporary file in the same folder, then ``os.replace``).
+Files are written atomically (:func:`biomedseg.io.writers.atomic_path`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
-import os
-import uuid
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Mapping
 
 from biomedseg.errors import file_error
+from biomedseg.io.writers import atomic_path
 
 __all__ = ["plot_curves", "plot_class_bars", "read_metrics_csv"]
 
@@ -33,28 +31,12 @@ _PANELS = [
 ]
 
 
-@contextlib.contextmanager
-def _atomic_path(path: Path, suffix: str) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # not mkstemp: its 0600 mode would survive the rename; a random name is enough here
-    tmp = path.with_name(f".{path.stem}-{uuid.uuid4().hex[:12]}.tmp{suffix}")
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _save(fig, out_png: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     out_png = Path(out_png)
-    with _atomic_path(out_png, ".png") as tmp:
+    with atomic_path(out_png) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     return out_png
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
-from biomedseg.reports.curves import _atomic_path, plot_class_bars
+from biomedseg.io.writers import atomic_path
+from biomedseg.reports.curves import plot_class_bars
 from biomedseg.reports.overlays import ERROR_COLORS, ERROR_LABELS
 
 __all__ = ["write_evaluation_report"]
@@ -228,6 +229,6 @@ def write_evaluation_report(
         + "\n</body>\n</html>\n"
     )
     out = out_dir / REPORT_NAME
-    with _atomic_path(out, ".html") as tmp:
+    with atomic_path(out) as tmp:
         tmp.write_text(page, encoding="utf-8")
     return out
