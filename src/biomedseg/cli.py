@@ -130,6 +130,9 @@ def train(
     precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="any config option: key=value (repeatable)"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan.yaml from `biomedseg plan` (default: plan now)"),
+    classifier_head: bool = typer.Option(
+        False, "--classifier-head", help="add an image-level 'contains foreground' head (= --set "
+        "model_kwargs.classifier_head=true); tune-postprocess can then gate empty masks with it"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train a model on DATA and write the run folder --out."""
@@ -141,6 +144,8 @@ def train(
              "schedule": schedule, "class_weights": class_weights, "augment": augment, "val_fraction": val_fraction,
              "precision": precision}
     overrides = merge(parse_overrides(set_), flags)
+    if classifier_head:
+        overrides = merge(overrides, {"model_kwargs": {"classifier_head": True}})
     run_dir = run_train(data, out, images=images, masks=masks, config=config, resume=resume, quiet=quiet, plan=plan,
                         **overrides)
     typer.echo(f"run folder: {run_dir}")
@@ -233,9 +238,14 @@ def tune_postprocess(
     for name, steps in cfg.classes.items():
         typer.echo(f"  {name:16s} threshold {steps.threshold if steps.threshold is not None else 'argmax'}  "
                    f"min_object_area {steps.min_object_area}")
+    if t.get("classifier_head"):
+        typer.echo(f"  classifier gate (threshold {t['classifier_gate_threshold']}): image_dice "
+                   f"{t['image_dice_without_gating']:.4f} without, {t['image_dice_with_classifier_gate']:.4f} with "
+                   f"({'adopted' if t['adopted'].get('classifier_gating') else 'not adopted'})")
     if cfg.gating.active:
         typer.echo(f"  gate: min_total_area {cfg.gating.min_total_area}  "
-                   f"min_max_probability {cfg.gating.min_max_probability}")
+                   f"min_max_probability {cfg.gating.min_max_probability}  "
+                   f"min_classifier_probability {cfg.gating.min_classifier_probability}")
     typer.echo(f"wrote {Path(run) / 'postprocess.yaml'}")
 
 

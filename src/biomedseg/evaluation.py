@@ -3,7 +3,9 @@
 Writes to ``out``: ``metrics.json`` (pooled scores, ``image_dice``, ``per_class``),
 ``per_image.csv``, ``overlays/<id>.png`` (TP/FP/FN per foreground class) and ``report.html``.
 Predictions are post-processed with ``RUN/postprocess.yaml`` when the run has one
-(``postprocess=False`` scores the raw argmax); ``metrics.json`` records the chain used.
+(``postprocess=False`` scores the raw argmax); ``metrics.json`` records the chain used. When
+the chain has an empty-mask gate (area, max probability or the classifier head's
+``min_classifier_probability``), ``metrics.json`` also holds ``image_dice_without_gating``.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     from tqdm.auto import tqdm
 
     from biomedseg.inference.postprocess import load_postprocess
-    from biomedseg.inference.predict import predict_image
+    from biomedseg.inference.predict import predict_image, warn_if_classifier_gate_unusable
     from biomedseg.inference.run import LoadedRun, load_run
     from biomedseg.io import Palette, read_image, read_mask, read_raw, write_json, write_png, write_text
     from biomedseg.metrics import MetricAccumulator
@@ -81,6 +83,10 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     post = load_postprocess(loaded.run_dir) if postprocess else None
     if post is not None and post.is_identity:
         post = None
+    warn_if_classifier_gate_unusable(post, predictor)
+    ungated = post.model_copy(update={"gating": type(post.gating)()}) if post is not None and post.gating.active \
+        else None
+    ungated_dice = []
     out = Path(out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     acc = MetricAccumulator(len(classes), classes, bg)
@@ -97,8 +103,14 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
                 raise UserError(f"{valid_dir}: no valid-region mask for {sid}")
             valid = np.asarray(read_raw(vp)) > 0
             valid = valid if valid.ndim == 2 else valid.any(-1)
-        pred, _ = predict_image(loaded, predictor, image, postprocess=post)
+        pred, proba = predict_image(loaded, predictor, image, postprocess=post)
         acc.update(pred, target, valid=valid, image_id=sid)
+        if ungated is not None:  # the same chain without the gate: what gating is worth
+            from biomedseg.inference.postprocess import apply_postprocess
+            from biomedseg.metrics import image_dice
+
+            plain, _ = apply_postprocess(proba, ungated, classes, bg)
+            ungated_dice.append(image_dice(plain, target, len(classes), bg, valid=valid))
         if overlays:
             p = out / "overlays" / f"{sid}.png"
             write_png(p, overlay_panel(image, pred, target, classes, background=bg, valid=valid))
@@ -106,6 +118,8 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     if snapped:
         log.warning("%d ground-truth pixels were off the palette and were snapped to the nearest class", snapped)
     metrics = acc.summary()
+    if ungated is not None:
+        metrics["image_dice_without_gating"] = float(np.mean(ungated_dice)) if ungated_dice else float("nan")
     metrics.update({"split": split, "n_images": len(ids), "run": str(loaded.run_dir), "data": str(source.root),
                     "tta": tta, "classes": classes, "background": classes[bg] if bg is not None else None,
                     "postprocess": post.model_dump(mode="json", exclude={"tuning"}) if post is not None else None})

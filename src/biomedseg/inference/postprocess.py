@@ -18,8 +18,10 @@ argmax. The chain, per foreground class ``c`` (keys of ``classes``: class names 
    maximum, markers = connected regions where it is ``>= marker_threshold``, watershed of the
    negated distance inside the object -> an instance label image for the class;
 7. **gating** (whole image): when the total foreground area after the steps is below
-   ``gating.min_total_area`` or the maximum foreground probability is below
-   ``gating.min_max_probability``, the image is judged negative and gets an empty mask.
+   ``gating.min_total_area``, the maximum foreground probability is below
+   ``gating.min_max_probability``, or the image-level classifier's probability (a model trained
+   with ``--classifier-head``; ``image_probability`` below) is below
+   ``gating.min_classifier_probability``, the image is judged negative and gets an empty mask.
 
 Pixels removed from class ``c`` become background; pixels added by closing/hole filling take
 class ``c`` only where the mask was background.
@@ -69,15 +71,21 @@ class ClassSteps(BaseModel):
 
 
 class GatingConfig(BaseModel):
-    """Empty-mask gating of whole images (step 7); 0 disables a criterion."""
+    """Empty-mask gating of whole images (step 7); 0 (``None`` for the classifier) disables a
+    criterion. ``min_classifier_probability`` needs a model with an image-level head."""
 
     model_config = ConfigDict(extra="forbid")
     min_total_area: int = Field(0, ge=0)
     min_max_probability: float = Field(0.0, ge=0.0, le=1.0)
+    min_classifier_probability: float | None = Field(None, ge=0.0, le=1.0)
+
+    @property
+    def uses_classifier(self) -> bool:
+        return bool(self.min_classifier_probability)
 
     @property
     def active(self) -> bool:
-        return self.min_total_area > 0 or self.min_max_probability > 0
+        return self.min_total_area > 0 or self.min_max_probability > 0 or self.uses_classifier
 
 
 class PostprocessConfig(BaseModel):
@@ -102,7 +110,8 @@ class PostprocessConfig(BaseModel):
     @property
     def needs_whole_image(self) -> bool:
         """True when a step looks at objects/whole images (not possible on streamed images)."""
-        return self.gating.min_total_area > 0 or any(s.shapes for s in self.classes.values())
+        return (self.gating.min_total_area > 0 or self.gating.uses_classifier
+                or any(s.shapes for s in self.classes.values()))
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -342,15 +351,32 @@ def class_mask_steps(binary: np.ndarray, steps: ClassSteps, scale: float = 1.0) 
     return m
 
 
+def is_gated(gating: GatingConfig, area: float, max_probability: float, image_probability: float | None = None,
+             scale: float = 1.0) -> bool:
+    """Whether an image is judged negative (step 7): ``area`` foreground pixels after steps 1-6,
+    largest foreground probability ``max_probability``, the head's ``image_probability`` (``None``:
+    no head, criterion skipped); ``scale`` as in :func:`class_mask_steps`."""
+    if gating.min_total_area and area < gating.min_total_area * scale * scale:
+        return True
+    if gating.min_max_probability and max_probability < gating.min_max_probability:
+        return True
+    return bool(gating.uses_classifier and image_probability is not None
+                and image_probability < gating.min_classifier_probability)
+
+
 def apply_postprocess(proba: np.ndarray, cfg: PostprocessConfig | None, class_names: list[str] | None = None,
                       background: int | None = 0, instances: bool | None = None, scale: float = 1.0,
+                      image_probability: float | None = None,
                       ) -> tuple[np.ndarray, dict[int, np.ndarray] | None]:
     """``(K, H, W)`` float probabilities -> ``(mask (H, W) uint8, instances)``.
 
     ``instances``: ``{class index: (H, W) int32 labels}`` for every foreground class when
     ``instances=True`` (watershed where configured, connected components otherwise); with
     ``instances=None`` only for classes with a watershed step (``None`` when there is none).
-    ``cfg=None`` is plain argmax.
+    ``image_probability``: the classifier head's probability for the image
+    (``SlidingWindowPredictor.last_image_probability``), used by
+    ``gating.min_classifier_probability``; ``None`` skips that criterion. ``cfg=None`` is plain
+    argmax.
     """
     p = np.asarray(proba, dtype=np.float32)
     k = p.shape[0]
@@ -375,8 +401,7 @@ def apply_postprocess(proba: np.ndarray, cfg: PostprocessConfig | None, class_na
     if g.active:
         area = int(np.isin(mask, fg).sum()) if background is not None else int((mask != bg).sum())
         max_p = float(p[fg].max()) if fg else 1.0
-        if (g.min_total_area and area < g.min_total_area * scale * scale) or \
-                (g.min_max_probability and max_p < g.min_max_probability):
+        if is_gated(g, area, max_p, image_probability, scale):
             mask[:] = bg
             inst = {c: np.zeros(mask.shape, np.int32) for c in inst}
     if instances:

@@ -12,7 +12,9 @@ Huge inputs (more than ``STREAM_ABOVE_PIXELS`` pixels, tiled TIFFs above
 ``TILED_STREAM_ABOVE_PIXELS``, a pyramid level > 0, zarr inputs) go through the
 :class:`~biomedseg.inference.streaming.StreamingPredictor`: read, predicted and written band by
 band to a tiled TIFF or OME-Zarr (``<stem>.partial.*`` until complete). Only per-pixel
-post-processing (thresholds) applies to them; overlays, instances and RLE are skipped.
+post-processing (thresholds) applies to them; overlays, instances and RLE are skipped, and no
+empty-mask gate (in particular not the classifier head's ``min_classifier_probability``: the
+mask is written before the last tile has been seen).
 
 ``rle=PATH`` writes a Kaggle-style CSV: ``img,pixels`` (one row per image, all foreground), or
 ``img,class,pixels`` (one row per image and foreground class) with several foreground classes,
@@ -69,8 +71,16 @@ def predict_image(run, predictor, image: np.ndarray, postprocess=None) -> tuple[
         return proba.argmax(0).astype(np.uint8), proba
     from biomedseg.inference.postprocess import apply_postprocess
 
-    mask, _ = apply_postprocess(proba, postprocess, run.classes, run.background)
+    mask, _ = apply_postprocess(proba, postprocess, run.classes, run.background,
+                                image_probability=getattr(predictor, "last_image_probability", None))
     return mask, proba
+
+
+def warn_if_classifier_gate_unusable(post, predictor) -> None:
+    """Log once when ``postprocess.yaml`` gates by the classifier head but the model has none."""
+    if post is not None and post.gating.uses_classifier and not getattr(predictor, "has_head", False):
+        log.warning("postprocess.yaml: gating.min_classifier_probability is set but the model has no classifier "
+                    "head (train --classifier-head); that criterion is skipped")
 
 
 def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True, probabilities: bool = False,
@@ -108,6 +118,7 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
     if post is not None and post.is_identity:
         post = None
     predictor = loaded.predictor(tta=tta, batch_size=batch_size)
+    warn_if_classifier_gate_unusable(post, predictor)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
@@ -243,7 +254,8 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
     if post is not None or instances:
         from biomedseg.inference.postprocess import apply_postprocess
 
-        mask, inst = apply_postprocess(proba, post, run.classes, run.background, instances=instances or None)
+        mask, inst = apply_postprocess(proba, post, run.classes, run.background, instances=instances or None,
+                                       image_probability=getattr(predictor, "last_image_probability", None))
     else:
         mask, inst = proba.argmax(0).astype(np.uint8), None
     written = []

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from biomedseg.errors import UserError
+from biomedseg.models.heads import find_classifier
 
 log = logging.getLogger("biomedseg")
 
@@ -85,12 +86,15 @@ def _inverse_t(y: torch.Tensor, k: int, dims: tuple[int, ...]) -> torch.Tensor:
 
 
 def tta_forward(model, x: torch.Tensor, transforms, device: torch.device, precision: str,
-                channels_last: bool = True) -> torch.Tensor:
+                channels_last: bool = True, class_logits: list | None = None) -> torch.Tensor:
     """Mean logits ``(N, K, h, w) float32`` of ``model`` over ``transforms`` of the tiles ``x``.
 
     90-degree rotations need square tiles (``h == w``); the tiles of both predictors are square.
+    ``class_logits``: for a model with an image-level head, a list to which the tiles' ``(N,)
+    float32`` head logits (mean over the transforms, on the CPU) are appended.
     """
-    total = None
+    head = find_classifier(model) if class_logits is not None else None
+    total, cls_total = None, None
     for k, dims in transforms:
         xi = _forward_t(x, k, dims)
         if channels_last:
@@ -99,6 +103,11 @@ def tta_forward(model, x: torch.Tensor, transforms, device: torch.device, precis
             yi = model(xi)
         yi = _inverse_t(yi.float(), k, dims)
         total = yi if total is None else total + yi
+        if head is not None and head.class_logits is not None:
+            ci = head.class_logits.float()
+            cls_total = ci if cls_total is None else cls_total + ci
+    if cls_total is not None:
+        class_logits.append((cls_total / len(transforms)).cpu())
     return total if len(transforms) == 1 else total / len(transforms)
 
 
@@ -227,6 +236,12 @@ class SlidingWindowPredictor:
             flips and 90-degree rotations), applied per tile, logits averaged.
         channels_last: run the network on channels-last tensors.
         optimize: predict with :func:`optimize_for_inference` (a copy of ``model``, taken now).
+
+    When the network has an image-level head (``classifier_head=True``, see
+    :mod:`biomedseg.models.heads`), each :meth:`predict_logits` call also sets
+    ``last_image_probability``: the largest ``sigmoid(class_logits)`` over the image's tiles
+    (head logits averaged over the TTA transforms first), i.e. "some tile contains foreground".
+    It is ``None`` for networks without a head.
     """
 
     def __init__(self, model, patch_size: int, overlap: float = 0.25, batch_size: int = 4,
@@ -243,6 +258,9 @@ class SlidingWindowPredictor:
         self.patch_size = int(patch_size)
         self.overlap = float(overlap)
         self.batch_size = int(batch_size)
+        self.has_head = find_classifier(self.model) is not None
+        self.last_image_probability: float | None = None
+        self._tile_class_logits: list[torch.Tensor] = []
         self.inferer = SlidingWindowInferer(
             roi_size=(self.patch_size, self.patch_size),
             sw_batch_size=batch_size,
@@ -256,17 +274,25 @@ class SlidingWindowPredictor:
         )
 
     def _net(self, x: torch.Tensor) -> torch.Tensor:
-        return tta_forward(self.model, x, self.transforms, self.device, self.precision, self.channels_last)
+        return tta_forward(self.model, x, self.transforms, self.device, self.precision, self.channels_last,
+                           class_logits=self._tile_class_logits if self.has_head else None)
 
     @torch.inference_mode()
     def predict_logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """``(C, H, W) float32`` normalised image -> ``(K, H, W) float32`` blended logits (CPU)."""
+        """``(C, H, W) float32`` normalised image -> ``(K, H, W) float32`` blended logits (CPU).
+
+        Also sets ``last_image_probability`` (see the class docstring)."""
         x = np.asarray(image.cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
         h, w = x.shape[-2:]
         (top, bottom), (left, right) = pad_before_after(h, self.patch_size), pad_before_after(w, self.patch_size)
         x = reflect_pad(x, top, bottom, left, right)
         self.model.eval()
+        self._tile_class_logits = []
+        self.last_image_probability = None
         y = self.inferer(torch.from_numpy(np.ascontiguousarray(x))[None], self._net)[0]
+        if self._tile_class_logits:
+            self.last_image_probability = float(torch.sigmoid(torch.cat(self._tile_class_logits)).max())
+        self._tile_class_logits = []
         return y[:, top:top + h, left:left + w]
 
     def predict_proba(self, image: np.ndarray | torch.Tensor) -> np.ndarray:

@@ -15,7 +15,11 @@
   are renamed when complete, so an interrupted run never leaves a file that looks finished;
 - reading, the network and writing run in three threads joined by small queues (``prefetch``);
 - optionally, blank tiles (standard deviation of the normalised input below ``skip_blank_std``)
-  are not run: pixels covered only by blank tiles become ``blank_class``.
+  are not run: pixels covered only by blank tiles become ``blank_class``;
+- a model's image-level classifier head (``--classifier-head``) runs but is not used: the mask
+  is written before the last tile is seen, so streamed images are never gated (the in-memory
+  :class:`~biomedseg.inference.sliding_window.SlidingWindowPredictor` provides
+  ``last_image_probability`` for ``gating.min_classifier_probability``).
 
 Peak memory is independent of the image height and linear in its width (one band).
 

@@ -9,7 +9,13 @@ are subsampled at the block centres). Then, cheaply, on the cache:
 2. per-class minimum object area (exact search over the objects' areas, maximising the class's
    pooled Dice; components are counted once, removing them only changes counts);
 3. the empty-mask gate: minimum total foreground area or minimum maximum probability, whichever
-   maximises the mean per-image Dice (``image_dice``); adopted only when it improves it.
+   maximises the mean per-image Dice (``image_dice``); adopted only when it improves it. Then,
+   for a model with an image-level head (``train --classifier-head``), a minimum classifier
+   probability on top (:mod:`~biomedseg.inference.gate_tuning`), reported with and without.
+
+Every stage is adopted only when it is a reliable gain on the validation images
+(:func:`~biomedseg.inference.tuning_scores.reliable_gain`); the scoring helpers live in
+:mod:`~biomedseg.inference.tuning_scores`.
 
 The other steps of an existing ``RUN/postprocess.yaml`` (morphology, watershed) are kept and
 applied while searching. The result is written to ``RUN/postprocess.yaml`` with a ``tuning``
@@ -21,11 +27,11 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from biomedseg.inference.gate_tuning import _gated, _midpoints, _tune_gate, tune_gating  # noqa: F401
 from biomedseg.inference.postprocess import (
     ClassSteps,
     GatingConfig,
@@ -40,56 +46,23 @@ from biomedseg.inference.postprocess import (
     resolve_classes,
     save_postprocess,
 )
+from biomedseg.inference.tuning_scores import (  # noqa: F401  (re-exported: tests, benchmarks)
+    BOOTSTRAP_SAMPLES,
+    MIN_MEAN_GAIN,
+    MIN_WIN_SHARE,
+    _Cached,
+    _counts,
+    _dice_from_counts,
+    _image_dice,
+    _per_image_counts,
+    _pooled_dice,
+    _pooled_from_counts,
+    reliable_gain,
+)
 
 log = logging.getLogger("biomedseg")
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
-# A tuned stage is adopted only when it is a reliable gain: validation sets are small (often under
-# 10 images) and a grid search on them overfits. Measured: without this rule, tuning on 8-10 val
-# images lowered test Dice on dsb2018_nuclei (-0.008) and darkfield_bacteria (-0.013).
-BOOTSTRAP_SAMPLES = 500
-MIN_WIN_SHARE = 0.9  # share of bootstrap resamples of the val images in which the stage helps
-MIN_MEAN_GAIN = 0.002
-
-
-def _per_image_counts(masks, cache, fg) -> np.ndarray:
-    """``(n_images, n_fg, 3)`` int64 tp, fp, fn per image and foreground class."""
-    return np.array([[_counts(m, it.target, c) for c in fg] for m, it in zip(masks, cache)], dtype=np.int64)
-
-
-def _pooled_from_counts(counts: np.ndarray) -> np.ndarray:
-    """Mean pooled foreground Dice of ``counts (..., n_images, n_fg, 3)`` summed over images."""
-    tot = counts.sum(axis=-3)
-    tp, fp, fn = tot[..., 0], tot[..., 1], tot[..., 2]
-    den = 2 * tp + fp + fn
-    d = np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
-    return d.mean(axis=-1)
-
-
-def reliable_gain(before: np.ndarray, after: np.ndarray, pooled: bool = True, seed: int = 0) -> bool:
-    """Bootstrap over validation images: does ``after`` beat ``before`` reliably?
-
-    ``before``/``after``: per-image counts ``(n, n_fg, 3)`` (``pooled=True``: pooled Dice) or
-    per-image scores ``(n,)`` (mean). True when the gain is positive in at least
-    ``MIN_WIN_SHARE`` of the resamples and its mean is at least ``MIN_MEAN_GAIN``.
-    """
-    n = len(before)
-    if n == 0:
-        return False
-    idx = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
-    if pooled:
-        gain = _pooled_from_counts(after[idx]) - _pooled_from_counts(before[idx])
-    else:
-        gain = after[idx].mean(axis=1) - before[idx].mean(axis=1)
-    return bool((gain > 0).mean() >= MIN_WIN_SHARE and gain.mean() >= MIN_MEAN_GAIN)
-
-
-@dataclass
-class _Cached:
-    id: str
-    proba: np.ndarray  # (K, h, w) float16
-    target: np.ndarray  # (h, w) uint8
-    factor: int
 
 
 def _downsample(proba: np.ndarray, target: np.ndarray, max_pixels: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -101,17 +74,6 @@ def _downsample(proba: np.ndarray, target: np.ndarray, max_pixels: int) -> tuple
     p = proba[:, :hh * f, :ww * f].reshape(k, hh, f, ww, f).mean(axis=(2, 4))
     t = target[f // 2:hh * f:f, f // 2:ww * f:f][:hh, :ww]
     return p.astype(np.float16), t.astype(np.uint8), f
-
-
-def _dice_from_counts(tp, fp, fn):
-    den = 2 * tp + fp + fn
-    return np.where(den > 0, 2.0 * tp / np.maximum(den, 1), 1.0)
-
-
-def _counts(pred: np.ndarray, target: np.ndarray, c: int) -> tuple[int, int, int]:
-    p, t = pred == c, target == c
-    tp = int(np.count_nonzero(p & t))
-    return tp, int(np.count_nonzero(p)) - tp, int(np.count_nonzero(t)) - tp
 
 
 def _search_steps(per_class: dict[int, ClassSteps], c: int) -> ClassSteps:
@@ -140,19 +102,6 @@ def _predict_masks(cache, thresholds, per_class, fg, bg, min_areas=None):
             mask[after & ~before & (mask == b)] = c
         out.append(mask)
     return out
-
-
-def _pooled_dice(masks, cache, fg) -> tuple[float, dict[int, tuple[int, int, int]]]:
-    counts = {c: np.zeros(3, np.int64) for c in fg}
-    for m, item in zip(masks, cache):
-        for c in fg:
-            counts[c] += _counts(m, item.target, c)
-    d = [float(_dice_from_counts(*counts[c])) for c in fg]
-    return float(np.mean(d)), {c: tuple(int(v) for v in counts[c]) for c in fg}
-
-
-def _image_dice(mask, target, fg) -> float:
-    return float(np.mean([float(_dice_from_counts(*_counts(mask, target, c))) for c in fg]))
 
 
 def _tune_thresholds(cache, base_thr, per_class, fg, bg, grid) -> tuple[dict[int, float], float]:
@@ -202,35 +151,6 @@ def _tune_min_area(cache, masks, c) -> tuple[int, float, float]:
     return 0, before, before
 
 
-def _midpoints(values: np.ndarray) -> list[tuple[float, float]]:
-    """``(v, cut)`` per distinct value ``v``: ``cut`` lies between ``v`` and the next value."""
-    u = np.unique(values)
-    nxt = np.r_[u[1:], u[-1:] * 1.0 + 1.0] if len(u) else u
-    return [(float(v), float((v + n) / 2)) for v, n in zip(u, nxt)]
-
-
-def _tune_gate(cache, masks, fg, bg) -> tuple[GatingConfig, float, float]:
-    """Best gate over images: ``(gating in cache pixels, image_dice without, image_dice with)``."""
-    raw = np.array([_image_dice(m, it.target, fg) for m, it in zip(masks, cache)])
-    empty = np.array([_image_dice(np.full_like(m, bg if bg is not None else 0), it.target, fg)
-                      for m, it in zip(masks, cache)])
-    area = np.array([int(np.isin(m, fg).sum()) for m in masks], dtype=np.int64)
-    maxp = np.array([float(it.proba[fg].astype(np.float32).max()) for it in cache])
-    without = float(raw.mean())
-    best = (without, GatingConfig())
-    for v, cut in _midpoints(area):
-        score = float(np.where(area <= v, empty, raw).mean())
-        if score > best[0] + 1e-9:
-            best = (score, GatingConfig(min_total_area=int(cut) + 1))
-    for v, cut in _midpoints(maxp):
-        if cut > 1.0:
-            continue
-        score = float(np.where(maxp <= v, empty, raw).mean())
-        if score > best[0] + 1e-9:
-            best = (score, GatingConfig(min_max_probability=round(cut, 4)))
-    return best[1], without, best[0]
-
-
 def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, masks=None, tta: bool | str = False,
                      device: str = "auto", max_pixels: int = 512 * 512, thresholds=THRESHOLDS, tune_area: bool = True,
                      gate: bool = True, write: bool = True, quiet: bool = True, loaded=None) -> PostprocessConfig:
@@ -264,7 +184,7 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
         proba = predict_proba_image(loaded, predictor, read_image(s.image))
         target, _ = read_mask(s.mask, palette, strict_index=loaded.info.get("strict_index", False))
         p, t, f = _downsample(proba, target, max_pixels)
-        cache.append(_Cached(sid, p, t, f))
+        cache.append(_Cached(sid, p, t, f, predictor.last_image_probability))
     factor = max(c.factor for c in cache)
 
     # 0. plain argmax, and the base config's own thresholds
@@ -297,27 +217,14 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
         else:
             min_area = {c: 0 for c in fg}
     dice_tuned = _pooled_dice(masks_, cache, fg)[0]
-    # 3. gating
-    gating, imd_without, imd_with = (GatingConfig(), None, None)
+    # 3. gating: area / max-probability gate, then the classifier head's gate (gate_tuning.py)
     if gate:
-        gating, imd_without, imd_with = _tune_gate(cache, masks_, fg, bg)
-        if gating.active:
-            raw = np.array([_image_dice(m, it.target, fg) for m, it in zip(masks_, cache)])
-            gated_scores = np.array([_image_dice(np.zeros_like(m) + (bg or 0), it.target, fg)
-                                     if _gated(m, it, gating, fg) else d for m, it, d in zip(masks_, cache, raw)])
-            gated_masks = [np.zeros_like(m) + (bg or 0) if _gated(m, it, gating, fg) else m
-                           for m, it in zip(masks_, cache)]
-            # emptying whole images trades pooled Dice for image_dice: require both not to get worse
-            keeps_pooled = _pooled_dice(gated_masks, cache, fg)[0] >= _pooled_dice(masks_, cache, fg)[0] - 1e-3
-            adopted["gating"] = keeps_pooled and reliable_gain(raw, gated_scores, pooled=False)
-            if not adopted["gating"]:
-                gating, imd_with = GatingConfig(), imd_without
+        gating, gate_report = tune_gating(cache, masks_, fg, bg, adopted)
     else:
-        imd_without = imd_with = float(np.mean([_image_dice(m, it.target, fg) for m, it in zip(masks_, cache)]))
-    dice_gated = dice_tuned
-    if gating.active:
-        gated = [np.zeros_like(m) + (bg or 0) if _gated(m, it, gating, fg) else m for m, it in zip(masks_, cache)]
-        dice_gated = _pooled_dice(gated, cache, fg)[0]
+        imd = round(float(np.mean([_image_dice(m, it.target, fg) for m, it in zip(masks_, cache)])), 6)
+        gating, gate_report = GatingConfig(), {"image_dice_without_gating": imd, "image_dice_with_gating": imd,
+                                               "dice_with_gating": round(dice_tuned, 6)}
+    imd_without, imd_with = gate_report["image_dice_without_gating"], gate_report["image_dice_with_gating"]
 
     # assemble the config at full resolution
     new_classes = dict(base.classes)
@@ -330,14 +237,12 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
         if tune_area:
             upd["min_object_area"] = int(min_area[c] * factor * factor)
         new_classes[key] = old.model_copy(update=upd)
-    full_gate = GatingConfig(min_total_area=int(gating.min_total_area * factor * factor),
-                             min_max_probability=gating.min_max_probability) if gating.active else GatingConfig()
+    full_gate = gating.model_copy(update={"min_total_area": int(gating.min_total_area * factor * factor)})
     tuning = {
         "split": split, "n_images": len(cache), "data": str(source.root), "downsample": factor, "tta": str(tta),
         "dice_argmax": round(dice_argmax, 6), "image_dice_argmax": round(image_dice_argmax, 6),
         "dice_thresholds": round(dice_thr, 6), "dice_tuned": round(dice_tuned, 6),
-        "image_dice_without_gating": round(float(imd_without), 6),
-        "image_dice_with_gating": round(float(imd_with), 6), "dice_with_gating": round(dice_gated, 6),
+        **gate_report,
         "gating_adopted": bool(gating.active),
         "adopted": adopted,
         "adoption_rule": f"a stage is kept when it improves validation Dice in >= {MIN_WIN_SHARE:.0%} of "
@@ -351,9 +256,3 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
         save_postprocess(cfg, run_dir)
     return cfg
 
-
-def _gated(mask, item, gating: GatingConfig, fg) -> bool:
-    area = int(np.isin(mask, fg).sum())
-    maxp = float(item.proba[fg].astype(np.float32).max())
-    return bool((gating.min_total_area and area < gating.min_total_area)
-                or (gating.min_max_probability and maxp < gating.min_max_probability))

@@ -21,16 +21,19 @@ def build_unet(
     num_res_units: int = 2,
     norm: str = "instance",
     dropout: float = 0.0,
+    classifier_head: bool = False,
 ) -> nn.Module:
     """MONAI ``UNet``: ``depth`` resolution levels, channels doubling from ``base_channels``.
 
     ``norm``: ``instance`` | ``batch`` | ``group`` (MONAI norm names); ``num_res_units`` 0 gives
-    plain double-conv blocks.
+    plain double-conv blocks. ``classifier_head``: add an image-level "contains foreground"
+    head on the bottleneck (:func:`biomedseg.models.heads.monai_unet_with_classifier`; the
+    forward pass also sets ``.class_logits (N,)``).
     """
     from monai.networks.nets import UNet
 
     channels = tuple(min(base_channels * 2**i, max_channels) for i in range(depth))
-    return UNet(
+    net = UNet(
         spatial_dims=2,
         in_channels=in_channels,
         out_channels=n_classes,
@@ -40,3 +43,8 @@ def build_unet(
         norm=norm,
         dropout=dropout,
     )
+    if classifier_head:
+        from biomedseg.models.heads import monai_unet_with_classifier
+
+        return monai_unet_with_classifier(net)
+    return net

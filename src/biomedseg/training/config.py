@@ -42,6 +42,9 @@ class TrainConfig(BaseModel):
     model: str = "unet"
     model_kwargs: dict[str, Any] = Field(default_factory=dict)
     loss: str = "dice+ce"
+    # image-level head (model_kwargs.classifier_head: true, or `train --classifier-head`): weight of
+    # its BCE loss "the patch contains foreground", added to the segmentation loss
+    classifier_loss_weight: float = Field(0.1, ge=0.0)
     class_weights: str = "none"  # none | inverse | median | "w0,w1,..."
     # optimisation
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
@@ -149,10 +152,19 @@ def merge(*layers: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
-    """Validate ``values`` into a :class:`TrainConfig`; problems become one-line UserErrors."""
+    """Validate ``values`` into a :class:`TrainConfig`; problems become one-line UserErrors.
+
+    ``model_kwargs.classifier_head: true`` with an architecture that cannot take a head is one
+    too (naming the model).
+    """
     try:
-        return TrainConfig(**values)
+        cfg = TrainConfig(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "?"
         raise UserError(f"{source}: option {loc!r}: {err['msg']}") from None
+    if cfg.model_kwargs.get("classifier_head"):
+        from biomedseg.models.heads import check_classifier_support
+
+        check_classifier_support(cfg.model)
+    return cfg

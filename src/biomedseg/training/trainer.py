@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from biomedseg.data.datasets import PatchSampler, Prefetcher
 from biomedseg.inference.sliding_window import SlidingWindowPredictor, autocast_context
 from biomedseg.metrics import MetricAccumulator
+from biomedseg.models.heads import find_classifier, foreground_present
 from biomedseg.training.checkpoint import save_checkpoint
 from biomedseg.training.distributed import DistInfo, barrier, broadcast_flag
 from biomedseg.training.logger import RunLogger
@@ -44,6 +46,11 @@ class Trainer:
         make_sampler: ``epoch -> PatchSampler`` (seeded by epoch, so resume is exact).
         val_samples: cached validation images (whole images).
         normalizer: maps ``(H, W, C)`` raw images to ``(C, H, W) float32``.
+
+    A model with an image-level head (:mod:`biomedseg.models.heads`) also learns "the patch
+    contains foreground": ``cfg.classifier_loss_weight * BCEWithLogits(class_logits, any(y !=
+    background))`` is added to the loss; the epoch rows then hold ``train_cls_loss`` and
+    ``val_cls_acc`` (share of validation images whose head decision at 0.5 is right).
     """
 
     def __init__(self, cfg, model, loss_fn, optimizer, schedule, make_sampler, val_samples,
@@ -66,6 +73,8 @@ class Trainer:
         self.channels_last = use_channels_last(cfg.channels_last, device)
         self.budget = cfg.time_budget
         self.total_iters = cfg.epochs * self.ipe if cfg.epochs else None
+        self.has_head = find_classifier(model) is not None
+        self.last_step: dict[str, float] = {}  # loss terms of the latest train_step (seg_loss, cls_loss)
 
     # -- progress of the schedule ---------------------------------------------------------
     def progress(self, state: TrainState) -> float:
@@ -88,6 +97,12 @@ class Trainer:
             loss = sum(w * self.loss_fn(l.float(), y) for w, l in zip(weights, logits)) / sum(weights)
         else:
             loss = self.loss_fn(logits.float(), y)
+        terms = {"seg_loss": loss.detach()}
+        if self.has_head:  # image-level head: "this patch contains foreground", same forward pass
+            class_logits = find_classifier(self.model).class_logits
+            cls_loss = F.binary_cross_entropy_with_logits(class_logits.float(), foreground_present(y, self.background))
+            loss = loss + self.cfg.classifier_loss_weight * cls_loss
+            terms["cls_loss"] = cls_loss.detach()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -99,7 +114,9 @@ class Trainer:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.optimizer.step()
-        return float(loss.detach())
+        total = float(loss.detach())
+        self.last_step = {k: float(v) for k, v in terms.items()}  # after the sync above: no extra stall
+        return total
 
     # -- validation on whole images -------------------------------------------------------
     @torch.no_grad()
@@ -110,14 +127,19 @@ class Trainer:
             device=self.device, precision=self.precision, channels_last=self.channels_last,
         )
         acc = MetricAccumulator(self.n_classes, self.class_names, self.background)
-        losses = []
+        losses, cls_right = [], []
         for s in self.val_samples:
             logits = predictor.predict_logits(self.normalizer(s.image))
             target = torch.from_numpy(s.mask.astype(np.int64))
             losses.append(float(self.loss_fn(logits[None], target[None])))
             acc.update(logits.argmax(0).numpy().astype(np.uint8), s.mask, image_id=s.id)
+            if predictor.last_image_probability is not None:
+                truth = bool(foreground_present(target[None], self.background)[0])
+                cls_right.append((predictor.last_image_probability >= 0.5) == truth)
         summary = acc.summary()
         summary["loss"] = float(np.mean(losses)) if losses else float("nan")
+        if cls_right:
+            summary["cls_acc"] = float(np.mean(cls_right))
         return summary
 
     def _fg_counts(self, summary: dict, key: str) -> float:
@@ -166,6 +188,7 @@ class Trainer:
             sampler: PatchSampler = self.make_sampler(state.epoch)
             prefetch = Prefetcher(sampler, self.cfg.batch_size)
             t_epoch, losses, n_images, data_wait = time.perf_counter(), [], 0, 0.0
+            cls_losses = []
             try:
                 for _ in range(self.ipe):
                     if self.budget:  # rank 0's clock decides for every rank
@@ -182,6 +205,8 @@ class Trainer:
                     x = torch.from_numpy(xb).to(self.device, non_blocking=True)
                     y = torch.from_numpy(yb).to(self.device, non_blocking=True)
                     losses.append(self.train_step(x, y))
+                    if "cls_loss" in self.last_step:
+                        cls_losses.append(self.last_step["cls_loss"])
                     n_images += len(xb)
                     dt = time.perf_counter() - t0
                     step_cost = dt if step_cost == 0 else 0.9 * step_cost + 0.1 * dt
@@ -200,6 +225,8 @@ class Trainer:
             row = {"epoch": state.epoch, "iteration": state.iteration, "train_loss": float(np.mean(losses)),
                    "lr": lr, "images_per_s": n_images / max(train_seconds, 1e-9),
                    "data_wait_share": data_wait / max(train_seconds, 1e-9)}
+            if cls_losses:
+                row["train_cls_loss"] = float(np.mean(cls_losses))
             if do_val:
                 t0 = time.perf_counter()
                 last_val = self.validate()
@@ -212,6 +239,8 @@ class Trainer:
                             "val_fn": self._fg_counts(last_val, "fn")})
                 for name, d in last_val["per_class"].items():
                     row[f"val_dice_{name}"] = d["dice"]
+                if "cls_acc" in last_val:
+                    row["val_cls_acc"] = last_val["cls_acc"]
             tick()
             row["seconds"] = state.elapsed
             if self.is_main:
