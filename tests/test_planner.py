@@ -89,3 +89,26 @@ def test_measured_step_of_another_architecture_scales_a_probe_batch():
 
     t = measure_step_time(1, 2, 32, 8, None, 8, model="segnet", probe_batch=2)
     assert t > 0
+
+
+def test_plan_file_carries_its_architecture_and_width(synthetic_data, tmp_path):
+    """A plan made for one architecture trains that architecture with the planned width; naming
+    another model on the command line drops the planned sizes."""
+    from biomedseg.training.api import train
+
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump({
+        "model": {"value": "segnet", "reason": "planned for segnet"},
+        "model_kwargs.base_channels": {"value": 4, "reason": "tiny for the test"},
+        "patch_size": {"value": 32, "reason": "tiny"},
+    }))
+    tiny = {"batch_size": 2, "iterations_per_epoch": 2, "num_threads": 1}
+    run = train(synthetic_data, tmp_path / "a", epochs=1, quiet=True, plan=plan_file,
+                model_kwargs={"stages": 3}, **tiny)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"] == "segnet" and cfg["model_kwargs"]["base_channels"] == 4 and cfg["patch_size"] == 32
+    run = train(synthetic_data, tmp_path / "b", epochs=1, quiet=True, plan=plan_file, model="unet",
+                model_kwargs={"depth": 3, "num_res_units": 0}, **tiny)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"] == "unet" and cfg["patch_size"] == 32  # options that are not sizes still apply
+    assert cfg["model_kwargs"].get("base_channels", 32) == 32  # segnet's planned width did not carry over
