@@ -43,3 +43,36 @@ def trained_run(synthetic_data, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "run"
     return train(synthetic_data, out, epochs=2, seed=0, quiet=True, **TINY)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread and a fixed seed for the test; the thread count is restored after."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    yield
+    torch.set_num_threads(n)
+
+
+def write_fake_run(run: Path, model: str, state_dict: dict, data: Path, val_ids: list[str], patch_size: int,
+                   batch_size: int) -> Path:
+    """A RUN folder (checkpoint, config.yaml, dataset.json) for a 1-channel, 2-class model whose
+    validation split is ``val_ids`` of ``data``: lets tests load hand-built networks as runs."""
+    import json
+
+    import yaml
+
+    from biomedseg.training.checkpoint import save_checkpoint
+
+    save_checkpoint(run / "checkpoints" / "best.pt", {"model": state_dict})
+    (run / "config.yaml").write_text(yaml.safe_dump({"model": model, "patch_size": patch_size,
+                                                     "batch_size": batch_size, "device": "cpu",
+                                                     "precision": "fp32", "num_threads": 1}))
+    (run / "dataset.json").write_text(json.dumps({
+        "classes": ["background", "cell"], "background": 0, "palette": {"values": [[0], [1]]},
+        "strict_index": False, "channels": 1, "n_classes": 2, "normalization": {"mean": [100.0], "std": [50.0]},
+        "split": {"train": [], "val": list(val_ids)}, "source": str(data.resolve())}))
+    return run

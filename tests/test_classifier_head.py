@@ -13,6 +13,8 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+
+from conftest import write_fake_run
 from torch import nn
 
 from biomedseg.models import create_model, registry
@@ -28,12 +30,8 @@ TINY_UNET = {"depth": 3, "base_channels": 4, "num_res_units": 0}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def _tiny_unet_with_head():
@@ -254,8 +252,6 @@ def _fixed_factory(in_channels, n_classes, **_):
 def fixed_run(tmp_path):
     """8 validation images with the same bright square: on positives it is the mask and holds a
     brighter marker pixel that only the head sees; on negatives it is a false positive."""
-    from biomedseg.training.checkpoint import save_checkpoint
-
     registry.register(FIXED, multiple=1, description="test")(_fixed_factory)
     data = tmp_path / "data"
     (data / "images").mkdir(parents=True)
@@ -271,14 +267,8 @@ def fixed_run(tmp_path):
         Image.fromarray(img).save(data / "images" / f"s{i}.png")
         Image.fromarray(mask).save(data / "masks" / f"s{i}.png")
         ids.append(f"s{i}")
-    run = tmp_path / "run"
-    save_checkpoint(run / "checkpoints" / "best.pt", {"model": create_model(FIXED, 1, 2).state_dict()})
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": FIXED, "patch_size": 32, "batch_size": 4,
-                                                     "device": "cpu", "precision": "fp32", "num_threads": 1}))
-    (run / "dataset.json").write_text(json.dumps({
-        "classes": ["background", "cell"], "background": 0, "palette": {"values": [[0], [1]]},
-        "strict_index": False, "channels": 1, "n_classes": 2, "normalization": {"mean": [100.0], "std": [50.0]},
-        "split": {"train": [], "val": ids}, "source": str(data.resolve())}))
+    run = write_fake_run(tmp_path / "run", FIXED, create_model(FIXED, 1, 2).state_dict(), data, ids,
+                         patch_size=32, batch_size=4)
     yield run, data
     registry._REGISTRY.pop(FIXED, None)
 

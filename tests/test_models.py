@@ -34,12 +34,8 @@ UNET_FAMILY = ["unet-classic", "resunet", "attention-unet", "inception-unet", "v
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(n)
 
 
 def test_every_architecture_is_registered_and_tested():

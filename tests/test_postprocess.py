@@ -1,12 +1,11 @@
 """Post-processing steps, the config chain, tuning on the validation split, integration."""
 
-import json
-
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
+
+from conftest import write_fake_run
 
 from biomedseg.inference.postprocess import (
     ClassSteps,
@@ -133,7 +132,6 @@ def affine_run(tmp_path):
     from torch import nn
 
     from biomedseg.models import create_model, registry
-    from biomedseg.training.checkpoint import save_checkpoint
 
     def factory(in_channels, n_classes, **_):
         conv = nn.Conv2d(in_channels, n_classes, 1)
@@ -164,15 +162,8 @@ def affine_run(tmp_path):
         Image.fromarray(img).save(data / "images" / f"s{i}.png")
         Image.fromarray(mask).save(data / "masks" / f"s{i}.png")
         ids.append(f"s{i}")
-    run = tmp_path / "run"
-    model = create_model(AFFINE, 1, 2)
-    save_checkpoint(run / "checkpoints" / "best.pt", {"model": model.state_dict()})
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": AFFINE, "patch_size": 64, "batch_size": 2,
-                                                     "device": "cpu", "precision": "fp32", "num_threads": 1}))
-    (run / "dataset.json").write_text(json.dumps({
-        "classes": ["background", "cell"], "background": 0, "palette": {"values": [[0], [1]]},
-        "strict_index": False, "channels": 1, "n_classes": 2, "normalization": {"mean": [100.0], "std": [50.0]},
-        "split": {"train": [], "val": ids}, "source": str(data.resolve())}))
+    run = write_fake_run(tmp_path / "run", AFFINE, create_model(AFFINE, 1, 2).state_dict(), data, ids,
+                         patch_size=64, batch_size=2)
     yield run, data
     registry._REGISTRY.pop(AFFINE, None)
 

@@ -73,7 +73,8 @@ class Trainer:
         self.channels_last = use_channels_last(cfg.channels_last, device)
         self.budget = cfg.time_budget
         self.total_iters = cfg.epochs * self.ipe if cfg.epochs else None
-        self.has_head = find_classifier(model) is not None
+        self.head_model = find_classifier(model)  # the module holding .class_logits, or None
+        self.has_head = self.head_model is not None
         self.last_step: dict[str, float] = {}  # loss terms of the latest train_step (seg_loss, cls_loss)
 
     # -- progress of the schedule ---------------------------------------------------------
@@ -99,7 +100,7 @@ class Trainer:
             loss = self.loss_fn(logits.float(), y)
         terms = {"seg_loss": loss.detach()}
         if self.has_head:  # image-level head: "this patch contains foreground", same forward pass
-            class_logits = find_classifier(self.model).class_logits
+            class_logits = self.head_model.class_logits
             cls_loss = F.binary_cross_entropy_with_logits(class_logits.float(), foreground_present(y, self.background))
             loss = loss + self.cfg.classifier_loss_weight * cls_loss
             terms["cls_loss"] = cls_loss.detach()
