@@ -100,6 +100,19 @@ def test_deep_supervision_number_of_heads():
     assert len(model(torch.randn(1, 1, 32, 32))) == 4
 
 
+def test_unet_full_resolution_level():
+    """``full_res_channels`` adds a stride-1 first level: full-resolution features, same output size
+    and the same padding multiple (the bottleneck resolution is unchanged)."""
+    plain = create_model("unet", 1, 2, base_channels=4, depth=4)
+    full = create_model("unet", 1, 2, base_channels=4, depth=4, full_res_channels=3)
+    first = [m for m in full.modules() if isinstance(m, nn.Conv2d)][0]
+    assert first.stride == (1, 1) and first.out_channels == 3
+    assert [m for m in plain.modules() if isinstance(m, nn.Conv2d)][0].stride == (2, 2)
+    x = torch.randn(2, 1, 37, 45)
+    assert full(x).shape == plain(x).shape == (2, 2, 37, 45)
+    assert sum(p.numel() for p in full.parameters()) > sum(p.numel() for p in plain.parameters())
+
+
 def test_unknown_option_is_a_user_error():
     with pytest.raises(UserError, match="segnet"):
         create_model("segnet", 1, 2, deep_supervision=True)

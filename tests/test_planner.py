@@ -41,6 +41,17 @@ def test_rare_class_gets_oversampled_and_patch_fits_image():
     assert make_plan(common, None, "cpu")["fg_oversample"]["value"] == 0.33
 
 
+def test_large_objects_get_a_large_patch_in_a_smaller_batch_on_cpu():
+    mesh = dict(FP, object_diameter_p90={"cell": 270.0, "rare": 5.0})
+    plan = make_plan(mesh, 600, "cpu", step_time=lambda *a: 0.5)
+    assert plan["patch_size"]["value"] == 512 and plan["batch_size"]["value"] == 2  # same pixels per step
+    small = make_plan(FP, 600, "cpu", step_time=lambda *a: 0.5)
+    assert small["patch_size"]["value"] == 128 and small["batch_size"]["value"] == 8
+    narrow = dict(mesh, median_shape=[300, 400], min_shape=[300, 400])
+    plan = make_plan(narrow, 600, "cpu", step_time=lambda *a: 0.5)
+    assert plan["patch_size"]["value"] == 256 and plan["batch_size"]["value"] == 8  # within the image
+
+
 def test_user_values_win():
     plan = make_plan(FP, 600, "cpu", step_time=lambda *a: 10.0)
     values = {"patch_size": 256, "batch_size": 8, "model_kwargs": {"depth": 4}, "lr": 0.002}
