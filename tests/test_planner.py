@@ -42,7 +42,7 @@ def test_rare_class_gets_oversampled_and_patch_fits_image():
 
 
 def test_large_objects_get_a_large_patch_in_a_smaller_batch_on_cpu():
-    mesh = dict(FP, object_diameter_p90={"cell": 270.0, "rare": 5.0})
+    mesh = dict(FP, object_diameter_p90={"cell": 270.0, "rare": 5.0}, class_share=[0.5, 0.3, 0.2])
     plan = make_plan(mesh, 600, "cpu", step_time=lambda *a: 0.5)
     assert plan["patch_size"]["value"] == 512 and plan["batch_size"]["value"] == 2  # same pixels per step
     small = make_plan(FP, 600, "cpu", step_time=lambda *a: 0.5)
@@ -50,6 +50,10 @@ def test_large_objects_get_a_large_patch_in_a_smaller_batch_on_cpu():
     narrow = dict(mesh, median_shape=[300, 400], min_shape=[300, 400])
     plan = make_plan(narrow, 600, "cpu", step_time=lambda *a: 0.5)
     assert plan["patch_size"]["value"] == 256 and plan["batch_size"]["value"] == 8  # within the image
+    rare = dict(mesh, class_share=[0.8, 0.19, 0.01])  # a class under 5%: 8 patches, half centred on it
+    plan = make_plan(rare, 600, "cpu", step_time=lambda *a: 0.5)
+    assert plan["patch_size"]["value"] == 256 and plan["batch_size"]["value"] == 8
+    assert "under 5%" in plan["patch_size"]["reason"]
 
 
 def test_user_values_win():

@@ -19,6 +19,9 @@ MIN_STEPS_FULL_WIDTH = 400
 MIN_WIDTH = 16
 #: pixels per training step on CPU (8 patches of 256x256): larger patches come in smaller batches.
 CPU_STEP_PIXELS = 8 * 256 * 256
+#: a foreground class below this pixel share is rare: half the patches are centred on foreground,
+#: and on CPU patches stay at 256 so that there are 8 of them per step
+RARE_CLASS_SHARE = 0.05
 
 
 def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, depth: int | None = None,
@@ -130,8 +133,12 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     gpu = device_type == "cuda"
     # patch: at least 4 typical objects of context, up to 512 and never above the typical image.
     # On CPU the pixels per step stay at 8 x 256^2 (the step time), so a 512 patch comes in batches
-    # of 2: on ISBI (membrane mesh ~270px) 512x2 beat 256x8 at the same step cost (experiments §6).
-    cap = 512
+    # of 2: on ISBI (membrane mesh ~270px) 512x2 beat 256x8 at the same step cost. With a class
+    # under 5% the cap stays 256: 8 patches, half centred on it, found the rare darkfield
+    # spirochaetes better than 2 large ones (0.277 vs 0.216, experiments §6).
+    fg = [i for i in range(len(fp["class_share"])) if i != fp.get("background")]
+    rare = min((fp["class_share"][i] for i in fg), default=1.0)
+    cap = 512 if gpu or rare >= RARE_CLASS_SHARE else 256
     obj = max(fp.get("object_diameter_p90", {}).values(), default=16.0)
     want = max(64, _pow2_floor(4 * obj))
     fit = _pow2_floor(small_side) if small_side >= 64 else 64
@@ -141,7 +148,8 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     else:
         patch = min(cap, max(want, 128), fit)
         why = (f"images {h}x{w}, 90th-percentile object diameter {obj:.0f}px: >= 4 object diameters of "
-               f"context, at most {cap} and the image size")
+               f"context, at most {cap} and the image size"
+               + (f" (256 with a class under {RARE_CLASS_SHARE:.0%}: more patches centred on it)" if cap == 256 else ""))
     plan["patch_size"] = {"value": int(patch), "reason": why}
     depth = int(min(5, max(3, math.log2(patch / 8) + 1)))
     plan["model_kwargs.depth"] = {"value": depth, "reason": f"bottleneck of {patch // 2 ** (depth - 1)}px on a {patch}px patch"}
@@ -155,9 +163,7 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     width, why = _plan_width(model, key, full, patch, batch, depth, budget_s, gpu, step_time)
     plan[f"model_kwargs.{key}"] = {"value": width, "reason": why}
     plan["batch_size"] = {"value": batch, "reason": batch_why}
-    fg = [i for i in range(len(fp["class_share"])) if i != fp.get("background")]
-    rare = min((fp["class_share"][i] for i in fg), default=1.0)
-    over = 0.5 if rare < 0.05 else 0.33
+    over = 0.5 if rare < RARE_CLASS_SHARE else 0.33
     plan["fg_oversample"] = {"value": over, "reason": f"rarest foreground class holds {rare:.2%} of the pixels"
                              + (" (< 5%): half the patches centred on foreground" if over == 0.5 else "")}
     plan["class_weights"] = {"value": "none", "reason": "the Dice term of dice+ce already weighs every class "
