@@ -13,9 +13,9 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from torch import nn
 
 from conftest import write_fake_run
-from torch import nn
 
 from biomedseg.models import create_model, registry
 from biomedseg.models.heads import (

@@ -165,7 +165,7 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     plan["batch_size"] = {"value": batch, "reason": batch_why}
     over = 0.5 if rare < RARE_CLASS_SHARE else 0.33
     plan["fg_oversample"] = {"value": over, "reason": f"rarest foreground class holds {rare:.2%} of the pixels"
-                             + (" (< 5%): half the patches centred on foreground" if over == 0.5 else "")}
+                             + (f" (< {RARE_CLASS_SHARE:.0%}): half the patches centred on foreground" if over == 0.5 else "")}
     plan["class_weights"] = {"value": "none", "reason": "the Dice term of dice+ce already weighs every class "
                              "equally; foreground oversampling handles the rest"}
     plan["loss"] = {"value": "dice+ce", "reason": "robust default for thin and rare structures (nnU-Net's choice)"}
