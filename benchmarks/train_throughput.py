@@ -8,6 +8,7 @@ batch. Reference: float32, contiguous tensors, DiceCE loss, AdamW. biomedseg: it
 ``channels_last: null`` resolve to on this machine, plus variants for information. The sides are
 interleaved (A B A B ...) and medians reported. Also measures the CPU's convolution peak in
 float32 and bfloat16 (a large 3x3 convolution) to express achieved FLOP/s as a fraction of it.
+``--compile`` adds the step under ``torch.compile`` (inductor; the compile time is printed).
 Prints one RESULT line last.
 """
 
@@ -57,7 +58,7 @@ def make_reference(patch, batch):
     return step
 
 
-def make_biomedseg(patch, batch, precision=None, channels_last=None):
+def make_biomedseg(patch, batch, precision=None, channels_last=None, compile=False):
     from biomedseg.losses import build_loss
     from biomedseg.models import create_model
     from biomedseg.training.config import TrainConfig
@@ -74,7 +75,7 @@ def make_biomedseg(patch, batch, precision=None, channels_last=None):
     if cl:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
-    trainer = Trainer(cfg, model, build_loss("dice+ce", 2), opt, ProgressSchedule(opt, "constant", cfg.lr), None,
+    trainer = Trainer(cfg, torch.compile(model) if compile else model, build_loss("dice+ce", 2), opt, ProgressSchedule(opt, "constant", cfg.lr), None,
                       [], None, 2, ["background", "foreground"], 0, "/tmp", device,
                       resolve_precision(cfg.precision, device), 1, quiet=True)
     x = torch.randn(batch, 1, patch, patch)
@@ -97,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per round and side")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile (inductor)")
     args = ap.parse_args(argv)
     from biomedseg.models.summary import model_summary
     from biomedseg.device import configure_threads
@@ -108,6 +110,12 @@ def main(argv=None) -> int:
     ours, precision, cl = make_biomedseg(args.patch, args.batch)
     variants = {"bf16 autocast": make_biomedseg(args.patch, args.batch, "bf16", False)[0],
                 "channels_last": make_biomedseg(args.patch, args.batch, "fp32", True)[0]}
+    if args.compile:
+        compiled = make_biomedseg(args.patch, args.batch, compile=True)[0]
+        t0 = time.perf_counter()
+        compiled()  # compiles forward and backward
+        print(f"torch.compile: first step (compiling) {time.perf_counter() - t0:.0f} s")
+        variants["torch.compile"] = compiled
     times = {"reference": [], "biomedseg": [], **{k: [] for k in variants}}
     for _ in range(args.rounds):  # interleaved
         times["reference"].append(timed(ref, args.steps))

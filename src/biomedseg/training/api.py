@@ -48,15 +48,20 @@ def _plan_applies(key: str, model_name: str, model_kwargs: dict) -> bool:
     return option is not None and key == f"model_kwargs.{option[0]}" and not model_kwargs.get("pretrained")
 
 
+def resolve_determinism(deterministic: bool | None, device_type: str) -> bool:
+    """``deterministic: null`` means bitwise-reproducible runs on CPU, fastest kernels on CUDA."""
+    return deterministic if deterministic is not None else device_type != "cuda"
+
+
 def seed_everything(seed: int, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; ``deterministic=False`` lets cuDNN benchmark its kernels."""
     import torch
 
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    torch.backends.cudnn.benchmark = not deterministic
 
 
 def train(data=None, out=None, *, images=None, masks=None, config=None, resume: bool = False,
@@ -94,9 +99,10 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     explicit = merge(load_config_file(config), overrides or {})  # what the user set: the plan keeps off it
     if cfg.epochs is None and cfg.time_budget is None:
         cfg = cfg.model_copy(update={"epochs": 50})
-    seed_everything(cfg.seed, cfg.deterministic)
     threads = configure_threads(cfg.num_threads)
     device = resolve_device(cfg.device)
+    deterministic = resolve_determinism(cfg.deterministic, device.type)
+    seed_everything(cfg.seed, deterministic)
     dist_info = init_distributed(device.type)
     if dist_info.enabled and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
@@ -192,6 +198,11 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
         "precision": {"value": precision, "reason": "native bf16/fp16 support" if precision != "fp32"
                       else "no native bf16 on this CPU: emulated bf16 is slower than fp32"},
         "threads": {"value": threads, "reason": "cores available to this process"},
+        "deterministic": {"value": deterministic, "reason": "set by the user" if cfg.deterministic is not None
+                          else ("CUDA: cuDNN benchmarks its kernels (fastest, not bitwise reproducible)"
+                                if device.type == "cuda" else "CPU: the same seed gives the same weights")},
+        "compile": {"value": cfg.compile, "reason": "set by the user" if cfg.compile
+                    else "off: compiling takes minutes, worth it only for long runs (--set compile=true)"},
         "channels": {"value": setup.channels, "reason": "colour found in the images" if setup.channels == 3
                      else "all images grey (or grey stored as RGB)"},
         "iterations_per_epoch": {"value": ipe, "reason": "about one pass over the training pixels, in [25, 250]"},
@@ -216,6 +227,8 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
         if logger is not None:
             logger.truncate(state.epoch)
     train_model = wrap_model(model, dist_info, device)
+    if cfg.compile:  # after DDP, as PyTorch recommends; checkpoints and validation use the plain module
+        train_model = torch.compile(train_model, **({} if cfg.compile is True else {"backend": cfg.compile}))
     trainer = Trainer(cfg, train_model, loss_fn, optimizer, schedule, make_sampler, val_samples, normalizer,
                       n_classes, setup.classes, setup.background, run_dir, device, precision, ipe,
                       dist_info=dist_info, quiet=quiet)

@@ -81,7 +81,9 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | None = None  # None: on for CUDA, off for CPU (slower there, docs/experiments.md)
     num_threads: int | None = None
-    deterministic: bool = True
+    # None: deterministic algorithms on CPU; on CUDA cudnn benchmark mode (fastest kernels, not bitwise reproducible)
+    deterministic: bool | None = None
+    compile: bool | str = False  # torch.compile the training model: True (inductor) or a backend name
 
     @field_validator("time_budget", mode="before")
     @classmethod

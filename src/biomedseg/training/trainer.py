@@ -37,6 +37,15 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
+def plain_module(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` without its ``torch.compile`` (``_orig_mod``) and DDP (``module``) wrappers."""
+    while True:
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if not isinstance(inner, torch.nn.Module):
+            return model
+        model = inner
+
+
 class Trainer:
     """Runs the optimisation; ``fit()`` returns the final :class:`TrainState`.
 
@@ -73,7 +82,8 @@ class Trainer:
         self.channels_last = use_channels_last(cfg.channels_last, device)
         self.budget = cfg.time_budget
         self.total_iters = cfg.epochs * self.ipe if cfg.epochs else None
-        self.head_model = find_classifier(model)  # the module holding .class_logits, or None
+        self.net = plain_module(model)  # what checkpoints hold and validation runs (no DDP/compile wrapper)
+        self.head_model = find_classifier(self.net)  # the module holding .class_logits, or None
         self.has_head = self.head_model is not None
         self.last_step: dict[str, float] = {}  # loss terms of the latest train_step (seg_loss, cls_loss)
 
@@ -122,9 +132,8 @@ class Trainer:
     # -- validation on whole images -------------------------------------------------------
     @torch.no_grad()
     def validate(self) -> dict:
-        net = getattr(self.model, "module", self.model)
         predictor = SlidingWindowPredictor(
-            net, self.cfg.patch_size, overlap=self.cfg.overlap, batch_size=max(1, self.cfg.batch_size // 2),
+            self.net, self.cfg.patch_size, overlap=self.cfg.overlap, batch_size=max(1, self.cfg.batch_size // 2),
             device=self.device, precision=self.precision, channels_last=self.channels_last,
         )
         acc = MetricAccumulator(self.n_classes, self.class_names, self.background)
@@ -149,9 +158,8 @@ class Trainer:
 
     # -- checkpoints ----------------------------------------------------------------------
     def checkpoint_state(self, state: TrainState) -> dict:
-        net = getattr(self.model, "module", self.model)
         return {
-            "model": net.state_dict(),
+            "model": self.net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "epoch": state.epoch,
@@ -187,7 +195,7 @@ class Trainer:
             if self.cfg.epochs and state.epoch >= self.cfg.epochs:
                 break
             sampler: PatchSampler = self.make_sampler(state.epoch)
-            prefetch = Prefetcher(sampler, self.cfg.batch_size)
+            prefetch = Prefetcher(sampler, self.cfg.batch_size, pin_memory=self.device.type == "cuda")
             t_epoch, losses, n_images, data_wait = time.perf_counter(), [], 0, 0.0
             cls_losses = []
             try:
@@ -203,8 +211,8 @@ class Trainer:
                     t_data = time.perf_counter()
                     xb, yb = prefetch.next()
                     data_wait += time.perf_counter() - t_data
-                    x = torch.from_numpy(xb).to(self.device, non_blocking=True)
-                    y = torch.from_numpy(yb).to(self.device, non_blocking=True)
+                    x = xb.to(self.device, non_blocking=True)  # pinned on CUDA: the copy overlaps compute
+                    y = yb.to(self.device, non_blocking=True)
                     losses.append(self.train_step(x, y))
                     if "cls_loss" in self.last_step:
                         cls_losses.append(self.last_step["cls_loss"])
