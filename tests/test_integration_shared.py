@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from conftest import shared_dataset
 
 from biomedseg.evaluation import evaluate
@@ -54,3 +55,32 @@ def test_audit_class_shares_match_dataset_json(tmp_path):
         for cls, value in expected.items():
             assert abs(shares[cls] - value) < 5e-4, (name, cls, shares[cls], value)
         assert (tmp_path / name / "audit.html").is_file()
+
+
+SHARED_NAMES = ["isbi2012_em", "drive_retina", "darkfield_bacteria", "dsb2018_nuclei", "monuseg_histology"]
+PLANNED = {"patch_size", "model_kwargs.depth", "model_kwargs.base_channels", "batch_size", "normalization",
+           "class_weights", "fg_oversample", "augment", "loss", "optimizer", "lr", "schedule", "iterations"}
+
+
+@pytest.mark.parametrize("name", SHARED_NAMES)
+def test_plan_command_gives_every_value_a_reason(name, tmp_path):
+    """``biomedseg plan DATA --time-budget 30m`` on each shared dataset: a plan.yaml whose every
+    choice the issue lists is there, with a one-line reason."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from biomedseg.cli import app
+
+    data = shared_dataset(name)
+    res = CliRunner().invoke(app, ["plan", str(data), "--out", str(tmp_path / "plan.yaml"), "--time-budget", "30m",
+                                   "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    plan = yaml.safe_load((tmp_path / "plan.yaml").read_text())
+    entries = {k: v for k, v in plan.items() if isinstance(v, dict) and "value" in v}
+    assert PLANNED <= set(entries), PLANNED - set(entries)
+    for key, entry in entries.items():
+        reason = entry["reason"]
+        assert isinstance(reason, str) and len(reason) > 10 and "\n" not in reason, key
+    assert plan["fingerprint"]["n_images"] > 0
+    assert entries["normalization"]["value"] == ("clip_zscore" if plan["fingerprint"]["bit_depth"] == 16 else "zscore")
+    assert entries["iterations"]["value"] > 0 and "measured" in entries["model_kwargs.base_channels"]["reason"]

@@ -127,3 +127,19 @@ def test_plan_file_carries_its_architecture_and_width(synthetic_data, tmp_path):
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model"] == "unet" and cfg["patch_size"] == 32  # options that are not sizes still apply
     assert cfg["model_kwargs"].get("base_channels", 32) == 32  # segnet's planned width did not carry over
+
+
+def test_normalization_follows_bit_depth():
+    assert make_plan(FP, 600, "cpu")["normalization"]["value"] == "zscore"
+    deep = make_plan(dict(FP, bit_depth=16), 600, "cpu")["normalization"]
+    assert deep["value"] == "clip_zscore" and "99.5" in deep["reason"]
+
+
+def test_iterations_come_from_the_measured_step_or_the_epochs():
+    timed = make_plan(FP, 600, "cpu", step_time=lambda *a: 0.5)["iterations"]
+    assert timed["value"] == int(0.85 * 600 / 0.5) and "0.50s" in timed["reason"]
+    narrowed = make_plan(FP, 600, "cpu", step_time=lambda p, b, d, w: 4.0 if w == 32 else 1.0)
+    assert narrowed["model_kwargs.base_channels"]["value"] == 16
+    assert narrowed["iterations"]["value"] == int(0.85 * 600 / 1.0)  # the step of the chosen width
+    by_epochs = make_plan(FP, None, "cpu", epochs=3)  # 20 images of 512^2, 8 patches of 128^2: 20*16/8
+    assert by_epochs["iterations"]["value"] == 3 * 40

@@ -193,3 +193,26 @@ def test_prefetcher_yields_tensors_in_sampler_order(synthetic_data):
     x, y = got[0]
     assert isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.shape == (3, 1, 4, 4)
     assert y.dtype == torch.int64 and not x.is_pinned()  # pinning only when asked (CUDA runs)
+
+
+def test_16_bit_images_are_clipped_at_percentiles_then_z_scored(synthetic_data, tmp_path):
+    import shutil
+
+    from biomedseg.io import read_image
+    from biomedseg.io.writers import write_tiff
+
+    deep = tmp_path / "deep"
+    shutil.copytree(synthetic_data / "masks", deep / "masks")
+    if (synthetic_data / "dataset.json").is_file():
+        shutil.copy(synthetic_data / "dataset.json", deep / "dataset.json")
+    for i, f in enumerate(sorted((synthetic_data / "images").iterdir())):
+        img = read_image(f).astype(np.uint16) * 200 + 1000  # 16-bit, with one saturated pixel each
+        img[i % img.shape[0], 0] = 65535
+        write_tiff(deep / "images" / f"{f.stem}.tif", img)
+    run = train(deep, tmp_path / "run", epochs=1, seed=0, quiet=True, **TINY)
+    plan = yaml.safe_load((run / "plan.yaml").read_text())
+    assert plan["normalization"]["value"] == "clip_zscore"
+    norm = json.loads((run / "dataset.json").read_text())["normalization"]
+    assert norm["clip"]["high"][0] < 65535 and norm["clip"]["low"][0] >= 1000
+    s = predict(run, [str(deep / "images")], tmp_path / "pred", overlays=False, quiet=True)
+    assert len(s.done) == len(list((deep / "images").iterdir())) and not s.failed  # the run's clip applies

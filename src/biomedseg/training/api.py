@@ -163,7 +163,7 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
             if top in explicit and (not sub or sub in (explicit.get(top) or {})):
                 planned[key] = {"value": explicit[top][sub] if sub else explicit[top], "reason": "set by the user"}
         planned["fingerprint"] = fingerprint
-    normalizer = Normalizer.fit(s.image for s in train_samples)
+    normalizer = Normalizer.fit([s.image for s in train_samples], cfg.normalization, seed=cfg.seed)
     counts = class_pixel_counts(train_samples, n_classes)
     weights = class_weights_from_counts(counts, cfg.class_weights)
     model = create_model(cfg.model, setup.channels, n_classes, **cfg.model_kwargs).to(device)

@@ -63,6 +63,9 @@ class TrainConfig(BaseModel):
     batch_size: int = 8
     fg_oversample: float = 0.33
     augment: str = "default"
+    # intensity: z-score per channel; clip_zscore clips at the 0.5/99.5 percentiles first;
+    # auto: clip_zscore for data deeper than 8 bits, zscore for 8-bit data
+    normalization: Literal["auto", "zscore", "clip_zscore"] = "auto"
     # data
     val_fraction: float = 0.15
     classes: list[str] | None = None

@@ -12,6 +12,8 @@ import math
 
 import numpy as np
 
+from biomedseg.transforms.normalize import CLIP_PERCENTILES
+
 # Fewer optimisation steps than this in the budget and the full-width U-Net under-trains: a 4x
 # cheaper one (base 16) wins (ISBI, 10 min, docs/experiments.md).
 MIN_STEPS_FULL_WIDTH = 400
@@ -160,9 +162,10 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
         batch_why = (f"{batch} patches of {patch}px per step on CPU: about {CPU_STEP_PIXELS // 1024}k pixels, "
                      "the step time the width is planned for")
     key, full = width_option if width_option is not None else ("base_channels", 32)
-    width, why = _plan_width(model, key, full, patch, batch, depth, budget_s, gpu, step_time)
+    width, why, step_s = _plan_width(model, key, full, patch, batch, depth, budget_s, gpu, step_time)
     plan[f"model_kwargs.{key}"] = {"value": width, "reason": why}
     plan["batch_size"] = {"value": batch, "reason": batch_why}
+    plan["iterations"] = _plan_iterations(fp, budget_s, epochs, patch, batch, step_s)
     over = 0.5 if rare < RARE_CLASS_SHARE else 0.33
     plan["fg_oversample"] = {"value": over, "reason": f"rarest foreground class holds {rare:.2%} of the pixels"
                              + (f" (< {RARE_CLASS_SHARE:.0%}): half the patches centred on foreground" if over == 0.5 else "")}
@@ -176,27 +179,51 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     plan["lr"] = {"value": 2e-3, "reason": "AdamW with poly decay to 0 over the budget"}
     plan["schedule"] = {"value": "poly", "reason": "decays to zero exactly when the epochs or the time budget end"}
     if fp.get("bit_depth") == 16:
-        plan["normalization"] = {"value": "zscore", "reason": "16-bit data: z-score per channel on the "
-                                 "training set statistics (values clipped at the 0.5/99.5 percentiles)"}
+        lo, hi = CLIP_PERCENTILES
+        plan["normalization"] = {"value": "clip_zscore", "reason": f"16-bit data: each channel clipped at its "
+                                 f"{lo}/{hi} training percentiles (hot pixels, saturation), then z-scored"}
+    else:
+        plan["normalization"] = {"value": "zscore", "reason": "8-bit data: z-score per channel with the training "
+                                 "images' mean and standard deviation"}
     return plan
 
 
+def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s) -> dict:
+    """Training steps the plan expects: from the budget and the measured step, or from ``epochs``.
+
+    For information (the loop stops on the clock or the epoch count, not on this number).
+    """
+    if budget_s is not None and step_s:
+        return {"value": int(0.85 * budget_s / step_s), "reason": f"85% of the {budget_s:.0f}s budget over "
+                f"{step_s:.2f}s per measured step; validation and checkpoints take the rest"}
+    h, w = fp["median_shape"]
+    ipe = int(np.clip(round(fp["n_images"] * h * w / (patch * patch * batch)), 25, 250))
+    if epochs:
+        return {"value": epochs * ipe, "reason": f"{epochs} epochs x {ipe} steps, one epoch being about one "
+                "pass over the training pixels"}
+    if budget_s is not None:
+        return {"value": None, "reason": "as many as the budget allows (step time not measured)"}
+    return {"value": 50 * ipe, "reason": f"no budget or epochs: 50 epochs x {ipe} steps"}
+
+
 def _plan_width(model: str, key: str, full: int, patch: int, batch: int, depth: int, budget_s, gpu: bool,
-                step_time) -> tuple[int, str]:
-    """Width (value of option ``key``, published ``full``) and its reason; see :func:`make_plan`."""
+                step_time) -> tuple[int, str, float | None]:
+    """Width (value of option ``key``, published ``full``), its reason and the seconds per step at
+    that width (``None`` when not measured); see :func:`make_plan`."""
     name = "U-Net (32..512 channels)" if model == "unet" else f"{model} ({key}={full})"
     if budget_s is None or gpu:
-        return full, f"published width of the {name}: best final Dice when it gets enough steps"
+        t = step_time(patch, batch, depth, full) if (budget_s is not None and step_time is not None) else None
+        return full, f"published width of the {name}: best final Dice when it gets enough steps", t
     if step_time is None:
         if budget_s < 20 * 60:
             return max(MIN_WIDTH, full // 2), ("CPU budget under 20 min: a 4x cheaper network takes ~4x more "
-                                               "steps, which wins there")
-        return full, f"published width of the {name}"
+                                               "steps, which wins there"), None
+        return full, f"published width of the {name}", None
     width, t = full, step_time(patch, batch, depth, full)
     steps = int(0.85 * budget_s / t)
     first = f"measured {t:.2f}s per step at {key}={full}: ~{steps} steps fit the budget"
     if steps >= MIN_STEPS_FULL_WIDTH:
-        return full, first
+        return full, first, t
     while steps < MIN_STEPS_FULL_WIDTH and width // 2 >= MIN_WIDTH:
         width //= 2
         if width // 2 >= MIN_WIDTH:  # another halving may follow: measure this width
@@ -205,7 +232,7 @@ def _plan_width(model: str, key: str, full: int, patch: int, batch: int, depth: 
             t = t / 4  # channels halved: about 4x fewer FLOPs
         steps = int(0.85 * budget_s / t)
     return width, (f"{first} (< {MIN_STEPS_FULL_WIDTH}); {key}={width} is ~{(full // width) ** 2}x cheaper "
-                   f"and takes ~{steps} steps, which wins on short budgets")
+                   f"and takes ~{steps} steps, which wins on short budgets"), t
 
 
 def step_timer(channels: int, n_classes: int, device: str, model: str = "unet"):
