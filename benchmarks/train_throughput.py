@@ -131,7 +131,9 @@ def main(argv=None) -> int:
     frac = ips["biomedseg"] * train_flop / peak16
     print(f"RESULT train_throughput patch={args.patch} batch={args.batch} threads={threads} "
           f"biomedseg={ips['biomedseg']:.2f}img/s ({precision}, channels_last={cl}) "
-          f"monai_fp32={ips['reference']:.2f}img/s ratio={ratio:.2f} fraction_of_bf16_conv_peak={frac:.2f}")
+          f"monai_fp32={ips['reference']:.2f}img/s ratio={ratio:.2f} fraction_of_bf16_conv_peak={frac:.2f}"
+          + (f" compiled={ips['torch.compile']:.2f}img/s compiled_ratio={ips['torch.compile'] / ips['reference']:.2f}"
+             if "torch.compile" in ips else ""))
     return 0
 
 
