@@ -196,8 +196,10 @@ def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s)
     if budget_s is not None and step_s:
         return {"value": int(0.85 * budget_s / step_s), "reason": f"85% of the {budget_s:.0f}s budget over "
                 f"{step_s:.2f}s per measured step; validation and checkpoints take the rest"}
+    from biomedseg.training.data_setup import steps_per_pass
+
     h, w = fp["median_shape"]
-    ipe = int(np.clip(round(fp["n_images"] * h * w / (patch * patch * batch)), 25, 250))
+    ipe = steps_per_pass(fp["n_images"] * h * w, patch, batch)
     if epochs:
         return {"value": epochs * ipe, "reason": f"{epochs} epochs x {ipe} steps, one epoch being about one "
                 "pass over the training pixels"}
