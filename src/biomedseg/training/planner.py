@@ -97,13 +97,13 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
             if n:
                 areas = np.bincount(lab.ravel())[1:]
                 diam[c].extend((2 * np.sqrt(areas / np.pi)).tolist())
-    bit16 = any(s.image.dtype == np.uint16 for s in samples)
+    bits = max(8 * s.image.dtype.itemsize for s in samples)  # 8 (uint8), 16 (uint16), 32 (float32)
     return {
         "n_images": len(samples),
         "median_shape": [int(v) for v in np.median(shapes, axis=0)],
         "min_shape": [int(v) for v in shapes.min(axis=0)],
         "channels": channels,
-        "bit_depth": 16 if bit16 else 8,
+        "bit_depth": bits,
         "class_names": class_names,
         "background": background,
         "class_share": (counts / max(counts.sum(), 1)).round(5).tolist(),
@@ -178,9 +178,9 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
                          "assumes ~1000 epochs"}
     plan["lr"] = {"value": 2e-3, "reason": "AdamW with poly decay to 0 over the budget"}
     plan["schedule"] = {"value": "poly", "reason": "decays to zero exactly when the epochs or the time budget end"}
-    if fp.get("bit_depth") == 16:
+    if fp.get("bit_depth", 8) > 8:  # the same rule as normalization "auto" (normalize.normalization_for)
         lo, hi = CLIP_PERCENTILES
-        plan["normalization"] = {"value": "clip_zscore", "reason": f"16-bit data: each channel clipped at its "
+        plan["normalization"] = {"value": "clip_zscore", "reason": f"{fp['bit_depth']}-bit data: each channel clipped at its "
                                  f"{lo}/{hi} training percentiles (hot pixels, saturation), then z-scored"}
     else:
         plan["normalization"] = {"value": "zscore", "reason": "8-bit data: z-score per channel with the training "
