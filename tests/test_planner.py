@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import yaml
 
 from biomedseg.training.planner import MIN_STEPS_FULL_WIDTH, apply_plan, make_plan
@@ -143,3 +144,43 @@ def test_iterations_come_from_the_measured_step_or_the_epochs():
     assert narrowed["iterations"]["value"] == int(0.85 * 600 / 1.0)  # the step of the chosen width
     by_epochs = make_plan(FP, None, "cpu", epochs=3)  # 20 images of 512^2, 8 patches of 128^2: 20*16/8
     assert by_epochs["iterations"]["value"] == 3 * 40
+
+
+def test_fingerprint_measures_structure_width():
+    from types import SimpleNamespace
+
+    from biomedseg.training.planner import fingerprint_from_samples
+
+    mask = np.zeros((128, 128), np.uint8)
+    mask[20:23, 10:120] = 1  # a line 3 px wide
+    mask[60:63, 10:120] = 1
+    mask[80:120, 20:60] = 2  # a 40x40 blob
+    image = np.zeros((128, 128, 1), np.uint8)
+    fp = fingerprint_from_samples([SimpleNamespace(image=image, mask=mask)], 3, ["bg", "line", "blob"], 0, 1)
+    assert 2.5 <= fp["structure_width"]["line"] <= 3.5
+    assert fp["structure_width"]["blob"] > 20
+    assert "bg" not in fp["structure_width"]
+
+
+def test_compile_is_planned_for_long_cpu_budgets_with_a_compiler():
+    assert make_plan(FP, 600, "cpu", can_compile=True)["compile"]["value"] is True
+    assert make_plan(FP, 300, "cpu", can_compile=True)["compile"]["value"] is False  # a minute of compiling would not pay
+    assert make_plan(FP, None, "cpu", can_compile=True)["compile"]["value"] is False
+    no_cc = make_plan(FP, 1800, "cpu", can_compile=False)["compile"]
+    assert no_cc["value"] is False and "compiler" in no_cc["reason"]
+    assert make_plan(FP, 1800, "cuda", can_compile=True)["compile"]["value"] is False
+
+
+def test_thin_structures_get_a_full_resolution_level_when_affordable():
+    thin = dict(FP, structure_width={"cell": 14.0, "rare": 3.2})
+    key = "model_kwargs.full_res_channels"
+    assert make_plan(thin, 600, "cpu", can_compile=True)[key]["value"] == 8
+    eager = make_plan(thin, 600, "cpu", can_compile=False)[key]
+    assert eager["value"] == 0 and "eager" in eager["reason"]  # halves the eager step rate: not on CPU without compile
+    assert make_plan(thin, None, "cuda")[key]["value"] == 8
+    blobs = dict(FP, structure_width={"cell": 14.0, "rare": 9.5})
+    assert make_plan(blobs, 600, "cpu", can_compile=True)[key]["value"] == 0
+    assert make_plan(dict(thin, background=None, class_names=["bg", "cell", "rare"]), 600, "cpu",
+                     can_compile=True)[key]["value"] == 8
+    assert key not in make_plan(thin, 600, "cpu", can_compile=True, model="segnet",
+                                width_option=("base_channels", 64))  # only the U-Net has the option

@@ -158,6 +158,24 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(synthetic_data,
     assert plan["deterministic"]["value"] is True  # CPU default: reproducible
 
 
+def test_training_goes_on_uncompiled_when_compiling_fails(synthetic_data, tmp_path, caplog):
+    from torch._dynamo import register_backend
+
+    @register_backend
+    def biomedseg_test_failing_backend(gm, example_inputs):  # what a missing C++ compiler looks like
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+
+    torch._dynamo.reset()
+    eager = train(synthetic_data, tmp_path / "eager", epochs=1, seed=4, quiet=True, **TINY)
+    with caplog.at_level("WARNING", logger="biomedseg"):
+        run = train(synthetic_data, tmp_path / "fallback", epochs=1, seed=4, quiet=True,
+                    compile="biomedseg_test_failing_backend", **TINY)
+    assert any("torch.compile failed" in r.getMessage() and "InvalidCxxCompiler" in r.getMessage() for r in caplog.records)
+    we = load_checkpoint(eager / "checkpoints" / "last.pt")["model"]
+    wf = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
+    assert max(float((we[k].float() - wf[k].float()).abs().max()) for k in we) < 1e-5  # the same steps, eagerly
+
+
 def test_determinism_is_the_default_on_cpu_only():
     from biomedseg.training.api import resolve_determinism, seed_everything
 

@@ -28,6 +28,15 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cpp_compiler_available() -> bool:
+    """True when a C++ compiler is on the PATH (``$CXX``, ``g++``, ``c++`` or ``clang++``): what
+    ``torch.compile``'s inductor backend needs to build CPU kernels."""
+    import shutil
+
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else []
+    return any(shutil.which(n) for n in names + ["g++", "c++", "clang++"])
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: bf16 on GPUs that support it (else fp16), bf16 on CPUs with native bf16, else fp32."""
     if precision != "auto":

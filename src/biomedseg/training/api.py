@@ -154,8 +154,10 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
             if (option is not None and option[0] not in (explicit.get("model_kwargs") or {})
                     and not cfg.model_kwargs.get("pretrained")):
                 timer = step_timer(setup.channels, n_classes, str(device), model=cfg.model)
+            from biomedseg.device import cpp_compiler_available
+
             planned = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs, step_time=timer,
-                                model=cfg.model, width_option=option)
+                                model=cfg.model, width_option=option, can_compile=cpp_compiler_available())
         planned = {k: v for k, v in planned.items() if _plan_applies(k, cfg.model, cfg.model_kwargs)}
         cfg = build_config(apply_plan(cfg.model_dump(), planned, explicit), source="plan")
         for key in planned:
@@ -201,14 +203,14 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
         "deterministic": {"value": deterministic, "reason": "set by the user" if cfg.deterministic is not None
                           else ("CUDA: cuDNN benchmarks its kernels (fastest, not bitwise reproducible)"
                                 if device.type == "cuda" else "CPU: the same seed gives the same weights")},
-        "compile": {"value": cfg.compile, "reason": "set by the user" if cfg.compile
-                    else "off: about a minute of compiling first (then ~1.6x faster steps on CPU), worth it "
-                    "for budgets of 10 min and more (--set compile=true)"},
         "channels": {"value": setup.channels, "reason": "colour found in the images" if setup.channels == 3
                      else "all images grey (or grey stored as RGB)"},
         "iterations_per_epoch": {"value": ipe, "reason": "about one pass over the training pixels, in [25, 250]"},
         "parameters": {"value": count_parameters(model), "reason": f"{cfg.model} {cfg.model_kwargs or ''}".strip()},
     }
+    if "compile" not in planned or "compile" in explicit:
+        plan["compile"] = {"value": cfg.compile, "reason": "set by the user" if "compile" in explicit
+                           else "off unless planned: about a minute of compiling first (--set compile=true)"}
     if dist_info.enabled:
         plan["world_size"] = {"value": dist_info.world_size, "reason": "torchrun processes (DDP)"}
     if main:

@@ -24,6 +24,11 @@ CPU_STEP_PIXELS = 8 * 256 * 256
 #: a foreground class below this pixel share is rare: half the patches are centred on foreground,
 #: and on CPU patches stay at 256 so that there are 8 of them per step
 RARE_CLASS_SHARE = 0.05
+#: a foreground class whose mean width (pixels / skeleton pixels) is at most this is a thin
+#: structure (membranes, vessels): it gets a full-resolution U-Net level (experiments §9)
+THIN_STRUCTURE_WIDTH = 8.0
+#: CPU budgets from this long compile the training step: ~1 min of compiling buys 1.3-1.6x steps
+COMPILE_MIN_BUDGET_S = 600
 
 
 def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, depth: int | None = None,
@@ -78,14 +83,18 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
 
     Keys: ``n_images``, ``median_shape`` (h, w), ``min_shape``, ``channels``, ``bit_depth``,
     ``class_share`` (pixel fraction per class), ``image_share`` (fraction of images holding each
-    class), ``object_diameter_p90`` per foreground class (pixels, from connected components).
+    class), ``object_diameter_p90`` per foreground class (pixels, from connected components),
+    ``structure_width`` per foreground class (mean width in pixels: its pixels over the pixels
+    of its skeleton; about 7 for ISBI membranes, 3 for DRIVE vessels, over 20 for nuclei).
     """
     from scipy import ndimage
+    from skimage.morphology import skeletonize
 
     shapes = np.array([s.mask.shape for s in samples])
     counts = np.zeros(n_classes, np.int64)
     holders = np.zeros(n_classes, np.int64)
     diam: dict[int, list[float]] = {c: [] for c in range(n_classes)}
+    skeleton = np.zeros(n_classes, np.int64)
     for s in samples:
         bc = np.bincount(s.mask.ravel(), minlength=n_classes)[:n_classes]
         counts += bc
@@ -94,6 +103,8 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
             if c == background or not bc[c]:
                 continue
             lab, n = ndimage.label(s.mask == c)
+            if bc[c] < s.mask.size:
+                skeleton[c] += int(skeletonize(lab > 0).sum())
             if n:
                 areas = np.bincount(lab.ravel())[1:]
                 diam[c].extend((2 * np.sqrt(areas / np.pi)).tolist())
@@ -109,6 +120,8 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
         "class_share": (counts / max(counts.sum(), 1)).round(5).tolist(),
         "image_share": (holders / max(len(samples), 1)).round(4).tolist(),
         "object_diameter_p90": {class_names[c]: float(np.percentile(v, 90)) for c, v in diam.items() if v},
+        "structure_width": {class_names[c]: round(float(counts[c] / skeleton[c]), 2)
+                            for c in range(n_classes) if skeleton[c]},
     }
 
 
@@ -117,7 +130,8 @@ def _pow2_floor(x: float) -> int:
 
 
 def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs: int | None = None,
-              step_time=None, model: str = "unet", width_option: tuple[str, int] | None = None) -> dict:
+              step_time=None, model: str = "unet", width_option: tuple[str, int] | None = None,
+              can_compile: bool = False) -> dict:
     """Choose patch size, network size, batch, sampling, loss and schedule for ``fp``.
 
     ``step_time(patch, batch, depth, width) -> seconds`` measures a training step here (see
@@ -125,7 +139,8 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     ``width_option`` (``(keyword, published default)``, default ``("base_channels", 32)``) name
     the architecture whose width is planned: the default U-Net gets depth and width, other
     architectures keep their published depth and are only narrowed when the budget is too short
-    for their published width. Returns
+    for their published width. ``can_compile``: ``torch.compile`` works here (a C++ compiler is
+    present, see :func:`biomedseg.device.cpp_compiler_available`). Returns
     ``{option: {"value": ..., "reason": "..."}}`` with option names of
     :class:`~biomedseg.training.config.TrainConfig`.
     """
@@ -159,13 +174,16 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
         batch, batch_why = 16, "16 patches of 512px fit a 16 GB GPU in mixed precision"
     else:
         batch = max(2, min(8, CPU_STEP_PIXELS // (patch * patch)))
-        batch_why = (f"{batch} patches of {patch}px per step on CPU: about {CPU_STEP_PIXELS // 1024}k pixels, "
-                     "the step time the width is planned for")
+        batch_why = (f"{batch} patches of {patch}px per step on CPU ({batch * patch * patch // 1024}k pixels, "
+                     f"at most {CPU_STEP_PIXELS // 1024}k): the step time the width is planned for")
     key, full = width_option if width_option is not None else ("base_channels", 32)
     width, why, step_s = _plan_width(model, key, full, patch, batch, depth, budget_s, gpu, step_time)
     plan[f"model_kwargs.{key}"] = {"value": width, "reason": why}
     plan["batch_size"] = {"value": batch, "reason": batch_why}
     plan["iterations"] = _plan_iterations(fp, budget_s, epochs, patch, batch, step_s)
+    plan["compile"] = _plan_compile(budget_s, gpu, can_compile)
+    if model == "unet":
+        plan["model_kwargs.full_res_channels"] = _plan_full_res(fp, gpu, plan["compile"]["value"])
     over = 0.5 if rare < RARE_CLASS_SHARE else 0.33
     plan["fg_oversample"] = {"value": over, "reason": f"rarest foreground class holds {rare:.2%} of the pixels"
                              + (f" (< {RARE_CLASS_SHARE:.0%}): half the patches centred on foreground" if over == 0.5 else "")}
@@ -186,6 +204,36 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
         plan["normalization"] = {"value": "zscore", "reason": "8-bit data: z-score per channel with the training "
                                  "images' mean and standard deviation"}
     return plan
+
+
+def _plan_compile(budget_s, gpu: bool, can_compile: bool) -> dict:
+    """``torch.compile`` on CPU budgets of 10 minutes and more (experiments §8-9)."""
+    if gpu:
+        return {"value": False, "reason": "GPU: not measured here yet (--set compile=true to try)"}
+    if budget_s is None or budget_s < COMPILE_MIN_BUDGET_S:
+        return {"value": False, "reason": f"no CPU time budget of {COMPILE_MIN_BUDGET_S // 60} min or more: "
+                "compiling first (about a minute) would not pay back"}
+    if not can_compile:
+        return {"value": False, "reason": "no C++ compiler found (torch.compile needs one on CPU)"}
+    return {"value": True, "reason": "CPU budget of 10 min or more: about a minute of compiling buys 1.3-1.6x "
+            "faster steps (fused norms and activations)"}
+
+
+def _plan_full_res(fp: dict, gpu: bool, compiled: bool) -> dict:
+    """A full-resolution U-Net level for thin structures, where its cost is affordable (§9)."""
+    widths = {c: w for c, w in fp.get("structure_width", {}).items()
+              if fp["class_names"].index(c) != fp.get("background")}
+    if not widths:
+        return {"value": 0, "reason": "no foreground structures measured"}
+    name, thinnest = min(widths.items(), key=lambda kv: kv[1])
+    if thinnest > THIN_STRUCTURE_WIDTH:
+        return {"value": 0, "reason": f"thinnest class {name} is {thinnest:.1f}px wide (> {THIN_STRUCTURE_WIDTH:.0f}): "
+                "half-resolution features resolve it"}
+    if not (gpu or compiled):
+        return {"value": 0, "reason": f"{name} is {thinnest:.1f}px wide, but an eager full-resolution level halves "
+                "the CPU step rate (it lost at 10 min, experiments §6)"}
+    return {"value": 8, "reason": f"{name} is {thinnest:.1f}px wide (<= {THIN_STRUCTURE_WIDTH:.0f}): an 8-channel "
+            "stride-1 level places its edges at full resolution"}
 
 
 def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s) -> dict:
@@ -305,8 +353,10 @@ def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None,
 
     plan = {"model": {"value": cfg.model, "reason": "architecture the sizes below are planned for "
                       "(set with --set model=NAME; see `biomedseg models`)"}}
+    from biomedseg.device import cpp_compiler_available
+
     plan.update(make_plan(fp, parse_duration(time_budget), dev.type, epochs, model=cfg.model,
-                          width_option=width_option(cfg.model),
+                          width_option=width_option(cfg.model), can_compile=cpp_compiler_available(),
                           step_time=step_timer(setup.channels, n_classes, dev.type, model=cfg.model)))
     result = {"fingerprint": fp, "time_budget_s": parse_duration(time_budget), "device": dev.type, **plan}
     if out is not None:

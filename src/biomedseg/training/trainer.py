@@ -7,6 +7,7 @@ more step plus the final validation, keeping the best checkpoint (by mean foregr
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from biomedseg.models.heads import find_classifier, foreground_present
 from biomedseg.training.checkpoint import save_checkpoint
 from biomedseg.training.distributed import DistInfo, barrier, broadcast_flag
 from biomedseg.training.logger import RunLogger
+
+log = logging.getLogger("biomedseg")
 
 
 @dataclass
@@ -86,6 +89,7 @@ class Trainer:
         self.head_model = find_classifier(self.net)  # the module holding .class_logits, or None
         self.has_head = self.head_model is not None
         self.last_step: dict[str, float] = {}  # loss terms of the latest train_step (seg_loss, cls_loss)
+        self.compile_pending = isinstance(getattr(model, "_orig_mod", None), torch.nn.Module)
 
     # -- progress of the schedule ---------------------------------------------------------
     def progress(self, state: TrainState) -> float:
@@ -98,6 +102,28 @@ class Trainer:
 
     # -- one optimisation step --------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """One optimisation step on ``x (N, C, H, W) float32``, ``y (N, H, W) int64``; returns the loss.
+
+        A ``torch.compile``-d model compiles on its first step; if that fails (no working C++
+        compiler, an unsupported operator), training goes on with the uncompiled model.
+        """
+        if not self.compile_pending:
+            return self._step(x, y)
+        try:
+            return self._step(x, y)
+        except Exception as err:  # noqa: BLE001 - any compiler failure: fall back, the eager step re-raises real errors
+            root = err
+            while isinstance(getattr(root, "inner_exception", None) or root.__cause__, BaseException):
+                root = getattr(root, "inner_exception", None) or root.__cause__  # the compiler's own error
+            why = f"{type(root).__name__}: {(str(root).strip().splitlines() or [''])[0][:200]}"
+            log.warning("torch.compile failed on the first step (%s); training without it", why)
+            self.model = self.model._orig_mod
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._step(x, y)
+        finally:
+            self.compile_pending = False
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         self.model.train()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
