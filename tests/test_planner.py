@@ -174,13 +174,14 @@ def test_compile_is_planned_for_long_cpu_budgets_with_a_compiler():
 def test_thin_structures_get_a_full_resolution_level_when_affordable():
     thin = dict(FP, structure_width={"cell": 14.0, "rare": 3.2})
     key = "model_kwargs.full_res_channels"
-    assert make_plan(thin, 600, "cpu", can_compile=True)[key]["value"] == 8
-    eager = make_plan(thin, 600, "cpu", can_compile=False)[key]
+    assert make_plan(thin, 1800, "cpu", can_compile=True)[key]["value"] == 8
+    assert make_plan(thin, 600, "cpu", can_compile=True)[key]["value"] == 0  # a wash at 10 min (§9)
+    eager = make_plan(thin, 1800, "cpu", can_compile=False)[key]
     assert eager["value"] == 0 and "eager" in eager["reason"]  # halves the eager step rate: not on CPU without compile
     assert make_plan(thin, None, "cuda")[key]["value"] == 8
     blobs = dict(FP, structure_width={"cell": 14.0, "rare": 9.5})
-    assert make_plan(blobs, 600, "cpu", can_compile=True)[key]["value"] == 0
-    assert make_plan(dict(thin, background=None, class_names=["bg", "cell", "rare"]), 600, "cpu",
+    assert make_plan(blobs, 1800, "cpu", can_compile=True)[key]["value"] == 0
+    assert make_plan(dict(thin, background=None, class_names=["bg", "cell", "rare"]), 1800, "cpu",
                      can_compile=True)[key]["value"] == 8
-    assert key not in make_plan(thin, 600, "cpu", can_compile=True, model="segnet",
+    assert key not in make_plan(thin, 1800, "cpu", can_compile=True, model="segnet",
                                 width_option=("base_channels", 64))  # only the U-Net has the option

@@ -176,6 +176,21 @@ def test_training_goes_on_uncompiled_when_compiling_fails(synthetic_data, tmp_pa
     assert max(float((we[k].float() - wf[k].float()).abs().max()) for k in we) < 1e-5  # the same steps, eagerly
 
 
+def test_compile_false_from_the_user_plans_as_without_a_compiler(synthetic_data, tmp_path, monkeypatch):
+    import biomedseg.device
+    import biomedseg.training.planner as planner
+
+    monkeypatch.setattr(biomedseg.device, "cpp_compiler_available", lambda: True)
+    monkeypatch.setattr(planner, "COMPILE_MIN_BUDGET_S", 1)  # a "long" budget the test can afford
+    monkeypatch.setattr(planner, "FULL_RES_MIN_BUDGET_S", 1)
+    monkeypatch.setattr(planner, "THIN_STRUCTURE_WIDTH", 1e9)  # every class counts as thin
+    run = train(synthetic_data, tmp_path / "off", time_budget="3s", seed=0, quiet=True, compile=False, **TINY)
+    plan = yaml.safe_load((run / "plan.yaml").read_text())
+    assert plan["compile"] == {"value": False, "reason": "set by the user"}
+    assert plan["model_kwargs.full_res_channels"]["value"] == 0  # no eager full-resolution level on CPU
+    assert yaml.safe_load((run / "config.yaml").read_text())["model_kwargs"]["full_res_channels"] == 0
+
+
 def test_determinism_is_the_default_on_cpu_only():
     from biomedseg.training.api import resolve_determinism, seed_everything
 

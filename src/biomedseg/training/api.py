@@ -157,7 +157,8 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
             from biomedseg.device import cpp_compiler_available
 
             planned = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs, step_time=timer,
-                                model=cfg.model, width_option=option, can_compile=cpp_compiler_available())
+                                model=cfg.model, width_option=option,  # compile=false: plan as without a compiler
+                                can_compile=cpp_compiler_available() and explicit.get("compile") is not False)
         planned = {k: v for k, v in planned.items() if _plan_applies(k, cfg.model, cfg.model_kwargs)}
         cfg = build_config(apply_plan(cfg.model_dump(), planned, explicit), source="plan")
         for key in planned:

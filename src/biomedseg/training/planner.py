@@ -29,6 +29,9 @@ RARE_CLASS_SHARE = 0.05
 THIN_STRUCTURE_WIDTH = 8.0
 #: CPU budgets from this long compile the training step: ~1 min of compiling buys 1.3-1.6x steps
 COMPILE_MIN_BUDGET_S = 600
+#: CPU budgets from this long (compiled) give thin structures the full-resolution level: it won at
+#: 30 min on ISBI and DRIVE, and was a wash at 10 min (experiments §9)
+FULL_RES_MIN_BUDGET_S = 1800
 
 
 def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, depth: int | None = None,
@@ -183,7 +186,7 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     plan["iterations"] = _plan_iterations(fp, budget_s, epochs, patch, batch, step_s)
     plan["compile"] = _plan_compile(budget_s, gpu, can_compile)
     if model == "unet":
-        plan["model_kwargs.full_res_channels"] = _plan_full_res(fp, gpu, plan["compile"]["value"])
+        plan["model_kwargs.full_res_channels"] = _plan_full_res(fp, gpu, plan["compile"]["value"], budget_s)
     over = 0.5 if rare < RARE_CLASS_SHARE else 0.33
     plan["fg_oversample"] = {"value": over, "reason": f"rarest foreground class holds {rare:.2%} of the pixels"
                              + (f" (< {RARE_CLASS_SHARE:.0%}): half the patches centred on foreground" if over == 0.5 else "")}
@@ -219,7 +222,7 @@ def _plan_compile(budget_s, gpu: bool, can_compile: bool) -> dict:
             "faster steps (fused norms and activations)"}
 
 
-def _plan_full_res(fp: dict, gpu: bool, compiled: bool) -> dict:
+def _plan_full_res(fp: dict, gpu: bool, compiled: bool, budget_s) -> dict:
     """A full-resolution U-Net level for thin structures, where its cost is affordable (§9)."""
     widths = {c: w for c, w in fp.get("structure_width", {}).items()
               if fp["class_names"].index(c) != fp.get("background")}
@@ -229,11 +232,14 @@ def _plan_full_res(fp: dict, gpu: bool, compiled: bool) -> dict:
     if thinnest > THIN_STRUCTURE_WIDTH:
         return {"value": 0, "reason": f"thinnest class {name} is {thinnest:.1f}px wide (> {THIN_STRUCTURE_WIDTH:.0f}): "
                 "half-resolution features resolve it"}
-    if not (gpu or compiled):
+    if not gpu and not compiled:
         return {"value": 0, "reason": f"{name} is {thinnest:.1f}px wide, but an eager full-resolution level halves "
                 "the CPU step rate (it lost at 10 min, experiments §6)"}
+    if not gpu and (budget_s or 0) < FULL_RES_MIN_BUDGET_S:
+        return {"value": 0, "reason": f"{name} is {thinnest:.1f}px wide, but on CPU budgets under "
+                f"{FULL_RES_MIN_BUDGET_S // 60} min a full-resolution level did not pay (experiments §9)"}
     return {"value": 8, "reason": f"{name} is {thinnest:.1f}px wide (<= {THIN_STRUCTURE_WIDTH:.0f}): an 8-channel "
-            "stride-1 level places its edges at full resolution"}
+            "stride-1 level places its edges at full resolution" + ("" if gpu else " (+0.004-0.005 at 30 CPU-min)")}
 
 
 def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s) -> dict:
