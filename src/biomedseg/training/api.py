@@ -154,11 +154,10 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
             if (option is not None and option[0] not in (explicit.get("model_kwargs") or {})
                     and not cfg.model_kwargs.get("pretrained")):
                 timer = step_timer(setup.channels, n_classes, str(device), model=cfg.model)
-            from biomedseg.device import cpp_compiler_available
+            from biomedseg.training.planner import compile_possible
 
             planned = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs, step_time=timer,
-                                model=cfg.model, width_option=option,  # compile=false: plan as without a compiler
-                                can_compile=cpp_compiler_available() and explicit.get("compile") is not False)
+                                model=cfg.model, width_option=option, can_compile=compile_possible(explicit))
         planned = {k: v for k, v in planned.items() if _plan_applies(k, cfg.model, cfg.model_kwargs)}
         cfg = build_config(apply_plan(cfg.model_dump(), planned, explicit), source="plan")
         for key in planned:
@@ -209,7 +208,7 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
         "iterations_per_epoch": {"value": ipe, "reason": "about one pass over the training pixels, in [25, 250]"},
         "parameters": {"value": count_parameters(model), "reason": f"{cfg.model} {cfg.model_kwargs or ''}".strip()},
     }
-    if "compile" not in planned or "compile" in explicit:
+    if "compile" not in planned:  # planned entries already say "set by the user" where the user did
         plan["compile"] = {"value": cfg.compile, "reason": "set by the user" if "compile" in explicit
                            else "off unless planned: about a minute of compiling first (--set compile=true)"}
     if dist_info.enabled:

@@ -209,6 +209,14 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     return plan
 
 
+def compile_possible(user_values: dict) -> bool:
+    """``can_compile`` for :func:`make_plan`: a C++ compiler is here and the user did not set
+    ``compile: false`` (then the plan is made as without a compiler: no compiled-only choices)."""
+    from biomedseg.device import cpp_compiler_available
+
+    return user_values.get("compile") is not False and cpp_compiler_available()
+
+
 def _plan_compile(budget_s, gpu: bool, can_compile: bool) -> dict:
     """``torch.compile`` on CPU budgets of 10 minutes and more (experiments §8-9)."""
     if gpu:
@@ -217,7 +225,8 @@ def _plan_compile(budget_s, gpu: bool, can_compile: bool) -> dict:
         return {"value": False, "reason": f"no CPU time budget of {COMPILE_MIN_BUDGET_S // 60} min or more: "
                 "compiling first (about a minute) would not pay back"}
     if not can_compile:
-        return {"value": False, "reason": "no C++ compiler found (torch.compile needs one on CPU)"}
+        return {"value": False, "reason": "compile=false set by the user, or no C++ compiler found (torch.compile "
+                "needs one on CPU)"}
     return {"value": True, "reason": "CPU budget of 10 min or more: about a minute of compiling buys 1.3-1.6x "
             "faster steps (fused norms and activations)"}
 
@@ -342,11 +351,12 @@ def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None,
     from biomedseg.data.datasets import load_sample
     from biomedseg.io.writers import write_text
     from biomedseg.training.api import resolve_config
-    from biomedseg.training.config import parse_duration
+    from biomedseg.training.config import load_config_file, merge, parse_duration
     from biomedseg.training.data_setup import prepare_data
     from biomedseg.device import resolve_device
 
     cfg = resolve_config(config, overrides)
+    user_values = merge(load_config_file(config), overrides)  # what the user set, as train reads it
     setup = prepare_data(cfg, data, images, masks)
     by_id = {s.id: s for s in setup.samples}
     rng = np.random.default_rng(cfg.seed)
@@ -359,10 +369,8 @@ def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None,
 
     plan = {"model": {"value": cfg.model, "reason": "architecture the sizes below are planned for "
                       "(set with --set model=NAME; see `biomedseg models`)"}}
-    from biomedseg.device import cpp_compiler_available
-
     plan.update(make_plan(fp, parse_duration(time_budget), dev.type, epochs, model=cfg.model,
-                          width_option=width_option(cfg.model), can_compile=cpp_compiler_available(),
+                          width_option=width_option(cfg.model), can_compile=compile_possible(user_values),
                           step_time=step_timer(setup.channels, n_classes, dev.type, model=cfg.model)))
     result = {"fingerprint": fp, "time_budget_s": parse_duration(time_budget), "device": dev.type, **plan}
     if out is not None:
