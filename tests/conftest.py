@@ -65,7 +65,7 @@ def write_fake_run(run: Path, model: str, state_dict: dict, data: Path, val_ids:
 
     import yaml
 
-    from biomedseg.training.checkpoint import save_checkpoint
+    from biomedseg.runs import save_checkpoint
 
     save_checkpoint(run / "checkpoints" / "best.pt", {"model": state_dict})
     (run / "config.yaml").write_text(yaml.safe_dump({"model": model, "patch_size": patch_size,

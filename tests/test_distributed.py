@@ -13,7 +13,7 @@ pytest.importorskip("distributed", reason='Dask is optional: pip install "biomed
 
 def make_run(run_dir, patch=64):
     from biomedseg.models import create_model
-    from biomedseg.training.checkpoint import save_checkpoint
+    from biomedseg.runs import save_checkpoint
 
     torch.manual_seed(0)
     kw = {"depth": 3, "base_channels": 8, "num_res_units": 1}

@@ -89,7 +89,7 @@ def test_other_architectures_are_narrowed_only_when_the_budget_is_short():
 
 
 def test_plan_entries_apply_to_the_architecture_that_takes_them():
-    from biomedseg.training.api import _plan_applies
+    from biomedseg.training.plan_stage import plan_applies as _plan_applies
 
     assert _plan_applies("model_kwargs.depth", "unet", {})
     assert not _plan_applies("model_kwargs.depth", "segnet", {})  # published depth kept

@@ -38,7 +38,7 @@ def model():
 def make_run(run_dir, n_classes=2, patch=64):
     """A run folder with a random-weight 8-channel U-Net (what load_run needs)."""
     from biomedseg.models import create_model
-    from biomedseg.training.checkpoint import save_checkpoint
+    from biomedseg.runs import save_checkpoint
 
     torch.manual_seed(0)
     kw = {"depth": 3, "base_channels": 8, "num_res_units": 1}

@@ -16,7 +16,7 @@ from biomedseg.errors import UserError
 from biomedseg.evaluation import evaluate
 from biomedseg.inference.predict import predict
 from biomedseg.training.api import train
-from biomedseg.training.checkpoint import load_checkpoint
+from biomedseg.runs import load_checkpoint
 
 
 def test_run_folder_layout(trained_run):
@@ -192,7 +192,7 @@ def test_compile_false_from_the_user_plans_as_without_a_compiler(synthetic_data,
 
 
 def test_determinism_is_the_default_on_cpu_only():
-    from biomedseg.training.api import resolve_determinism, seed_everything
+    from biomedseg.training.stages import resolve_determinism, seed_everything
 
     assert resolve_determinism(None, "cpu") is True
     assert resolve_determinism(None, "cuda") is False  # cuDNN benchmark mode on GPUs

@@ -15,6 +15,7 @@ from typing import List, Optional
 import typer
 
 from biomedseg.errors import UserError
+from biomedseg.runs.layout import PLAN
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semantic segmentation of 2D biomedical images: audit, train, evaluate, predict.")
@@ -228,6 +229,7 @@ def tune_postprocess(
     """Tune post-processing (per-class thresholds, minimum object area, empty-mask gate) on a split;
     writes RUN/postprocess.yaml, which predict and evaluate then apply."""
     from biomedseg.inference.tuning import tune_postprocess as run_tune
+    from biomedseg.runs import RunPaths
 
     cfg = run_tune(run, data, split=split, images=images, masks=masks, tta=tta, gate=not no_gating, device=device,
                    quiet=quiet)
@@ -246,24 +248,24 @@ def tune_postprocess(
         typer.echo(f"  gate: min_total_area {cfg.gating.min_total_area}  "
                    f"min_max_probability {cfg.gating.min_max_probability}  "
                    f"min_classifier_probability {cfg.gating.min_classifier_probability}")
-    typer.echo(f"wrote {Path(run) / 'postprocess.yaml'}")
+    typer.echo(f"wrote {RunPaths(run).postprocess}")
 
 
 @app.command()
 def plan(
     data: Optional[Path] = DataArg,
-    out: Path = typer.Option(Path("plan.yaml"), "--out", "-o", help="plan file to write"),
+    out: Path = typer.Option(Path(PLAN), "--out", "-o", help="plan file to write"),
     images: Optional[Path] = ImagesOpt,
     masks: Optional[Path] = MasksOpt,
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="training time the plan is for, e.g. 30m"),
     epochs: Optional[int] = typer.Option(None, help="or a number of epochs"),
-    device: str = typer.Option("auto", help="cpu | cuda | auto"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | auto (default: the config's, else auto)"),
     config: Optional[Path] = typer.Option(None, "--config", "-c"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="config option key=value (repeatable)"),
 ):
     """Fingerprint DATA and write plan.yaml: every automatic training choice with its reason."""
     from biomedseg.training.config import parse_overrides
-    from biomedseg.training.planner import plan_data
+    from biomedseg.training.api import plan_data
 
     result = plan_data(data, out, images=images, masks=masks, time_budget=time_budget, epochs=epochs, device=device,
                        config=config, **parse_overrides(set_))

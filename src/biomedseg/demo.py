@@ -31,13 +31,14 @@ def run_demo(out="biomedseg_demo", time_budget: str = "2m", seed: int = 0, quiet
     from biomedseg.data.synthetic import make_synthetic_dataset
     from biomedseg.evaluation import evaluate
     from biomedseg.inference.predict import predict
+    from biomedseg.runs import RunFolder, RunPaths
     from biomedseg.training.api import train
 
     out = Path(out)
     t0 = time.perf_counter()
     data = out / "data"
     run = out / "run"
-    if (run / "checkpoints" / "last.pt").is_file():  # idempotent: a second demo starts afresh
+    if RunFolder(run).has_checkpoint("last"):  # idempotent: a second demo starts afresh
         import shutil
 
         shutil.rmtree(run)
@@ -56,7 +57,7 @@ def run_demo(out="biomedseg_demo", time_budget: str = "2m", seed: int = 0, quiet
     print(format_metrics(metrics))
     print(f"test Dice (mean over cell and filament): {metrics['dice']:.4f}   total time {time.perf_counter() - t0:.0f}s")
     print("wrote:")
-    for label, path in [("data", data), ("run folder", run), ("training curves", run / "curves.png"),
+    for label, path in [("data", data), ("run folder", run), ("training curves", RunPaths(run).curves),
                         ("metrics", out / "evaluation" / "metrics.json"),
                         ("per-image metrics", out / "evaluation" / "per_image.csv"),
                         ("overlays", out / "evaluation" / "overlays"), ("report", out / "evaluation" / "report.html"),

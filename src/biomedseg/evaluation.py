@@ -22,11 +22,11 @@ from biomedseg.errors import UserError
 log = logging.getLogger("biomedseg")
 
 
-def _split_ids(split: str, run_info: dict, meta: dict | None, all_ids: list[str], data_is_training_data: bool):
+def _split_ids(split: str, run_split: dict, meta: dict | None, all_ids: list[str], data_is_training_data: bool):
     if split == "all":
         return all_ids
-    if data_is_training_data and split in run_info.get("split", {}) and run_info["split"][split]:
-        return [i for i in run_info["split"][split] if i in set(all_ids)]
+    if data_is_training_data and run_split.get(split):
+        return [i for i in run_split[split] if i in set(all_ids)]
     given = (meta or {}).get("split", {})
     if split in given:
         return [i for i in given[split] if i in set(all_ids)]
@@ -41,14 +41,14 @@ def select_split(loaded, data, images, masks, split: str):
     from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
 
     if data is None and images is None:
-        data = loaded.info.get("source")
+        data = loaded.info.source
         if not data or not Path(data).is_dir():
             raise UserError(f"{loaded.run_dir}: the training data folder {data!r} is gone; pass DATA")
     source = resolve_data(data, images, masks)
     samples = find_pairs(source.images_dir, source.masks_dir)
     check_pairs(samples)
-    same_data = Path(loaded.info.get("source", "")) == Path(source.root).resolve()
-    ids = _split_ids(split, loaded.info, source.meta, [s.id for s in samples], same_data)
+    same_data = Path(loaded.info.source or "") == Path(source.root).resolve()
+    ids = _split_ids(split, loaded.info.split, source.meta, [s.id for s in samples], same_data)
     if not ids:
         raise UserError(f"{source.root}: the {split!r} split is empty; choose another --split")
     return source, ids, {s.id: s for s in samples}
@@ -77,7 +77,7 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
         raise UserError("evaluate: --out DIR is required")
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
     source, ids, by_id = select_split(loaded, data, images, masks, split)
-    palette = Palette.from_json(loaded.info["palette"])
+    palette = Palette.from_json(loaded.info.palette)
     classes, bg = loaded.classes, loaded.background
     predictor = loaded.predictor(tta=tta)
     post = load_postprocess(loaded.run_dir) if postprocess else None
@@ -94,7 +94,7 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     for sid in tqdm(ids, desc="evaluating", unit="img", disable=True if (quiet or len(ids) < 2) else None):
         s = by_id[sid]
         image = read_image(s.image)
-        target, n = read_mask(s.mask, palette, strict_index=loaded.info.get("strict_index", False))
+        target, n = read_mask(s.mask, palette, strict_index=loaded.info.strict_index)
         snapped += n
         valid = None
         if valid_dir is not None:
@@ -131,7 +131,7 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
         w.writeheader()
         w.writerows(rows)
         write_text(out / "per_image.csv", buf.getvalue())
-    curves = loaded.run_dir / "curves.png"
+    curves = loaded.run.paths.curves
     write_evaluation_report(out, metrics, rows, overlay_paths, title=f"biomedseg evaluation: {Path(source.root).name} ({split})",
                             curves_png=curves if curves.is_file() else None)
     return metrics

@@ -20,6 +20,7 @@ import threading
 from pathlib import Path
 
 from biomedseg.errors import UserError
+from biomedseg.runs import open_run
 from biomedseg.inference.predict import PredictSummary
 
 log = logging.getLogger("biomedseg")
@@ -116,10 +117,7 @@ def predict_distributed(run, inputs, out, *, client=None, address: str | None = 
         raise UserError('distributed prediction needs Dask: pip install "biomedseg[distributed]"') from None
     from biomedseg.inference.predict import collect_inputs, existing_mask, rle_rows_from_outputs, write_rle
 
-    run_dir = Path(run).resolve()
-    for name in ("config.yaml", "dataset.json"):
-        if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir}: not a biomedseg run folder (no {name})")
+    run_dir = open_run(Path(run).resolve()).root
     files = collect_inputs(inputs)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -185,7 +183,5 @@ class _InfoRun:
 
     @classmethod
     def from_dir(cls, run_dir: Path) -> "_InfoRun":
-        import json
-
-        info = json.loads((Path(run_dir) / "dataset.json").read_text())
-        return cls(info["classes"], info.get("background"))
+        info = open_run(run_dir).dataset()
+        return cls(info.classes, info.background)

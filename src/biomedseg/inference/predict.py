@@ -58,7 +58,7 @@ def predict_proba_image(run, predictor, image: np.ndarray) -> np.ndarray:
     """``(H, W, C)`` raw image -> ``(K, H, W) float32`` probabilities."""
     from biomedseg.io import conform_channels
 
-    return predictor.predict_proba(run.normalizer(conform_channels(image, run.info["channels"])))
+    return predictor.predict_proba(run.normalizer(conform_channels(image, run.info.channels)))
 
 
 def predict_image(run, predictor, image: np.ndarray, postprocess=None) -> tuple[np.ndarray, np.ndarray]:

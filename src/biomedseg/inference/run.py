@@ -1,36 +1,41 @@
-"""Load a trained RUN folder: model, classes, palette, normalisation, config."""
+"""Load a trained RUN folder for prediction: model, classes, palette, normalisation, config."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+import torch
 
-from biomedseg.errors import UserError
 from biomedseg.device import use_channels_last
+from biomedseg.runs import DatasetInfo, RunFolder, load_checkpoint, open_run
+from biomedseg.training.config import TrainConfig, build_config
+from biomedseg.transforms.normalize import Normalizer
 
 
 @dataclass
 class LoadedRun:
     """Everything ``predict``/``evaluate`` need, read from the run folder alone."""
 
-    run_dir: Path
-    model: object  # torch.nn.Module in eval mode
-    config: object  # TrainConfig
-    info: dict  # RUN/dataset.json
-    normalizer: object  # Normalizer
-    device: object  # torch.device
+    run: RunFolder
+    model: torch.nn.Module  # in eval mode, on ``device``
+    config: TrainConfig
+    info: DatasetInfo  # RUN/dataset.json
+    normalizer: Normalizer
+    device: torch.device
     precision: str
 
     @property
+    def run_dir(self) -> Path:
+        return self.run.root
+
+    @property
     def classes(self) -> list[str]:
-        return self.info["classes"]
+        return self.info.classes
 
     @property
     def background(self) -> int | None:
-        return self.info.get("background")
+        return self.info.background
 
     def predictor(self, tta: bool = False, overlap: float | None = None, batch_size: int | None = None):
         from biomedseg.inference.sliding_window import SlidingWindowPredictor
@@ -44,32 +49,21 @@ class LoadedRun:
 
 def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision: str | None = None) -> LoadedRun:
     """Rebuild the model of ``run_dir`` and load ``checkpoints/<checkpoint>.pt`` (weights only)."""
-    import torch
-
-    from biomedseg.models import create_model
-    from biomedseg.training.checkpoint import load_checkpoint
-    from biomedseg.training.config import build_config
     from biomedseg.device import configure_threads, resolve_device, resolve_precision
-    from biomedseg.transforms.normalize import Normalizer
+    from biomedseg.models import create_model
 
-    run_dir = Path(run_dir)
-    for name in ("config.yaml", "dataset.json"):
-        if not (run_dir / name).is_file():
-            raise UserError(f"{run_dir}: not a biomedseg run folder (no {name})")
-    cfg = build_config(yaml.safe_load((run_dir / "config.yaml").read_text()) or {}, source=str(run_dir / "config.yaml"))
-    info = json.loads((run_dir / "dataset.json").read_text())
-    ckpt = run_dir / "checkpoints" / f"{checkpoint}.pt"
-    if not ckpt.is_file() and checkpoint == "best":
-        ckpt = run_dir / "checkpoints" / "last.pt"
-    state = load_checkpoint(ckpt)
+    run = open_run(run_dir)
+    cfg = build_config(run.config_values(), source=str(run.paths.config))
+    info = run.dataset()
+    state = load_checkpoint(run.checkpoint_path(checkpoint))
     configure_threads(cfg.num_threads)
     dev = resolve_device(device)
     # the checkpoint holds the weights: never fetch pretrained encoder weights again here
     kwargs = {k: v for k, v in cfg.model_kwargs.items() if k != "pretrained"}
-    model = create_model(cfg.model, info["channels"], info["n_classes"], **kwargs)
+    model = create_model(cfg.model, info.channels, info.n_classes, **kwargs)
     model.load_state_dict(state["model"])
     model = model.to(dev).eval()
     if use_channels_last(cfg.channels_last, dev):
         model = model.to(memory_format=torch.channels_last)
-    return LoadedRun(run_dir, model, cfg, info, Normalizer.from_json(info["normalization"]), dev,
+    return LoadedRun(run, model, cfg, info, Normalizer.from_json(info.normalization), dev,
                      resolve_precision(precision or cfg.precision, dev))

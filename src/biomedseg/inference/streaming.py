@@ -149,7 +149,7 @@ class StreamingPredictor:
         kwargs.setdefault("blank_class", run.background or 0)
         return cls(run.model, cfg.patch_size, overlap=cfg.overlap if overlap is None else overlap,
                    batch_size=batch_size or max(1, cfg.batch_size // 2), device=run.device, precision=run.precision,
-                   tta=tta, normalizer=run.normalizer, channels=run.info["channels"],
+                   tta=tta, normalizer=run.normalizer, channels=run.info.channels,
                    channels_last=cfg.channels_last, **kwargs)
 
     # ------------------------------------------------------------------ source handling

@@ -170,7 +170,7 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
     loaded = loaded if isinstance(loaded, LoadedRun) else load_run(run_dir, device=device)
     run_dir = Path(loaded.run_dir)
     source, ids, by_id = select_split(loaded, data, images, masks, split)
-    palette = Palette.from_json(loaded.info["palette"])
+    palette = Palette.from_json(loaded.info.palette)
     classes, bg = loaded.classes, loaded.background
     k = len(classes)
     fg = foreground(k, bg)
@@ -182,7 +182,7 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
     for sid in tqdm(ids, desc="predicting val", unit="img", disable=True if (quiet or len(ids) < 2) else None):
         s = by_id[sid]
         proba = predict_proba_image(loaded, predictor, read_image(s.image))
-        target, _ = read_mask(s.mask, palette, strict_index=loaded.info.get("strict_index", False))
+        target, _ = read_mask(s.mask, palette, strict_index=loaded.info.strict_index)
         p, t, f = _downsample(proba, target, max_pixels)
         cache.append(_Cached(sid, p, t, f, predictor.last_image_probability))
     factor = max(c.factor for c in cache)

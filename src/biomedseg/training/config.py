@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from biomedseg.errors import UserError
 
+#: epochs trained when neither ``epochs`` nor ``time_budget`` is given
+DEFAULT_EPOCHS = 50
+
 
 def parse_duration(text: str | float | int | None) -> float | None:
     """``"10m"`` -> 600.0 seconds; accepts s, m, h suffixes, combinations (``1h30m``) and bare seconds."""

@@ -134,3 +134,43 @@ def auto_iterations_per_epoch(cfg, train_shapes) -> int:
     if cfg.iterations_per_epoch:
         return int(cfg.iterations_per_epoch)
     return steps_per_pass(float(sum(h * w for h, w in train_shapes)), cfg.patch_size, cfg.batch_size)
+
+
+@dataclass
+class TrainingData:
+    """The prepared data folder and its decoded training (and validation) samples."""
+
+    setup: DataSetup
+    train: list  # CachedSample of the training split
+    val: list  # CachedSample of the validation split (empty when not loaded)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.setup.classes)
+
+
+def load_training_data(cfg, data=None, images=None, masks=None, with_val: bool = True,
+                       quiet: bool = False) -> TrainingData:
+    """:func:`prepare_data`, then decode the training (and validation) images into memory once."""
+    from tqdm.auto import tqdm
+
+    from biomedseg.data.datasets import load_sample
+
+    setup = prepare_data(cfg, data, images, masks)
+    by_id = {s.id: s for s in setup.samples}
+    n_classes = len(setup.classes)
+    rng = np.random.default_rng(cfg.seed)
+    wanted = setup.split["train"] + (setup.split.get("val", []) if with_val else [])
+    cache, snapped = {}, 0
+    for sid in tqdm(wanted, desc="loading images", disable=True if (quiet or len(wanted) < 20) else None,
+                    leave=False):
+        cache[sid], n = load_sample(by_id[sid], setup.palette, setup.channels, setup.strict_index, n_classes, rng)
+        snapped += n
+    if snapped:
+        log.warning("%d mask pixels were off the palette (anti-aliasing/JPEG damage) and were snapped "
+                    "to the nearest class", snapped)
+    train = [cache[i] for i in setup.split["train"]]
+    if not train:
+        raise UserError(f"{setup.source.root}: the training split is empty")
+    val = [cache[i] for i in setup.split.get("val", [])] if with_val else []
+    return TrainingData(setup, train, val)

@@ -16,20 +16,20 @@ COLUMNS = [
 class RunLogger:
     """Collects one row per epoch; keeps rows from an earlier run when resuming."""
 
-    def __init__(self, run_dir: Path, resume: bool = False, tensorboard: bool = True):
-        self.run_dir = Path(run_dir)
-        self.csv_path = self.run_dir / "metrics.csv"
+    def __init__(self, csv_path: Path, tensorboard_dir: Path | None = None, resume: bool = False):
+        """Rows go to ``csv_path``; TensorBoard events to ``tensorboard_dir`` (``None``: none)."""
+        self.csv_path = Path(csv_path)
         self.rows: list[dict] = []
         self.extra_columns: list[str] = []
         if resume and self.csv_path.is_file():
             with open(self.csv_path, newline="") as f:
                 self.rows = list(csv.DictReader(f))
         self.tb = None
-        if tensorboard:
+        if tensorboard_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"))
+                self.tb = SummaryWriter(log_dir=str(tensorboard_dir))
             except Exception:  # tensorboard missing or broken: CSV still works
                 self.tb = None
 

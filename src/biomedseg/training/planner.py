@@ -268,7 +268,9 @@ def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s)
                 "pass over the training pixels"}
     if budget_s is not None:
         return {"value": None, "reason": "as many as the budget allows (step time not measured)"}
-    return {"value": 50 * ipe, "reason": f"no budget or epochs: 50 epochs x {ipe} steps"}
+    from biomedseg.training.config import DEFAULT_EPOCHS
+
+    return {"value": DEFAULT_EPOCHS * ipe, "reason": f"no budget or epochs: {DEFAULT_EPOCHS} epochs x {ipe} steps"}
 
 
 def _plan_width(model: str, key: str, full: int, patch: int, batch: int, depth: int, budget_s, gpu: bool,
@@ -335,61 +337,3 @@ def _CONFIG_FIELDS() -> set[str]:
     from biomedseg.training.config import TrainConfig
 
     return set(TrainConfig.model_fields)
-
-
-def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None, epochs=None,
-              device: str = "auto", config=None, quiet: bool = False, **overrides) -> dict:
-    """``biomedseg plan``: fingerprint the training split of ``data`` and write ``plan.yaml``.
-
-    Returns ``{"fingerprint": {...}, option: {"value", "reason"}, ...}``. ``train --plan FILE``
-    uses such a file; options set by the user still win.
-    """
-    from pathlib import Path
-
-    import yaml
-
-    from biomedseg.data.datasets import load_sample
-    from biomedseg.io.writers import write_text
-    from biomedseg.training.api import resolve_config
-    from biomedseg.training.config import load_config_file, merge, parse_duration
-    from biomedseg.training.data_setup import prepare_data
-    from biomedseg.device import resolve_device
-
-    cfg = resolve_config(config, overrides)
-    user_values = merge(load_config_file(config), overrides)  # what the user set, as train reads it
-    setup = prepare_data(cfg, data, images, masks)
-    by_id = {s.id: s for s in setup.samples}
-    rng = np.random.default_rng(cfg.seed)
-    n_classes = len(setup.classes)
-    samples = [load_sample(by_id[i], setup.palette, setup.channels, setup.strict_index, n_classes, rng)[0]
-               for i in setup.split["train"]]
-    fp = fingerprint_from_samples(samples, n_classes, setup.classes, setup.background, setup.channels)
-    dev = resolve_device(device)
-    from biomedseg.models.registry import width_option
-
-    plan = {"model": {"value": cfg.model, "reason": "architecture the sizes below are planned for "
-                      "(set with --set model=NAME; see `biomedseg models`)"}}
-    plan.update(make_plan(fp, parse_duration(time_budget), dev.type, epochs, model=cfg.model,
-                          width_option=width_option(cfg.model), can_compile=compile_possible(user_values),
-                          step_time=step_timer(setup.channels, n_classes, dev.type, model=cfg.model)))
-    result = {"fingerprint": fp, "time_budget_s": parse_duration(time_budget), "device": dev.type, **plan}
-    if out is not None:
-        write_text(Path(out), yaml.safe_dump(result, sort_keys=False))
-    return result
-
-
-def load_plan_file(path) -> dict:
-    """Plan entries ``{option: {"value", "reason"}}`` from a ``plan.yaml`` written by :func:`plan_data`."""
-    from pathlib import Path
-
-    import yaml
-
-    from biomedseg.errors import UserError
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: plan file not found")
-    data = yaml.safe_load(p.read_text()) or {}
-    if not isinstance(data, dict):
-        raise UserError(f"{p}: not a plan (expected option: {{value, reason}} entries)")
-    return {k: v for k, v in data.items() if isinstance(v, dict) and "value" in v}

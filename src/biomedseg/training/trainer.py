@@ -21,7 +21,7 @@ from biomedseg.data.datasets import PatchSampler, Prefetcher
 from biomedseg.inference.sliding_window import SlidingWindowPredictor, autocast_context
 from biomedseg.metrics import MetricAccumulator
 from biomedseg.models.heads import find_classifier, foreground_present
-from biomedseg.training.checkpoint import save_checkpoint
+from biomedseg.runs import save_checkpoint
 from biomedseg.training.distributed import DistInfo, barrier, broadcast_flag
 from biomedseg.training.logger import RunLogger
 
