@@ -119,3 +119,23 @@ def test_usage_errors_exit_2(args):
     r = run_cli(*args)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("code", [2, 3])
+def test_user_error_exit_code_is_the_errors(monkeypatch, capsys, code):
+    """``main()`` exits with the error's own ``exit_code`` (2 unless a subclass says otherwise)."""
+    from biomedseg import cli
+    from biomedseg.errors import UserError
+
+    class OtherError(UserError):
+        exit_code = code
+
+    def fail():
+        raise OtherError("data/masks: no masks")
+
+    monkeypatch.setattr(cli, "app", fail)
+    monkeypatch.setattr(cli, "_setup_logging", lambda: None)  # leaves this process's logging alone
+    with pytest.raises(SystemExit) as exc:
+        cli.main()
+    assert exc.value.code == code
+    assert capsys.readouterr().err.strip() == "error: data/masks: no masks"

@@ -17,6 +17,7 @@ from biomedseg.io.images import (
     conform_channels,
     image_shape,
     is_grey_rgb,
+    is_image_file,
     read_image,
     read_raw,
 )
@@ -33,8 +34,25 @@ def _rgb(h=20, w=30):
     return RNG.integers(0, 255, size=(h, w, 3), endpoint=True).astype(np.uint8)
 
 
-def test_extensions():
+def test_extensions(tmp_path):
     assert IMAGE_EXTENSIONS == {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+    # every listed extension is found (in any case, unless hidden) and reads back as an image
+    a = _grey()
+    for ext in sorted(IMAGE_EXTENSIONS):
+        path = tmp_path / f"g{ext}"
+        if ext in (".tif", ".tiff"):
+            tifffile.imwrite(path, a)
+        else:
+            Image.fromarray(a).save(path)
+        assert is_image_file(path) and is_image_file(tmp_path / f"G{ext.upper()}")
+        assert not is_image_file(tmp_path / f".g{ext}")
+        out = read_image(path)
+        assert out.shape == (20, 30, 1) and out.dtype == np.uint8
+        if ext not in (".jpg", ".jpeg"):  # lossless
+            np.testing.assert_array_equal(out[..., 0], a)
+    # a format Pillow reads but that is not listed is not taken for an image
+    Image.fromarray(a).save(tmp_path / "g.gif")
+    assert not is_image_file(tmp_path / "g.gif")
 
 
 def test_decompression_bomb_limit_raised():

@@ -100,11 +100,36 @@ def test_plan_entries_apply_to_the_architecture_that_takes_them():
     assert _plan_applies("lr", "segnet", {})
 
 
-def test_measured_step_of_another_architecture_scales_a_probe_batch():
+def test_measured_step_of_another_architecture_scales_a_probe_batch(monkeypatch):
+    """A step of the probe batch runs (not the full one), and its time is scaled by batch / probe."""
+    import time
+
+    import biomedseg.models
     from biomedseg.training.planner import measure_step_time
 
     t = measure_step_time(1, 2, 32, 8, None, 8, model="segnet", probe_batch=2)
     assert t > 0
+    # with a clock that advances 1 s per forward pass only
+    clock, batches = [0.0], []
+    real_create = biomedseg.models.create_model
+
+    def create(*args, **kwargs):
+        net = real_create(*args, **kwargs)
+
+        def one_second_forward(module, inputs):
+            batches.append(inputs[0].shape[0])
+            clock[0] += 1.0
+
+        net.register_forward_pre_hook(one_second_forward)
+        return net
+
+    monkeypatch.setattr(biomedseg.models, "create_model", create)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    assert measure_step_time(1, 2, 32, 8, None, 8, model="segnet", probe_batch=2, repeats=2) == 4.0
+    assert batches == [2, 2, 2]  # a warm-up step, then the 2 timed ones
+    batches.clear()
+    assert measure_step_time(1, 2, 32, 4, None, 8, model="segnet") == 1.0
+    assert batches == [4, 4]
 
 
 def test_plan_file_carries_its_architecture_and_width(synthetic_data, tmp_path):
