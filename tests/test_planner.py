@@ -210,3 +210,18 @@ def test_thin_structures_get_a_full_resolution_level_when_affordable():
                      can_compile=True)[key]["value"] == 8
     assert key not in make_plan(thin, 1800, "cpu", can_compile=True, model="segnet",
                                 width_option=("base_channels", 64))  # only the U-Net has the option
+
+
+def test_plan_command_reads_budget_and_device_from_the_config_file(synthetic_data, tmp_path):
+    """`biomedseg plan --config FILE` plans for the file's time_budget and device (they were ignored)."""
+    from biomedseg.training.api import plan_data
+
+    config = tmp_path / "c.yaml"
+    config.write_text("time_budget: 30m\ndevice: cpu\nnum_threads: 1\n")
+    result = plan_data(synthetic_data, tmp_path / "plan.yaml", config=config, quiet=True)
+    assert result["time_budget_s"] == 1800.0
+    assert result["device"] == "cpu"
+    assert "85% of the 1800s budget" in result["iterations"]["reason"]
+    # a flag still wins over the file
+    result = plan_data(synthetic_data, None, config=config, time_budget="5m", quiet=True)
+    assert result["time_budget_s"] == 300.0
