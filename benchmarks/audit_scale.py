@@ -7,10 +7,10 @@ Synthesises N grey 580x420 PNG images (each a distinct random multi-scale textur
 ellipses; masks are the ellipses, about a third empty) of which a known set are planted near
 duplicates of another image: Gaussian noise, a JPEG round trip, a shift of 2-10 px (same size,
 cut from a larger canvas) or, with ``--flips``, a mirrored copy; half of the copies get an
-altered mask (emptied, moved or replaced). Then runs ``run_audit`` and prints one result line:
-wall time, images/s, and pair-level recall/precision of the duplicate groups (targets: under
-3 minutes for 6000 images on 2 cores, recall and precision >= 0.95), plus how many planted
-mask conflicts were flagged.
+altered mask (emptied, moved or replaced). Then runs ``audit_with_report`` (the audit, its
+pictures and page) and prints one result line: wall time, images/s, and pair-level
+recall/precision of the duplicate groups (targets: under 3 minutes for 6000 images on 2 cores,
+recall and precision >= 0.95), plus how many planted mask conflicts were flagged.
 """
 
 from __future__ import annotations
@@ -162,10 +162,10 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         truth = synthesise(data, args.n, args.dup_fraction, args.flips, args.seed)
         gen_s = time.perf_counter() - t0
-        from biomedseg.data.audit import run_audit
+        from biomedseg.reports.audit_html import audit_with_report
 
         t0 = time.perf_counter()
-        audit = run_audit(data, out=work / "audit", check_flips=args.flips, progress=False)
+        audit = audit_with_report(data, out=work / "audit", check_flips=args.flips, progress=False)
         wall = time.perf_counter() - t0
         found = [g["members"] for g in audit["duplicates"]["groups"]]
         true_pairs, found_pairs = _pairs(truth["groups"]), _pairs(found)

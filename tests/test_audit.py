@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from biomedseg.data.audit import format_audit_summary, run_audit
+from biomedseg.audit.run import format_audit_summary, run_audit
 from biomedseg.data.inventory import numbered_mask_base, scan_data
 from biomedseg.errors import UserError
+from biomedseg.reports.audit_html import audit_with_report
 
 H, W, PAD = 120, 160, 8
 
@@ -108,7 +109,7 @@ def dirty(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dirty_audit(dirty, tmp_path_factory):
     out = tmp_path_factory.mktemp("audit_out")
-    return run_audit(dirty, out=out, progress=False), out
+    return audit_with_report(dirty, out=out, progress=False), out
 
 
 def _codes(audit) -> dict:

@@ -113,6 +113,44 @@ def test_resolve_data_bad_dataset_json(tmp_path):
     assert _error(resolve_data, root).startswith(f"{root / 'dataset.json'}: cannot read")
 
 
+
+@pytest.mark.parametrize("layout", ["standard", "flat_with_masks_folder", "flat_numbered", "masks_in_images"])
+def test_training_and_audit_resolve_a_data_folder_alike(tmp_path, layout):
+    """One resolver: ``resolve_data`` (training) and ``scan_data`` (audit, tiling) find the same
+    folders; before, the audit also took a flat image folder next to ``masks/``, training not."""
+    from biomedseg.data.discovery import resolve_folders
+    from biomedseg.data.inventory import scan_data
+
+    root = tmp_path / "d"
+    if layout == "standard":
+        _dataset(root)
+    elif layout == "flat_with_masks_folder":
+        _img(root / "a.png")
+        _img(root / "masks" / "a.png")
+    elif layout == "flat_numbered":
+        _img(root / "a.png")
+        _img(root / "a_mask_1.png")
+    else:
+        _img(root / "images" / "a.png")
+        _img(root / "images" / "a_mask.png")
+    folders = resolve_folders(root)
+    scan = scan_data(root)
+    assert (scan.root, scan.images_dir, scan.masks_dir) == folders
+    src = resolve_data(root)
+    assert (src.root, src.images_dir, src.masks_dir) == folders
+
+
+def test_flat_image_folder_without_masks(tmp_path):
+    """Images only: the audit scans them (no mask folder), training names the missing masks."""
+    from biomedseg.data.inventory import scan_data
+
+    root = tmp_path / "only"
+    _img(root / "a.png")
+    scan = scan_data(root)
+    assert (scan.images_dir, scan.masks_dir) == (root, None)
+    assert _error(resolve_data, root).startswith(f"{root / 'masks'}: folder not found")
+
+
 # --- find_pairs -------------------------------------------------------------------------------
 
 def test_mask_base():

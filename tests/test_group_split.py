@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biomedseg.data.group_split import read_exclude, split_with_groups, stratify_labels, write_split
+from biomedseg.audit.split import stratify_labels, write_split
+from biomedseg.data.group_split import read_exclude, split_with_groups
 from biomedseg.errors import UserError
 
 

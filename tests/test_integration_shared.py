@@ -44,12 +44,12 @@ def test_isbi_short_training_beats_otsu(tmp_path):
 
 def test_audit_class_shares_match_dataset_json(tmp_path):
     """The audit's class pixel shares equal the dataset's published fractions to 3 decimals."""
-    from biomedseg.data.audit import run_audit
+    from biomedseg.reports.audit_html import audit_with_report
 
     for name in ("isbi2012_em", "dsb2018_nuclei"):
         data = shared_dataset(name)
         expected = json.loads((data / "dataset.json").read_text())["class_pixel_fraction"]
-        result = run_audit(data, tmp_path / name, progress=False)
+        result = audit_with_report(data, tmp_path / name, progress=False)
         shares = result["masks"]["class_pixel_fraction"]
         assert set(shares) == set(expected)
         for cls, value in expected.items():

@@ -45,9 +45,10 @@ def audit(
     Problems are reported (most serious first) with exit code 0; exit code 2 only when the data
     cannot be read at all.
     """
-    from biomedseg.data.audit import format_audit_summary, run_audit
+    from biomedseg.audit.run import format_audit_summary
+    from biomedseg.reports.audit_html import audit_with_report
 
-    result = run_audit(data, out, images=images, masks=masks, check_flips=check_flips, progress=not quiet)
+    result = audit_with_report(data, out, images=images, masks=masks, check_flips=check_flips, progress=not quiet)
     typer.echo(format_audit_summary(result))
     typer.echo(f"wrote {out / 'audit.json'} and {out / 'audit.html'}")
 
@@ -67,7 +68,7 @@ def split(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
     """Write a train/val/test split into DATA/dataset.json that keeps near-duplicate groups together."""
-    from biomedseg.data.group_split import write_split
+    from biomedseg.audit.split import write_split
 
     r = write_split(data, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, stratify=stratify,
                     exclude_conflicts=exclude_conflicts, audit=audit, check_flips=check_flips, progress=not quiet)

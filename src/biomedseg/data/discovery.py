@@ -23,6 +23,8 @@ from biomedseg.io.images import IMAGE_EXTENSIONS, image_shape, is_image_file
 MASK_SUFFIXES: tuple[str, ...] = (
     "_mask", "-mask", "_label", "_labels", "-label", "_seg", "_gt")
 MAX_NAMES = 5
+#: ``x_mask_1``, ``x_mask-2``, ``x_mask (3)``, ``x_mask1``: a numbered extra mask of ``x``.
+_NUMBERED = re.compile(r"^(?P<base>.+?)(?:[ _\-]?\(\d+\)|[ _\-]\d+|(?<=[a-zA-Z])\d+)$")
 
 
 @dataclass
@@ -59,6 +61,19 @@ def mask_base(stem: str) -> str | None:
     return None
 
 
+def numbered_mask_base(stem: str) -> str | None:
+    """Image stem of a numbered extra mask (``"x_mask_2"`` -> ``"x"``), else None."""
+    match = _NUMBERED.match(stem)
+    if not match:
+        return None
+    return mask_base(match.group("base"))
+
+
+def is_mask_name(stem: str) -> bool:
+    """A mask's stem: ``x_mask`` (any of ``MASK_SUFFIXES``) or a numbered one (``x_mask_2``)."""
+    return mask_base(stem) is not None or numbered_mask_base(stem) is not None
+
+
 def name_list(names: list[str], limit: int = MAX_NAMES) -> str:
     """``"a.png, b.png"`` or ``"a.png, ..., e.png and 3 more"``."""
     shown = ", ".join(names[:limit])
@@ -76,7 +91,7 @@ def _image_files(folder: Path) -> list[Path]:
 
 
 def _has_mask_files(folder: Path) -> bool:
-    return folder.is_dir() and any(mask_base(p.stem) for p in _image_files(folder))
+    return folder.is_dir() and any(is_mask_name(p.stem) for p in _image_files(folder))
 
 
 def _missing(folder: Path | None) -> str | None:
@@ -105,6 +120,19 @@ def _match_masks(ids: dict[str, Path], masks: list[Path]) -> tuple[dict, list[Pa
     return {k: ms[0] for k, ms in candidates.items()}, unused, problems
 
 
+def only_images(files: list[Path], images_dir: Path, masks_dir: Path | None,
+                is_mask=is_mask_name) -> tuple[list[Path], bool]:
+    """``(image files, masks share the image folder)``: ``files`` of ``images_dir`` without the
+    mask files (``is_mask(stem)``) when the masks sit next to the images. ``UserError`` when no
+    image is left."""
+    same = masks_dir is not None and masks_dir.resolve() == images_dir.resolve()
+    images = [p for p in files if not (same and is_mask(p.stem))]
+    if not images:
+        kinds = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise UserError(f"{images_dir}: no images found (looked for {kinds})")
+    return images, same
+
+
 def find_pairs(images_dir: str | os.PathLike,
                masks_dir: str | os.PathLike | None) -> list[Sample]:
     """Pair every image in ``images_dir`` with its mask in ``masks_dir``.
@@ -120,11 +148,7 @@ def find_pairs(images_dir: str | os.PathLike,
     if problems:
         raise UserError("; ".join(dict.fromkeys(problems)))
     files = _image_files(images_dir)
-    same = masks_dir is not None and masks_dir.resolve() == images_dir.resolve()
-    images = [p for p in files if not (same and mask_base(p.stem))]
-    if not images:
-        kinds = " ".join(sorted(IMAGE_EXTENSIONS))
-        raise UserError(f"{images_dir}: no images found (looked for {kinds})")
+    images, same = only_images(files, images_dir, masks_dir, mask_base)
     ids: dict[str, Path] = {}
     for path in images:
         if path.stem in ids:
@@ -152,27 +176,29 @@ def find_pairs(images_dir: str | os.PathLike,
     return [Sample(i, ids[i], matched[i]) for i in sorted(ids, key=natural_key)]
 
 
-def _load_meta(path: Path) -> dict | None:
+def read_meta(path: Path) -> tuple[dict | None, str | None]:
+    """``(dataset.json as a dict or None, problem text or None)``; an absent file is no problem."""
     if not path.is_file():
-        return None
+        return None, None
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path}: cannot read dataset description ({' '.join(str(exc).split())})")
+        return None, f"{path}: cannot read dataset description ({' '.join(str(exc).split())})"
     if not isinstance(meta, dict):
-        raise UserError(f"{path}: dataset description must be a JSON object")
-    return meta
+        return None, f"{path}: dataset description must be a JSON object"
+    return meta, None
 
 
-def resolve_data(data: str | os.PathLike | None = None,
-                 images: str | os.PathLike | None = None,
-                 masks: str | os.PathLike | None = None) -> DataSource:
-    """Locate image and mask folders.
+def resolve_folders(data: str | os.PathLike | None = None,
+                    images: str | os.PathLike | None = None,
+                    masks: str | os.PathLike | None = None) -> tuple[Path, Path, Path | None]:
+    """``(root, images_dir, masks_dir or None)``: where a data set's files are.
 
-    ``data``: a folder with ``images/``, ``masks/`` (or ``*_mask`` files inside ``images/``)
-    and optional ``dataset.json``; a folder holding images and ``*_mask`` files directly
-    also works. ``images``/``masks`` override the folders. Without any mask folder or mask
-    files a ``UserError`` names the missing ``masks`` folder.
+    ``data``: a folder with ``images/`` and ``masks/`` (or mask files such as ``*_mask`` inside
+    ``images/``), or a folder holding the images (and their mask files) directly.
+    ``images``/``masks`` override the folders; ``root`` is ``data`` or the image folder's parent.
+    ``masks_dir`` is ``None`` when there is neither a mask folder nor mask files. Raises
+    ``UserError`` for a missing folder (the DATA, image or a given mask folder).
     """
     root = Path(data) if data is not None else None
     if root is not None and (problem := _missing(root)):
@@ -181,12 +207,13 @@ def resolve_data(data: str | os.PathLike | None = None,
         images_dir = Path(images)
     elif root is None:
         raise UserError("no data given: pass a DATA folder or --images (and --masks)")
-    elif not (root / "images").exists() and _has_mask_files(root):
+    elif not (root / "images").exists() and any(p.is_file() and is_image_file(p) for p in root.iterdir()):
         images_dir = root
     else:
         images_dir = root / "images"
     if problem := _missing(images_dir):
         raise UserError(problem)
+    masks_dir: Path | None = None
     if masks is not None:
         masks_dir = Path(masks)
         if problem := _missing(masks_dir):
@@ -195,14 +222,27 @@ def resolve_data(data: str | os.PathLike | None = None,
         masks_dir = root / "masks"
     elif _has_mask_files(images_dir):
         masks_dir = images_dir
-    elif root is not None:
+    return (root if root is not None else images_dir.parent), images_dir, masks_dir
+
+
+def resolve_data(data: str | os.PathLike | None = None,
+                 images: str | os.PathLike | None = None,
+                 masks: str | os.PathLike | None = None) -> DataSource:
+    """Locate image and mask folders (:func:`resolve_folders`) and read ``dataset.json``.
+
+    Unlike :func:`resolve_folders` a data set without any mask folder or mask files is a
+    ``UserError`` naming the missing ``masks`` folder, as is an unreadable ``dataset.json``.
+    """
+    root, images_dir, masks_dir = resolve_folders(data, images, masks)
+    if masks_dir is None and data is not None:
         raise UserError(f"{root / 'masks'}: folder not found (and no *_mask files in "
                         f"{images_dir})")
-    else:
+    if masks_dir is None:
         raise UserError(f"{images_dir}: no masks given; pass --masks (no *_mask files "
                         "next to the images)")
-    root = root if root is not None else images_dir.parent
-    meta = _load_meta(root / "dataset.json") if data is not None else None
+    meta, problem = read_meta(root / "dataset.json") if data is not None else (None, None)
+    if problem:
+        raise UserError(problem)
     return DataSource(root=root, images_dir=images_dir, masks_dir=masks_dir, meta=meta)
 
 

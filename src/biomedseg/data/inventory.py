@@ -2,8 +2,9 @@
 
 :func:`biomedseg.data.discovery.find_pairs` raises on the first sign of dirty data (unpaired
 files, several masks for one image). The audit must instead *collect* those problems and carry
-on, so this module pairs files with the same conventions (it reuses discovery's
-``mask_base``/``natural_key``) and returns everything it found in a :class:`Scan`:
+on, so this module pairs files with the same conventions (it reuses discovery's folder
+resolver :func:`~biomedseg.data.discovery.resolve_folders`, ``read_meta`` and its mask names)
+and returns everything it found in a :class:`Scan` (used by the audit and by tiling):
 
 - images and their primary mask (``x`` / ``x_mask`` / ``x-mask`` / ``x_label`` ...);
 - extra masks of one image: ``x_mask_1``, ``x_mask_2``, ``x_mask (2)``, ``x_mask-3`` (BUSI);
@@ -15,18 +16,20 @@ is a finding (``Scan.masks_dir is None``), as is an unreadable ``dataset.json``.
 
 from __future__ import annotations
 
-import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from biomedseg.data.discovery import mask_base, natural_key
-from biomedseg.errors import UserError
-from biomedseg.io.images import IMAGE_EXTENSIONS, is_image_file
-
-#: ``x_mask_1``, ``x_mask-2``, ``x_mask (3)``, ``x_mask1``: a numbered extra mask of ``x``.
-_NUMBERED = re.compile(r"^(?P<base>.+?)(?:[ _\-]?\(\d+\)|[ _\-]\d+|(?<=[a-zA-Z])\d+)$")
+from biomedseg.data.discovery import (
+    is_mask_name,
+    mask_base,
+    natural_key,
+    numbered_mask_base,
+    only_images,
+    read_meta,
+    resolve_folders,
+)
+from biomedseg.io.images import is_image_file
 
 
 @dataclass
@@ -62,18 +65,6 @@ class Scan:
         return [it for it in self.items if it.extra_masks]
 
 
-def numbered_mask_base(stem: str) -> str | None:
-    """Image stem of a numbered extra mask (``"x_mask_2"`` -> ``"x"``), else None."""
-    match = _NUMBERED.match(stem)
-    if not match:
-        return None
-    return mask_base(match.group("base"))
-
-
-def _is_mask_name(stem: str) -> bool:
-    return mask_base(stem) is not None or numbered_mask_base(stem) is not None
-
-
 def _files(folder: Path) -> tuple[list[Path], int]:
     files, ignored = [], 0
     for p in folder.iterdir():
@@ -84,65 +75,6 @@ def _files(folder: Path) -> tuple[list[Path], int]:
         elif not p.name.startswith("."):
             ignored += 1
     return sorted(files, key=lambda p: natural_key(p.name)), ignored
-
-
-def _load_meta(path: Path) -> tuple[dict | None, str | None]:
-    if not path.is_file():
-        return None, None
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        return None, f"{path}: cannot read dataset description ({' '.join(str(exc).split())})"
-    if not isinstance(meta, dict):
-        return None, f"{path}: dataset description must be a JSON object"
-    return meta, None
-
-
-def _folder_problem(folder: Path) -> str | None:
-    if not folder.exists():
-        return f"{folder}: folder not found"
-    if not folder.is_dir():
-        return f"{folder}: not a folder"
-    return None
-
-
-def _has_mask_files(folder: Path) -> bool:
-    return folder.is_dir() and any(
-        _is_mask_name(p.stem) for p in folder.iterdir() if p.is_file() and is_image_file(p))
-
-
-def resolve_folders(data=None, images=None, masks=None) -> tuple[Path, Path, Path | None]:
-    """``(root, images_dir, masks_dir or None)`` with the layout rules of ``resolve_data``.
-
-    Raises ``UserError`` only for a missing DATA/image/mask folder given explicitly.
-    """
-    root = Path(data) if data is not None else None
-    if root is not None and (problem := _folder_problem(root)):
-        raise UserError(problem)
-    if images is not None:
-        images_dir = Path(images)
-    elif root is None:
-        raise UserError("no data given: pass a DATA folder or --images (and --masks)")
-    elif not (root / "images").exists() and any(
-            is_image_file(p) for p in root.iterdir() if p.is_file()):
-        images_dir = root
-    else:
-        images_dir = root / "images"
-    if problem := _folder_problem(images_dir):
-        raise UserError(problem)
-    if masks is not None:
-        masks_dir: Path | None = Path(masks)
-        if problem := _folder_problem(masks_dir):
-            raise UserError(problem)
-    elif root is not None and (root / "masks").is_dir():
-        masks_dir = root / "masks"
-    elif _has_mask_files(images_dir):
-        masks_dir = images_dir
-    else:
-        masks_dir = None
-    if root is None:
-        root = images_dir.parent
-    return root, images_dir, masks_dir
 
 
 def _rank(mask: Path, image_id: str) -> tuple:
@@ -162,11 +94,7 @@ def scan_data(data=None, images=None, masks=None) -> Scan:
     """
     root, images_dir, masks_dir = resolve_folders(data, images, masks)
     files, ignored = _files(images_dir)
-    same = masks_dir is not None and masks_dir.resolve() == images_dir.resolve()
-    image_files = [p for p in files if not (same and _is_mask_name(p.stem))]
-    if not image_files:
-        kinds = " ".join(sorted(IMAGE_EXTENSIONS))
-        raise UserError(f"{images_dir}: no images found (looked for {kinds})")
+    image_files, same = only_images(files, images_dir, masks_dir, is_mask_name)
     by_id: dict[str, ScanItem] = {}
     dup: dict[str, list[Path]] = {}
     for path in image_files:
@@ -176,7 +104,7 @@ def scan_data(data=None, images=None, masks=None) -> Scan:
         by_id[path.stem] = ScanItem(path.stem, path)
     meta, meta_problem = (None, None)
     if data is not None:
-        meta, meta_problem = _load_meta(root / "dataset.json")
+        meta, meta_problem = read_meta(root / "dataset.json")
     scan = Scan(root=root, images_dir=images_dir, masks_dir=masks_dir, meta=meta,
                 items=sorted(by_id.values(), key=lambda it: natural_key(it.id)),
                 duplicate_ids=sorted(dup.items(), key=lambda t: natural_key(t[0])),
@@ -184,7 +112,7 @@ def scan_data(data=None, images=None, masks=None) -> Scan:
     if masks_dir is None:
         return scan
     if same:
-        mask_files = [p for p in files if _is_mask_name(p.stem)]
+        mask_files = [p for p in files if is_mask_name(p.stem)]
     else:
         mask_files, more = _files(masks_dir)
         scan.ignored_files += more

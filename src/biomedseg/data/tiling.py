@@ -42,7 +42,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from biomedseg.data.mask_measurements import MaskConverter
+from biomedseg.data.mask_values import MaskConverter
 from biomedseg.data.tiling_planning import (
     TISSUE_GREY,
     TISSUE_SATURATION,

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from biomedseg.data.mask_measurements import MaskConverter
+from biomedseg.data.mask_values import MaskConverter
 from biomedseg.data.tiling_reading import MaskWindows, read_windows, window_starts
 from biomedseg.data.tiling_sources import Source
 from biomedseg.io.slides import SlideReader

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.data.discovery import natural_key
-from biomedseg.data.mask_measurements import MaskConverter
+from biomedseg.data.mask_values import MaskConverter
 from biomedseg.data.progress import ProgressBar
 from biomedseg.data.tiling_planning import TileOptions, TileWindow
 from biomedseg.data.tiling_reading import MaskWindows, read_windows

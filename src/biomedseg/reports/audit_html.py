@@ -4,6 +4,8 @@ The page needs no network: no external CSS/JS, pictures are PNG files in ``audit
 to it linked by relative URLs, and every piece of text (file names included) is escaped.
 The pictures are drawn by :mod:`biomedseg.reports.audit_pictures` (:func:`draw_pictures`,
 re-exported here) and :mod:`biomedseg.reports.audit_plots`; this module assembles the page.
+:func:`audit_with_report` runs the audit (:mod:`biomedseg.audit.run`, which returns plain data
+and writes ``audit.json``) and then writes this page and its pictures: ``biomedseg audit``.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from biomedseg.reports.audit_pictures import (  # noqa: F401 - MAX_MASK_PICTURES
     draw_pictures,
 )
 
-__all__ = ["draw_pictures", "write_audit_html", "PICTURE_DIR"]
+__all__ = ["audit_with_report", "draw_pictures", "write_audit_html", "write_audit_report", "PICTURE_DIR"]
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; max-width: 1400px; }
@@ -277,3 +279,27 @@ def write_audit_html(out, audit: dict) -> Path:
     path = out / "audit.html"
     write_text(path, page)
     return path
+
+
+def write_audit_report(run, out, pictures: bool = True) -> dict:
+    """Write the report of a finished audit (:class:`biomedseg.audit.run.AuditRun`) into ``out``:
+    the pictures in ``audit_files/`` (with ``pictures``), ``audit.json`` and ``audit.html``.
+    Returns the plain audit dict (as written to ``audit.json``)."""
+    from biomedseg.audit.run import save_audit
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    pics = draw_pictures(out, run.audit, run.scan, run.res, run.dups, run.pal) if pictures else None
+    result = save_audit(out, run, pics)
+    write_audit_html(out, result)
+    return result
+
+
+def audit_with_report(data=None, out=None, images=None, masks=None, check_flips: bool = False,
+                      progress: bool = True, pictures: bool = True) -> dict:
+    """``biomedseg audit``: :func:`biomedseg.audit.run.run_audit` plus, when ``out`` is given,
+    ``out/audit.html`` and its PNG pictures (``pictures``) next to ``out/audit.json``."""
+    from biomedseg.audit.run import audit_dataset
+
+    run = audit_dataset(data, images, masks, check_flips, progress)
+    return run.result() if out is None else write_audit_report(run, out, pictures)

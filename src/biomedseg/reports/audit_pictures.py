@@ -82,7 +82,7 @@ def _disagreement(ma: np.ndarray, mb: np.ndarray, dy: int, dx: int, bg: int | No
 
 def _pair_picture(path: Path, judge, pair, row: dict, names: list[str]) -> bool:
     """Image A, image B, mask A, mask B and their disagreement; ``False`` if unreadable."""
-    from biomedseg.data.duplicates import flip_array
+    from biomedseg.audit.duplicates import flip_array
     from biomedseg.io.images import read_image
     from biomedseg.reports.overlays import class_overlay, to_display_rgb
 
@@ -163,7 +163,7 @@ def _draw_plots(folder: Path, audit: dict, res: dict) -> dict[str, str]:
 
 def _draw_pair_pictures(folder: Path, dups: dict, names: list[str]) -> dict[str, str]:
     """The worst pair of each near-duplicate group: ``{group id: relative path}``."""
-    from biomedseg.data.audit_duplicates import MAX_PAIR_PICTURES
+    from biomedseg.audit.duplicate_groups import MAX_PAIR_PICTURES
 
     pictures: dict[str, str] = {}
     judge = dups["judge"]

@@ -47,48 +47,45 @@ def audit_findings(audit: dict, scan: Scan) -> list[dict]:
     return f
 
 
+def _about(rows: list | None, severity: str, code: str, message, items=None) -> list[dict]:
+    """``[finding]`` about ``rows`` when there are any (else ``[]``): ``message(rows)`` is its
+    text, ``items(rows)`` its items (default: the rows themselves)."""
+    if not rows:
+        return []
+    return [finding(severity, code, message(rows), items(rows) if items else rows)]
+
+
+def _ids(rows: list[dict]) -> list[str]:
+    return [r["id"] for r in rows]
+
+
 def _file_findings(inv: dict, scan: Scan) -> list[dict]:
     """dataset.json, unreadable, unpaired, several masks, duplicate ids, size mismatches."""
     f: list[dict] = []
     if scan.meta_problem:
         f.append(finding("warning", "dataset_json", scan.meta_problem))
-    if inv["unreadable"]:
-        rows = inv["unreadable"]
-        f.append(finding("error", "unreadable",
-                         f"{plural(len(rows), 'file')} cannot be read: " +
-                         "; ".join(r["error"] for r in rows[:3]) + (" ..." if len(rows) > 3 else ""),
-                         [r["file"] for r in rows]))
+    f += _about(inv["unreadable"], "error", "unreadable", lambda rows: (
+        f"{plural(len(rows), 'file')} cannot be read: "
+        + "; ".join(r["error"] for r in rows[:3]) + (" ..." if len(rows) > 3 else "")),
+        lambda rows: [r["file"] for r in rows])
     if scan.masks_dir is None:
         f.append(finding("error", "no_masks", f"{scan.images_dir}: no masks found (no masks/ folder "
                                               "and no *_mask files): only images were audited"))
-    if inv["unpaired_images"]:
-        rows = inv["unpaired_images"]
-        f.append(finding("error", "unpaired_images",
-                         f"{plural(len(rows), 'image has', 'images have')} no mask ({name_list(rows)})", rows))
-    if inv["unpaired_masks"]:
-        rows = inv["unpaired_masks"]
-        f.append(finding("error", "unpaired_masks",
-                         f"{plural(len(rows), 'mask has', 'masks have')} no image ({name_list(rows)})", rows))
-    if inv["multiple_masks"]:
-        rows = inv["multiple_masks"]
-        ex = rows[0]
-        f.append(finding("error", "multiple_masks",
-                         f"{plural(len(rows), 'image has', 'images have')} several mask files "
-                         f"(e.g. {ex['id']}: {', '.join(Path(m).name for m in ex['masks'])}); "
-                         "training refuses them: merge each set into one mask (union) or delete the extras",
-                         [r["id"] for r in rows]))
-    if inv["duplicate_ids"]:
-        rows = inv["duplicate_ids"]
-        f.append(finding("error", "duplicate_ids",
-                         f"{plural(len(rows), 'id is', 'ids are')} used by two image files "
-                         f"(e.g. {', '.join(Path(p).name for p in rows[0]['files'])})", [r["id"] for r in rows]))
-    if inv["size_mismatches"]:
-        rows = inv["size_mismatches"]
-        r0 = rows[0]
-        f.append(finding("error", "size_mismatch",
-                         f"{plural(len(rows), 'mask differs', 'masks differ')} in size from the image "
-                         f"(e.g. {r0['mask']}: {r0['mask_size'][0]}x{r0['mask_size'][1]}, image "
-                         f"{r0['image_size'][0]}x{r0['image_size'][1]})", [r["id"] for r in rows]))
+    f += _about(inv["unpaired_images"], "error", "unpaired_images", lambda rows: (
+        f"{plural(len(rows), 'image has', 'images have')} no mask ({name_list(rows)})"))
+    f += _about(inv["unpaired_masks"], "error", "unpaired_masks", lambda rows: (
+        f"{plural(len(rows), 'mask has', 'masks have')} no image ({name_list(rows)})"))
+    f += _about(inv["multiple_masks"], "error", "multiple_masks", lambda rows: (
+        f"{plural(len(rows), 'image has', 'images have')} several mask files "
+        f"(e.g. {rows[0]['id']}: {', '.join(Path(m).name for m in rows[0]['masks'])}); "
+        "training refuses them: merge each set into one mask (union) or delete the extras"), _ids)
+    f += _about(inv["duplicate_ids"], "error", "duplicate_ids", lambda rows: (
+        f"{plural(len(rows), 'id is', 'ids are')} used by two image files "
+        f"(e.g. {', '.join(Path(p).name for p in rows[0]['files'])})"), _ids)
+    f += _about(inv["size_mismatches"], "error", "size_mismatch", lambda rows: (
+        f"{plural(len(rows), 'mask differs', 'masks differ')} in size from the image "
+        f"(e.g. {rows[0]['mask']}: {rows[0]['mask_size'][0]}x{rows[0]['mask_size'][1]}, image "
+        f"{rows[0]['image_size'][0]}x{rows[0]['image_size'][1]})"), _ids)
     return f
 
 
@@ -139,19 +136,12 @@ def _duplicate_findings(groups: list[dict]) -> list[dict]:
 
 def _damage_findings(inv: dict, masks: dict) -> list[dict]:
     """Masks with off-palette pixels and blank images."""
-    f: list[dict] = []
-    if masks.get("damaged_masks"):
-        rows = masks["damaged_masks"]
-        f.append(finding("warning", "damaged_masks",
-                         f"{plural(len(rows), 'mask has', 'masks have')} {masks['damaged_pixels']} pixels off "
-                         f"the palette (JPEG or anti-aliasing damage, e.g. {rows[0]['mask']}: {rows[0]['pixels']}"
-                         " px); they are snapped to the nearest class; save masks as PNG",
-                         [r["id"] for r in rows]))
-    if inv["constant_images"]:
-        rows = inv["constant_images"]
-        f.append(finding("warning", "constant_images",
-                         f"{plural(len(rows), 'image is', 'images are')} blank (one value everywhere): "
-                         f"{name_list(rows)}", rows))
+    f = _about(masks.get("damaged_masks"), "warning", "damaged_masks", lambda rows: (
+        f"{plural(len(rows), 'mask has', 'masks have')} {masks['damaged_pixels']} pixels off "
+        f"the palette (JPEG or anti-aliasing damage, e.g. {rows[0]['mask']}: {rows[0]['pixels']}"
+        " px); they are snapped to the nearest class; save masks as PNG"), _ids)
+    f += _about(inv["constant_images"], "warning", "constant_images", lambda rows: (
+        f"{plural(len(rows), 'image is', 'images are')} blank (one value everywhere): {name_list(rows)}"))
     return f
 
 

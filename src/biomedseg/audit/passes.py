@@ -14,22 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.data.audit_findings import finding
+from biomedseg.audit.findings import finding
+from biomedseg.audit.image_measurements import THUMB, ImageRecord, IntensityAccumulator, measure_image
+from biomedseg.audit.mask_measurements import MaskRecord, classify_encoding, mask_levels, measure_mask, off_palette
 from biomedseg.data.class_palette import add_foreground_class, default_class_names, palette_from_meta
-from biomedseg.data.image_measurements import THUMB, ImageRecord, IntensityAccumulator, measure_image
 from biomedseg.data.inventory import Scan, ScanItem
-from biomedseg.data.mask_measurements import (
-    MaskConverter,
-    MaskRecord,
-    ValueTable,
-    classify_encoding,
-    grey_or_colour,
-    mask_levels,
-    mask_value_table,
-    measure_mask,
-    off_palette,
-    value_table,
-)
+from biomedseg.data.mask_values import MaskConverter, ValueTable, grey_or_colour, mask_value_table, value_table
 from biomedseg.data.progress import ProgressBar
 from biomedseg.errors import UserError
 from biomedseg.io.images import read_raw

@@ -1,57 +1,15 @@
-"""Per-file measurements of the data audit and their aggregation into data-set statistics.
+"""Class statistics of the data audit over a whole data set: :func:`object_summary` (object
+areas per class) and :func:`class_weights` (from pooled pixel counts).
 
-Everything works on one image or one mask at a time and returns small records, so the audit
-keeps only a 128x128 thumbnail per image in memory (for the duplicate search) and never a
-whole data set. The measurements live in two modules and are re-exported here:
-
-- :mod:`biomedseg.data.mask_measurements`: :func:`mask_value_table` / :func:`mask_levels`
-  (the values stored in a mask file and its *levels*), :func:`classify_encoding` (``index``,
-  ``binary_0_255``, ``grey_levels``, ``rgb``, ``empty``), :func:`off_palette`,
-  :class:`MaskConverter` and :func:`measure_mask` (class pixel counts, off-palette pixels,
-  connected objects per class, 8-connectivity).
-- :mod:`biomedseg.data.image_measurements`: :func:`measure_image` (shape, channels, dtype,
-  grey-stored-as-RGB, digest, per-channel sums, histogram/sample, thumbnail) and
-  :class:`IntensityAccumulator`.
-
-This module adds the class statistics over a data set: :func:`object_summary` and
-:func:`class_weights`.
+The per-file measurements they aggregate live in :mod:`biomedseg.audit.mask_measurements`
+(with :mod:`biomedseg.data.mask_values`) and :mod:`biomedseg.audit.image_measurements`.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from biomedseg.data.image_measurements import (
-    INTENSITY_PERCENTILES,
-    SAMPLE_PER_IMAGE,
-    THUMB,
-    ImageRecord,
-    IntensityAccumulator,
-    measure_image,
-    thumbnail,
-)
-from biomedseg.data.mask_measurements import (
-    SUBSTANTIAL,
-    MaskConverter,
-    MaskRecord,
-    ValueTable,
-    classes_from_values,
-    classify_encoding,
-    grey_or_colour,
-    mask_levels,
-    mask_value_table,
-    measure_mask,
-    off_palette,
-    value_table,
-)
-
-__all__ = [
-    "AREA_PERCENTILES", "INTENSITY_PERCENTILES", "SAMPLE_PER_IMAGE", "SPECK_AREA", "SUBSTANTIAL",
-    "THUMB", "ImageRecord", "IntensityAccumulator", "MaskConverter", "MaskRecord", "ValueTable",
-    "class_weights", "classes_from_values", "classify_encoding", "grey_or_colour", "mask_levels",
-    "mask_value_table", "measure_image", "measure_mask", "object_summary", "off_palette",
-    "thumbnail", "value_table",
-]
+__all__ = ["AREA_PERCENTILES", "SPECK_AREA", "class_weights", "object_summary"]
 
 #: Objects with at most this many pixels are reported as possible annotation specks.
 SPECK_AREA = 4

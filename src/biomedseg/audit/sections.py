@@ -1,9 +1,9 @@
 """Sections of the audit dict built from the passes: ``inventory``, ``masks``, ``intensity``,
 ``duplicates`` and the planning ``fingerprint``.
 
-``res`` is the result of :func:`biomedseg.data.audit_passes.measure_dataset`, ``pal`` that of
-:func:`biomedseg.data.audit_passes.choose_palette`, ``dups`` that of
-:func:`biomedseg.data.audit_duplicates.find_duplicate_groups`.
+``res`` is the result of :func:`biomedseg.audit.passes.measure_dataset`, ``pal`` that of
+:func:`biomedseg.audit.passes.choose_palette`, ``dups`` that of
+:func:`biomedseg.audit.duplicate_groups.find_duplicate_groups`.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections import Counter
 
 import numpy as np
 
+from biomedseg.audit.fingerprint import class_weights, object_summary
 from biomedseg.data.discovery import natural_key
-from biomedseg.data.fingerprint import class_weights, object_summary
 from biomedseg.data.inventory import Scan, relative
 from biomedseg.io.masks import Palette
 

@@ -29,6 +29,8 @@ import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
 
+from biomedseg.data.group_split import connected_groups
+
 #: Descriptor grid side (32x32 = 1024 values).
 GRID = 32
 #: Cosine similarity of descriptors above which a pair is verified.
@@ -304,22 +306,6 @@ def find_pairs(thumbs: np.ndarray, valid: np.ndarray, digests: list[str | None],
                 (p.flip != "") == (best[key].flip != "") and p.ncc > best[key].ncc):
             best[key] = p
     return exact + [best[k] for k in sorted(best)], info
-
-
-def connected_groups(n: int, edges: list[tuple[int, int]]) -> list[list[int]]:
-    """Connected components of ``n`` nodes joined by ``edges`` (SciPy), each a sorted member list,
-    ordered by first member; singletons included."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    rows = [a for a, _ in edges]
-    cols = [b for _, b in edges]
-    graph = coo_matrix((np.ones(len(edges), np.int8), (rows, cols)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    groups: dict[int, list[int]] = {}
-    for x in range(n):
-        groups.setdefault(int(labels[x]), []).append(x)
-    return sorted(groups.values(), key=lambda g: g[0])
 
 
 def group_pairs(n: int, pairs: list[Pair]) -> list[list[int]]:

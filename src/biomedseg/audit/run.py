@@ -14,7 +14,7 @@ It reports
   minimum object area and class weights;
 - **intensities**: per-channel mean/std (the normalisation training uses), 0.5/50/99.5
   percentiles, value range (16-bit: the bits actually used);
-- **near duplicates** (:mod:`biomedseg.data.duplicates`): groups of images that are the same
+- **near duplicates** (:mod:`biomedseg.audit.duplicates`): groups of images that are the same
   picture up to noise / JPEG / a small shift (/ a flip with ``check_flips``), with the image
   distance and the mask agreement (Dice after alignment) of each verified pair; groups whose
   masks conflict (Dice < 0.9 or one empty, one not) and groups that straddle the
@@ -22,44 +22,47 @@ It reports
 - ``fingerprint``: the subset planning needs (sizes, channels, intensities, class shares,
   object sizes, class weights).
 
-With ``out`` it writes ``audit.json``, ``audit.html`` and PNG pictures in ``audit_files/``.
+With ``out`` it writes ``audit.json``; :func:`biomedseg.reports.audit_html.audit_with_report`
+also writes ``audit.html`` and PNG pictures in ``audit_files/`` (``biomedseg audit``).
 
-The work is split over :mod:`~biomedseg.data.audit_passes` (palette choice and the one
-reading pass), :mod:`~biomedseg.data.audit_duplicates` (near-duplicate groups, mask
-agreement, leakage), :mod:`~biomedseg.data.audit_sections` (the sections of the audit dict
-and the fingerprint) and :mod:`~biomedseg.data.audit_findings` (the problems reported); this
-module runs them, writes the reports and formats the text summary.
+The work is split over :mod:`~biomedseg.audit.passes` (palette choice and the one
+reading pass), :mod:`~biomedseg.audit.duplicate_groups` (near-duplicate groups, mask
+agreement, leakage), :mod:`~biomedseg.audit.sections` (the sections of the audit dict
+and the fingerprint) and :mod:`~biomedseg.audit.findings` (the problems reported); this
+module runs them, writes ``audit.json`` and formats the text summary.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from biomedseg.data import duplicates as dup
-from biomedseg.data.audit_duplicates import (
+from biomedseg.audit import duplicates as dup
+from biomedseg.audit.duplicate_groups import (
     CONFLICT_DICE,
     MAX_PAIR_PICTURES,
     MAX_PAIRS_PER_GROUP,
     find_duplicate_groups,
 )
-from biomedseg.data.audit_findings import EMPTY_WARNING, RARE_CLASS, SEVERITY_ORDER, audit_findings
-from biomedseg.data.audit_passes import PALETTE_SAMPLE, choose_palette, measure_dataset, sample_mask_tables
-from biomedseg.data.audit_sections import (
+from biomedseg.audit.findings import EMPTY_WARNING, RARE_CLASS, SEVERITY_ORDER, audit_findings
+from biomedseg.audit.image_measurements import THUMB
+from biomedseg.audit.passes import PALETTE_SAMPLE, choose_palette, measure_dataset, sample_mask_tables
+from biomedseg.audit.sections import (
     duplicates_section,
     fingerprint_section,
     intensity_section,
     inventory_section,
     masks_section,
 )
-from biomedseg.data.image_measurements import THUMB
-from biomedseg.data.inventory import scan_data
+from biomedseg.data.inventory import Scan, scan_data
 from biomedseg.io.writers import write_json
 
 __all__ = [
     "AUDIT_VERSION", "CONFLICT_DICE", "EMPTY_WARNING", "MAX_PAIRS_PER_GROUP", "MAX_PAIR_PICTURES",
-    "PALETTE_SAMPLE", "RARE_CLASS", "SEVERITY_ORDER", "format_audit_summary", "run_audit",
+    "PALETTE_SAMPLE", "RARE_CLASS", "SEVERITY_ORDER", "AuditRun", "audit_dataset", "format_audit_summary",
+    "run_audit", "save_audit",
 ]
 
 log = logging.getLogger("biomedseg")
@@ -67,25 +70,29 @@ log = logging.getLogger("biomedseg")
 AUDIT_VERSION = 1
 
 
-def run_audit(data=None, out=None, images=None, masks=None, check_flips: bool = False,
-              progress: bool = True, pictures: bool = True) -> dict:
-    """Audit a data set; write ``out/audit.json`` and ``out/audit.html`` when ``out`` is given.
+@dataclass
+class AuditRun:
+    """One finished audit: the ``audit`` dict (with internal entries) and what its pictures are
+    drawn from (``scan``, ``res`` of the reading pass, ``dups`` with the pair handles, ``pal``)."""
 
-    Args:
-        data: DATA folder (``images/``, ``masks/``, optional ``dataset.json``) or a folder of
-            images with ``*_mask`` files; ``images``/``masks`` override the folders.
-        out: report folder (``None``: nothing is written, the dict is only returned).
-        check_flips: also find duplicates that are flipped copies (left-right / up-down).
-        progress: show progress bars on stderr.
-        pictures: draw PNG pictures for the HTML page (plots, duplicate pairs, bad masks).
+    audit: dict
+    scan: Scan
+    res: dict
+    dups: dict
+    pal: dict
+    t_start: float
 
-    Returns:
-        The audit dict (see ``docs`` / ``audit.json``): ``inventory``, ``masks``,
-        ``intensity``, ``duplicates``, ``findings`` (most serious first), ``fingerprint``.
+    def result(self, pictures: dict | None = None) -> dict:
+        """The plain audit dict (``audit.json``) with the total time so far (and ``pictures``)."""
+        if pictures is not None:
+            self.audit["pictures"] = pictures
+        self.audit["timing"]["total_s"] = round(time.perf_counter() - self.t_start, 2)
+        return _public(self.audit)
 
-    Raises:
-        UserError: a given folder is missing or holds no image at all.
-    """
+
+def audit_dataset(data=None, images=None, masks=None, check_flips: bool = False,
+                  progress: bool = True) -> AuditRun:
+    """Measure a data set (see :func:`run_audit`); nothing is written."""
     t_start = time.perf_counter()
     scan = scan_data(data, images, masks)
     early: list[dict] = []
@@ -112,26 +119,41 @@ def run_audit(data=None, out=None, images=None, masks=None, check_flips: bool = 
     audit["fingerprint"] = fingerprint_section(audit)
     audit["timing"] = {"palette_s": round(t_masks - t_start, 2), "images_s": round(t_images - t_masks, 2),
                        "duplicates_s": round(t_dups - t_images, 2)}
-    if out is not None:
-        _write_reports(Path(out), audit, pictures, (scan, res, dups, pal), t_start)
-    else:
-        audit["timing"]["total_s"] = round(time.perf_counter() - t_start, 2)
-    return _public(audit)
+    return AuditRun(audit, scan, res, dups, pal, t_start)
 
 
-def _write_reports(out: Path, audit: dict, pictures: bool, passes: tuple, t_start: float) -> None:
-    """Draw the pictures (``passes``: ``(scan, res, dups, pal)``), then write ``audit.json``
-    and ``audit.html`` into ``out``; sets ``audit["pictures"]`` and the total time."""
+def save_audit(out, run: AuditRun, pictures: dict | None = None) -> dict:
+    """Write ``out/audit.json`` (creating ``out``) and return the plain audit dict."""
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    if pictures:
-        from biomedseg.reports.audit_html import draw_pictures
+    result = run.result(pictures)
+    write_json(out / "audit.json", result)
+    return result
 
-        audit["pictures"] = draw_pictures(out, audit, *passes)
-    from biomedseg.reports.audit_html import write_audit_html
 
-    audit["timing"]["total_s"] = round(time.perf_counter() - t_start, 2)
-    write_json(out / "audit.json", _public(audit))
-    write_audit_html(out, _public(audit))
+def run_audit(data=None, out=None, images=None, masks=None, check_flips: bool = False,
+              progress: bool = True) -> dict:
+    """Audit a data set; write ``out/audit.json`` when ``out`` is given.
+
+    The HTML page and its pictures are drawn by
+    :func:`biomedseg.reports.audit_html.audit_with_report` (what ``biomedseg audit`` runs).
+
+    Args:
+        data: DATA folder (``images/``, ``masks/``, optional ``dataset.json``) or a folder of
+            images with ``*_mask`` files; ``images``/``masks`` override the folders.
+        out: report folder (``None``: nothing is written, the dict is only returned).
+        check_flips: also find duplicates that are flipped copies (left-right / up-down).
+        progress: show progress bars on stderr.
+
+    Returns:
+        The audit dict (see ``docs`` / ``audit.json``): ``inventory``, ``masks``,
+        ``intensity``, ``duplicates``, ``findings`` (most serious first), ``fingerprint``.
+
+    Raises:
+        UserError: a given folder is missing or holds no image at all.
+    """
+    run = audit_dataset(data, images, masks, check_flips, progress)
+    return run.result() if out is None else save_audit(out, run)
 
 
 def _public(audit: dict) -> dict:

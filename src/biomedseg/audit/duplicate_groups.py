@@ -1,7 +1,7 @@
 """Near-duplicate section of the data audit: groups, mask agreement and split leakage.
 
 :func:`find_duplicate_groups` searches the thumbnails of the main pass for near duplicates
-(:mod:`biomedseg.data.duplicates`), judges the masks of every verified pair with
+(:mod:`biomedseg.audit.duplicates`), judges the masks of every verified pair with
 :class:`PairJudge` (Dice after aligning the full-resolution masks) and summarises each group:
 conflicting masks (Dice < ``CONFLICT_DICE`` or one empty, one not) and leakage (members on
 both sides of the ``dataset.json`` split).
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.data import duplicates as dup
+from biomedseg.audit import duplicates as dup
+from biomedseg.audit.image_measurements import THUMB
 from biomedseg.data.discovery import natural_key
-from biomedseg.data.image_measurements import THUMB
 from biomedseg.data.inventory import Scan, ScanItem
 from biomedseg.data.progress import ProgressBar
 from biomedseg.errors import UserError
@@ -215,7 +215,7 @@ def find_duplicate_groups(scan: Scan, res: dict, pal: dict, check_flips: bool, p
 
     Returns ``{"groups": [group dict, conflicts and leaks first], "judge": PairJudge,
     "search_seconds", "n_pairs", **search statistics}``; a group's ``_worst`` is the
-    :class:`~biomedseg.data.duplicates.Pair` with the lowest Dice (internal, not in audit.json).
+    :class:`~biomedseg.audit.duplicates.Pair` with the lowest Dice (internal, not in audit.json).
     """
     recs = res["recs"]
     n = len(scan.items)
