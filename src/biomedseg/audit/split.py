@@ -13,7 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from biomedseg.audit.run import run_audit
-from biomedseg.data.discovery import natural_key
+from biomedseg.data.discovery import DATA_META, natural_key
 from biomedseg.data.group_split import EXCLUDE_NAME, split_with_groups
 from biomedseg.errors import UserError
 from biomedseg.io.writers import write_json, write_text
@@ -70,7 +70,7 @@ def write_split(data_dir, test_fraction: float = 0.2, val_fraction: float = 0.1,
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise UserError(f"{data_dir}: folder not found")
-    meta_path = data_dir / "dataset.json"
+    meta_path = data_dir / DATA_META
     meta: dict = {}
     if meta_path.is_file():
         try:

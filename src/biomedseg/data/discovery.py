@@ -20,6 +20,9 @@ from pathlib import Path
 from biomedseg.errors import UserError
 from biomedseg.io.images import IMAGE_EXTENSIONS, image_shape, is_image_file
 
+#: the DATA folder's optional metadata file (classes, split, source, licence)
+DATA_META = "dataset.json"
+
 MASK_SUFFIXES: tuple[str, ...] = (
     "_mask", "-mask", "_label", "_labels", "-label", "_seg", "_gt")
 MAX_NAMES = 5
@@ -240,7 +243,7 @@ def resolve_data(data: str | os.PathLike | None = None,
     if masks_dir is None:
         raise UserError(f"{images_dir}: no masks given; pass --masks (no *_mask files "
                         "next to the images)")
-    meta, problem = read_meta(root / "dataset.json") if data is not None else (None, None)
+    meta, problem = read_meta(root / DATA_META) if data is not None else (None, None)
     if problem:
         raise UserError(problem)
     return DataSource(root=root, images_dir=images_dir, masks_dir=masks_dir, meta=meta)

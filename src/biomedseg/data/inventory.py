@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from biomedseg.data.discovery import (
+    DATA_META,
     is_mask_name,
     mask_base,
     natural_key,
@@ -104,7 +105,7 @@ def scan_data(data=None, images=None, masks=None) -> Scan:
         by_id[path.stem] = ScanItem(path.stem, path)
     meta, meta_problem = (None, None)
     if data is not None:
-        meta, meta_problem = read_meta(root / "dataset.json")
+        meta, meta_problem = read_meta(root / DATA_META)
     scan = Scan(root=root, images_dir=images_dir, masks_dir=masks_dir, meta=meta,
                 items=sorted(by_id.values(), key=lambda it: natural_key(it.id)),
                 duplicate_ids=sorted(dup.items(), key=lambda t: natural_key(t[0])),

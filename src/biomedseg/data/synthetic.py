@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage as ndi
 
+from biomedseg.data.discovery import DATA_META
 from biomedseg.errors import UserError
 
 CLASSES = ["background", "cell", "filament"]
@@ -268,5 +269,5 @@ def make_synthetic_dataset(
             name: round(float(c) / float(counts.sum()), 4) for name, c in zip(CLASSES, counts)
         },
     }
-    (out / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    (out / DATA_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out

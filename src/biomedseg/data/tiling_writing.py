@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.data.discovery import natural_key
+from biomedseg.data.discovery import DATA_META, natural_key
 from biomedseg.data.mask_values import MaskConverter
 from biomedseg.data.progress import ProgressBar
 from biomedseg.data.tiling_planning import TileOptions, TileWindow
@@ -182,4 +182,4 @@ def write_tiles_meta(out: Path, meta: dict, summary: TileSummary, sources: list[
     if tiled:
         info["split"] = tiled
         info["split_method"] = "tiles follow the split of their source image in the source dataset.json"
-    write_json(out / "dataset.json", info)
+    write_json(out / DATA_META, info)
