@@ -45,8 +45,9 @@ def main(argv=None) -> str:
 
     from monai.inferers import sliding_window_inference
 
-    from biomedseg.inference.sliding_window import tile_starts
-    from biomedseg.inference.streaming import StreamingPredictor, argmax0
+    from biomedseg.engine.band_accumulator import argmax0
+    from biomedseg.engine.sliding_window import tile_starts
+    from biomedseg.inference.streaming import StreamingPredictor
     from biomedseg.device import configure_threads, cpu_has_native_bf16
 
     threads = configure_threads(args.threads)
@@ -94,7 +95,7 @@ def main(argv=None) -> str:
     mpix = {k: n_pix / 1e6 / v for k, v in med.items()}
 
     # raw forward rate of the inference model biomedseg uses, at its precision
-    from biomedseg.inference.sliding_window import tta_forward
+    from biomedseg.engine.sliding_window import tta_forward
 
     b = sp.batch_size
     tiles = torch.randn(b, 1, args.tile, args.tile)

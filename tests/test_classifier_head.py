@@ -55,7 +55,7 @@ def test_unet_head_exists_and_classifier_of_finds_it():
 
 
 def test_unet_head_state_dict_round_trip_and_inference_copy():
-    from biomedseg.inference.sliding_window import optimize_for_inference
+    from biomedseg.engine.sliding_window import optimize_for_inference
 
     model = _tiny_unet_with_head().eval()
     keys = list(model.state_dict())

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_fake_run
 from PIL import Image
 
 
@@ -139,3 +140,20 @@ def test_user_error_exit_code_is_the_errors(monkeypatch, capsys, code):
         cli.main()
     assert exc.value.code == code
     assert capsys.readouterr().err.strip() == "error: data/masks: no masks"
+
+
+def test_predict_failure_reported_once(tmp_path):
+    """A file that cannot be predicted is named once on stderr (logged by predict, not again by
+    the CLI), and the command exits 1."""
+    from biomedseg.models import create_model
+
+    data = make_data(tmp_path / "d", n=1)
+    run = write_fake_run(tmp_path / "run", "unet", create_model("unet", 1, 2).state_dict(), data, ["im0"],
+                         patch_size=32, batch_size=2)
+    (data / "images" / "broken.png").write_text("not an image")
+    r = run_cli("predict", run, data / "images", "--out", tmp_path / "o", "--device", "cpu", "--quiet")
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    assert "1 predicted" in r.stdout and "1 failed" in r.stdout
+    mentions = [ln for ln in r.stderr.splitlines() if "broken.png" in ln]
+    assert len(mentions) == 1, r.stderr

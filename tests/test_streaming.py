@@ -8,7 +8,7 @@ import tifffile
 import torch
 import yaml
 
-from biomedseg.inference.sliding_window import (
+from biomedseg.engine.sliding_window import (
     SlidingWindowPredictor,
     normalize_tta,
     pad_before_after,
@@ -94,7 +94,7 @@ def test_rot90_tta_is_rotation_equivariant(model):
 
 
 def test_optimized_inference_model_matches_stock_model(model):
-    from biomedseg.inference.sliding_window import InstanceNormAsGroupNorm
+    from biomedseg.engine.sliding_window import InstanceNormAsGroupNorm
 
     x = np.random.default_rng(8).normal(size=(1, 160, 200)).astype(np.float32)
     stock = SlidingWindowPredictor(model, 128, 0.25, optimize=False, channels_last=False).predict_proba(x)

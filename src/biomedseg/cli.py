@@ -110,9 +110,9 @@ def tile(
 @app.command()
 def train(
     data: Optional[Path] = DataArg,
-    out: Path = typer.Option(..., "--out", "-o", help="run folder to write"),
     images: Optional[Path] = ImagesOpt,
     masks: Optional[Path] = MasksOpt,
+    out: Path = typer.Option(..., "--out", "-o", help="run folder to write"),
     epochs: Optional[int] = typer.Option(None, help="number of epochs"),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="wall-clock budget, e.g. 10m, 1h"),
     model: Optional[str] = typer.Option(None, help="architecture (see `biomedseg models`)"),
@@ -170,6 +170,7 @@ def evaluate(
 ):
     """Evaluate a run on a labelled split: Dice, IoU, precision, recall, F1, FP/FN; overlays; HTML report."""
     from biomedseg.evaluation import evaluate as run_eval
+    from biomedseg.evaluation import format_metrics
 
     m = run_eval(run, data, out, images=images, masks=masks, split=split, tta=tta, overlays=not no_overlays,
                  valid_dir=valid_dir, device=device, quiet=quiet, postprocess=not no_postprocess)
@@ -209,9 +210,7 @@ def predict(
                f"{len(s.failed)} failed -> {out}")
     if s.rle is not None:
         typer.echo(f"wrote {s.rle}")
-    for path, reason in s.failed:
-        typer.echo(f"failed: {reason}", err=True)
-    if s.failed:
+    if s.failed:  # each failure was logged once, as it happened
         raise typer.Exit(1)
 
 
@@ -315,15 +314,6 @@ def demo(
     from biomedseg.demo import run_demo
 
     run_demo(out, time_budget=time_budget, seed=seed, quiet=quiet)
-
-
-def format_metrics(m: dict) -> str:
-    lines = [f"dice {m['dice']:.4f}  iou {m['iou']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
-             f"pixel_accuracy {m['pixel_accuracy']:.4f}  image_dice {m.get('image_dice', float('nan')):.4f}"]
-    for name, d in m["per_class"].items():
-        lines.append(f"  {name:16s} dice {d['dice']:.4f}  iou {d['iou']:.4f}  precision {d['precision']:.4f}  "
-                     f"recall {d['recall']:.4f}  fp {d['fp']}  fn {d['fn']}")
-    return "\n".join(lines)
 
 
 def main() -> None:

@@ -27,9 +27,8 @@ DEMO_CONFIG = {
 
 def run_demo(out="biomedseg_demo", time_budget: str = "2m", seed: int = 0, quiet: bool = False) -> dict:
     """Run generate -> train -> evaluate -> predict in ``out``; returns the test metrics."""
-    from biomedseg.cli import format_metrics
     from biomedseg.data.synthetic import make_synthetic_dataset
-    from biomedseg.evaluation import evaluate
+    from biomedseg.evaluation import evaluate, format_metrics
     from biomedseg.inference.predict import predict
     from biomedseg.runs import RunFolder, RunPaths
     from biomedseg.training.api import train

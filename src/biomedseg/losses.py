@@ -5,45 +5,20 @@ A spec is a sum of weighted terms: ``"dice+ce"``, ``"0.5*focal+dice"``,
 target ``(N, H, W) int64`` and returns a scalar. MONAI's implementations are used where they
 exist; each term is computed in float32 even under autocast. Registered here: ``ce``, ``dice``,
 ``focal``; :mod:`biomedseg.losses_extra` adds ``bce``, ``jaccard``, ``tversky``, ``fbeta`` and
-``lovasz``.
+``lovasz``. The registry (:func:`register_loss`) and the shared adapters live in
+:mod:`biomedseg.losses_registry`, which both modules import.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable
 
 import torch
 from torch import nn
 
+import biomedseg.losses_extra  # noqa: F401  (registers bce, jaccard, tversky, fbeta, lovasz)
 from biomedseg.errors import UserError
-
-_LOSSES: dict[str, Callable[..., nn.Module]] = {}
-
-
-def register_loss(name: str):
-    """Decorator: ``factory(n_classes, class_weights, **params) -> nn.Module``."""
-
-    def deco(factory):
-        _LOSSES[name] = factory
-        return factory
-
-    return deco
-
-
-def list_losses() -> list[str]:
-    return sorted(_LOSSES)
-
-
-class _OneHotLoss(nn.Module):
-    """Adapts a MONAI loss that wants a ``(N, 1, H, W)`` target."""
-
-    def __init__(self, inner: nn.Module):
-        super().__init__()
-        self.inner = inner
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.inner(logits.float(), target.unsqueeze(1))
+from biomedseg.losses_registry import _LOSSES, _as_bool, _OneHotLoss, list_losses, register_loss
 
 
 class CrossEntropy(nn.Module):
@@ -105,12 +80,6 @@ def _focal(n_classes, class_weights=None, gamma: float = 2.0, alpha: float | Non
     return _OneHotLoss(_SumOverClasses(FocalLoss(**kw)))
 
 
-def _as_bool(v) -> bool:
-    if isinstance(v, str):
-        return v.lower() in {"1", "true", "yes", "on"}
-    return bool(v)
-
-
 class WeightedSum(nn.Module):
     """``sum_i w_i * loss_i(logits, target)``."""
 
@@ -162,7 +131,6 @@ def build_loss(spec: str, n_classes: int, class_weights: torch.Tensor | None = N
 
     ``class_weights``: ``(K,) float32`` used by the terms that accept weights (ce, focal).
     """
-    _ensure_extra_losses()
     terms = []
     for weight, name, params in parse_spec(spec):
         if name not in _LOSSES:
@@ -174,15 +142,6 @@ def build_loss(spec: str, n_classes: int, class_weights: torch.Tensor | None = N
             raise UserError(f"loss {name!r}: {exc}") from None
         terms.append((weight, name, module))
     return WeightedSum(terms)
-
-
-def _ensure_extra_losses() -> None:
-    """Hook for loss families defined in other modules (imported lazily)."""
-    try:
-        import biomedseg.losses_extra  # noqa: F401
-    except ModuleNotFoundError as exc:
-        if exc.name != "biomedseg.losses_extra":
-            raise
 
 
 def class_weights_from_counts(counts, mode: str) -> torch.Tensor | None:

@@ -1,4 +1,4 @@
-"""More losses for :func:`biomedseg.losses.build_loss` (imported lazily by ``losses.py``).
+"""More losses for :func:`biomedseg.losses.build_loss` (imported by ``losses.py``, which builds them).
 
 All take logits ``(N, K, H, W)`` and an index target ``(N, H, W) int64`` and return a scalar,
 computed in float32. Region losses (jaccard, tversky, fbeta) pool the counts over the whole
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biomedseg.losses import _as_bool, _OneHotLoss, register_loss
+from biomedseg.losses_registry import _as_bool, _OneHotLoss, register_loss
 
 
 def _probabilities(logits: torch.Tensor) -> torch.Tensor:

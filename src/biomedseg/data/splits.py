@@ -1,8 +1,10 @@
-"""Deterministic train/validation(/test) splits of sample ids."""
+"""Deterministic train/validation(/test) splits of sample ids, and the labelled split a trained
+run is scored (evaluation) or tuned (post-processing) on."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 from biomedseg.errors import UserError
 
@@ -44,3 +46,36 @@ def make_split(ids: list[str], val_fraction: float, seed: int,
     if test_fraction > 0:
         split["test"] = sorted(pool[n_val:n_val + n_test])
     return split
+
+
+def _split_ids(split: str, run_split: dict, meta: dict | None, all_ids: list[str], data_is_training_data: bool):
+    if split == "all":
+        return all_ids
+    if data_is_training_data and run_split.get(split):
+        return [i for i in run_split[split] if i in set(all_ids)]
+    given = (meta or {}).get("split", {})
+    if split in given:
+        return [i for i in given[split] if i in set(all_ids)]
+    raise UserError(f"--split {split}: the data has no {split!r} split (DATA's dataset.json); use --split all")
+
+
+def select_split(loaded, data, images, masks, split: str):
+    """Labelled samples of ``split`` in the DATA given (or the run's own training data).
+
+    ``loaded``: a loaded run (anything with ``run_dir`` and ``info`` holding ``source`` and ``split``).
+    Returns ``(source, ids, by_id)``; the run's own split is used when DATA is the training data.
+    """
+    from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
+
+    if data is None and images is None:
+        data = loaded.info.source
+        if not data or not Path(data).is_dir():
+            raise UserError(f"{loaded.run_dir}: the training data folder {data!r} is gone; pass DATA")
+    source = resolve_data(data, images, masks)
+    samples = find_pairs(source.images_dir, source.masks_dir)
+    check_pairs(samples)
+    same_data = Path(loaded.info.source or "") == Path(source.root).resolve()
+    ids = _split_ids(split, loaded.info.split, source.meta, [s.id for s in samples], same_data)
+    if not ids:
+        raise UserError(f"{source.root}: the {split!r} split is empty; choose another --split")
+    return source, ids, {s.id: s for s in samples}

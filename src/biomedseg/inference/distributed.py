@@ -112,23 +112,17 @@ def predict_distributed(run, inputs, out, *, client=None, address: str | None = 
     Returns the merged :class:`PredictSummary` (``summary.workers`` = distinct worker pids used).
     """
     try:
-        from distributed import Client, as_completed
+        from distributed import Client
     except ImportError:
         raise UserError('distributed prediction needs Dask: pip install "biomedseg[distributed]"') from None
-    from biomedseg.inference.predict import collect_inputs, existing_mask, rle_rows_from_outputs, write_rle
+    from biomedseg.inference.predict import collect_inputs
 
     run_dir = open_run(Path(run).resolve()).root
     files = collect_inputs(inputs)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
-    todo = []
-    for f in files:
-        stem = f.name[:-5] if f.name.lower().endswith(".zarr") else f.stem
-        if not overwrite and existing_mask(out, stem) is not None:
-            summary.skipped.append(f)
-        else:
-            todo.append(f)
+    todo = _not_done(files, out, overwrite, summary)
     kwargs = dict(predict_kwargs, instances=instances, overwrite=overwrite)
     pids: set[int] = set()
     own_cluster = own_client = None
@@ -142,19 +136,7 @@ def predict_distributed(run, inputs, out, *, client=None, address: str | None = 
         futures = [client.submit(_task, str(run_dir), str(f.resolve()), str(out), device, checkpoint, torch_threads,
                                  kwargs, key=f"biomedseg-predict-{i}-{f.name}", pure=False)
                    for i, f in enumerate(todo)]
-        by_key = {fut.key: f for fut, f in zip(futures, todo)}
-        for fut in as_completed(futures):
-            try:
-                part, pid = fut.result()
-            except UserError as exc:
-                summary.failed.append((by_key[fut.key], str(exc)))
-                continue
-            except Exception as exc:  # a crashed worker or a bug: report the file, keep going
-                summary.failed.append((by_key[fut.key], f"{type(exc).__name__}: {exc}"))
-                log.error("%s: %s", by_key[fut.key], exc)
-                continue
-            summary.merge(part)
-            pids.add(pid)
+        _gather(futures, todo, summary, pids)
     finally:
         if own_client is not None:
             own_client.close()
@@ -162,16 +144,61 @@ def predict_distributed(run, inputs, out, *, client=None, address: str | None = 
             own_cluster.close()
     summary.workers = sorted(pids)
     if rle is not None:
-        info_run = _InfoRun.from_dir(run_dir)
-        rows = []
-        for f in files:
-            stem = f.name[:-5] if f.name.lower().endswith(".zarr") else f.stem
-            rows.extend(rle_rows_from_outputs(out, stem, info_run, instances))
-        summary.rle = write_rle(rle, rows, info_run, instances)
+        summary.rle = _write_rle_from_outputs(rle, run_dir, files, out, instances)
     if not quiet:
         log.info("%d predicted on %d workers, %d skipped, %d failed", len(summary.done), len(pids),
                  len(summary.skipped), len(summary.failed))
     return summary
+
+
+def _stem(path: Path) -> str:
+    return path.name[:-5] if path.name.lower().endswith(".zarr") else path.stem
+
+
+def _not_done(files: list[Path], out: Path, overwrite: bool, summary: PredictSummary) -> list[Path]:
+    """The files to predict; those with a finished mask in ``out`` go to ``summary.skipped``
+    (unless ``overwrite``)."""
+    from biomedseg.inference.predict import existing_mask
+
+    todo = []
+    for f in files:
+        if not overwrite and existing_mask(out, _stem(f)) is not None:
+            summary.skipped.append(f)
+        else:
+            todo.append(f)
+    return todo
+
+
+def _gather(futures: list, todo: list[Path], summary: PredictSummary, pids: set[int]) -> None:
+    """Merge each finished task's summary into ``summary`` (worker pids into ``pids``); a task that
+    raised is one failed file, logged once, and the others go on."""
+    from distributed import as_completed
+
+    by_key = {fut.key: f for fut, f in zip(futures, todo)}
+    for fut in as_completed(futures):
+        try:
+            part, pid = fut.result()
+        except UserError as exc:
+            summary.failed.append((by_key[fut.key], str(exc)))
+            log.error("%s", exc)
+            continue
+        except Exception as exc:  # a crashed worker or a bug: report the file, keep going
+            summary.failed.append((by_key[fut.key], f"{type(exc).__name__}: {exc}"))
+            log.error("%s: %s", by_key[fut.key], exc)
+            continue
+        summary.merge(part)
+        pids.add(pid)
+
+
+def _write_rle_from_outputs(rle, run_dir: Path, files: list[Path], out: Path, instances: bool) -> Path:
+    """The RLE CSV of every input's mask written in ``out`` (workers write masks, not rows)."""
+    from biomedseg.inference.predict import rle_rows_from_outputs, write_rle
+
+    info_run = _InfoRun.from_dir(run_dir)
+    rows = []
+    for f in files:
+        rows.extend(rle_rows_from_outputs(out, _stem(f), info_run, instances))
+    return write_rle(rle, rows, info_run, instances)
 
 
 class _InfoRun:

@@ -99,26 +99,28 @@ def _disk(radius: int) -> np.ndarray:
     return disk(int(radius)).astype(bool)
 
 
-def binary_open(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Opening with a disk (the image border behaves as if the edge pixels continued)."""
-    from scipy import ndimage as ndi
-
+def _morphology(op, mask: np.ndarray, radius: int) -> np.ndarray:
+    """``op(mask, structure=disk)`` on the mask edge-padded by the radius (the image border
+    behaves as if the edge pixels continued), cropped back; a no-op for ``radius <= 0``."""
     if radius <= 0 or not mask.any():
         return mask
     r = int(radius)
     padded = np.pad(mask, r, mode="edge")
-    return ndi.binary_opening(padded, structure=_disk(r))[r:-r, r:-r]
+    return op(padded, structure=_disk(r))[r:-r, r:-r]
+
+
+def binary_open(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Opening with a disk (the image border behaves as if the edge pixels continued)."""
+    from scipy import ndimage as ndi
+
+    return _morphology(ndi.binary_opening, mask, radius)
 
 
 def binary_close(mask: np.ndarray, radius: int) -> np.ndarray:
     """Closing with a disk (no erosion from the image border)."""
     from scipy import ndimage as ndi
 
-    if radius <= 0 or not mask.any():
-        return mask
-    r = int(radius)
-    padded = np.pad(mask, r, mode="edge")
-    return ndi.binary_closing(padded, structure=_disk(r))[r:-r, r:-r]
+    return _morphology(ndi.binary_closing, mask, radius)
 
 
 def label_objects(mask: np.ndarray) -> tuple[np.ndarray, int]:

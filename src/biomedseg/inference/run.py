@@ -38,11 +38,12 @@ class LoadedRun:
         return self.info.background
 
     def predictor(self, tta: bool = False, overlap: float | None = None, batch_size: int | None = None):
-        from biomedseg.inference.sliding_window import SlidingWindowPredictor
+        from biomedseg.engine.defaults import inference_batch_size
+        from biomedseg.engine.sliding_window import SlidingWindowPredictor
 
         cfg = self.config
         return SlidingWindowPredictor(self.model, cfg.patch_size, overlap=cfg.overlap if overlap is None else overlap,
-                                      batch_size=batch_size or max(1, cfg.batch_size // 2), device=self.device,
+                                      batch_size=batch_size or inference_batch_size(cfg.batch_size), device=self.device,
                                       precision=self.precision, tta=tta,
                                       channels_last=use_channels_last(cfg.channels_last, self.device))
 

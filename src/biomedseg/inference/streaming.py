@@ -6,7 +6,7 @@
   (``tifffile`` zarr store, pyramid level selectable; uncompressed contiguous TIFFs are read by
   file offsets), zarr / OME-Zarr arrays, or an ordinary in-memory array;
 - tiles use the same grid, padding, Gaussian weights and test-time augmentation as the in-memory
-  :class:`~biomedseg.inference.sliding_window.SlidingWindowPredictor` (MONAI's), so both give the
+  :class:`~biomedseg.engine.sliding_window.SlidingWindowPredictor` (MONAI's), so both give the
   same probabilities (to float rounding);
 - only one band of accumulated logits and weights (``K x tile x width``) is held; rows no later
   tile touches are finalised (softmax, class decision) and handed to the writer at once;
@@ -18,13 +18,13 @@
   are not run: pixels covered only by blank tiles become ``blank_class``;
 - a model's image-level classifier head (``--classifier-head``) runs but is not used: the mask
   is written before the last tile is seen, so streamed images are never gated (the in-memory
-  :class:`~biomedseg.inference.sliding_window.SlidingWindowPredictor` provides
+  :class:`~biomedseg.engine.sliding_window.SlidingWindowPredictor` provides
   ``last_image_probability`` for ``gating.min_classifier_probability``).
 
 Peak memory is independent of the image height and linear in its width (one band).
 
 The pieces live in :mod:`~biomedseg.inference.tile_sources` (input readers),
-:mod:`~biomedseg.inference.band_accumulator` (tile grid, Gaussian blending of one band),
+:mod:`~biomedseg.engine.band_accumulator` (tile grid, Gaussian blending of one band),
 :mod:`~biomedseg.inference.stream_writers` (tiled TIFF / OME-Zarr writers, partial files) and
 :mod:`~biomedseg.inference.stream_queues` (thread hand-off); their public names are
 re-exported here.
@@ -43,9 +43,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from biomedseg.errors import UserError
-from biomedseg.inference.band_accumulator import BandAccumulator, TileGrid, argmax0
-from biomedseg.inference.sliding_window import (
+from biomedseg.engine.band_accumulator import BandAccumulator, TileGrid, argmax0
+from biomedseg.engine.defaults import DEFAULT_OVERLAP, inference_batch_size
+from biomedseg.engine.sliding_window import (
     importance_map,
     normalize_tta,
     optimize_for_inference,
@@ -53,6 +53,7 @@ from biomedseg.inference.sliding_window import (
     tta_forward,
     tta_transforms,
 )
+from biomedseg.errors import UserError
 from biomedseg.inference.stream_queues import END, Failure, get_unless_stopped, put_unless_stopped
 from biomedseg.inference.stream_writers import (  # noqa: F401  (BIGTIFF_BYTES re-exported)
     BIGTIFF_BYTES,
@@ -92,7 +93,7 @@ class StreamingPredictor:
     Args:
         model: maps ``(N, C, h, w) float32`` to ``(N, K, h, w)`` logits.
         patch_size, overlap, batch_size, device, precision, tta, channels_last: as
-            :class:`~biomedseg.inference.sliding_window.SlidingWindowPredictor`.
+            :class:`~biomedseg.engine.sliding_window.SlidingWindowPredictor`.
         normalizer: maps raw ``(h, w, C)`` rows to ``(C, h, w) float32`` (the run's z-score);
             ``None``: the source already holds normalised values (a ``(C, H, W)`` array).
         channels: the network's input channels (raw rows are conformed: grey <-> RGB).
@@ -103,14 +104,14 @@ class StreamingPredictor:
             argmax); used for per-class thresholds from the post-processing config.
         out_tile: tile side of the written TIFF/zarr (multiple of 16).
         compression: TIFF compression of the outputs (``"zlib"``, ``None``, ...).
-        optimize: predict with :func:`~biomedseg.inference.sliding_window.optimize_for_inference`
+        optimize: predict with :func:`~biomedseg.engine.sliding_window.optimize_for_inference`
             (an eval-mode copy; on CPU instance norms as group norms, channels-last).
         compile: also ``torch.compile`` the copy (opt-in: +10-15% on CPU after minutes of
             compilation; worth it for gigapixel images only). Batches are padded to
             ``batch_size`` so that one shape is compiled.
     """
 
-    def __init__(self, model, patch_size: int, overlap: float = 0.25, batch_size: int = 4,
+    def __init__(self, model, patch_size: int, overlap: float = DEFAULT_OVERLAP, batch_size: int = 4,
                  device: str | torch.device = "cpu", precision: str = "fp32", tta: bool | str = False,
                  normalizer=None, channels: int | None = None, channels_last: bool = True, prefetch: int = 2,
                  skip_blank_std: float | None = None, blank_class: int = 0,
@@ -148,8 +149,8 @@ class StreamingPredictor:
         cfg = run.config
         kwargs.setdefault("blank_class", run.background or 0)
         return cls(run.model, cfg.patch_size, overlap=cfg.overlap if overlap is None else overlap,
-                   batch_size=batch_size or max(1, cfg.batch_size // 2), device=run.device, precision=run.precision,
-                   tta=tta, normalizer=run.normalizer, channels=run.info.channels,
+                   batch_size=batch_size or inference_batch_size(cfg.batch_size), device=run.device,
+                   precision=run.precision, tta=tta, normalizer=run.normalizer, channels=run.info.channels,
                    channels_last=cfg.channels_last, **kwargs)
 
     # ------------------------------------------------------------------ source handling

@@ -63,6 +63,9 @@ from biomedseg.inference.tuning_scores import (  # noqa: F401  (re-exported: tes
 log = logging.getLogger("biomedseg")
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
+#: recorded in ``postprocess.yaml`` ``tuning.adoption_rule``
+ADOPTION_RULE = (f"a stage is kept when it improves validation Dice in >= {MIN_WIN_SHARE:.0%} of "
+                 f"{BOOTSTRAP_SAMPLES} bootstrap resamples of the images, by >= {MIN_MEAN_GAIN} on average")
 
 
 def _downsample(proba: np.ndarray, target: np.ndarray, max_pixels: int) -> tuple[np.ndarray, np.ndarray, int]:
@@ -160,73 +163,112 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
     ``source``). Returns the config (also written to ``RUN/postprocess.yaml`` unless
     ``write=False``); ``cfg.tuning`` holds the scores before/after.
     """
-    from tqdm.auto import tqdm
-
-    from biomedseg.evaluation import select_split
-    from biomedseg.inference.predict import predict_proba_image
+    from biomedseg.data.splits import select_split
     from biomedseg.inference.run import LoadedRun, load_run
-    from biomedseg.io import Palette, read_image, read_mask
 
     loaded = loaded if isinstance(loaded, LoadedRun) else load_run(run_dir, device=device)
     run_dir = Path(loaded.run_dir)
     source, ids, by_id = select_split(loaded, data, images, masks, split)
-    palette = Palette.from_json(loaded.info.palette)
     classes, bg = loaded.classes, loaded.background
     k = len(classes)
     fg = foreground(k, bg)
     base = load_postprocess(run_dir) or PostprocessConfig()
     per_class = resolve_classes(base, k, classes)
-    predictor = loaded.predictor(tta=tta)
-
-    cache: list[_Cached] = []
-    for sid in tqdm(ids, desc="predicting val", unit="img", disable=True if (quiet or len(ids) < 2) else None):
-        s = by_id[sid]
-        proba = predict_proba_image(loaded, predictor, read_image(s.image))
-        target, _ = read_mask(s.mask, palette, strict_index=loaded.info.strict_index)
-        p, t, f = _downsample(proba, target, max_pixels)
-        cache.append(_Cached(sid, p, t, f, predictor.last_image_probability))
+    cache = _predict_cache(loaded, loaded.predictor(tta=tta), [by_id[sid] for sid in ids], max_pixels, quiet)
     factor = max(c.factor for c in cache)
 
     # 0. plain argmax, and the base config's own thresholds
     argmax_masks = [it.proba.astype(np.float32).argmax(0).astype(np.uint8) for it in cache]
-    dice_argmax = _pooled_dice(argmax_masks, cache, fg)[0]
-    image_dice_argmax = float(np.mean([_image_dice(m, it.target, fg) for m, it in zip(argmax_masks, cache)]))
+    scores = {"dice_argmax": _pooled_dice(argmax_masks, cache, fg)[0],
+              "image_dice_argmax": _mean_image_dice(argmax_masks, cache, fg)}
+    adopted: dict = {}
+    # 1. thresholds, 2. minimum object areas (cache pixels)
+    thr, masks_, scores["dice_thresholds"] = _threshold_stage(cache, per_class, fg, bg, list(thresholds), adopted)
+    min_area = {c: 0 for c in fg}
+    if tune_area:
+        min_area, masks_ = _min_area_stage(cache, masks_, thr, per_class, fg, bg, adopted)
+    scores["dice_tuned"] = _pooled_dice(masks_, cache, fg)[0]
+    # 3. gating: area / max-probability gate, then the classifier head's gate (gate_tuning.py)
+    gating, gate_report = _gate_stage(cache, masks_, fg, bg, adopted, gate, scores["dice_tuned"])
 
-    # 1. thresholds
+    # assemble the config at full resolution
+    new_classes = _full_resolution_classes(base, classes, fg, thr, min_area if tune_area else None, factor)
+    full_gate = gating.model_copy(update={"min_total_area": int(gating.min_total_area * factor * factor)})
+    tuning = {"split": split, "n_images": len(cache), "data": str(source.root), "downsample": factor, "tta": str(tta),
+              **{key: round(v, 6) for key, v in scores.items()}, **gate_report,
+              "gating_adopted": bool(gating.active), "adopted": adopted, "adoption_rule": ADOPTION_RULE}
+    cfg = PostprocessConfig(classes=new_classes, gating=full_gate, tuning=tuning)
+    log.info("post-processing tuned on %d %s images: dice %.4f (argmax) -> %.4f; image_dice %.4f without gating, "
+             "%.4f with gating%s", len(cache), split, scores["dice_argmax"], scores["dice_tuned"],
+             gate_report["image_dice_without_gating"], gate_report["image_dice_with_gating"],
+             "" if gating.active else " (gate not adopted)")
+    if write:
+        save_postprocess(cfg, run_dir)
+    return cfg
+
+
+def _mean_image_dice(masks, cache, fg) -> float:
+    return float(np.mean([_image_dice(m, it.target, fg) for m, it in zip(masks, cache)]))
+
+
+def _predict_cache(loaded, predictor, samples, max_pixels: int, quiet: bool) -> list[_Cached]:
+    """Predict each labelled sample once and keep its (downsampled) probabilities and mask."""
+    from tqdm.auto import tqdm
+
+    from biomedseg.inference.predict import predict_proba_image
+    from biomedseg.io import Palette, read_image, read_mask
+
+    palette = Palette.from_json(loaded.info.palette)
+    cache: list[_Cached] = []
+    for s in tqdm(samples, desc="predicting val", unit="img", disable=True if (quiet or len(samples) < 2) else None):
+        proba = predict_proba_image(loaded, predictor, read_image(s.image))
+        target, _ = read_mask(s.mask, palette, strict_index=loaded.info.strict_index)
+        p, t, f = _downsample(proba, target, max_pixels)
+        cache.append(_Cached(s.id, p, t, f, predictor.last_image_probability))
+    return cache
+
+
+def _threshold_stage(cache, per_class, fg, bg, grid, adopted: dict):
+    """Stage 1: per-class thresholds, kept over the base config's when a reliable gain
+    (``adopted["thresholds"]``). Returns ``(thresholds, masks, pooled dice)``."""
     base_thr = {c: (per_class[c].threshold if c in per_class and per_class[c].threshold is not None else 0.5)
                 for c in fg}
-    thr, dice_thr = _tune_thresholds(cache, base_thr, per_class, fg, bg, list(thresholds))
+    thr, dice_thr = _tune_thresholds(cache, base_thr, per_class, fg, bg, grid)
     base_masks = _predict_masks(cache, base_thr, per_class, fg, bg)
     masks_ = _predict_masks(cache, thr, per_class, fg, bg)
-    adopted = {"thresholds": reliable_gain(_per_image_counts(base_masks, cache, fg),
-                                           _per_image_counts(masks_, cache, fg))}
+    adopted["thresholds"] = reliable_gain(_per_image_counts(base_masks, cache, fg),
+                                          _per_image_counts(masks_, cache, fg))
     if not adopted["thresholds"]:
         thr, masks_ = dict(base_thr), base_masks
         dice_thr = _pooled_dice(masks_, cache, fg)[0]
-    # 2. minimum object areas (cache pixels)
-    min_area = {c: 0 for c in fg}
-    if tune_area:
-        for c in fg:
-            a, _, _ = _tune_min_area(cache, masks_, c)
-            min_area[c] = a
-        trial = _predict_masks(cache, thr, per_class, fg, bg, min_area)
-        adopted["min_object_area"] = reliable_gain(_per_image_counts(masks_, cache, fg),
-                                                   _per_image_counts(trial, cache, fg))
-        if adopted["min_object_area"]:
-            masks_ = trial
-        else:
-            min_area = {c: 0 for c in fg}
-    dice_tuned = _pooled_dice(masks_, cache, fg)[0]
-    # 3. gating: area / max-probability gate, then the classifier head's gate (gate_tuning.py)
-    if gate:
-        gating, gate_report = tune_gating(cache, masks_, fg, bg, adopted)
-    else:
-        imd = round(float(np.mean([_image_dice(m, it.target, fg) for m, it in zip(masks_, cache)])), 6)
-        gating, gate_report = GatingConfig(), {"image_dice_without_gating": imd, "image_dice_with_gating": imd,
-                                               "dice_with_gating": round(dice_tuned, 6)}
-    imd_without, imd_with = gate_report["image_dice_without_gating"], gate_report["image_dice_with_gating"]
+    return thr, masks_, dice_thr
 
-    # assemble the config at full resolution
+
+def _min_area_stage(cache, masks_, thr, per_class, fg, bg, adopted: dict):
+    """Stage 2: per-class minimum object areas (cache pixels), kept when a reliable gain
+    (``adopted["min_object_area"]``). Returns ``(areas, masks)``."""
+    min_area = {c: _tune_min_area(cache, masks_, c)[0] for c in fg}
+    trial = _predict_masks(cache, thr, per_class, fg, bg, min_area)
+    adopted["min_object_area"] = reliable_gain(_per_image_counts(masks_, cache, fg),
+                                               _per_image_counts(trial, cache, fg))
+    if adopted["min_object_area"]:
+        return min_area, trial
+    return {c: 0 for c in fg}, masks_
+
+
+def _gate_stage(cache, masks_, fg, bg, adopted: dict, gate: bool, dice_tuned: float):
+    """Stage 3: the empty-mask gate (:func:`tune_gating`), or no gate with the scores it would report."""
+    if gate:
+        return tune_gating(cache, masks_, fg, bg, adopted)
+    imd = round(_mean_image_dice(masks_, cache, fg), 6)
+    return GatingConfig(), {"image_dice_without_gating": imd, "image_dice_with_gating": imd,
+                            "dice_with_gating": round(dice_tuned, 6)}
+
+
+def _full_resolution_classes(base: PostprocessConfig, classes, fg, thr, min_area, factor: int) -> dict:
+    """The per-class steps of ``base`` with the tuned thresholds and (unless ``min_area`` is
+    ``None``) minimum areas scaled from cache pixels back to full resolution."""
+    k = len(classes)
     new_classes = dict(base.classes)
     keys = {class_index(key, k, classes): key for key in base.classes}
     for c in fg:
@@ -234,25 +276,7 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
         old = base.classes.get(key, ClassSteps())
         t = float(thr[c])
         upd = {"threshold": t if abs(t - 0.5) > 1e-9 or old.threshold is not None else None}
-        if tune_area:
+        if min_area is not None:
             upd["min_object_area"] = int(min_area[c] * factor * factor)
         new_classes[key] = old.model_copy(update=upd)
-    full_gate = gating.model_copy(update={"min_total_area": int(gating.min_total_area * factor * factor)})
-    tuning = {
-        "split": split, "n_images": len(cache), "data": str(source.root), "downsample": factor, "tta": str(tta),
-        "dice_argmax": round(dice_argmax, 6), "image_dice_argmax": round(image_dice_argmax, 6),
-        "dice_thresholds": round(dice_thr, 6), "dice_tuned": round(dice_tuned, 6),
-        **gate_report,
-        "gating_adopted": bool(gating.active),
-        "adopted": adopted,
-        "adoption_rule": f"a stage is kept when it improves validation Dice in >= {MIN_WIN_SHARE:.0%} of "
-                         f"{BOOTSTRAP_SAMPLES} bootstrap resamples of the images, by >= {MIN_MEAN_GAIN} on average",
-    }
-    cfg = PostprocessConfig(classes=new_classes, gating=full_gate, tuning=tuning)
-    log.info("post-processing tuned on %d %s images: dice %.4f (argmax) -> %.4f; image_dice %.4f without gating, "
-             "%.4f with gating%s", len(cache), split, dice_argmax, dice_tuned, imd_without, imd_with,
-             "" if gating.active else " (gate not adopted)")
-    if write:
-        save_postprocess(cfg, run_dir)
-    return cfg
-
+    return new_classes

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from biomedseg.models.blocks import DoubleConv, UNet2d
-from biomedseg.models.heads import maybe_with_classifier
-from biomedseg.models.registry import register
+from biomedseg.models.blocks import DoubleConv
+from biomedseg.models.unet_family import register_unet2d
 
 
 def _gate(gating_channels: int, skip_channels: int) -> nn.Module:
@@ -20,16 +19,7 @@ def _gate(gating_channels: int, skip_channels: int) -> nn.Module:
     return AttentionBlock(spatial_dims=2, f_int=max(1, skip_channels // 2), f_g=gating_channels, f_l=skip_channels)
 
 
-def _multiple(depth: int = 5, **_) -> int:
-    return 2 ** (depth - 1)
-
-
-@register("attention-unet", multiple=_multiple,
-          description="attention U-Net (Oktay 2018): MONAI attention gates on the skip connections")
-def build_attention_unet(in_channels: int, n_classes: int, base_channels: int = 32, depth: int = 5,
-                         max_channels: int = 512, deep_supervision: bool | int = False,
-                         classifier_head: bool = False) -> nn.Module:
-    """Double-conv U-Net whose skip features are multiplied by a sigmoid attention map."""
-    net = UNet2d(in_channels, n_classes, DoubleConv, depth=depth, base_channels=base_channels,
-                 max_channels=max_channels, gate=_gate, deep_supervision=deep_supervision)
-    return maybe_with_classifier(net, classifier_head)
+build_attention_unet = register_unet2d(
+    "attention-unet", DoubleConv, gate=_gate,
+    description="attention U-Net (Oktay 2018): MONAI attention gates on the skip connections",
+    doc="Double-conv U-Net whose skip features are multiplied by a sigmoid attention map.")

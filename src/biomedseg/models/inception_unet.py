@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from biomedseg.models.blocks import UNet2d, conv_bn_relu
-from biomedseg.models.heads import maybe_with_classifier
-from biomedseg.models.registry import register
+from biomedseg.models.blocks import conv_bn_relu
+from biomedseg.models.unet_family import register_unet2d
 
 
 class InceptionBlock(nn.Module):
@@ -29,16 +28,7 @@ class InceptionBlock(nn.Module):
         return torch.cat([self.branch1(x), self.branch3(x), self.branch5(x), self.branch_pool(x)], dim=1)
 
 
-def _multiple(depth: int = 5, **_) -> int:
-    return 2 ** (depth - 1)
-
-
-@register("inception-unet", multiple=_multiple,
-          description="U-Net with inception blocks (parallel 1x1 / 3x3 / double-3x3 / pool branches)")
-def build_inception_unet(in_channels: int, n_classes: int, base_channels: int = 32, depth: int = 5,
-                         max_channels: int = 512, deep_supervision: bool | int = False,
-                         classifier_head: bool = False) -> nn.Module:
-    """U-Net (max pooling, transposed-conv upsampling) with one inception block per level."""
-    net = UNet2d(in_channels, n_classes, InceptionBlock, depth=depth, base_channels=base_channels,
-                 max_channels=max_channels, deep_supervision=deep_supervision)
-    return maybe_with_classifier(net, classifier_head)
+build_inception_unet = register_unet2d(
+    "inception-unet", InceptionBlock,
+    description="U-Net with inception blocks (parallel 1x1 / 3x3 / double-3x3 / pool branches)",
+    doc="U-Net (max pooling, transposed-conv upsampling) with one inception block per level.")

@@ -123,36 +123,37 @@ class ResNetUNet(EncoderDecoder):
         return self.decoder(bottleneck, context, size)
 
 
-def _build(arch, block, layers, in_channels, n_classes, width, pretrained, decoder_channels, deep_supervision,
-           classifier_head):
-    net = ResNetUNet(in_channels, n_classes, block, layers, width,
-                     tuple(decoder_channels) if decoder_channels else None, deep_supervision)
-    if pretrained:
-        from biomedseg.models.pretrained import load_encoder_weights
+def _register_resnet_unet(name: str, arch: str, block, layers: tuple[int, ...], description: str, doc: str):
+    """Register ``name``: a :class:`ResNetUNet` with encoder ``arch`` (``block`` x ``layers``);
+    returns the factory (docstring ``doc``)."""
 
-        load_encoder_weights(net.encoder, str(pretrained), arch, _RESNET_KEYS, "conv1.weight", in_channels)
-    return maybe_with_classifier(net, classifier_head)
+    def build(in_channels: int, n_classes: int, width: int = 64, pretrained: str | None = None,
+              decoder_channels: list[int] | None = None, deep_supervision: bool | int = False,
+              classifier_head: bool = False) -> nn.Module:
+        net = ResNetUNet(in_channels, n_classes, block, layers, width,
+                         tuple(decoder_channels) if decoder_channels else None, deep_supervision)
+        if pretrained:
+            from biomedseg.models.pretrained import load_encoder_weights
 
+            load_encoder_weights(net.encoder, str(pretrained), arch, _RESNET_KEYS, "conv1.weight", in_channels)
+        return maybe_with_classifier(net, classifier_head)
 
-@register("resnet34-unet", multiple=32,
-          description="U-Net with a ResNet-34 encoder (basic blocks, optional ImageNet weights)")
-def build_resnet34_unet(in_channels: int, n_classes: int, width: int = 64, pretrained: str | None = None,
-                        decoder_channels: list[int] | None = None, deep_supervision: bool | int = False,
-                        classifier_head: bool = False) -> nn.Module:
-    """ResNet-34 encoder (3, 4, 6, 3 basic blocks); decoder 256..16 channels (scaled by width/64).
-
-    ``pretrained``: ``"imagenet"`` or a torchvision-style ``.pth`` file (needs ``width=64``)."""
-    return _build("resnet34", BasicBlock, (3, 4, 6, 3), in_channels, n_classes, width, pretrained,
-                  decoder_channels, deep_supervision, classifier_head)
+    build.__doc__ = doc
+    build.__name__ = build.__qualname__ = "build_" + name.replace("-", "_")
+    return register(name, multiple=32, description=description)(build)
 
 
-@register("resnet50-unet", multiple=32,
-          description="U-Net with a ResNet-50 encoder (bottleneck blocks, optional ImageNet weights)")
-def build_resnet50_unet(in_channels: int, n_classes: int, width: int = 64, pretrained: str | None = None,
-                        decoder_channels: list[int] | None = None, deep_supervision: bool | int = False,
-                        classifier_head: bool = False) -> nn.Module:
-    """ResNet-50 encoder (3, 4, 6, 3 bottleneck blocks, 2048 channels at 1/32).
+_PRETRAINED_DOC = """
 
     ``pretrained``: ``"imagenet"`` or a torchvision-style ``.pth`` file (needs ``width=64``)."""
-    return _build("resnet50", Bottleneck, (3, 4, 6, 3), in_channels, n_classes, width, pretrained,
-                  decoder_channels, deep_supervision, classifier_head)
+
+build_resnet34_unet = _register_resnet_unet(
+    "resnet34-unet", "resnet34", BasicBlock, (3, 4, 6, 3),
+    description="U-Net with a ResNet-34 encoder (basic blocks, optional ImageNet weights)",
+    doc="ResNet-34 encoder (3, 4, 6, 3 basic blocks); decoder 256..16 channels (scaled by width/64)."
+        + _PRETRAINED_DOC)
+
+build_resnet50_unet = _register_resnet_unet(
+    "resnet50-unet", "resnet50", Bottleneck, (3, 4, 6, 3),
+    description="U-Net with a ResNet-50 encoder (bottleneck blocks, optional ImageNet weights)",
+    doc="ResNet-50 encoder (3, 4, 6, 3 bottleneck blocks, 2048 channels at 1/32)." + _PRETRAINED_DOC)

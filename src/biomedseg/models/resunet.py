@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from biomedseg.models.blocks import StridedPointwiseConv, UNet2d
-from biomedseg.models.heads import maybe_with_classifier
-from biomedseg.models.registry import register
+from biomedseg.models.blocks import StridedPointwiseConv
+from biomedseg.models.unet_family import register_unet2d
 
 
 class ResidualUnit(nn.Module):
@@ -33,16 +32,7 @@ def _down(cin: int, cout: int) -> nn.Module:
     return ResidualUnit(cin, cout, stride=2)
 
 
-def _multiple(depth: int = 5, **_) -> int:
-    return 2 ** (depth - 1)
-
-
-@register("resunet", multiple=_multiple,
-          description="residual U-Net (Zhang 2018): pre-activation residual units, strided downsampling")
-def build_resunet(in_channels: int, n_classes: int, base_channels: int = 32, depth: int = 5,
-                  max_channels: int = 512, deep_supervision: bool | int = False,
-                  classifier_head: bool = False) -> nn.Module:
-    """Every encoder/decoder block is a residual unit; downsampling by stride-2 residual units."""
-    net = UNet2d(in_channels, n_classes, ResidualUnit, depth=depth, base_channels=base_channels,
-                 max_channels=max_channels, down=_down, deep_supervision=deep_supervision)
-    return maybe_with_classifier(net, classifier_head)
+build_resunet = register_unet2d(
+    "resunet", ResidualUnit, down=_down,
+    description="residual U-Net (Zhang 2018): pre-activation residual units, strided downsampling",
+    doc="Every encoder/decoder block is a residual unit; downsampling by stride-2 residual units.")

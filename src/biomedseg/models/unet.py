@@ -5,13 +5,10 @@ from __future__ import annotations
 from torch import nn
 
 from biomedseg.models.registry import register
+from biomedseg.models.unet_family import unet_multiple
 
 
-def _unet_multiple(depth: int = 5, **_) -> int:
-    return 2 ** (depth - 1)
-
-
-@register("unet", multiple=_unet_multiple, description="U-Net with residual units (MONAI), configurable depth/width")
+@register("unet", multiple=unet_multiple, description="U-Net with residual units (MONAI), configurable depth/width")
 def build_unet(
     in_channels: int,
     n_classes: int,

@@ -7,13 +7,10 @@ from torch import nn
 from biomedseg.models.blocks import DoubleConv, UNet2d
 from biomedseg.models.heads import maybe_with_classifier
 from biomedseg.models.registry import register
+from biomedseg.models.unet_family import unet_multiple
 
 
-def _multiple(depth: int = 5, **_) -> int:
-    return 2 ** (depth - 1)
-
-
-@register("unet-classic", multiple=_multiple,
+@register("unet-classic", multiple=unet_multiple,
           description="classic U-Net (Ronneberger 2015): double conv+BN/ReLU, 64..1024 channels, 4 poolings")
 def build_unet_classic(in_channels: int, n_classes: int, base_channels: int = 64, depth: int = 5,
                        deep_supervision: bool | int = False, classifier_head: bool = False) -> nn.Module:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from biomedseg.engine.defaults import DEFAULT_OVERLAP
 from biomedseg.errors import UserError
 
 #: epochs trained when neither ``epochs`` nor ``time_budget`` is given
@@ -77,7 +78,7 @@ class TrainConfig(BaseModel):
     channels: int | None = None  # input channels; default: from the data
     exclude: list[str] = Field(default_factory=list)  # sample ids to leave out (label conflicts)
     # validation / inference
-    overlap: float = 0.25
+    overlap: float = DEFAULT_OVERLAP
     val_every: int = 1
     # self-configuration: plan values apply to every option not set explicitly
     auto_plan: bool = True

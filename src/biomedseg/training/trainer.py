@@ -18,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from biomedseg.data.datasets import PatchSampler, Prefetcher
-from biomedseg.inference.sliding_window import SlidingWindowPredictor, autocast_context
+from biomedseg.engine.defaults import inference_batch_size
+from biomedseg.engine.sliding_window import SlidingWindowPredictor, autocast_context
 from biomedseg.metrics import MetricAccumulator
 from biomedseg.models.heads import find_classifier, foreground_present
 from biomedseg.runs import save_checkpoint
@@ -159,7 +160,8 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict:
         predictor = SlidingWindowPredictor(
-            self.net, self.cfg.patch_size, overlap=self.cfg.overlap, batch_size=max(1, self.cfg.batch_size // 2),
+            self.net, self.cfg.patch_size, overlap=self.cfg.overlap,
+            batch_size=inference_batch_size(self.cfg.batch_size),
             device=self.device, precision=self.precision, channels_last=self.channels_last,
         )
         acc = MetricAccumulator(self.n_classes, self.class_names, self.background)

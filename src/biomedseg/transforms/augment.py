@@ -38,7 +38,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from biomedseg.errors import UserError
-from biomedseg.transforms.basic import Compose
+from biomedseg.transforms.augment_base import Compose
 from biomedseg.transforms.intensity import Brightness, Contrast, Gamma, GaussianBlur, GaussianNoise, UniformNoise
 from biomedseg.transforms.spatial import Flip, FlipRot90, Pad, RandomCrop, Rot90, Spatial
 from biomedseg.transforms.spatial import warp  # noqa: F401  (re-exported: was defined here)

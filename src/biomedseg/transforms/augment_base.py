@@ -1,5 +1,5 @@
-"""Shared pieces of the augmentation transforms: the applied-with-probability base class and
-argument checks.
+"""Shared pieces of the augmentation transforms: :class:`Compose`, the applied-with-probability
+base class and argument checks.
 
 Every transform is a callable ``t(image, mask, rng) -> (image, mask)`` with image
 ``(C, H, W) float32`` (normalised), mask ``(H, W) int64`` and a ``numpy.random.Generator``.
@@ -7,7 +7,11 @@ Every transform is a callable ``t(image, mask, rng) -> (image, mask)`` with imag
 
 from __future__ import annotations
 
+from typing import Callable, Sequence
+
 import numpy as np
+
+Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
 #: ``numpy.pad`` modes accepted for boundary handling
 PAD_MODES = ("symmetric", "reflect", "constant")
@@ -57,3 +61,15 @@ class RandomTransform:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms: Sequence[Transform]):
+        self.transforms = list(transforms)
+
+    def __call__(self, image, mask, rng):
+        for t in self.transforms:
+            image, mask = t(image, mask, rng)
+        return np.ascontiguousarray(image), np.ascontiguousarray(mask)

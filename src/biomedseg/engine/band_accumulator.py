@@ -1,7 +1,7 @@
 """Tile grid and Gaussian-weighted blending of tile logits, one band of rows at a time.
 
 The grid, padding and weights are those of the in-memory
-:class:`~biomedseg.inference.sliding_window.SlidingWindowPredictor` (MONAI's): the image is
+:class:`~biomedseg.engine.sliding_window.SlidingWindowPredictor` (MONAI's): the image is
 reflect-padded to at least one tile, tiles start at :func:`tile_starts`, and tile logits are
 averaged with MONAI's Gaussian importance map. :class:`BandAccumulator` holds only ``K x tile x
 width`` accumulated logits and weights; rows no later tile touches are finalised (softmax) and
@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from biomedseg.inference.sliding_window import pad_before_after, tile_starts
+from biomedseg.engine.sliding_window import pad_before_after, tile_starts
 
 __all__ = ["BandAccumulator", "TileGrid", "argmax0"]
 

@@ -6,8 +6,8 @@ format and optional test-time augmentation. Images smaller than a tile are refle
 (symmetrically, as MONAI does) and cropped back.
 
 The tile grid, the padding and the test-time augmentation are defined here once and shared with
-:mod:`biomedseg.inference.streaming`, so that the streaming predictor (images larger than memory)
-gives the same probabilities as this one:
+:mod:`biomedseg.engine.band_accumulator` (used by :mod:`biomedseg.inference.streaming`), so that
+the streaming predictor (images larger than memory) gives the same probabilities as this one:
 
 - grid: :func:`tile_starts` replicates ``monai.inferers.utils._get_scan_interval`` and
   ``monai.data.utils.dense_patch_slices`` (step ``int(tile * (1 - overlap))``, last tile flush with
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biomedseg.engine.defaults import DEFAULT_OVERLAP
 from biomedseg.errors import UserError
 from biomedseg.models.heads import find_classifier
 
@@ -244,7 +245,7 @@ class SlidingWindowPredictor:
     It is ``None`` for networks without a head.
     """
 
-    def __init__(self, model, patch_size: int, overlap: float = 0.25, batch_size: int = 4,
+    def __init__(self, model, patch_size: int, overlap: float = DEFAULT_OVERLAP, batch_size: int = 4,
                  device: str | torch.device = "cpu", precision: str = "fp32", tta: bool | str = False,
                  channels_last: bool = True, optimize: bool = True):
         from monai.inferers import SlidingWindowInferer
