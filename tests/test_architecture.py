@@ -10,9 +10,9 @@ PKG = SRC / "biomedseg"
 #: package or module (first name under biomedseg) -> layer; a module imports only from lower layers
 #: or from its own package (docs/design.md, "Layers")
 LAYERS = {
-    "errors": 1, "metrics": 1, "stats": 1,
+    "errors": 1, "metrics": 1, "stats": 1, "render": 1,
     "io": 2,
-    "transforms": 3, "models": 3, "losses": 3, "losses_extra": 3, "device": 3,
+    "transforms": 3, "models": 3, "losses": 3, "losses_extra": 3, "losses_registry": 3, "device": 3,
     "data": 4,
     "audit": 5,
     "engine": 6,

@@ -12,7 +12,7 @@ from PIL import Image
 
 from biomedseg.errors import UserError
 from biomedseg.metrics import MetricAccumulator
-from biomedseg.reports.overlays import (
+from biomedseg.render import (
     ERROR_COLORS,
     class_colors,
     class_overlay,

@@ -53,7 +53,7 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     metrics.update({"split": split, "n_images": len(ids), "run": str(loaded.run_dir), "data": str(source.root),
                     "tta": tta, "classes": classes, "background": classes[bg] if bg is not None else None,
                     "postprocess": post.model_dump(mode="json", exclude={"tuning"}) if post is not None else None})
-    _write_results(out, metrics, acc.per_image_rows(), overlay_paths, loaded.run_dir,
+    _write_results(out, metrics, acc.per_image_rows(), overlay_paths, loaded.run.paths.curves,
                    title=f"biomedseg evaluation: {Path(source.root).name} ({split})")
     return metrics
 
@@ -80,7 +80,7 @@ def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, ove
 
     from biomedseg.inference.predict import predict_image
     from biomedseg.io import Palette, read_image, read_mask, write_png
-    from biomedseg.reports.overlays import overlay_panel
+    from biomedseg.render import overlay_panel
 
     palette = Palette.from_json(loaded.info.palette)
     classes, bg = loaded.classes, loaded.background
@@ -120,7 +120,7 @@ def _valid_region(valid_dir, sid: str) -> np.ndarray | None:
     return valid if valid.ndim == 2 else valid.any(-1)
 
 
-def _write_results(out: Path, metrics: dict, rows: list[dict], overlay_paths, run_dir: Path, title: str) -> None:
+def _write_results(out: Path, metrics: dict, rows: list[dict], overlay_paths, curves: Path, title: str) -> None:
     """``metrics.json``, ``per_image.csv`` (when there are rows) and ``report.html`` in ``out``."""
     from biomedseg.io import write_json, write_text
     from biomedseg.reports.html import write_evaluation_report
@@ -132,7 +132,6 @@ def _write_results(out: Path, metrics: dict, rows: list[dict], overlay_paths, ru
         w.writeheader()
         w.writerows(rows)
         write_text(out / "per_image.csv", buf.getvalue())
-    curves = loaded.run.paths.curves
     write_evaluation_report(out, metrics, rows, overlay_paths, title=title,
                             curves_png=curves if curves.is_file() else None)
 

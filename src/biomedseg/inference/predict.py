@@ -260,7 +260,7 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
         mask, inst = proba.argmax(0).astype(np.uint8), None
     written = []
     if overlays:
-        from biomedseg.reports.overlays import class_overlay
+        from biomedseg.render import class_overlay
 
         ov = out / f"{stem}_overlay.png"
         write_png(ov, class_overlay(image, mask, background=run.background))

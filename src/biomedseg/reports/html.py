@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 from biomedseg.io.writers import atomic_path
 from biomedseg.reports.curves import plot_class_bars
-from biomedseg.reports.overlays import ERROR_COLORS, ERROR_LABELS
+from biomedseg.render import ERROR_COLORS, ERROR_LABELS
 
 __all__ = ["write_evaluation_report"]
 

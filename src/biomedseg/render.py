@@ -1,4 +1,6 @@
-"""Overlay pictures: prediction errors and class masks drawn on the image.
+"""Drawing (pure numpy): class colours, coloured masks, prediction errors and overlays on the image.
+
+Below every package that writes pictures (prediction overlays, evaluation and audit reports).
 
 All functions take numpy arrays and return ``(H, W, 3)`` ``uint8`` RGB arrays ready for
 ``write_png``. Images are ``(H, W)`` or ``(H, W, C)`` with ``C`` in {1, 3} (``uint8``, ``uint16``
