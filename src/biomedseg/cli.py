@@ -14,6 +14,8 @@ from typing import List, Optional
 
 import typer
 
+from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
+from biomedseg.demo import DEMO_TIME_BUDGET
 from biomedseg.errors import UserError
 from biomedseg.runs.layout import PLAN
 
@@ -56,8 +58,8 @@ def audit(
 @app.command()
 def split(
     data: Path = typer.Argument(..., help="DATA folder; its dataset.json gets the split"),
-    test_fraction: float = typer.Option(0.2, "--test-fraction", help="share of images for testing"),
-    val_fraction: float = typer.Option(0.1, "--val-fraction", help="share of images for validation"),
+    test_fraction: float = typer.Option(DEFAULT_TEST_FRACTION, "--test-fraction", help="share of images for testing"),
+    val_fraction: float = typer.Option(DEFAULT_VAL_FRACTION, "--val-fraction", help="share of images for validation"),
     seed: int = typer.Option(0, "--seed", help="random seed"),
     stratify: bool = typer.Option(False, "--stratify", help="spread the rarest class present in each image evenly"),
     exclude_conflicts: bool = typer.Option(
@@ -306,7 +308,7 @@ def augment_preview(
 @app.command()
 def demo(
     out: Path = typer.Option(Path("biomedseg_demo"), "--out", "-o", help="folder for data, run and results"),
-    time_budget: str = typer.Option("2m", "--time-budget", help="training time"),
+    time_budget: str = typer.Option(DEMO_TIME_BUDGET, "--time-budget", help="training time"),
     seed: int = typer.Option(0),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):

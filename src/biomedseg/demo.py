@@ -13,6 +13,9 @@ from pathlib import Path
 
 log = logging.getLogger("biomedseg")
 
+#: the demo's training time
+DEMO_TIME_BUDGET = "2m"
+
 # A small, fast configuration: the synthetic images are 256x256 grey and the objects small.
 DEMO_CONFIG = {
     "model": "unet",
@@ -20,12 +23,11 @@ DEMO_CONFIG = {
     "patch_size": 128,
     "batch_size": 8,
     "lr": 3e-3,
-    "val_fraction": 0.15,
     "iterations_per_epoch": 40,
 }
 
 
-def run_demo(out="biomedseg_demo", time_budget: str = "2m", seed: int = 0, quiet: bool = False) -> dict:
+def run_demo(out="biomedseg_demo", time_budget: str = DEMO_TIME_BUDGET, seed: int = 0, quiet: bool = False) -> dict:
     """Run generate -> train -> evaluate -> predict in ``out``; returns the test metrics."""
     from biomedseg.data.synthetic import make_synthetic_dataset
     from biomedseg.evaluation import evaluate, format_metrics

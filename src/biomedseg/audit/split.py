@@ -15,6 +15,7 @@ from pathlib import Path
 from biomedseg.audit.run import run_audit
 from biomedseg.data.discovery import DATA_META, natural_key
 from biomedseg.data.group_split import EXCLUDE_NAME, split_with_groups
+from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from biomedseg.errors import UserError
 from biomedseg.io.writers import write_json, write_text
 
@@ -46,8 +47,8 @@ def stratify_labels(audit: dict) -> dict[str, str]:
     return out
 
 
-def write_split(data_dir, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0,
-                stratify: bool = False, exclude_conflicts: bool = True, audit=None,
+def write_split(data_dir, test_fraction: float = DEFAULT_TEST_FRACTION, val_fraction: float = DEFAULT_VAL_FRACTION,
+                seed: int = 0, stratify: bool = False, exclude_conflicts: bool = True, audit=None,
                 check_flips: bool = False, progress: bool = True) -> dict:
     """Write a group-aware split into ``DATA/dataset.json`` and conflicts into ``DATA/exclude.txt``.
 

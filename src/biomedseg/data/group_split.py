@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.data.discovery import natural_key
-from biomedseg.data.splits import count_for_fraction
+from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, count_for_fraction
 from biomedseg.errors import UserError
 
 EXCLUDE_NAME = "exclude.txt"
@@ -52,8 +52,9 @@ def _units(pool: list[str], groups) -> list[list[str]]:
     return sorted((sorted(u, key=natural_key) for u in units), key=lambda u: natural_key(u[0]))
 
 
-def split_with_groups(ids, groups, test_fraction: float = 0.2, val_fraction: float = 0.1,
-                      seed: int = 0, stratify: dict | None = None) -> dict[str, list[str]]:
+def split_with_groups(ids, groups, test_fraction: float = DEFAULT_TEST_FRACTION,
+                      val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0,
+                      stratify: dict | None = None) -> dict[str, list[str]]:
     """Split ``ids`` into ``{"train", "val"(, "test")}`` keeping each group on one side.
 
     Args:

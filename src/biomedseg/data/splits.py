@@ -8,6 +8,12 @@ from pathlib import Path
 
 from biomedseg.errors import UserError
 
+#: share of images held out for validation (of the training pool in ``train``, of all images in
+#: ``biomedseg split``)
+DEFAULT_VAL_FRACTION = 0.15
+#: share of images held out for testing by ``biomedseg split``
+DEFAULT_TEST_FRACTION = 0.2
+
 
 def count_for_fraction(n: int, fraction: float, name: str) -> int:
     """Images for a side holding ``fraction`` of ``n`` (at least 1 when positive and n >= 2)."""
