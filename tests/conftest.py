@@ -57,22 +57,19 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def write_fake_run(run: Path, model: str, state_dict: dict, data: Path, val_ids: list[str], patch_size: int,
-                   batch_size: int) -> Path:
-    """A RUN folder (checkpoint, config.yaml, dataset.json) for a 1-channel, 2-class model whose
-    validation split is ``val_ids`` of ``data``: lets tests load hand-built networks as runs."""
-    import json
+def write_fake_run(run: Path, model: str, state_dict: dict, data: Path | None, val_ids: list[str], patch_size: int,
+                   batch_size: int, model_kwargs: dict | None = None, n_classes: int = 2, **config) -> Path:
+    """A RUN folder (``runs.write_run``: checkpoint, config, dataset info) for a 1-channel model of
+    ``n_classes`` whose validation split is ``val_ids`` of ``data``: lets tests load hand-built
+    networks as runs."""
+    from biomedseg.runs import DatasetInfo, write_run
 
-    import yaml
-
-    from biomedseg.runs import save_checkpoint
-
-    save_checkpoint(run / "checkpoints" / "best.pt", {"model": state_dict})
-    (run / "config.yaml").write_text(yaml.safe_dump({"model": model, "patch_size": patch_size,
-                                                     "batch_size": batch_size, "device": "cpu",
-                                                     "precision": "fp32", "num_threads": 1}))
-    (run / "dataset.json").write_text(json.dumps({
-        "classes": ["background", "cell"], "background": 0, "palette": {"values": [[0], [1]]},
-        "strict_index": False, "channels": 1, "n_classes": 2, "normalization": {"mean": [100.0], "std": [50.0]},
-        "split": {"train": [], "val": list(val_ids)}, "source": str(data.resolve())}))
+    values = {"model": model, **({"model_kwargs": model_kwargs} if model_kwargs else {}), "patch_size": patch_size,
+              "batch_size": batch_size, **config, "device": "cpu", "precision": "fp32", "num_threads": 1}
+    info = DatasetInfo(classes=["background", "cell"] if n_classes == 2 else
+                       ["background"] + [f"c{i}" for i in range(1, n_classes)],
+                       background=0, palette={"values": [[i] for i in range(n_classes)]}, strict_index=False,
+                       channels=1, n_classes=n_classes, normalization={"mean": [100.0], "std": [50.0]},
+                       split={"train": [], "val": list(val_ids)}, source=str(data.resolve()) if data else "")
+    write_run(run, values, info, {"model": state_dict})
     return run

@@ -1,31 +1,23 @@
 """Prediction of many files as Dask tasks on a 2-process LocalCluster."""
 
-import json
 
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
+
+from conftest import write_fake_run
 
 pytest.importorskip("distributed", reason='Dask is optional: pip install "biomedseg[distributed]"')
 
 
 def make_run(run_dir, patch=64):
     from biomedseg.models import create_model
-    from biomedseg.runs import save_checkpoint
 
     torch.manual_seed(0)
     kw = {"depth": 3, "base_channels": 8, "num_res_units": 1}
-    save_checkpoint(run_dir / "checkpoints" / "best.pt", {"model": create_model("unet", 1, 2, **kw).state_dict()})
-    (run_dir / "config.yaml").write_text(yaml.safe_dump({"model": "unet", "model_kwargs": kw, "patch_size": patch,
-                                                         "batch_size": 4, "device": "cpu", "precision": "fp32",
-                                                         "num_threads": 1}))
-    (run_dir / "dataset.json").write_text(json.dumps({
-        "classes": ["background", "cell"], "background": 0, "palette": {"values": [[0], [1]]},
-        "strict_index": False, "channels": 1, "n_classes": 2, "normalization": {"mean": [100.0], "std": [50.0]},
-        "split": {"train": [], "val": []}, "source": ""}))
-    return run_dir
+    return write_fake_run(run_dir, "unet", create_model("unet", 1, 2, **kw).state_dict(), None, [],
+                          patch_size=patch, batch_size=4, model_kwargs=kw)
 
 
 @pytest.mark.timeout(120)

@@ -1,12 +1,10 @@
 """Streaming (band-by-band) prediction equals the in-memory sliding window; files, resume."""
 
-import json
 
 import numpy as np
 import pytest
 import tifffile
 import torch
-import yaml
 
 from biomedseg.engine.sliding_window import (
     SlidingWindowPredictor,
@@ -17,6 +15,7 @@ from biomedseg.engine.sliding_window import (
 )
 from biomedseg.inference.streaming import StreamingPredictor, open_source, partial_path
 from biomedseg.transforms.normalize import Normalizer
+from conftest import write_fake_run
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,21 +37,12 @@ def model():
 def make_run(run_dir, n_classes=2, patch=64):
     """A run folder with a random-weight 8-channel U-Net (what load_run needs)."""
     from biomedseg.models import create_model
-    from biomedseg.runs import save_checkpoint
 
     torch.manual_seed(0)
     kw = {"depth": 3, "base_channels": 8, "num_res_units": 1}
     model = create_model("unet", 1, n_classes, **kw)
-    save_checkpoint(run_dir / "checkpoints" / "best.pt", {"model": model.state_dict()})
-    cfg = {"model": "unet", "model_kwargs": kw, "patch_size": patch, "batch_size": 4, "overlap": 0.25,
-           "device": "cpu", "precision": "fp32", "num_threads": 1}
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg))
-    info = {"classes": ["background"] + [f"c{i}" for i in range(1, n_classes)], "background": 0,
-            "palette": {"values": [[i] for i in range(n_classes)]}, "strict_index": False, "channels": 1,
-            "n_classes": n_classes, "normalization": {"mean": [100.0], "std": [50.0]},
-            "split": {"train": [], "val": []}, "source": ""}
-    (run_dir / "dataset.json").write_text(json.dumps(info))
-    return run_dir
+    return write_fake_run(run_dir, "unet", model.state_dict(), None, [], patch_size=patch, batch_size=4,
+                          model_kwargs=kw, n_classes=n_classes, overlap=0.25)
 
 
 def test_grid_matches_monai():
