@@ -7,8 +7,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "biomedseg"
 
-#: package or module (first name under biomedseg) -> layer; a module imports only from lower layers
-#: or from its own package (docs/design.md, "Layers")
+#: package or module (first name under biomedseg) -> row of docs/design.md; a module imports only
+#: from its own row or rows above it
 LAYERS = {
     "errors": 1, "metrics": 1, "stats": 1, "render": 1,
     "io": 2,
