@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -156,6 +157,9 @@ def test_compare_reuses_current_evaluations_and_takes_given_ones(trained_run, se
     assert (out / "evals" / "run" / "metrics.json").stat().st_mtime_ns == written  # reused, not re-evaluated
     assert s2["comparisons"][0]["a"] == "other" and s2["comparisons"][0]["b"] == "run"
     assert s2["comparisons"][0]["mean_difference"] == pytest.approx(-s["comparisons"][0]["mean_difference"])
+    os.utime(out / "evals" / "run" / "metrics.json", (0, 0))  # older than the checkpoint: evaluated again
+    compare([trained_run, second_run], out, evaluations={"other": given}, **kw)
+    assert (out / "evals" / "run" / "metrics.json").stat().st_mtime > 0
     with pytest.raises(UserError, match="not one of the runs compared"):
         compare([trained_run, second_run], out, baseline="nope", **kw)
 

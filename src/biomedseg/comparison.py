@@ -135,15 +135,15 @@ def _same_path(a, b) -> bool:
 
 
 def is_current(eval_dir: Path, run: RunFolder, split: str, data) -> bool:
-    """True when ``eval_dir`` holds an evaluation of ``run`` on ``split`` (of ``data`` when given)
-    newer than the run's best checkpoint and post-processing."""
+    """True when ``eval_dir`` holds an evaluation of ``run`` on ``split`` of ``data`` (default the run's
+    training data) newer than the run's best checkpoint and post-processing."""
     try:
         metrics, _ = read_evaluation(eval_dir)
     except UserError:
         return False
     if metrics.get("split") != split or not _same_path(metrics.get("run"), run.root):
         return False
-    if data is not None and not _same_path(metrics.get("data"), data):
+    if not _same_path(metrics.get("data"), data if data is not None else run.dataset().source):
         return False
     written = (eval_dir / EVAL_METRICS).stat().st_mtime
     inputs = [p for p in (run.checkpoint_path("best"), run.paths.postprocess) if p.is_file()]
