@@ -14,10 +14,12 @@ from typing import List, Optional
 
 import typer
 
+from biomedseg.comparison import DEFAULT_SPLIT, PAIRS
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from biomedseg.demo import DEMO_TIME_BUDGET
 from biomedseg.errors import UserError
 from biomedseg.runs.layout import PLAN
+from biomedseg.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semantic segmentation of 2D biomedical images: audit, train, evaluate, predict.")
@@ -316,6 +318,40 @@ def demo(
     from biomedseg.demo import run_demo
 
     run_demo(out, time_budget=time_budget, seed=seed, quiet=quiet)
+
+
+@app.command()
+def compare(
+    runs: Optional[List[Path]] = typer.Argument(None, help="run folders to compare (at least 2)"),
+    out: Path = typer.Option(..., "--out", "-o", help="report folder: compare.md, compare.html, compare.json, evals/"),
+    data: Optional[Path] = typer.Option(None, "--data", help="labelled DATA folder (default: the runs' training data)"),
+    split: str = typer.Option(DEFAULT_SPLIT, help="split every run is evaluated on: test | val | train | all"),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="run (folder or name) the others are compared "
+                                           "with (default: the first)"),
+    pairs: str = typer.Option(PAIRS[0], "--pairs", help="baseline (each run against it) | all (every pair)"),
+    eval_: Optional[List[str]] = typer.Option(None, "--eval", help="RUN=EVALDIR: reuse this `biomedseg evaluate` "
+                                              "folder for RUN (repeatable); other runs are evaluated into OUT/evals/"),
+    resamples: int = typer.Option(DEFAULT_RESAMPLES, "--resamples", min=1, help="bootstrap resamples"),
+    seed: int = typer.Option(DEFAULT_SEED, "--seed", help="seed of the bootstrap"),
+    confidence: float = typer.Option(DEFAULT_CONFIDENCE, "--confidence", help="interval level, e.g. 0.95"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | auto, for the evaluations compare runs itself"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Compare runs on the same images: settings that differ, metrics, curves, per-image Dice, and a
+    paired bootstrap of the Dice difference (is it larger than the noise?)."""
+    from biomedseg.comparison import compare as run_compare
+
+    evaluations = {}
+    for item in eval_ or []:
+        run, sep, folder = item.partition("=")
+        if not sep or not run or not folder:
+            raise UserError(f"--eval {item}: expected RUN=EVALDIR")
+        evaluations[run] = Path(folder)
+    s = run_compare(runs or [], out, data=data, split=split, evaluations=evaluations, baseline=baseline, pairs=pairs,
+                    n_resamples=resamples, seed=seed, confidence=confidence, device=device, quiet=quiet)
+    for c in s["comparisons"]:
+        typer.echo(c["sentence"])
+    typer.echo(f"wrote {s['markdown']}, {s['html']}")
 
 
 def main() -> None:
