@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from biomedseg.errors import UserError
-from biomedseg.io.images import IMAGE_EXTENSIONS, image_shape, is_image_file
+from biomedseg.io.images import IMAGE_EXTENSIONS, image_shape, is_image_path
+from biomedseg.io.zarr_images import is_zarr
 
 #: the DATA folder's optional metadata file (classes, split, source, licence)
 DATA_META = "dataset.json"
@@ -88,8 +89,9 @@ def _plural(n: int, one: str, many: str) -> str:
 
 
 def _image_files(folder: Path) -> list[Path]:
-    """Non-hidden files with an image extension directly in ``folder``, naturally sorted."""
-    files = [p for p in folder.iterdir() if p.is_file() and is_image_file(p)]
+    """Non-hidden files with an image extension (and ``.zarr`` folders) directly in ``folder``,
+    naturally sorted."""
+    files = [p for p in folder.iterdir() if is_image_path(p)]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -210,7 +212,7 @@ def resolve_folders(data: str | os.PathLike | None = None,
         images_dir = Path(images)
     elif root is None:
         raise UserError("no data given: pass a DATA folder or --images (and --masks)")
-    elif not (root / "images").exists() and any(p.is_file() and is_image_file(p) for p in root.iterdir()):
+    elif not (root / "images").exists() and any(is_image_path(p) for p in root.iterdir()):
         images_dir = root
     else:
         images_dir = root / "images"
@@ -285,7 +287,9 @@ def list_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
     found: list[Path] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
+        if is_zarr(path):
+            files = [path]
+        elif path.is_dir():
             files = _image_files(path)
             if not files:
                 raise UserError(f"{path}: no images found in this folder")
@@ -295,8 +299,7 @@ def list_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
                                 f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
             files = [path]
         elif any(c in str(item) for c in "*?["):
-            files = sorted((Path(p) for p in glob.glob(str(item))
-                            if Path(p).is_file() and is_image_file(p)),
+            files = sorted((Path(p) for p in glob.glob(str(item)) if is_image_path(p)),
                            key=lambda p: natural_key(str(p)))
             if not files:
                 raise UserError(f"{item}: pattern matches no image files")

@@ -30,7 +30,7 @@ from biomedseg.data.discovery import (
     read_meta,
     resolve_folders,
 )
-from biomedseg.io.images import is_image_file
+from biomedseg.io.images import is_image_path
 
 
 @dataclass
@@ -69,11 +69,9 @@ class Scan:
 def _files(folder: Path) -> tuple[list[Path], int]:
     files, ignored = [], 0
     for p in folder.iterdir():
-        if not p.is_file():
-            continue
-        if is_image_file(p):
+        if is_image_path(p):
             files.append(p)
-        elif not p.name.startswith("."):
+        elif p.is_file() and not p.name.startswith("."):
             ignored += 1
     return sorted(files, key=lambda p: natural_key(p.name)), ignored
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from biomedseg.errors import UserError
-from biomedseg.io.images import IMAGE_EXTENSIONS, is_image_file
+from biomedseg.io.images import IMAGE_EXTENSIONS, is_image_path
+from biomedseg.io.zarr_images import ZARR_SUFFIX, is_zarr
 
 
 @dataclass
@@ -28,7 +29,7 @@ def find_sources(src, masks) -> tuple[list[Source], dict, Path | None]:
     if isinstance(src, (list, tuple)):
         return _check_sources([_listed_source(item) for item in src]), {}, None
     src = Path(src)
-    if src.is_file():
+    if src.is_file() or is_zarr(src):
         mask = Path(masks) if masks is not None else _mask_next_to(src)
         return _check_sources([Source(src.stem, src, mask)]), {}, None
     if not src.is_dir():
@@ -77,10 +78,10 @@ def _mask_next_to(image: Path) -> Path | None:
     from biomedseg.data.discovery import MASK_SUFFIXES
 
     for suffix in MASK_SUFFIXES:
-        for ext in sorted(IMAGE_EXTENSIONS):
+        for ext in sorted(IMAGE_EXTENSIONS) + [ZARR_SUFFIX]:
             for e in (ext, ext.upper()):
                 cand = image.with_name(image.stem + suffix + e)
-                if cand.is_file():
+                if is_image_path(cand):
                     return cand
     return None
 
@@ -90,11 +91,11 @@ def _check_sources(sources: list[Source]) -> list[Source]:
         raise UserError("nothing to tile: no images given")
     seen = set()
     for s in sources:
-        if not s.image.is_file():
+        if not s.image.exists():
             raise UserError(f"{s.image}: image not found")
-        if not is_image_file(s.image):
+        if not is_image_path(s.image):
             raise UserError(f"{s.image}: not an image file")
-        if s.mask is not None and not s.mask.is_file():
+        if s.mask is not None and not is_image_path(s.mask):
             raise UserError(f"{s.mask}: mask not found")
         if s.id in seen:
             raise UserError(f"{s.image}: two sources share the id {s.id}")

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.errors import UserError
+from biomedseg.io.zarr_images import axes_plan as _axes_plan
+from biomedseg.io.zarr_images import open_level
 
 log = logging.getLogger("biomedseg")
 
@@ -50,36 +52,6 @@ class TileSource:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _axes_plan(shape: tuple[int, ...], axes: str | None, name: str) -> tuple[list, int, int, int | None]:
-    """From an array shape (and axes letters if known) build ``(index template, y_axis, x_axis,
-    channel_axis)``. Singleton axes are indexed with 0; exactly one non-spatial axis may remain
-    (the channels); more is a stack, which is refused."""
-    nd = len(shape)
-    if axes is not None and len(axes) == nd:
-        axes = axes.upper()
-        y_ax, x_ax = axes.rfind("Y"), axes.rfind("X")
-        if y_ax < 0 or x_ax < 0:
-            raise UserError(f"{name}: array axes {axes!r} have no Y/X")
-    else:
-        dims = [i for i, s in enumerate(shape) if s != 1]
-        if nd == 2:
-            y_ax, x_ax = 0, 1
-        elif len(dims) == 3 and shape[dims[2]] <= 4:
-            y_ax, x_ax = dims[0], dims[1]
-        elif len(dims) >= 2:
-            y_ax, x_ax = dims[-2], dims[-1]
-        else:
-            raise UserError(f"{name}: array of shape {tuple(shape)} is not a 2D image")
-    others = [i for i in range(nd) if i not in (y_ax, x_ax) and shape[i] != 1]
-    if len(others) > 1:
-        raise UserError(f"{name}: array of shape {tuple(shape)} is a stack; only single 2D images are supported")
-    c_ax = others[0] if others else None
-    if c_ax is not None and shape[c_ax] > 4:
-        raise UserError(f"{name}: {shape[c_ax]} channels; 1 (grey), 3 (RGB) or 4 (RGBA) expected")
-    template = [slice(None) if i in (x_ax, c_ax) else 0 for i in range(nd)]
-    return template, y_ax, x_ax, c_ax
 
 
 class ArraySource(TileSource):
@@ -210,41 +182,10 @@ def _tiff_level_source(tif, path: Path, level: int) -> TileSource:
     return ArraySource(arr, axes=lev.axes, name=str(path), tile=tile, closer=closer)
 
 
-def _ome_axes(attrs: dict) -> tuple[list, str | None]:
-    ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
-    if not ms:
-        return [], None
-    axes = ms[0].get("axes")
-    letters = None
-    if axes:
-        names = [a["name"] if isinstance(a, dict) else str(a) for a in axes]
-        letters = "".join(n[0].upper() for n in names)
-    return [d["path"] for d in ms[0].get("datasets", [])], letters
-
-
 def _zarr_source(path: Path, level: int) -> TileSource:
-    import zarr
-
-    try:
-        node = zarr.open(str(path), mode="r")
-    except Exception as exc:
-        raise UserError(f"{path}: cannot open zarr ({type(exc).__name__}: {exc})") from None
-    axes = None
-    if isinstance(node, zarr.Group):
-        paths, axes = _ome_axes(dict(node.attrs))
-        if not paths:
-            arrays = sorted(name for name, _ in node.arrays())
-            if len(arrays) != 1:
-                raise UserError(f"{path}: zarr group without OME multiscales metadata and "
-                                f"{len(arrays)} arrays; pass the array itself")
-            paths = arrays
-        if not 0 <= level < len(paths):
-            raise UserError(f"{path}: --level {level} does not exist (levels 0..{len(paths) - 1})")
-        node = node[paths[level]]
-    elif level:
-        raise UserError(f"{path}: --level {level}: a plain zarr array has one level")
-    chunks = getattr(node, "chunks", None)
-    return ArraySource(node, axes=axes, name=str(path), tile=tuple(chunks[-2:]) if chunks else None)
+    z = open_level(path, level)
+    chunks = getattr(z.array, "chunks", None)
+    return ArraySource(z.array, axes=z.axes, name=str(path), tile=tuple(chunks[-2:]) if chunks else None)
 
 
 def open_source(obj, level: int = 0) -> TileSource:

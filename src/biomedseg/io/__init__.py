@@ -6,6 +6,7 @@ from biomedseg.io.images import (
     image_shape,
     is_grey_rgb,
     is_image_file,
+    is_image_path,
     read_image,
     read_raw,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "image_shape",
     "is_grey_rgb",
     "is_image_file",
+    "is_image_path",
     "palette_for_classes",
     "read_image",
     "read_mask",

@@ -2,7 +2,9 @@
 
 PNG, JPEG and BMP are decoded by Pillow, TIFF (including LZW/deflate-compressed and BigTIFF)
 by tifffile with imagecodecs, and 16-bit colour PNGs (which Pillow truncates to 8 bit) by
-imagecodecs. The decoder is chosen from the file's first bytes, not its extension.
+imagecodecs. The decoder is chosen from the file's first bytes, not its extension. A ``.zarr``
+folder (zarr / OME-Zarr, :mod:`biomedseg.io.zarr_images`) is an image too: its full-resolution
+level is read, up to ``MAX_DECODE_PIXELS`` pixels.
 
 Conventions (see ``docs/design.md``):
 
@@ -27,6 +29,7 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from biomedseg.errors import UserError
+from biomedseg.io.zarr_images import ZARR_SUFFIX, is_zarr, read_zarr, zarr_shape
 
 # Pillow refuses images above ~179 megapixels as possible "decompression bombs". Whole-slide
 # tiles, stitched microscopy mosaics and large EM sections routinely exceed that, and the
@@ -35,6 +38,9 @@ from biomedseg.errors import UserError
 Image.MAX_IMAGE_PIXELS = 2**32
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
+#: Largest image (pixels) decoded whole: PNG/JPEG/BMP, a zarr level, or one compressed TIFF
+#: chunk (:mod:`biomedseg.io.slides`). 150 megapixels is ~450 MB as RGB (plus the decoder's copy).
+MAX_DECODE_PIXELS = 150_000_000
 
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -42,9 +48,16 @@ _RGB_MODES = {"RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "P",
 
 
 def is_image_file(path: str | os.PathLike) -> bool:
-    """True when ``path`` has an image extension (case-insensitive) and is not hidden."""
+    """True when ``path`` has an image extension or ends in ``.zarr`` (case-insensitive) and is
+    not hidden (the name only: see :func:`is_image_path`)."""
     p = Path(path)
-    return p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+    return (p.suffix.lower() in IMAGE_EXTENSIONS or p.suffix.lower() == ZARR_SUFFIX) and not p.name.startswith(".")
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """An image on disk: a file with an image extension, or a ``.zarr`` folder."""
+    p = Path(path)
+    return is_zarr(p) if p.suffix.lower() == ZARR_SUFFIX else (is_image_file(p) and p.is_file())
 
 
 def _fail(path, reason: str) -> UserError:
@@ -62,7 +75,9 @@ def _reason(exc: BaseException) -> str:
 
 
 def _sniff(path: Path) -> str:
-    """Return the decoder for ``path``: ``"tiff"``, ``"png16"`` or ``"pillow"``."""
+    """Return the decoder for ``path``: ``"zarr"``, ``"tiff"``, ``"png16"`` or ``"pillow"``."""
+    if is_zarr(path):
+        return "zarr"
     try:
         with open(path, "rb") as fh:
             head = fh.read(26)
@@ -197,7 +212,9 @@ def _decode_pillow(path: Path, expand_palette: bool) -> np.ndarray:
 def _decode(path, expand_palette: bool) -> np.ndarray:
     path = Path(path)
     kind = _sniff(path)
-    if kind == "tiff":
+    if kind == "zarr":
+        arr = read_zarr(path, MAX_DECODE_PIXELS)
+    elif kind == "tiff":
         arr = _decode_tiff(path, expand_palette)
     elif kind == "png16":
         arr = _decode_png16(path)
@@ -255,6 +272,8 @@ def image_shape(path: str | os.PathLike) -> tuple[int, int]:
     """``(H, W)`` of an image, from its header where possible (no full decode)."""
     path = Path(path)
     kind = _sniff(path)
+    if kind == "zarr":
+        return zarr_shape(path)
     try:
         if kind == "tiff":
             with _quiet_tifffile(), tifffile.TiffFile(path) as tif:

@@ -7,6 +7,8 @@
   a window decodes only the tiles/strips it touches. Uncompressed TIFFs stored in one piece
   are memory-mapped instead. A TIFF whose single compressed chunk exceeds the memory limit
   (e.g. a 40k x 40k image written as one strip) is refused with a clear ``UserError``.
+- **zarr / OME-Zarr** (a ``.zarr`` folder, :mod:`biomedseg.io.zarr_images`): windows are read
+  from the chunks they touch; OME multiscales levels are the pyramid levels.
 - **PNG / JPEG / BMP** must be decoded whole: the decoded size is estimated from the header
   and an image above ``max_decode_pixels`` is refused with a ``UserError`` suggesting a tiled
   TIFF; otherwise it is decoded once and windows are slices of it.
@@ -25,11 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.errors import UserError
-from biomedseg.io.images import _apply_tiff_colormap, _quiet_tifffile, _sniff, read_image, read_raw
+from biomedseg.io.images import (  # noqa: F401  (MAX_DECODE_PIXELS re-exported)
+    MAX_DECODE_PIXELS,
+    _apply_tiff_colormap,
+    _quiet_tifffile,
+    _sniff,
+    read_image,
+    read_raw,
+)
 
-#: Largest image (pixels) decoded whole: PNG/JPEG/BMP, or one compressed TIFF chunk.
-#: 150 megapixels is ~450 MB as RGB (plus the decoder's copy).
-MAX_DECODE_PIXELS = 150_000_000
 #: Above this many pixels per chunk an uncompressed contiguous TIFF is memory-mapped.
 MEMMAP_CHUNK_PIXELS = 16_000_000
 
@@ -56,7 +62,9 @@ class SlideReader:
         if self.level < 0:
             raise UserError(f"{self.path}: level must be 0 or more (got {level})")
         kind = _sniff(self.path)
-        if kind == "tiff":
+        if kind == "zarr":
+            self._open_zarr()
+        elif kind == "tiff":
             self._open_tiff()
         else:
             self._open_whole()
@@ -126,6 +134,23 @@ class SlideReader:
                 "or raise max_decode_pixels")
         self._store = store
         self._array = arr
+
+    def _open_zarr(self) -> None:
+        from biomedseg.io.zarr_images import level_shape, open_level, plan_letters
+
+        z = open_level(self.path, self.level)
+        self.n_levels = z.n_levels
+        self.level_shapes = [level_shape(z, i, str(self.path)) for i in range(z.n_levels)]
+        shape = tuple(int(s) for s in z.array.shape)
+        self._axes = plan_letters(shape, z.axes, str(self.path))
+        self._plan(self._axes, shape)
+        chunks = getattr(z.array, "chunks", None) or shape
+        chunk_px = int(np.prod([c for a, c in zip(self._axes, chunks) if a in "YX"]))
+        if chunk_px > self.max_decode_pixels:
+            raise self._fail(f"is stored in zarr chunks of {chunk_px / 1e6:.0f} megapixels, above the "
+                             f"{self.max_decode_pixels / 1e6:.0f}-megapixel decoding limit; re-chunk it "
+                             "(e.g. 1024x1024) or raise max_decode_pixels")
+        self._array = z.array
 
     @staticmethod
     def _yx(axes: str, shape) -> tuple[int, int]:
@@ -265,7 +290,7 @@ class SlideReader:
 def slide_shape(path: str | os.PathLike, level: int = 0) -> tuple[int, int]:
     """``(H, W)`` of ``path`` at ``level`` from the header (no decoding)."""
     path = Path(path)
-    if _sniff(path) != "tiff":
+    if _sniff(path) not in ("tiff", "zarr"):
         if level:
             raise UserError(f"{path}: has no level {level} (only TIFF files hold resolution levels)")
         from biomedseg.io.images import image_shape
