@@ -6,7 +6,10 @@ write (atomically) ``<stem>.png`` (class-index mask; ``.tif`` above ``tiff_above
 ``output_format="tiff"``, an OME-Zarr ``<stem>.zarr`` with ``"zarr"``), optionally
 ``<stem>_overlay.png``, ``<stem>_proba.tif`` (float16 ``(K, H, W)``) and
 ``<stem>_instances.tif`` (int32 instance labels). The mask is written last: its presence marks
-the input as done, and finished inputs are skipped when a run is repeated.
+the input as done, and finished inputs are skipped when a run is repeated. TIFF outputs are
+OME-TIFF and zarr outputs OME-Zarr, carrying the input's physical pixel size when it has one
+(:func:`biomedseg.io.pixel_size.pixel_size`); outputs above
+:data:`~biomedseg.io.ome.PYRAMID_ABOVE_PIXELS` pixels get tiled sub-resolution levels.
 
 Huge inputs (more than ``STREAM_ABOVE_PIXELS`` pixels, tiled TIFFs above
 ``TILED_STREAM_ABOVE_PIXELS``, a pyramid level > 0, zarr inputs) go through the
@@ -224,19 +227,21 @@ def _remove_other_formats(out: Path, stem: str, keep: Path, path: Path) -> None:
             shutil.rmtree(other) if other.is_dir() else other.unlink()
 
 
-def _write_zarr_mask(path: Path, mask: np.ndarray) -> None:
-    """In-memory mask -> OME-Zarr, via ``<stem>.partial.zarr`` renamed when complete."""
+def _write_zarr_mask(path: Path, mask: np.ndarray, pixel_size=None) -> None:
+    """In-memory mask -> multiscale OME-Zarr, via ``<stem>.partial.zarr`` renamed when complete."""
     from biomedseg.inference.streaming import _finish, _ZarrArrayWriter, partial_path
 
     part = partial_path(path)
-    w = _ZarrArrayWriter(part, mask.shape, np.uint8, 256, "yx")
+    w = _ZarrArrayWriter(part, mask.shape, np.uint8, 256, "yx", pixel_size)
     w.write(0, mask)
     _finish(part, path)
 
 
 def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities, overwrite, post, instances,
                  output_format, level, stream, tta, batch_size, skip_blank_std, want_rle) -> tuple[list[Path], list]:
-    from biomedseg.io import read_image, write_png, write_tiff
+    from biomedseg.io import read_image, write_png
+    from biomedseg.io.ome import write_ome_tiff
+    from biomedseg.io.pixel_size import pixel_size
 
     stem = _stem(path)
     done = existing_mask(out, stem)
@@ -250,6 +255,7 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
                                  skip_blank_std=skip_blank_std, overlays=overlays, instances=instances,
                                  want_rle=want_rle), []
     image = read_image(path)
+    px = pixel_size(path)
     proba = predict_proba_image(run, predictor, image)
     if post is not None or instances:
         from biomedseg.inference.postprocess import apply_postprocess
@@ -267,7 +273,7 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
         written.append(ov)
     if probabilities:
         pp = out / f"{stem}_proba.tif"
-        write_tiff(pp, proba.astype(np.float16))
+        write_ome_tiff(pp, proba.astype(np.float16), px)
         written.append(pp)
     labels = None
     if instances:
@@ -275,16 +281,18 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
 
         labels = combine_instances(inst or {}, mask.shape)
         ip = out / f"{stem}_instances.tif"
-        write_tiff(ip, labels)
+        write_ome_tiff(ip, labels, px)
         written.append(ip)
     # the mask is written last: its presence marks the input as done when a run is resumed
     mask_path = _mask_path(out, path, mask.size, output_format)
     _check_not_input(mask_path, path)
     _remove_other_formats(out, stem, mask_path, path)
     if mask_path.suffix == ".zarr":
-        _write_zarr_mask(mask_path, mask)
+        _write_zarr_mask(mask_path, mask, px)
+    elif mask_path.suffix == ".tif":
+        write_ome_tiff(mask_path, mask, px)
     else:
-        (write_tiff if mask_path.suffix == ".tif" else write_png)(mask_path, mask)
+        write_png(mask_path, mask)
     written.append(mask_path)
     summary.done.append(path)
     return written, (rle_rows_for(stem, mask, labels, run, instances) if want_rle else [])
@@ -294,6 +302,7 @@ def _predict_streamed(run, path, out, summary, *, post, probabilities, tta, outp
                       skip_blank_std, overlays, instances, want_rle) -> list[Path]:
     from biomedseg.inference.postprocess import decide, resolve_classes
     from biomedseg.inference.streaming import StreamingPredictor, open_source
+    from biomedseg.io.pixel_size import pixel_size
 
     stem = _stem(path)
     fmt = "zarr" if output_format == "zarr" else "tiff"
@@ -321,7 +330,8 @@ def _predict_streamed(run, path, out, summary, *, post, probabilities, tta, outp
         mask_path = out / f"{stem}{ext}"
         _check_not_input(mask_path, path)
         proba_path = out / f"{stem}_proba{ext}" if probabilities else None
-        res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=level, out_tile=tile)
+        res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=level, out_tile=tile,
+                                  pixel_size=pixel_size(path, level) if isinstance(path, Path) else None)
     _remove_other_formats(out, stem, mask_path, path)
     log.info("%s: %dx%d streamed in %.1f s (%.2f MPix/s, %d tiles, %d blank)", path, res.shape[1], res.shape[0],
              res.seconds, res.mpix_per_s, res.n_tiles, res.n_skipped)

@@ -1,9 +1,13 @@
 """Output writers of streaming prediction: images written strip by strip, never held whole.
 
-- :class:`ZarrArrayWriter`: an OME-Zarr (NGFF 0.4, zarr format 2) image with one level ``0``;
+- :class:`ZarrArrayWriter`: a multiscale OME-Zarr (NGFF 0.4, zarr format 2) image: level ``0``
+  and, when large, sub-resolutions (:func:`biomedseg.io.ome.pyramid_shapes`) filled from each
+  strip as it goes (every 2nd row and column: nearest neighbour);
 - :class:`StripWriter`: a thread that assembles finalised rows into strips one output tile
-  high and writes the ``(H, W) uint8`` class-index mask as a tiled (Big)TIFF or OME-Zarr, and
-  optionally the ``(K, H, W) float16`` probabilities (OME-Zarr, or a K-page tiled TIFF);
+  high and writes the ``(H, W) uint8`` class-index mask as a tiled (Big) OME-TIFF or OME-Zarr, and
+  optionally the ``(K, H, W) float16`` probabilities (OME-Zarr, or a K-page tiled TIFF); the
+  physical pixel size (µm) of the input goes into the metadata, and large TIFFs get tiled
+  sub-resolution levels (SubIFDs), written after level 0 from a temporary zarr filled strip by strip;
 - partial files: outputs are written to ``name.partial.ext`` (:func:`partial_path`) and renamed
   by :func:`finish_output` when complete, so an interrupted run never leaves a file that looks
   finished. (Unlike :func:`biomedseg.io.writers.atomic_path`, the partial name is fixed and
@@ -21,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.inference.stream_queues import END, get_unless_stopped
+from biomedseg.io.ome import array_tiles, level_rows, ngff_multiscales, pyramid_shapes, write_ome_levels
 from biomedseg.io.writers import BIGTIFF_BYTES
 
 __all__ = ["BIGTIFF_BYTES", "StripWriter", "ZarrArrayWriter", "finish_output", "partial_path", "remove_output"]
@@ -52,38 +57,41 @@ def finish_output(partial: Path, final: Path) -> None:
 # ====================================================================== OME-Zarr
 
 class ZarrArrayWriter:
-    """An OME-Zarr (NGFF 0.4, zarr format 2) image with one level ``0`` written strip by strip.
+    """A multiscale OME-Zarr (NGFF 0.4, zarr format 2) image written strip by strip.
 
     ``shape``: ``(H, W)`` (axes ``"yx"``) or ``(K, H, W)`` (axes ``"cyx"``); chunks are
-    ``(1, ..., tile, tile)``; any previous file or folder at ``path`` is removed.
+    ``(1, ..., tile, tile)``; any previous file or folder at ``path`` is removed. Levels follow
+    :func:`~biomedseg.io.ome.pyramid_shapes` (``pyramid_above``); ``pixel_size`` ``(y, x)`` µm
+    scales them. ``keep_level0=False`` stores only the sub-resolutions (a TIFF's temporary).
+    :attr:`array` is level 0, :attr:`arrays` every stored level by index.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype, tile: int, axes: str):
+    def __init__(self, path: Path, shape: tuple[int, ...], dtype, tile: int, axes: str, pixel_size=None,
+                 pyramid_above: int | None = None, keep_level0: bool = True):
         import zarr
 
         remove_output(path)
         chunks = (1,) * (len(shape) - 2) + (tile, tile)
+        self.shapes = pyramid_shapes(shape[-2:], pyramid_above)
         try:  # zarr >= 3: write zarr format 2 (OME-NGFF 0.4), the widely read flavour
             self.group = zarr.open_group(str(path), mode="w", zarr_format=2)
-            self.array = self.group.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+            create = self.group.create_array
         except (TypeError, AttributeError):  # zarr 2
             self.group = zarr.open_group(str(path), mode="w")
-            self.array = self.group.create_dataset("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
-        self.group.attrs["multiscales"] = _multiscales(path, shape, axes)
+            create = self.group.create_dataset
+        self.arrays = {i: create(str(i), shape=tuple(shape[:-2]) + hw, chunks=chunks, dtype=dtype, fill_value=0)
+                       for i, hw in enumerate(self.shapes) if i or keep_level0}
+        self.array = self.arrays.get(0)
+        self.group.attrs["multiscales"] = ngff_multiscales(path.name.split(".")[0], axes, len(self.shapes),
+                                                           pixel_size)
 
     def write(self, y0: int, block: np.ndarray) -> None:
-        """Store ``block`` (``(..., n, W)``) at rows ``[y0, y0 + n)``."""
-        self.array[..., y0:y0 + block.shape[-2], :] = block
-
-
-def _multiscales(path: Path, shape: tuple[int, ...], axes: str) -> list[dict]:
-    """OME-NGFF 0.4 ``multiscales`` metadata of a one-level image (unit scale)."""
-    kinds = {"c": "channel", "y": "space", "x": "space"}
-    return [{
-        "version": "0.4", "name": path.name.split(".")[0],
-        "axes": [{"name": a, "type": kinds[a]} for a in axes],
-        "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(shape)}]}],
-    }]
+        """Store ``block`` (``(..., n, W)``) at rows ``[y0, y0 + n)`` of level 0 (and its rows of
+        the sub-resolutions)."""
+        for i, arr in self.arrays.items():
+            ly, rows = level_rows(y0, block, 2 ** i)
+            if rows.shape[-2]:
+                arr[..., ly:ly + rows.shape[-2], :] = rows
 
 
 # ====================================================================== writer thread
@@ -99,7 +107,7 @@ class StripWriter(threading.Thread):
     """
 
     def __init__(self, shape, n_classes, tile, mask_path, mask_fmt, proba_path, proba_fmt, compression, stop,
-                 prefetch=2):
+                 prefetch=2, pixel_size=None, pyramid_above: int | None = None):
         super().__init__(daemon=True, name="biomedseg-writer")
         self.h, self.w = shape
         self.k = n_classes
@@ -113,6 +121,9 @@ class StripWriter(threading.Thread):
         self.proba_store: ZarrArrayWriter | None = None
         self.mask_store: ZarrArrayWriter | None = None
         self._tmp_proba: Path | None = None
+        self.pixel_size, self.pyramid_above = pixel_size, pyramid_above
+        self.levels_store: ZarrArrayWriter | None = None  # a TIFF mask's sub-resolutions
+        self._tmp_levels: Path | None = None
 
     # --- strips
     def _strips(self):
@@ -149,8 +160,9 @@ class StripWriter(threading.Thread):
         for y0, mask, proba in strips:
             if proba is not None:
                 self.proba_store.write(y0, proba)
-            if self.mask_store is not None:
-                self.mask_store.write(y0, mask)
+            for store in (self.mask_store, self.levels_store):
+                if store is not None:
+                    store.write(y0, mask)
             yield y0, mask
 
     def _mask_tiles(self, strips):
@@ -168,7 +180,8 @@ class StripWriter(threading.Thread):
                 self._open_proba_store()
             strips = self._push_sinks(self._strips())
             if self.mask_fmt == "zarr":
-                self.mask_store = ZarrArrayWriter(self.mask_path, (self.h, self.w), np.uint8, self.tile, "yx")
+                self.mask_store = ZarrArrayWriter(self.mask_path, (self.h, self.w), np.uint8, self.tile, "yx",
+                                                  self.pixel_size, self.pyramid_above)
                 for _ in strips:
                     pass
             else:
@@ -185,42 +198,44 @@ class StripWriter(threading.Thread):
             target = self.proba_path
         else:
             target = self._tmp_proba = self.proba_path.with_name(self.proba_path.name + ".tmp.zarr")
-        self.proba_store = ZarrArrayWriter(target, (self.k, self.h, self.w), np.float16, self.tile, "cyx")
+        self.proba_store = ZarrArrayWriter(target, (self.k, self.h, self.w), np.float16, self.tile, "cyx",
+                                           self.pixel_size, self.pyramid_above)
 
     def _write_mask_tiff(self, strips):
-        """Tiled ``(H, W) uint8`` TIFF (BigTIFF when large) from the strips."""
-        import tifffile
-
+        """Tiled ``(H, W) uint8`` OME-TIFF (BigTIFF when large) from the strips; its sub-resolutions
+        are collected in a temporary zarr while level 0 is written, and written after it."""
         remove_output(self.mask_path)
-        with tifffile.TiffWriter(self.mask_path, bigtiff=self.h * self.w > BIGTIFF_BYTES) as tw:
-            # maxworkers=1: tiles are pulled one at a time; with a pool, tifffile reads
-            # up to hundreds of MB of tiles ahead of encoding them
-            tw.write(self._mask_tiles(strips), shape=(self.h, self.w), dtype=np.uint8,
-                     tile=(self.tile, self.tile), compression=self.compression,
-                     photometric="minisblack", metadata=None, maxworkers=1)
+        if len(pyramid_shapes((self.h, self.w), self.pyramid_above)) > 1:
+            self._tmp_levels = self.mask_path.with_name(self.mask_path.name + ".levels.tmp.zarr")
+            self.levels_store = ZarrArrayWriter(self._tmp_levels, (self.h, self.w), np.uint8, self.tile, "yx",
+                                                pyramid_above=self.pyramid_above, keep_level0=False)
+        self._write_tiff(self.mask_path, self._mask_tiles(strips), self.levels_store, (self.h, self.w), np.uint8)
+        if self._tmp_levels is not None:
+            shutil.rmtree(self._tmp_levels, ignore_errors=True)
+
+    def _write_tiff(self, path, level0, store, shape, dtype):
+        """Level 0 from the iterator of tiles ``level0``, then ``store``'s sub-resolutions."""
+        t = self.tile
+        levels = [(shape, level0)]
+        if store is not None:
+            levels += [(tuple(shape[:-2]) + hw, array_tiles(store.arrays[i], t))
+                       for i, hw in enumerate(store.shapes) if i]
+        big = int(np.prod(shape)) * np.dtype(dtype).itemsize > BIGTIFF_BYTES
+        # maxworkers=1 (write_ome_levels): tiles are pulled one at a time; with a pool, tifffile
+        # reads up to hundreds of MB of tiles ahead of encoding them
+        write_ome_levels(path, levels, dtype=dtype, axes="YX" if len(shape) == 2 else "CYX", tile=t,
+                         pixel_size=self.pixel_size, compression=self.compression, bigtiff=big)
 
     def _proba_to_tiff(self):
-        """Temporary ``(K, H, W)`` zarr -> tiled float16 TIFF with K pages (as ``write_tiff``)."""
-        import tifffile
-
-        arr, t = self.proba_store.array, self.tile
-
-        def tiles(k):
-            for y in range(0, self.h, t):
-                strip = np.asarray(arr[k, y:y + t, :])
-                for x in range(0, self.w, t):
-                    yield strip[:, x:x + t]
-
+        """Temporary ``(K, H, W)`` zarr -> tiled float16 TIFF with K pages (and sub-resolutions)."""
+        store = self.proba_store
         remove_output(self.proba_path)
-        big = self.k * self.h * self.w * 2 > BIGTIFF_BYTES
-        with tifffile.TiffWriter(self.proba_path, bigtiff=big) as tw:
-            for k in range(self.k):
-                tw.write(tiles(k), shape=(self.h, self.w), dtype=np.float16, tile=(t, t),
-                         compression=self.compression, photometric="minisblack", metadata=None, maxworkers=1)
+        self._write_tiff(self.proba_path, array_tiles(store.array, self.tile), store, (self.k, self.h, self.w),
+                         np.float16)
         shutil.rmtree(self._tmp_proba, ignore_errors=True)
 
     def cleanup(self):
         """Remove the partial outputs and the temporary zarr (after a failure)."""
-        for p in (self._tmp_proba, self.mask_path, self.proba_path):
+        for p in (self._tmp_proba, self._tmp_levels, self.mask_path, self.proba_path):
             if p is not None:
                 remove_output(p)

@@ -317,13 +317,16 @@ class StreamingPredictor:
         return argmax0(proba).numpy()
 
     def predict_to_files(self, source, mask_path: str | os.PathLike, proba_path: str | os.PathLike | None = None,
-                         fmt: str = "tiff", level: int = 0, out_tile: int | None = None) -> StreamResult:
+                         fmt: str = "tiff", level: int = 0, out_tile: int | None = None, pixel_size=None,
+                         pyramid_above: int | None = None) -> StreamResult:
         """Predict ``source`` and write the class-index mask (and float16 probabilities) progressively.
 
         ``fmt``: ``"tiff"`` (tiled TIFF, BigTIFF when large; probabilities ``(K, H, W)`` as K pages)
-        or ``"zarr"`` (OME-Zarr groups with one level ``0``; probabilities axes ``c, y, x``).
+        or ``"zarr"`` (multiscale OME-Zarr groups, level ``0`` full size; probabilities axes ``c, y, x``).
         Outputs are written to ``<name>.partial.<ext>`` and renamed when complete, probabilities
-        first and the mask last (its presence marks the input as done).
+        first and the mask last (its presence marks the input as done). ``pixel_size``: ``(y, x)`` µm
+        written into the OME metadata; outputs above ``pyramid_above`` pixels (default
+        :data:`~biomedseg.io.ome.PYRAMID_ABOVE_PIXELS`) get sub-resolution levels.
         """
         if fmt not in ("tiff", "zarr"):
             raise UserError(f"--format {fmt}: streamed images are written as tiff or zarr")
@@ -338,7 +341,7 @@ class StreamingPredictor:
 
         def start(shape, k):
             state["writer"] = StripWriter(shape, k, tile, mask_part, fmt, proba_part, fmt, self.compression, stop,
-                                      self.prefetch)
+                                          self.prefetch, pixel_size=pixel_size, pyramid_above=pyramid_above)
             state["writer"].start()
 
         def rows(y0, p):
