@@ -43,6 +43,7 @@ def audit_findings(audit: dict, scan: Scan) -> list[dict]:
     if masks.get("classes"):
         f += _class_findings(masks)
     f += _format_findings(inv, audit.get("intensity", {}))
+    f += _pixel_size_findings(inv.get("pixel_size") or {})
     f.sort(key=lambda x: SEVERITY_ORDER[x["severity"]])
     return f
 
@@ -195,4 +196,25 @@ def _format_findings(inv: dict, intensity: dict) -> list[dict]:
     if bits and bits < 16:
         lo, hi = intensity["uint16_range"]
         f.append(finding("info", "bit_depth", f"16-bit images use only {lo}..{hi} ({bits}-bit data)"))
+    return f
+
+
+def _pixel_size_findings(px: dict) -> list[dict]:
+    """Mixed physical pixel sizes, sizes known for only some images, a malformed dataset.json value."""
+    f: list[dict] = []
+    if px.get("problem"):
+        f.append(finding("warning", "dataset_json", f"{px['problem']}; the files' own pixel sizes are used"))
+    if px.get("mixed"):
+        top = px["values"][0]["pixel_size"]
+        odd = [i for i, v in px["per_image"].items() if v != top]
+        shown = " / ".join(f"{r['pixel_size'][0]:g} x {r['pixel_size'][1]:g}" for r in px["values"][:4])
+        f.append(finding("warning", "mixed_pixel_sizes", (
+            f"images come in {len(px['values'])} physical pixel sizes ({shown} µm; "
+            f"{plural(len(odd), 'image differs', 'images differ')} from the most common "
+            f"{top[0]:g} x {top[1]:g} µm): objects appear at different scales; resample them to one "
+            "pixel size"), sorted(odd, key=natural_key)))
+    if px.get("known") and px.get("unknown"):
+        f.append(finding("info", "pixel_size_unknown", (
+            f"{plural(px['unknown'], 'image states', 'images state')} no physical pixel size while "
+            f"{px['known']} do; give it in dataset.json (pixel_size)"), count=px["unknown"]))
     return f

@@ -5,6 +5,9 @@
    audit converts masks with.
 2. :func:`measure_dataset`: every image measured and every mask read once (value table,
    conversion to classes, objects); extra masks of an image get a value table only.
+
+:func:`measure_pixel_sizes` reads the physical pixel size of every image (``dataset.json``'s
+``pixel_size``, else the file's metadata; headers only).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from biomedseg.data.progress import ProgressBar
 from biomedseg.errors import UserError
 from biomedseg.io.images import read_raw
 from biomedseg.io.masks import Palette, discover_palette
+from biomedseg.io.pixel_size import pixel_size, resolve_pixel_size
 
 #: Masks read to fix the palette before the main pass (evenly spread over the data set).
 PALETTE_SAMPLE = 200
@@ -247,3 +251,19 @@ def measure_dataset(scan: Scan, pal: dict, progress: bool) -> dict:
     bar.close()
     return {"thumbs": thumbs, "recs": recs, "mrecs": mrecs, "errors": errors, "acc": acc,
             "minfo": masks.minfo, "areas": masks.pooled_areas()}
+
+
+def measure_pixel_sizes(scan: Scan) -> dict:
+    """``{"sizes": [(y_um, x_um) | None] * N, "sources": ["dataset.json" | "file" | None] * N,
+    "problem": text of a malformed dataset.json pixel_size or None}`` (then files are used)."""
+    sizes, sources, problem = [], [], None
+    for it in scan.items:
+        try:
+            size, source = resolve_pixel_size(it.image, scan.meta, it.id)
+        except UserError as exc:
+            problem = problem or str(exc)
+            size = pixel_size(it.image)
+            source = "file" if size is not None else None
+        sizes.append(size)
+        sources.append(source)
+    return {"sizes": sizes, "sources": sources, "problem": problem}

@@ -7,7 +7,9 @@ missing folder or a folder without images raises ``UserError``.
 
 It reports
 
-- **inventory**: counts, formats, sizes, channels, bit depth, grey-stored-as-RGB, problems;
+- **inventory**: counts, formats, sizes, channels, bit depth, grey-stored-as-RGB, problems,
+  physical pixel size (µm; ``dataset.json`` ``pixel_size`` or the files' OME-XML / resolution
+  tags / OME-Zarr scale) per image with the distinct values (mixed sizes are a finding);
 - **masks**: encoding (class indices, 0/255, grey levels, RGB colours), palette, off-palette
   (damaged) pixels per file, class pixel share, share of images containing each class, empty
   masks, connected objects per class (8-connectivity) with area percentiles, a recommended
@@ -20,7 +22,7 @@ It reports
   masks conflict (Dice < 0.9 or one empty, one not) and groups that straddle the
   ``dataset.json`` split (leakage) are flagged;
 - ``fingerprint``: the subset planning needs (sizes, channels, intensities, class shares,
-  object sizes, class weights).
+  object sizes, class weights, pixel size).
 
 With ``out`` it writes ``audit.json``; :func:`biomedseg.reports.audit_html.audit_with_report`
 also writes ``audit.html`` and PNG pictures in ``audit_files/`` (``biomedseg audit``).
@@ -48,8 +50,15 @@ from biomedseg.audit.duplicate_groups import (
 )
 from biomedseg.audit.findings import EMPTY_WARNING, RARE_CLASS, SEVERITY_ORDER, audit_findings
 from biomedseg.audit.image_measurements import THUMB
-from biomedseg.audit.passes import PALETTE_SAMPLE, choose_palette, measure_dataset, sample_mask_tables
+from biomedseg.audit.passes import (
+    PALETTE_SAMPLE,
+    choose_palette,
+    measure_dataset,
+    measure_pixel_sizes,
+    sample_mask_tables,
+)
 from biomedseg.audit.sections import (
+    describe_pixel_sizes,
     duplicates_section,
     fingerprint_section,
     intensity_section,
@@ -99,6 +108,7 @@ def audit_dataset(data=None, images=None, masks=None, check_flips: bool = False,
     pal = choose_palette(scan, sample_mask_tables(scan), early)
     t_masks = time.perf_counter()
     res = measure_dataset(scan, pal, progress)
+    res["pixel_sizes"] = measure_pixel_sizes(scan)
     t_images = time.perf_counter()
     dups = find_duplicate_groups(scan, res, pal, check_flips, progress)
     t_dups = time.perf_counter()
@@ -178,6 +188,8 @@ def format_audit_summary(audit: dict, limit: int = 12) -> str:
     if it:
         lines.append("  intensity: mean " + ", ".join(f"{v:.4g}" for v in it["mean"]) + "; std "
                      + ", ".join(f"{v:.4g}" for v in it["std"]) + f" ({', '.join(it['channel_names'])})")
+    if inv.get("pixel_size", {}).get("known"):
+        lines.append(f"  pixel size: {describe_pixel_sizes(inv['pixel_size'])}")
     if masks.get("recommended_min_object_area"):
         shown = {c: a for c, a in masks["recommended_min_object_area"].items() if a}
         if shown:

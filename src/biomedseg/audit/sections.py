@@ -16,6 +16,7 @@ from biomedseg.audit.fingerprint import class_weights, object_summary
 from biomedseg.data.discovery import natural_key
 from biomedseg.data.inventory import Scan, relative
 from biomedseg.io.masks import Palette
+from biomedseg.io.pixel_size import summarize_pixel_sizes
 
 _GREY_ENCODINGS = ("index", "binary_0_255", "grey_levels")
 
@@ -69,7 +70,28 @@ def inventory_section(scan: Scan, res: dict) -> dict:
         "duplicate_ids": [{"id": i, "files": [relative(p, scan.root) for p in ps]} for i, ps in scan.duplicate_ids],
         "size_mismatches": _size_mismatches(scan, res),
         "ignored_files": scan.ignored_files,
+        "pixel_size": pixel_size_section(scan, res.get("pixel_sizes")),
     }
+
+
+def pixel_size_section(scan: Scan, px: dict | None) -> dict:
+    """Physical pixel sizes (µm): :func:`~biomedseg.io.pixel_size.summarize_pixel_sizes` plus
+    ``per_image`` (``{id: [y, x]}`` of the images with one), ``sources`` and ``problem``."""
+    sizes = (px or {}).get("sizes") or [None] * len(scan.items)
+    sources = Counter(s for s in (px or {}).get("sources", []) if s)
+    return {"unit": "µm", **summarize_pixel_sizes(sizes),
+            "per_image": {it.id: list(s) for it, s in zip(scan.items, sizes) if s is not None},
+            "sources": dict(sources), "problem": (px or {}).get("problem")}
+
+
+def describe_pixel_sizes(section: dict) -> str:
+    """``"0.5 x 0.5 µm (10 images), 0.25 x 0.25 µm (2 images); unknown for 3"`` (y x x)."""
+    shown = ", ".join(f"{v['pixel_size'][0]:g} x {v['pixel_size'][1]:g} µm ({v['count']} image"
+                      f"{'s' if v['count'] != 1 else ''})" for v in section.get("values", [])[:4])
+    more = len(section.get("values", [])) - 4
+    shown += f" and {more} more" if more > 0 else ""
+    unknown = section.get("unknown", 0)
+    return (shown or "unknown") + (f"; unknown for {unknown}" if unknown and shown else "")
 
 
 # ----------------------------------------------------------------------------- masks
@@ -223,6 +245,8 @@ def fingerprint_section(audit: dict) -> dict:
         "dtypes": inv["dtypes"],
         "intensity": {k: it.get(k) for k in ("mean", "std", "percentiles", "min", "max")} if it else None,
     }
+    if (inv.get("pixel_size") or {}).get("median"):
+        fp["pixel_size"] = inv["pixel_size"]["median"]  # (y, x) µm, as training.planner's
     if masks.get("classes"):
         fp.update(_class_fingerprint(masks))
     fp["median_shape"] = fp["median_size"]

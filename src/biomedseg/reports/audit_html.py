@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from biomedseg.audit.sections import describe_pixel_sizes
 from biomedseg.io.writers import write_text
 from biomedseg.reports.audit_pictures import (  # noqa: F401 - MAX_MASK_PICTURES, PANEL_HEIGHT re-exported
     MAX_MASK_PICTURES,
@@ -134,7 +135,8 @@ def _inventory(inv: dict, pics: dict) -> list[str]:
                   ("pixel types", _counts(inv["dtypes"])),
                   ("grey stored as RGB", len(inv["grey_stored_as_rgb"])),
                   ("blank images", len(inv["constant_images"])),
-                  ("distinct sizes", len(inv["sizes"]))]))
+                  ("distinct sizes", len(inv["sizes"])),
+                  ("physical pixel size", describe_pixel_sizes(inv.get("pixel_size") or {}))]))
     s.append(_img(pics["plots"].get("sizes"), "image sizes"))
     s.append(_table(["width", "height", "images"], [[r["width"], r["height"], r["count"]] for r in inv["sizes"][:20]]))
     for key, title in (("unreadable", "Unreadable files"), ("unpaired_images", "Images without a mask"),

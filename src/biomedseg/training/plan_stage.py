@@ -41,7 +41,19 @@ def width_is_planned(cfg: TrainConfig, explicit: dict) -> bool:
 def fingerprint_of(data) -> dict:
     """The planner's fingerprint of the training samples of a :class:`~biomedseg.training.data_setup.TrainingData`."""
     s = data.setup
-    return fingerprint_from_samples(data.train, data.n_classes, s.classes, s.background, s.channels)
+    return fingerprint_from_samples(data.train, data.n_classes, s.classes, s.background, s.channels,
+                                    pixel_size=training_pixel_size(s))
+
+
+def training_pixel_size(setup) -> list[float] | None:
+    """Median physical pixel size ``[y, x]`` (µm) of the training split's images (``dataset.json``
+    ``pixel_size``, else the files' metadata), ``None`` when none states one."""
+    from biomedseg.io.pixel_size import resolve_pixel_size, summarize_pixel_sizes
+
+    meta = getattr(setup.source, "meta", None)
+    train = set(setup.split.get("train", []))
+    sizes = [resolve_pixel_size(s.image, meta, s.id)[0] for s in setup.samples if s.id in train]
+    return summarize_pixel_sizes(sizes)["median"]
 
 
 def plan_now(cfg: TrainConfig, explicit: dict, fingerprint: dict, device, n_classes: int, channels: int,

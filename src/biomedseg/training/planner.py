@@ -81,14 +81,15 @@ def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, dep
 
 
 def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], background, channels: int,
-                             dtype_max: int = 255) -> dict:
+                             dtype_max: int = 255, pixel_size=None) -> dict:
     """Data fingerprint of cached training samples (``image (H, W, C)``, ``mask (H, W) uint8``).
 
     Keys: ``n_images``, ``median_shape`` (h, w), ``min_shape``, ``channels``, ``bit_depth``,
     ``class_share`` (pixel fraction per class), ``image_share`` (fraction of images holding each
     class), ``object_diameter_p90`` per foreground class (pixels, from connected components),
     ``structure_width`` per foreground class (mean width in pixels: its pixels over the pixels
-    of its skeleton; about 7 for ISBI membranes, 3 for DRIVE vessels, over 20 for nuclei).
+    of its skeleton; about 7 for ISBI membranes, 3 for DRIVE vessels, over 20 for nuclei);
+    ``pixel_size`` ``[y, x]`` (µm) when given (known for the images).
     """
     from scipy import ndimage
     from skimage.morphology import skeletonize
@@ -112,7 +113,7 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
                 areas = np.bincount(lab.ravel())[1:]
                 diam[c].extend((2 * np.sqrt(areas / np.pi)).tolist())
     bits = max(8 * s.image.dtype.itemsize for s in samples)  # 8 (uint8), 16 (uint16), 32 (float32)
-    return {
+    fp = {
         "n_images": len(samples),
         "median_shape": [int(v) for v in np.median(shapes, axis=0)],
         "min_shape": [int(v) for v in shapes.min(axis=0)],
@@ -126,6 +127,9 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
         "structure_width": {class_names[c]: round(float(counts[c] / skeleton[c]), 2)
                             for c in range(n_classes) if skeleton[c]},
     }
+    if pixel_size is not None:
+        fp["pixel_size"] = [float(v) for v in pixel_size]
+    return fp
 
 
 def _pow2_floor(x: float) -> int:
