@@ -22,6 +22,7 @@ from biomedseg.data.progress import ProgressBar
 from biomedseg.data.tiling_planning import TileOptions, TileWindow
 from biomedseg.data.tiling_reading import MaskWindows, read_windows
 from biomedseg.data.tiling_sources import Source
+from biomedseg.errors import UserError
 from biomedseg.io.masks import Palette
 from biomedseg.io.slides import SlideReader
 from biomedseg.io.writers import write_json, write_png, write_text, write_tiff
@@ -153,6 +154,26 @@ def _tiled_split(meta: dict, sources: list[Source], rows: list[list]) -> dict[st
     return {k: sorted(v, key=natural_key) for k, v in tiled.items()}
 
 
+def _tiles_pixel_size(meta: dict, sources: list[Source], rows: list[list], level: int):
+    """``pixel_size`` of the tiles' dataset.json: their source's (µm) at the tiled level, ``[y, x]``
+    when every source has the same, else ``{tile id: [y, x]}``; ``None`` when no source has one."""
+    from biomedseg.io.pixel_size import pixel_size, resolve_pixel_size
+
+    by_source = {}
+    for s in sources:
+        try:
+            px = resolve_pixel_size(s.image, meta, s.id)[0] if level == 0 else pixel_size(s.image, level)
+        except UserError:  # a malformed dataset.json value: the file's own
+            px = pixel_size(s.image, level)
+        by_source[str(s.image)] = list(px) if px is not None else None
+    known = [v for v in by_source.values() if v is not None]
+    if not known:
+        return None
+    if len(known) == len(by_source) and all(v == known[0] for v in known):
+        return known[0]
+    return {r[0]: by_source[r[1]] for r in rows if by_source.get(r[1]) is not None}
+
+
 def write_tiles_meta(out: Path, meta: dict, summary: TileSummary, sources: list[Source], src,
                      pal: Palette | None, keep_empty: float, tissue_threshold: float | None,
                      rows: list[list]) -> None:
@@ -178,6 +199,9 @@ def write_tiles_meta(out: Path, meta: dict, summary: TileSummary, sources: list[
     for key in ("modality", "task", "license", "source", "colormap_note"):
         if key in meta:
             info[f"source_{key}" if key == "source" else key] = meta[key]
+    px = _tiles_pixel_size(meta, sources, rows, summary.level)
+    if px is not None:
+        info["pixel_size"] = px
     tiled = _tiled_split(meta, sources, rows)
     if tiled:
         info["split"] = tiled
