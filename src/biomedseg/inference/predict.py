@@ -5,13 +5,17 @@ inference with Gaussian blending, post-processing (``RUN/postprocess.yaml`` when
 write (atomically) ``<stem>.png`` (class-index mask; ``.tif`` above ``tiff_above`` pixels or with
 ``output_format="tiff"``, an OME-Zarr ``<stem>.zarr`` with ``"zarr"``), optionally
 ``<stem>_overlay.png``, ``<stem>_proba.tif`` (float16 ``(K, H, W)``) and
-``<stem>_instances.tif`` (int32 instance labels). The mask is written last: its presence marks
-the input as done, and finished inputs are skipped when a run is repeated.
+``<stem>_instances.tif`` (int32 instance labels), ``<stem>.geojson`` (``geojson``: a polygon per
+object, QuPath properties). The mask is written last: its presence marks the input as done, and
+finished inputs are skipped when a run is repeated. ``mask_format`` writes the mask in the
+user's encoding (``index`` class indices by default, ``binary`` 0/255, ``palette``, ``rgb``, ``auto``:
+:mod:`biomedseg.io.mask_encoding`, applied by :mod:`biomedseg.inference.mask_outputs`).
 
 Huge inputs (more than ``STREAM_ABOVE_PIXELS`` pixels, tiled TIFFs above
 ``TILED_STREAM_ABOVE_PIXELS``, a pyramid level > 0, zarr inputs) go through the
 :class:`~biomedseg.inference.streaming.StreamingPredictor`: read, predicted and written band by
-band to a tiled TIFF or OME-Zarr (``<stem>.partial.*`` until complete). Only per-pixel
+band to a tiled TIFF or OME-Zarr (``<stem>.partial.*`` until complete; their GeoJSON traced band
+by band, objects cut by bands joined). Only per-pixel
 post-processing (thresholds) applies to them; overlays, instances and RLE are skipped, and no
 empty-mask gate (in particular not the classifier head's ``min_classifier_probability``: the
 mask is written before the last tile has been seen).
@@ -87,7 +91,8 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
             overwrite: bool = False, device: str = "auto", quiet: bool = False, postprocess: bool = True,
             rle: str | Path | None = None, instances: bool = False, output_format: str | None = None,
             level: int = 0, stream: bool | None = None, batch_size: int | None = None,
-            skip_blank_std: float | None = None) -> PredictSummary:
+            skip_blank_std: float | None = None, mask_format: str | None = None,
+            geojson: bool | str = False) -> PredictSummary:
     """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``.
 
     Args:
@@ -102,11 +107,15 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
         batch_size: tiles per forward pass (default: the run's).
         skip_blank_std: streamed inputs: tiles whose normalised standard deviation is below this
             are not run (predicted background).
+        mask_format: ``index`` (default) | ``binary`` | ``palette`` | ``rgb`` | ``auto`` (the training
+            masks' encoding); one-channel outputs (zarr, streamed) keep class indices for ``rgb``/``palette``.
+        geojson: also write ``<stem>.geojson`` (``True``: QuPath annotations; ``"detection"``).
 
     Returns a :class:`PredictSummary`; the CLI exits non-zero when ``failed`` is not empty.
     """
     from tqdm.auto import tqdm
 
+    from biomedseg.inference.mask_outputs import geojson_object_type, mask_encoding_for
     from biomedseg.inference.postprocess import load_postprocess
     from biomedseg.inference.run import LoadedRun, load_run
 
@@ -114,6 +123,7 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
         raise UserError(f"--format {output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
     files = collect_inputs(inputs)
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
+    encoding, object_type = mask_encoding_for(loaded, mask_format), geojson_object_type(geojson)
     post = load_postprocess(loaded.run_dir) if postprocess else None
     if post is not None and post.is_identity:
         post = None
@@ -125,7 +135,7 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
     rle_rows: list[tuple] = []
     opts = dict(overlays=overlays, probabilities=probabilities, overwrite=overwrite, post=post, instances=instances,
                 output_format=output_format, level=level, stream=stream, tta=tta, batch_size=batch_size,
-                skip_blank_std=skip_blank_std, want_rle=rle is not None)
+                skip_blank_std=skip_blank_std, want_rle=rle is not None, encoding=encoding, object_type=object_type)
     for path in tqdm(files, desc="predicting", unit="img", disable=True if (quiet or len(files) < 2) else None):
         try:
             written, rows = _predict_one(loaded, predictor, path, out, summary, **opts)
@@ -235,20 +245,23 @@ def _write_zarr_mask(path: Path, mask: np.ndarray) -> None:
 
 
 def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities, overwrite, post, instances,
-                 output_format, level, stream, tta, batch_size, skip_blank_std, want_rle) -> tuple[list[Path], list]:
+                 output_format, level, stream, tta, batch_size, skip_blank_std, want_rle, encoding,
+                 object_type) -> tuple[list[Path], list]:
+    from biomedseg.inference.mask_outputs import one_channel, write_geojson
     from biomedseg.io import read_image, write_png, write_tiff
+    from biomedseg.io.mask_encoding import write_mask
 
     stem = _stem(path)
     done = existing_mask(out, stem)
     if done is not None and not overwrite:
         summary.skipped.append(path)
-        return [], (rle_rows_from_outputs(out, stem, run, instances) if want_rle else [])
+        return [], (rle_rows_from_outputs(out, stem, run, instances, encoding) if want_rle else [])
     streamed, shape = wants_streaming(path, level) if stream is None else (bool(stream), None)
     if streamed:
         return _predict_streamed(run, path, out, summary, post=post, probabilities=probabilities, tta=tta,
                                  output_format=output_format, level=level, batch_size=batch_size,
                                  skip_blank_std=skip_blank_std, overlays=overlays, instances=instances,
-                                 want_rle=want_rle), []
+                                 want_rle=want_rle, encoding=encoding, object_type=object_type), []
     image = read_image(path)
     proba = predict_proba_image(run, predictor, image)
     if post is not None or instances:
@@ -277,21 +290,24 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
         ip = out / f"{stem}_instances.tif"
         write_tiff(ip, labels)
         written.append(ip)
+    if object_type is not None:
+        written.append(write_geojson(out / f"{stem}.geojson", mask, run, object_type))
     # the mask is written last: its presence marks the input as done when a run is resumed
     mask_path = _mask_path(out, path, mask.size, output_format)
     _check_not_input(mask_path, path)
     _remove_other_formats(out, stem, mask_path, path)
     if mask_path.suffix == ".zarr":
-        _write_zarr_mask(mask_path, mask)
+        _write_zarr_mask(mask_path, one_channel(encoding, path, "OME-Zarr").encode(mask))
     else:
-        (write_tiff if mask_path.suffix == ".tif" else write_png)(mask_path, mask)
+        write_mask(mask_path, mask, encoding)
     written.append(mask_path)
     summary.done.append(path)
     return written, (rle_rows_for(stem, mask, labels, run, instances) if want_rle else [])
 
 
 def _predict_streamed(run, path, out, summary, *, post, probabilities, tta, output_format, level, batch_size,
-                      skip_blank_std, overlays, instances, want_rle) -> list[Path]:
+                      skip_blank_std, overlays, instances, want_rle, encoding, object_type) -> list[Path]:
+    from biomedseg.inference.mask_outputs import streamed_extras
     from biomedseg.inference.postprocess import decide, resolve_classes
     from biomedseg.inference.streaming import StreamingPredictor, open_source
 
@@ -321,7 +337,9 @@ def _predict_streamed(run, path, out, summary, *, post, probabilities, tta, outp
         mask_path = out / f"{stem}{ext}"
         _check_not_input(mask_path, path)
         proba_path = out / f"{stem}_proba{ext}" if probabilities else None
-        res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=level, out_tile=tile)
+        with streamed_extras(run, path, out / f"{stem}.geojson", src, level, encoding, object_type) as extras:
+            res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=level, out_tile=tile,
+                                      mask_encoder=extras.encoder, mask_sink=extras.sink)
     _remove_other_formats(out, stem, mask_path, path)
     log.info("%s: %dx%d streamed in %.1f s (%.2f MPix/s, %d tiles, %d blank)", path, res.shape[1], res.shape[0],
              res.seconds, res.mpix_per_s, res.n_tiles, res.n_skipped)
@@ -358,9 +376,10 @@ def rle_rows_for(stem: str, mask: np.ndarray, labels: np.ndarray | None, run, in
     return [(stem, run.classes[c], rle_encode(mask == c)) for c in fg]
 
 
-def rle_rows_from_outputs(out: Path, stem: str, run, instances: bool) -> list[tuple]:
+def rle_rows_from_outputs(out: Path, stem: str, run, instances: bool, encoding=None) -> list[tuple]:
     """RLE rows of an input already predicted (resumed run, distributed run): read back its
-    mask (and ``_instances.tif``). Streamed (tiled TIFF/zarr, huge) masks have none."""
+    mask (and ``_instances.tif``; ``encoding``: the ``--mask-format`` it was written in, default
+    class indices). Streamed (tiled TIFF/zarr, huge) masks have none."""
     from biomedseg.io import read_raw
 
     mask_path = existing_mask(out, stem)
@@ -371,7 +390,12 @@ def rle_rows_from_outputs(out: Path, stem: str, run, instances: bool) -> list[tu
     if np.prod(image_shape(mask_path)) > STREAM_ABOVE_PIXELS:
         log.info("%s: large mask, left out of the RLE file", mask_path)
         return []
-    mask = read_raw(mask_path)
+    if encoding is None or encoding.kind == "index":
+        mask = read_raw(mask_path)
+    else:
+        from biomedseg.io import read_mask
+
+        mask = read_mask(mask_path, encoding.read_palette())[0]
     labels = None
     inst = out / f"{stem}_instances.tif"
     if instances and inst.is_file():

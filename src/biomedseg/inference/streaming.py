@@ -317,13 +317,18 @@ class StreamingPredictor:
         return argmax0(proba).numpy()
 
     def predict_to_files(self, source, mask_path: str | os.PathLike, proba_path: str | os.PathLike | None = None,
-                         fmt: str = "tiff", level: int = 0, out_tile: int | None = None) -> StreamResult:
+                         fmt: str = "tiff", level: int = 0, out_tile: int | None = None,
+                         mask_encoder: Callable[[np.ndarray], np.ndarray] | None = None,
+                         mask_sink=None) -> StreamResult:
         """Predict ``source`` and write the class-index mask (and float16 probabilities) progressively.
 
         ``fmt``: ``"tiff"`` (tiled TIFF, BigTIFF when large; probabilities ``(K, H, W)`` as K pages)
         or ``"zarr"`` (OME-Zarr groups with one level ``0``; probabilities axes ``c, y, x``).
         Outputs are written to ``<name>.partial.<ext>`` and renamed when complete, probabilities
         first and the mask last (its presence marks the input as done).
+        ``mask_encoder``: ``(n, W) uint8`` class indices -> the ``(n, W) uint8`` values written
+        (``--mask-format``). ``mask_sink``: gets the class indices too (``.add_rows(y0, rows)``),
+        and ``.finish()`` (its ``.path`` is added to the outputs) before the mask is complete.
         """
         if fmt not in ("tiff", "zarr"):
             raise UserError(f"--format {fmt}: streamed images are written as tiff or zarr")
@@ -343,7 +348,12 @@ class StreamingPredictor:
 
         def rows(y0, p):
             writer = state["writer"]
-            item = (y0, self._decide(p), p.numpy().astype(np.float16) if proba_path is not None else None)
+            mask = self._decide(p)
+            if mask_sink is not None:
+                mask_sink.add_rows(y0, mask)
+            if mask_encoder is not None:
+                mask = mask_encoder(mask)
+            item = (y0, mask, p.numpy().astype(np.float16) if proba_path is not None else None)
             if not put_unless_stopped(writer.q, item, stop) or writer.error is not None:
                 raise writer.error or RuntimeError("writer stopped")
 
@@ -364,6 +374,9 @@ class StreamingPredictor:
         if proba_path is not None:
             finish_output(proba_part, proba_path)
             result.outputs.append(proba_path)
+        if mask_sink is not None:
+            mask_sink.finish()
+            result.outputs.append(mask_sink.path)
         finish_output(mask_part, mask_path)
         result.outputs.append(mask_path)
         result.seconds = max(result.seconds, 0.0)
