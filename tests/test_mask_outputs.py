@@ -323,3 +323,16 @@ def test_level_0_of_a_compressed_pyramid_tiff_streams(threshold_run, tmp_path):
         tw.write(image[::2, ::2], tile=(64, 64), subfiletype=1, metadata=None, compression="zlib")
     predict(threshold_run, [tmp_path / "pyr.tif"], tmp_path / "out", stream=True, quiet=True)
     assert np.array_equal(tifffile.imread(tmp_path / "out" / "pyr.tif"), (image > 100).astype(np.uint8))
+
+
+def test_distributed_rle_reads_the_written_encoding_back(threshold_run, tmp_path):
+    """Workers write masks; the client's RLE file reads them back in their --mask-format."""
+    from biomedseg.inference.distributed import _write_rle_from_outputs
+    from biomedseg.inference.predict import predict
+
+    Image.fromarray(_blobs((60, 70), 6)).save(tmp_path / "a.png")
+    predict(threshold_run, [tmp_path / "a.png"], tmp_path / "idx", quiet=True, rle=tmp_path / "index.csv")
+    predict(threshold_run, [tmp_path / "a.png"], tmp_path / "rgb", quiet=True, mask_format="rgb")
+    rle = _write_rle_from_outputs(tmp_path / "rgb.csv", threshold_run, [tmp_path / "a.png"], tmp_path / "rgb",
+                                  False, "rgb")
+    assert rle.read_text() == (tmp_path / "index.csv").read_text()
