@@ -29,14 +29,15 @@ def rasterise(geojson_path, shape, names: dict[str, int]) -> np.ndarray:
     centre (holes included); every polygon must be valid and none may overlap another."""
     doc = json.loads(geojson_path.read_text())
     assert doc["type"] == "FeatureCollection"
-    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
     out = np.zeros(shape, np.uint8)
     for f in doc["features"]:
         geom = shapely.geometry.shape(f["geometry"])
         assert geom.is_valid, shapely.is_valid_reason(geom)
+        x0, y0, x1, y1 = (int(np.floor(v)) for v in geom.bounds)  # test the pixels of its bounding box
+        yy, xx = np.mgrid[max(y0, 0):min(y1 + 1, shape[0]), max(x0, 0):min(x1 + 1, shape[1])]
         inside = shapely.contains_xy(geom, xx + 0.5, yy + 0.5)
-        assert not out[inside].any(), "overlapping polygons"
-        out[inside] = names[f["properties"]["classification"]["name"]]
+        assert not out[yy[inside], xx[inside]].any(), "overlapping polygons"
+        out[yy[inside], xx[inside]] = names[f["properties"]["classification"]["name"]]
     return out
 
 
@@ -170,14 +171,19 @@ def test_masks_in_the_training_masks_colours_and_geojson(colour_run, tmp_path):
     run, data = colour_run
     loaded = load_run(run, device="cpu")
     assert Palette.from_json(loaded.info.palette) == COLOURS  # the run learnt the colours
-    images = data / "images"
+    images = tmp_path / "images"  # the test split
+    images.mkdir()
+    for sample in json.loads((data / "dataset.json").read_text())["split"]["test"]:
+        (images / f"{sample}.png").write_bytes((data / "images" / f"{sample}.png").read_bytes())
     outs = {}
     for fmt in ("index", "rgb", "palette", "auto"):
         outs[fmt] = tmp_path / fmt
         predict(loaded, [images], outs[fmt], mask_format=fmt, overlays=False, quiet=True, geojson=fmt == "index")
     names = {n: i for i, n in enumerate(loaded.classes)}
+    predicted = set()
     for path in sorted(images.glob("*.png")):
         index = read_raw(outs["index"] / path.name)
+        predicted |= set(np.unique(index).tolist())
         rgb = read_raw(outs["rgb"] / path.name)
         training_colours = {tuple(c) for c in read_raw(data / "masks" / path.name).reshape(-1, 3).tolist()}
         assert rgb.shape == index.shape + (3,) and {tuple(c) for c in rgb.reshape(-1, 3).tolist()} <= training_colours
@@ -195,6 +201,7 @@ def test_masks_in_the_training_masks_colours_and_geojson(colour_run, tmp_path):
         back = rasterise(outs["index"] / f"{path.stem}.geojson", index.shape, names)
         assert dice(back, index) >= 0.99 and np.array_equal(back, index)
         assert len(doc["features"]) == components(index, (1, 2))
+    assert predicted >= {0, 1}  # the check covers a foreground class
 
 
 @pytest.fixture

@@ -5,17 +5,14 @@ inference with Gaussian blending, post-processing (``RUN/postprocess.yaml`` when
 write (atomically) ``<stem>.png`` (class-index mask; ``.tif`` above ``tiff_above`` pixels or with
 ``output_format="tiff"``, an OME-Zarr ``<stem>.zarr`` with ``"zarr"``), optionally
 ``<stem>_overlay.png``, ``<stem>_proba.tif`` (float16 ``(K, H, W)``) and
-``<stem>_instances.tif`` (int32 instance labels), ``<stem>.geojson`` (``geojson``: a polygon per
-object, QuPath properties). The mask is written last: its presence marks the input as done, and
-finished inputs are skipped when a run is repeated. ``mask_format`` writes the mask in the
-user's encoding (``index`` class indices by default, ``binary`` 0/255, ``palette``, ``rgb``, ``auto``:
-:mod:`biomedseg.io.mask_encoding`, applied by :mod:`biomedseg.inference.mask_outputs`).
+``<stem>_instances.tif`` (int32 instance labels), ``<stem>.geojson`` (``geojson``; masks in other
+encodings with ``mask_format``: :mod:`~biomedseg.inference.mask_outputs`). The mask is written last:
+its presence marks the input as done, and finished inputs are skipped when a run is repeated.
 
 Huge inputs (more than ``STREAM_ABOVE_PIXELS`` pixels, tiled TIFFs above
 ``TILED_STREAM_ABOVE_PIXELS``, a pyramid level > 0, zarr inputs) go through the
 :class:`~biomedseg.inference.streaming.StreamingPredictor`: read, predicted and written band by
-band to a tiled TIFF or OME-Zarr (``<stem>.partial.*`` until complete; their GeoJSON traced band
-by band, objects cut by bands joined). Only per-pixel
+band to a tiled TIFF or OME-Zarr (``<stem>.partial.*`` until complete). Only per-pixel
 post-processing (thresholds) applies to them; overlays, instances and RLE are skipped, and no
 empty-mask gate (in particular not the classifier head's ``min_classifier_probability``: the
 mask is written before the last tile has been seen).
@@ -380,7 +377,7 @@ def rle_rows_from_outputs(out: Path, stem: str, run, instances: bool, encoding=N
     """RLE rows of an input already predicted (resumed run, distributed run): read back its
     mask (and ``_instances.tif``; ``encoding``: the ``--mask-format`` it was written in, default
     class indices). Streamed (tiled TIFF/zarr, huge) masks have none."""
-    from biomedseg.io import read_raw
+    from biomedseg.io.mask_encoding import read_written_mask
 
     mask_path = existing_mask(out, stem)
     if mask_path is None or mask_path.suffix == ".zarr":
@@ -390,12 +387,7 @@ def rle_rows_from_outputs(out: Path, stem: str, run, instances: bool, encoding=N
     if np.prod(image_shape(mask_path)) > STREAM_ABOVE_PIXELS:
         log.info("%s: large mask, left out of the RLE file", mask_path)
         return []
-    if encoding is None or encoding.kind == "index":
-        mask = read_raw(mask_path)
-    else:
-        from biomedseg.io import read_mask
-
-        mask = read_mask(mask_path, encoding.read_palette())[0]
+    mask = read_written_mask(mask_path, encoding)
     labels = None
     inst = out / f"{stem}_instances.tif"
     if instances and inst.is_file():

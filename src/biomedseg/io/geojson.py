@@ -42,10 +42,11 @@ def check_object_type(object_type: str) -> str:
 
 def _ring(coords: np.ndarray, scale: tuple[float, float]) -> list:
     """Closed GeoJSON ring (first vertex repeated); integers at scale 1."""
-    closed = np.vstack([coords, coords[:1]])
-    if scale == (1.0, 1.0):
-        return closed.tolist()
-    return np.round(closed * np.array(scale), 3).tolist()
+    if scale != (1.0, 1.0):
+        coords = np.round(coords * np.array(scale), 3)
+    ring = coords.tolist()
+    ring.append(ring[0])
+    return ring
 
 
 def polygon_feature(shell: np.ndarray, holes: list[np.ndarray], name: str, color: Sequence[int],

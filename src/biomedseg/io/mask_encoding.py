@@ -26,11 +26,12 @@ from typing import Sequence
 import numpy as np
 
 from biomedseg.errors import UserError
-from biomedseg.io.masks import Palette
+from biomedseg.io.images import read_raw
+from biomedseg.io.masks import Palette, read_mask
 from biomedseg.io.writers import TILE_PIXELS, atomic_path, write_png, write_tiff
 
-__all__ = ["DEFAULT_MASK_FORMAT", "MASK_FORMATS", "MaskEncoding", "encode_mask", "resolve_encoding",
-           "write_mask"]
+__all__ = ["DEFAULT_MASK_FORMAT", "MASK_FORMATS", "MaskEncoding", "encode_mask", "read_written_mask",
+           "resolve_encoding", "write_mask"]
 
 MASK_FORMATS = ("index", "binary", "palette", "rgb", "auto")
 #: class indices: what evaluate, resumed runs and the RLE writer read back (see module docstring)
@@ -146,3 +147,11 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, encoding: MaskEncoding
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, np.ascontiguousarray(mask, np.uint8), photometric="palette", colormap=colormap,
                          compression="zlib", metadata=None, tile=(256, 256) if mask.size > TILE_PIXELS else None)
+
+
+def read_written_mask(path: str | os.PathLike, encoding: MaskEncoding | None = None) -> np.ndarray:
+    """The ``(H, W)`` class indices of a mask written by :func:`write_mask` in ``encoding``
+    (``None``: class indices, read as stored)."""
+    if encoding is None or encoding.kind == "index":
+        return read_raw(path)
+    return read_mask(path, encoding.read_palette())[0]

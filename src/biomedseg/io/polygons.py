@@ -123,18 +123,71 @@ def _gather_keys(walk: list[int], n_old: int, old_keys: list, unit_keys: np.ndar
     return parts
 
 
-def _corners(keys: np.ndarray, stride: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(x, y)`` of a closed vertex sequence with collinear vertices removed."""
+@dataclass
+class _Ring:
+    """Corners of a closed ring, twice its signed area and its bounding box ``(x0, y0, x1, y1)``."""
+
+    x: np.ndarray
+    y: np.ndarray
+    area2: int
+    bbox: tuple[int, int, int, int]
+
+    @classmethod
+    def of(cls, x: np.ndarray, y: np.ndarray) -> "_Ring":
+        return cls(x, y, _area2(x, y), (int(x.min()), int(y.min()), int(x.max()), int(y.max())))
+
+    def coords(self) -> np.ndarray:
+        return np.stack([self.x, self.y], 1)
+
+
+def _ring_positions(lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For rings stored one after another with ``lengths``: ``(ring id, first index of each ring,
+    index of the next vertex, index of the previous vertex)`` of every vertex (cyclic per ring)."""
+    first = np.cumsum(lengths) - lengths
+    ring = np.repeat(np.arange(lengths.size), lengths)
+    idx = np.arange(ring.size)
+    last = first[ring] + lengths[ring] - 1
+    return ring, first, np.where(idx == last, first[ring], idx + 1), np.where(idx == first[ring], last, idx - 1)
+
+
+def _corner_rings(parts: list[np.ndarray], stride: int) -> list[_Ring]:
+    """Closed vertex-key sequences -> rings of corners (collinear vertices dropped, starting at the
+    top-left corner, so a ring is the same however it was traced; a ring through a vertex twice cut
+    into simple loops), all rings at once."""
+    lengths = np.array([p.size for p in parts])
+    keys = np.concatenate(parts)
     x, y = keys % stride, keys // stride
-    step = (np.roll(x, -1) - x) * 3 + (np.roll(y, -1) - y)
-    keep = step != np.roll(step, 1)
-    return x[keep], y[keep]
+    ring, _, nxt, prv = _ring_positions(lengths)
+    step = (x[nxt] - x) * 3 + (y[nxt] - y)
+    keep = step != step[prv]
+    keys, ring = keys[keep], ring[keep]
+    lengths = np.bincount(ring, minlength=lengths.size)
+    first = np.cumsum(lengths) - lengths
+    order = np.lexsort((keys, ring))  # by ring, then top-left first (keys grow with y, then x)
+    top_left = order[first] - first
+    rotated = np.empty_like(keys)
+    pos = np.arange(keys.size) - first[ring]
+    rotated[first[ring] + (pos - top_left[ring]) % lengths[ring]] = keys
+    x, y = rotated % stride, rotated // stride
+    _, _, nxt, _ = _ring_positions(lengths)
+    area2 = np.add.reduceat(x * y[nxt] - x[nxt] * y, first)
+    boxes = np.stack([np.minimum.reduceat(x, first), np.minimum.reduceat(y, first),
+                      np.maximum.reduceat(x, first), np.maximum.reduceat(y, first)], 1).tolist()
+    sorted_keys, sorted_ring = keys[order], ring[order]
+    twice = np.zeros(lengths.size, bool)
+    twice[sorted_ring[1:][(sorted_keys[1:] == sorted_keys[:-1]) & (sorted_ring[1:] == sorted_ring[:-1])]] = True
+    bounds = np.cumsum(lengths)[:-1]
+    rings = []
+    for i, (rx, ry) in enumerate(zip(np.split(x, bounds), np.split(y, bounds))):
+        if twice[i]:
+            rings.extend(_Ring.of(lx, ly) for lx, ly in _simple_loops(rx, ry))
+        else:
+            rings.append(_Ring(rx, ry, int(area2[i]), tuple(boxes[i])))
+    return rings
 
 
 def _simple_loops(x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
     """Cut a closed ring that passes a vertex twice (a saddle) into loops that do not."""
-    if np.unique(y * (int(x.max()) + 2) + x).size == x.size:
-        return [(x, y)]
     pairs = np.stack([x, y], 1)
     loops, stack, where = [], [], {}
     for p in map(tuple, pairs.tolist()):
@@ -178,23 +231,6 @@ def _inside(x: np.ndarray, y: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.
     return (np.searchsorted(keys, (r + 1) * stride) - first) % 2 == 1
 
 
-@dataclass
-class _Ring:
-    x: np.ndarray
-    y: np.ndarray
-    area2: int = 0
-    bbox: tuple[int, int, int, int] = (0, 0, 0, 0)
-
-    def __post_init__(self) -> None:
-        first = int(np.lexsort((self.x, self.y))[0])  # start at the top-left corner: the same ring however traced
-        self.x, self.y = np.roll(self.x, -first), np.roll(self.y, -first)
-        self.area2 = _area2(self.x, self.y)
-        self.bbox = (int(self.x.min()), int(self.y.min()), int(self.x.max()), int(self.y.max()))
-
-    def coords(self) -> np.ndarray:
-        return np.stack([self.x, self.y], 1)
-
-
 class _ClassTracer:
     """The tracing state of one class."""
 
@@ -224,12 +260,9 @@ class _ClassTracer:
             np.array([start[p[0]] for p in paths], np.int64), np.array([end[p[-1]] for p in paths], np.int64),
             np.array([first[p[0]] for p in paths], np.int64), np.array([last[p[-1]] for p in paths], np.int64),
             [_gather_keys(p, n_old, c.keys, keys) for p in paths])
-        rings = []
-        for cycle in cycles:
-            ring_keys = np.concatenate(_gather_keys(cycle, n_old, c.keys, keys))
-            for lx, ly in _simple_loops(*_corners(ring_keys, self.stride)):
-                rings.append(_Ring(lx, ly))
-        self._close(rings)
+        if cycles:
+            self._close(_corner_rings([np.concatenate(_gather_keys(cyc, n_old, c.keys, keys)) for cyc in cycles],
+                                      self.stride))
 
     def _close(self, rings: list[_Ring]) -> None:
         """New holes wait; new shells (smallest first) take the waiting holes inside them."""
@@ -237,12 +270,27 @@ class _ClassTracer:
         if holes:
             self.holes.extend(holes)
             self.boxes = np.vstack([self.boxes, [h.bbox for h in holes]])
-        for shell in sorted((r for r in rings if r.area2 > 0), key=lambda r: r.area2):
-            self.emit(shell.coords(), self._claim(shell))
+        shells = sorted((r for r in rings if r.area2 > 0), key=lambda r: r.area2)
+        for shell, maybe in zip(shells, self._may_hold_holes(shells)):
+            self.emit(shell.coords(), self._claim(shell) if maybe else [])
+
+    def _may_hold_holes(self, shells: list[_Ring]) -> np.ndarray:
+        """Per shell: does the bounding box of some waiting hole lie in its bounding box?"""
+        maybe = np.zeros(len(shells), bool)
+        # a shell around a hole spans at least 8 pixels (3 x 3 less a corner where the hole touches
+        # the outside at a point): most shells of noisy masks are smaller
+        big = np.flatnonzero([s.area2 >= 16 for s in shells]) if self.holes else []
+        if len(big) == 0:
+            return maybe
+        boxes = np.array([shells[i].bbox for i in big])
+        step = max(1, 2**22 // len(self.holes))  # shells per block: bounded pair matrices
+        for i in range(0, len(big), step):
+            b = boxes[i:i + step, None, :]
+            inside = ((self.boxes[None, :, :2] >= b[..., :2]) & (self.boxes[None, :, 2:] <= b[..., 2:])).all(2)
+            maybe[big[i:i + step]] = inside.any(1)
+        return maybe
 
     def _claim(self, shell: _Ring) -> list[np.ndarray]:
-        if not self.holes:
-            return []
         x0, y0, x1, y1 = shell.bbox
         boxes = self.boxes
         near = np.flatnonzero((boxes[:, 0] >= x0) & (boxes[:, 1] >= y0) & (boxes[:, 2] <= x1) & (boxes[:, 3] <= y1))
