@@ -6,9 +6,9 @@ rasterising them (a pixel is inside when its centre is) gives the mask back. Eac
 4-connected region of a class is one polygon, its holes kept as interior rings; pixels that
 touch only at a corner belong to separate polygons that touch at that corner (the convention
 of GDAL's polygonize), which keeps every polygon valid in the OGC sense (a hole may touch its
-shell at a point). Exterior rings run counter-clockwise and holes clockwise in the numbers'
-own frame (x right, y down as in the image), as RFC 7946 asks; vertices are only the corners
-(collinear steps merged).
+shell at a point). Exterior rings have a positive signed area and holes a negative one
+(counter-clockwise and clockwise as RFC 7946 and shapely read the numbers, y upwards; the other
+way round as drawn on the image); vertices are only the corners (collinear steps merged).
 
 :class:`PolygonTracer` takes the mask top to bottom in bands of rows of any height
 (:meth:`~PolygonTracer.add_rows`, then :meth:`~PolygonTracer.finish`). Boundary edges are
