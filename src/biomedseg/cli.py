@@ -18,6 +18,8 @@ from biomedseg.comparison import DEFAULT_SPLIT, PAIRS
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from biomedseg.demo import DEMO_TIME_BUDGET
 from biomedseg.errors import UserError
+from biomedseg.io.geojson import DEFAULT_OBJECT_TYPE
+from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT
 from biomedseg.runs.layout import PLAN
 from biomedseg.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
 
@@ -200,6 +202,13 @@ def predict(
     skip_blank: Optional[float] = typer.Option(None, "--skip-blank", help="huge inputs: skip tiles whose normalised "
                                                "std is below this (predicted background)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="tiles per forward pass"),
+    mask_format: str = typer.Option(DEFAULT_MASK_FORMAT, "--mask-format",
+                                    help="mask values: index (class indices) | binary (0/255) | palette (PNG palette "
+                                    "with the class colours) | rgb (class colours) | auto (as the training masks)"),
+    geojson: bool = typer.Option(False, "--geojson", help="also write <name>.geojson: a polygon per object, "
+                                 "QuPath classification (name, colour), full-resolution pixel coordinates"),
+    geojson_objects: str = typer.Option(DEFAULT_OBJECT_TYPE, "--geojson-objects",
+                                        help="QuPath object type of the GeoJSON features: annotation | detection"),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -209,7 +218,7 @@ def predict(
     s = run_predict(run, inputs, out, tta=tta, overlays=not no_overlays, probabilities=probabilities,
                     overwrite=overwrite, device=device, quiet=quiet, postprocess=not no_postprocess, rle=rle,
                     instances=instances, output_format=output_format, level=level, batch_size=batch_size,
-                    skip_blank_std=skip_blank)
+                    skip_blank_std=skip_blank, mask_format=mask_format, geojson=geojson and geojson_objects)
     typer.echo(f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
                f"{len(s.failed)} failed -> {out}")
     if s.rle is not None:

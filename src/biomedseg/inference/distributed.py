@@ -144,7 +144,7 @@ def predict_distributed(run, inputs, out, *, client=None, address: str | None = 
             own_cluster.close()
     summary.workers = sorted(pids)
     if rle is not None:
-        summary.rle = _write_rle_from_outputs(rle, run_dir, files, out, instances)
+        summary.rle = _write_rle_from_outputs(rle, run_dir, files, out, instances, predict_kwargs.get("mask_format"))
     if not quiet:
         log.info("%d predicted on %d workers, %d skipped, %d failed", len(summary.done), len(pids),
                  len(summary.skipped), len(summary.failed))
@@ -190,25 +190,31 @@ def _gather(futures: list, todo: list[Path], summary: PredictSummary, pids: set[
         pids.add(pid)
 
 
-def _write_rle_from_outputs(rle, run_dir: Path, files: list[Path], out: Path, instances: bool) -> Path:
-    """The RLE CSV of every input's mask written in ``out`` (workers write masks, not rows)."""
+def _write_rle_from_outputs(rle, run_dir: Path, files: list[Path], out: Path, instances: bool,
+                            mask_format: str | None = None) -> Path:
+    """The RLE CSV of every input's mask written in ``out`` (workers write masks, not rows;
+    ``mask_format``: the encoding they were written in)."""
+    from biomedseg.inference.mask_outputs import mask_encoding_for
     from biomedseg.inference.predict import rle_rows_from_outputs, write_rle
 
     info_run = _InfoRun.from_dir(run_dir)
+    encoding = mask_encoding_for(info_run, mask_format)
     rows = []
     for f in files:
-        rows.extend(rle_rows_from_outputs(out, _stem(f), info_run, instances))
+        rows.extend(rle_rows_from_outputs(out, _stem(f), info_run, instances, encoding))
     return write_rle(rle, rows, info_run, instances)
 
 
 class _InfoRun:
-    """The parts of a run the RLE writer needs (classes, background), without loading the model."""
+    """The parts of a run the RLE writer needs (classes, background, dataset info for the mask
+    encoding), without loading the model."""
 
-    def __init__(self, classes, background):
+    def __init__(self, classes, background, info=None):
         self.classes = classes
         self.background = background
+        self.info = info
 
     @classmethod
     def from_dir(cls, run_dir: Path) -> "_InfoRun":
         info = open_run(run_dir).dataset()
-        return cls(info.classes, info.background)
+        return cls(info.classes, info.background, info)

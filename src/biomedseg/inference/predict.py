@@ -5,10 +5,11 @@ inference with Gaussian blending, post-processing (``RUN/postprocess.yaml`` when
 write (atomically) ``<stem>.png`` (class-index mask; ``.tif`` above ``tiff_above`` pixels or with
 ``output_format="tiff"``, an OME-Zarr ``<stem>.zarr`` with ``"zarr"``), optionally
 ``<stem>_overlay.png``, ``<stem>_proba.tif`` (float16 ``(K, H, W)``) and
-``<stem>_instances.tif`` (int32 instance labels). The mask is written last: its presence marks
-the input as done, and finished inputs are skipped when a run is repeated. TIFF outputs are
-OME-TIFF and zarr outputs OME-Zarr, carrying the input's physical pixel size when it has one
-(:func:`biomedseg.io.pixel_size.pixel_size`); outputs above
+``<stem>_instances.tif`` (int32 instance labels), ``<stem>.geojson`` (``geojson``; masks in other
+encodings with ``mask_format``: :mod:`~biomedseg.inference.mask_outputs`). The mask is written last:
+its presence marks the input as done, and finished inputs are skipped when a run is repeated. TIFF
+outputs are OME-TIFF and zarr outputs OME-Zarr, carrying the input's physical pixel size when it has
+one (:func:`biomedseg.io.pixel_size.pixel_size`); outputs above
 :data:`~biomedseg.io.ome.PYRAMID_ABOVE_PIXELS` pixels get tiled sub-resolution levels.
 
 Huge inputs (more than ``STREAM_ABOVE_PIXELS`` pixels, tiled TIFFs above
@@ -90,7 +91,8 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
             overwrite: bool = False, device: str = "auto", quiet: bool = False, postprocess: bool = True,
             rle: str | Path | None = None, instances: bool = False, output_format: str | None = None,
             level: int = 0, stream: bool | None = None, batch_size: int | None = None,
-            skip_blank_std: float | None = None) -> PredictSummary:
+            skip_blank_std: float | None = None, mask_format: str | None = None,
+            geojson: bool | str = False) -> PredictSummary:
     """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``.
 
     Args:
@@ -105,11 +107,15 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
         batch_size: tiles per forward pass (default: the run's).
         skip_blank_std: streamed inputs: tiles whose normalised standard deviation is below this
             are not run (predicted background).
+        mask_format: ``index`` (default) | ``binary`` | ``palette`` | ``rgb`` | ``auto`` (the training
+            masks' encoding); one-channel outputs (zarr, streamed) keep class indices for ``rgb``/``palette``.
+        geojson: also write ``<stem>.geojson`` (``True``: QuPath annotations; ``"detection"``).
 
     Returns a :class:`PredictSummary`; the CLI exits non-zero when ``failed`` is not empty.
     """
     from tqdm.auto import tqdm
 
+    from biomedseg.inference.mask_outputs import geojson_object_type, mask_encoding_for
     from biomedseg.inference.postprocess import load_postprocess
     from biomedseg.inference.run import LoadedRun, load_run
 
@@ -117,6 +123,7 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
         raise UserError(f"--format {output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
     files = collect_inputs(inputs)
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
+    encoding, object_type = mask_encoding_for(loaded, mask_format), geojson_object_type(geojson)
     post = load_postprocess(loaded.run_dir) if postprocess else None
     if post is not None and post.is_identity:
         post = None
@@ -128,7 +135,7 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
     rle_rows: list[tuple] = []
     opts = dict(overlays=overlays, probabilities=probabilities, overwrite=overwrite, post=post, instances=instances,
                 output_format=output_format, level=level, stream=stream, tta=tta, batch_size=batch_size,
-                skip_blank_std=skip_blank_std, want_rle=rle is not None)
+                skip_blank_std=skip_blank_std, want_rle=rle is not None, encoding=encoding, object_type=object_type)
     for path in tqdm(files, desc="predicting", unit="img", disable=True if (quiet or len(files) < 2) else None):
         try:
             written, rows = _predict_one(loaded, predictor, path, out, summary, **opts)
@@ -238,8 +245,11 @@ def _write_zarr_mask(path: Path, mask: np.ndarray, pixel_size=None) -> None:
 
 
 def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities, overwrite, post, instances,
-                 output_format, level, stream, tta, batch_size, skip_blank_std, want_rle) -> tuple[list[Path], list]:
+                 output_format, level, stream, tta, batch_size, skip_blank_std, want_rle, encoding,
+                 object_type) -> tuple[list[Path], list]:
+    from biomedseg.inference.mask_outputs import one_channel, write_geojson
     from biomedseg.io import read_image, write_png
+    from biomedseg.io.mask_encoding import write_mask
     from biomedseg.io.ome import write_ome_tiff
     from biomedseg.io.pixel_size import pixel_size
 
@@ -247,13 +257,13 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
     done = existing_mask(out, stem)
     if done is not None and not overwrite:
         summary.skipped.append(path)
-        return [], (rle_rows_from_outputs(out, stem, run, instances) if want_rle else [])
+        return [], (rle_rows_from_outputs(out, stem, run, instances, encoding) if want_rle else [])
     streamed, shape = wants_streaming(path, level) if stream is None else (bool(stream), None)
     if streamed:
         return _predict_streamed(run, path, out, summary, post=post, probabilities=probabilities, tta=tta,
                                  output_format=output_format, level=level, batch_size=batch_size,
                                  skip_blank_std=skip_blank_std, overlays=overlays, instances=instances,
-                                 want_rle=want_rle), []
+                                 want_rle=want_rle, encoding=encoding, object_type=object_type), []
     image = read_image(path)
     px = pixel_size(path)
     proba = predict_proba_image(run, predictor, image)
@@ -283,23 +293,27 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
         ip = out / f"{stem}_instances.tif"
         write_ome_tiff(ip, labels, px)
         written.append(ip)
+    if object_type is not None:
+        written.append(write_geojson(out / f"{stem}.geojson", mask, run, object_type))
     # the mask is written last: its presence marks the input as done when a run is resumed
     mask_path = _mask_path(out, path, mask.size, output_format)
     _check_not_input(mask_path, path)
     _remove_other_formats(out, stem, mask_path, path)
     if mask_path.suffix == ".zarr":
-        _write_zarr_mask(mask_path, mask, px)
-    elif mask_path.suffix == ".tif":
-        write_ome_tiff(mask_path, mask, px)
+        _write_zarr_mask(mask_path, one_channel(encoding, path, "OME-Zarr").encode(mask), px)
+    elif mask_path.suffix == ".tif" and encoding.kind != "palette":
+        stored = encoding.encode(mask)
+        write_ome_tiff(mask_path, stored, px, axes="YXS" if stored.ndim == 3 else None)
     else:
-        write_png(mask_path, mask)
+        write_mask(mask_path, mask, encoding)
     written.append(mask_path)
     summary.done.append(path)
     return written, (rle_rows_for(stem, mask, labels, run, instances) if want_rle else [])
 
 
 def _predict_streamed(run, path, out, summary, *, post, probabilities, tta, output_format, level, batch_size,
-                      skip_blank_std, overlays, instances, want_rle) -> list[Path]:
+                      skip_blank_std, overlays, instances, want_rle, encoding, object_type) -> list[Path]:
+    from biomedseg.inference.mask_outputs import streamed_extras
     from biomedseg.inference.postprocess import decide, resolve_classes
     from biomedseg.inference.streaming import StreamingPredictor, open_source
     from biomedseg.io.pixel_size import pixel_size
@@ -330,8 +344,10 @@ def _predict_streamed(run, path, out, summary, *, post, probabilities, tta, outp
         mask_path = out / f"{stem}{ext}"
         _check_not_input(mask_path, path)
         proba_path = out / f"{stem}_proba{ext}" if probabilities else None
-        res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=level, out_tile=tile,
-                                  pixel_size=pixel_size(path, level) if isinstance(path, Path) else None)
+        with streamed_extras(run, path, out / f"{stem}.geojson", src, level, encoding, object_type) as extras:
+            res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=level, out_tile=tile,
+                                      pixel_size=pixel_size(path, level) if isinstance(path, Path) else None,
+                                      mask_encoder=extras.encoder, mask_sink=extras.sink)
     _remove_other_formats(out, stem, mask_path, path)
     log.info("%s: %dx%d streamed in %.1f s (%.2f MPix/s, %d tiles, %d blank)", path, res.shape[1], res.shape[0],
              res.seconds, res.mpix_per_s, res.n_tiles, res.n_skipped)
@@ -368,10 +384,11 @@ def rle_rows_for(stem: str, mask: np.ndarray, labels: np.ndarray | None, run, in
     return [(stem, run.classes[c], rle_encode(mask == c)) for c in fg]
 
 
-def rle_rows_from_outputs(out: Path, stem: str, run, instances: bool) -> list[tuple]:
+def rle_rows_from_outputs(out: Path, stem: str, run, instances: bool, encoding=None) -> list[tuple]:
     """RLE rows of an input already predicted (resumed run, distributed run): read back its
-    mask (and ``_instances.tif``). Streamed (tiled TIFF/zarr, huge) masks have none."""
-    from biomedseg.io import read_raw
+    mask (and ``_instances.tif``; ``encoding``: the ``--mask-format`` it was written in, default
+    class indices). Streamed (tiled TIFF/zarr, huge) masks have none."""
+    from biomedseg.io.mask_encoding import read_written_mask
 
     mask_path = existing_mask(out, stem)
     if mask_path is None or mask_path.suffix == ".zarr":
@@ -381,7 +398,7 @@ def rle_rows_from_outputs(out: Path, stem: str, run, instances: bool) -> list[tu
     if np.prod(image_shape(mask_path)) > STREAM_ABOVE_PIXELS:
         log.info("%s: large mask, left out of the RLE file", mask_path)
         return []
-    mask = read_raw(mask_path)
+    mask = read_written_mask(mask_path, encoding)
     labels = None
     inst = out / f"{stem}_instances.tif"
     if instances and inst.is_file():

@@ -318,7 +318,9 @@ class StreamingPredictor:
 
     def predict_to_files(self, source, mask_path: str | os.PathLike, proba_path: str | os.PathLike | None = None,
                          fmt: str = "tiff", level: int = 0, out_tile: int | None = None, pixel_size=None,
-                         pyramid_above: int | None = None) -> StreamResult:
+                         pyramid_above: int | None = None,
+                         mask_encoder: Callable[[np.ndarray], np.ndarray] | None = None,
+                         mask_sink=None) -> StreamResult:
         """Predict ``source`` and write the class-index mask (and float16 probabilities) progressively.
 
         ``fmt``: ``"tiff"`` (tiled TIFF, BigTIFF when large; probabilities ``(K, H, W)`` as K pages)
@@ -327,6 +329,9 @@ class StreamingPredictor:
         first and the mask last (its presence marks the input as done). ``pixel_size``: ``(y, x)`` µm
         written into the OME metadata; outputs above ``pyramid_above`` pixels (default
         :data:`~biomedseg.io.ome.PYRAMID_ABOVE_PIXELS`) get sub-resolution levels.
+        ``mask_encoder``: ``(n, W) uint8`` class indices -> the ``(n, W) uint8`` values written
+        (``--mask-format``). ``mask_sink``: gets the class indices too (``.add_rows(y0, rows)``),
+        and ``.finish()`` (its ``.path`` is added to the outputs) before the mask is complete.
         """
         if fmt not in ("tiff", "zarr"):
             raise UserError(f"--format {fmt}: streamed images are written as tiff or zarr")
@@ -346,7 +351,12 @@ class StreamingPredictor:
 
         def rows(y0, p):
             writer = state["writer"]
-            item = (y0, self._decide(p), p.numpy().astype(np.float16) if proba_path is not None else None)
+            mask = self._decide(p)
+            if mask_sink is not None:
+                mask_sink.add_rows(y0, mask)
+            if mask_encoder is not None:
+                mask = mask_encoder(mask)
+            item = (y0, mask, p.numpy().astype(np.float16) if proba_path is not None else None)
             if not put_unless_stopped(writer.q, item, stop) or writer.error is not None:
                 raise writer.error or RuntimeError("writer stopped")
 
@@ -367,6 +377,9 @@ class StreamingPredictor:
         if proba_path is not None:
             finish_output(proba_part, proba_path)
             result.outputs.append(proba_path)
+        if mask_sink is not None:
+            mask_sink.finish()
+            result.outputs.append(mask_sink.path)
         finish_output(mask_part, mask_path)
         result.outputs.append(mask_path)
         result.seconds = max(result.seconds, 0.0)

@@ -172,7 +172,7 @@ def _tiff_level_source(tif, path: Path, level: int) -> TileSource:
             return src
         except ValueError:  # channel layout the offset reader does not handle
             pass
-    store = lev.aszarr()
+    store = tif.series[0].aszarr(level=level)  # (a pyramid's level 0 alone, not the multiscale group)
     arr = zarr.open(store, mode="r")
 
     def closer():

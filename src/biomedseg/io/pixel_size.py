@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.errors import UserError
-from biomedseg.io.zarr_images import is_zarr, level_shape, ome_multiscales, open_level
+from biomedseg.io.zarr_images import is_zarr, ome_multiscales, open_level
 
 PixelSize = tuple[float, float]
 
