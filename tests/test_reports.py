@@ -219,3 +219,27 @@ def test_html_report(tmp_path):
     dices = {r["id"]: r["image_dice"] for r in acc.per_image_rows()}
     assert order == sorted(dices, key=dices.get)
     assert order[0] == "img_3"
+
+
+def test_html_report_copies_pictures_from_outside_its_folder(tmp_path):
+    """The run's curves.png lives in the run folder: the report folder gets its own copy, so it
+    still shows it once the run is moved or deleted."""
+    from biomedseg.reports.curves import plot_curves
+    from biomedseg.reports.html import write_evaluation_report
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text(FULL_CSV)
+    curves = plot_curves(run / "metrics.csv", run / "curves.png")
+    out_dir = tmp_path / "eval"
+    acc = _evaluation(["background", "cell"])
+    report = write_evaluation_report(out_dir, acc.summary(), acc.per_image_rows(), [], curves_png=curves)
+    text = report.read_text(encoding="utf-8")
+    srcs = re.findall(r'src="([^"]+)"', text)
+    assert srcs and all(".." not in s and "/" not in s for s in srcs)  # every picture inside the report folder
+    assert 'src="curves.png"' in text
+    assert (out_dir / "curves.png").read_bytes() == curves.read_bytes()
+    import shutil
+
+    shutil.rmtree(run)  # the run goes away: the report is still whole
+    assert all((out_dir / s).is_file() for s in srcs)

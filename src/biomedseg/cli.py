@@ -2,12 +2,14 @@
 
 Only parses arguments and calls one library function per command; torch and MONAI are imported
 inside the commands so ``biomedseg --help`` answers at once. A :class:`UserError` is printed as
-one line and exits with code 2.
+one line and exits with code 2, and so is an ``OSError`` (a full disk, a read-only folder), naming
+the file; every command that writes checks its output location before it starts.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -22,6 +24,7 @@ from biomedseg.io.geojson import DEFAULT_OBJECT_TYPE
 from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT
 from biomedseg.runs.layout import PLAN
 from biomedseg.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
+from biomedseg.io.writers import check_output_dir, check_output_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semantic segmentation of 2D biomedical images: audit, train, evaluate, predict.")
@@ -29,6 +32,19 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 DataArg = typer.Argument(None, help="DATA folder with images/ and masks/ (and optional dataset.json)")
 ImagesOpt = typer.Option(None, "--images", help="image folder (instead of DATA)")
 MasksOpt = typer.Option(None, "--masks", help="mask folder (instead of DATA)")
+
+
+def _within(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False,
+            **options) -> None:
+    """Refuse (one line, exit 2, before any work) an option outside ``[low, high]`` (``*_open``:
+    the bound itself excluded), NaN included; options left unset (None) pass."""
+    for name, value in options.items():
+        if value is None or ((value > low if low_open else value >= low) and (value < high if high_open else value <= high)):
+            continue
+        bounds = (">" if low_open else ">=") + f" {low:g}"
+        if high != math.inf:
+            bounds += (" and <" if high_open else " and <=") + f" {high:g}"
+        raise UserError(f"--{name.replace('_', '-')} {value}: must be {bounds}")
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -54,6 +70,7 @@ def audit(
     from biomedseg.audit.run import format_audit_summary
     from biomedseg.reports.audit_html import audit_with_report
 
+    check_output_dir(out)
     result = audit_with_report(data, out, images=images, masks=masks, check_flips=check_flips, progress=not quiet)
     typer.echo(format_audit_summary(result))
     typer.echo(f"wrote {out / 'audit.json'} and {out / 'audit.html'}")
@@ -76,6 +93,9 @@ def split(
     """Write a train/val/test split into DATA/dataset.json that keeps near-duplicate groups together."""
     from biomedseg.audit.split import write_split
 
+    _within(0, 1, high_open=True, test_fraction=test_fraction, val_fraction=val_fraction)
+    _within(0, seed=seed)
+    check_output_file(Path(data) / "dataset.json")
     r = write_split(data, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, stratify=stratify,
                     exclude_conflicts=exclude_conflicts, audit=audit, check_flips=check_flips, progress=not quiet)
     sides = ", ".join(f"{k} {v}" for k, v in r["split"].items())
@@ -105,6 +125,11 @@ def tile(
     """Cut large images and masks into aligned tiles: a training DATA folder with provenance (tiles.csv)."""
     from biomedseg.data.tiling import tile_dataset
 
+    _within(0, 1, keep_empty=keep_empty, tissue_threshold=tissue_threshold)
+    _within(1, size=size, stride=stride)
+    _within(0, level=level, seed=seed)
+    _within(0, low_open=True, max_decode_megapixels=max_decode_megapixels)
+    check_output_dir(out)
     s = tile_dataset(src, out, size=size, stride=stride, keep_empty=keep_empty, tissue_threshold=tissue_threshold,
                      level=level, seed=seed, max_decode_pixels=int(max_decode_megapixels * 1e6), masks=masks,
                      overwrite=overwrite, progress=not quiet)
@@ -147,10 +172,12 @@ def train(
     from biomedseg.training.api import train as run_train
     from biomedseg.training.config import merge, parse_overrides
 
+    check_output_dir(out)
     flags = {"epochs": epochs, "time_budget": time_budget, "model": model, "loss": loss, "seed": seed,
              "device": device, "batch_size": batch_size, "patch_size": patch_size, "lr": lr, "optimizer": optimizer,
              "schedule": schedule, "class_weights": class_weights, "augment": augment, "val_fraction": val_fraction,
              "precision": precision}
+    flags = {k: v for k, v in flags.items() if v is not None}  # unset flags: an explicit --set key=null still wins
     overrides = merge(parse_overrides(set_), flags)
     if classifier_head:
         overrides = merge(overrides, {"model_kwargs": {"classifier_head": True}})
@@ -178,6 +205,7 @@ def evaluate(
     from biomedseg.evaluation import evaluate as run_eval
     from biomedseg.evaluation import format_metrics
 
+    check_output_dir(out)
     m = run_eval(run, data, out, images=images, masks=masks, split=split, tta=tta, overlays=not no_overlays,
                  valid_dir=valid_dir, device=device, quiet=quiet, postprocess=not no_postprocess)
     typer.echo(format_metrics(m))
@@ -198,10 +226,10 @@ def predict(
     instances: bool = typer.Option(False, "--instances", help="also write <name>_instances.tif (int32 object labels)"),
     output_format: Optional[str] = typer.Option(None, "--format", help="mask format: png | tiff | zarr "
                                                 "(default png; huge inputs: tiled tiff)"),
-    level: int = typer.Option(0, "--level", min=0, help="pyramid level of TIFF/OME-Zarr inputs (0 = full resolution)"),
+    level: int = typer.Option(0, "--level", help="pyramid level of TIFF/OME-Zarr inputs (0 = full resolution)"),
     skip_blank: Optional[float] = typer.Option(None, "--skip-blank", help="huge inputs: skip tiles whose normalised "
                                                "std is below this (predicted background)"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="tiles per forward pass"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="tiles per forward pass"),
     mask_format: str = typer.Option(DEFAULT_MASK_FORMAT, "--mask-format",
                                     help="mask values: index (class indices) | binary (0/255) | palette (PNG palette "
                                     "with the class colours) | rgb (class colours) | auto (as the training masks)"),
@@ -215,6 +243,11 @@ def predict(
     """Predict masks for new images of any size (sliding window, Gaussian blending; huge images streamed)."""
     from biomedseg.inference.predict import predict as run_predict
 
+    _within(0, level=level, skip_blank=skip_blank)
+    _within(1, batch_size=batch_size)
+    check_output_dir(out)
+    if rle is not None:
+        check_output_file(rle)
     s = run_predict(run, inputs, out, tta=tta, overlays=not no_overlays, probabilities=probabilities,
                     overwrite=overwrite, device=device, quiet=quiet, postprocess=not no_postprocess, rle=rle,
                     instances=instances, output_format=output_format, level=level, batch_size=batch_size,
@@ -244,6 +277,7 @@ def tune_postprocess(
     from biomedseg.inference.tuning import tune_postprocess as run_tune
     from biomedseg.runs import RunPaths
 
+    check_output_file(Path(run) / "postprocess.yaml")
     cfg = run_tune(run, data, split=split, images=images, masks=masks, tta=tta, gate=not no_gating, device=device,
                    quiet=quiet)
     t = cfg.tuning
@@ -277,9 +311,11 @@ def plan(
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="config option key=value (repeatable)"),
 ):
     """Fingerprint DATA and write plan.yaml: every automatic training choice with its reason."""
-    from biomedseg.training.config import parse_overrides
     from biomedseg.training.api import plan_data
+    from biomedseg.training.config import build_config, parse_overrides
 
+    build_config({k: v for k, v in {"epochs": epochs, "time_budget": time_budget}.items() if v is not None}, "options")
+    check_output_file(out)
     result = plan_data(data, out, images=images, masks=masks, time_budget=time_budget, epochs=epochs, device=device,
                        config=config, **parse_overrides(set_))
     for key, entry in result.items():
@@ -311,7 +347,12 @@ def augment_preview(
 ):
     """Draw random training patches before/after augmentation (image and mask overlay) to check a preset."""
     from biomedseg.reports.augment_preview import augment_preview as run_preview
+    from biomedseg.training.config import MAX_PATCH_SIZE, MIN_PATCH_SIZE
 
+    _within(1, n=n)
+    _within(0, seed=seed)
+    _within(MIN_PATCH_SIZE, MAX_PATCH_SIZE, patch_size=patch_size)
+    check_output_file(out)
     path = run_preview(data, out, preset=preset, n=n, seed=seed, patch_size=patch_size)
     typer.echo(f"wrote {path}")
 
@@ -326,6 +367,8 @@ def demo(
     """Generate synthetic data, train, evaluate, predict and report (the built-in default job)."""
     from biomedseg.demo import run_demo
 
+    _within(0, seed=seed)
+    check_output_dir(out)
     run_demo(out, time_budget=time_budget, seed=seed, quiet=quiet)
 
 
@@ -375,6 +418,9 @@ def main() -> None:
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # a full disk, a read-only file system, permissions: the file and the reason
+        typer.echo(f"error: {exc.filename}: {exc.strerror or exc}" if exc.filename else f"error: {exc}", err=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,10 @@ Every writer writes to a hidden temporary file in the destination folder and ren
 the destination with ``os.replace`` (atomic on POSIX and Windows within one file system), so a
 crash or an exception never leaves a half-written file; the temporary file is removed on
 failure. Parent folders are created as needed.
+
+:func:`check_output_dir` and :func:`check_output_file` refuse, before any work starts, an output
+location that cannot be written: a file where a folder is needed (or the reverse), or a folder
+without write permission.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+from biomedseg.errors import UserError
 
 #: Arrays larger than this are written as BigTIFF (classic TIFF offsets stop at 4 GiB; the
 #: margin leaves room for tags and compression overhead).
@@ -40,12 +46,46 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             tmp.unlink()
         except FileNotFoundError:
             pass
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, str(tmp), tmp):
+            # name the file the caller asked for (a failed write() names none), not the temporary one
+            raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
+
+
+def _writable_ancestor(path: Path, wanted: Path) -> None:
+    """Refuse ``wanted`` unless the nearest existing folder at or above ``path`` can be written."""
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{wanted}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{wanted}: folder {probe} is not writable (permissions or a read-only file system)")
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Refuse (``UserError``) an output folder that cannot be written: an existing file in its
+    place, a file among its parents, or a read-only folder. Returns the path; creates nothing."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{p}: exists and is a file, not a folder (choose another output folder)")
+    _writable_ancestor(p.absolute(), p)
+    return p
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Refuse (``UserError``) an output file that cannot be written: an existing folder in its
+    place, or a parent that is a file or a read-only folder. Returns the path; creates nothing."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{p}: is a folder, expected a file name")
+    _writable_ancestor(p.absolute().parent, p)
+    return p
 
 
 def write_png(path: str | os.PathLike, array: np.ndarray) -> None:

@@ -1,7 +1,8 @@
 """Static HTML evaluation report (one ``report.html`` that opens offline).
 
 The page has no external CSS/JS; pictures are linked by paths relative to the report folder,
-so the folder can be zipped and moved. Every piece of text is escaped with ``html.escape``.
+so the folder can be zipped and moved. A picture from outside the folder (the run's training
+curves) is copied in first: the report never points outside its own folder. Every piece of text is escaped with ``html.escape``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import html
 import math
 import numbers
 import os
+import shutil
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -23,6 +25,7 @@ __all__ = ["write_evaluation_report"]
 
 REPORT_NAME = "report.html"
 CLASS_BARS_NAME = "class_metrics.png"
+CURVES_NAME = "curves.png"
 
 # Summary keys shown first (with their labels); other scalar entries of ``metrics`` follow.
 _SUMMARY = [
@@ -100,6 +103,16 @@ def _href(target: Path, out_dir: Path) -> str:
     except ValueError:  # another drive on Windows: no relative path exists
         return _esc(target.resolve().as_uri())
     return _esc(quote(Path(rel).as_posix()))
+
+
+def _local_href(picture: Path, out_dir: Path, name: str) -> str:
+    """Link to ``picture`` when it lies in ``out_dir``, else to a copy of it there named ``name``."""
+    picture = Path(picture)
+    if not picture.resolve().is_relative_to(out_dir.resolve()):
+        with atomic_path(out_dir / name) as tmp:
+            shutil.copyfile(picture, tmp)
+        picture = out_dir / name
+    return _href(picture, out_dir)
 
 
 def _sort_key(row: Mapping[str, Any]) -> tuple:
@@ -190,7 +203,8 @@ def write_evaluation_report(
         per_image_rows: ``MetricAccumulator.per_image_rows()``; shown worst ``image_dice`` first.
         overlay_paths: overlay PNGs (ideally inside ``out_dir``) shown as linked thumbnails.
         title: page title.
-        curves_png: optional training-curves PNG shown in its own section.
+        curves_png: optional training-curves PNG shown in its own section (copied into
+            ``out_dir`` as ``curves.png`` when it lies elsewhere, e.g. in the run folder).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -213,7 +227,7 @@ def write_evaluation_report(
     if curves_png is not None:
         sections += [
             "<h2>Training curves</h2>",
-            f'<p><img class="chart" src="{_href(Path(curves_png), out_dir)}" alt="training curves"></p>',
+            f'<p><img class="chart" src="{_local_href(curves_png, out_dir, CURVES_NAME)}" alt="training curves"></p>',
         ]
     sections += [
         "<h2>Overlays</h2>",

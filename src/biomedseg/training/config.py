@@ -20,6 +20,10 @@ from biomedseg.errors import UserError
 #: epochs trained when neither ``epochs`` nor ``time_budget`` is given
 DEFAULT_EPOCHS = 50
 
+#: Patch sides (pixels) a training run accepts: below 16 a U-Net has nothing left to pool; above
+#: 4096 one patch (with a batch) no longer fits memory.
+MIN_PATCH_SIZE = 16
+MAX_PATCH_SIZE = 4096
 
 def parse_duration(text: str | float | int | None) -> float | None:
     """``"10m"`` -> 600.0 seconds; accepts s, m, h suffixes, combinations (``1h30m``) and bare seconds."""
@@ -40,7 +44,8 @@ def parse_duration(text: str | float | int | None) -> float | None:
 class TrainConfig(BaseModel):
     """All settings of a training run, with their defaults."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # every number has its valid range; NaN and infinities are refused everywhere
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
     # network and objective
     model: str = "unet"
@@ -52,42 +57,43 @@ class TrainConfig(BaseModel):
     class_weights: str = "none"  # none | inverse | median | "w0,w1,..."
     # optimisation
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    momentum: float = 0.99
+    lr: float = Field(2e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    momentum: float = Field(0.99, ge=0.0, lt=1.0)
     schedule: Literal["poly", "cosine", "constant", "step", "plateau"] = "poly"
-    warmup_fraction: float = 0.02
-    grad_clip: float = 12.0
+    warmup_fraction: float = Field(0.02, ge=0.0, lt=1.0)
+    grad_clip: float = Field(12.0, gt=0.0)
     # length
-    epochs: int | None = None
-    time_budget: float | None = None  # seconds; CLI accepts "10m"
-    iterations_per_epoch: int | None = None  # default: one pass over the training images' area
+    epochs: int | None = Field(None, ge=1)
+    time_budget: float | None = Field(None, gt=0.0)  # seconds; CLI accepts "10m"
+    iterations_per_epoch: int | None = Field(None, ge=1)  # default: one pass over the training images' area
     # patches and sampling
-    patch_size: int = 256
-    batch_size: int = 8
-    fg_oversample: float = 0.33
+    # networks pad their input to the multiple they need (models.registry.PadToMultiple): any size works
+    patch_size: int = Field(256, ge=MIN_PATCH_SIZE, le=MAX_PATCH_SIZE)
+    batch_size: int = Field(8, ge=1)
+    fg_oversample: float = Field(0.33, ge=0.0, le=1.0)  # probability: 1 = every patch centred on foreground
     augment: str = "default"
     # intensity: z-score per channel; clip_zscore clips at the 0.5/99.5 percentiles first;
     # auto: clip_zscore for data deeper than 8 bits, zscore for 8-bit data
     normalization: Literal["auto", "zscore", "clip_zscore"] = "auto"
     # data
-    val_fraction: float = 0.15
+    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
     classes: list[str] | None = None
     background: str | int | None = "auto"  # class excluded from mean Dice; auto: class named background
     palette: list[list[int]] | None = None
-    channels: int | None = None  # input channels; default: from the data
+    channels: int | None = Field(None, ge=1)  # input channels; default: from the data
     exclude: list[str] = Field(default_factory=list)  # sample ids to leave out (label conflicts)
     # validation / inference
-    overlap: float = DEFAULT_OVERLAP
-    val_every: int = 1
+    overlap: float = Field(DEFAULT_OVERLAP, ge=0.0, lt=1.0)
+    val_every: int = Field(1, ge=1)
     # self-configuration: plan values apply to every option not set explicitly
     auto_plan: bool = True
     # runtime
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | None = None  # None: on for CUDA, off for CPU (slower there, docs/experiments.md)
-    num_threads: int | None = None
+    num_threads: int | None = Field(None, ge=1)
     # None: deterministic algorithms on CPU; on CUDA cudnn benchmark mode (fastest kernels, not bitwise reproducible)
     deterministic: bool | None = None
     compile: bool | str = False  # torch.compile the training model: True (inductor) or a backend name
@@ -96,13 +102,6 @@ class TrainConfig(BaseModel):
     @classmethod
     def _duration(cls, v):
         return parse_duration(v)
-
-    @field_validator("patch_size")
-    @classmethod
-    def _patch(cls, v):
-        if v < 16:
-            raise ValueError("patch_size must be >= 16")
-        return v
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -147,12 +146,14 @@ def load_config_file(path: str | Path | None) -> dict[str, Any]:
 
 
 def merge(*layers: dict[str, Any]) -> dict[str, Any]:
-    """Later layers win; nested dicts (model_kwargs) merge key by key; None values are ignored."""
+    """Later layers win; nested dicts (model_kwargs) merge key by key.
+
+    An explicit ``None`` (``--set time_budget=null``, ``time_budget: null`` in a file) wins too: it
+    undoes an earlier layer's value. Callers leave unset options out (the CLI drops its unset flags).
+    """
     out: dict[str, Any] = {}
     for layer in layers:
         for k, v in layer.items():
-            if v is None:
-                continue
             if isinstance(v, dict) and isinstance(out.get(k), dict):
                 out[k] = {**out[k], **v}
             else:
@@ -171,7 +172,8 @@ def build_config(values: dict[str, Any], source: str = "config") -> TrainConfig:
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(x) for x in err["loc"]) or "?"
-        raise UserError(f"{source}: option {loc!r}: {err['msg']}") from None
+        given = f" = {err['input']!r}" if isinstance(err.get("input"), (int, float, str)) else ""
+        raise UserError(f"{source}: option {loc!r}{given}: {err['msg']}") from None
     if cfg.model_kwargs.get("classifier_head"):
         from biomedseg.models.heads import check_classifier_support
 

@@ -61,6 +61,17 @@ def broadcast_flag(flag: bool, info: DistInfo) -> bool:
     return bool(t.item())
 
 
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when ``flag`` is true on at least one (e.g. "my loss is not finite")."""
+    if not info.enabled:
+        return flag
+    nccl = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32,
+                     device=torch.device("cuda", torch.cuda.current_device()) if nccl else None)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def broadcast_object(obj, info: DistInfo):
     if not info.enabled:
         return obj

@@ -9,7 +9,8 @@ or seconds spent / time budget), so a time-budgeted run lays its schedule over t
   validations without improvement the rate is multiplied by ``factor`` (0.5). It needs the
   score: call :meth:`ProgressSchedule.observe` after each validation (a no-op for the others).
 
-Every schedule is multiplied by a linear warm-up over the first ``warmup_fraction`` of progress.
+Every schedule is multiplied by a linear warm-up over the first ``warmup_fraction`` of progress,
+and by the back-off factor the trainer lowers after a non-finite loss (:meth:`ProgressSchedule.back_off`).
 """
 
 from __future__ import annotations
@@ -81,12 +82,17 @@ class ProgressSchedule:
         self.patience, self.decay, self.mode = int(patience), float(factor), mode
         self.min_delta, self.min_factor = float(min_delta), float(min_factor)
         self.plateau_factor = 1.0
+        self.backoff = 1.0  # lowered by back_off() after non-finite losses
         self.best: float | None = None
         self.bad = 0
 
     def factor(self, p: float) -> float:
         w = min(1.0, (p + 1e-3) / self.warmup) if self.warmup > 0 else 1.0
-        return w * self.fn(p) * self.plateau_factor
+        return w * self.fn(p) * self.plateau_factor * self.backoff
+
+    def back_off(self, factor: float) -> None:
+        """Multiply every later learning rate by ``factor`` (after a non-finite loss)."""
+        self.backoff *= float(factor)
 
     def step(self, p: float) -> float:
         lr = self.base_lr * self.factor(p)
@@ -110,10 +116,11 @@ class ProgressSchedule:
         return self.plateau_factor
 
     def state_dict(self) -> dict:
-        """Plateau state, for checkpoints (the progress-based part needs none)."""
-        return {"plateau_factor": self.plateau_factor, "best": self.best, "bad": self.bad}
+        """Plateau and back-off state, for checkpoints (the progress-based part needs none)."""
+        return {"plateau_factor": self.plateau_factor, "best": self.best, "bad": self.bad, "backoff": self.backoff}
 
     def load_state_dict(self, state: dict) -> None:
         self.plateau_factor = float(state.get("plateau_factor", 1.0))
         self.best = state.get("best")
         self.bad = int(state.get("bad", 0))
+        self.backoff = float(state.get("backoff", 1.0))

@@ -181,20 +181,6 @@ def make_trainer(run: RunFolder, cfg: TrainConfig, data, parts: Parts, rt: Runti
                    parts.iterations_per_epoch, dist_info=rt.dist, quiet=rt.quiet)
 
 
-def restore_state(trainer, ck: dict):
-    """Model, optimiser, schedule and RNG state of a ``last.pt``; returns the loop's TrainState."""
-    import torch
-
-    from biomedseg.training.trainer import TrainState
-
-    trainer.net.load_state_dict(ck["model"])
-    trainer.optimizer.load_state_dict(ck["optimizer"])
-    torch.set_rng_state(ck["torch_rng"])
-    trainer.schedule.load_state_dict(ck.get("schedule", {}))
-    return TrainState(epoch=ck["epoch"], iteration=ck["iteration"], elapsed=ck["elapsed"],
-                      best_score=ck["best_score"], best_epoch=ck["best_epoch"])
-
-
 def fit(run: RunFolder, trainer, rt: Runtime, resume: bool):
     """Run the training loop (continuing ``last.pt`` when resuming); returns the final TrainState."""
     from biomedseg.training.logger import RunLogger
@@ -203,7 +189,7 @@ def fit(run: RunFolder, trainer, rt: Runtime, resume: bool):
     logger = RunLogger(run.paths.metrics, run.paths.tensorboard, resume=resume) if rt.dist.is_main else None
     state = TrainState()
     if resume:
-        state = restore_state(trainer, load_checkpoint(run.paths.checkpoint("last")))
+        state = trainer.restore(load_checkpoint(run.paths.checkpoint("last")))
         if logger is not None:
             logger.truncate(state.epoch)
     try:

@@ -3,11 +3,19 @@
 One epoch = ``iterations_per_epoch`` steps on random patches, then validation of whole images by
 sliding window. The loop stops after ``epochs`` or when the time budget would be exceeded by one
 more step plus the final validation, keeping the best checkpoint (by mean foreground Dice).
+
+A step whose loss (or, without a GradScaler, gradient norm) is not finite is skipped: no
+optimizer update, the learning rate is halved and a one-line warning names the epoch and step.
+After ``MAX_NONFINITE_STEPS`` such steps in a row, or when the weights themselves stop being
+finite, training stops with :class:`TrainingDiverged` (a :class:`UserError`, exit 2); checkpoints
+are written only with finite weights, so ``best.pt``/``last.pt`` stay the last good ones.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,16 +25,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from biomedseg.data.datasets import PatchSampler, Prefetcher
-from biomedseg.engine.defaults import inference_batch_size
-from biomedseg.engine.sliding_window import SlidingWindowPredictor, autocast_context
-from biomedseg.metrics import MetricAccumulator
+from biomedseg.data.datasets import Prefetcher
+from biomedseg.engine.sliding_window import autocast_context
+from biomedseg.errors import UserError
 from biomedseg.models.heads import find_classifier, foreground_present
-from biomedseg.runs import save_checkpoint
-from biomedseg.training.distributed import DistInfo, barrier, broadcast_flag
+from biomedseg.runs import RunPaths, save_checkpoint
+from biomedseg.training.distributed import DistInfo, any_rank, barrier, broadcast_flag
 from biomedseg.training.logger import RunLogger
+from biomedseg.training.validation import val_columns, validate_images
 
 log = logging.getLogger("biomedseg")
+
+#: Non-finite steps in a row (each one already halved the learning rate) after which training stops.
+MAX_NONFINITE_STEPS = 3
+#: Factor on the learning rate after each non-finite step.
+LR_BACKOFF = 0.5
+
+
+class TrainingDiverged(UserError):
+    """Training produced non-finite losses or weights and could not recover (exit code 2)."""
 
 
 @dataclass
@@ -41,6 +58,41 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
+@dataclass
+class _Clock:
+    """Wall clock of one ``fit`` call: everything (sampling waits, validation, checkpoints) counts."""
+
+    elapsed_before: float
+    start: float = field(default_factory=time.perf_counter)
+    step_cost: float = 0.0  # seconds per step (running estimate)
+    val_cost: float = 0.0  # seconds one validation took (measured)
+
+    def tick(self, state: TrainState) -> None:
+        state.elapsed = self.elapsed_before + (time.perf_counter() - self.start)
+
+    def step_took(self, seconds: float) -> None:
+        self.step_cost = seconds if self.step_cost == 0 else 0.9 * self.step_cost + 0.1 * seconds
+
+    def near_budget(self, state: TrainState, budget: float) -> bool:
+        """One more step plus the final validation would pass the budget."""
+        return state.elapsed + 2 * self.step_cost + self.val_cost * 1.5 >= budget
+
+
+@dataclass
+class _Epoch:
+    """What the steps of one epoch produced."""
+
+    start: float = field(default_factory=time.perf_counter)
+    steps: int = 0  # steps run, skipped ones included
+    skipped: int = 0  # steps skipped for a non-finite loss
+    losses: list = field(default_factory=list)
+    cls_losses: list = field(default_factory=list)
+    n_images: int = 0
+    data_wait: float = 0.0
+    lr: float = float("nan")
+    stop: bool = False  # the time budget ended the epoch early
+
+
 def plain_module(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` without its ``torch.compile`` (``_orig_mod``) and DDP (``module``) wrappers."""
     while True:
@@ -48,6 +100,12 @@ def plain_module(model: torch.nn.Module) -> torch.nn.Module:
         if not isinstance(inner, torch.nn.Module):
             return model
         model = inner
+
+
+def weights_finite(module: torch.nn.Module) -> bool:
+    """Every floating-point parameter and buffer of ``module`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values()
+               if torch.is_tensor(t) and t.is_floating_point())
 
 
 class Trainer:
@@ -90,6 +148,10 @@ class Trainer:
         self.head_model = find_classifier(self.net)  # the module holding .class_logits, or None
         self.has_head = self.head_model is not None
         self.last_step: dict[str, float] = {}  # loss terms of the latest train_step (seg_loss, cls_loss)
+        self.step_finite = True  # the latest train_step updated the weights (its loss was finite on every rank)
+        self.nonfinite_run = 0  # non-finite steps in a row
+        self.saved_epoch: int | None = None  # epoch of the latest checkpoints/last.pt
+        self.last_val: dict = {}
         self.compile_pending = isinstance(getattr(model, "_orig_mod", None), torch.nn.Module)
 
     # -- progress of the schedule ---------------------------------------------------------
@@ -107,6 +169,7 @@ class Trainer:
 
         A ``torch.compile``-d model compiles on its first step; if that fails (no working C++
         compiler, an unsupported operator), training goes on with the uncompiled model.
+        ``self.step_finite`` tells whether the step updated the weights.
         """
         if not self.compile_pending:
             return self._step(x, y)
@@ -124,10 +187,8 @@ class Trainer:
         finally:
             self.compile_pending = False
 
-    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
-        self.model.train()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Forward pass: the total loss and its detached terms (``seg_loss``, ``cls_loss``)."""
         with autocast_context(self.device, self.precision):
             logits = self.model(x)
         if isinstance(logits, (list, tuple)):  # deep supervision: weighted heads, full-res first
@@ -141,48 +202,59 @@ class Trainer:
             cls_loss = F.binary_cross_entropy_with_logits(class_logits.float(), foreground_present(y, self.background))
             loss = loss + self.cfg.classifier_loss_weight * cls_loss
             terms["cls_loss"] = cls_loss.detach()
+        return loss, terms
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        self.model.train()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        loss, terms = self._loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
         else:
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        # with a GradScaler, infinite gradients of a finite loss are its own skipped steps (the scale
+        # shrinks), not divergence: only the loss counts there
+        watched = loss.detach() if self.scaler is not None else torch.stack([loss.detach(), grad_norm.float()])
+        self.step_finite = not any_rank(not bool(torch.isfinite(watched).all()), self.dist)  # every rank skips together
+        if self.scaler is not None:
+            if self.step_finite:
+                self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif self.step_finite:
             self.optimizer.step()
         total = float(loss.detach())
         self.last_step = {k: float(v) for k, v in terms.items()}  # after the sync above: no extra stall
         return total
 
-    # -- validation on whole images -------------------------------------------------------
-    @torch.no_grad()
-    def validate(self) -> dict:
-        predictor = SlidingWindowPredictor(
-            self.net, self.cfg.patch_size, overlap=self.cfg.overlap,
-            batch_size=inference_batch_size(self.cfg.batch_size),
-            device=self.device, precision=self.precision, channels_last=self.channels_last,
-        )
-        acc = MetricAccumulator(self.n_classes, self.class_names, self.background)
-        losses, cls_right = [], []
-        for s in self.val_samples:
-            logits = predictor.predict_logits(self.normalizer(s.image))
-            target = torch.from_numpy(s.mask.astype(np.int64))
-            losses.append(float(self.loss_fn(logits[None], target[None])))
-            acc.update(logits.argmax(0).numpy().astype(np.uint8), s.mask, image_id=s.id)
-            if predictor.last_image_probability is not None:
-                truth = bool(foreground_present(target[None], self.background)[0])
-                cls_right.append((predictor.last_image_probability >= 0.5) == truth)
-        summary = acc.summary()
-        summary["loss"] = float(np.mean(losses)) if losses else float("nan")
-        if cls_right:
-            summary["cls_acc"] = float(np.mean(cls_right))
-        return summary
+    def _skipped_step(self, state: TrainState, step: int) -> None:
+        """After a non-finite step: halve the learning rate and warn, or stop after too many in a row."""
+        self.nonfinite_run += 1
+        where = f"epoch {state.epoch + 1}, step {step}"
+        if self.nonfinite_run >= MAX_NONFINITE_STEPS:
+            raise TrainingDiverged(self._diverged_message(f"{self.nonfinite_run} non-finite losses in a row "
+                                                          f"(the last at {where}) although the learning rate was "
+                                                          f"halved after each"))
+        self.schedule.back_off(LR_BACKOFF)
+        lr = self.schedule.step(self.progress(state))
+        if self.is_main:
+            log.warning("%s: non-finite loss; step skipped, learning rate lowered to %.3g", where, lr)
 
-    def _fg_counts(self, summary: dict, key: str) -> float:
-        fg = [n for i, n in enumerate(self.class_names) if i != self.background]
-        return float(sum(summary["per_class"][n][key] for n in fg))
+    def _diverged_message(self, what: str) -> str:
+        fix = f"lower the learning rate (--lr, set to {self.cfg.lr:g})"
+        if self.precision != "fp32":
+            fix += f" or train in fp32 (--precision fp32 instead of {self.precision})"
+        kept = (f"checkpoints/last.pt of epoch {self.saved_epoch} is the last good checkpoint"
+                if self.saved_epoch else "no checkpoint was written")
+        return f"{self.run_dir}: training diverged: {what}; {fix}; {kept}"
+
+    # -- validation on whole images -------------------------------------------------------
+    def validate(self) -> dict:
+        return validate_images(self.net, self.cfg, self.val_samples, self.normalizer, self.loss_fn, self.n_classes,
+                               self.class_names, self.background, self.device, self.precision, self.channels_last)
 
     # -- checkpoints ----------------------------------------------------------------------
     def checkpoint_state(self, state: TrainState) -> dict:
@@ -199,106 +271,147 @@ class Trainer:
             "schedule": self.schedule.state_dict(),
         }
 
+    def restore(self, ck: dict) -> TrainState:
+        """Continue from ``ck`` (a :meth:`checkpoint_state` dict, e.g. ``last.pt``): load the model,
+        optimizer, schedule, GradScaler (when both have one) and torch RNG; returns the counters."""
+        self.net.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.schedule.load_state_dict(ck.get("schedule", {}))
+        if self.scaler is not None and ck.get("scaler"):
+            self.scaler.load_state_dict(ck["scaler"])
+        torch.set_rng_state(ck["torch_rng"])
+        self.saved_epoch = ck["epoch"]
+        return TrainState(epoch=ck["epoch"], iteration=ck["iteration"], elapsed=ck["elapsed"],
+                          best_score=ck["best_score"], best_epoch=ck["best_epoch"])
+
+    def _save(self, name: str, state: TrainState) -> None:
+        path = RunPaths(self.run_dir).checkpoint(name)
+        try:
+            save_checkpoint(path, self.checkpoint_state(state))
+        except RuntimeError as exc:  # torch's file writer reports a failed write (a full disk) this way
+            raise OSError(errno.EIO, f"cannot write checkpoint ({str(exc).splitlines()[0][:200]})", str(path)) from exc
+        self.checkpoints_written += 1
+
+    def _check_weights(self, state: TrainState) -> None:
+        """Stop before any checkpoint is written when the weights are no longer finite (every rank
+        checks its own replica: they are equal under DDP, so all ranks stop together)."""
+        if not weights_finite(self.net):
+            raise TrainingDiverged(self._diverged_message(f"the weights became non-finite in epoch {state.epoch}"))
+
     # -- the loop -------------------------------------------------------------------------
     def fit(self, state: TrainState | None = None, logger: RunLogger | None = None) -> TrainState:
+        state = state or TrainState()
+        self.saved_epoch = self.saved_epoch or state.epoch or None
+        clock = _Clock(state.elapsed)
+        bar = self._progress_bar(state)
+        try:
+            while not (self.cfg.epochs and state.epoch >= self.cfg.epochs):
+                ep = self._train_epoch(state, clock, bar)
+                if not ep.steps:
+                    break
+                state.epoch += 1
+                row, validated = self._epoch_row(state, ep, clock)
+                self._check_weights(state)
+                if self.is_main:
+                    self._save_and_log(state, row, validated, logger, bar)
+                barrier(self.dist)  # other ranks wait while rank 0 validates and writes
+                clock.tick(state)
+                if ep.stop or (self.budget and broadcast_flag(clock.near_budget(state, self.budget), self.dist)):
+                    break
+        finally:
+            bar.close()
+        return state
+
+    def _progress_bar(self, state: TrainState):
         from tqdm.auto import tqdm
 
-        state = state or TrainState()
-        ckpt_dir = self.run_dir / "checkpoints"
-        val_cost = 0.0  # seconds one validation took (measured)
-        step_cost = 0.0  # seconds per step (running estimate)
         total = self.total_iters if self.total_iters else int(self.budget or 0)
-        bar = tqdm(total=total, initial=min(total, state.iteration if self.total_iters else int(state.elapsed)),
-                   unit="it" if self.total_iters else "s", disable=True if (self.quiet or not self.is_main) else None,
-                   dynamic_ncols=True, leave=False, file=sys.stderr)
-        last_val = {}
-        stop = False
-        # wall clock: everything (sampling waits, validation, checkpoints) counts against the budget
-        session_start, elapsed_before = time.perf_counter(), state.elapsed
+        return tqdm(total=total, initial=min(total, state.iteration if self.total_iters else int(state.elapsed)),
+                    unit="it" if self.total_iters else "s", disable=True if (self.quiet or not self.is_main) else None,
+                    dynamic_ncols=True, leave=False, file=sys.stderr)
 
-        def tick() -> None:
-            state.elapsed = elapsed_before + (time.perf_counter() - session_start)
-
-        while not stop:
-            if self.cfg.epochs and state.epoch >= self.cfg.epochs:
-                break
-            sampler: PatchSampler = self.make_sampler(state.epoch)
-            prefetch = Prefetcher(sampler, self.cfg.batch_size, pin_memory=self.device.type == "cuda")
-            t_epoch, losses, n_images, data_wait = time.perf_counter(), [], 0, 0.0
-            cls_losses = []
-            try:
-                for _ in range(self.ipe):
-                    if self.budget:  # rank 0's clock decides for every rank
-                        tick()
-                        out_of_time = state.elapsed + 2 * step_cost + val_cost * 1.5 >= self.budget and state.iteration > 0
-                        if broadcast_flag(out_of_time, self.dist):
-                            stop = True
-                            break
-                    t0 = time.perf_counter()
-                    lr = self.schedule.step(self.progress(state))
-                    t_data = time.perf_counter()
-                    xb, yb = prefetch.next()
-                    data_wait += time.perf_counter() - t_data
-                    x = xb.to(self.device, non_blocking=True)  # pinned on CUDA: the copy overlaps compute
-                    y = yb.to(self.device, non_blocking=True)
-                    losses.append(self.train_step(x, y))
-                    if "cls_loss" in self.last_step:
-                        cls_losses.append(self.last_step["cls_loss"])
-                    n_images += len(xb)
-                    dt = time.perf_counter() - t0
-                    step_cost = dt if step_cost == 0 else 0.9 * step_cost + 0.1 * dt
-                    state.iteration += 1
-                    tick()
-                    bar.update(1 if self.total_iters else int(state.elapsed) - bar.n)
-                    bar.set_postfix(loss=f"{losses[-1]:.3f}", val_dice=f"{last_val.get('dice', float('nan')):.3f}")
-            finally:
-                prefetch.close()
-            if not losses:
-                break
-            state.epoch += 1
-            train_seconds = time.perf_counter() - t_epoch
-            do_val = self.is_main and bool(self.val_samples) and (
-                state.epoch % self.cfg.val_every == 0 or stop or (self.cfg.epochs and state.epoch >= self.cfg.epochs))
-            row = {"epoch": state.epoch, "iteration": state.iteration, "train_loss": float(np.mean(losses)),
-                   "lr": lr, "images_per_s": n_images / max(train_seconds, 1e-9),
-                   "data_wait_share": data_wait / max(train_seconds, 1e-9)}
-            if cls_losses:
-                row["train_cls_loss"] = float(np.mean(cls_losses))
-            if do_val:
+    def _train_epoch(self, state: TrainState, clock: _Clock, bar) -> _Epoch:
+        """The steps of one epoch (fewer when the time budget runs out)."""
+        ep = _Epoch()
+        prefetch = Prefetcher(self.make_sampler(state.epoch), self.cfg.batch_size,
+                              pin_memory=self.device.type == "cuda")
+        try:
+            for i in range(self.ipe):
+                if self.budget:  # rank 0's clock decides for every rank
+                    clock.tick(state)
+                    if broadcast_flag(clock.near_budget(state, self.budget) and state.iteration > 0, self.dist):
+                        ep.stop = True
+                        break
                 t0 = time.perf_counter()
-                last_val = self.validate()
-                self.schedule.observe(last_val["dice"])  # only the plateau schedule reacts
-                val_cost = time.perf_counter() - t0
-                tick()
-                row.update({"val_loss": last_val["loss"], "val_dice": last_val["dice"], "val_iou": last_val["iou"],
-                            "val_precision": last_val["precision"], "val_recall": last_val["recall"],
-                            "val_f1": last_val["f1"], "val_fp": self._fg_counts(last_val, "fp"),
-                            "val_fn": self._fg_counts(last_val, "fn")})
-                for name, d in last_val["per_class"].items():
-                    row[f"val_dice_{name}"] = d["dice"]
-                if "cls_acc" in last_val:
-                    row["val_cls_acc"] = last_val["cls_acc"]
-            tick()
-            row["seconds"] = state.elapsed
-            if self.is_main:
-                improved = do_val and last_val["dice"] > state.best_score
-                if improved or (not self.val_samples):
-                    state.best_score = last_val.get("dice", state.best_score) if do_val else state.best_score
-                    state.best_epoch = state.epoch
-                    save_checkpoint(ckpt_dir / "best.pt", self.checkpoint_state(state))
-                    self.checkpoints_written += 1
-                save_checkpoint(ckpt_dir / "last.pt", self.checkpoint_state(state))
-                self.checkpoints_written += 1
-                if logger is not None:
-                    logger.log(row)
-                if not self.quiet:
-                    msg = f"epoch {state.epoch}: loss {row['train_loss']:.4f}"
-                    if do_val:
-                        msg += f", val dice {last_val['dice']:.4f} (best {state.best_score:.4f} @ {state.best_epoch})"
-                    bar.write(msg + f", {state.elapsed:.0f}s")
-            barrier(self.dist)  # other ranks wait while rank 0 validates and writes
-            tick()
-            if self.budget and broadcast_flag(state.elapsed + 2 * step_cost + val_cost * 1.5 >= self.budget, self.dist):
-                stop = True
-        bar.close()
-        return state
+                self._timed_step(state, ep, prefetch, i + 1)
+                clock.step_took(time.perf_counter() - t0)
+                state.iteration += 1
+                clock.tick(state)
+                bar.update(1 if self.total_iters else int(state.elapsed) - bar.n)
+                bar.set_postfix(loss=f"{ep.losses[-1] if ep.losses else math.nan:.3f}",
+                                val_dice=f"{self.last_val.get('dice', math.nan):.3f}")
+        finally:
+            prefetch.close()
+        return ep
+
+    def _timed_step(self, state: TrainState, ep: _Epoch, prefetch: Prefetcher, step: int) -> None:
+        ep.lr = self.schedule.step(self.progress(state))
+        t_data = time.perf_counter()
+        xb, yb = prefetch.next()
+        ep.data_wait += time.perf_counter() - t_data
+        x = xb.to(self.device, non_blocking=True)  # pinned on CUDA: the copy overlaps compute
+        y = yb.to(self.device, non_blocking=True)
+        loss = self.train_step(x, y)
+        ep.steps += 1
+        ep.n_images += len(xb)
+        if not self.step_finite:
+            ep.skipped += 1
+            self._skipped_step(state, step)
+            return
+        self.nonfinite_run = 0
+        ep.losses.append(loss)
+        if "cls_loss" in self.last_step:
+            ep.cls_losses.append(self.last_step["cls_loss"])
+
+    def _epoch_row(self, state: TrainState, ep: _Epoch, clock: _Clock) -> tuple[dict, bool]:
+        """The epoch's ``metrics.csv`` row (validating when due) and whether it validated."""
+        train_seconds = time.perf_counter() - ep.start
+        validate = self.is_main and bool(self.val_samples) and (
+            state.epoch % self.cfg.val_every == 0 or ep.stop or bool(self.cfg.epochs and state.epoch >= self.cfg.epochs))
+        row = {"epoch": state.epoch, "iteration": state.iteration,
+               "train_loss": float(np.mean(ep.losses)) if ep.losses else math.nan,
+               "lr": ep.lr, "images_per_s": ep.n_images / max(train_seconds, 1e-9),
+               "data_wait_share": ep.data_wait / max(train_seconds, 1e-9)}
+        if ep.cls_losses:
+            row["train_cls_loss"] = float(np.mean(ep.cls_losses))
+        if ep.skipped:
+            row["skipped_steps"] = ep.skipped
+        if validate:
+            t0 = time.perf_counter()
+            self.last_val = self.validate()
+            self.schedule.observe(self.last_val["dice"])  # only the plateau schedule reacts
+            clock.val_cost = time.perf_counter() - t0
+            row.update(val_columns(self.last_val, self.class_names, self.background))
+        clock.tick(state)
+        row["seconds"] = state.elapsed
+        return row, validate
+
+    def _save_and_log(self, state: TrainState, row: dict, validated: bool, logger: RunLogger | None, bar) -> None:
+        """Rank 0: the ``metrics.csv`` row, ``best.pt`` when the validation Dice improved (every epoch
+        without validation images), ``last.pt`` always, and the progress line.
+
+        The row goes first: a run killed between the two resumes from the older ``last.pt`` and
+        drops the extra row (``RunLogger.truncate``), whereas the other order would lose a row."""
+        if logger is not None:
+            logger.log(row)
+        if (validated and self.last_val["dice"] > state.best_score) or not self.val_samples:
+            state.best_score = self.last_val["dice"] if validated else state.best_score
+            state.best_epoch = state.epoch
+            self._save("best", state)
+        self._save("last", state)
+        self.saved_epoch = state.epoch
+        if not self.quiet:
+            msg = f"epoch {state.epoch}: loss {row['train_loss']:.4f}"
+            if validated:
+                msg += f", val dice {self.last_val['dice']:.4f} (best {state.best_score:.4f} @ {state.best_epoch})"
+            bar.write(msg + f", {state.elapsed:.0f}s")
