@@ -33,7 +33,7 @@ OVERSHOOT_S = 1.5  # allowed training time past the budget
 def timed_run(data: Path, run: Path, threads: int, **kwargs) -> tuple[float, float]:
     """Wall seconds of one ``train`` call and the training seconds stored in its ``last.pt``."""
     from biomedseg.training.api import train
-    from biomedseg.training.checkpoint import load_checkpoint
+    from biomedseg.runs import load_checkpoint
 
     t0 = time.perf_counter()
     out = train(data, run, seed=0, quiet=True, num_threads=threads, **{**TINY, **kwargs})

@@ -25,7 +25,7 @@ from conftest import TINY
 from PIL import Image
 
 import biomedseg.io.writers as writers
-from biomedseg.training.checkpoint import load_checkpoint
+from biomedseg.runs import load_checkpoint
 
 TINY_SET = [x for k, v in TINY.items() for x in ("--set", f"{k}={json.dumps(v)}")]
 
