@@ -237,8 +237,8 @@ def test_html_report_copies_pictures_from_outside_its_folder(tmp_path):
     text = report.read_text(encoding="utf-8")
     srcs = re.findall(r'src="([^"]+)"', text)
     assert srcs and all(".." not in s and "/" not in s for s in srcs)  # every picture inside the report folder
-    assert 'src="curves.png"' in text
-    assert (out_dir / "curves.png").read_bytes() == curves.read_bytes()
+    assert 'src="training_curves.png"' in text
+    assert (out_dir / "training_curves.png").read_bytes() == curves.read_bytes()
     import shutil
 
     shutil.rmtree(run)  # the run goes away: the report is still whole

@@ -277,7 +277,7 @@ def tune_postprocess(
     from biomedseg.inference.tuning import tune_postprocess as run_tune
     from biomedseg.runs import RunPaths
 
-    check_output_file(Path(run) / "postprocess.yaml")
+    check_output_file(RunPaths(run).postprocess)
     cfg = run_tune(run, data, split=split, images=images, masks=masks, tta=tta, gate=not no_gating, device=device,
                    quiet=quiet)
     t = cfg.tuning

@@ -25,7 +25,7 @@ __all__ = ["write_evaluation_report"]
 
 REPORT_NAME = "report.html"
 CLASS_BARS_NAME = "class_metrics.png"
-CURVES_NAME = "curves.png"
+CURVES_NAME = "training_curves.png"
 
 # Summary keys shown first (with their labels); other scalar entries of ``metrics`` follow.
 _SUMMARY = [

@@ -63,7 +63,7 @@ class _Clock:
     """Wall clock of one ``fit`` call: everything (sampling waits, validation, checkpoints) counts."""
 
     elapsed_before: float
-    start: float = field(default_factory=time.perf_counter)
+    start: float = field(default_factory=lambda: time.perf_counter())  # looked up at call time
     step_cost: float = 0.0  # seconds per step (running estimate)
     val_cost: float = 0.0  # seconds one validation took (measured)
 
@@ -82,7 +82,7 @@ class _Clock:
 class _Epoch:
     """What the steps of one epoch produced."""
 
-    start: float = field(default_factory=time.perf_counter)
+    start: float = field(default_factory=lambda: time.perf_counter())  # looked up at call time
     steps: int = 0  # steps run, skipped ones included
     skipped: int = 0  # steps skipped for a non-finite loss
     losses: list = field(default_factory=list)
