@@ -90,12 +90,9 @@ def open_members(paths: Sequence) -> list[RunFolder]:
 
 def member_names(runs: Sequence[RunFolder]) -> list[str]:
     """Short unique names: the folder name, with its parent's name (then a number) when two clash."""
-    names = [r.root.resolve().name for r in runs]
-    if len(set(names)) < len(names):
-        names = [f"{r.root.resolve().parent.name}-{r.root.resolve().name}" for r in runs]
-    if len(set(names)) < len(names):
-        names = [f"{n}-{i + 1}" for i, n in enumerate(names)]
-    return names
+    from biomedseg.runs.ensemble import folder_names
+
+    return folder_names(list(runs))
 
 
 def _find(name_or_path, runs: Sequence[RunFolder], names: Sequence[str], what: str) -> int:
