@@ -20,12 +20,7 @@ from conftest import write_fake_run
 KW = {"depth": 3, "base_channels": 8, "num_res_units": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_member(run_dir, seed: int, normalization: dict, n_classes: int = 3, patch: int = 64, data=None,
