@@ -198,3 +198,18 @@ def test_cli_cv_summary_tune_on_oof_and_ensemble_of_folds(finished_cv, cv_data, 
     assert_user_error(run_cli("ensemble", cv.fold_dir(0), "--out", tmp_path / "one"), "at least 2 members")
     assert_user_error(run_cli("ensemble", cv.fold_dir(0), cv.fold_dir(1), "--out", tmp_path / "w", "--weights", "1"),
                       "1 weights for 2 members")
+
+
+def test_an_explicit_training_split_keeps_the_test_split_aside_and_names_unknown_ids(cv_data):
+    from biomedseg.training.config import build_config
+    from biomedseg.training.data_setup import prepare_data
+
+    data, _, split = cv_data
+    cfg = build_config({})
+    train, val = split["train"][:-2], split["train"][-2:]
+    setup = prepare_data(cfg, data, split={"train": train, "val": val})
+    assert setup.split == {"train": train, "val": val, "test": sorted(split["test"])}
+    with pytest.raises(UserError, match="ids of the test split"):
+        prepare_data(cfg, data, split={"train": train + split["test"][:1], "val": val})
+    with pytest.raises(UserError, match="no image/mask pair"):
+        prepare_data(cfg, data, split={"train": train, "val": ["nope"]})

@@ -135,7 +135,8 @@ def _same_path(a, b) -> bool:
 
 def is_current(eval_dir: Path, run: RunFolder, split: str, data) -> bool:
     """True when ``eval_dir`` holds an evaluation of ``run`` on ``split`` of ``data`` (default the run's
-    training data) newer than the run's best checkpoint and post-processing."""
+    training data) newer than the run's best checkpoint (a CV's or ensemble's: its members') and
+    post-processing."""
     try:
         metrics, _ = read_evaluation(eval_dir)
     except UserError:
@@ -145,8 +146,17 @@ def is_current(eval_dir: Path, run: RunFolder, split: str, data) -> bool:
     if not _same_path(metrics.get("data"), data if data is not None else run.dataset().source):
         return False
     written = (eval_dir / EVAL_METRICS).stat().st_mtime
-    inputs = [p for p in (run.checkpoint_path("best"), run.paths.postprocess) if p.is_file()]
+    inputs = [p for p in (*_checkpoints(run), run.paths.postprocess) if p.is_file()]
     return all(p.stat().st_mtime <= written for p in inputs)
+
+
+def _checkpoints(run: RunFolder) -> list[Path]:
+    """The best checkpoints behind ``run``: its own, or its member runs' (CV or ensemble folder)."""
+    if run.info().kind == "run":
+        return [run.checkpoint_path("best")]
+    from biomedseg.runs.ensemble import ensemble_members
+
+    return [leaf.checkpoint_path("best") for leaf, _ in ensemble_members(run)]
 
 
 def evaluation_of(run: RunFolder, name: str, out: Path, split: str, data, given, device, quiet) -> Path:
