@@ -384,7 +384,8 @@ def cross_validate(
     from biomedseg.crossval import format_summary
     from biomedseg.training.config import merge, parse_overrides
 
-    overrides = merge(parse_overrides(set_), {"model": model, "epochs": epochs, "seed": seed, "device": device})
+    flags = {k: v for k, v in {"model": model, "epochs": epochs, "seed": seed, "device": device}.items() if v is not None}
+    overrides = merge(parse_overrides(set_), flags)
     s = run_cv(data, out, folds=folds, fold=fold, time_budget=time_budget, budget_per_fold=budget_per_fold,
                stratify=stratify, audit=audit_json, config=config, plan=plan, tta=tta, prepare=prepare, quiet=quiet,
                **overrides)

@@ -53,7 +53,7 @@ def cross_validate(data, out, *, folds: int = DEFAULT_FOLDS, fold: int | None = 
     from biomedseg.training.api import resolve_settings
     from biomedseg.training.config import parse_duration
 
-    cfg, _ = resolve_settings(config, {**overrides, "time_budget": time_budget})
+    cfg, _ = resolve_settings(config, {**overrides, **({"time_budget": time_budget} if time_budget else {})})
     per_fold = parse_duration(budget_per_fold) if budget_per_fold is not None else (
         cfg.time_budget / folds if cfg.time_budget else None)
     if fold is not None and not 0 <= fold < folds:
@@ -62,7 +62,7 @@ def cross_validate(data, out, *, folds: int = DEFAULT_FOLDS, fold: int | None = 
     if cv.n_folds() != folds:
         raise UserError(f"{cv.root}: a CV of {cv.n_folds()} folds, not {folds}")
     assignment = assign_folds(cv, cfg, data, folds, stratify, audit, check_flips, quiet)
-    fold_options = {**overrides, "time_budget": per_fold}
+    fold_options = {**overrides, **({"time_budget": per_fold} if per_fold else {})}
     if cfg.auto_plan and not cv.paths.plan.is_file():
         shared_plan(cv, data, config, plan, assignment, fold_options, quiet)
     if prepare:
@@ -100,10 +100,8 @@ def shared_plan(cv: CVFolder, data, config, plan, assignment: dict, fold_options
     if plan is not None:
         write_text(cv.paths.plan, Path(plan).read_text())
         return
-    options = {k: v for k, v in fold_options.items() if k not in ("time_budget", "epochs", "device")}
-    plan_data(data, cv.paths.plan, time_budget=fold_options.get("time_budget"), epochs=fold_options.get("epochs"),
-              device=fold_options.get("device"), config=config, quiet=quiet,
-              split={"train": assignment["pool"], "val": []}, **options)
+    plan_data(data, cv.paths.plan, config=config, quiet=quiet, split={"train": assignment["pool"], "val": []},
+              **fold_options)
 
 
 def run_fold(cv: CVFolder, i: int, data, split: dict, config, fold_options: dict, tta: str, device: str,

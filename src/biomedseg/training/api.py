@@ -86,7 +86,7 @@ def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None,
     """
     from biomedseg.device import resolve_device
 
-    given = {"time_budget": time_budget, "epochs": epochs, "device": device}
+    given = {k: v for k, v in {"time_budget": time_budget, "epochs": epochs, "device": device}.items() if v is not None}
     cfg, explicit = resolve_settings(config, merge(overrides, given))
     dev = resolve_device(cfg.device)
     data_ = load_training_data(cfg, data, images, masks, with_val=False, quiet=quiet, split=split)
