@@ -137,3 +137,17 @@ def test_parse_weights():
     for bad in ("1,2", "a,b,c", "0,0,0", "-1,1,1"):
         with pytest.raises(UserError):
             parse_weights(bad, 3)
+
+
+def test_tune_postprocess_and_evaluate_accept_an_ensemble(synthetic_data, tmp_path):
+    from biomedseg.evaluation import evaluate
+    from biomedseg.inference.tuning import tune_postprocess
+
+    val = json.loads((synthetic_data / "dataset.json").read_text())["split"]["train"][:3]
+    runs = [make_member(tmp_path / name, seed, {"mean": [100.0], "std": [50.0]}, data=synthetic_data, val_ids=val)
+            for name, seed in (("a", 0), ("b", 1))]
+    ens = write_ensemble(tmp_path / "ens", runs)
+    cfg = tune_postprocess(ens.root, split="val", device="cpu", gate=False)
+    assert cfg.tuning["n_images"] == 3 and ens.paths.postprocess.is_file()
+    m = evaluate(ens.root, out=tmp_path / "eval", split="test", overlays=False, device="cpu", quiet=True)
+    assert m["run"] == str(ens.root) and m["n_images"] == 4

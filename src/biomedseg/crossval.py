@@ -78,7 +78,11 @@ def assign_folds(cv: CVFolder, cfg, data, k: int, stratify: bool, audit, check_f
     from biomedseg.training.data_setup import prepare_data
 
     if cv.folds_json.is_file():
-        return cv.folds()
+        record = cv.folds()
+        if (record.get("seed"), record.get("stratified")) != (cfg.seed, stratify):
+            log.warning("%s: keeps its folds (seed %s, stratified %s) made when the CV started", cv.folds_json,
+                        record.get("seed"), record.get("stratified"))
+        return record
     setup = prepare_data(cfg, data)
     pool = sorted(setup.split["train"] + setup.split.get("val", []))
     groups, labels = duplicate_groups(setup.source.root, audit, check_flips, progress=not quiet, stratify=stratify)
