@@ -17,6 +17,7 @@ from typing import List, Optional
 import typer
 
 from biomedseg.comparison import DEFAULT_SPLIT, PAIRS
+from biomedseg.data.folds import DEFAULT_FOLDS
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from biomedseg.demo import DEMO_TIME_BUDGET
 from biomedseg.errors import UserError
@@ -188,7 +189,7 @@ def train(
 
 @app.command()
 def evaluate(
-    run: Path = typer.Argument(..., help="run folder written by `train`"),
+    run: Path = typer.Argument(..., help="run folder (`train`), CV folder (`cv`) or ensemble (`ensemble`)"),
     data: Optional[Path] = DataArg,
     out: Path = typer.Option(..., "--out", "-o", help="folder for metrics.json, per_image.csv, overlays, report"),
     split: str = typer.Option("test", help="test | val | train | all"),
@@ -214,7 +215,7 @@ def evaluate(
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="run folder written by `train`"),
+    run: Path = typer.Argument(..., help="run folder (`train`), CV folder (`cv`) or ensemble (`ensemble`)"),
     inputs: List[str] = typer.Argument(..., help="image files, folders, glob patterns or .zarr folders"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     tta: str = typer.Option("none", "--tta", help="test-time augmentation: none | flips | flips+rot90"),
@@ -262,7 +263,7 @@ def predict(
 
 @app.command("tune-postprocess")
 def tune_postprocess(
-    run: Path = typer.Argument(..., help="run folder written by `train`"),
+    run: Path = typer.Argument(..., help="run folder (`train`), CV folder (`cv`) or ensemble (`ensemble`)"),
     data: Optional[Path] = typer.Argument(None, help="labelled DATA folder (default: the run's training data)"),
     split: str = typer.Option("val", help="split to tune on: val | test | train | all"),
     images: Optional[Path] = ImagesOpt,
@@ -281,7 +282,7 @@ def tune_postprocess(
     cfg = run_tune(run, data, split=split, images=images, masks=masks, tta=tta, gate=not no_gating, device=device,
                    quiet=quiet)
     t = cfg.tuning
-    typer.echo(f"{t['n_images']} {split} images: dice {t['dice_argmax']:.4f} (argmax) -> {t['dice_tuned']:.4f} "
+    typer.echo(f"{t['n_images']} {t['split']} images: dice {t['dice_argmax']:.4f} (argmax) -> {t['dice_tuned']:.4f} "
                f"(tuned); image_dice {t['image_dice_without_gating']:.4f} without gating, "
                f"{t['image_dice_with_gating']:.4f} with gating ({'adopted' if t['gating_adopted'] else 'not adopted'})")
     for name, steps in cfg.classes.items():
@@ -404,6 +405,64 @@ def compare(
     for c in s["comparisons"]:
         typer.echo(c["sentence"])
     typer.echo(f"wrote {s['markdown']}, {s['html']}")
+
+
+@app.command("cv")
+def cross_validate(
+    data: Path = typer.Argument(..., help="DATA folder; its test split (dataset.json) stays out of the folds"),
+    out: Path = typer.Option(..., "--out", "-o", help="CV folder to write (run again to resume)"),
+    folds: int = typer.Option(DEFAULT_FOLDS, "--folds", "-k", help="number of folds"),
+    fold: Optional[int] = typer.Option(None, "--fold", help="do this fold only (0-based; e.g. one process per GPU)"),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="training time of all folds, e.g. 30m"),
+    budget_per_fold: Optional[str] = typer.Option(None, "--budget-per-fold", help="training time of each fold "
+                                                  "(instead of --time-budget / folds)"),
+    stratify: bool = typer.Option(False, "--stratify", help="spread the rarest class present in each image evenly"),
+    audit_json: Optional[Path] = typer.Option(None, "--audit", help="reuse this audit.json (or its folder) for the "
+                                              "near-duplicate groups instead of auditing"),
+    prepare: bool = typer.Option(False, "--prepare", help="write the folds and the shared plan, train nothing"),
+    tta: str = typer.Option("none", "--tta", help="test-time augmentation of the out-of-fold predictions"),
+    model: Optional[str] = typer.Option(None, help="architecture (see `biomedseg models`)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs of each fold (instead of a time budget)"),
+    seed: Optional[int] = typer.Option(None, help="random seed (folds and training)"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | auto"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (as for train)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="any training option: key=value (repeatable)"),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="plan.yaml shared by the folds (default: plan now)"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Cross-validate on the training pool: k folds (near duplicates kept together), one shared plan,
+    out-of-fold predictions, per-fold and pooled scores; the CV folder is the ensemble of its folds."""
+    from biomedseg.crossval import cross_validate as run_cv
+    from biomedseg.crossval import format_summary
+    from biomedseg.training.config import merge, parse_overrides
+
+    flags = {k: v for k, v in {"model": model, "epochs": epochs, "seed": seed, "device": device}.items() if v is not None}
+    overrides = merge(parse_overrides(set_), flags)
+    s = run_cv(data, out, folds=folds, fold=fold, time_budget=time_budget, budget_per_fold=budget_per_fold,
+               stratify=stratify, audit=audit_json, config=config, plan=plan, tta=tta, prepare=prepare, quiet=quiet,
+               **overrides)
+    if s.get("missing"):
+        typer.echo(f"folds not finished yet: {', '.join(map(str, s['missing']))} (run again, or --fold K for each)")
+        return
+    typer.echo(format_summary(s))
+    typer.echo(f"wrote {out}/summary.json; {out} predicts as the ensemble of its {s['k']} folds")
+
+
+@app.command()
+def ensemble(
+    members: List[Path] = typer.Argument(..., help="run, CV or ensemble folders (at least 2)"),
+    out: Path = typer.Option(..., "--out", "-o", help="ensemble folder to write"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="one weight per member, e.g. 1,1,2 (default equal)"),
+    copy: bool = typer.Option(False, "--copy", help="copy the member runs into OUT/members/ (default: reference)"),
+):
+    """Combine runs into an ensemble folder (softmax probabilities averaged per tile) that evaluate,
+    predict and tune-postprocess accept wherever a run is accepted."""
+    from biomedseg.runs.ensemble import ensemble_members, parse_weights, write_ensemble
+
+    ens = write_ensemble(out, members, parse_weights(weights, len(members)), copy=copy)
+    leaves = ensemble_members(ens)
+    typer.echo(f"ensemble of {len(leaves)} runs: " + ", ".join(f"{leaf.root} ({w:.3g})" for leaf, w in leaves))
+    typer.echo(f"wrote {out}")
 
 
 def main() -> None:

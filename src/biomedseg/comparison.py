@@ -13,8 +13,9 @@ Runs must have the same classes and be evaluated on the same image ids of the sa
 every pair) goes through :func:`biomedseg.stats.paired_bootstrap`; the report is written by
 :mod:`biomedseg.reports.compare`, plus ``OUT/compare.json`` with the numbers.
 
-Members are run folders today; other kinds (cross-validation folders, ensembles, sweep trials) are
-added in :func:`open_member` and :func:`training_summary`.
+Members are run folders, cross-validation folders (the ensemble of their folds) or ensemble folders
+(:func:`open_member`); the training time and steps of the latter two are summed over their member
+runs (:func:`training_summary`). Sweep trials are run folders.
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class Member:
 
 # --------------------------------------------------------------------------------- the members
 def open_member(path) -> RunFolder:
-    """The run folder at ``path`` (a one-line :class:`UserError` when it is not one)."""
+    """The run, CV or ensemble folder at ``path`` (a one-line :class:`UserError` when it is none);
+    :func:`biomedseg.inference.run.load_run` gives the ensemble of the latter two when evaluated."""
     return open_run(path)
 
 
@@ -90,12 +92,9 @@ def open_members(paths: Sequence) -> list[RunFolder]:
 
 def member_names(runs: Sequence[RunFolder]) -> list[str]:
     """Short unique names: the folder name, with its parent's name (then a number) when two clash."""
-    names = [r.root.resolve().name for r in runs]
-    if len(set(names)) < len(names):
-        names = [f"{r.root.resolve().parent.name}-{r.root.resolve().name}" for r in runs]
-    if len(set(names)) < len(names):
-        names = [f"{n}-{i + 1}" for i, n in enumerate(names)]
-    return names
+    from biomedseg.runs.ensemble import folder_names
+
+    return folder_names(list(runs))
 
 
 def _find(name_or_path, runs: Sequence[RunFolder], names: Sequence[str], what: str) -> int:
@@ -136,7 +135,8 @@ def _same_path(a, b) -> bool:
 
 def is_current(eval_dir: Path, run: RunFolder, split: str, data) -> bool:
     """True when ``eval_dir`` holds an evaluation of ``run`` on ``split`` of ``data`` (default the run's
-    training data) newer than the run's best checkpoint and post-processing."""
+    training data) newer than the run's best checkpoint (a CV's or ensemble's: its members') and
+    post-processing."""
     try:
         metrics, _ = read_evaluation(eval_dir)
     except UserError:
@@ -146,8 +146,17 @@ def is_current(eval_dir: Path, run: RunFolder, split: str, data) -> bool:
     if not _same_path(metrics.get("data"), data if data is not None else run.dataset().source):
         return False
     written = (eval_dir / EVAL_METRICS).stat().st_mtime
-    inputs = [p for p in (run.checkpoint_path("best"), run.paths.postprocess) if p.is_file()]
+    inputs = [p for p in (*_checkpoints(run), run.paths.postprocess) if p.is_file()]
     return all(p.stat().st_mtime <= written for p in inputs)
+
+
+def _checkpoints(run: RunFolder) -> list[Path]:
+    """The best checkpoints behind ``run``: its own, or its member runs' (CV or ensemble folder)."""
+    if run.info().kind == "run":
+        return [run.checkpoint_path("best")]
+    from biomedseg.runs.ensemble import ensemble_members
+
+    return [leaf.checkpoint_path("best") for leaf, _ in ensemble_members(run)]
 
 
 def evaluation_of(run: RunFolder, name: str, out: Path, split: str, data, given, device, quiet) -> Path:
@@ -212,9 +221,12 @@ def differing_settings(configs: Sequence[Mapping]) -> list[tuple[str, list]]:
 
 def training_summary(run: RunFolder) -> tuple[dict, dict | None]:
     """``({seconds, steps, epochs, best_val_dice}, curves)`` from the run's training log; values are
-    ``None`` (and curves ``None``) when the run has no log."""
+    ``None`` (and curves ``None``) when the run has no log. A CV or ensemble folder: seconds, steps
+    and epochs summed over its member runs, their mean best validation Dice, no curves."""
     from biomedseg.training.curves import read_metrics_csv
 
+    if run.info().kind != "run":
+        return _members_summary(run), None
     if not run.paths.metrics.is_file():
         return dict.fromkeys(("seconds", "steps", "epochs", "best_val_dice")), None
     curves = read_metrics_csv(run.paths.metrics)
@@ -228,6 +240,19 @@ def training_summary(run: RunFolder) -> tuple[dict, dict | None]:
     return {"seconds": last("seconds"), "steps": int(steps) if steps is not None else None,
             "epochs": int(epochs) if epochs is not None else None,
             "best_val_dice": max(dice) if dice else None}, curves
+
+
+def _members_summary(folder: RunFolder) -> dict:
+    from biomedseg.runs.ensemble import ensemble_members
+
+    parts = [training_summary(leaf)[0] for leaf, _ in ensemble_members(folder)]
+    out = {}
+    for key in ("seconds", "steps", "epochs"):
+        values = [p[key] for p in parts if p[key] is not None]
+        out[key] = sum(values) if values else None
+    dice = [p["best_val_dice"] for p in parts if p["best_val_dice"] is not None]
+    out["best_val_dice"] = sum(dice) / len(dice) if dice else None
+    return out
 
 
 def pairs_to_compare(names: Sequence[str], baseline: int, mode: str) -> list[tuple[int, int]]:

@@ -47,6 +47,15 @@ def stratify_labels(audit: dict) -> dict[str, str]:
     return out
 
 
+def duplicate_groups(data_dir, audit=None, check_flips: bool = False, progress: bool = True,
+                     stratify: bool = False) -> tuple[list[set[str]], dict[str, str] | None]:
+    """``(near-duplicate groups, stratification labels or None)`` of DATA: from ``audit`` (a dict,
+    an ``audit.json`` or its folder) or an audit run now in memory; labels as :func:`stratify_labels`."""
+    result = _load_audit(Path(data_dir), audit, check_flips, progress)
+    groups = [set(g["members"]) for g in result.get("duplicates", {}).get("groups", [])]
+    return groups, (stratify_labels(result) if stratify else None)
+
+
 def write_split(data_dir, test_fraction: float = DEFAULT_TEST_FRACTION, val_fraction: float = DEFAULT_VAL_FRACTION,
                 seed: int = 0, stratify: bool = False, exclude_conflicts: bool = True, audit=None,
                 check_flips: bool = False, progress: bool = True) -> dict:

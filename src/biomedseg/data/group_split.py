@@ -41,7 +41,7 @@ def connected_groups(n: int, edges: list[tuple[int, int]]) -> list[list[int]]:
     return sorted(groups.values(), key=lambda g: g[0])
 
 
-def _units(pool: list[str], groups) -> list[list[str]]:
+def group_units(pool: list[str], groups) -> list[list[str]]:
     """Connected groups over ``pool`` (overlapping groups merge); singletons for the rest."""
     index = {i: k for k, i in enumerate(pool)}
     edges = []
@@ -50,6 +50,18 @@ def _units(pool: list[str], groups) -> list[list[str]]:
         edges += [(members[0], m) for m in members[1:]]
     units = [[pool[k] for k in comp] for comp in connected_groups(len(pool), edges)]
     return sorted((sorted(u, key=natural_key) for u in units), key=lambda u: natural_key(u[0]))
+
+
+def unit_labels(pool: list[str], units: list[list[str]], stratify: dict | None):
+    """``(label per id, images per label, label per unit (keyed by its first id))``: a group
+    counts under its most common label, ties to the rarer label; no ``stratify``: one label ``""``."""
+    lab = {i: str((stratify or {}).get(i, "")) for i in pool}
+    label_total = Counter(lab.values())
+    labels = {}
+    for u in units:
+        votes = Counter(lab[i] for i in u)
+        labels[u[0]] = sorted(votes, key=lambda t: (-votes[t], label_total[t], t))[0]
+    return lab, label_total, labels
 
 
 def split_with_groups(ids, groups, test_fraction: float = DEFAULT_TEST_FRACTION,
@@ -82,15 +94,10 @@ def split_with_groups(ids, groups, test_fraction: float = DEFAULT_TEST_FRACTION,
         else:
             n_val -= 1
     targets = {"test": n_test, "val": n_val}
-    units = _units(pool, groups)
+    units = group_units(pool, groups)
     random.Random(seed).shuffle(units)
     units.sort(key=len, reverse=True)  # stable: equal sizes keep the shuffled order
-    lab = {i: str((stratify or {}).get(i, "")) for i in pool}
-    label_total = Counter(lab.values())
-    labels = {}
-    for u in units:  # a group counts under its most common label, ties to the rarer label
-        votes = Counter(lab[i] for i in u)
-        labels[u[0]] = sorted(votes, key=lambda t: (-votes[t], label_total[t], t))[0]
+    lab, label_total, labels = unit_labels(pool, units, stratify)
     count = {side: 0 for side in ("train", "val", "test")}
     label_count = {side: Counter() for side in ("val", "test")}
     out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
@@ -122,7 +129,7 @@ def split_with_groups(ids, groups, test_fraction: float = DEFAULT_TEST_FRACTION,
     if not out["train"] and pool:  # keep one unit for training
         for side in ("val", "test"):
             if out[side]:
-                donor = _units(out[side], groups)
+                donor = group_units(out[side], groups)
                 u = min(donor, key=len)
                 out[side] = [i for i in out[side] if i not in set(u)]
                 out["train"].extend(u)

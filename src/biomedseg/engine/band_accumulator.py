@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch
 
-from biomedseg.engine.sliding_window import pad_before_after, tile_starts
+from biomedseg.engine.sliding_window import pad_before_after, probabilities_of, tile_starts
 
 __all__ = ["BandAccumulator", "TileGrid", "argmax0"]
 
@@ -81,11 +81,16 @@ class BandAccumulator:
     when the number of classes is known (first tile, or :meth:`allocate`).
 
     ``fill_empty``: pixels with no weight (covered only by skipped tiles) get probability ~1 for
-    ``blank_class`` instead of 0/0.
+    ``blank_class`` instead of 0/0. ``to_proba``: blended logits ``(K', n, W)`` -> probabilities
+    ``(K, n, W)`` (default: softmax; an ensemble's stacked member logits: see
+    :func:`~biomedseg.engine.sliding_window.probabilities_of`).
     """
 
     def __init__(self, grid: TileGrid, weights: torch.Tensor, device: torch.device, on_rows: Callable,
-                 on_start: Callable | None = None, fill_empty: bool = False, blank_class: int = 0):
+                 on_start: Callable | None = None, fill_empty: bool = False, blank_class: int = 0,
+                 to_proba: Callable | None = None):
+        self.to_proba = to_proba or probabilities_of(None)
+        self.n_out = 0  # classes of the probabilities (known once allocated)
         self.grid = grid
         self.weights = weights  # (tile, tile) float32 importance map
         self.device = device
@@ -107,8 +112,9 @@ class BandAccumulator:
         R, Wp = self.grid.tile, self.grid.padded_shape[1]
         self.acc = torch.zeros((n_classes, R, Wp), dtype=torch.float32, device=self.device)
         self.wsum = torch.zeros((1, R, Wp), dtype=torch.float32, device=self.device)
+        self.n_out = int(self.to_proba(torch.zeros((n_classes, 1, 1))).shape[0])
         if self.on_start is not None:
-            self.on_start((self.grid.height, self.grid.width), n_classes)
+            self.on_start((self.grid.height, self.grid.width), self.n_out)
 
     def add(self, y: int, x: int, logits: torch.Tensor) -> None:
         """Add the ``(K, tile, tile)`` logits of the tile at padded ``(y, x)``; rows above ``y``
@@ -142,7 +148,7 @@ class BandAccumulator:
             a = self.acc[:, lo - self.base:hi - self.base, pl:pl + W]
             w = self.wsum[:, lo - self.base:hi - self.base, pl:pl + W]
             logits = self._blend(a, w)
-            self.on_rows(lo - pt, torch.softmax(logits, dim=0).float().cpu())
+            self.on_rows(lo - pt, self.to_proba(logits).float().cpu())
         self._shift(m)
         self.base += m
 
@@ -154,7 +160,7 @@ class BandAccumulator:
         logits = a / torch.where(empty, torch.ones_like(w), w)
         if bool(empty.any()):
             fill = torch.full((a.shape[0], 1, 1), -_BLANK_LOGIT, device=a.device)
-            fill[min(self.blank_class, a.shape[0] - 1)] = _BLANK_LOGIT
+            fill[min(self.blank_class, self.n_out - 1)::self.n_out] = _BLANK_LOGIT  # each member's blank class
             logits = torch.where(empty, fill, logits)
         return logits
 

@@ -112,6 +112,14 @@ def tta_forward(model, x: torch.Tensor, transforms, device: torch.device, precis
     return total if len(transforms) == 1 else total / len(transforms)
 
 
+def probabilities_of(model):
+    """How ``model``'s blended outputs ``(K', ...)`` become probabilities ``(K, ...)``: its own
+    ``blended_to_proba`` when it has one (an ensemble's stacked member logits, see
+    :mod:`~biomedseg.engine.ensemble_model`), else the softmax over the classes (axis 0)."""
+    own = getattr(model, "blended_to_proba", None)
+    return own if callable(own) else (lambda y: torch.softmax(y, dim=0))
+
+
 # ---------------------------------------------------------------- tile grid (MONAI's)
 
 def scan_interval(size: int, tile: int, overlap: float) -> int:
@@ -251,6 +259,7 @@ class SlidingWindowPredictor:
         from monai.inferers import SlidingWindowInferer
 
         self.model = optimize_for_inference(model, device, channels_last) if optimize else model
+        self.to_proba = probabilities_of(model)
         self.device = torch.device(device)
         self.precision = precision
         self.tta = normalize_tta(tta)
@@ -297,5 +306,6 @@ class SlidingWindowPredictor:
         return y[:, top:top + h, left:left + w]
 
     def predict_proba(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
-        """``(C, H, W) float32`` normalised image -> ``(K, H, W) float32`` softmax probabilities."""
-        return torch.softmax(self.predict_logits(image), dim=0).numpy()
+        """``(C, H, W) float32`` normalised image -> ``(K, H, W) float32`` softmax probabilities
+        (an ensemble's: the weighted mean of its members', :func:`probabilities_of`)."""
+        return self.to_proba(self.predict_logits(image)).numpy()

@@ -49,11 +49,16 @@ class LoadedRun:
 
 
 def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision: str | None = None) -> LoadedRun:
-    """Rebuild the model of ``run_dir`` and load ``checkpoints/<checkpoint>.pt`` (weights only)."""
+    """Rebuild the model of ``run_dir`` and load ``checkpoints/<checkpoint>.pt`` (weights only).
+
+    An ensemble or cross-validation folder gives the ensemble of its member runs
+    (:func:`load_ensemble`)."""
     from biomedseg.device import configure_threads, resolve_device, resolve_precision
     from biomedseg.models import create_model
 
     run = open_run(run_dir)
+    if run.info().kind != "run":
+        return load_ensemble(run, checkpoint, device, precision)
     cfg = build_config(run.config_values(), source=str(run.paths.config))
     info = run.dataset()
     state = load_checkpoint(run.checkpoint_path(checkpoint))
@@ -68,3 +73,33 @@ def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision:
         model = model.to(memory_format=torch.channels_last)
     return LoadedRun(run, model, cfg, info, Normalizer.from_json(info.normalization), dev,
                      resolve_precision(precision or cfg.precision, dev))
+
+
+def load_ensemble(folder: RunFolder, checkpoint: str = "best", device: str = "auto",
+                  precision: str | None = None) -> LoadedRun:
+    """The ensemble of an ensemble or CV folder as a :class:`LoadedRun`.
+
+    Its ``model`` is an :class:`~biomedseg.engine.ensemble_model.EnsembleModel` of the leaf runs
+    (weights from :func:`~biomedseg.runs.ensemble.ensemble_members`) taking raw input, so its
+    ``normalizer`` is the identity; its config is the first member's with the largest member tile
+    (``patch_size``: members trained on smaller tiles predict on larger ones) and smallest batch.
+    """
+    import logging
+
+    from biomedseg.device import resolve_device, resolve_precision
+    from biomedseg.engine.ensemble_model import EnsembleModel
+    from biomedseg.runs.ensemble import ensemble_config, ensemble_dataset_info, ensemble_members
+
+    leaves = ensemble_members(folder)
+    members = [load_run(leaf.root, checkpoint, device, precision) for leaf, _ in leaves]
+    sizes = sorted({m.config.patch_size for m in members})
+    cfg = build_config(ensemble_config([leaf for leaf, _ in leaves]), source=str(folder.root))
+    if len(sizes) > 1:
+        logging.getLogger("biomedseg").warning("%s: members trained on tiles of %s pixels; the ensemble predicts "
+                                               "tiles of %d", folder.root, sizes, cfg.patch_size)
+    info = ensemble_dataset_info([leaf for leaf, _ in leaves])
+    dev = resolve_device(device)
+    model = EnsembleModel([m.model for m in members], [m.normalizer for m in members], [w for _, w in leaves],
+                          info.n_classes).to(dev).eval()
+    identity = Normalizer(mean=[0.0] * info.channels, std=[1.0] * info.channels)
+    return LoadedRun(folder, model, cfg, info, identity, dev, resolve_precision(precision or cfg.precision, dev))

@@ -49,6 +49,7 @@ from biomedseg.engine.sliding_window import (
     importance_map,
     normalize_tta,
     optimize_for_inference,
+    probabilities_of,
     reflect_pad,
     tta_forward,
     tta_transforms,
@@ -123,6 +124,7 @@ class StreamingPredictor:
         self.compile = bool(compile)
         self.model = (optimize_for_inference(model, device, channels_last, compile=self.compile)
                       if optimize or compile else model)
+        self.to_proba = probabilities_of(model)
         self.patch_size = int(patch_size)
         self.overlap = float(overlap)
         self.batch_size = max(1, int(batch_size))
@@ -253,7 +255,8 @@ class StreamingPredictor:
 
         self.model.eval()
         accumulator = BandAccumulator(grid, self._weights, self.device, on_rows, on_start,
-                                      fill_empty=self.skip_blank_std is not None, blank_class=self.blank_class)
+                                      fill_empty=self.skip_blank_std is not None, blank_class=self.blank_class,
+                                      to_proba=self.to_proba)
         bar = tqdm(total=grid.n_tiles, desc="tiles", unit="tile", disable=not self.progress, leave=False)
         batch, where = [], []
         for y, x, tile in self._tiles(bands, stop, grid.xs):

@@ -62,6 +62,8 @@ from biomedseg.inference.tuning_scores import (  # noqa: F401  (re-exported: tes
 
 log = logging.getLogger("biomedseg")
 
+#: ``tuning.split`` of a CV folder tuned on its out-of-fold predictions
+OUT_OF_FOLD = "out-of-fold"
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
 #: recorded in ``postprocess.yaml`` ``tuning.adoption_rule``
 ADOPTION_RULE = (f"a stage is kept when it improves validation Dice in >= {MIN_WIN_SHARE:.0%} of "
@@ -162,19 +164,17 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
     ``data``: the labelled data folder (default: the run's training data, ``dataset.json``
     ``source``). Returns the config (also written to ``RUN/postprocess.yaml`` unless
     ``write=False``); ``cfg.tuning`` holds the scores before/after.
-    """
-    from biomedseg.data.splits import select_split
-    from biomedseg.inference.run import LoadedRun, load_run
 
-    loaded = loaded if isinstance(loaded, LoadedRun) else load_run(run_dir, device=device)
-    run_dir = Path(loaded.run_dir)
-    source, ids, by_id = select_split(loaded, data, images, masks, split)
-    classes, bg = loaded.classes, loaded.background
+    A cross-validation folder (``biomedseg cv``) is tuned, on ``split="val"``, on the out-of-fold
+    predictions of its whole training pool (``tuning.split`` is ``"out-of-fold"``); its
+    ``postprocess.yaml`` then applies to the ensemble of its folds.
+    """
+    run_dir, source_root, classes, bg, cache, split = _tuning_inputs(run_dir, data, split, images, masks, tta,
+                                                                     device, max_pixels, quiet, loaded)
     k = len(classes)
     fg = foreground(k, bg)
     base = load_postprocess(run_dir) or PostprocessConfig()
     per_class = resolve_classes(base, k, classes)
-    cache = _predict_cache(loaded, loaded.predictor(tta=tta), [by_id[sid] for sid in ids], max_pixels, quiet)
     factor = max(c.factor for c in cache)
 
     # 0. plain argmax, and the base config's own thresholds
@@ -194,7 +194,7 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
     # assemble the config at full resolution
     new_classes = _full_resolution_classes(base, classes, fg, thr, min_area if tune_area else None, factor)
     full_gate = gating.model_copy(update={"min_total_area": int(gating.min_total_area * factor * factor)})
-    tuning = {"split": split, "n_images": len(cache), "data": str(source.root), "downsample": factor, "tta": str(tta),
+    tuning = {"split": split, "n_images": len(cache), "data": str(source_root), "downsample": factor, "tta": str(tta),
               **{key: round(v, 6) for key, v in scores.items()}, **gate_report,
               "gating_adopted": bool(gating.active), "adopted": adopted, "adoption_rule": ADOPTION_RULE}
     cfg = PostprocessConfig(classes=new_classes, gating=full_gate, tuning=tuning)
@@ -207,6 +207,49 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
     return cfg
 
 
+def _tuning_inputs(run_dir, data, split, images, masks, tta, device, max_pixels, quiet, loaded):
+    """``(folder, data root, classes, background, cache, split name)``: the cache of predictions to
+    tune on, from the out-of-fold predictions of a CV folder or by predicting ``split``."""
+    from biomedseg.data.splits import select_split
+    from biomedseg.inference.run import LoadedRun, load_run
+    from biomedseg.runs.cv import is_cv, open_cv
+
+    if not isinstance(loaded, LoadedRun) and split == "val" and is_cv(run_dir):
+        cv = open_cv(run_dir)
+        return (cv.root, *_oof_cache(cv, data, images, masks, tta, device, max_pixels, quiet), OUT_OF_FOLD)
+    loaded = loaded if isinstance(loaded, LoadedRun) else load_run(run_dir, device=device)
+    source, ids, by_id = select_split(loaded, data, images, masks, split)
+    cache = _predict_cache(loaded, loaded.predictor(tta=tta), [by_id[sid] for sid in ids], max_pixels, quiet)
+    return Path(loaded.run_dir), source.root, loaded.classes, loaded.background, cache, split
+
+
+def _oof_cache(cv, data, images, masks, tta, device, max_pixels: int, quiet: bool):
+    """``(data root, classes, background, cache)`` of the out-of-fold predictions of ``cv``."""
+    from biomedseg.errors import UserError
+    from biomedseg.inference.oof import out_of_fold
+    from biomedseg.io import Palette
+
+    root = cv.folds()["data"]
+    if images is not None or masks is not None or (data is not None and Path(data).resolve() != Path(root)):
+        raise UserError(f"{cv.root}: a CV folder is tuned on the out-of-fold predictions of its own data ({root}); "
+                        "leave DATA out, or tune the CV ensemble on another --split")
+    info = cv.fold(0).dataset()
+    palette = Palette.from_json(info.palette)
+    cache = [_cached(s, proba, palette, info.strict_index, max_pixels, p_image)
+             for s, proba, p_image in out_of_fold(cv, tta, device, quiet)]
+    log.info("%s: tuning on the out-of-fold predictions of %d training-pool images", cv.root, len(cache))
+    return root, info.classes, info.background, cache
+
+
+def _cached(sample, proba, palette, strict_index: bool, max_pixels: int, image_probability) -> _Cached:
+    """The (downsampled) probabilities and mask of one labelled sample."""
+    from biomedseg.io import read_mask
+
+    target, _ = read_mask(sample.mask, palette, strict_index=strict_index)
+    p, t, f = _downsample(proba, target, max_pixels)
+    return _Cached(sample.id, p, t, f, image_probability)
+
+
 def _mean_image_dice(masks, cache, fg) -> float:
     return float(np.mean([_image_dice(m, it.target, fg) for m, it in zip(masks, cache)]))
 
@@ -216,15 +259,13 @@ def _predict_cache(loaded, predictor, samples, max_pixels: int, quiet: bool) -> 
     from tqdm.auto import tqdm
 
     from biomedseg.inference.predict import predict_proba_image
-    from biomedseg.io import Palette, read_image, read_mask
+    from biomedseg.io import Palette, read_image
 
     palette = Palette.from_json(loaded.info.palette)
     cache: list[_Cached] = []
     for s in tqdm(samples, desc="predicting val", unit="img", disable=True if (quiet or len(samples) < 2) else None):
         proba = predict_proba_image(loaded, predictor, read_image(s.image))
-        target, _ = read_mask(s.mask, palette, strict_index=loaded.info.strict_index)
-        p, t, f = _downsample(proba, target, max_pixels)
-        cache.append(_Cached(s.id, p, t, f, predictor.last_image_probability))
+        cache.append(_cached(s, proba, palette, loaded.info.strict_index, max_pixels, predictor.last_image_probability))
     return cache
 
 

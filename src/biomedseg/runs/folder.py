@@ -103,6 +103,9 @@ def open_run(path, kind: RunKind | None = None) -> RunFolder:
     if kind is not None and info.kind != kind:
         raise UserError(f"{run.root}: a {info.kind} folder, not a {kind}")
     for path_ in (run.paths.config, run.paths.dataset):
+        if not path_.is_file() and info.kind == "cv":
+            raise UserError(f"{run.root}: a cross-validation folder whose folds are not all finished (no {path_.name}); "
+                            "run `biomedseg cv` again to finish them")
         if not path_.is_file():
             raise UserError(f"{run.root}: not a biomedseg run folder (no {path_.name})")
     return run

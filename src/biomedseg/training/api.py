@@ -40,12 +40,14 @@ def resolve_settings(config_file=None, overrides: dict | None = None,
 
 
 def train(data=None, out=None, *, images=None, masks=None, config=None, resume: bool = False,
-          quiet: bool = False, plan=None, **overrides) -> Path:
+          quiet: bool = False, plan=None, split: dict | None = None, **overrides) -> Path:
     """Train a model on ``data`` (a DATA folder) and write the run folder ``out``.
 
     ``overrides`` are config fields (see :class:`~biomedseg.training.config.TrainConfig`), e.g.
     ``epochs=20``, ``time_budget="10m"``, ``model="unet"``. ``plan``: a ``plan.yaml`` from
-    ``biomedseg plan`` to use instead of planning now. Returns the run folder.
+    ``biomedseg plan`` to use instead of planning now. ``split``: an explicit ``{"train": ids,
+    "val": ids}`` (e.g. a cross-validation fold) instead of ``dataset.json``'s or a random one.
+    Returns the run folder.
     """
     if out is None:
         raise UserError("train: --out RUN is required")
@@ -54,7 +56,7 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     if cfg.epochs is None and cfg.time_budget is None:
         cfg = cfg.model_copy(update={"epochs": DEFAULT_EPOCHS})
     rt = stages.start_runtime(cfg, quiet)
-    data_ = load_training_data(cfg, data, images, masks, quiet=rt.quiet)
+    data_ = load_training_data(cfg, data, images, masks, quiet=rt.quiet, split=split)
     planned = {}
     if cfg.auto_plan and not resume:
         cfg, planned = plan_config(cfg, explicit, data_, rt.device, plan)
@@ -73,19 +75,21 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
 
 
 def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None, epochs=None,
-              device: str | None = None, config=None, quiet: bool = False, **overrides) -> dict:
+              device: str | None = None, config=None, quiet: bool = False, split: dict | None = None,
+              **overrides) -> dict:
     """``biomedseg plan``: fingerprint the training split of ``data`` and write ``plan.yaml``.
 
     ``time_budget``, ``epochs`` and ``device`` may also come from the ``config`` file or
-    ``overrides``, as in ``train``. Returns ``{"fingerprint": {...}, option: {"value", "reason"},
-    ...}``. ``train --plan FILE`` uses such a file; options set by the user still win.
+    ``overrides``, as in ``train``; ``split``: plan for the ``train`` ids of this split. Returns
+    ``{"fingerprint": {...}, option: {"value", "reason"}, ...}``. ``train --plan FILE`` uses such a
+    file; options set by the user still win.
     """
     from biomedseg.device import resolve_device
 
     given = {k: v for k, v in {"time_budget": time_budget, "epochs": epochs, "device": device}.items() if v is not None}
     cfg, explicit = resolve_settings(config, merge(overrides, given))
     dev = resolve_device(cfg.device)
-    data_ = load_training_data(cfg, data, images, masks, with_val=False, quiet=quiet)
+    data_ = load_training_data(cfg, data, images, masks, with_val=False, quiet=quiet, split=split)
     fp = fingerprint_of(data_)
     plan = {"model": {"value": cfg.model, "reason": "architecture the sizes below are planned for "
                       "(set with --set model=NAME; see `biomedseg models`)"}}

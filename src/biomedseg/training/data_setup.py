@@ -92,8 +92,29 @@ def _channels(cfg, image_paths) -> int:
     return 1
 
 
-def prepare_data(cfg, data=None, images=None, masks=None) -> DataSetup:
-    """Find and check pairs, classes, palette, channels and the train/val(/test) split."""
+def given_split(split: dict, ids: list[str], given: dict, root) -> dict[str, list[str]]:
+    """An explicit ``{"train", "val"}`` split (e.g. a cross-validation fold), checked against the
+    pairs found; the test split of ``dataset.json`` is kept and must not be trained or validated on."""
+    known, test = set(ids), set(given.get("test", []))
+    out = {side: [str(i) for i in split.get(side) or []] for side in ("train", "val")}
+    for side, members in out.items():
+        missing = [i for i in members if i not in known]
+        if missing:
+            raise UserError(f"{root}: the given {side} split names {len(missing)} ids with no image/mask pair "
+                            f"({', '.join(missing[:5])})")
+        leaked = [i for i in members if i in test]
+        if leaked:
+            raise UserError(f"{root}: the given {side} split holds {len(leaked)} ids of the test split "
+                            f"({', '.join(leaked[:5])})")
+    out["test"] = sorted(i for i in test if i in known)
+    return out
+
+
+def prepare_data(cfg, data=None, images=None, masks=None, split: dict | None = None) -> DataSetup:
+    """Find and check pairs, classes, palette, channels and the train/val(/test) split.
+
+    ``split``: an explicit ``{"train": ids, "val": ids}`` used instead of ``dataset.json``'s split
+    or a random one (its test split is kept aside)."""
     source = resolve_data(data, images, masks)
     samples = find_pairs(source.images_dir, source.masks_dir)
     check_pairs(samples)
@@ -107,7 +128,9 @@ def prepare_data(cfg, data=None, images=None, masks=None) -> DataSetup:
     classes, palette, strict = _classes_and_palette(cfg, meta, [s.mask for s in samples])
     ids = [s.id for s in samples]
     given = meta.get("split") or {}
-    if given.get("train"):
+    if split is not None:
+        split = given_split(split, ids, given, source.root)
+    elif given.get("train"):
         train_pool = [i for i in given["train"] if i in set(ids)]
         missing = sorted(set(given["train"]) - set(ids) - excluded)
         if missing:
@@ -150,13 +173,14 @@ class TrainingData:
 
 
 def load_training_data(cfg, data=None, images=None, masks=None, with_val: bool = True,
-                       quiet: bool = False) -> TrainingData:
-    """:func:`prepare_data`, then decode the training (and validation) images into memory once."""
+                       quiet: bool = False, split: dict | None = None) -> TrainingData:
+    """:func:`prepare_data` (``split``: an explicit train/val split), then decode the training (and
+    validation) images into memory once."""
     from tqdm.auto import tqdm
 
     from biomedseg.data.datasets import load_sample
 
-    setup = prepare_data(cfg, data, images, masks)
+    setup = prepare_data(cfg, data, images, masks, split=split)
     by_id = {s.id: s for s in setup.samples}
     n_classes = len(setup.classes)
     rng = np.random.default_rng(cfg.seed)
