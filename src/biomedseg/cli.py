@@ -18,6 +18,7 @@ import typer
 
 from biomedseg.comparison import DEFAULT_SPLIT, PAIRS
 from biomedseg.data.folds import DEFAULT_FOLDS
+from biomedseg.data.discovery import DATA_META
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from biomedseg.demo import DEMO_TIME_BUDGET
 from biomedseg.errors import UserError
@@ -96,7 +97,7 @@ def split(
 
     _within(0, 1, high_open=True, test_fraction=test_fraction, val_fraction=val_fraction)
     _within(0, seed=seed)
-    check_output_file(Path(data) / "dataset.json")
+    check_output_file(Path(data) / DATA_META)
     r = write_split(data, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, stratify=stratify,
                     exclude_conflicts=exclude_conflicts, audit=audit, check_flips=check_flips, progress=not quiet)
     sides = ", ".join(f"{k} {v}" for k, v in r["split"].items())
@@ -394,6 +395,7 @@ def compare(
     paired bootstrap of the Dice difference (is it larger than the noise?)."""
     from biomedseg.comparison import compare as run_compare
 
+    check_output_dir(out)
     evaluations = {}
     for item in eval_ or []:
         run, sep, folder = item.partition("=")
@@ -436,6 +438,7 @@ def cross_validate(
     from biomedseg.crossval import format_summary
     from biomedseg.training.config import merge, parse_overrides
 
+    check_output_dir(out)
     flags = {k: v for k, v in {"model": model, "epochs": epochs, "seed": seed, "device": device}.items() if v is not None}
     overrides = merge(parse_overrides(set_), flags)
     s = run_cv(data, out, folds=folds, fold=fold, time_budget=time_budget, budget_per_fold=budget_per_fold,
@@ -459,6 +462,7 @@ def ensemble(
     predict and tune-postprocess accept wherever a run is accepted."""
     from biomedseg.runs.ensemble import ensemble_members, parse_weights, write_ensemble
 
+    check_output_dir(out)
     ens = write_ensemble(out, members, parse_weights(weights, len(members)), copy=copy)
     leaves = ensemble_members(ens)
     typer.echo(f"ensemble of {len(leaves)} runs: " + ", ".join(f"{leaf.root} ({w:.3g})" for leaf, w in leaves))
