@@ -18,6 +18,7 @@ from biomedseg.comparison import DEFAULT_SPLIT, PAIRS
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from biomedseg.demo import DEMO_TIME_BUDGET
 from biomedseg.errors import UserError
+from biomedseg.inference.export_options import DEFAULT_ENGINE, DEFAULT_LICENSE
 from biomedseg.runs.layout import PLAN
 from biomedseg.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
 
@@ -184,7 +185,8 @@ def evaluate(
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="run folder written by `train`"),
+    run: Path = typer.Argument(..., help="run folder written by `train`, or a file written by `export` "
+                               "(.onnx, TorchScript .pt, bioimage.io .zip)"),
     inputs: List[str] = typer.Argument(..., help="image files, folders, glob patterns or .zarr folders"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     tta: str = typer.Option("none", "--tta", help="test-time augmentation: none | flips | flips+rot90"),
@@ -200,6 +202,8 @@ def predict(
     skip_blank: Optional[float] = typer.Option(None, "--skip-blank", help="huge inputs: skip tiles whose normalised "
                                                "std is below this (predicted background)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="tiles per forward pass"),
+    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help="network runtime: torch | onnxruntime | auto "
+                               "(the faster on one tile batch)"),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -209,13 +213,33 @@ def predict(
     s = run_predict(run, inputs, out, tta=tta, overlays=not no_overlays, probabilities=probabilities,
                     overwrite=overwrite, device=device, quiet=quiet, postprocess=not no_postprocess, rle=rle,
                     instances=instances, output_format=output_format, level=level, batch_size=batch_size,
-                    skip_blank_std=skip_blank)
+                    skip_blank_std=skip_blank, engine=engine)
     typer.echo(f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
                f"{len(s.failed)} failed -> {out}")
     if s.rle is not None:
         typer.echo(f"wrote {s.rle}")
     if s.failed:  # each failure was logged once, as it happened
         raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="run folder written by `train`"),
+    fmt: str = typer.Option(..., "--format", "-f", help="onnx | torchscript | bioimageio"),
+    out: Path = typer.Option(..., "--out", "-o", help="file to write: .onnx, .pt or .zip (bioimage.io package)"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+    license_: str = typer.Option(DEFAULT_LICENSE, "--license", help="bioimage.io: SPDX licence id of the model"),
+    author: Optional[List[str]] = typer.Option(None, "--author", help="bioimage.io: author name (repeatable)"),
+):
+    """Export a run's network with everything predict needs (normalisation, sliding window, classes,
+    post-processing) as metadata, after a parity check against PyTorch on the run's validation images."""
+    from biomedseg.inference.export import export_run
+
+    r = export_run(run, fmt, out, checkpoint=checkpoint, overwrite=overwrite, license=license_, authors=author)
+    for report in r.parity:
+        typer.echo(f"parity {report.summary()}")
+    typer.echo(f"wrote {r.path} and {r.parity_path}")
 
 
 @app.command("tune-postprocess")

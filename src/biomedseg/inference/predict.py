@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.errors import UserError
+from biomedseg.inference.export_options import DEFAULT_ENGINE
 
 log = logging.getLogger("biomedseg")
 
@@ -87,8 +88,10 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
             overwrite: bool = False, device: str = "auto", quiet: bool = False, postprocess: bool = True,
             rle: str | Path | None = None, instances: bool = False, output_format: str | None = None,
             level: int = 0, stream: bool | None = None, batch_size: int | None = None,
-            skip_blank_std: float | None = None) -> PredictSummary:
-    """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``.
+            skip_blank_std: float | None = None, engine: str = DEFAULT_ENGINE) -> PredictSummary:
+    """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``
+    (a run folder, a loaded run, or a file written by ``biomedseg export``: ``.onnx``, TorchScript
+    ``.pt``, bioimage.io ``.zip``).
 
     Args:
         tta: ``False`` | ``True``/``"flips"`` | ``"flips+rot90"``.
@@ -102,19 +105,21 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
         batch_size: tiles per forward pass (default: the run's).
         skip_blank_std: streamed inputs: tiles whose normalised standard deviation is below this
             are not run (predicted background).
+        engine: ``"torch"``, ``"onnxruntime"`` or ``"auto"`` (see
+            :mod:`biomedseg.inference.export_engines`); only the network call changes.
 
     Returns a :class:`PredictSummary`; the CLI exits non-zero when ``failed`` is not empty.
     """
     from tqdm.auto import tqdm
 
-    from biomedseg.inference.postprocess import load_postprocess
-    from biomedseg.inference.run import LoadedRun, load_run
+    from biomedseg.inference.export_engines import open_model_source
+    from biomedseg.inference.run import LoadedRun
 
     if output_format is not None and output_format not in OUTPUT_FORMATS:
         raise UserError(f"--format {output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
     files = collect_inputs(inputs)
-    loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
-    post = load_postprocess(loaded.run_dir) if postprocess else None
+    loaded = run if isinstance(run, LoadedRun) else open_model_source(run, device=device, engine=engine)
+    post = loaded.postprocess() if postprocess else None
     if post is not None and post.is_identity:
         post = None
     predictor = loaded.predictor(tta=tta, batch_size=batch_size)
