@@ -18,7 +18,7 @@ from biomedseg.comparison import DEFAULT_SPLIT, PAIRS
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from biomedseg.demo import DEMO_TIME_BUDGET
 from biomedseg.errors import UserError
-from biomedseg.inference.export_options import DEFAULT_ENGINE, DEFAULT_LICENSE
+from biomedseg.inference.export_options import DEFAULT_ENGINE, DEFAULT_EXPORT_ENGINE, DEFAULT_LICENSE
 from biomedseg.runs.layout import PLAN
 from biomedseg.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
 
@@ -202,8 +202,9 @@ def predict(
     skip_blank: Optional[float] = typer.Option(None, "--skip-blank", help="huge inputs: skip tiles whose normalised "
                                                "std is below this (predicted background)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="tiles per forward pass"),
-    engine: str = typer.Option(DEFAULT_ENGINE, "--engine", help="network runtime: torch | onnxruntime | auto "
-                               "(the faster on one tile batch)"),
+    engine: Optional[str] = typer.Option(None, "--engine", help=f"network runtime: torch | onnxruntime | auto "
+                                         f"(the faster on one tile batch); default {DEFAULT_ENGINE} for a run "
+                                         f"folder, {DEFAULT_EXPORT_ENGINE} for an exported file"),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):

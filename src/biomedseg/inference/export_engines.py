@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from biomedseg.errors import UserError
-from biomedseg.inference.export_options import DEFAULT_ENGINE, ENGINES, SUFFIXES
+from biomedseg.inference.export_options import DEFAULT_ENGINE, DEFAULT_EXPORT_ENGINE, ENGINES, SUFFIXES
 from biomedseg.models.heads import ClassifierModel
 
 log = logging.getLogger("biomedseg")
@@ -158,18 +158,21 @@ def is_export(path) -> bool:
     return p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES
 
 
-def open_model_source(source, device: str = "auto", engine: str = DEFAULT_ENGINE):
+def open_model_source(source, device: str = "auto", engine: str | None = None):
     """What predict runs: a :class:`~biomedseg.inference.run.LoadedRun` of a run folder on
-    ``engine``, or an :class:`~biomedseg.inference.export_format.ExportedRun` of an exported file."""
+    ``engine`` (default ``DEFAULT_ENGINE``), or an
+    :class:`~biomedseg.inference.export_format.ExportedRun` of an exported file (default: the
+    file's own runtime)."""
     from biomedseg.inference.run import load_run
 
-    check_engine(engine)
+    if engine is not None:
+        check_engine(engine)
     if Path(source).suffix.lower() in EXPORT_SUFFIXES and not Path(source).is_file():
         raise UserError(f"{source}: no such file")
     if is_export(source):
-        return open_exported(source, device=device, engine=engine)
+        return open_exported(source, device=device, engine=engine or DEFAULT_EXPORT_ENGINE)
     loaded = load_run(source, device=device)
-    return with_engine(loaded, engine)
+    return with_engine(loaded, engine or DEFAULT_ENGINE)
 
 
 def open_exported(path, device: str = "auto", engine: str = "auto"):

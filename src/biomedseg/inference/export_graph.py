@@ -111,8 +111,9 @@ def graph_network(model: nn.Module) -> tuple[GraphNetwork, int, bool]:
 
 
 def example_input(channels: int, size: int, multiple: int) -> torch.Tensor:
-    """A ``(2, C, s, s)`` tracing input, ``s`` = ``size`` rounded up to the size multiple."""
-    s = -(-int(size) // multiple) * multiple
+    """A ``(2, C, s, s)`` tracing input, ``s`` = ``size`` rounded up to the size multiple, at least
+    two multiples (the exporter specialises sizes of 1, e.g. a 1x1 bottleneck, to constants)."""
+    s = max(-(-int(size) // multiple), 2) * multiple
     return torch.randn(2, channels, s, s, generator=torch.Generator().manual_seed(0))
 
 
@@ -249,15 +250,19 @@ def _traceable_unpooling():
 
 def save_torchscript(module: torch.jit.ScriptModule, path, metadata: str) -> None:
     """Write ``module`` with the metadata document as the extra file ``biomedseg.json``."""
-    torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_EXTRA_FILE: metadata})
+    with warnings.catch_warnings():  # torch.jit is deprecated in PyTorch 2.13, still bioimage.io's format
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_EXTRA_FILE: metadata})
 
 
 def load_torchscript(path, device: torch.device | str = "cpu") -> tuple[torch.jit.ScriptModule, str | None]:
     """``(module, metadata document or None)`` of a TorchScript file."""
     extra = {TORCHSCRIPT_EXTRA_FILE: ""}
     try:
-        module = torch.jit.load(path if hasattr(path, "read") else str(path), map_location=torch.device(device),
-                                _extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(path if hasattr(path, "read") else str(path),
+                                    map_location=torch.device(device), _extra_files=extra)
     except Exception as exc:  # noqa: BLE001 - a checkpoint or another file: torch says why
         raise UserError(f"{path}: not a TorchScript model ({str(exc).splitlines()[0][:160]})") from None
     text = extra[TORCHSCRIPT_EXTRA_FILE]

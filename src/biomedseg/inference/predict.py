@@ -30,7 +30,6 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.errors import UserError
-from biomedseg.inference.export_options import DEFAULT_ENGINE
 
 log = logging.getLogger("biomedseg")
 
@@ -88,7 +87,7 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
             overwrite: bool = False, device: str = "auto", quiet: bool = False, postprocess: bool = True,
             rle: str | Path | None = None, instances: bool = False, output_format: str | None = None,
             level: int = 0, stream: bool | None = None, batch_size: int | None = None,
-            skip_blank_std: float | None = None, engine: str = DEFAULT_ENGINE) -> PredictSummary:
+            skip_blank_std: float | None = None, engine: str | None = None) -> PredictSummary:
     """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``
     (a run folder, a loaded run, or a file written by ``biomedseg export``: ``.onnx``, TorchScript
     ``.pt``, bioimage.io ``.zip``).
@@ -106,7 +105,8 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
         skip_blank_std: streamed inputs: tiles whose normalised standard deviation is below this
             are not run (predicted background).
         engine: ``"torch"``, ``"onnxruntime"`` or ``"auto"`` (see
-            :mod:`biomedseg.inference.export_engines`); only the network call changes.
+            :mod:`biomedseg.inference.export_engines`; ``None``: torch for a run folder, the
+            file's own runtime for an exported file); only the network call changes.
 
     Returns a :class:`PredictSummary`; the CLI exits non-zero when ``failed`` is not empty.
     """
