@@ -127,6 +127,7 @@ def _tensors(loaded, doc: dict, files: dict) -> tuple[list, list]:
     space_in = [SpaceInputAxis(id=AxisId(a), size=ParameterizedSize(min=m, step=m)) for a in ("y", "x")]
     inp = InputTensorDescr(id=TensorId("input"), axes=[BatchAxis(), ChannelAxis(channel_names=channels), *space_in],
                            data=IntervalOrRatioDataDescr(type="float32"), test_tensor=FileDescr(source=files["x"]),
+                           sample_tensor=FileDescr(source=files["sample_x"]),
                            preprocessing=_preprocessing(doc["normalization"]),
                            description="raw image (any intensity range; grey/RGB as the training images)")
     names = [identifier(c, "class") for c in loaded.classes]
@@ -135,6 +136,7 @@ def _tensors(loaded, doc: dict, files: dict) -> tuple[list, list]:
     outputs = [OutputTensorDescr(id=TensorId("probabilities"), axes=[BatchAxis(), ChannelAxis(channel_names=names),
                                                                        *space_out],
                                  data=IntervalOrRatioDataDescr(type="float32"), test_tensor=FileDescr(source=files["y0"]),
+                                 sample_tensor=FileDescr(source=files["sample_y0"]),
                                  postprocessing=[SoftmaxDescr(kwargs=SoftmaxKwargs(axis=AxisId("channel")))],
                                  description="class probabilities (softmax of the logits); argmax = class mask")]
     if "y1" in files:
@@ -204,15 +206,17 @@ the PyTorch network.
 
 
 def _write_files(tmp: Path, loaded, doc: dict, proto, module, images) -> dict:
-    """Weights, test tensors, cover and README in ``tmp``; returns their paths."""
+    """Weights, test and sample tensors, cover and README in ``tmp``; returns their paths."""
     import onnx
+    import tifffile
 
     from biomedseg.inference import export_graph as graph
     from biomedseg.inference.export_format import metadata_json
 
     text = metadata_json(doc)
     files = {"onnx": tmp / "weights.onnx", "torchscript": tmp / "weights_torchscript.pt", "x": tmp / "test_input.npy",
-             "y0": tmp / "test_output_probabilities.npy", "cover": tmp / "cover.png", "doc": tmp / "README.md"}
+             "y0": tmp / "test_output_probabilities.npy", "cover": tmp / "cover.png", "doc": tmp / "README.md",
+             "sample_x": tmp / "sample_input.tif", "sample_y0": tmp / "sample_output_probabilities.tif"}
     graph.set_onnx_metadata(proto, text)
     onnx.save_model(proto, str(files["onnx"]))
     graph.save_torchscript(module, files["torchscript"], text)
@@ -220,6 +224,8 @@ def _write_files(tmp: Path, loaded, doc: dict, proto, module, images) -> dict:
     outs = expected_outputs(loaded, x)
     np.save(files["x"], x)
     np.save(files["y0"], outs[0])
+    for key, array in (("sample_x", x), ("sample_y0", outs[0])):  # for people and viewers (TIFF)
+        tifffile.imwrite(files[key], array[0])
     if len(outs) > 1:
         files["y1"] = tmp / "test_output_image_logit.npy"
         np.save(files["y1"], outs[1])

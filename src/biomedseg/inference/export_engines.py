@@ -74,6 +74,7 @@ class ExportedNetwork(nn.Module):
         self.engine = engine
         self.class_logits: torch.Tensor | None = None
 
+    @torch.compiler.disable  # the graph is already compiled (ONNX Runtime / TorchScript); never trace into it
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits, head = self.runner(x)
         self.class_logits = head[:, 0] if head is not None else None
