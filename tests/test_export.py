@@ -256,6 +256,29 @@ def test_predict_from_exports_equals_predict_run(unet_run, unet_exports, synthet
             np.testing.assert_array_equal(got[name], expected[name], err_msg=f"{source} {engine} {name}")
 
 
+def test_tta_from_onnx_equals_tta_from_run(unet_run, unet_exports, synthetic_data, tmp_path):
+    from biomedseg.inference.predict import predict
+
+    images = sorted((synthetic_data / "images").iterdir())[:2]
+    for name, source in (("run", unet_run), ("onnx", unet_exports["onnx"].path)):
+        predict(source, images, tmp_path / name, quiet=True, device="cpu", tta="flips+rot90", overlays=False)
+    expected = masks_of(tmp_path / "run")
+    assert len(expected) == 2
+    for name, mask in masks_of(tmp_path / "onnx").items():
+        np.testing.assert_array_equal(mask, expected[name], err_msg=name)
+
+
+def test_engine_auto_without_onnxruntime_is_torch(unet_run, monkeypatch):
+    import importlib.util
+
+    from biomedseg.inference.export_engines import open_model_source
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    loaded = open_model_source(unet_run, device="cpu", engine="auto")
+    assert isinstance(loaded.model, torch.nn.Module) and not hasattr(loaded.model, "runner")
+
+
 def test_predict_engine_errors(unet_exports, unet_run, tmp_path):
     from biomedseg.inference.export_engines import open_model_source
 

@@ -232,10 +232,12 @@ def open_package(path, device: str = "auto", engine: str = "auto"):
     return loaded
 
 
-def _has_onnxruntime() -> bool:
+def _has_onnxruntime(export: bool = False) -> bool:
+    """onnxruntime is installed (and, with ``export``, what the ONNX exporter needs)."""
     import importlib.util
 
-    return importlib.util.find_spec("onnxruntime") is not None
+    needed = ("onnxruntime", "onnx", "onnxscript") if export else ("onnxruntime",)
+    return all(importlib.util.find_spec(name) is not None for name in needed)
 
 
 # ---------------------------------------------------------------- --engine for runs
@@ -243,8 +245,8 @@ def _has_onnxruntime() -> bool:
 def with_engine(loaded, engine: str):
     """``loaded`` (a run) with its network on ``engine``: ``torch`` as it is; ``onnxruntime``
     exported to ONNX in memory and run in ONNX Runtime (fp32, CPU); ``auto`` the faster of the
-    two on one tile batch (torch when onnxruntime is not installed)."""
-    if engine == "torch" or (engine == "auto" and not _has_onnxruntime()):
+    two on one tile batch (torch when onnxruntime or the exporter's onnxscript is not installed)."""
+    if engine == "torch" or (engine == "auto" and not _has_onnxruntime(export=True)):
         return loaded
     from biomedseg.inference.export_graph import onnx_model
 
