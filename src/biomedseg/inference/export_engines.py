@@ -287,5 +287,5 @@ def pick_faster(template, candidates: dict) -> str:
     seconds = {name: _time_batch(c, template) for name, c in candidates.items()}
     name = min(seconds, key=seconds.get)
     log.info("--engine auto: %s (one tile batch: %s)", name,
-             ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in seconds.items()))
+             ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in seconds.items()))
     return name
