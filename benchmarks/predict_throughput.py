@@ -11,6 +11,11 @@ where the overlap factor = tiles x tile pixels / image pixels): the bound no til
     python benchmarks/predict_throughput.py                   # 4096 x 4096, all cores
     python benchmarks/predict_throughput.py --size 1024 --threads 1 --repeats 1   # smoke run
 
+Also measured in the same run: biomedseg's streaming predictor with the network in ONNX Runtime
+(fp32, exported in memory as ``predict --engine onnxruntime`` does): the ``onnxruntime=`` field.
+The result line records ``lscpu``'s model name and whether the CPU has the avx512_bf16, amx_bf16
+and avx512_vnni flags.
+
 The last line is the single result line.
 """
 
@@ -29,6 +34,46 @@ def build_model():
 
     return UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(32, 64, 128, 256, 512),
                 strides=(2, 2, 2, 2), num_res_units=2).eval()
+
+
+def onnxruntime_mpix(model, x: np.ndarray, args, kw: dict) -> float | None:
+    """MPix/s of biomedseg's streaming predictor (the same tiling and blending as its torch path)
+    with the network exported to ONNX in memory and run in ONNX Runtime, fp32, as ``predict
+    --engine onnxruntime`` does; ``None`` when onnxruntime is not installed."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnxruntime") is None or importlib.util.find_spec("onnxscript") is None:
+        return None
+    from biomedseg.inference.export_engines import ort_network
+    from biomedseg.inference.export_graph import onnx_model
+    from biomedseg.inference.streaming import StreamingPredictor
+
+    proto, _ = onnx_model(model, 1, args.tile)
+    sp = StreamingPredictor(ort_network(proto.SerializeToString()), args.tile, args.overlap, precision="fp32",
+                            channels_last=False, **kw)
+    sp.run(x[:, :args.tile * 2, :args.tile * 2], lambda y0, p: None)  # warm-up
+    times = []
+    for i in range(args.repeats):
+        t = time.perf_counter()
+        sp.run(x, lambda y0, p: None)
+        times.append(time.perf_counter() - t)
+        print(f"  repeat {i + 1}: onnxruntime {times[-1]:7.2f} s  {x.size / 1e6 / times[-1]:6.3f} MPix/s", flush=True)
+    return x.size / 1e6 / statistics.median(times)
+
+
+def cpu_fields() -> str:
+    """``cpu=<lscpu model name> avx512_bf16=present|absent amx_bf16=... avx512_vnni=...``."""
+    import subprocess
+
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    name = "_".join(info.get("Model name", "unknown").split())
+    flags = set(info.get("Flags", "").split())
+    return f" cpu={name} " + " ".join(f"{f}={'present' if f in flags else 'absent'}"
+                                      for f in ("avx512_bf16", "amx_bf16", "avx512_vnni"))
 
 
 def main(argv=None) -> str:
@@ -91,6 +136,7 @@ def main(argv=None) -> str:
             dt = fn()
             times[name].append(dt)
             print(f"  repeat {i + 1}: {name:9s} {dt:7.2f} s  {n_pix / 1e6 / dt:6.3f} MPix/s", flush=True)
+    ort = onnxruntime_mpix(model, x, args, kw)
     med = {k: statistics.median(v) for k, v in times.items()}
     mpix = {k: n_pix / 1e6 / v for k, v in med.items()}
 
@@ -110,6 +156,7 @@ def main(argv=None) -> str:
             f"monai={mpix['monai']:.3f}MPix/s biomedseg={mpix['biomedseg']:.3f}MPix/s "
             f"ratio={mpix['biomedseg'] / mpix['monai']:.2f} forward={fwd:.2f}img/s({precision}) "
             f"forward_bound={bound:.3f}MPix/s biomedseg/bound={mpix['biomedseg'] / bound:.2f}")
+    line += (f" onnxruntime={ort:.3f}MPix/s" if ort is not None else " onnxruntime=absent") + cpu_fields()
     print(line, flush=True)
     return line
 

@@ -24,6 +24,7 @@ from biomedseg.demo import DEMO_TIME_BUDGET
 from biomedseg.errors import UserError
 from biomedseg.io.geojson import DEFAULT_OBJECT_TYPE
 from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT
+from biomedseg.inference.export_options import DEFAULT_ENGINE, DEFAULT_EXPORT_ENGINE, DEFAULT_LICENSE
 from biomedseg.runs.layout import PLAN
 from biomedseg.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
 from biomedseg.io.writers import check_output_dir, check_output_file
@@ -216,7 +217,8 @@ def evaluate(
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="run folder (`train`), CV folder (`cv`) or ensemble (`ensemble`)"),
+    run: Path = typer.Argument(..., help="run folder (`train`), CV folder (`cv`), ensemble (`ensemble`), or a "
+                               "file written by `export` (.onnx, TorchScript .pt, bioimage.io .zip)"),
     inputs: List[str] = typer.Argument(..., help="image files, folders, glob patterns or .zarr folders"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     tta: str = typer.Option("none", "--tta", help="test-time augmentation: none | flips | flips+rot90"),
@@ -239,6 +241,9 @@ def predict(
                                  "QuPath classification (name, colour), full-resolution pixel coordinates"),
     geojson_objects: str = typer.Option(DEFAULT_OBJECT_TYPE, "--geojson-objects",
                                         help="QuPath object type of the GeoJSON features: annotation | detection"),
+    engine: Optional[str] = typer.Option(None, "--engine", help=f"network runtime: torch | onnxruntime | auto "
+                                         f"(the faster on one tile batch); default {DEFAULT_ENGINE} for a run "
+                                         f"folder, {DEFAULT_EXPORT_ENGINE} for an exported file"),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -253,13 +258,34 @@ def predict(
     s = run_predict(run, inputs, out, tta=tta, overlays=not no_overlays, probabilities=probabilities,
                     overwrite=overwrite, device=device, quiet=quiet, postprocess=not no_postprocess, rle=rle,
                     instances=instances, output_format=output_format, level=level, batch_size=batch_size,
-                    skip_blank_std=skip_blank, mask_format=mask_format, geojson=geojson and geojson_objects)
+                    skip_blank_std=skip_blank, mask_format=mask_format, geojson=geojson and geojson_objects,
+                    engine=engine)
     typer.echo(f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
                f"{len(s.failed)} failed -> {out}")
     if s.rle is not None:
         typer.echo(f"wrote {s.rle}")
     if s.failed:  # each failure was logged once, as it happened
         raise typer.Exit(1)
+
+
+@app.command()
+def export(
+    run: Path = typer.Argument(..., help="run folder written by `train`"),
+    fmt: str = typer.Option(..., "--format", "-f", help="onnx | torchscript | bioimageio"),
+    out: Path = typer.Option(..., "--out", "-o", help="file to write: .onnx, .pt or .zip (bioimage.io package)"),
+    checkpoint: str = typer.Option("best", "--checkpoint", help="best | last"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
+    license_: str = typer.Option(DEFAULT_LICENSE, "--license", help="bioimage.io: SPDX licence id of the model"),
+    author: Optional[List[str]] = typer.Option(None, "--author", help="bioimage.io: author name (repeatable)"),
+):
+    """Export a run's network with everything predict needs (normalisation, sliding window, classes,
+    post-processing) as metadata, after a parity check against PyTorch on the run's validation images."""
+    from biomedseg.inference.export import export_run
+
+    r = export_run(run, fmt, out, checkpoint=checkpoint, overwrite=overwrite, license=license_, authors=author)
+    for report in r.parity:
+        typer.echo(f"parity {report.summary()}")
+    typer.echo(f"wrote {r.path} and {r.parity_path}")
 
 
 @app.command("tune-postprocess")

@@ -92,8 +92,10 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
             rle: str | Path | None = None, instances: bool = False, output_format: str | None = None,
             level: int = 0, stream: bool | None = None, batch_size: int | None = None,
             skip_blank_std: float | None = None, mask_format: str | None = None,
-            geojson: bool | str = False) -> PredictSummary:
-    """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``.
+            geojson: bool | str = False, engine: str | None = None) -> PredictSummary:
+    """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``
+    (a run, CV or ensemble folder, a loaded run, or a file written by ``biomedseg export``: ``.onnx``,
+    TorchScript ``.pt``, bioimage.io ``.zip``).
 
     Args:
         tta: ``False`` | ``True``/``"flips"`` | ``"flips+rot90"``.
@@ -110,21 +112,24 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
         mask_format: ``index`` (default) | ``binary`` | ``palette`` | ``rgb`` | ``auto`` (the training
             masks' encoding); one-channel outputs (zarr, streamed) keep class indices for ``rgb``/``palette``.
         geojson: also write ``<stem>.geojson`` (``True``: QuPath annotations; ``"detection"``).
+        engine: ``"torch"``, ``"onnxruntime"`` or ``"auto"`` (see
+            :mod:`biomedseg.inference.export_engines`; ``None``: torch for a run folder, the
+            file's own runtime for an exported file); only the network call changes.
 
     Returns a :class:`PredictSummary`; the CLI exits non-zero when ``failed`` is not empty.
     """
     from tqdm.auto import tqdm
 
+    from biomedseg.inference.export_engines import open_model_source
     from biomedseg.inference.mask_outputs import geojson_object_type, mask_encoding_for
-    from biomedseg.inference.postprocess import load_postprocess
-    from biomedseg.inference.run import LoadedRun, load_run
+    from biomedseg.inference.run import LoadedRun
 
     if output_format is not None and output_format not in OUTPUT_FORMATS:
         raise UserError(f"--format {output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
     files = collect_inputs(inputs)
-    loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
+    loaded = run if isinstance(run, LoadedRun) else open_model_source(run, device=device, engine=engine)
     encoding, object_type = mask_encoding_for(loaded, mask_format), geojson_object_type(geojson)
-    post = load_postprocess(loaded.run_dir) if postprocess else None
+    post = loaded.postprocess() if postprocess else None
     if post is not None and post.is_identity:
         post = None
     predictor = loaded.predictor(tta=tta, batch_size=batch_size)

@@ -37,6 +37,12 @@ class LoadedRun:
     def background(self) -> int | None:
         return self.info.background
 
+    def postprocess(self):
+        """The post-processing chain (``RUN/postprocess.yaml``), or ``None`` when the run has none."""
+        from biomedseg.inference.postprocess import load_postprocess
+
+        return load_postprocess(self.run_dir)
+
     def predictor(self, tta: bool = False, overlap: float | None = None, batch_size: int | None = None):
         from biomedseg.engine.defaults import inference_batch_size
         from biomedseg.engine.sliding_window import SlidingWindowPredictor
