@@ -106,9 +106,9 @@ class StreamingPredictor:
         compression: TIFF compression of the outputs (``"zlib"``, ``None``, ...).
         optimize: predict with :func:`~biomedseg.engine.sliding_window.optimize_for_inference`
             (an eval-mode copy; on CPU instance norms as group norms, channels-last).
-        compile: also ``torch.compile`` the copy (opt-in: +10-15% on CPU after minutes of
-            compilation; worth it for gigapixel images only). Batches are padded to
-            ``batch_size`` so that one shape is compiled.
+        compile: also compile the copy (``True`` or a backend name; see
+            :class:`~biomedseg.engine.compiled.CompiledForward`: batches are padded to
+            ``batch_size`` so that one shape is compiled, eager if compiling fails).
     """
 
     def __init__(self, model, patch_size: int, overlap: float = DEFAULT_OVERLAP, batch_size: int = 4,
@@ -117,11 +117,10 @@ class StreamingPredictor:
                  skip_blank_std: float | None = None, blank_class: int = 0,
                  decide: Callable[[np.ndarray], np.ndarray] | None = None, out_tile: int = DEFAULT_OUT_TILE,
                  compression: str | None = "zlib", progress: bool = False, optimize: bool = True,
-                 compile: bool = False):
+                 compile: bool | str = False):
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be >= 0 and < 1, got {overlap}")
-        self.compile = bool(compile)
-        self.model = (optimize_for_inference(model, device, channels_last, compile=self.compile)
+        self.model = (optimize_for_inference(model, device, channels_last, compile, max(1, int(batch_size)))
                       if optimize or compile else model)
         self.patch_size = int(patch_size)
         self.overlap = float(overlap)
@@ -278,10 +277,7 @@ class StreamingPredictor:
             return
         dev = self.device
         x = torch.stack(batch).to(dev, non_blocking=True)
-        n = x.shape[0]
-        if self.compile and n < self.batch_size:  # one compiled shape: pad the last batch
-            x = torch.cat([x, x[-1:].expand(self.batch_size - n, -1, -1, -1)])
-        out = tta_forward(self.model, x, self.transforms, dev, self.precision, self.channels_last)[:n]
+        out = tta_forward(self.model, x, self.transforms, dev, self.precision, self.channels_last)
         for (y, xx), o in zip(where, out):
             accumulator.add(y, xx, o)
         result.n_tiles += len(batch)
