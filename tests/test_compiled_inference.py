@@ -98,3 +98,61 @@ def test_auto_compiles_large_cpu_jobs_only(monkeypatch):
     assert normalize_compile("aot_eager") == "aot_eager" and normalize_compile(None) == "auto"
     with pytest.raises(UserError, match="--compile"):
         normalize_compile("sometimes")
+
+
+def fake_run(run_dir):
+    from conftest import write_fake_run
+
+    kw = {"depth": 2, "base_channels": 4, "num_res_units": 1}
+    torch.manual_seed(0)
+    return write_fake_run(run_dir, "unet", tiny().state_dict(), None, [], patch_size=64, batch_size=8,
+                          model_kwargs=kw, n_classes=3, overlap=0.25)
+
+
+def write_images(folder, shapes):
+    from biomedseg.io import write_png
+
+    folder.mkdir()
+    rng = np.random.default_rng(5)
+    for i, shape in enumerate(shapes):
+        write_png(folder / f"im{i}.png", rng.integers(0, 255, size=shape, dtype=np.uint8))
+    return folder
+
+
+def test_predict_auto_counts_the_tile_forwards_still_to_do(tmp_path, monkeypatch):
+    import biomedseg.engine.compiled
+    from biomedseg.engine.sliding_window import tile_starts
+    from biomedseg.inference.predict import predict
+
+    run = fake_run(tmp_path / "run")
+    images = write_images(tmp_path / "in", [(200, 300), (40, 70), (100, 100)])
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "im2.png").write_bytes(b"done")  # an existing mask: not predicted again, not counted
+    asked = []
+    monkeypatch.setattr(biomedseg.engine.compiled, "resolve_compile",
+                        lambda mode, n, device="cpu": asked.append((mode, n)) or False)
+    predict(run, [images], out, tta="flips", quiet=True)
+    n = len(tile_starts(200, 64, 0.25)) * len(tile_starts(300, 64, 0.25)) + 2  # 40 x 70: padded to 64 x 70, 2 tiles
+    assert asked == [("auto", 4 * n)]  # x 4 flips
+
+
+def test_predict_compiled_writes_the_eager_masks_in_memory_and_streamed(tmp_path):
+    from biomedseg.inference.predict import predict
+    from biomedseg.io import read_raw
+
+    run = fake_run(tmp_path / "run")
+    images = write_images(tmp_path / "in", [(150, 170)])
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    for name, compile, stream in [("eager", "off", False), ("compiled", "aot_eager", False),
+                                  ("streamed", "aot_eager", True)]:
+        s = predict(run, [images], tmp_path / name, quiet=True, overlays=False, compile=compile, stream=stream,
+                    output_format="tiff")
+        assert len(s.done) == 1 and not s.failed
+        assert counters["stats"]["unique_graphs"] == (0 if compile == "off" else 1)  # one graph, reused
+    ref = read_raw(tmp_path / "eager" / "im0.tif")
+    np.testing.assert_array_equal(read_raw(tmp_path / "compiled" / "im0.tif"), ref)
+    np.testing.assert_array_equal(read_raw(tmp_path / "streamed" / "im0.tif"), ref)

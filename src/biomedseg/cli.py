@@ -17,6 +17,7 @@ import typer
 from biomedseg.comparison import DEFAULT_SPLIT, PAIRS
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from biomedseg.demo import DEMO_TIME_BUDGET
+from biomedseg.engine.defaults import COMPILE_MIN_TILES, DEFAULT_COMPILE
 from biomedseg.errors import UserError
 from biomedseg.runs.layout import PLAN
 from biomedseg.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
@@ -200,6 +201,8 @@ def predict(
     skip_blank: Optional[float] = typer.Option(None, "--skip-blank", help="huge inputs: skip tiles whose normalised "
                                                "std is below this (predicted background)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="tiles per forward pass"),
+    compile_mode: str = typer.Option(DEFAULT_COMPILE, "--compile", help="torch.compile the network: auto | on | "
+                                     f"off (auto: CPU jobs of {COMPILE_MIN_TILES}+ tile forwards)"),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -209,7 +212,7 @@ def predict(
     s = run_predict(run, inputs, out, tta=tta, overlays=not no_overlays, probabilities=probabilities,
                     overwrite=overwrite, device=device, quiet=quiet, postprocess=not no_postprocess, rle=rle,
                     instances=instances, output_format=output_format, level=level, batch_size=batch_size,
-                    skip_blank_std=skip_blank)
+                    skip_blank_std=skip_blank, compile=compile_mode)
     typer.echo(f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
                f"{len(s.failed)} failed -> {out}")
     if s.rle is not None:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biomedseg.engine.defaults import DEFAULT_COMPILE
 from biomedseg.errors import UserError
 
 log = logging.getLogger("biomedseg")
@@ -87,7 +88,7 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
             overwrite: bool = False, device: str = "auto", quiet: bool = False, postprocess: bool = True,
             rle: str | Path | None = None, instances: bool = False, output_format: str | None = None,
             level: int = 0, stream: bool | None = None, batch_size: int | None = None,
-            skip_blank_std: float | None = None) -> PredictSummary:
+            skip_blank_std: float | None = None, compile: bool | str = DEFAULT_COMPILE) -> PredictSummary:
     """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``.
 
     Args:
@@ -102,6 +103,9 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
         batch_size: tiles per forward pass (default: the run's).
         skip_blank_std: streamed inputs: tiles whose normalised standard deviation is below this
             are not run (predicted background).
+        compile: ``"auto"`` (compile the network with ``torch.compile`` when the inputs still to
+            predict need at least ``COMPILE_MIN_TILES`` tile forwards, on a CPU with a C++
+            compiler), ``"on"``, ``"off"`` (or a ``torch.compile`` backend name).
 
     Returns a :class:`PredictSummary`; the CLI exits non-zero when ``failed`` is not empty.
     """
@@ -117,9 +121,10 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
     post = load_postprocess(loaded.run_dir) if postprocess else None
     if post is not None and post.is_identity:
         post = None
-    predictor = loaded.predictor(tta=tta, batch_size=batch_size)
-    warn_if_classifier_gate_unusable(post, predictor)
     out = Path(out)
+    predictor = loaded.predictor(tta=tta, batch_size=batch_size,
+                                 compile=_resolve_compile(compile, loaded, files, out, tta, level, overwrite))
+    warn_if_classifier_gate_unusable(post, predictor)
     out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
     rle_rows: list[tuple] = []
@@ -210,6 +215,37 @@ def wants_streaming(path: Path, level: int = 0) -> tuple[bool, tuple[int, int] |
     return False, (h, w)
 
 
+def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, overwrite: bool) -> bool | str:
+    """``compile`` for :func:`predict`: ``auto`` counts the tile forwards of the inputs still to
+    predict (tiles x TTA transforms, from the headers) against ``COMPILE_MIN_TILES``."""
+    from biomedseg.engine.compiled import normalize_compile, resolve_compile
+    from biomedseg.engine.sliding_window import tile_starts, tta_transforms
+
+    if normalize_compile(mode) != "auto":
+        return resolve_compile(mode, 0, run.device)
+    patch, overlap, n = run.config.patch_size, run.config.overlap, 0
+    for path in files:
+        if not overwrite and existing_mask(out, _stem(path)) is not None:
+            continue
+        try:
+            h, w = _header_shape(path, level)
+        except (UserError, OSError, ValueError):
+            continue
+        n += len(tile_starts(max(h, patch), patch, overlap)) * len(tile_starts(max(w, patch), patch, overlap))
+    n *= len(tta_transforms(tta))
+    compiled = resolve_compile(mode, n, run.device)
+    if compiled:
+        log.info("compiling the network for %d tile forwards (--compile off skips it)", n)
+    return compiled
+
+
+def _header_shape(path: Path, level: int) -> tuple[int, int]:
+    from biomedseg.io import image_shape
+    from biomedseg.io.slides import slide_shape
+
+    return slide_shape(path, level) if level or path.is_dir() else image_shape(path)
+
+
 def _check_not_input(mask_path: Path, path: Path) -> None:
     if mask_path.resolve() == path.resolve():
         raise UserError(f"{path}: its mask would overwrite the input; write to another --out folder")
@@ -245,7 +281,7 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
         return [], (rle_rows_from_outputs(out, stem, run, instances) if want_rle else [])
     streamed, shape = wants_streaming(path, level) if stream is None else (bool(stream), None)
     if streamed:
-        return _predict_streamed(run, path, out, summary, post=post, probabilities=probabilities, tta=tta,
+        return _predict_streamed(run, path, out, summary, predictor, post=post, probabilities=probabilities, tta=tta,
                                  output_format=output_format, level=level, batch_size=batch_size,
                                  skip_blank_std=skip_blank_std, overlays=overlays, instances=instances,
                                  want_rle=want_rle), []
@@ -290,8 +326,8 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
     return written, (rle_rows_for(stem, mask, labels, run, instances) if want_rle else [])
 
 
-def _predict_streamed(run, path, out, summary, *, post, probabilities, tta, output_format, level, batch_size,
-                      skip_blank_std, overlays, instances, want_rle) -> list[Path]:
+def _predict_streamed(run, path, out, summary, predictor, *, post, probabilities, tta, output_format, level,
+                      batch_size, skip_blank_std, overlays, instances, want_rle) -> list[Path]:
     from biomedseg.inference.postprocess import decide, resolve_classes
     from biomedseg.inference.streaming import StreamingPredictor, open_source
 
@@ -314,7 +350,7 @@ def _predict_streamed(run, path, out, summary, *, post, probabilities, tta, outp
             def decider(p):
                 return decide(p, thr, bg)
     sp = StreamingPredictor.from_run(run, tta=tta, batch_size=batch_size, skip_blank_std=skip_blank_std,
-                                     decide=decider)
+                                     decide=decider, model=predictor.model)  # the inference copy, compiled or not
     with open_source(path, level) as src:  # the output keeps the input's tiling when it has one
         tile = src.tile[-1] if src.tile and src.tile[-1] % 16 == 0 and 64 <= src.tile[-1] <= 2048 else None
         ext = ".zarr" if fmt == "zarr" else ".tif"

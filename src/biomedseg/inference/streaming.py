@@ -143,11 +143,14 @@ class StreamingPredictor:
 
     @classmethod
     def from_run(cls, run, tta: bool | str = False, overlap: float | None = None, batch_size: int | None = None,
-                 **kwargs) -> "StreamingPredictor":
-        """Predictor with the settings of a :class:`~biomedseg.inference.run.LoadedRun`."""
+                 model=None, **kwargs) -> "StreamingPredictor":
+        """Predictor with the settings of a :class:`~biomedseg.inference.run.LoadedRun`; ``model``:
+        an inference copy to use as it is (another predictor's ``.model``), else one of the run's."""
         cfg = run.config
         kwargs.setdefault("blank_class", run.background or 0)
-        return cls(run.model, cfg.patch_size, overlap=cfg.overlap if overlap is None else overlap,
+        if model is not None:
+            kwargs["optimize"] = False
+        return cls(run.model if model is None else model, cfg.patch_size, overlap=cfg.overlap if overlap is None else overlap,
                    batch_size=batch_size or inference_batch_size(cfg.batch_size), device=run.device,
                    precision=run.precision, tta=tta, normalizer=run.normalizer, channels=run.info.channels,
                    channels_last=cfg.channels_last, **kwargs)
