@@ -41,6 +41,8 @@ def main(argv=None) -> str:
     ap.add_argument("--monai-batch", type=int, default=4, help="MONAI sw_batch_size")
     ap.add_argument("--batch", type=int, default=None, help="biomedseg batch size (default: its default)")
     ap.add_argument("--forward-batches", type=int, default=5)
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="biomedseg precision (auto: bf16 where the CPU has native bf16, else fp32)")
     ap.add_argument("--compile", default="on", help="biomedseg: compile the network (on | off | a backend name); "
                     "compiling happens in the warm-up and is reported as compile_s")
     args = ap.parse_args(argv)
@@ -57,7 +59,7 @@ def main(argv=None) -> str:
     torch.manual_seed(0)
     model = build_model()
     n_params = sum(p.numel() for p in model.parameters())
-    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    precision = args.precision if args.precision != "auto" else "bf16" if cpu_has_native_bf16() else "fp32"
     kw = {} if args.batch is None else {"batch_size": args.batch}
     compile_mode = normalize_compile(args.compile)
     sp = StreamingPredictor(model, args.tile, args.overlap, precision=precision, compile=compile_mode, **kw)

@@ -139,6 +139,14 @@ def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
     return [i * step - max(i * step + tile - size, 0) for i in range(n)]
 
 
+def count_tile_forwards(shapes, tile: int, overlap: float, tta=False) -> int:
+    """Network forwards of one tile that predicting images of ``shapes`` ``(H, W)`` takes
+    (tiles of the padded images x TTA transforms)."""
+    n = sum(len(tile_starts(max(h, tile), tile, overlap)) * len(tile_starts(max(w, tile), tile, overlap))
+            for h, w in shapes)
+    return n * len(tta_transforms(tta))
+
+
 def pad_before_after(size: int, tile: int) -> tuple[int, int]:
     """MONAI's padding of an axis shorter than a tile: ``(half, diff - half)``, ``diff = tile - size``."""
     diff = max(tile - size, 0)
@@ -219,7 +227,7 @@ def optimize_for_inference(model: nn.Module, device: torch.device | str = "cpu",
     if channels_last:
         m = m.to(memory_format=torch.channels_last)
     if compile:
-        m = CompiledForward(m, batch_size, compile, device)
+        m = CompiledForward(m, batch_size, compile)
     return m
 
 

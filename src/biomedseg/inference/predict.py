@@ -216,34 +216,25 @@ def wants_streaming(path: Path, level: int = 0) -> tuple[bool, tuple[int, int] |
 
 
 def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, overwrite: bool) -> bool | str:
-    """``compile`` for :func:`predict`: ``auto`` counts the tile forwards of the inputs still to
-    predict (tiles x TTA transforms, from the headers) against ``COMPILE_MIN_TILES``."""
+    """``compile`` for :func:`predict`; ``auto`` counts the tile forwards of the inputs still to do."""
     from biomedseg.engine.compiled import normalize_compile, resolve_compile
-    from biomedseg.engine.sliding_window import tile_starts, tta_transforms
+    from biomedseg.engine.sliding_window import count_tile_forwards
+    from biomedseg.io.slides import slide_shape
 
     if normalize_compile(mode) != "auto":
         return resolve_compile(mode, 0, run.device)
-    patch, overlap, n = run.config.patch_size, run.config.overlap, 0
+    shapes = []
     for path in files:
-        if not overwrite and existing_mask(out, _stem(path)) is not None:
-            continue
-        try:
-            h, w = _header_shape(path, level)
-        except (UserError, OSError, ValueError):
-            continue
-        n += len(tile_starts(max(h, patch), patch, overlap)) * len(tile_starts(max(w, patch), patch, overlap))
-    n *= len(tta_transforms(tta))
+        if overwrite or existing_mask(out, _stem(path)) is None:
+            try:
+                shapes.append(slide_shape(path, level))
+            except (UserError, OSError, ValueError):
+                pass  # unreadable: reported when it is predicted
+    n = count_tile_forwards(shapes, run.config.patch_size, run.config.overlap, tta)
     compiled = resolve_compile(mode, n, run.device)
     if compiled:
         log.info("compiling the network for %d tile forwards (--compile off skips it)", n)
     return compiled
-
-
-def _header_shape(path: Path, level: int) -> tuple[int, int]:
-    from biomedseg.io import image_shape
-    from biomedseg.io.slides import slide_shape
-
-    return slide_shape(path, level) if level or path.is_dir() else image_shape(path)
 
 
 def _check_not_input(mask_path: Path, path: Path) -> None:
