@@ -85,7 +85,11 @@ def main(argv=None) -> str:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: cores available)")
     ap.add_argument("--monai-batch", type=int, default=4, help="MONAI sw_batch_size")
     ap.add_argument("--batch", type=int, default=None, help="biomedseg batch size (default: its default)")
-    ap.add_argument("--forward-batches", type=int, default=3)
+    ap.add_argument("--forward-batches", type=int, default=5)
+    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                    help="biomedseg precision (auto: bf16 where the CPU has native bf16, else fp32)")
+    ap.add_argument("--compile", default="on", help="biomedseg: compile the network (on | off | a backend name); "
+                    "compiling happens in the warm-up and is reported as compile_s")
     args = ap.parse_args(argv)
 
     from monai.inferers import sliding_window_inference
@@ -94,14 +98,16 @@ def main(argv=None) -> str:
     from biomedseg.engine.sliding_window import tile_starts
     from biomedseg.inference.streaming import StreamingPredictor
     from biomedseg.device import configure_threads, cpu_has_native_bf16
+    from biomedseg.engine.compiled import normalize_compile
 
     threads = configure_threads(args.threads)
     torch.manual_seed(0)
     model = build_model()
     n_params = sum(p.numel() for p in model.parameters())
-    precision = "bf16" if cpu_has_native_bf16() else "fp32"
+    precision = args.precision if args.precision != "auto" else "bf16" if cpu_has_native_bf16() else "fp32"
     kw = {} if args.batch is None else {"batch_size": args.batch}
-    sp = StreamingPredictor(model, args.tile, args.overlap, precision=precision, **kw)
+    compile_mode = normalize_compile(args.compile)
+    sp = StreamingPredictor(model, args.tile, args.overlap, precision=precision, compile=compile_mode, **kw)
     x = np.random.default_rng(0).normal(size=(1, args.size, args.size)).astype(np.float32)
     xt = torch.from_numpy(x)[None]
     n_pix = args.size * args.size
@@ -109,7 +115,8 @@ def main(argv=None) -> str:
     overlap_factor = n_tiles * args.tile ** 2 / n_pix
     print(f"model: MONAI UNet {n_params / 1e6:.2f} M parameters; image {args.size}x{args.size}, tile {args.tile}, "
           f"overlap {args.overlap}: {n_tiles} tiles (overlap factor {overlap_factor:.2f}); threads {threads}; "
-          f"biomedseg precision {precision} batch {sp.batch_size}, MONAI fp32 batch {args.monai_batch}", flush=True)
+          f"biomedseg precision {precision} batch {sp.batch_size} compile {compile_mode}, MONAI fp32 batch "
+          f"{args.monai_batch}", flush=True)
 
     def run_monai() -> float:
         t = time.perf_counter()
@@ -128,7 +135,10 @@ def main(argv=None) -> str:
     with torch.inference_mode():
         sliding_window_inference(xt[..., :args.tile * 2, :args.tile * 2], (args.tile, args.tile), args.monai_batch,
                                  model, overlap=args.overlap, mode="gaussian")
-    sp.run(x[:, :args.tile * 2, :args.tile * 2], lambda y0, p: None)
+    t = time.perf_counter()
+    sp.run(x[:, :args.tile * 2, :args.tile * 2], lambda y0, p: None)  # compiles a compiled model
+    compile_s = time.perf_counter() - t
+    compiled = bool(getattr(sp.model, "active", False))
 
     times = {"monai": [], "biomedseg": []}
     for i in range(args.repeats):
@@ -145,17 +155,23 @@ def main(argv=None) -> str:
 
     b = sp.batch_size
     tiles = torch.randn(b, 1, args.tile, args.tile)
+    nets = {"forward": sp.model, "eager": getattr(sp.model, "_orig_mod", sp.model)}
+    rates = {k: [] for k in nets}
     with torch.inference_mode():
-        tta_forward(sp.model, tiles, sp.transforms, sp.device, sp.precision, sp.channels_last)
-        t = time.perf_counter()
-        for _ in range(args.forward_batches):
-            tta_forward(sp.model, tiles, sp.transforms, sp.device, sp.precision, sp.channels_last)
-        fwd = args.forward_batches * b / (time.perf_counter() - t)
+        for net in nets.values():  # warm-up
+            tta_forward(net, tiles, sp.transforms, sp.device, sp.precision, sp.channels_last)
+        for _ in range(args.forward_batches):  # interleaved: compiled (or eager) network, then the eager one
+            for k, net in nets.items():
+                t = time.perf_counter()
+                tta_forward(net, tiles, sp.transforms, sp.device, sp.precision, sp.channels_last)
+                rates[k].append(b / (time.perf_counter() - t))
+    fwd, fwd_eager = (statistics.median(rates[k]) for k in nets)
     bound = fwd * args.tile ** 2 / overlap_factor / 1e6
     line = (f"RESULT predict_throughput size={args.size} tile={args.tile} overlap={args.overlap} threads={threads} "
             f"monai={mpix['monai']:.3f}MPix/s biomedseg={mpix['biomedseg']:.3f}MPix/s "
             f"ratio={mpix['biomedseg'] / mpix['monai']:.2f} forward={fwd:.2f}img/s({precision}) "
-            f"forward_bound={bound:.3f}MPix/s biomedseg/bound={mpix['biomedseg'] / bound:.2f}")
+            f"forward_bound={bound:.3f}MPix/s biomedseg/bound={mpix['biomedseg'] / bound:.2f} "
+            f"compiled={compiled} compile_s={compile_s:.1f} forward_eager={fwd_eager:.2f}img/s")
     line += (f" onnxruntime={ort:.3f}MPix/s" if ort is not None else " onnxruntime=absent") + cpu_fields()
     print(line, flush=True)
     return line

@@ -21,6 +21,7 @@ from biomedseg.data.folds import DEFAULT_FOLDS
 from biomedseg.data.discovery import DATA_META
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from biomedseg.demo import DEMO_TIME_BUDGET
+from biomedseg.engine.defaults import COMPILE_MIN_TILES, DEFAULT_COMPILE
 from biomedseg.errors import UserError
 from biomedseg.io.geojson import DEFAULT_OBJECT_TYPE
 from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT
@@ -244,6 +245,8 @@ def predict(
     engine: Optional[str] = typer.Option(None, "--engine", help=f"network runtime: torch | onnxruntime | auto "
                                          f"(the faster on one tile batch); default {DEFAULT_ENGINE} for a run "
                                          f"folder, {DEFAULT_EXPORT_ENGINE} for an exported file"),
+    compile_mode: str = typer.Option(DEFAULT_COMPILE, "--compile", help="torch.compile the network: auto | on | "
+                                     f"off (auto: CPU jobs of {COMPILE_MIN_TILES}+ tile forwards)"),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -259,7 +262,7 @@ def predict(
                     overwrite=overwrite, device=device, quiet=quiet, postprocess=not no_postprocess, rle=rle,
                     instances=instances, output_format=output_format, level=level, batch_size=batch_size,
                     skip_blank_std=skip_blank, mask_format=mask_format, geojson=geojson and geojson_objects,
-                    engine=engine)
+                    engine=engine, compile=compile_mode)
     typer.echo(f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
                f"{len(s.failed)} failed -> {out}")
     if s.rle is not None:

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from biomedseg.engine.defaults import DEFAULT_COMPILE
 from biomedseg.errors import UserError
 
 log = logging.getLogger("biomedseg")
@@ -92,7 +93,8 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
             rle: str | Path | None = None, instances: bool = False, output_format: str | None = None,
             level: int = 0, stream: bool | None = None, batch_size: int | None = None,
             skip_blank_std: float | None = None, mask_format: str | None = None,
-            geojson: bool | str = False, engine: str | None = None) -> PredictSummary:
+            geojson: bool | str = False, engine: str | None = None,
+            compile: bool | str = DEFAULT_COMPILE) -> PredictSummary:
     """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``
     (a run, CV or ensemble folder, a loaded run, or a file written by ``biomedseg export``: ``.onnx``,
     TorchScript ``.pt``, bioimage.io ``.zip``).
@@ -115,6 +117,9 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
         engine: ``"torch"``, ``"onnxruntime"`` or ``"auto"`` (see
             :mod:`biomedseg.inference.export_engines`; ``None``: torch for a run folder, the
             file's own runtime for an exported file); only the network call changes.
+        compile: ``"auto"`` (compile the network with ``torch.compile`` when the inputs still to
+            predict need at least ``COMPILE_MIN_TILES`` tile forwards, on a CPU with a C++
+            compiler), ``"on"``, ``"off"`` (or a ``torch.compile`` backend name).
 
     Returns a :class:`PredictSummary`; the CLI exits non-zero when ``failed`` is not empty.
     """
@@ -132,9 +137,10 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
     post = loaded.postprocess() if postprocess else None
     if post is not None and post.is_identity:
         post = None
-    predictor = loaded.predictor(tta=tta, batch_size=batch_size)
-    warn_if_classifier_gate_unusable(post, predictor)
     out = Path(out)
+    predictor = loaded.predictor(tta=tta, batch_size=batch_size,
+                                 compile=_resolve_compile(compile, loaded, files, out, tta, level, overwrite))
+    warn_if_classifier_gate_unusable(post, predictor)
     out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
     rle_rows: list[tuple] = []
@@ -225,6 +231,31 @@ def wants_streaming(path: Path, level: int = 0) -> tuple[bool, tuple[int, int] |
     return False, (h, w)
 
 
+def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, overwrite: bool) -> bool | str:
+    """``compile`` for :func:`predict`; ``auto`` counts the tile forwards of the inputs still to do."""
+    from biomedseg.engine.compiled import normalize_compile, resolve_compile
+    from biomedseg.engine.sliding_window import count_tile_forwards
+    from biomedseg.inference.export_engines import ExportedNetwork
+    from biomedseg.io.slides import slide_shape
+
+    if isinstance(run.model, ExportedNetwork):  # already a compiled graph (ONNX Runtime, TorchScript)
+        return False
+    if normalize_compile(mode) != "auto":
+        return resolve_compile(mode, 0, run.device)
+    shapes = []
+    for path in files:
+        if overwrite or existing_mask(out, _stem(path)) is None:
+            try:
+                shapes.append(slide_shape(path, level))
+            except (UserError, OSError, ValueError):
+                pass  # unreadable: reported when it is predicted
+    n = count_tile_forwards(shapes, run.config.patch_size, run.config.overlap, tta)
+    compiled = resolve_compile(mode, n, run.device)
+    if compiled:
+        log.info("compiling the network for %d tile forwards (--compile off skips it)", n)
+    return compiled
+
+
 def _check_not_input(mask_path: Path, path: Path) -> None:
     if mask_path.resolve() == path.resolve():
         raise UserError(f"{path}: its mask would overwrite the input; write to another --out folder")
@@ -265,7 +296,7 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
         return [], (rle_rows_from_outputs(out, stem, run, instances, encoding) if want_rle else [])
     streamed, shape = wants_streaming(path, level) if stream is None else (bool(stream), None)
     if streamed:
-        return _predict_streamed(run, path, out, summary, post=post, probabilities=probabilities, tta=tta,
+        return _predict_streamed(run, path, out, summary, predictor, post=post, probabilities=probabilities, tta=tta,
                                  output_format=output_format, level=level, batch_size=batch_size,
                                  skip_blank_std=skip_blank_std, overlays=overlays, instances=instances,
                                  want_rle=want_rle, encoding=encoding, object_type=object_type), []
@@ -316,8 +347,8 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
     return written, (rle_rows_for(stem, mask, labels, run, instances) if want_rle else [])
 
 
-def _predict_streamed(run, path, out, summary, *, post, probabilities, tta, output_format, level, batch_size,
-                      skip_blank_std, overlays, instances, want_rle, encoding, object_type) -> list[Path]:
+def _predict_streamed(run, path, out, summary, predictor, *, post, probabilities, tta, output_format, level,
+                      batch_size, skip_blank_std, overlays, instances, want_rle, encoding, object_type) -> list[Path]:
     from biomedseg.inference.mask_outputs import streamed_extras
     from biomedseg.inference.postprocess import decide, resolve_classes
     from biomedseg.inference.streaming import StreamingPredictor, open_source
@@ -342,7 +373,7 @@ def _predict_streamed(run, path, out, summary, *, post, probabilities, tta, outp
             def decider(p):
                 return decide(p, thr, bg)
     sp = StreamingPredictor.from_run(run, tta=tta, batch_size=batch_size, skip_blank_std=skip_blank_std,
-                                     decide=decider)
+                                     decide=decider, model=predictor.model)  # the inference copy, compiled or not
     with open_source(path, level) as src:  # the output keeps the input's tiling when it has one
         tile = src.tile[-1] if src.tile and src.tile[-1] % 16 == 0 and 64 <= src.tile[-1] <= 2048 else None
         ext = ".zarr" if fmt == "zarr" else ".tif"

@@ -43,7 +43,8 @@ class LoadedRun:
 
         return load_postprocess(self.run_dir)
 
-    def predictor(self, tta: bool = False, overlap: float | None = None, batch_size: int | None = None):
+    def predictor(self, tta: bool = False, overlap: float | None = None, batch_size: int | None = None,
+                  compile: bool | str = False):
         from biomedseg.engine.defaults import inference_batch_size
         from biomedseg.engine.sliding_window import SlidingWindowPredictor
 
@@ -51,7 +52,7 @@ class LoadedRun:
         return SlidingWindowPredictor(self.model, cfg.patch_size, overlap=cfg.overlap if overlap is None else overlap,
                                       batch_size=batch_size or inference_batch_size(cfg.batch_size), device=self.device,
                                       precision=self.precision, tta=tta,
-                                      channels_last=use_channels_last(cfg.channels_last, self.device))
+                                      channels_last=use_channels_last(cfg.channels_last, self.device), compile=compile)
 
 
 def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision: str | None = None) -> LoadedRun:

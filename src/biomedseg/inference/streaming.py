@@ -107,9 +107,9 @@ class StreamingPredictor:
         compression: TIFF compression of the outputs (``"zlib"``, ``None``, ...).
         optimize: predict with :func:`~biomedseg.engine.sliding_window.optimize_for_inference`
             (an eval-mode copy; on CPU instance norms as group norms, channels-last).
-        compile: also ``torch.compile`` the copy (opt-in: +10-15% on CPU after minutes of
-            compilation; worth it for gigapixel images only). Batches are padded to
-            ``batch_size`` so that one shape is compiled.
+        compile: also compile the copy (``True`` or a backend name; see
+            :class:`~biomedseg.engine.compiled.CompiledForward`: batches are padded to
+            ``batch_size`` so that one shape is compiled, eager if compiling fails).
     """
 
     def __init__(self, model, patch_size: int, overlap: float = DEFAULT_OVERLAP, batch_size: int = 4,
@@ -118,11 +118,10 @@ class StreamingPredictor:
                  skip_blank_std: float | None = None, blank_class: int = 0,
                  decide: Callable[[np.ndarray], np.ndarray] | None = None, out_tile: int = DEFAULT_OUT_TILE,
                  compression: str | None = "zlib", progress: bool = False, optimize: bool = True,
-                 compile: bool = False):
+                 compile: bool | str = False):
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be >= 0 and < 1, got {overlap}")
-        self.compile = bool(compile)
-        self.model = (optimize_for_inference(model, device, channels_last, compile=self.compile)
+        self.model = (optimize_for_inference(model, device, channels_last, compile, max(1, int(batch_size)))
                       if optimize or compile else model)
         self.to_proba = probabilities_of(model)
         self.patch_size = int(patch_size)
@@ -146,11 +145,14 @@ class StreamingPredictor:
 
     @classmethod
     def from_run(cls, run, tta: bool | str = False, overlap: float | None = None, batch_size: int | None = None,
-                 **kwargs) -> "StreamingPredictor":
-        """Predictor with the settings of a :class:`~biomedseg.inference.run.LoadedRun`."""
+                 model=None, **kwargs) -> "StreamingPredictor":
+        """Predictor with the settings of a :class:`~biomedseg.inference.run.LoadedRun`; ``model``:
+        an inference copy to use as it is (another predictor's ``.model``), else one of the run's."""
         cfg = run.config
         kwargs.setdefault("blank_class", run.background or 0)
-        return cls(run.model, cfg.patch_size, overlap=cfg.overlap if overlap is None else overlap,
+        if model is not None:
+            kwargs["optimize"] = False
+        return cls(run.model if model is None else model, cfg.patch_size, overlap=cfg.overlap if overlap is None else overlap,
                    batch_size=batch_size or inference_batch_size(cfg.batch_size), device=run.device,
                    precision=run.precision, tta=tta, normalizer=run.normalizer, channels=run.info.channels,
                    channels_last=cfg.channels_last, **kwargs)
@@ -281,10 +283,7 @@ class StreamingPredictor:
             return
         dev = self.device
         x = torch.stack(batch).to(dev, non_blocking=True)
-        n = x.shape[0]
-        if self.compile and n < self.batch_size:  # one compiled shape: pad the last batch
-            x = torch.cat([x, x[-1:].expand(self.batch_size - n, -1, -1, -1)])
-        out = tta_forward(self.model, x, self.transforms, dev, self.precision, self.channels_last)[:n]
+        out = tta_forward(self.model, x, self.transforms, dev, self.precision, self.channels_last)
         for (y, xx), o in zip(where, out):
             accumulator.add(y, xx, o)
         result.n_tiles += len(batch)
