@@ -82,7 +82,8 @@ def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None,
     """
     from biomedseg.device import resolve_device
 
-    given = {"time_budget": time_budget, "epochs": epochs, "device": device}
+    given = {k: v for k, v in {"time_budget": time_budget, "epochs": epochs, "device": device}.items()
+             if v is not None}  # unset: an explicit None would win the merge (and is no valid device)
     cfg, explicit = resolve_settings(config, merge(overrides, given))
     dev = resolve_device(cfg.device)
     data_ = load_training_data(cfg, data, images, masks, with_val=False, quiet=quiet)
