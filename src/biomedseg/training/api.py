@@ -40,12 +40,14 @@ def resolve_settings(config_file=None, overrides: dict | None = None,
 
 
 def train(data=None, out=None, *, images=None, masks=None, config=None, resume: bool = False,
-          quiet: bool = False, plan=None, **overrides) -> Path:
+          quiet: bool = False, plan=None, on_epoch=None, **overrides) -> Path:
     """Train a model on ``data`` (a DATA folder) and write the run folder ``out``.
 
     ``overrides`` are config fields (see :class:`~biomedseg.training.config.TrainConfig`), e.g.
     ``epochs=20``, ``time_budget="10m"``, ``model="unet"``. ``plan``: a ``plan.yaml`` from
-    ``biomedseg plan`` to use instead of planning now. Returns the run folder.
+    ``biomedseg plan`` to use instead of planning now. ``on_epoch(epoch, row) -> bool``: called after
+    each validated epoch with its ``metrics.csv`` row; ``True`` stops training there (the run is
+    finished as usual, e.g. a pruned sweep trial). Returns the run folder.
     """
     if out is None:
         raise UserError("train: --out RUN is required")
@@ -62,7 +64,7 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     if rt.dist.is_main:
         stages.write_artifacts(run, cfg, stages.dataset_info(data_, parts),
                                stages.runtime_entries(cfg, rt, data_, parts, planned, explicit), resume)
-    trainer = stages.make_trainer(run, cfg, data_, parts, rt)
+    trainer = stages.make_trainer(run, cfg, data_, parts, rt, on_epoch)
     started = time.perf_counter()
     state = stages.fit(run, trainer, rt, resume)
     if rt.dist.enabled:
