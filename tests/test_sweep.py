@@ -17,11 +17,12 @@ from test_cli import assert_user_error, run_cli
 from biomedseg.errors import UserError
 from biomedseg.runs.sweep import SweepPaths
 from biomedseg.training.config import build_config
-from biomedseg.training.search_space import Param, check_params, grid_of, parse_param, parse_params
+from biomedseg.training.search_space import check_params, grid_of, parse_param, parse_params
 
 optuna = pytest.importorskip("optuna")
 
 from biomedseg import sweeps  # noqa: E402  (after the skip: sweeps needs optuna at run time)
+from biomedseg.training import sweep_study  # noqa: E402
 
 # one short epoch per trial, no pruning unless a test asks for it
 FAST = {**TINY, "epochs": 1, "seed": 0, "quiet": True}
@@ -102,7 +103,8 @@ def test_cli_refuses_zero_trials(tmp_path, synthetic_data):
 # ----------------------------------------------------------------------------------- the study
 def _study(tmp_path, params, target=4, prune=True, name="s"):
     space = parse_params(params)
-    return sweeps._open_study(optuna, SweepPaths(tmp_path), None, name, space, {"epochs": 1}, 0, target, prune), space
+    url = SweepPaths(tmp_path).storage_url()
+    return sweep_study.open_study(optuna, url, name, space, {"epochs": 1}, 0, target, prune), space
 
 
 def test_lists_make_a_grid_ranges_make_tpe(tmp_path):
@@ -137,11 +139,11 @@ def test_a_study_of_other_params_or_options_is_not_continued(tmp_path):
     with pytest.raises(UserError, match="sweeps optimizer=adam,sgd"):
         _study(tmp_path, ["optimizer=adam,adamw"])
     with pytest.raises(UserError, match="options"):
-        sweeps._open_study(optuna, SweepPaths(tmp_path), None, "s", parse_params(["optimizer=adam,sgd"]),
-                           {"epochs": 2}, 0, 2, True)
+        sweep_study.open_study(optuna, SweepPaths(tmp_path).storage_url(), "s", parse_params(["optimizer=adam,sgd"]),
+                               {"epochs": 2}, 0, 2)
     # where a trial runs is not what it trains: a process on a GPU may join a study begun on a CPU
-    sweeps._open_study(optuna, SweepPaths(tmp_path), None, "s", parse_params(["optimizer=adam,sgd"]),
-                       {"epochs": 1, "device": "cuda"}, 0, 2, True)
+    sweep_study.open_study(optuna, SweepPaths(tmp_path).storage_url(), "s", parse_params(["optimizer=adam,sgd"]),
+                           {"epochs": 1, "device": "cuda"}, 0, 2)
 
 
 def _dead_pid() -> int:
@@ -158,16 +160,16 @@ def test_a_trial_whose_process_died_is_failed_and_queued_again(tmp_path):
     killed, alive = study.ask(), study.ask()
     for trial, pid in ((killed, _dead_pid()), (alive, None)):
         values = [p.suggest(trial) for p in space]
-        trial.set_user_attr("worker", {**sweeps._worker_attrs(trial.number), **({"pid": pid} if pid else {})})
+        trial.set_user_attr("worker", {**sweep_study.worker_attrs(trial.number), **({"pid": pid} if pid else {})})
     killed_values = dict(killed.params)
-    sweeps._retry_interrupted(optuna, study)
+    sweep_study.retry_interrupted(optuna, study)
     states = {t.number: t.state for t in study.get_trials()}
     assert states[killed.number] == optuna.trial.TrialState.FAIL
     assert states[alive.number] == optuna.trial.TrialState.RUNNING  # its process (this one) is alive
     waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
     assert len(waiting) == 1 and waiting[0].params == killed_values
     assert waiting[0].system_attrs["grid_id"] == study.get_trials()[killed.number].system_attrs["grid_id"]
-    sweeps._retry_interrupted(optuna, study)  # queued once only
+    sweep_study.retry_interrupted(optuna, study)  # queued once only
     assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 1
     assert values  # the trials had their values
 
@@ -180,9 +182,9 @@ def test_the_epoch_reporter_prunes_a_bad_trial():
     for epoch in (1, 2, 3):
         good.report(0.8, epoch)
     study.tell(good, 0.8)
-    fine = sweeps.EpochReporter(study.ask())
+    fine = sweep_study.EpochReporter(study.ask())
     assert fine(1, {"val_dice": 0.85, "iteration": 6}) is False and fine.pruned_at is None
-    bad = sweeps.EpochReporter(study.ask())
+    bad = sweep_study.EpochReporter(study.ask())
     assert bad(1, {"val_dice": 0.1, "iteration": 6}) is True
     assert (bad.pruned_at, bad.best, bad.best_epoch, bad.last["steps"]) == (1, 0.1, 1, 6)
 

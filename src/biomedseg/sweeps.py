@@ -21,14 +21,9 @@ evaluated on the test split (:func:`biomedseg.evaluation.evaluate`, into ``SWEEP
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import random
-import socket
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +34,15 @@ from biomedseg.io.writers import write_text
 from biomedseg.runs.sweep import SweepPaths, create_sweep
 from biomedseg.training.config import load_config_file, merge
 from biomedseg.training.search_space import Param, check_params, grid_of, grid_size, parse_params
+from biomedseg.training.sweep_study import (
+    SCORE,
+    EpochReporter,
+    load_optuna,
+    n_finished,
+    open_study,
+    retry_interrupted,
+    worker_attrs,
+)
 
 log = logging.getLogger("biomedseg")
 
@@ -46,25 +50,6 @@ log = logging.getLogger("biomedseg")
 DEFAULT_STUDY_NAME = "biomedseg-sweep"
 #: finished trials a sweep with ranges aims for when --trials is not given (a grid: all its points)
 DEFAULT_TRIALS = 20
-#: the epoch-row column trials are ranked and pruned by
-SCORE = "val_dice"
-#: median pruning: finished trials needed before any pruning, and the first epoch that may be pruned
-#: (the first epochs are too noisy to judge a setting by)
-PRUNE_STARTUP_TRIALS = 2
-PRUNE_FROM_EPOCH = 3
-#: TPE: random trials before the model of good settings is used (at most; a quarter of the trials)
-TPE_STARTUP_MAX = 10
-#: a trial whose process stopped writing its heartbeat this long ago (s) is failed and retried
-HEARTBEAT_S = 60
-GRACE_S = 180
-#: retries of a trial whose process died
-MAX_RETRY = 3
-#: seconds a process waits for a SQLite study that another process is writing
-SQLITE_TIMEOUT_S = 60
-#: tries to open the study's database (processes starting together race to create its tables)
-STORAGE_ATTEMPTS = 5
-#: options that say where a trial runs, not what it trains: processes of one study may differ in them
-RUNTIME_OPTIONS = ("device", "num_threads")
 
 
 @dataclass
@@ -81,17 +66,6 @@ class _Sweep:
     device: str
     target: int  # finished trials the study should hold
     quiet: bool
-
-
-def _optuna():
-    try:
-        import optuna
-    except ImportError:
-        raise UserError("biomedseg sweep needs Optuna: pip install 'biomedseg[sweep]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    # heartbeats and retries are marked experimental; they are what lets a sweep resume
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    return optuna
 
 
 def sweep(data, out, params, *, trials: int | None = None, time_budget_per_trial=None, test: bool = False,
@@ -115,67 +89,15 @@ def sweep(data, out, params, *, trials: int | None = None, time_budget_per_trial
     check_params(space, options)
     grid = grid_of(space)
     target = min(trials or grid_size(space), grid_size(space)) if grid else (trials or DEFAULT_TRIALS)
-    optuna = _optuna()
+    optuna = load_optuna()
     paths = create_sweep(out)
-    study = _open_study(optuna, paths, storage, study_name, space, options, cfg.seed, target, prune)
+    study = open_study(optuna, storage or paths.storage_url(), study_name, space, options, cfg.seed, target, prune)
     shared_plan = _shared_plan(paths, plan, data, config, overrides, space, quiet) if cfg.auto_plan else None
     sw = _Sweep(Path(data), paths, space, overrides, Path(config) if config else None, shared_plan, test, cfg.device,
                 target, quiet)
-    _retry_interrupted(optuna, study)
+    retry_interrupted(optuna, study)
     _optimize(optuna, study, sw)
     return write_results(optuna, study, sw)
-
-
-# ------------------------------------------------------------------------------------ the study
-def _open_study(optuna, paths: SweepPaths, storage: str | None, name: str, space: list[Param], options: dict,
-                seed: int, target: int, prune: bool):
-    """Create or load the study; a loaded one must sweep the same parameters with the same options."""
-    url = storage or paths.storage_url()
-    rdb = _storage(optuna, url)
-    grid = grid_of(space)
-    if grid is not None:
-        sampler = optuna.samplers.GridSampler(grid, seed=seed)
-    else:  # a per-process seed: processes started together must not all draw the same first trials
-        sampler = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + os.getpid()) % 2**32,
-                                             n_startup_trials=max(1, min(TPE_STARTUP_MAX, target // 4)))
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=PRUNE_FROM_EPOCH)
-              if prune else optuna.pruners.NopPruner())
-    study = optuna.create_study(storage=rdb, study_name=name, direction="maximize", sampler=sampler, pruner=pruner,
-                                load_if_exists=True)
-    recorded = {k: v for k, v in options.items() if k not in RUNTIME_OPTIONS}
-    _check_same_sweep(study, url, [p.spec() for p in space], json.loads(json.dumps(recorded, default=str)))
-    return study
-
-
-def _storage(optuna, url: str):
-    """The study's database, with heartbeats; processes that create it at the same moment collide
-    on its tables (a database error), so a failed open is tried again a few times."""
-    kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}} if url.startswith("sqlite") else None
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-    for attempt in range(1, STORAGE_ATTEMPTS + 1):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S, heartbeat_stale_trial_callback=retry)
-        except Exception as exc:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server, a race
-            racing = type(exc).__name__ in ("OperationalError", "IntegrityError")
-            if not racing or attempt == STORAGE_ATTEMPTS:
-                raise UserError(f"--storage {url}: cannot open ({str(exc).splitlines()[0][:200]})") from None
-            time.sleep(random.uniform(0.2, 1.0) * attempt)
-
-
-def _check_same_sweep(study, url: str, specs: list[str], options: dict) -> None:
-    """Record the sweep's parameters and options with a new study; refuse to continue one of others."""
-    attrs = study.user_attrs
-    if "params" not in attrs:
-        study.set_user_attr("params", specs)
-        study.set_user_attr("options", options)
-        return
-    if sorted(attrs["params"]) != sorted(specs):
-        raise UserError(f"{url}: study {study.study_name!r} sweeps {' '.join(attrs['params'])}, not "
-                        f"{' '.join(specs)}; use another --out or --study-name")
-    if attrs.get("options") != options:
-        raise UserError(f"{url}: study {study.study_name!r} was started with the options {attrs.get('options')}, "
-                        f"not {options}; use the same options, another --out or --study-name")
 
 
 def _shared_plan(paths: SweepPaths, plan, data, config, overrides: dict, space: list[Param], quiet: bool) -> Path:
@@ -197,55 +119,11 @@ def _shared_plan(paths: SweepPaths, plan, data, config, overrides: dict, space: 
     return paths.plan
 
 
-def _worker_attrs(number: int) -> dict:
-    return {"host": socket.gethostname(), "pid": os.getpid(), "trial": number}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _retry_interrupted(optuna, study) -> None:
-    """Trials whose process died: running on this machine under a process that is gone (killed), or
-    failed without a recorded error (Ctrl-C), are marked failed and queued again (once each).
-    Trials of processes on other machines are failed by the heartbeat after ``GRACE_S``."""
-    TrialState = optuna.trial.TrialState
-    storage, host = study._storage, socket.gethostname()
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker") or {}
-        if worker.get("host") == host and worker.get("trial") == t.number and not _alive(worker.get("pid", -1)):
-            try:
-                storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another process got there first
-    trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
-    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-    for t in trials:
-        if t.state == TrialState.FAIL and "error" not in t.user_attrs and t.number not in retried:
-            log.info("trial %d was interrupted: queued again", t.number)
-            retry(study, t)
-
-
-def _n_done(optuna, study, running: bool = False) -> int:
-    """Finished trials: complete, pruned, or failed with a recorded error (diverged); ``running``:
-    and those being trained now (by any process)."""
-    TrialState = optuna.trial.TrialState
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (running and t.state == TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and "error" in t.user_attrs) for t in study.get_trials(deepcopy=False))
-
-
 # ------------------------------------------------------------------------------------ the trials
 def _optimize(optuna, study, sw: _Sweep) -> None:
     """Train trials until the study holds ``sw.target`` finished or running ones (trials that other
     processes are training count: each trial is trained by one process)."""
-    claimed = _n_done(optuna, study, running=True)
+    claimed = n_finished(optuna, study, running=True)
     if claimed >= sw.target:
         log.info("the study holds %d finished or running trials (target %d): nothing to train here", claimed,
                  sw.target)
@@ -255,34 +133,10 @@ def _optimize(optuna, study, sw: _Sweep) -> None:
         if not sw.quiet:
             log.info("%s", _trial_line(trial))
         write_results(optuna, study_, sw)
-        if _n_done(optuna, study_, running=True) >= sw.target:
+        if n_finished(optuna, study_, running=True) >= sw.target:
             study_.stop()
 
     study.optimize(lambda trial: _objective(optuna, trial, sw), callbacks=[after_trial], gc_after_trial=True)
-
-
-class EpochReporter:
-    """The ``on_epoch`` callback of one trial: reports the validation Dice of each validated epoch
-    to the trial and asks training to stop when the pruner says so (``trial``: an Optuna trial)."""
-
-    def __init__(self, trial):
-        self.trial = trial
-        self.best = float("nan")
-        self.best_epoch = 0
-        self.last: dict = {}
-        self.pruned_at: int | None = None
-
-    def __call__(self, epoch: int, row: dict) -> bool:
-        score = float(row.get(SCORE, float("nan")))
-        if math.isfinite(score) and not score <= self.best:
-            self.best, self.best_epoch = score, epoch
-        self.last = {"epochs": epoch, "steps": int(row.get("iteration", 0))}
-        if math.isfinite(score):
-            self.trial.report(score, epoch)
-        if self.trial.should_prune():
-            self.pruned_at = epoch
-            return True
-        return False
 
 
 def _objective(optuna, trial, sw: _Sweep) -> float:
@@ -293,7 +147,7 @@ def _objective(optuna, trial, sw: _Sweep) -> float:
     values = {p.name: p.suggest(trial) for p in sw.space}
     run_dir = sw.paths.trial(trial.number)
     trial.set_user_attr("run", run_dir.name)
-    trial.set_user_attr("worker", _worker_attrs(trial.number))
+    trial.set_user_attr("worker", worker_attrs(trial.number))
     reporter = EpochReporter(trial)
     layers = [p.overrides(values[p.name]) for p in sw.space]
     started = time.perf_counter()
@@ -397,4 +251,4 @@ def write_results(optuna, study, sw: _Sweep) -> dict:
                                      title=f"biomedseg sweep: {sw.data.name}", notes=notes)
     return {"rows": rows, "columns": columns, "best": best.number if best is not None else None, "table": md,
             "csv": csv_path, "best_config": sw.paths.best_config if best is not None else None,
-            "finished": _n_done(optuna, study), "target": sw.target}
+            "finished": n_finished(optuna, study), "target": sw.target}
