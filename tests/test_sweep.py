@@ -272,3 +272,50 @@ def test_two_processes_share_one_study(synthetic_data, tmp_path):
     rows = _rows(out)
     assert sorted(r["optimizer"] for r in rows) == ["adam", "sgd"]  # each grid point trained once, by one process
     assert all(r["state"] == "complete" for r in rows)
+
+
+def test_a_sweep_killed_during_a_trial_retrains_that_trial_only(synthetic_data, tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "sweep"
+    args = ["sweep", synthetic_data, "--out", out, "--param", "optimizer=adam,sgd", "--no-prune",
+            *FAST_ARGS, "--epochs", "3"]
+    proc = subprocess.Popen([sys.executable, "-m", "biomedseg.cli", *map(str, args)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    metrics = out / "trial_000" / "metrics.csv"
+    deadline = time.monotonic() + 300
+    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):  # epoch 1 of 3 written
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    s = sweeps.sweep(synthetic_data, out, ["optimizer=adam,sgd"], prune=False, **{**FAST, "epochs": 3})
+    rows = {int(r["trial"]): r for r in _rows(out)}
+    assert rows[0]["state"] == "fail" and s["finished"] == 2
+    assert sorted(r["optimizer"] for r in rows.values() if r["state"] == "complete") == ["adam", "sgd"]
+    retry = next(r for r in rows.values() if r["note"] == "retry of trial 0")
+    assert (retry["optimizer"], retry["state"], retry["epochs"]) == (rows[0]["optimizer"], "complete", "3")
+    assert len(rows) == 3  # the killed trial, its retry, the other grid point
+
+
+def test_a_diverged_trial_is_recorded_and_the_sweep_goes_on(synthetic_data, tmp_path, monkeypatch):
+    from biomedseg.training import api
+    from biomedseg.training.trainer import TrainingDiverged
+
+    real_train = api.train
+
+    def train(data, out, **kwargs):
+        if kwargs["lr"] == 1e-2:
+            raise TrainingDiverged(f"{out}: training diverged: 3 non-finite losses in a row")
+        return real_train(data, out, **kwargs)
+
+    monkeypatch.setattr(api, "train", train)
+    out = tmp_path / "sweep"
+    s = sweeps.sweep(synthetic_data, out, ["lr=1e-3,1e-2"], prune=False, **FAST)
+    rows = {r["lr"]: r for r in _rows(out)}
+    assert rows["0.01"]["state"] == "fail" and "diverged" in rows["0.01"]["note"]
+    assert rows["0.001"]["state"] == "complete" and list(rows) == ["0.001", "0.01"]  # ranked first
+    assert s["finished"] == 2 and s["best"] == int(rows["0.001"]["trial"])
+    assert sweeps.sweep(synthetic_data, out, ["lr=1e-3,1e-2"], prune=False, **FAST)["finished"] == 2  # not retried

@@ -91,7 +91,8 @@ def sweep(data, out, params, *, trials: int | None = None, time_budget_per_trial
     target = min(trials or grid_size(space), grid_size(space)) if grid else (trials or DEFAULT_TRIALS)
     optuna = load_optuna()
     paths = create_sweep(out)
-    study = open_study(optuna, storage or paths.storage_url(), study_name, space, options, cfg.seed, target, prune)
+    study = open_study(optuna, storage or paths.storage_url(), study_name, space, cfg.model_dump(mode="json"),
+                       cfg.seed, target, prune)
     shared_plan = _shared_plan(paths, plan, data, config, overrides, space, quiet) if cfg.auto_plan else None
     sw = _Sweep(Path(data), paths, space, overrides, Path(config) if config else None, shared_plan, test, cfg.device,
                 target, quiet)

@@ -59,7 +59,8 @@ def open_study(optuna, url: str, name: str, space: list[Param], options: dict, s
                prune: bool = True):
     """Create or load the study ``name`` in the database ``url``: a grid sampler when every parameter is
     a list, else TPE; median pruning (or none); ``target``: trials the sweep aims for. A loaded study
-    must sweep the same parameters with the same ``options`` (those of :data:`RUNTIME_OPTIONS` aside)."""
+    must sweep the same parameters with the same ``options`` (the resolved config values; those of
+    :data:`RUNTIME_OPTIONS` aside)."""
     rdb = _storage(optuna, url)
     grid = grid_of(space)
     if grid is not None:
@@ -102,9 +103,12 @@ def _check_same_sweep(study, url: str, specs: list[str], options: dict) -> None:
     if sorted(attrs["params"]) != sorted(specs):
         raise UserError(f"{url}: study {study.study_name!r} sweeps {' '.join(attrs['params'])}, not "
                         f"{' '.join(specs)}; use another --out or --study-name")
-    if attrs.get("options") != options:
-        raise UserError(f"{url}: study {study.study_name!r} was started with the options {attrs.get('options')}, "
-                        f"not {options}; use the same options, another --out or --study-name")
+    old = attrs.get("options") or {}
+    differ = [f"{k} {old.get(k)!r} there, {options.get(k)!r} now" for k in sorted(set(old) | set(options))
+              if old.get(k) != options.get(k)]
+    if differ:
+        raise UserError(f"{url}: study {study.study_name!r} was started with other options ({'; '.join(differ[:3])}); "
+                        f"use the same options, another --out or --study-name")
 
 
 def worker_attrs(number: int) -> dict:
