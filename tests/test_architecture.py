@@ -19,7 +19,7 @@ LAYERS = {
     "runs": 7,
     "training": 8,
     "inference": 9,
-    "evaluation": 10, "reports": 10, "comparison": 10, "crossval": 10,
+    "evaluation": 10, "reports": 10, "comparison": 10, "crossval": 10, "sweeps": 10,
     "cli": 11, "demo": 11,
 }
 #: cycles allowed (docs/design.md): the model registry imports the families that register themselves

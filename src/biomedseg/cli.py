@@ -28,6 +28,7 @@ from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT
 from biomedseg.inference.export_options import DEFAULT_ENGINE, DEFAULT_EXPORT_ENGINE, DEFAULT_LICENSE
 from biomedseg.runs.layout import PLAN
 from biomedseg.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
+from biomedseg.sweeps import DEFAULT_STUDY_NAME, DEFAULT_TRIALS
 from biomedseg.io.writers import check_output_dir, check_output_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -496,6 +497,51 @@ def ensemble(
     leaves = ensemble_members(ens)
     typer.echo(f"ensemble of {len(leaves)} runs: " + ", ".join(f"{leaf.root} ({w:.3g})" for leaf, w in leaves))
     typer.echo(f"wrote {out}")
+
+
+@app.command()
+def sweep(
+    data: Path = typer.Argument(..., help="DATA folder with images/ and masks/ (and optional dataset.json)"),
+    out: Path = typer.Option(..., "--out", "-o", help="sweep folder: study.db, plan.yaml, trial_NNN/ run folders, "
+                             "table.md, table.csv, best_config.yaml"),
+    param: List[str] = typer.Option(..., "--param", "-p", help="swept option (repeatable): NAME=a,b,c (a list), "
+                                    "NAME=LOW:HIGH, NAME=LOW:HIGH:log (a range; integers when both bounds are)"),
+    trials: Optional[int] = typer.Option(None, "--trials", help="finished trials the study should hold (default: "
+                                         f"every grid point; {DEFAULT_TRIALS} with ranges)"),
+    time_budget_per_trial: Optional[str] = typer.Option(None, "--time-budget-per-trial", help="training time of "
+                                                        "each trial, e.g. 3m"),
+    test: bool = typer.Option(False, "--test", help="also evaluate each finished trial on the test split"),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL shared by several sweep "
+                                          "processes, e.g. postgresql://host/db (default: sqlite:///OUT/study.db)"),
+    study_name: str = typer.Option(DEFAULT_STUDY_NAME, "--study-name", help="the study's name in --storage"),
+    prune: bool = typer.Option(True, "--prune/--no-prune", help="stop a trial whose validation Dice is below the "
+                               "median of the finished trials at the same epoch"),
+    plan: Optional[Path] = typer.Option(None, "--plan", help="plan.yaml shared by the trials (default: plan once, "
+                                        "into OUT/plan.yaml)"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (options of every trial)"),
+    set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="any config option: key=value (repeatable)"),
+    epochs: Optional[int] = typer.Option(None, help="epochs of each trial"),
+    model: Optional[str] = typer.Option(None, help="architecture (see `biomedseg models`)"),
+    loss: Optional[str] = typer.Option(None, help="loss spec, e.g. dice+ce"),
+    seed: Optional[int] = typer.Option(None, help="random seed of every trial (unless swept)"),
+    device: Optional[str] = typer.Option(None, help="cpu | cuda | auto"),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Train one run per setting of the swept options (Optuna: grid or TPE, median pruning) and rank
+    them by validation Dice; run again to resume, or start more processes on the same study."""
+    from biomedseg.sweeps import sweep as run_sweep
+    from biomedseg.training.config import merge, parse_overrides
+
+    _within(1, trials=trials)
+    check_output_dir(out)
+    given = {"epochs": epochs, "model": model, "loss": loss, "seed": seed, "device": device}
+    overrides = merge(parse_overrides(set_), {k: v for k, v in given.items() if v is not None})
+    s = run_sweep(data, out, param, trials=trials, time_budget_per_trial=time_budget_per_trial, test=test,
+                  storage=storage, study_name=study_name, prune=prune, plan=plan, config=config, quiet=quiet,
+                  **overrides)
+    typer.echo(f"{s['finished']} of {s['target']} trials finished; best: "
+               + (f"trial {s['best']}" if s["best"] is not None else "none yet"))
+    typer.echo(f"wrote {s['table']}, {s['csv']}" + (f", {s['best_config']}" if s["best_config"] else ""))
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from biomedseg.errors import UserError
 from biomedseg.runs.layout import RUN_FORMAT_VERSION
 
-RunKind = Literal["run", "cv", "ensemble"]
+RunKind = Literal["run", "cv", "ensemble", "sweep"]
 
 
 class RunInfo(BaseModel):

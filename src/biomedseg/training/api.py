@@ -40,13 +40,15 @@ def resolve_settings(config_file=None, overrides: dict | None = None,
 
 
 def train(data=None, out=None, *, images=None, masks=None, config=None, resume: bool = False,
-          quiet: bool = False, plan=None, split: dict | None = None, **overrides) -> Path:
+          quiet: bool = False, plan=None, split: dict | None = None, on_epoch=None, **overrides) -> Path:
     """Train a model on ``data`` (a DATA folder) and write the run folder ``out``.
 
     ``overrides`` are config fields (see :class:`~biomedseg.training.config.TrainConfig`), e.g.
     ``epochs=20``, ``time_budget="10m"``, ``model="unet"``. ``plan``: a ``plan.yaml`` from
     ``biomedseg plan`` to use instead of planning now. ``split``: an explicit ``{"train": ids,
     "val": ids}`` (e.g. a cross-validation fold) instead of ``dataset.json``'s or a random one.
+    ``on_epoch(epoch, row) -> bool``: called after each validated epoch with its ``metrics.csv``
+    row; ``True`` stops training there (the run is finished as usual, e.g. a pruned sweep trial).
     Returns the run folder.
     """
     if out is None:
@@ -64,7 +66,7 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     if rt.dist.is_main:
         stages.write_artifacts(run, cfg, stages.dataset_info(data_, parts),
                                stages.runtime_entries(cfg, rt, data_, parts, planned, explicit), resume)
-    trainer = stages.make_trainer(run, cfg, data_, parts, rt)
+    trainer = stages.make_trainer(run, cfg, data_, parts, rt, on_epoch)
     started = time.perf_counter()
     state = stages.fit(run, trainer, rt, resume)
     if rt.dist.enabled:
@@ -86,7 +88,8 @@ def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None,
     """
     from biomedseg.device import resolve_device
 
-    given = {k: v for k, v in {"time_budget": time_budget, "epochs": epochs, "device": device}.items() if v is not None}
+    given = {k: v for k, v in {"time_budget": time_budget, "epochs": epochs, "device": device}.items()
+             if v is not None}  # unset: an explicit None would win the merge (and is no valid device)
     cfg, explicit = resolve_settings(config, merge(overrides, given))
     dev = resolve_device(cfg.device)
     data_ = load_training_data(cfg, data, images, masks, with_val=False, quiet=quiet, split=split)

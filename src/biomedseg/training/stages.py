@@ -160,8 +160,9 @@ def write_artifacts(run: RunFolder, cfg: TrainConfig, info: DatasetInfo, plan: d
     run.write_plan(plan)
 
 
-def make_trainer(run: RunFolder, cfg: TrainConfig, data, parts: Parts, rt: Runtime):
-    """The :class:`~biomedseg.training.trainer.Trainer`, its model wrapped for DDP and compiled as configured."""
+def make_trainer(run: RunFolder, cfg: TrainConfig, data, parts: Parts, rt: Runtime, on_epoch=None):
+    """The :class:`~biomedseg.training.trainer.Trainer`, its model wrapped for DDP and compiled as configured
+    (``on_epoch``: the Trainer's per-epoch callback)."""
     import torch
 
     from biomedseg.data.datasets import PatchSampler
@@ -178,7 +179,7 @@ def make_trainer(run: RunFolder, cfg: TrainConfig, data, parts: Parts, rt: Runti
     s = data.setup
     return Trainer(cfg, train_model, parts.loss_fn, parts.optimizer, parts.schedule, make_sampler, data.val,
                    parts.normalizer, data.n_classes, s.classes, s.background, run.root, rt.device, rt.precision,
-                   parts.iterations_per_epoch, dist_info=rt.dist, quiet=rt.quiet)
+                   parts.iterations_per_epoch, dist_info=rt.dist, quiet=rt.quiet, on_epoch=on_epoch)
 
 
 def fit(run: RunFolder, trainer, rt: Runtime, resume: bool):

@@ -122,11 +122,16 @@ class Trainer:
     contains foreground": ``cfg.classifier_loss_weight * BCEWithLogits(class_logits, any(y !=
     background))`` is added to the loss; the epoch rows then hold ``train_cls_loss`` and
     ``val_cls_acc`` (share of validation images whose head decision at 0.5 is right).
+
+    ``on_epoch(epoch, row) -> bool``: called (rank 0) after each validated epoch, once its row is
+    logged and its checkpoints written; ``True`` stops training there (``stopped_early`` is set),
+    e.g. a sweep pruning an unpromising trial.
     """
 
     def __init__(self, cfg, model, loss_fn, optimizer, schedule, make_sampler, val_samples,
                  normalizer, n_classes, class_names, background, run_dir: Path, device, precision,
-                 iterations_per_epoch: int, dist_info: DistInfo | None = None, quiet: bool = False):
+                 iterations_per_epoch: int, dist_info: DistInfo | None = None, quiet: bool = False,
+                 on_epoch=None):
         self.cfg, self.model, self.loss_fn = cfg, model, loss_fn
         self.optimizer, self.schedule = optimizer, schedule
         self.make_sampler = make_sampler
@@ -153,6 +158,8 @@ class Trainer:
         self.saved_epoch: int | None = None  # epoch of the latest checkpoints/last.pt
         self.last_val: dict = {}
         self.compile_pending = isinstance(getattr(model, "_orig_mod", None), torch.nn.Module)
+        self.on_epoch = on_epoch
+        self.stopped_early = False  # on_epoch asked to stop
 
     # -- progress of the schedule ---------------------------------------------------------
     def progress(self, state: TrainState) -> float:
@@ -316,11 +323,21 @@ class Trainer:
                     self._save_and_log(state, row, validated, logger, bar)
                 barrier(self.dist)  # other ranks wait while rank 0 validates and writes
                 clock.tick(state)
+                if self._stop_requested(state, row, validated):
+                    break
                 if ep.stop or (self.budget and broadcast_flag(clock.near_budget(state, self.budget), self.dist)):
                     break
         finally:
             bar.close()
         return state
+
+    def _stop_requested(self, state: TrainState, row: dict, validated: bool) -> bool:
+        """``on_epoch`` (rank 0, validated epochs) asked to stop; every rank gets the answer."""
+        if self.on_epoch is None:
+            return False
+        stop = bool(self.is_main and validated and self.on_epoch(state.epoch, row))
+        self.stopped_early = broadcast_flag(stop, self.dist)
+        return self.stopped_early
 
     def _progress_bar(self, state: TrainState):
         from tqdm.auto import tqdm
