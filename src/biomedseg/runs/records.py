@@ -90,13 +90,21 @@ def read_plan(path) -> dict[str, dict]:
     Other keys (the fingerprint, the budget) are skipped.
     """
     p = Path(path)
+    data = read_yaml_mapping(p, "plan file", "not a plan (expected option: {value, reason} entries)")
+    return {k: validated(PlanEntry, v, p).model_dump() for k, v in data.items()
+            if isinstance(v, dict) and "value" in v}
+
+
+def read_yaml_mapping(path, kind: str, not_mapping: str) -> dict:
+    """The mapping in the YAML file ``path`` (``{}`` when empty); one-line :class:`UserError` for a
+    missing file (``"<path>: <kind> not found"``), invalid YAML, or anything but a mapping."""
+    p = Path(path)
     if not p.is_file():
-        raise UserError(f"{p}: plan file not found")
+        raise UserError(f"{p}: {kind} not found")
     try:
         data = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise UserError(f"{p}: not a plan (expected option: {{value, reason}} entries)")
-    return {k: validated(PlanEntry, v, p).model_dump() for k, v in data.items()
-            if isinstance(v, dict) and "value" in v}
+        raise UserError(f"{p}: {not_mapping}")
+    return data

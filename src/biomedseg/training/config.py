@@ -133,16 +133,9 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
 def load_config_file(path: str | Path | None) -> dict[str, Any]:
     if path is None:
         return {}
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{p}: config file not found")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{p}: expected a mapping of option: value")
-    return data
+    from biomedseg.runs.records import read_yaml_mapping
+
+    return read_yaml_mapping(path, "config file", "expected a mapping of option: value")
 
 
 def merge(*layers: dict[str, Any]) -> dict[str, Any]:
