@@ -29,6 +29,7 @@ DEMO_CONFIG = {
 
 def run_demo(out="biomedseg_demo", time_budget: str = DEMO_TIME_BUDGET, seed: int = 0, quiet: bool = False) -> dict:
     """Run generate -> train -> evaluate -> predict in ``out``; returns the test metrics."""
+    from biomedseg.data.discovery import DATA_META
     from biomedseg.data.synthetic import make_synthetic_dataset
     from biomedseg.evaluation import evaluate, format_metrics
     from biomedseg.inference.predict import predict
@@ -52,7 +53,7 @@ def run_demo(out="biomedseg_demo", time_budget: str = DEMO_TIME_BUDGET, seed: in
     log.info("4/4 predicting the test images ...")
     import json
 
-    test_ids = json.loads((data / "dataset.json").read_text())["split"]["test"]
+    test_ids = json.loads((data / DATA_META).read_text())["split"]["test"]
     test_files = [str(data / "images" / f"{i}.png") for i in test_ids]
     predict(run, test_files, out / "predictions", overwrite=True, quiet=quiet)
     print(format_metrics(metrics))
