@@ -174,7 +174,8 @@ def test_blank_tiles_are_skipped(model):
 
 
 def test_interrupted_run_leaves_no_finished_file_and_resumes(tmp_path):
-    from biomedseg.inference.predict import existing_mask, predict
+    from biomedseg.inference.outputs import existing_mask
+    from biomedseg.inference.predict import predict
 
     run = make_run(tmp_path / "run")
     src = tmp_path / "in"

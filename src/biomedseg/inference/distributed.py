@@ -21,6 +21,7 @@ from pathlib import Path
 
 from biomedseg.errors import UserError
 from biomedseg.runs import open_run
+from biomedseg.inference.outputs import output_stem
 from biomedseg.inference.predict import PredictSummary
 
 log = logging.getLogger("biomedseg")
@@ -115,7 +116,7 @@ def predict_distributed(run, inputs, out, *, client=None, address: str | None = 
         from distributed import Client
     except ImportError:
         raise UserError('distributed prediction needs Dask: pip install "biomedseg[distributed]"') from None
-    from biomedseg.inference.predict import collect_inputs
+    from biomedseg.inference.outputs import collect_inputs
 
     run_dir = open_run(Path(run).resolve()).root
     files = collect_inputs(inputs)
@@ -151,18 +152,14 @@ def predict_distributed(run, inputs, out, *, client=None, address: str | None = 
     return summary
 
 
-def _stem(path: Path) -> str:
-    return path.name[:-5] if path.name.lower().endswith(".zarr") else path.stem
-
-
 def _not_done(files: list[Path], out: Path, overwrite: bool, summary: PredictSummary) -> list[Path]:
     """The files to predict; those with a finished mask in ``out`` go to ``summary.skipped``
     (unless ``overwrite``)."""
-    from biomedseg.inference.predict import existing_mask
+    from biomedseg.inference.outputs import existing_mask
 
     todo = []
     for f in files:
-        if not overwrite and existing_mask(out, _stem(f)) is not None:
+        if not overwrite and existing_mask(out, output_stem(f)) is not None:
             summary.skipped.append(f)
         else:
             todo.append(f)
@@ -201,7 +198,7 @@ def _write_rle_from_outputs(rle, run_dir: Path, files: list[Path], out: Path, in
     encoding = mask_encoding_for(info_run, mask_format)
     rows = []
     for f in files:
-        rows.extend(rle_rows_from_outputs(out, _stem(f), info_run, instances, encoding))
+        rows.extend(rle_rows_from_outputs(out, output_stem(f), info_run, instances, encoding))
     return write_rle(rle, rows, info_run, instances)
 
 

@@ -35,13 +35,13 @@ import numpy as np
 
 from biomedseg.engine.defaults import DEFAULT_COMPILE
 from biomedseg.errors import UserError
+from biomedseg.inference.outputs import (OUTPUT_FORMATS, check_not_input, collect_inputs, existing_mask,
+                                          mask_path_for, output_stem, remove_other_formats, write_zarr_mask)
 
 log = logging.getLogger("biomedseg")
 
-TIFF_ABOVE_PIXELS = 8192 * 8192  # larger in-memory masks go to tiled TIFF (PNG has no tiling)
 STREAM_ABOVE_PIXELS = 4096 * 4096  # larger inputs are predicted band by band (bounded memory)
 TILED_STREAM_ABOVE_PIXELS = 2048 * 2048  # tiled TIFF inputs above this are streamed too
-OUTPUT_FORMATS = ("png", "tiff", "zarr")
 
 
 @dataclass
@@ -160,50 +160,6 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
     return summary
 
 
-# ---------------------------------------------------------------- inputs and outputs
-
-def collect_inputs(inputs) -> list[Path]:
-    """Files, folders, globs (``list_inputs``) plus ``.zarr`` folders given directly."""
-    from biomedseg.data.discovery import list_inputs
-
-    if isinstance(inputs, (str, Path)):
-        inputs = [inputs]
-    inputs = [str(i) for i in inputs]
-    zarrs = [i for i in inputs if Path(i).suffix.lower() == ".zarr" and Path(i).is_dir()]
-    others = [i for i in inputs if i not in zarrs]
-    files = list_inputs(others) if others else []
-    files = files + [Path(z) for z in zarrs]
-    if not files:
-        raise UserError(f"{', '.join(map(str, inputs))}: no images found")
-    return files
-
-
-def _stem(path: Path) -> str:
-    return path.name[:-5] if path.name.lower().endswith(".zarr") else path.stem
-
-
-def existing_mask(out: Path, stem: str) -> Path | None:
-    """The finished mask of ``stem`` in ``out`` (``.png``, ``.tif`` or ``.zarr``), if any.
-    ``<stem>.partial.*`` files (interrupted streaming) never count."""
-    for ext in (".png", ".tif"):
-        if (out / f"{stem}{ext}").is_file():
-            return out / f"{stem}{ext}"
-    z = out / f"{stem}.zarr"
-    if z.is_dir() and ((z / ".zgroup").is_file() or (z / "zarr.json").is_file()):
-        return z
-    return None
-
-
-def _mask_path(out: Path, path: Path, n_pixels: int, output_format: str | None = None) -> Path:
-    stem = _stem(path)
-    if output_format == "zarr":
-        return out / f"{stem}.zarr"
-    if output_format == "tiff":
-        return out / f"{stem}.tif"
-    return out / (stem + (".tif" if n_pixels > TIFF_ABOVE_PIXELS or path.suffix.lower() in (".tif", ".tiff")
-                          and n_pixels > 4096 * 4096 else ".png"))
-
-
 def wants_streaming(path: Path, level: int = 0) -> tuple[bool, tuple[int, int] | None]:
     """``(stream?, (H, W) or None)`` for an input, from its header (no decode)."""
     from biomedseg.io import image_shape
@@ -244,7 +200,7 @@ def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, o
         return resolve_compile(mode, 0, run.device)
     shapes = []
     for path in files:
-        if overwrite or existing_mask(out, _stem(path)) is None:
+        if overwrite or existing_mask(out, output_stem(path)) is None:
             try:
                 shapes.append(slide_shape(path, level))
             except (UserError, OSError, ValueError):
@@ -256,30 +212,6 @@ def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, o
     return compiled
 
 
-def _check_not_input(mask_path: Path, path: Path) -> None:
-    if mask_path.resolve() == path.resolve():
-        raise UserError(f"{path}: its mask would overwrite the input; write to another --out folder")
-
-
-def _remove_other_formats(out: Path, stem: str, keep: Path, path: Path) -> None:
-    """``--overwrite`` with another format: drop the old mask (never the input itself)."""
-    import shutil
-
-    for other in (out / f"{stem}.png", out / f"{stem}.tif", out / f"{stem}.zarr"):
-        if other != keep and other.exists() and other.resolve() != path.resolve():
-            shutil.rmtree(other) if other.is_dir() else other.unlink()
-
-
-def _write_zarr_mask(path: Path, mask: np.ndarray, pixel_size=None) -> None:
-    """In-memory mask -> multiscale OME-Zarr, via ``<stem>.partial.zarr`` renamed when complete."""
-    from biomedseg.inference.streaming import _finish, _ZarrArrayWriter, partial_path
-
-    part = partial_path(path)
-    w = _ZarrArrayWriter(part, mask.shape, np.uint8, 256, "yx", pixel_size)
-    w.write(0, mask)
-    _finish(part, path)
-
-
 def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities, overwrite, post, instances,
                  output_format, level, stream, tta, batch_size, skip_blank_std, want_rle, encoding,
                  object_type) -> tuple[list[Path], list]:
@@ -289,7 +221,7 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
     from biomedseg.io.ome import write_ome_tiff
     from biomedseg.io.pixel_size import pixel_size
 
-    stem = _stem(path)
+    stem = output_stem(path)
     done = existing_mask(out, stem)
     if done is not None and not overwrite:
         summary.skipped.append(path)
@@ -332,11 +264,11 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
     if object_type is not None:
         written.append(write_geojson(out / f"{stem}.geojson", mask, run, object_type))
     # the mask is written last: its presence marks the input as done when a run is resumed
-    mask_path = _mask_path(out, path, mask.size, output_format)
-    _check_not_input(mask_path, path)
-    _remove_other_formats(out, stem, mask_path, path)
+    mask_path = mask_path_for(out, path, mask.size, output_format)
+    check_not_input(mask_path, path)
+    remove_other_formats(out, stem, mask_path, path)
     if mask_path.suffix == ".zarr":
-        _write_zarr_mask(mask_path, one_channel(encoding, path, "OME-Zarr").encode(mask), px)
+        write_zarr_mask(mask_path, one_channel(encoding, path, "OME-Zarr").encode(mask), px)
     elif mask_path.suffix == ".tif" and encoding.kind != "palette":
         stored = encoding.encode(mask)
         write_ome_tiff(mask_path, stored, px, axes="YXS" if stored.ndim == 3 else None)
@@ -354,7 +286,7 @@ def _predict_streamed(run, path, out, summary, predictor, *, post, probabilities
     from biomedseg.inference.streaming import StreamingPredictor, open_source
     from biomedseg.io.pixel_size import pixel_size
 
-    stem = _stem(path)
+    stem = output_stem(path)
     fmt = "zarr" if output_format == "zarr" else "tiff"
     if output_format == "png":
         log.info("%s: streamed (large input); writing a tiled TIFF instead of PNG", path)
@@ -378,13 +310,13 @@ def _predict_streamed(run, path, out, summary, predictor, *, post, probabilities
         tile = src.tile[-1] if src.tile and src.tile[-1] % 16 == 0 and 64 <= src.tile[-1] <= 2048 else None
         ext = ".zarr" if fmt == "zarr" else ".tif"
         mask_path = out / f"{stem}{ext}"
-        _check_not_input(mask_path, path)
+        check_not_input(mask_path, path)
         proba_path = out / f"{stem}_proba{ext}" if probabilities else None
         with streamed_extras(run, path, out / f"{stem}.geojson", src, level, encoding, object_type) as extras:
             res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=level, out_tile=tile,
                                       pixel_size=pixel_size(path, level) if isinstance(path, Path) else None,
                                       mask_encoder=extras.encoder, mask_sink=extras.sink)
-    _remove_other_formats(out, stem, mask_path, path)
+    remove_other_formats(out, stem, mask_path, path)
     log.info("%s: %dx%d streamed in %.1f s (%.2f MPix/s, %d tiles, %d blank)", path, res.shape[1], res.shape[0],
              res.seconds, res.mpix_per_s, res.n_tiles, res.n_skipped)
     summary.done.append(path)
