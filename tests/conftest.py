@@ -45,6 +45,17 @@ def trained_run(synthetic_data, tmp_path_factory) -> Path:
     return train(synthetic_data, out, epochs=2, seed=0, quiet=True, **TINY)
 
 
+@pytest.fixture(scope="module")
+def one_thread_module():
+    """One torch thread for a whole test module (``pytestmark = pytest.mark.usefixtures(...)``)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture
 def one_thread():
     """One torch thread and a fixed seed for the test; the thread count is restored after."""

@@ -11,12 +11,7 @@ from biomedseg.errors import UserError
 from biomedseg.inference.streaming import StreamingPredictor
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def tiny(**kw):
