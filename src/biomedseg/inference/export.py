@@ -63,7 +63,7 @@ def _write(fmt: str, loaded, post, part: Path, images, options: dict) -> dict:
     from biomedseg.inference import export_graph as graph
     from biomedseg.inference.export_format import build_metadata, metadata_json
 
-    channels, size = loaded.info.channels, loaded.config.patch_size
+    channels, size = loaded.info.channels, loaded.tile_size
     checkpoint = options.get("checkpoint", "best")
     if fmt == "torchscript":
         module, section = graph.torchscript_module(loaded.model, channels, size)

@@ -93,7 +93,7 @@ def sample_patch(loaded, images, multiple: int) -> np.ndarray:
     from biomedseg.engine.sliding_window import reflect_pad
     from biomedseg.io import conform_channels
 
-    s = -(-int(loaded.config.patch_size) // multiple) * multiple
+    s = -(-int(loaded.tile_size) // multiple) * multiple
     image = np.moveaxis(conform_channels(np.asarray(images[0][1]), loaded.info.channels), -1, 0)
     image = image[:, :s, :s].astype(np.float32)
     h, w = image.shape[1:]

@@ -251,7 +251,7 @@ def with_engine(loaded, engine: str):
     from biomedseg.inference.export_graph import onnx_model
 
     t0 = time.perf_counter()
-    proto, _ = onnx_model(loaded.model, loaded.info.channels, loaded.config.patch_size)
+    proto, _ = onnx_model(loaded.model, loaded.info.channels, loaded.tile_size)
     ort_loaded = dataclasses.replace(loaded, model=ort_network(proto.SerializeToString()), device=torch.device("cpu"),
                                      precision="fp32",
                                      config=loaded.config.model_copy(update={"channels_last": False}))

@@ -71,7 +71,7 @@ def synthetic_images(loaded, seed: int = SYNTHETIC_SEED) -> list[tuple[str, np.n
     """Two ``(H, W, C) float32`` images of per-channel normal noise with the training mean/std:
     one spanning several tiles (sizes not multiples of anything), one smaller than a patch."""
     rng = np.random.default_rng(seed)
-    p = int(loaded.config.patch_size)
+    p = int(loaded.tile_size)
     mean = np.asarray(loaded.normalizer.mean, np.float32)
     std = np.asarray(loaded.normalizer.std, np.float32)
     shapes = [(p + p // 2 + 7, 2 * p + 3), (max(p // 2 + 5, 8), max(p // 2 + 9, 8))]

@@ -30,6 +30,14 @@ class LoadedRun:
         return self.run.root
 
     @property
+    def tile_size(self) -> int:
+        """Side of the native-resolution tiles the model predicts (the training patch, divided by the
+        working scale: :func:`~biomedseg.engine.scaled.native_tile`)."""
+        from biomedseg.engine.scaled import native_tile
+
+        return native_tile(self.config.patch_size, self.config.working_scale)
+
+    @property
     def classes(self) -> list[str]:
         return self.info.classes
 
@@ -49,7 +57,7 @@ class LoadedRun:
         from biomedseg.engine.sliding_window import SlidingWindowPredictor
 
         cfg = self.config
-        return SlidingWindowPredictor(self.model, cfg.patch_size, overlap=cfg.overlap if overlap is None else overlap,
+        return SlidingWindowPredictor(self.model, self.tile_size, overlap=cfg.overlap if overlap is None else overlap,
                                       batch_size=batch_size or inference_batch_size(cfg.batch_size), device=self.device,
                                       precision=self.precision, tta=tta,
                                       channels_last=use_channels_last(cfg.channels_last, self.device), compile=compile)
@@ -61,6 +69,7 @@ def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision:
     An ensemble or cross-validation folder gives the ensemble of its member runs
     (:func:`load_ensemble`)."""
     from biomedseg.device import configure_threads, resolve_device, resolve_precision
+    from biomedseg.engine.scaled import at_scale
     from biomedseg.models import create_model
 
     run = open_run(run_dir)
@@ -78,6 +87,7 @@ def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision:
     model = model.to(dev).eval()
     if use_channels_last(cfg.channels_last, dev):
         model = model.to(memory_format=torch.channels_last)
+    model = at_scale(model, cfg.working_scale)  # native tiles in, native-size logits out
     return LoadedRun(run, model, cfg, info, Normalizer.from_json(info.normalization), dev,
                      resolve_precision(precision or cfg.precision, dev))
 
@@ -99,8 +109,10 @@ def load_ensemble(folder: RunFolder, checkpoint: str = "best", device: str = "au
 
     leaves = ensemble_members(folder)
     members = [load_run(leaf.root, checkpoint, device, precision) for leaf, _ in leaves]
-    sizes = sorted({m.config.patch_size for m in members})
+    sizes = sorted({m.tile_size for m in members})
     cfg = build_config(ensemble_config([leaf for leaf, _ in leaves]), source=str(folder.root))
+    # members scale their own input (ScaledNet): the ensemble predicts native tiles of the largest member's
+    cfg = cfg.model_copy(update={"patch_size": sizes[-1], "working_scale": 1.0})
     if len(sizes) > 1:
         logging.getLogger("biomedseg").warning("%s: members trained on tiles of %s pixels; the ensemble predicts "
                                                "tiles of %d", folder.root, sizes, cfg.patch_size)

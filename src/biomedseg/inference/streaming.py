@@ -152,7 +152,7 @@ class StreamingPredictor:
         kwargs.setdefault("blank_class", run.background or 0)
         if model is not None:
             kwargs["optimize"] = False
-        return cls(run.model if model is None else model, cfg.patch_size, overlap=cfg.overlap if overlap is None else overlap,
+        return cls(run.model if model is None else model, run.tile_size, overlap=cfg.overlap if overlap is None else overlap,
                    batch_size=batch_size or inference_batch_size(cfg.batch_size), device=run.device,
                    precision=run.precision, tta=tta, normalizer=run.normalizer, channels=run.info.channels,
                    channels_last=cfg.channels_last, **kwargs)

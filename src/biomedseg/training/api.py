@@ -21,7 +21,7 @@ from biomedseg.io.writers import write_text
 from biomedseg.runs import RunFolder, create_run
 from biomedseg.training import stages
 from biomedseg.training.config import DEFAULT_EPOCHS, TrainConfig, build_config, load_config_file, merge
-from biomedseg.training.data_setup import load_training_data
+from biomedseg.training.data_setup import at_working_scale, load_training_data
 from biomedseg.training.plan_stage import fingerprint_of, plan_config, plan_now
 
 
@@ -62,6 +62,7 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     planned = {}
     if cfg.auto_plan and not resume:
         cfg, planned = plan_config(cfg, explicit, data_, rt.device, plan)
+    data_ = at_working_scale(data_, cfg.working_scale, cfg.seed, rt.quiet)
     parts = stages.build(cfg, data_, rt)
     if rt.dist.is_main:
         stages.write_artifacts(run, cfg, stages.dataset_info(data_, parts),

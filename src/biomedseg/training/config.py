@@ -71,6 +71,9 @@ class TrainConfig(BaseModel):
     # networks pad their input to the multiple they need (models.registry.PadToMultiple): any size works
     patch_size: int = Field(256, ge=MIN_PATCH_SIZE, le=MAX_PATCH_SIZE)
     batch_size: int = Field(8, ge=1)
+    # images are shrunk by this factor for the network (anti-aliased); predictions come back to the
+    # native size before the argmax (engine/scaled.py). The plan picks it from object sizes.
+    working_scale: float = Field(1.0, gt=0.0, le=1.0)
     fg_oversample: float = Field(0.33, ge=0.0, le=1.0)  # probability: 1 = every patch centred on foreground
     augment: str = "default"
     # intensity: z-score per channel; clip_zscore clips at the 0.5/99.5 percentiles first;

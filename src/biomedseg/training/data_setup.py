@@ -198,3 +198,27 @@ def load_training_data(cfg, data=None, images=None, masks=None, with_val: bool =
         raise UserError(f"{setup.source.root}: the training split is empty")
     val = [cache[i] for i in setup.split.get("val", [])] if with_val else []
     return TrainingData(setup, train, val)
+
+
+def at_working_scale(data: TrainingData, scale: float, seed: int = 0, quiet: bool = False) -> TrainingData:
+    """``data`` with its training images shrunk by ``scale`` (anti-aliased) and their masks resampled
+    so thin and small classes survive (:func:`~biomedseg.transforms.resample.resample_mask`).
+
+    Validation images stay native: validation runs the network at the working scale and scores at
+    the native resolution (:func:`~biomedseg.training.validation.validate_images`)."""
+    if scale >= 1:
+        return data
+    from tqdm.auto import tqdm
+
+    from biomedseg.data.datasets import CachedSample, index_class_pixels
+    from biomedseg.transforms.resample import resample_image, resample_mask, scaled_shape
+
+    rng = np.random.default_rng(seed)
+    k, bg = data.n_classes, data.setup.background
+    train = []
+    for s in tqdm(data.train, desc=f"resampling to scale {scale:g}", leave=False,
+                  disable=True if (quiet or len(data.train) < 20) else None):
+        shape = scaled_shape(s.shape, scale)
+        mask = resample_mask(s.mask, shape, k, bg)
+        train.append(CachedSample(s.id, resample_image(s.image, shape), mask, index_class_pixels(mask, k, rng)))
+    return TrainingData(data.setup, train, data.val)

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from biomedseg.training.plan_scale import CONTEXT_DIAMETERS, THIN_STRUCTURE_WIDTH, plan_working_scale
 from biomedseg.transforms.normalize import CLIP_PERCENTILES
 
 # Fewer optimisation steps than this in the budget and the full-width U-Net under-trains: a 4x
@@ -24,9 +25,6 @@ CPU_STEP_PIXELS = 8 * 256 * 256
 #: a foreground class below this pixel share is rare: half the patches are centred on foreground,
 #: and on CPU patches stay at 256 so that there are 8 of them per step
 RARE_CLASS_SHARE = 0.05
-#: a foreground class whose mean width (pixels / skeleton pixels) is at most this is a thin
-#: structure (membranes, vessels): it gets a full-resolution U-Net level (experiments §9)
-THIN_STRUCTURE_WIDTH = 8.0
 #: CPU budgets from this long compile the training step: ~1 min of compiling buys 1.3-1.6x steps
 COMPILE_MIN_BUDGET_S = 600
 #: CPU budgets from this long (compiled) give thin structures the full-resolution level: it won at
@@ -124,6 +122,7 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
         "class_share": (counts / max(counts.sum(), 1)).round(5).tolist(),
         "image_share": (holders / max(len(samples), 1)).round(4).tolist(),
         "object_diameter_p90": {class_names[c]: float(np.percentile(v, 90)) for c, v in diam.items() if v},
+        "object_diameter_p10": {class_names[c]: float(np.percentile(v, 10)) for c, v in diam.items() if v},
         "structure_width": {class_names[c]: round(float(counts[c] / skeleton[c]), 2)
                             for c in range(n_classes) if skeleton[c]},
     }
@@ -153,7 +152,6 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     """
     plan: dict[str, dict] = {}
     h, w = fp["median_shape"]
-    small_side = min(h, w)
     gpu = device_type == "cuda"
     # patch: at least 4 typical objects of context, up to 512 and never above the typical image.
     # On CPU the pixels per step stay at 8 x 256^2 (the step time), so a 512 patch comes in batches
@@ -163,17 +161,15 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     fg = [i for i in range(len(fp["class_share"])) if i != fp.get("background")]
     rare = min((fp["class_share"][i] for i in fg), default=1.0)
     cap = 512 if gpu or rare >= RARE_CLASS_SHARE else 256
-    obj = max(fp.get("object_diameter_p90", {}).values(), default=16.0)
-    want = max(64, _pow2_floor(4 * obj))
-    fit = _pow2_floor(small_side) if small_side >= 64 else 64
-    if gpu:  # context is nearly free on a GPU: the largest patch the images allow
-        patch = min(cap, fit)
-        why = f"images {h}x{w}: largest power-of-two patch up to {cap} (GPU memory)"
+    plan["working_scale"] = plan_working_scale(fp, 512 if gpu else 256)
+    scale = plan["working_scale"]["value"]
+    if scale < 1:  # the context did not fit at native resolution: the patch holds it at this scale
+        patch = 512 if gpu else 256
+        whole = max(h, w) * scale <= patch
+        why = (f"{'whole images' if whole else 'patches'} of {h * scale:.0f}x{w * scale:.0f}px at working scale "
+               f"{scale:.3g}" + (" (mirror-padded to the patch: no crop throws context away)" if whole else ""))
     else:
-        patch = min(cap, max(want, 128), fit)
-        why = (f"images {h}x{w}, 90th-percentile object diameter {obj:.0f}px: >= 4 object diameters of "
-               f"context, at most {cap} and the image size"
-               + (f" (256 with a class under {RARE_CLASS_SHARE:.0%}: more patches centred on it)" if cap == 256 else ""))
+        patch, why = _native_patch(fp, cap, gpu)
     plan["patch_size"] = {"value": int(patch), "reason": why}
     depth = int(min(5, max(3, math.log2(patch / 8) + 1)))
     plan["model_kwargs.depth"] = {"value": depth, "reason": f"bottleneck of {patch // 2 ** (depth - 1)}px on a {patch}px patch"}
@@ -187,7 +183,7 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     width, why, step_s = _plan_width(model, key, full, patch, batch, depth, budget_s, gpu, step_time)
     plan[f"model_kwargs.{key}"] = {"value": width, "reason": why}
     plan["batch_size"] = {"value": batch, "reason": batch_why}
-    plan["iterations"] = _plan_iterations(fp, budget_s, epochs, patch, batch, step_s)
+    plan["iterations"] = _plan_iterations(fp, budget_s, epochs, patch, batch, step_s, scale)
     plan["compile"] = _plan_compile(budget_s, gpu, can_compile)
     if model == "unet":
         plan["model_kwargs.full_res_channels"] = _plan_full_res(fp, gpu, plan["compile"]["value"], budget_s)
@@ -211,6 +207,21 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
         plan["normalization"] = {"value": "zscore", "reason": "8-bit data: z-score per channel with the training "
                                  "images' mean and standard deviation"}
     return plan
+
+
+def _native_patch(fp: dict, cap: int, gpu: bool) -> tuple[int, str]:
+    """Patch side at native resolution and its reason (see :func:`make_plan`)."""
+    h, w = fp["median_shape"]
+    small_side = min(h, w)
+    obj = max(fp.get("object_diameter_p90", {}).values(), default=16.0)
+    want = max(64, _pow2_floor(CONTEXT_DIAMETERS * obj))
+    fit = _pow2_floor(small_side) if small_side >= 64 else 64
+    if gpu:  # context is nearly free on a GPU: the largest patch the images allow
+        return min(cap, fit), f"images {h}x{w}: largest power-of-two patch up to {cap} (GPU memory)"
+    why = (f"images {h}x{w}, 90th-percentile object diameter {obj:.0f}px: >= {CONTEXT_DIAMETERS} object diameters "
+           f"of context, at most {cap} and the image size"
+           + (f" (256 with a class under {RARE_CLASS_SHARE:.0%}: more patches centred on it)" if cap == 256 else ""))
+    return min(cap, max(want, 128), fit), why
 
 
 def compile_possible(user_values: dict) -> bool:
@@ -255,7 +266,7 @@ def _plan_full_res(fp: dict, gpu: bool, compiled: bool, budget_s) -> dict:
             "stride-1 level places its edges at full resolution" + ("" if gpu else " (+0.004-0.005 at 30 CPU-min)")}
 
 
-def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s) -> dict:
+def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s, scale: float = 1.0) -> dict:
     """Training steps the plan expects: from the budget and the measured step, or from ``epochs``.
 
     For information (the loop stops on the clock or the epoch count, not on this number).
@@ -266,7 +277,7 @@ def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s)
     from biomedseg.training.data_setup import steps_per_pass
 
     h, w = fp["median_shape"]
-    ipe = steps_per_pass(fp["n_images"] * h * w, patch, batch)
+    ipe = steps_per_pass(fp["n_images"] * h * w * scale**2, patch, batch)
     if epochs:
         return {"value": epochs * ipe, "reason": f"{epochs} epochs x {ipe} steps, one epoch being about one "
                 "pass over the training pixels"}

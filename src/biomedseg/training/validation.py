@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from biomedseg.engine.defaults import inference_batch_size
+from biomedseg.engine.scaled import at_scale, native_tile
 from biomedseg.engine.sliding_window import SlidingWindowPredictor
 from biomedseg.metrics import MetricAccumulator
 from biomedseg.models.heads import foreground_present
@@ -15,9 +16,13 @@ from biomedseg.models.heads import foreground_present
 def validate_images(net, cfg, val_samples, normalizer, loss_fn, n_classes, class_names, background, device,
                     precision, channels_last) -> dict:
     """Scores of ``net`` on the cached validation images: a ``MetricAccumulator.summary()`` plus
-    ``loss`` (mean over images) and, for a model with an image-level head, ``cls_acc``."""
+    ``loss`` (mean over images) and, for a model with an image-level head, ``cls_acc``.
+
+    The images stay at their native resolution: at a working scale below 1 the network sees them
+    shrunk and its logits come back to the native size (:class:`~biomedseg.engine.scaled.ScaledNet`),
+    so the scores are those ``evaluate`` would give."""
     predictor = SlidingWindowPredictor(
-        net, cfg.patch_size, overlap=cfg.overlap, batch_size=inference_batch_size(cfg.batch_size),
+        at_scale(net, cfg.working_scale), native_tile(cfg.patch_size, cfg.working_scale), overlap=cfg.overlap, batch_size=inference_batch_size(cfg.batch_size),
         device=device, precision=precision, channels_last=channels_last,
     )
     acc = MetricAccumulator(n_classes, class_names, background)

@@ -1,0 +1,55 @@
+"""A network run at a working scale: native tiles in, native-size logits out.
+
+A run planned at working scale ``s < 1`` (``TrainConfig.working_scale``) trains on images shrunk
+by ``s``. At validation and prediction, :func:`at_scale` wraps its network so that it takes
+*native-resolution* tiles of :func:`native_tile` pixels, shrinks them (anti-aliased, as the
+training images were: :func:`biomedseg.transforms.resample.resize_tensor`), runs the network and
+resamples its soft scores back to the tile's native size before anything takes an argmax. So the
+sliding window, TTA, streaming, metrics, post-processing, exports and outputs all stay at the
+native resolution.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from biomedseg.transforms.resample import resize_tensor
+
+
+def native_tile(patch_size: int, scale: float) -> int:
+    """Side in native pixels of a tile that becomes a ``patch_size`` patch at ``scale``."""
+    return int(patch_size) if scale >= 1 else int(round(patch_size / scale))
+
+
+class ScaledNet(nn.Module):
+    """``net`` applied at ``scale``: ``(N, C, H, W)`` -> logits ``(N, K, H, W)`` at the input's size.
+
+    The input is shrunk to ``round(H * scale), round(W * scale)`` (a multiple of ``multiple``),
+    the logits are resized back bilinearly. Networks returning a tuple (deep supervision,
+    image-level heads) have their first output resized and the others passed through.
+    """
+
+    def __init__(self, net: nn.Module, scale: float, multiple: int = 16):
+        super().__init__()
+        self.net = net
+        self.scale = float(scale)
+        self.multiple = int(multiple)
+
+    def inner_size(self, h: int, w: int) -> tuple[int, int]:
+        m = self.multiple
+        return (max(m, int(round(h * self.scale / m)) * m), max(m, int(round(w * self.scale / m)) * m))
+
+    def forward(self, x: torch.Tensor):
+        h, w = x.shape[-2:]
+        out = self.net(resize_tensor(x, self.inner_size(h, w)))
+        if isinstance(out, (tuple, list)):
+            return (resize_tensor(out[0].float(), (h, w)), *out[1:])
+        return resize_tensor(out.float(), (h, w))
+
+
+def at_scale(net: nn.Module, scale: float | None) -> nn.Module:
+    """``net`` itself at scale 1 (or ``None``), else a :class:`ScaledNet`."""
+    if scale is None or scale >= 1:
+        return net
+    return ScaledNet(net, scale)
