@@ -11,6 +11,8 @@ native resolution.
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import torch
 from torch import nn
 
@@ -33,15 +35,21 @@ class ScaledNet(nn.Module):
     def __init__(self, net: nn.Module, scale: float, multiple: int = 16):
         super().__init__()
         self.net = net
+        ratio = Fraction(float(scale)).limit_denominator(10_000)
         self.scale = float(scale)
+        self.num, self.den = int(ratio.numerator), int(ratio.denominator)
         self.multiple = int(multiple)
 
-    def inner_size(self, h: int, w: int) -> tuple[int, int]:
-        m = self.multiple
-        return (max(m, int(round(h * self.scale / m)) * m), max(m, int(round(w * self.scale / m)) * m))
+    def inner_size(self, h, w):
+        """``(H, W)`` -> the network's input size: ``round(H * scale)`` to a multiple of ``multiple``
+        (integer arithmetic only, so traced and exported graphs keep the size dynamic; inputs are
+        expected to be at least ``multiple / scale`` pixels, as sliding-window tiles are)."""
+        q = 2 * self.den * self.multiple
+        return ((2 * h * self.num + self.den * self.multiple) // q * self.multiple,
+                (2 * w * self.num + self.den * self.multiple) // q * self.multiple)
 
     def forward(self, x: torch.Tensor):
-        h, w = x.shape[-2:]
+        h, w = x.shape[-2], x.shape[-1]
         out = self.net(resize_tensor(x, self.inner_size(h, w)))
         if isinstance(out, (tuple, list)):
             return (resize_tensor(out[0].float(), (h, w)), *out[1:])

@@ -60,6 +60,8 @@ def plan_working_scale(fp: dict, cap: int) -> dict:
             f"{CONTEXT_DIAMETERS} typical objects ({large:.0f}px, 90th percentile)")
     if context <= cap:
         return {"value": 1.0, "reason": f"{what} fits a {cap}px patch at native resolution"}
+    if not _foreground(fp, "structure_width") or not _foreground(fp, "object_diameter_p10"):
+        return {"value": 1.0, "reason": "structure widths and small-object sizes not measured: native resolution"}
     floor, floor_why = scale_floor(fp)
     if floor >= MAX_USEFUL_SCALE:
         return {"value": 1.0, "reason": f"{what} needs {context:.0f}px of context, more than a {cap}px patch, "

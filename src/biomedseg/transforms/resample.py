@@ -28,10 +28,7 @@ def resize_tensor(x, size: tuple[int, int]):
     when shrinking (the one resampling used for training images and at prediction)."""
     import torch.nn.functional as F
 
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
 
 
 def resample_image(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
