@@ -41,8 +41,10 @@ def width_is_planned(cfg: TrainConfig, explicit: dict) -> bool:
 def fingerprint_of(data) -> dict:
     """The planner's fingerprint of the training samples of a :class:`~biomedseg.training.data_setup.TrainingData`."""
     s = data.setup
-    return fingerprint_from_samples(data.train, data.n_classes, s.classes, s.background, s.channels,
-                                    pixel_size=training_pixel_size(s))
+    fp = fingerprint_from_samples(data.train, data.n_classes, s.classes, s.background, s.channels,
+                                  pixel_size=training_pixel_size(s))
+    fp["n_val_images"] = len(s.split.get("val", []))
+    return fp
 
 
 def training_pixel_size(setup) -> list[float] | None:

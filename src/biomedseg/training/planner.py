@@ -25,6 +25,8 @@ CPU_STEP_PIXELS = 8 * 256 * 256
 #: a foreground class below this pixel share is rare: half the patches are centred on foreground,
 #: and on CPU patches stay at 256 so that there are 8 of them per step
 RARE_CLASS_SHARE = 0.05
+#: validation takes at most this share of the training time (``val_every``)
+MAX_VAL_SHARE = 0.1
 #: CPU budgets from this long compile the training step: ~1 min of compiling buys 1.3-1.6x steps
 COMPILE_MIN_BUDGET_S = 600
 #: CPU budgets from this long (compiled) give thin structures the full-resolution level: it won at
@@ -184,6 +186,7 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     plan[f"model_kwargs.{key}"] = {"value": width, "reason": why}
     plan["batch_size"] = {"value": batch, "reason": batch_why}
     plan["iterations"] = _plan_iterations(fp, budget_s, epochs, patch, batch, step_s, scale)
+    plan["val_every"] = _plan_val_every(fp, patch, batch, step_s, scale)
     plan["compile"] = _plan_compile(budget_s, gpu, can_compile)
     if model == "unet":
         plan["model_kwargs.full_res_channels"] = _plan_full_res(fp, gpu, plan["compile"]["value"], budget_s)
@@ -264,6 +267,27 @@ def _plan_full_res(fp: dict, gpu: bool, compiled: bool, budget_s) -> dict:
                 f"{FULL_RES_MIN_BUDGET_S // 60} min a full-resolution level did not pay (experiments §9)"}
     return {"value": 8, "reason": f"{name} is {thinnest:.1f}px wide (<= {THIN_STRUCTURE_WIDTH:.0f}): an 8-channel "
             "stride-1 level places its edges at full resolution" + ("" if gpu else " (+0.004-0.005 at 30 CPU-min)")}
+
+
+def _plan_val_every(fp: dict, patch: int, batch: int, step_s, scale: float) -> dict:
+    """Validate every few epochs when one validation pass would cost more than ``MAX_VAL_SHARE`` of
+    an epoch's training time (a forward of one tile taken as a third of a training step per image)."""
+    from biomedseg.engine.defaults import DEFAULT_OVERLAP
+    from biomedseg.engine.scaled import native_tile
+    from biomedseg.engine.sliding_window import count_tile_forwards
+    from biomedseg.training.data_setup import steps_per_pass
+
+    n_val = int(fp.get("n_val_images", 0))
+    if not step_s or not n_val:
+        return {"value": 1, "reason": "every epoch (validation cost not estimated)"}
+    h, w = fp["median_shape"]
+    tiles = n_val * count_tile_forwards([(h, w)], native_tile(patch, scale), DEFAULT_OVERLAP)
+    val_s = tiles * step_s / batch / 3
+    epoch_s = steps_per_pass(fp["n_images"] * h * w * scale**2, patch, batch) * step_s
+    every = max(1, math.ceil(val_s / (MAX_VAL_SHARE * epoch_s)))
+    return {"value": every, "reason": f"one validation pass (~{tiles} tile forwards, ~{val_s:.0f}s) against "
+            f"~{epoch_s:.0f}s of training per epoch: every {every} epoch(s) keeps validation under "
+            f"{MAX_VAL_SHARE:.0%} of the time"}
 
 
 def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s, scale: float = 1.0) -> dict:
