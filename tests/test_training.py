@@ -137,6 +137,7 @@ def test_time_budget_stops_before_the_next_step_would_overrun_it(synthetic_data,
     stops once one more step (counted twice, for safety) would pass it: after 4 steps, in epoch 1."""
     import types
 
+    import biomedseg.training.loop_state as loop_state_module
     import biomedseg.training.trainer as trainer_module
     from biomedseg.training.trainer import Trainer
 
@@ -147,7 +148,9 @@ def test_time_budget_stops_before_the_next_step_would_overrun_it(synthetic_data,
         clock[0] += 1.0
         return real_step(self, x, y)
 
-    monkeypatch.setattr(trainer_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    fake_time = types.SimpleNamespace(perf_counter=lambda: clock[0])
+    monkeypatch.setattr(trainer_module, "time", fake_time)
+    monkeypatch.setattr(loop_state_module, "time", fake_time)  # the loop's Clock
     monkeypatch.setattr(Trainer, "train_step", one_second_step)
     run = train(synthetic_data, tmp_path / "t", time_budget="6s", seed=0, quiet=True, **TINY)
     ck = load_checkpoint(run / "checkpoints" / "last.pt")

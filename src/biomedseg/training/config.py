@@ -63,6 +63,12 @@ class TrainConfig(BaseModel):
     schedule: Literal["poly", "cosine", "constant", "step", "plateau"] = "poly"
     warmup_fraction: float = Field(0.02, ge=0.0, lt=1.0)
     grad_clip: float = Field(12.0, gt=0.0)
+    # moving average of the weights, used by validation and saved in best.pt/last.pt (training/ema.py):
+    # false = off, true = decay from the expected number of steps, a number in (0, 1) = the decay
+    ema: bool | float = False
+    # the epoch best.pt holds (training/selection.py): best = the highest validation Dice, smoothed =
+    # the highest mean of the last validations (a few validation images are noisy), last = the final one
+    select: Literal["best", "smoothed", "last"] = "best"
     # length
     epochs: int | None = Field(None, ge=1)
     time_budget: float | None = Field(None, gt=0.0)  # seconds; CLI accepts "10m"
@@ -105,6 +111,13 @@ class TrainConfig(BaseModel):
     @classmethod
     def _duration(cls, v):
         return parse_duration(v)
+
+    @field_validator("ema", mode="before")
+    @classmethod
+    def _ema_decay(cls, v):
+        if not isinstance(v, bool) and isinstance(v, (int, float)) and not 0.0 < v < 1.0:
+            raise ValueError("expected true, false or a decay between 0 and 1")
+        return v
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)

@@ -2,7 +2,9 @@
 
 One epoch = ``iterations_per_epoch`` steps on random patches, then validation of whole images by
 sliding window. The loop stops after ``epochs`` or when the time budget would be exceeded by one
-more step plus the final validation, keeping the best checkpoint (by mean foreground Dice).
+more step plus the final validation, keeping the best checkpoint (by mean foreground Dice, or
+the rule of ``select``: :mod:`biomedseg.training.selection`). With ``ema``, validation and the
+checkpoints' ``"model"`` use the moving average of the weights (:mod:`biomedseg.training.ema`).
 
 A step whose loss (or, without a GradScaler, gradient norm) is not finite is skipped: no
 optimizer update, the learning rate is halved and a one-line warning names the epoch and step.
@@ -18,7 +20,6 @@ import logging
 import math
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,10 @@ from biomedseg.errors import UserError
 from biomedseg.models.heads import find_classifier, foreground_present
 from biomedseg.runs import RunPaths, save_checkpoint
 from biomedseg.training.distributed import DistInfo, any_rank, barrier, broadcast_flag
+from biomedseg.training.ema import checkpoint_weights, make_weight_average, restore_weights
 from biomedseg.training.logger import RunLogger
+from biomedseg.training.loop_state import Clock, EpochTally, TrainState
+from biomedseg.training.selection import choose_best
 from biomedseg.training.validation import val_columns, validate_images
 
 log = logging.getLogger("biomedseg")
@@ -44,53 +48,6 @@ LR_BACKOFF = 0.5
 
 class TrainingDiverged(UserError):
     """Training produced non-finite losses or weights and could not recover (exit code 2)."""
-
-
-@dataclass
-class TrainState:
-    """Counters that a resumed run continues from."""
-
-    epoch: int = 0
-    iteration: int = 0
-    elapsed: float = 0.0  # training seconds spent so far (all sessions)
-    best_score: float = -1.0
-    best_epoch: int = 0
-    history: list = field(default_factory=list)
-
-
-@dataclass
-class _Clock:
-    """Wall clock of one ``fit`` call: everything (sampling waits, validation, checkpoints) counts."""
-
-    elapsed_before: float
-    start: float = field(default_factory=lambda: time.perf_counter())  # looked up at call time
-    step_cost: float = 0.0  # seconds per step (running estimate)
-    val_cost: float = 0.0  # seconds one validation took (measured)
-
-    def tick(self, state: TrainState) -> None:
-        state.elapsed = self.elapsed_before + (time.perf_counter() - self.start)
-
-    def step_took(self, seconds: float) -> None:
-        self.step_cost = seconds if self.step_cost == 0 else 0.9 * self.step_cost + 0.1 * seconds
-
-    def near_budget(self, state: TrainState, budget: float) -> bool:
-        """One more step plus the final validation would pass the budget."""
-        return state.elapsed + 2 * self.step_cost + self.val_cost * 1.5 >= budget
-
-
-@dataclass
-class _Epoch:
-    """What the steps of one epoch produced."""
-
-    start: float = field(default_factory=lambda: time.perf_counter())  # looked up at call time
-    steps: int = 0  # steps run, skipped ones included
-    skipped: int = 0  # steps skipped for a non-finite loss
-    losses: list = field(default_factory=list)
-    cls_losses: list = field(default_factory=list)
-    n_images: int = 0
-    data_wait: float = 0.0
-    lr: float = float("nan")
-    stop: bool = False  # the time budget ended the epoch early
 
 
 def plain_module(model: torch.nn.Module) -> torch.nn.Module:
@@ -150,6 +107,7 @@ class Trainer:
         self.budget = cfg.time_budget
         self.total_iters = cfg.epochs * self.ipe if cfg.epochs else None
         self.net = plain_module(model)  # what checkpoints hold and validation runs (no DDP/compile wrapper)
+        self.ema = make_weight_average(cfg.ema, self.net)  # its average replaces net for validation and checkpoints
         self.head_model = find_classifier(self.net)  # the module holding .class_logits, or None
         self.has_head = self.head_model is not None
         self.last_step: dict[str, float] = {}  # loss terms of the latest train_step (seg_loss, cls_loss)
@@ -260,13 +218,14 @@ class Trainer:
 
     # -- validation on whole images -------------------------------------------------------
     def validate(self) -> dict:
-        return validate_images(self.net, self.cfg, self.val_samples, self.normalizer, self.loss_fn, self.n_classes,
+        net = self.ema.module if self.ema is not None else self.net  # the moving average when there is one
+        return validate_images(net, self.cfg, self.val_samples, self.normalizer, self.loss_fn, self.n_classes,
                                self.class_names, self.background, self.device, self.precision, self.channels_last)
 
     # -- checkpoints ----------------------------------------------------------------------
     def checkpoint_state(self, state: TrainState) -> dict:
         return {
-            "model": self.net.state_dict(),
+            **checkpoint_weights(self.net, self.ema),  # "model" (and "ema": the trained weights)
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "epoch": state.epoch,
@@ -274,6 +233,7 @@ class Trainer:
             "elapsed": state.elapsed,
             "best_score": state.best_score,
             "best_epoch": state.best_epoch,
+            "val_scores": list(state.val_scores),
             "torch_rng": torch.get_rng_state(),
             "schedule": self.schedule.state_dict(),
         }
@@ -281,7 +241,7 @@ class Trainer:
     def restore(self, ck: dict) -> TrainState:
         """Continue from ``ck`` (a :meth:`checkpoint_state` dict, e.g. ``last.pt``): load the model,
         optimizer, schedule, GradScaler (when both have one) and torch RNG; returns the counters."""
-        self.net.load_state_dict(ck["model"])
+        restore_weights(ck, self.net, self.ema)
         self.optimizer.load_state_dict(ck["optimizer"])
         self.schedule.load_state_dict(ck.get("schedule", {}))
         if self.scaler is not None and ck.get("scaler"):
@@ -289,7 +249,8 @@ class Trainer:
         torch.set_rng_state(ck["torch_rng"])
         self.saved_epoch = ck["epoch"]
         return TrainState(epoch=ck["epoch"], iteration=ck["iteration"], elapsed=ck["elapsed"],
-                          best_score=ck["best_score"], best_epoch=ck["best_epoch"])
+                          best_score=ck["best_score"], best_epoch=ck["best_epoch"],
+                          val_scores=list(ck.get("val_scores", [])))
 
     def _save(self, name: str, state: TrainState) -> None:
         path = RunPaths(self.run_dir).checkpoint(name)
@@ -302,14 +263,14 @@ class Trainer:
     def _check_weights(self, state: TrainState) -> None:
         """Stop before any checkpoint is written when the weights are no longer finite (every rank
         checks its own replica: they are equal under DDP, so all ranks stop together)."""
-        if not weights_finite(self.net):
+        if not (weights_finite(self.net) and (self.ema is None or weights_finite(self.ema.module))):
             raise TrainingDiverged(self._diverged_message(f"the weights became non-finite in epoch {state.epoch}"))
 
     # -- the loop -------------------------------------------------------------------------
     def fit(self, state: TrainState | None = None, logger: RunLogger | None = None) -> TrainState:
         state = state or TrainState()
         self.saved_epoch = self.saved_epoch or state.epoch or None
-        clock = _Clock(state.elapsed)
+        clock = Clock(state.elapsed)
         bar = self._progress_bar(state)
         try:
             while not (self.cfg.epochs and state.epoch >= self.cfg.epochs):
@@ -347,9 +308,9 @@ class Trainer:
                     unit="it" if self.total_iters else "s", disable=True if (self.quiet or not self.is_main) else None,
                     dynamic_ncols=True, leave=False, file=sys.stderr)
 
-    def _train_epoch(self, state: TrainState, clock: _Clock, bar) -> _Epoch:
+    def _train_epoch(self, state: TrainState, clock: Clock, bar) -> EpochTally:
         """The steps of one epoch (fewer when the time budget runs out)."""
-        ep = _Epoch()
+        ep = EpochTally()
         prefetch = Prefetcher(self.make_sampler(state.epoch), self.cfg.batch_size,
                               pin_memory=self.device.type == "cuda")
         try:
@@ -371,7 +332,7 @@ class Trainer:
             prefetch.close()
         return ep
 
-    def _timed_step(self, state: TrainState, ep: _Epoch, prefetch: Prefetcher, step: int) -> None:
+    def _timed_step(self, state: TrainState, ep: EpochTally, prefetch: Prefetcher, step: int) -> None:
         ep.lr = self.schedule.step(self.progress(state))
         t_data = time.perf_counter()
         xb, yb = prefetch.next()
@@ -386,11 +347,13 @@ class Trainer:
             self._skipped_step(state, step)
             return
         self.nonfinite_run = 0
+        if self.ema is not None:
+            self.ema.update(state.iteration + 1, self.progress(state))
         ep.losses.append(loss)
         if "cls_loss" in self.last_step:
             ep.cls_losses.append(self.last_step["cls_loss"])
 
-    def _epoch_row(self, state: TrainState, ep: _Epoch, clock: _Clock) -> tuple[dict, bool]:
+    def _epoch_row(self, state: TrainState, ep: EpochTally, clock: Clock) -> tuple[dict, bool]:
         """The epoch's ``metrics.csv`` row (validating when due) and whether it validated."""
         train_seconds = time.perf_counter() - ep.start
         validate = self.is_main and bool(self.val_samples) and (
@@ -414,16 +377,14 @@ class Trainer:
         return row, validate
 
     def _save_and_log(self, state: TrainState, row: dict, validated: bool, logger: RunLogger | None, bar) -> None:
-        """Rank 0: the ``metrics.csv`` row, ``best.pt`` when the validation Dice improved (every epoch
+        """Rank 0: the ``metrics.csv`` row, ``best.pt`` when ``select``'s score improved (every epoch
         without validation images), ``last.pt`` always, and the progress line.
 
         The row goes first: a run killed between the two resumes from the older ``last.pt`` and
         drops the extra row (``RunLogger.truncate``), whereas the other order would lose a row."""
         if logger is not None:
             logger.log(row)
-        if (validated and self.last_val["dice"] > state.best_score) or not self.val_samples:
-            state.best_score = self.last_val["dice"] if validated else state.best_score
-            state.best_epoch = state.epoch
+        if choose_best(state, self.cfg.select, self.last_val["dice"] if validated else None, bool(self.val_samples)):
             self._save("best", state)
         self._save("last", state)
         self.saved_epoch = state.epoch
