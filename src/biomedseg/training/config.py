@@ -72,7 +72,7 @@ class TrainConfig(BaseModel):
     patch_size: int = Field(256, ge=MIN_PATCH_SIZE, le=MAX_PATCH_SIZE)
     batch_size: int = Field(8, ge=1)
     fg_oversample: float = Field(0.33, ge=0.0, le=1.0)  # probability: 1 = every patch centred on foreground
-    augment: str = "default"
+    augment: str | list[str | dict[str, Any]] = "default"  # a preset name, or a list of {name: ..., p: ...} entries
     # intensity: z-score per channel; clip_zscore clips at the 0.5/99.5 percentiles first;
     # auto: clip_zscore for data deeper than 8 bits, zscore for 8-bit data
     normalization: Literal["auto", "zscore", "clip_zscore"] = "auto"
