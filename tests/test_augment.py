@@ -79,6 +79,7 @@ INTENSITY = {
     "uniform_noise": A.UniformNoise(p=1.0, amplitude=0.1),
     "brightness": A.Brightness(p=1.0, delta=0.3),
     "contrast": A.Contrast(p=1.0, factor=(0.5, 0.7)),
+    "channel_jitter": A.ChannelJitter(p=1.0, scale=(0.8, 1.2), shift=0.2),
     "gamma": A.Gamma(p=1.0, gamma=(1.5, 2.0)),
     "blur": A.GaussianBlur(p=1.0, sigma=(1.0, 1.5)),
 }

@@ -81,7 +81,7 @@ class TrainConfig(BaseModel):
     # native size before the argmax (engine/scaled.py). The plan picks it from object sizes.
     working_scale: float = Field(1.0, gt=0.0, le=1.0)
     fg_oversample: float = Field(0.33, ge=0.0, le=1.0)  # probability: 1 = every patch centred on foreground
-    augment: str = "default"
+    augment: str | list[str | dict[str, Any]] = "default"  # a preset name, or a list of {name: ..., p: ...} entries
     # intensity: z-score per channel; clip_zscore clips at the 0.5/99.5 percentiles first;
     # auto: clip_zscore for data deeper than 8 bits, zscore for 8-bit data
     normalization: Literal["auto", "zscore", "clip_zscore"] = "auto"

@@ -29,8 +29,12 @@ Config lists (:func:`build_augmentations`)::
       - {name: gamma, p: 0.3, gamma: [0.7, 1.5]}
 
 Names: ``flip``, ``rot90``, ``flip_rot90``, ``rotate``, ``scale``, ``elastic``, ``spatial``,
-``gaussian_noise`` (``noise``), ``uniform_noise``, ``brightness``, ``contrast``, ``gamma``,
-``blur`` (``gaussian_blur``), ``crop`` (``random_crop``), ``pad``.
+``gaussian_noise`` (``noise``), ``uniform_noise``, ``brightness``, ``contrast``, ``channel_jitter``,
+``gamma``, ``blur`` (``gaussian_blur``), ``crop`` (``random_crop``), ``pad``. ``flip`` with
+``vertical: false`` gives left-right flips only; ``rot90`` / ``flip_rot90`` also turn images
+upside down (180 degrees), so data with a preferred up-down axis takes neither.
+
+The ``default`` preset is the config list :data:`DEFAULT_AUGMENT`.
 """
 
 from __future__ import annotations
@@ -39,14 +43,15 @@ from typing import Any, Sequence
 
 from biomedseg.errors import UserError
 from biomedseg.transforms.augment_base import Compose
-from biomedseg.transforms.intensity import Brightness, Contrast, Gamma, GaussianBlur, GaussianNoise, UniformNoise
+from biomedseg.transforms.intensity import (Brightness, ChannelJitter, Contrast, Gamma, GaussianBlur, GaussianNoise,
+                                            UniformNoise)
 from biomedseg.transforms.spatial import Flip, FlipRot90, Pad, RandomCrop, Rot90, Spatial
 from biomedseg.transforms.spatial import warp  # noqa: F401  (re-exported: was defined here)
 
 __all__ = [
-    "Brightness", "Contrast", "Flip", "FlipRot90", "Gamma", "GaussianBlur", "GaussianNoise", "Pad",
-    "RandomCrop", "Rot90", "Spatial", "UniformNoise", "PRESETS", "TRANSFORMS", "build_augmentations",
-    "build_preset",
+    "Brightness", "ChannelJitter", "Contrast", "Flip", "FlipRot90", "Gamma", "GaussianBlur", "GaussianNoise",
+    "Pad", "RandomCrop", "Rot90", "Spatial", "UniformNoise", "DEFAULT_AUGMENT", "PRESETS", "TRANSFORMS",
+    "build_augmentations", "build_preset",
 ]
 
 
@@ -69,7 +74,7 @@ TRANSFORMS: dict[str, Any] = {
     "flip": Flip, "rot90": Rot90, "flip_rot90": FlipRot90, "flips": FlipRot90,
     "rotate": _rotate, "scale": _scale, "elastic": _elastic, "spatial": Spatial,
     "gaussian_noise": GaussianNoise, "noise": GaussianNoise, "uniform_noise": UniformNoise,
-    "brightness": Brightness, "contrast": Contrast, "gamma": Gamma,
+    "brightness": Brightness, "contrast": Contrast, "channel_jitter": ChannelJitter, "gamma": Gamma,
     "blur": GaussianBlur, "gaussian_blur": GaussianBlur,
     "crop": RandomCrop, "random_crop": RandomCrop, "pad": Pad,
 }
@@ -112,16 +117,23 @@ def build_augmentations(spec: list[dict]) -> Compose:
     return Compose(transforms)
 
 
+#: the ``default`` preset as a config list: all 8 flips/90-degree rotations, mild rotation and
+#: scaling (one resampling), brightness/contrast/gamma, noise and blur, each with a moderate
+#: probability. The planner's data-driven list (``training.plan_augment``) starts from it.
+DEFAULT_AUGMENT: tuple[dict, ...] = (
+    {"name": "flip_rot90"},
+    {"name": "rotate", "p": 0.25, "degrees": 15},
+    {"name": "scale", "p": 0.25, "scale": [0.85, 1.15]},
+    {"name": "brightness", "p": 0.3, "delta": 0.2},
+    {"name": "contrast", "p": 0.3, "factor": [0.8, 1.25]},
+    {"name": "gamma", "p": 0.3, "gamma": [0.75, 1.35]},
+    {"name": "gaussian_noise", "p": 0.2, "std": [0.0, 0.1]},
+    {"name": "blur", "p": 0.15, "sigma": [0.5, 1.0]},
+)
+
+
 def _default() -> Compose:
-    return Compose([
-        FlipRot90(),
-        Spatial(rotate_p=0.25, degrees=15, scale_p=0.25, scale=(0.85, 1.15)),
-        Brightness(p=0.3, delta=0.2),
-        Contrast(p=0.3, factor=(0.8, 1.25)),
-        Gamma(p=0.3, gamma=(0.75, 1.35)),
-        GaussianNoise(p=0.2, std=(0.0, 0.1)),
-        GaussianBlur(p=0.15, sigma=(0.5, 1.0)),
-    ])
+    return build_augmentations(list(DEFAULT_AUGMENT))
 
 
 def _strong() -> Compose:

@@ -1,4 +1,4 @@
-"""The augmentation pipeline of a training run, by preset name.
+"""The augmentation pipeline of a training run, by preset name or config list.
 
 Arrays: image ``(C, H, W) float32`` (already normalised), mask ``(H, W) int64``. Every
 transform is a small callable ``t(image, mask, rng) -> (image, mask)`` using the numpy
@@ -10,15 +10,18 @@ transforms and presets live in :mod:`biomedseg.transforms.augment`; :class:`Comp
 from __future__ import annotations
 
 from biomedseg.errors import UserError
-from biomedseg.transforms.augment import build_preset
+from biomedseg.transforms.augment import build_augmentations, build_preset
 from biomedseg.transforms.augment_base import Compose, Transform
 
 __all__ = ["Compose", "Transform", "build_augmenter"]
 
 
-def build_augmenter(preset: str) -> Compose:
+def build_augmenter(preset: str | list) -> Compose:
     """Augmentation pipeline by preset name (``none``, ``flips``, ``default``, ``strong``; see
-    :func:`biomedseg.transforms.augment.build_preset`)."""
+    :func:`biomedseg.transforms.augment.build_preset`) or from a config list of
+    ``{name: ..., p: ..., ...}`` entries (:func:`biomedseg.transforms.augment.build_augmentations`)."""
+    if isinstance(preset, (list, tuple)):
+        return build_augmentations(list(preset))
     pipeline = build_preset(preset)
     if pipeline is None:
         raise UserError(f"unknown augmentation preset {preset!r}")

@@ -1,4 +1,5 @@
-"""Intensity augmentations: noise, brightness, contrast, gamma, blur. The mask is never changed.
+"""Intensity augmentations: noise, brightness, contrast, per-channel jitter (colour), gamma, blur.
+The mask is never changed.
 
 Each transform is a callable ``t(image, mask, rng) -> (image, mask)`` with image
 ``(C, H, W) float32`` (normalised, z-score units) returned as ``float32``, mask ``(H, W) int64``
@@ -15,7 +16,7 @@ from scipy import ndimage
 
 from biomedseg.transforms.augment_base import RandomTransform, check_probability, parse_range
 
-__all__ = ["Brightness", "Contrast", "Gamma", "GaussianBlur", "GaussianNoise", "UniformNoise"]
+__all__ = ["Brightness", "ChannelJitter", "Contrast", "Gamma", "GaussianBlur", "GaussianNoise", "UniformNoise"]
 
 
 class GaussianNoise(RandomTransform):
@@ -60,6 +61,23 @@ class Contrast(RandomTransform):
         f = np.float32(rng.uniform(*self.factor))
         mean = image.mean(axis=(1, 2), keepdims=True)
         return ((image - mean) * f + mean).astype(np.float32), mask
+
+
+class ChannelJitter(RandomTransform):
+    """Colour (stain, white balance) variation: each channel independently ``x_c * a_c + b_c``,
+    ``a_c`` uniform in ``scale``, ``b_c`` uniform in ``[-shift, shift]`` (z-score units, so the
+    scaling is about the dataset's mean)."""
+
+    def __init__(self, p: float = 0.3, scale: Sequence[float] = (0.9, 1.1), shift: float = 0.1):
+        self.p, self.scale, self.shift = check_probability(p), parse_range(scale, "scale"), float(shift)
+        if self.shift < 0:
+            raise ValueError("shift must be >= 0")
+
+    def apply(self, image, mask, rng):
+        c = image.shape[0]
+        a = rng.uniform(*self.scale, size=(c, 1, 1)).astype(np.float32)
+        b = rng.uniform(-self.shift, self.shift, size=(c, 1, 1)).astype(np.float32)
+        return (image * a + b).astype(np.float32), mask
 
 
 class Gamma(RandomTransform):
