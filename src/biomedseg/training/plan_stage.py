@@ -10,6 +10,7 @@ from __future__ import annotations
 from biomedseg.models.registry import width_option
 from biomedseg.runs import read_plan
 from biomedseg.training.config import TrainConfig, build_config
+from biomedseg.training.plan_augment import augment_fingerprint
 from biomedseg.training.planner import (apply_plan, compile_possible, fingerprint_from_samples, make_plan,
                                         step_timer)
 
@@ -44,6 +45,7 @@ def fingerprint_of(data) -> dict:
     fp = fingerprint_from_samples(data.train, data.n_classes, s.classes, s.background, s.channels,
                                   pixel_size=training_pixel_size(s))
     fp["n_val_images"] = len(s.split.get("val", []))
+    fp["augment"] = augment_fingerprint(data.train, s.channels)  # native images: before any working scale
     return fp
 
 

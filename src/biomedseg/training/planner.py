@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from biomedseg.training.plan_augment import plan_augment
 from biomedseg.training.plan_scale import CONTEXT_DIAMETERS, THIN_STRUCTURE_WIDTH, plan_working_scale
 from biomedseg.transforms.normalize import CLIP_PERCENTILES
 
@@ -196,8 +197,7 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     plan["class_weights"] = {"value": "none", "reason": "the Dice term of dice+ce already weighs every class "
                              "equally; foreground oversampling handles the rest"}
     plan["loss"] = {"value": "dice+ce", "reason": "robust default for thin and rare structures (nnU-Net's choice)"}
-    plan["augment"] = {"value": "default", "reason": "flips/rotations and mild intensity changes: microscopy has "
-                       "no preferred orientation"}
+    plan["augment"] = plan_augment(fp.get("augment", {}))
     plan["optimizer"] = {"value": "adamw", "reason": "adaptive steps converge in few epochs; nnU-Net's SGD schedule "
                          "assumes ~1000 epochs"}
     plan["lr"] = {"value": 2e-3, "reason": "AdamW with poly decay to 0 over the budget"}
