@@ -139,3 +139,39 @@ def test_exported_scaled_networks_match_at_any_tile_size(scaled_run, tmp_path):
         assert ref.shape[-2:] == hw
         assert torch.allclose(ref, ts, atol=1e-5)
         assert np.allclose(ref.numpy(), session.run(None, {"input": x.numpy()})[0], atol=1e-4)
+
+
+def test_mixed_pixel_sizes_are_brought_to_the_reference_grid():
+    from biomedseg.data.datasets import CachedSample
+    from biomedseg.io.pixel_size import pixel_size_factor
+    from biomedseg.training.data_setup import DataSetup, TrainingData, at_working_scale
+
+    assert pixel_size_factor([0.5, 0.5], (0.5, 0.502)) is None  # within the tolerance
+    assert pixel_size_factor([0.5, 0.5], (1.0, 0.25)) == (2.0, 0.5)
+    assert pixel_size_factor(None, (1.0, 1.0)) is None
+    fine = CachedSample("fine", np.zeros((80, 80, 1), np.uint8), np.zeros((80, 80), np.uint8), pixel_size=(0.5, 0.5))
+    coarse = CachedSample("coarse", np.zeros((40, 40, 1), np.uint8), np.zeros((40, 40), np.uint8), pixel_size=(1.0, 1.0))
+    coarse.mask[10:20, 10:20] = 1
+    setup = DataSetup(None, [], ["background", "fg"], None, True, 0, 1, {})
+    data = TrainingData(setup, [fine, coarse], [])
+    same = at_working_scale(data, 1.0, pixel_size=[0.5, 0.5])
+    assert [s.shape for s in same.train] == [(80, 80), (80, 80)]  # the coarse image enlarged to 0.5 µm
+    assert (same.train[1].mask == 1).sum() == 400
+    half = at_working_scale(data, 0.5, pixel_size=[0.5, 0.5])
+    assert [s.shape for s in half.train] == [(40, 40), (40, 40)]
+    assert at_working_scale(data, 1.0, pixel_size=None) is data  # unknown reference: nothing to do
+
+
+def test_prediction_resamples_an_image_of_another_pixel_size():
+    from biomedseg.engine.scaled import logits_at_pixel_size
+
+    class Recorder:
+        def predict_logits(self, image):
+            self.seen = tuple(image.shape[-2:])
+            return torch.as_tensor(image)[:1].repeat(2, 1, 1)
+
+    pred = Recorder()
+    image = np.random.default_rng(0).random((1, 60, 90), dtype=np.float32)
+    out = logits_at_pixel_size(pred, image, (2.0, 2.0))  # pixels twice the training data's: enlarged 2x
+    assert pred.seen == (120, 180) and tuple(out.shape) == (2, 60, 90)
+    assert logits_at_pixel_size(pred, image, None).shape[-2:] == (60, 90) and pred.seen == (60, 90)

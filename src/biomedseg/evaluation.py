@@ -80,6 +80,7 @@ def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, ove
 
     from biomedseg.inference.predict import predict_image
     from biomedseg.io import Palette, read_image, read_mask, write_png
+    from biomedseg.io.pixel_size import pixel_size
     from biomedseg.render import overlay_panel
 
     palette = Palette.from_json(loaded.info.palette)
@@ -90,7 +91,7 @@ def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, ove
         target, n = read_mask(s.mask, palette, strict_index=loaded.info.strict_index)
         snapped += n
         valid = _valid_region(valid_dir, s.id)
-        pred, proba = predict_image(loaded, predictor, image, postprocess=post)
+        pred, proba = predict_image(loaded, predictor, image, postprocess=post, pixel_size=pixel_size(s.image))
         acc.update(pred, target, valid=valid, image_id=s.id)
         if ungated is not None:  # the same chain without the gate: what gating is worth
             from biomedseg.inference.postprocess import apply_postprocess

@@ -27,6 +27,7 @@ class CachedSample:
     image: np.ndarray
     mask: np.ndarray
     class_coords: dict[int, np.ndarray] = field(default_factory=dict)  # class -> (n, 2) int32 (y, x)
+    pixel_size: tuple[float, float] | None = None  # (y, x) µm, when dataset.json or the file states it
 
     @property
     def shape(self) -> tuple[int, int]:

@@ -61,3 +61,16 @@ def at_scale(net: nn.Module, scale: float | None) -> nn.Module:
     if scale is None or scale >= 1:
         return net
     return ScaledNet(net, scale)
+
+
+def logits_at_pixel_size(predictor, image, factor: tuple[float, float] | None) -> torch.Tensor:
+    """``predictor.predict_logits`` of a ``(C, H, W)`` normalised image whose pixels are ``factor``
+    ``(y, x)`` times the training data's (:func:`biomedseg.io.pixel_size.pixel_size_factor`): the
+    image is resampled to the training pixel size first and the logits come back to ``(H, W)``."""
+    if factor is None:
+        return predictor.predict_logits(image)
+    x = torch.as_tensor(image, dtype=torch.float32)[None]
+    h, w = x.shape[-2:]
+    size = (max(1, int(round(h * factor[0]))), max(1, int(round(w * factor[1]))))
+    logits = predictor.predict_logits(resize_tensor(x, size)[0])
+    return resize_tensor(logits[None].float(), (h, w))[0]

@@ -59,19 +59,28 @@ class PredictSummary:
             getattr(self, name).extend(getattr(other, name))
 
 
-def predict_proba_image(run, predictor, image: np.ndarray) -> np.ndarray:
-    """``(H, W, C)`` raw image -> ``(K, H, W) float32`` probabilities."""
+def predict_proba_image(run, predictor, image: np.ndarray, pixel_size=None) -> np.ndarray:
+    """``(H, W, C)`` raw image -> ``(K, H, W) float32`` probabilities. ``pixel_size``: the image's
+    ``(y, x)`` µm when known; an image whose pixels differ from the training data's
+    (``config.pixel_size``) is predicted on the training grid, its probabilities at its own size."""
+    from biomedseg.engine.scaled import logits_at_pixel_size
     from biomedseg.io import conform_channels
+    from biomedseg.io.pixel_size import pixel_size_factor
 
-    return predictor.predict_proba(run.normalizer(conform_channels(image, run.info.channels)))
+    x = run.normalizer(conform_channels(image, run.info.channels))
+    factor = pixel_size_factor(run.config.pixel_size, pixel_size)
+    if factor is None:
+        return predictor.predict_proba(x)
+    return predictor.to_proba(logits_at_pixel_size(predictor, x, factor)).numpy()
 
 
-def predict_image(run, predictor, image: np.ndarray, postprocess=None) -> tuple[np.ndarray, np.ndarray]:
+def predict_image(run, predictor, image: np.ndarray, postprocess=None, pixel_size=None) -> tuple[np.ndarray, np.ndarray]:
     """``(H, W, C)`` raw image -> (``(H, W) uint8`` index mask, ``(K, H, W) float32`` probabilities).
 
-    ``postprocess``: a :class:`~biomedseg.inference.postprocess.PostprocessConfig` (``None``: argmax).
+    ``postprocess``: a :class:`~biomedseg.inference.postprocess.PostprocessConfig` (``None``: argmax);
+    ``pixel_size``: as in :func:`predict_proba_image`.
     """
-    proba = predict_proba_image(run, predictor, image)
+    proba = predict_proba_image(run, predictor, image, pixel_size)
     if postprocess is None:
         return proba.argmax(0).astype(np.uint8), proba
     from biomedseg.inference.postprocess import apply_postprocess
@@ -234,7 +243,7 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
                                  want_rle=want_rle, encoding=encoding, object_type=object_type), []
     image = read_image(path)
     px = pixel_size(path)
-    proba = predict_proba_image(run, predictor, image)
+    proba = predict_proba_image(run, predictor, image, px)
     if post is not None or instances:
         from biomedseg.inference.postprocess import apply_postprocess
 

@@ -207,6 +207,18 @@ def resolve_pixel_size(path: str | os.PathLike, meta: dict | None = None,
     return found, ("file" if found is not None else None)
 
 
+def pixel_size_factor(reference, size) -> tuple[float, float] | None:
+    """``(y, x)`` factors taking an image of pixel ``size`` to the grid of pixel ``reference``
+    (``size / reference``: > 1 enlarges), or ``None`` when either is unknown or they agree within
+    ``PIXEL_SIZE_TOLERANCE``."""
+    if reference is None or size is None:
+        return None
+    fy, fx = float(size[0]) / float(reference[0]), float(size[1]) / float(reference[1])
+    if abs(fy - 1) <= PIXEL_SIZE_TOLERANCE and abs(fx - 1) <= PIXEL_SIZE_TOLERANCE:
+        return None
+    return fy, fx
+
+
 def summarize_pixel_sizes(sizes: list[PixelSize | None]) -> dict:
     """Pool the pixel sizes of a data set: ``{"known", "unknown", "values": [{"pixel_size":
     [y, x], "count"}] (most common first), "median": [y, x] | None, "mixed": bool}``; sizes

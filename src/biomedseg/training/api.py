@@ -62,7 +62,7 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     planned = {}
     if cfg.auto_plan and not resume:
         cfg, planned = plan_config(cfg, explicit, data_, rt.device, plan)
-    data_ = at_working_scale(data_, cfg.working_scale, cfg.seed, rt.quiet)
+    data_ = at_working_scale(data_, cfg.working_scale, cfg.seed, rt.quiet, cfg.pixel_size)
     parts = stages.build(cfg, data_, rt)
     if rt.dist.is_main:
         stages.write_artifacts(run, cfg, stages.dataset_info(data_, parts),

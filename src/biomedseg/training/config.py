@@ -80,6 +80,9 @@ class TrainConfig(BaseModel):
     # images are shrunk by this factor for the network (anti-aliased); predictions come back to the
     # native size before the argmax (engine/scaled.py). The plan picks it from object sizes.
     working_scale: float = Field(1.0, gt=0.0, le=1.0)
+    # (y, x) µm of the training data's pixels (the plan's median, where files or dataset.json state
+    # them): images of another pixel size are resampled to it for training, validation and prediction
+    pixel_size: list[float] | None = None
     fg_oversample: float = Field(0.33, ge=0.0, le=1.0)  # probability: 1 = every patch centred on foreground
     augment: str | list[str | dict[str, Any]] = "default"  # a preset name, or a list of {name: ..., p: ...} entries
     # intensity: z-score per channel; clip_zscore clips at the 0.5/99.5 percentiles first;

@@ -159,6 +159,16 @@ def auto_iterations_per_epoch(cfg, train_shapes) -> int:
     return steps_per_pass(float(sum(h * w for h, w in train_shapes)), cfg.patch_size, cfg.batch_size)
 
 
+def _attach_pixel_sizes(cache: dict, by_id: dict, source) -> None:
+    """Each cached sample's pixel size (``dataset.json`` first, then the file's metadata)."""
+    from biomedseg.io.pixel_size import resolve_pixel_size
+
+    meta = getattr(source, "meta", None)
+    for sid, sample in cache.items():
+        found = resolve_pixel_size(by_id[sid].image, meta, sid)[0]
+        sample.pixel_size = tuple(found) if found is not None else None
+
+
 @dataclass
 class TrainingData:
     """The prepared data folder and its decoded training (and validation) samples."""
@@ -190,6 +200,7 @@ def load_training_data(cfg, data=None, images=None, masks=None, with_val: bool =
                     leave=False):
         cache[sid], n = load_sample(by_id[sid], setup.palette, setup.channels, setup.strict_index, n_classes, rng)
         snapped += n
+    _attach_pixel_sizes(cache, by_id, setup.source)
     if snapped:
         log.warning("%d mask pixels were off the palette (anti-aliasing/JPEG damage) and were snapped "
                     "to the nearest class", snapped)
@@ -200,25 +211,32 @@ def load_training_data(cfg, data=None, images=None, masks=None, with_val: bool =
     return TrainingData(setup, train, val)
 
 
-def at_working_scale(data: TrainingData, scale: float, seed: int = 0, quiet: bool = False) -> TrainingData:
+def at_working_scale(data: TrainingData, scale: float, seed: int = 0, quiet: bool = False,
+                     pixel_size=None) -> TrainingData:
     """``data`` with its training images shrunk by ``scale`` (anti-aliased) and their masks resampled
-    so thin and small classes survive (:func:`~biomedseg.transforms.resample.resample_mask`).
+    so thin and small classes survive (:func:`~biomedseg.transforms.resample.resample_mask`);
+    images whose pixel size differs from ``pixel_size`` (the reference ``(y, x)`` µm) are first
+    brought to it.
 
     Validation images stay native: validation runs the network at the working scale and scores at
     the native resolution (:func:`~biomedseg.training.validation.validate_images`)."""
-    if scale >= 1:
+    from biomedseg.io.pixel_size import pixel_size_factor
+
+    factors = [pixel_size_factor(pixel_size, s.pixel_size) or (1.0, 1.0) for s in data.train]
+    if scale >= 1 and all(f == (1.0, 1.0) for f in factors):
         return data
     from tqdm.auto import tqdm
 
     from biomedseg.data.datasets import CachedSample, index_class_pixels
-    from biomedseg.transforms.resample import resample_image, resample_mask, scaled_shape
+    from biomedseg.transforms.resample import resample_image, resample_mask
 
     rng = np.random.default_rng(seed)
     k, bg = data.n_classes, data.setup.background
     train = []
-    for s in tqdm(data.train, desc=f"resampling to scale {scale:g}", leave=False,
-                  disable=True if (quiet or len(data.train) < 20) else None):
-        shape = scaled_shape(s.shape, scale)
+    for s, (fy, fx) in tqdm(list(zip(data.train, factors)), desc=f"resampling to scale {scale:g}", leave=False,
+                            disable=True if (quiet or len(data.train) < 20) else None):
+        shape = (max(1, round(s.shape[0] * scale * fy)), max(1, round(s.shape[1] * scale * fx)))
         mask = resample_mask(s.mask, shape, k, bg)
-        train.append(CachedSample(s.id, resample_image(s.image, shape), mask, index_class_pixels(mask, k, rng)))
+        train.append(CachedSample(s.id, resample_image(s.image, shape), mask, index_class_pixels(mask, k, rng),
+                                  s.pixel_size))
     return TrainingData(data.setup, train, data.val)

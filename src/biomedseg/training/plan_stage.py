@@ -43,21 +43,18 @@ def fingerprint_of(data) -> dict:
     """The planner's fingerprint of the training samples of a :class:`~biomedseg.training.data_setup.TrainingData`."""
     s = data.setup
     fp = fingerprint_from_samples(data.train, data.n_classes, s.classes, s.background, s.channels,
-                                  pixel_size=training_pixel_size(s))
+                                  pixel_size=training_pixel_size(data.train))
     fp["n_val_images"] = len(s.split.get("val", []))
     fp["augment"] = augment_fingerprint(data.train, s.channels)  # native images: before any working scale
     return fp
 
 
-def training_pixel_size(setup) -> list[float] | None:
-    """Median physical pixel size ``[y, x]`` (µm) of the training split's images (``dataset.json``
+def training_pixel_size(samples) -> list[float] | None:
+    """Median physical pixel size ``[y, x]`` (µm) of the training samples (``dataset.json``
     ``pixel_size``, else the files' metadata), ``None`` when none states one."""
-    from biomedseg.io.pixel_size import resolve_pixel_size, summarize_pixel_sizes
+    from biomedseg.io.pixel_size import summarize_pixel_sizes
 
-    meta = getattr(setup.source, "meta", None)
-    train = set(setup.split.get("train", []))
-    sizes = [resolve_pixel_size(s.image, meta, s.id)[0] for s in setup.samples if s.id in train]
-    return summarize_pixel_sizes(sizes)["median"]
+    return summarize_pixel_sizes([s.pixel_size for s in samples])["median"]
 
 
 def plan_now(cfg: TrainConfig, explicit: dict, fingerprint: dict, device, n_classes: int, channels: int,

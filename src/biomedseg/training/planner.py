@@ -164,6 +164,9 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     fg = [i for i in range(len(fp["class_share"])) if i != fp.get("background")]
     rare = min((fp["class_share"][i] for i in fg), default=1.0)
     cap = 512 if gpu or rare >= RARE_CLASS_SHARE else 256
+    if fp.get("pixel_size"):
+        plan["pixel_size"] = {"value": fp["pixel_size"], "reason": "median pixel size (y, x µm) of the training "
+                              "images: images of another pixel size are resampled to it (training and prediction)"}
     plan["working_scale"] = plan_working_scale(fp, 512 if gpu else 256)
     scale = plan["working_scale"]["value"]
     if scale < 1:  # the context did not fit at native resolution: the patch holds it at this scale

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from biomedseg.engine.defaults import inference_batch_size
-from biomedseg.engine.scaled import at_scale, native_tile
+from biomedseg.engine.scaled import at_scale, logits_at_pixel_size, native_tile
+from biomedseg.io.pixel_size import pixel_size_factor
 from biomedseg.engine.sliding_window import SlidingWindowPredictor
 from biomedseg.metrics import MetricAccumulator
 from biomedseg.models.heads import foreground_present
@@ -28,7 +29,7 @@ def validate_images(net, cfg, val_samples, normalizer, loss_fn, n_classes, class
     acc = MetricAccumulator(n_classes, class_names, background)
     losses, cls_right = [], []
     for s in val_samples:
-        logits = predictor.predict_logits(normalizer(s.image))
+        logits = logits_at_pixel_size(predictor, normalizer(s.image), pixel_size_factor(cfg.pixel_size, s.pixel_size))
         target = torch.from_numpy(s.mask.astype(np.int64))
         losses.append(float(loss_fn(logits[None], target[None])))
         acc.update(logits.argmax(0).numpy().astype(np.uint8), s.mask, image_id=s.id)
