@@ -70,6 +70,17 @@ def test_streaming_equals_in_memory(model, shape, tta):
     np.testing.assert_allclose(got, ref, atol=1e-4)
 
 
+def test_streaming_equals_in_memory_at_a_working_scale(model):
+    from biomedseg.engine.scaled import at_scale, native_tile
+
+    scaled, tile = at_scale(model, 0.5), native_tile(64, 0.5)  # 64 px patches of 128 px native tiles
+    x = np.random.default_rng(4).normal(size=(1, 300, 260)).astype(np.float32)
+    ref = SlidingWindowPredictor(scaled, tile, 0.25, batch_size=4).predict_proba(x)
+    got = StreamingPredictor(scaled, tile, 0.25, batch_size=3).predict_proba(x)
+    assert got.shape == ref.shape == (3, 300, 260)
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+
+
 def test_rot90_tta_is_rotation_equivariant(model):
     x = np.random.default_rng(2).normal(size=(1, 128, 128)).astype(np.float32)
     sp = SlidingWindowPredictor(model, 128, 0.25, tta="flips+rot90")
