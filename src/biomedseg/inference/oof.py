@@ -40,6 +40,7 @@ def _predict_fold(cv: CVFolder, i: int, tta: str, device: str, quiet: bool, samp
     from biomedseg.inference.predict import predict_proba_image
     from biomedseg.inference.run import load_run
     from biomedseg.io import read_image
+    from biomedseg.io.pixel_size import pixel_size
 
     loaded = load_run(cv.fold_dir(i), device=device)
     predictor = loaded.predictor(tta=tta)
@@ -50,7 +51,8 @@ def _predict_fold(cv: CVFolder, i: int, tta: str, device: str, quiet: bool, samp
     for sid in tqdm(ids, desc=f"fold {i}: out-of-fold", unit="img", disable=True if (quiet or len(ids) < 2) else None,
                     leave=False):
         s = samples[sid]
-        yield s, predict_proba_image(loaded, predictor, read_image(s.image)), predictor.last_image_probability
+        proba = predict_proba_image(loaded, predictor, read_image(s.image), pixel_size(s.image))
+        yield s, proba, predictor.last_image_probability
 
 
 def predict_fold_oof(cv: CVFolder, i: int, tta: str = "none", device: str = "auto", quiet: bool = False) -> dict:

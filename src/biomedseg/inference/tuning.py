@@ -260,11 +260,12 @@ def _predict_cache(loaded, predictor, samples, max_pixels: int, quiet: bool) -> 
 
     from biomedseg.inference.predict import predict_proba_image
     from biomedseg.io import Palette, read_image
+    from biomedseg.io.pixel_size import pixel_size
 
     palette = Palette.from_json(loaded.info.palette)
     cache: list[_Cached] = []
     for s in tqdm(samples, desc="predicting val", unit="img", disable=True if (quiet or len(samples) < 2) else None):
-        proba = predict_proba_image(loaded, predictor, read_image(s.image))
+        proba = predict_proba_image(loaded, predictor, read_image(s.image), pixel_size(s.image))
         cache.append(_cached(s, proba, palette, loaded.info.strict_index, max_pixels, predictor.last_image_probability))
     return cache
 
