@@ -167,10 +167,11 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     if fp.get("pixel_size"):
         plan["pixel_size"] = {"value": fp["pixel_size"], "reason": "median pixel size (y, x µm) of the training "
                               "images: images of another pixel size are resampled to it (training and prediction)"}
-    plan["working_scale"] = plan_working_scale(fp, 512 if gpu else 256)
+    scaled_patch = 512 if gpu else 256  # the patch a shrunk image must fit: 8 per CPU step, 16 per GPU step
+    plan["working_scale"] = plan_working_scale(fp, scaled_patch)
     scale = plan["working_scale"]["value"]
     if scale < 1:  # the context did not fit at native resolution: the patch holds it at this scale
-        patch = 512 if gpu else 256
+        patch = scaled_patch
         whole = max(h, w) * scale <= patch
         why = (f"{'whole images' if whole else 'patches'} of {h * scale:.0f}x{w * scale:.0f}px at working scale "
                f"{scale:.3g}" + (" (mirror-padded to the patch: no crop throws context away)" if whole else ""))
