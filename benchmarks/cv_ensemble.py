@@ -12,7 +12,9 @@ For each dataset (issue 16):
 then ``biomedseg compare A B --split test``: both evaluated on the test split, and the paired
 bootstrap of the per-image Dice difference (B - A) with its 95% interval. Prints one markdown row
 and one ``RESULT`` line per dataset. With ``--workdir`` finished runs are reused (the CV resumes),
-so an interrupted benchmark continues where it stopped. "trained s" is the training time the
+so an interrupted benchmark continues where it stopped. ``--sides single`` / ``--sides cv`` train one side only
+(no comparison): two such processes with ``--set num_threads=1`` on one ``--workdir`` train both sides at
+once on a 2-core machine, one core each; a last call with the default ``--sides both`` then only compares. "trained s" is the training time the
 trainer counted (a CV: summed over its folds; a run trains at least one epoch, so tiny budgets
 overshoot); "wall s" the whole command (the CV's audit, plan and out-of-fold predictions included;
 evaluations excluded).
@@ -59,16 +61,19 @@ def trained_seconds(folder: Path) -> float:
     return float("nan") if seconds is None else float(seconds)
 
 
-def run_dataset(name: str, budget: str, folds: int, workdir: Path, extra: dict) -> dict:
+def run_dataset(name: str, budget: str, folds: int, workdir: Path, extra: dict, sides: str = "both") -> dict | None:
     from biomedseg.comparison import compare
     from biomedseg.crossval import cross_validate
 
     data = SHARED / name
     single, cv = workdir / name / "single", workdir / name / "cv"
-    single_s = single_run(data, single, budget, extra)
+    single_s = single_run(data, single, budget, extra) if sides != "cv" else float("nan")
     t0 = time.perf_counter()
-    summary = cross_validate(data, cv, folds=folds, time_budget=budget, quiet=True, **extra)
+    summary = cross_validate(data, cv, folds=folds, time_budget=budget, quiet=True, **extra) if sides != "single" else None
     cv_s = time.perf_counter() - t0
+    if sides != "both":
+        print(f"{name}: {sides} side trained ({single_s if sides == 'single' else cv_s:.0f} s)", flush=True)
+        return None
     result = compare([single, cv], workdir / name / "compare", split="test", quiet=True)
     c = result["comparisons"][0]
     evals = {r["name"]: Path(r["evaluation"]) for r in result["runs"]}
@@ -86,6 +91,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", default="30m", help="total training time of each side, e.g. 30m")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--workdir", default=None, help="keep runs here and reuse them (default: a temporary folder)")
+    ap.add_argument("--sides", choices=["both", "single", "cv"], default="both",
+                    help="train one side only (see above); both: train what is missing, then compare")
     ap.add_argument("--set", action="append", default=[], help="extra training option key=value (both sides)")
     args = ap.parse_args(argv)
     from biomedseg.training.config import parse_overrides
@@ -99,7 +106,9 @@ def main(argv=None) -> int:
         if not (SHARED / name / "images").is_dir():
             print(f"skip {name}: not found under {SHARED}", file=sys.stderr)
             continue
-        r = run_dataset(name, args.budget, args.folds, workdir, extra)
+        r = run_dataset(name, args.budget, args.folds, workdir, extra, args.sides)
+        if r is None:
+            continue
         print(f"| {name} | {r['budget']} | {r['n_test']} | {r['single_dice']:.4f} | {r['cv_dice']:.4f} | "
               f"{r['difference']:+.4f} ({r['low']:+.4f} to {r['high']:+.4f}) | {r['oof_dice']:.4f} | "
               f"{r['fold_dice_sd']:.4f} | {r['single_trained_s']:.0f} / {r['cv_trained_s']:.0f} | "

@@ -1,6 +1,6 @@
 """The optimizer x learning-rate table of the seed ISBI project, as a ``biomedseg sweep``.
 
-    python benchmarks/sweep_isbi.py [--budget-per-trial 3m] [--out SWEEP] [--trials N]
+    python benchmarks/sweep_isbi.py [--budget-per-trial 3m] [--out SWEEP] [--trials N] [--scheduler local:2]
 
 4 optimizers (adam, adamw, sgd, rmsprop) x 3 learning rates on ``../shared/datasets/isbi2012_em``,
 each trial trained for the same wall-clock budget with the plan made once and the same seed, no
@@ -8,7 +8,8 @@ pruning (every cell of the table trained in full), then evaluated on the test sp
 table (membrane Dice and pixel accuracy on the test images, best validation Dice, steps) and, last,
 one RESULT line. Pixel accuracy is reported beside Dice to show how little it says on this data:
 the majority class (cell interior) is ~78% of the pixels, so even a poor model scores ~0.9.
-Run again with the same ``--out`` to continue an interrupted table.
+Run again with the same ``--out`` to continue an interrupted table. ``--scheduler`` trains the trials
+as jobs on a Dask cluster (``local:2``: two worker processes of one thread each on this machine).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="sweep folder (default: a temporary folder)")
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--set", action="append", default=[], help="extra config key=value for every trial")
+    ap.add_argument("--scheduler", default=None, help="Dask cluster for the trials: tcp://host:port, a scheduler "
+                    "file, or local:N")
     args = ap.parse_args(argv)
     from biomedseg.sweeps import sweep
     from biomedseg.training.config import parse_overrides
@@ -48,7 +51,7 @@ def main(argv=None) -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="biomedseg_sweep_isbi_")) / "sweep"
     s = sweep(args.data, out, [f"optimizer={args.optimizers}", f"lr={args.lrs}"], trials=args.trials,
               time_budget_per_trial=args.budget_per_trial, test=True, prune=False, quiet=True,
-              **parse_overrides(args.set))
+              scheduler=args.scheduler, **parse_overrides(args.set))
     rows = [r for r in s["rows"] if r["state"] == "complete"]
     print(f"| optimizer | lr | test {TARGET} Dice | test pixel accuracy | best val Dice | steps | seconds |")
     print("|---|---|---|---|---|---|---|")

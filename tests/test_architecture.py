@@ -12,7 +12,7 @@ PKG = SRC / "biomedseg"
 LAYERS = {
     "errors": 1, "metrics": 1, "stats": 1, "render": 1,
     "io": 2,
-    "transforms": 3, "models": 3, "losses": 3, "losses_extra": 3, "losses_registry": 3, "device": 3,
+    "transforms": 3, "models": 3, "losses": 3, "losses_extra": 3, "losses_registry": 3, "device": 3, "cluster": 3,
     "data": 4,
     "audit": 5,
     "engine": 6,

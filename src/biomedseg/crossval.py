@@ -41,14 +41,16 @@ SUMMARY_SCORES = ("dice", "iou", "precision", "recall", "image_dice")
 
 def cross_validate(data, out, *, folds: int = DEFAULT_FOLDS, fold: int | None = None, time_budget=None,
                    budget_per_fold=None, stratify: bool = False, audit=None, check_flips: bool = False, config=None,
-                   plan=None, tta: str = "none", prepare: bool = False, quiet: bool = False, **overrides) -> dict:
+                   plan=None, tta: str = "none", prepare: bool = False, scheduler=None, quiet: bool = False,
+                   **overrides) -> dict:
     """Cross-validate on the DATA folder ``data`` into the CV folder ``out`` (see the module docstring).
 
     ``overrides`` are training options as for :func:`biomedseg.training.api.train`. ``time_budget``:
     for all folds together; ``budget_per_fold``: for each fold (wins). ``audit``: an audit dict,
     ``audit.json`` or its folder for the near-duplicate groups (default: audit now). ``tta``:
-    test-time augmentation of the out-of-fold predictions. Returns the summary (``{"missing":
-    [folds]}`` while folds are unfinished).
+    test-time augmentation of the out-of-fold predictions. ``scheduler``: run the unfinished folds
+    as jobs on a Dask cluster (any form of :func:`biomedseg.cluster.connect`). Returns the summary
+    (``{"missing": [folds]}`` while folds are unfinished).
     """
     from biomedseg.training.api import resolve_settings
     from biomedseg.training.config import parse_duration
@@ -67,6 +69,8 @@ def cross_validate(data, out, *, folds: int = DEFAULT_FOLDS, fold: int | None = 
         shared_plan(cv, data, config, plan, assignment, fold_options, quiet)
     if prepare:
         return {"prepared": str(cv.root), "missing": list(range(folds))}
+    if scheduler is not None and fold is None:
+        return folds_on_cluster(cv, scheduler, data, stratify, config, fold_options, tta, quiet)
     for i in range(folds) if fold is None else [fold]:
         run_fold(cv, i, data, assignment["folds"][i], config, fold_options, tta, cfg.device, quiet)
     return finish(cv)
@@ -127,6 +131,40 @@ def run_fold(cv: CVFolder, i: int, data, split: dict, config, fold_options: dict
               split={"train": split["train"], "val": split["val"]}, **fold_options)
         cv.write_fold_record(i, {"status": TRAINED})
     cv.write_fold_record(i, predict_fold_oof(cv, i, tta, device, quiet))
+
+
+def folds_on_cluster(cv: CVFolder, scheduler, data, stratify: bool, config, fold_options: dict, tta: str,
+                     quiet: bool) -> dict:
+    """Each unfinished fold as one job (``cross_validate(fold=i)`` in a worker process, the folds
+    and plan already written), then the summary here; a failed fold is reported, the others go on.
+    The summary gains ``workers`` (the process ids that trained) and ``failed``."""
+    from biomedseg.cluster import connect, run_jobs
+
+    todo = [i for i in range(cv.n_folds()) if cv.fold_state(i) != DONE]
+    options = dict(fold_options)
+    per_fold = options.pop("time_budget", None)
+    jobs = [(f"cv-fold-{i}", (str(Path(data).resolve()), str(cv.root.resolve()), cv.n_folds(), i, stratify,
+                              str(Path(config).resolve()) if config else None, per_fold, options, tta)) for i in todo]
+    with connect(scheduler) as client:
+        log.info("%d folds to train on the cluster (%d finished)", len(todo), cv.n_folds() - len(todo))
+        results, failed = run_jobs(client, _fold_job, jobs, quiet=quiet, what="folds")
+    summary = finish(cv)
+    summary.update(workers=sorted(set(results.values())), failed=failed)
+    return summary
+
+
+def _fold_job(data: str, out: str, k: int, i: int, stratify: bool, config, per_fold, options: dict, tta: str) -> int:
+    """One fold in a Dask worker (torch threads: the worker's, unless ``num_threads`` is set); its pid."""
+    import os
+
+    from biomedseg.cluster import worker_threads
+
+    threads = worker_threads()
+    if threads and options.get("num_threads") is None:
+        options = {**options, "num_threads": threads}
+    cross_validate(data, out, folds=k, fold=i, budget_per_fold=per_fold, stratify=stratify, config=config, tta=tta,
+                   quiet=True, **options)
+    return os.getpid()
 
 
 def finish(cv: CVFolder) -> dict:

@@ -70,12 +70,14 @@ class _Sweep:
 
 def sweep(data, out, params, *, trials: int | None = None, time_budget_per_trial=None, test: bool = False,
           storage: str | None = None, study_name: str = DEFAULT_STUDY_NAME, prune: bool = True, plan=None,
-          config=None, quiet: bool = False, **overrides) -> dict:
+          config=None, scheduler=None, quiet: bool = False, **overrides) -> dict:
     """Run (or continue) the sweep of ``params`` (``--param`` texts or :class:`Param`) on ``data``
     into the sweep folder ``out``; ``overrides`` are training options shared by every trial.
 
     ``trials``: finished trials (complete, pruned or diverged) the study should hold; default the
-    whole grid, or :data:`DEFAULT_TRIALS` with ranges. Returns the summary of :func:`write_results`.
+    whole grid, or :data:`DEFAULT_TRIALS` with ranges. ``scheduler``: train the trials as jobs on a
+    Dask cluster (any form of :func:`biomedseg.cluster.connect`): one sweep process per worker on
+    the same study. Returns the summary of :func:`write_results`.
     """
     from biomedseg.training.api import resolve_config
 
@@ -97,8 +99,49 @@ def sweep(data, out, params, *, trials: int | None = None, time_budget_per_trial
     sw = _Sweep(Path(data), paths, space, overrides, Path(config) if config else None, shared_plan, test, cfg.device,
                 target, quiet)
     retry_interrupted(optuna, study)
-    _optimize(optuna, study, sw)
+    if scheduler is None:
+        _optimize(optuna, study, sw)
+    else:
+        job = dict(params=[p.spec() for p in space], trials=target, storage=storage or paths.storage_url(),
+                   study_name=study_name, prune=prune, test=test, overrides=overrides,
+                   plan=str(Path(shared_plan or plan).resolve()) if (shared_plan or plan) else None,
+                   config=str(Path(config).resolve()) if config else None)
+        _on_cluster(optuna, study, sw, scheduler, job)
     return write_results(optuna, study, sw)
+
+
+def _on_cluster(optuna, study, sw: _Sweep, scheduler, job: dict) -> None:
+    """As many sweep processes as the cluster has workers (at most the trials still to train), each
+    a job running :func:`sweep` on the shared study until it holds ``sw.target`` trials."""
+    from biomedseg.cluster import connect, n_workers, run_jobs
+
+    todo = sw.target - n_finished(optuna, study, running=True)
+    if todo <= 0:
+        log.info("the study holds its %d trials: nothing to train", sw.target)
+        return
+    with connect(scheduler) as client:
+        n = min(n_workers(client), todo)
+        log.info("%d trials to train by %d sweep processes on the cluster", todo, n)
+        jobs = [(f"sweep-{i}", (str(sw.data.resolve()), str(sw.paths.root.resolve()), job)) for i in range(n)]
+        _, failed = run_jobs(client, _sweep_job, jobs, quiet=sw.quiet, what="sweep processes")
+    for label, message in failed:
+        log.error("%s stopped: %s", label, message)
+
+
+def _sweep_job(data: str, out: str, job: dict) -> int:
+    """One sweep process in a Dask worker (torch threads: the worker's unless ``num_threads`` is set)."""
+    import os
+
+    from biomedseg.cluster import worker_threads
+
+    overrides = dict(job["overrides"])
+    threads = worker_threads()
+    if threads and overrides.get("num_threads") is None:
+        overrides["num_threads"] = threads
+    sweep(data, out, job["params"], trials=job["trials"], storage=job["storage"], study_name=job["study_name"],
+          prune=job["prune"], test=job["test"], plan=job["plan"], config=job["config"], quiet=True,
+          **overrides)
+    return os.getpid()
 
 
 def _shared_plan(paths: SweepPaths, plan, data, config, overrides: dict, space: list[Param], quiet: bool) -> Path:

@@ -14,6 +14,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 DataArg = typer.Argument(None, help="DATA folder with images/ and masks/ (and optional dataset.json)")
 ImagesOpt = typer.Option(None, "--images", help="image folder (instead of DATA)")
 MasksOpt = typer.Option(None, "--masks", help="mask folder (instead of DATA)")
+SchedulerOpt = typer.Option(None, "--scheduler", help="run the jobs on a Dask cluster: tcp://host:port, a "
+                            "scheduler file, or local[:N] (N local worker processes); needs biomedseg[distributed]")
 
 
 def _within(low: float, high: float = math.inf, *, low_open: bool = False, high_open: bool = False,

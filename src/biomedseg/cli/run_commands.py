@@ -11,7 +11,7 @@ from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT
 from biomedseg.inference.export_options import DEFAULT_ENGINE, DEFAULT_EXPORT_ENGINE, DEFAULT_LICENSE
 from biomedseg.io.writers import check_output_dir, check_output_file
 
-from biomedseg.cli.app import app, DataArg, ImagesOpt, MasksOpt, _within
+from biomedseg.cli.app import app, DataArg, ImagesOpt, MasksOpt, SchedulerOpt, _within
 
 
 @app.command()
@@ -72,6 +72,7 @@ def predict(
     compile_mode: str = typer.Option(DEFAULT_COMPILE, "--compile", help="torch.compile the network: auto | on | "
                                      f"off (auto: CPU jobs of {COMPILE_MIN_TILES}+ tile forwards)"),
     device: str = typer.Option("auto"),
+    scheduler: Optional[str] = SchedulerOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Predict masks for new images of any size (sliding window, Gaussian blending; huge images streamed)."""
@@ -82,11 +83,16 @@ def predict(
     check_output_dir(out)
     if rle is not None:
         check_output_file(rle)
-    s = run_predict(run, inputs, out, tta=tta, overlays=not no_overlays, probabilities=probabilities,
-                    overwrite=overwrite, device=device, quiet=quiet, postprocess=not no_postprocess, rle=rle,
-                    instances=instances, output_format=output_format, level=level, batch_size=batch_size,
-                    skip_blank_std=skip_blank, mask_format=mask_format, geojson=geojson and geojson_objects,
-                    engine=engine, compile=compile_mode)
+    options = dict(tta=tta, overlays=not no_overlays, probabilities=probabilities, overwrite=overwrite, device=device,
+                   quiet=quiet, postprocess=not no_postprocess, rle=rle, instances=instances,
+                   output_format=output_format, level=level, batch_size=batch_size, skip_blank_std=skip_blank,
+                   mask_format=mask_format, geojson=geojson and geojson_objects, engine=engine, compile=compile_mode)
+    if scheduler is None:
+        s = run_predict(run, inputs, out, **options)
+    else:  # one job per file on the cluster
+        from biomedseg.inference.distributed import predict_distributed
+
+        s = predict_distributed(run, inputs, out, address=scheduler, **options)
     typer.echo(f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
                f"{len(s.failed)} failed -> {out}")
     if s.rle is not None:

@@ -11,7 +11,7 @@ from biomedseg.runs.layout import PLAN
 from biomedseg.sweeps import DEFAULT_STUDY_NAME, DEFAULT_TRIALS
 from biomedseg.io.writers import check_output_dir, check_output_file
 
-from biomedseg.cli.app import app, DataArg, ImagesOpt, MasksOpt, _within
+from biomedseg.cli.app import app, DataArg, ImagesOpt, MasksOpt, SchedulerOpt, _within
 
 
 @app.command()
@@ -109,6 +109,7 @@ def cross_validate(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (as for train)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="any training option: key=value (repeatable)"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan.yaml shared by the folds (default: plan now)"),
+    scheduler: Optional[str] = SchedulerOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Cross-validate on the training pool: k folds (near duplicates kept together), one shared plan,
@@ -121,8 +122,10 @@ def cross_validate(
     flags = {k: v for k, v in {"model": model, "epochs": epochs, "seed": seed, "device": device}.items() if v is not None}
     overrides = merge(parse_overrides(set_), flags)
     s = run_cv(data, out, folds=folds, fold=fold, time_budget=time_budget, budget_per_fold=budget_per_fold,
-               stratify=stratify, audit=audit_json, config=config, plan=plan, tta=tta, prepare=prepare, quiet=quiet,
-               **overrides)
+               stratify=stratify, audit=audit_json, config=config, plan=plan, tta=tta, prepare=prepare,
+               scheduler=scheduler, quiet=quiet, **overrides)
+    for label, message in s.get("failed", []):
+        typer.echo(f"{label} failed: {message}", err=True)
     if s.get("missing"):
         typer.echo(f"folds not finished yet: {', '.join(map(str, s['missing']))} (run again, or --fold K for each)")
         return
@@ -156,6 +159,7 @@ def sweep(
     loss: Optional[str] = typer.Option(None, help="loss spec, e.g. dice+ce"),
     seed: Optional[int] = typer.Option(None, help="random seed of every trial (unless swept)"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | auto"),
+    scheduler: Optional[str] = SchedulerOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train one run per setting of the swept options (Optuna: grid or TPE, median pruning) and rank
@@ -168,8 +172,8 @@ def sweep(
     given = {"epochs": epochs, "model": model, "loss": loss, "seed": seed, "device": device}
     overrides = merge(parse_overrides(set_), {k: v for k, v in given.items() if v is not None})
     s = run_sweep(data, out, param, trials=trials, time_budget_per_trial=time_budget_per_trial, test=test,
-                  storage=storage, study_name=study_name, prune=prune, plan=plan, config=config, quiet=quiet,
-                  **overrides)
+                  storage=storage, study_name=study_name, prune=prune, plan=plan, config=config,
+                  scheduler=scheduler, quiet=quiet, **overrides)
     typer.echo(f"{s['finished']} of {s['target']} trials finished; best: "
                + (f"trial {s['best']}" if s["best"] is not None else "none yet"))
     typer.echo(f"wrote {s['table']}, {s['csv']}" + (f", {s['best_config']}" if s["best_config"] else ""))

@@ -8,8 +8,9 @@ inputs, post-processing) holds per task. Finished files are skipped *before* sub
 re-run after an interruption only submits what is missing. The RLE CSV, if asked for, is
 written at the end by the client from the masks on disk.
 
-The cluster: an existing ``distributed.Client``, a scheduler address (``"tcp://host:8786"``, e.g.
-from ``dask-jobqueue``'s ``SLURMCluster``), or a ``LocalCluster`` started for the call. The output
+The cluster: an existing ``distributed.Client``, or any ``scheduler`` of
+:func:`biomedseg.cluster.connect` (an address, a scheduler file, ``local:N``); without either a
+``LocalCluster`` of ``n_workers`` is started for the call. The output
 folder must be visible to every worker (shared file system). See ``docs/distributed.md``.
 """
 
@@ -19,6 +20,7 @@ import logging
 import threading
 from pathlib import Path
 
+from biomedseg.cluster import connect, local_cluster, require_distributed, run_jobs, worker_threads
 from biomedseg.errors import UserError
 from biomedseg.runs import open_run
 from biomedseg.inference.outputs import output_stem
@@ -51,52 +53,20 @@ def loaded_runs() -> int:
     return len(_RUNS)
 
 
-#: imported once by the fork server that forks the workers (so workers start without importing
-#: torch/MONAI again, and share those pages copy-on-write)
-PRELOAD = ["distributed", "numpy", "torch", "monai.networks.nets", "biomedseg.inference.predict"]
-
-
-def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, **kwargs):
-    """A process-based ``LocalCluster`` whose workers are forked from a fork server that has
-    already imported torch and MONAI (POSIX; elsewhere the default ``spawn``). Compared with
-    spawned workers that each import torch, this starts several times faster on small machines."""
-    import multiprocessing
-
-    import dask
-    from distributed import LocalCluster
-
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    kwargs.setdefault("dashboard_address", None)
-    with dask.config.set({"distributed.worker.multiprocessing-method": method}):
-        if method == "forkserver":
-            try:
-                from distributed.utils import get_mp_context
-
-                get_mp_context().set_forkserver_preload(PRELOAD)  # after dask sets its own list
-            except Exception:  # pragma: no cover - internal API moved: workers import on their own
-                pass
-        return LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, **kwargs)
-
-
 def _task(run_dir: str, path: str, out: str, device: str, checkpoint: str, threads: int | None,
           kwargs: dict) -> tuple[PredictSummary, int]:
     import os
 
     from biomedseg.inference.predict import predict
 
-    if threads is None:
-        try:  # one torch thread per dask worker thread: no oversubscription
-            from distributed import get_worker
-
-            threads = max(1, int(get_worker().state.nthreads))
-        except Exception:
-            threads = None
+    if threads is None:  # one torch thread per dask worker thread: no oversubscription
+        threads = worker_threads()
     loaded = _worker_run(run_dir, device, checkpoint, threads)
     summary = predict(loaded, [path], out, quiet=True, **kwargs)
     return summary, os.getpid()
 
 
-def predict_distributed(run, inputs, out, *, client=None, address: str | None = None, n_workers: int = 2,
+def predict_distributed(run, inputs, out, *, client=None, address=None, n_workers: int = 2,
                         threads_per_worker: int = 1, device: str = "cpu", checkpoint: str = "best",
                         torch_threads: int | None = None, rle: str | Path | None = None, instances: bool = False,
                         overwrite: bool = False, quiet: bool = False, **predict_kwargs) -> PredictSummary:
@@ -104,7 +74,7 @@ def predict_distributed(run, inputs, out, *, client=None, address: str | None = 
 
     Args:
         client: a ``distributed.Client`` to use (not closed).
-        address: scheduler address to connect to (when no ``client``).
+        address: any ``scheduler`` of :func:`biomedseg.cluster.connect` (when no ``client``).
         n_workers, threads_per_worker: of the ``LocalCluster`` started when neither is given.
         device: of the workers (``cpu`` | ``cuda`` | ``auto``).
         torch_threads: intra-op threads per worker (default: the worker's thread count).
@@ -112,10 +82,6 @@ def predict_distributed(run, inputs, out, *, client=None, address: str | None = 
 
     Returns the merged :class:`PredictSummary` (``summary.workers`` = distinct worker pids used).
     """
-    try:
-        from distributed import Client
-    except ImportError:
-        raise UserError('distributed prediction needs Dask: pip install "biomedseg[distributed]"') from None
     from biomedseg.inference.outputs import collect_inputs
 
     run_dir = open_run(Path(run).resolve()).root
@@ -125,31 +91,38 @@ def predict_distributed(run, inputs, out, *, client=None, address: str | None = 
     summary = PredictSummary()
     todo = _not_done(files, out, overwrite, summary)
     kwargs = dict(predict_kwargs, instances=instances, overwrite=overwrite)
-    pids: set[int] = set()
-    own_cluster = own_client = None
-    try:
-        if client is None:
-            if address is not None:
-                client = own_client = Client(address)
-            else:
-                own_cluster = local_cluster(n_workers, threads_per_worker)
-                client = own_client = Client(own_cluster)
-        futures = [client.submit(_task, str(run_dir), str(f.resolve()), str(out), device, checkpoint, torch_threads,
-                                 kwargs, key=f"biomedseg-predict-{i}-{f.name}", pure=False)
-                   for i, f in enumerate(todo)]
-        _gather(futures, todo, summary, pids)
-    finally:
-        if own_client is not None:
-            own_client.close()
-        if own_cluster is not None:
-            own_cluster.close()
-    summary.workers = sorted(pids)
+    with _cluster(client, address, n_workers, threads_per_worker) as c:
+        jobs = [(f"predict-{i}-{f.name}", (str(run_dir), str(f.resolve()), str(out), device, checkpoint,
+                                           torch_threads, kwargs)) for i, f in enumerate(todo)]
+        results, failed = run_jobs(c, _task, jobs, quiet=quiet, what="files")
+    by_label = {label: f for (label, _), f in zip(jobs, todo)}
+    summary.failed.extend((by_label[label], message) for label, message in failed)
+    for part, _pid in results.values():
+        for _f, message in part.failed:  # the worker's log stays on the worker: say it here
+            log.error("%s", message)
+        summary.merge(part)
+    summary.workers = sorted({pid for _part, pid in results.values()})
     if rle is not None:
         summary.rle = _write_rle_from_outputs(rle, run_dir, files, out, instances, predict_kwargs.get("mask_format"))
     if not quiet:
-        log.info("%d predicted on %d workers, %d skipped, %d failed", len(summary.done), len(pids),
+        log.info("%d predicted on %d workers, %d skipped, %d failed", len(summary.done), len(summary.workers),
                  len(summary.skipped), len(summary.failed))
     return summary
+
+
+def _cluster(client, address, n_workers: int, threads_per_worker: int):
+    """The given client, a connection to ``address``, or a local cluster started for the call."""
+    import contextlib
+
+    if client is not None or address is not None:
+        return connect(client if client is not None else address)
+    distributed = require_distributed()
+
+    @contextlib.contextmanager
+    def local():
+        with local_cluster(n_workers, threads_per_worker) as cluster, distributed.Client(cluster) as c:
+            yield c
+    return local()
 
 
 def _not_done(files: list[Path], out: Path, overwrite: bool, summary: PredictSummary) -> list[Path]:
@@ -164,27 +137,6 @@ def _not_done(files: list[Path], out: Path, overwrite: bool, summary: PredictSum
         else:
             todo.append(f)
     return todo
-
-
-def _gather(futures: list, todo: list[Path], summary: PredictSummary, pids: set[int]) -> None:
-    """Merge each finished task's summary into ``summary`` (worker pids into ``pids``); a task that
-    raised is one failed file, logged once, and the others go on."""
-    from distributed import as_completed
-
-    by_key = {fut.key: f for fut, f in zip(futures, todo)}
-    for fut in as_completed(futures):
-        try:
-            part, pid = fut.result()
-        except UserError as exc:
-            summary.failed.append((by_key[fut.key], str(exc)))
-            log.error("%s", exc)
-            continue
-        except Exception as exc:  # a crashed worker or a bug: report the file, keep going
-            summary.failed.append((by_key[fut.key], f"{type(exc).__name__}: {exc}"))
-            log.error("%s: %s", by_key[fut.key], exc)
-            continue
-        summary.merge(part)
-        pids.add(pid)
 
 
 def _write_rle_from_outputs(rle, run_dir: Path, files: list[Path], out: Path, instances: bool,
