@@ -86,6 +86,11 @@ def test_cv_folds_never_touch_the_test_split_and_keep_duplicates_together(cv_dat
     assert folds["duplicate_groups"] == 1
     assert sum({src, f"copy_of_{src}"} <= set(v) for v in vals) == 1  # the pair sits in one fold
     assert cv.paths.plan.is_file() and json.loads(cv.paths.run_json.read_text())["kind"] == "cv"
+    # a few steps per fold: the CV plan says one run of the whole budget is expected to win
+    import yaml
+
+    ensemble = yaml.safe_load(cv.paths.plan.read_text())["ensemble"]
+    assert ensemble["value"] == "cv" and "each fold trains only" in ensemble["reason"]
     assert not cv.fold_dir(0).exists()  # --prepare trains nothing
 
 

@@ -225,3 +225,20 @@ def test_plan_command_reads_budget_and_device_from_the_config_file(synthetic_dat
     # a flag still wins over the file
     result = plan_data(synthetic_data, None, config=config, time_budget="5m", quiet=True)
     assert result["time_budget_s"] == 300.0
+
+
+def test_the_plan_says_when_a_cv_ensemble_should_beat_one_run():
+    from biomedseg.training.plan_ensemble import MIN_STEPS_PER_FOLD, fold_advice, plan_ensemble
+
+    # 600 s at 0.1 s per step: ~5100 steps, ~1000 per fold: one run, and the budget that would do
+    short = make_plan(FP, 600, "cpu", step_time=lambda *a: 0.1)["ensemble"]
+    steps = make_plan(FP, 600, "cpu", step_time=lambda *a: 0.1)["iterations"]["value"]
+    need_min = 600 * 5 * MIN_STEPS_PER_FOLD / steps / 60
+    assert short["value"] == "single" and f"~{need_min:.0f} min" in short["reason"]
+    # 100x the budget: every fold past the threshold
+    assert make_plan(FP, 60000, "cpu", step_time=lambda *a: 0.1)["ensemble"]["value"] == "cv"
+    assert plan_ensemble(None, 600)["value"] == "single"
+    assert plan_ensemble(5 * MIN_STEPS_PER_FOLD, None)["value"] == "cv"
+    # cv's warning names the per-fold budget that reaches the threshold, and is silent past it
+    assert "--budget-per-fold ~60 min" in fold_advice(MIN_STEPS_PER_FOLD // 10, 360)
+    assert fold_advice(MIN_STEPS_PER_FOLD, 360) is None and fold_advice(None, 360) is None

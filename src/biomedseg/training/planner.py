@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from biomedseg.training.plan_augment import plan_augment
+from biomedseg.training.plan_ensemble import plan_ensemble
 from biomedseg.training.plan_scale import CONTEXT_DIAMETERS, THIN_STRUCTURE_WIDTH, plan_working_scale
 from biomedseg.transforms.normalize import CLIP_PERCENTILES
 
@@ -191,6 +192,7 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     plan[f"model_kwargs.{key}"] = {"value": width, "reason": why}
     plan["batch_size"] = {"value": batch, "reason": batch_why}
     plan["iterations"] = _plan_iterations(fp, budget_s, epochs, patch, batch, step_s, scale)
+    plan["ensemble"] = plan_ensemble(plan["iterations"]["value"], budget_s)
     plan["val_every"] = _plan_val_every(fp, patch, batch, step_s, scale)
     plan["compile"] = _plan_compile(budget_s, gpu, can_compile)
     if model == "unet":
