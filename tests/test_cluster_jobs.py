@@ -101,15 +101,10 @@ def test_sweep_trials_run_as_jobs_on_one_study(synthetic_data, client, tmp_path)
 
 
 def test_cli_predict_on_the_cluster_equals_predict_here(client, tmp_path):
-    from test_distributed import make_run
+    from test_distributed import make_run, write_images
 
     run = make_run(tmp_path / "run")
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (70, 90), dtype=np.uint8)).save(images / f"im{i}.png")
-    Image.fromarray(rng.integers(0, 255, (70, 90), dtype=np.uint8)).save(images / "bad.png")
+    images = write_images(tmp_path / "images", 3, (70, 90), seed=1)
     (images / "bad.png").write_bytes(b"not a png")  # one bad file: reported, the rest predicted
     r = run_cli("predict", run, images, "--out", tmp_path / "out", "--scheduler", client.scheduler.address,
                 "--no-overlays", "--device", "cpu", "--quiet")

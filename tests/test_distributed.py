@@ -20,6 +20,15 @@ def make_run(run_dir, patch=64):
                           patch_size=patch, batch_size=4, model_kwargs=kw)
 
 
+def write_images(folder, n: int, shape, seed: int = 0):
+    """``n`` random grey PNGs ``im0.png`` ... in ``folder`` (created); returns the folder."""
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / f"im{i}.png")
+    return folder
+
+
 @pytest.mark.timeout(120)
 def test_local_cluster_predicts_every_file_once_per_worker_load(tmp_path):
     from distributed import Client
@@ -28,11 +37,7 @@ def test_local_cluster_predicts_every_file_once_per_worker_load(tmp_path):
     from biomedseg.inference.predict import predict
 
     run = make_run(tmp_path / "run")
-    images = tmp_path / "images"
-    images.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (80, 70), dtype=np.uint8)).save(images / f"im{i}.png")
+    images = write_images(tmp_path / "images", 4, (80, 70))
     out = tmp_path / "out"
     # LocalCluster(n_workers=2, threads_per_worker=1, processes=True), workers forked from a
     # fork server that imported torch once
