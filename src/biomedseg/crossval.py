@@ -105,7 +105,7 @@ def assign_folds(cv: CVFolder, cfg, data, k: int, stratify: bool, audit, check_f
 def shared_plan(cv: CVFolder, data, config, plan, assignment: dict, fold_options: dict, quiet: bool) -> None:
     """``CV/plan.yaml``: the given plan file, or a plan of the whole pool for one fold's budget."""
     from biomedseg.training.api import plan_data
-    from biomedseg.training.plan_ensemble import fold_advice
+    from biomedseg.training.plan_ensemble import cv_plan_entry, fold_advice
 
     if plan is not None:
         write_text(cv.paths.plan, Path(plan).read_text())
@@ -113,12 +113,10 @@ def shared_plan(cv: CVFolder, data, config, plan, assignment: dict, fold_options
     result = plan_data(data, None, config=config, quiet=quiet, split={"train": assignment["pool"], "val": []},
                        **fold_options)
     steps = (result.get("iterations") or {}).get("value")
-    advice = fold_advice(steps, fold_options.get("time_budget"))
-    result["ensemble"] = {"value": "cv", "reason": advice or f"each fold trains ~{steps} steps: enough for the CV "
-                          "ensemble to be expected to beat one run" if steps else "steps per fold not estimated"}
+    result["ensemble"] = cv_plan_entry(steps, fold_options.get("time_budget"))
     write_text(cv.paths.plan, yaml.safe_dump(result, sort_keys=False))
-    if advice:
-        log.warning("%s", advice)
+    if fold_advice(steps, fold_options.get("time_budget")):
+        log.warning("%s", result["ensemble"]["reason"])
 
 
 def run_fold(cv: CVFolder, i: int, data, split: dict, config, fold_options: dict, tta: str, device: str,

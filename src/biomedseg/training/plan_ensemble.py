@@ -55,6 +55,17 @@ def fold_advice(steps_per_fold: int | None, budget_per_fold_s: float | None) -> 
             "honest out-of-fold scores)")
 
 
+def cv_plan_entry(steps_per_fold: int | None, budget_per_fold_s: float | None) -> dict:
+    """The ``ensemble`` entry of a CV's shared plan (planned for one fold's budget)."""
+    advice = fold_advice(steps_per_fold, budget_per_fold_s)
+    if advice:
+        return {"value": "cv", "reason": advice}
+    if steps_per_fold:
+        return {"value": "cv", "reason": f"each fold trains ~{steps_per_fold} steps (>= {MIN_STEPS_PER_FOLD}): the CV "
+                "ensemble is expected to beat one run of the whole budget"}
+    return {"value": "cv", "reason": "steps per fold not estimated"}
+
+
 def _duration(seconds: float) -> str:
     minutes = seconds / 60
     return f"{minutes:.0f} min" if minutes < 120 else f"{minutes / 60:.1f} h"
