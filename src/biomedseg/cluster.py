@@ -79,9 +79,10 @@ def parse_local(scheduler: str) -> int | None:
 
 
 @contextlib.contextmanager
-def connect(scheduler):
+def connect(scheduler, threads_per_worker: int = 1):
     """``with connect(scheduler) as client``: a ``distributed.Client`` for any form in the module
-    docstring; what this call started (a client, a local cluster) is closed on exit."""
+    docstring (``threads_per_worker``: of a ``local[:N]`` cluster); what this call started (a
+    client, a local cluster) is closed on exit."""
     distributed = require_distributed()
     if isinstance(scheduler, distributed.Client):
         yield scheduler
@@ -90,7 +91,7 @@ def connect(scheduler):
     n_local = parse_local(text)
     with contextlib.ExitStack() as stack:
         if n_local is not None:
-            cluster = stack.enter_context(local_cluster(n_local))
+            cluster = stack.enter_context(local_cluster(n_local, threads_per_worker))
             client = stack.enter_context(distributed.Client(cluster))
         elif Path(text).is_file():
             client = stack.enter_context(_client(distributed, scheduler_file=text))
@@ -123,6 +124,14 @@ def worker_threads() -> int | None:
         return max(1, int(get_worker().state.nthreads))
     except Exception:
         return None
+
+
+def with_worker_threads(options: dict) -> dict:
+    """Training ``options`` with ``num_threads`` = the worker's thread count, unless already set."""
+    threads = worker_threads()
+    if threads and options.get("num_threads") is None:
+        return {**options, "num_threads": threads}
+    return options
 
 
 def run_jobs(client, fn, jobs: list[tuple[str, tuple]], *, quiet: bool = False, what: str = "jobs"):

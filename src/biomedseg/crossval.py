@@ -164,13 +164,10 @@ def _fold_job(data: str, out: str, k: int, i: int, stratify: bool, config, per_f
     """One fold in a Dask worker (torch threads: the worker's, unless ``num_threads`` is set); its pid."""
     import os
 
-    from biomedseg.cluster import worker_threads
+    from biomedseg.cluster import with_worker_threads
 
-    threads = worker_threads()
-    if threads and options.get("num_threads") is None:
-        options = {**options, "num_threads": threads}
     cross_validate(data, out, folds=k, fold=i, budget_per_fold=per_fold, stratify=stratify, config=config, tta=tta,
-                   quiet=True, **options)
+                   quiet=True, **with_worker_threads(options))
     return os.getpid()
 
 

@@ -132,12 +132,9 @@ def _sweep_job(data: str, out: str, job: dict) -> int:
     """One sweep process in a Dask worker (torch threads: the worker's unless ``num_threads`` is set)."""
     import os
 
-    from biomedseg.cluster import worker_threads
+    from biomedseg.cluster import with_worker_threads
 
-    overrides = dict(job["overrides"])
-    threads = worker_threads()
-    if threads and overrides.get("num_threads") is None:
-        overrides["num_threads"] = threads
+    overrides = with_worker_threads(job["overrides"])
     sweep(data, out, job["params"], trials=job["trials"], storage=job["storage"], study_name=job["study_name"],
           prune=job["prune"], test=job["test"], plan=job["plan"], config=job["config"], quiet=True,
           **overrides)

@@ -20,7 +20,7 @@ import logging
 import threading
 from pathlib import Path
 
-from biomedseg.cluster import connect, local_cluster, require_distributed, run_jobs, worker_threads
+from biomedseg.cluster import connect, local_cluster, run_jobs, worker_threads  # noqa: F401 (local_cluster: API)
 from biomedseg.errors import UserError
 from biomedseg.runs import open_run
 from biomedseg.inference.outputs import output_stem
@@ -112,17 +112,8 @@ def predict_distributed(run, inputs, out, *, client=None, address=None, n_worker
 
 def _cluster(client, address, n_workers: int, threads_per_worker: int):
     """The given client, a connection to ``address``, or a local cluster started for the call."""
-    import contextlib
-
-    if client is not None or address is not None:
-        return connect(client if client is not None else address)
-    distributed = require_distributed()
-
-    @contextlib.contextmanager
-    def local():
-        with local_cluster(n_workers, threads_per_worker) as cluster, distributed.Client(cluster) as c:
-            yield c
-    return local()
+    scheduler = client if client is not None else address if address is not None else f"local:{n_workers}"
+    return connect(scheduler, threads_per_worker)
 
 
 def _not_done(files: list[Path], out: Path, overwrite: bool, summary: PredictSummary) -> list[Path]:
