@@ -47,14 +47,14 @@ def single_run(data: Path, run: Path, budget: str, extra: dict) -> float:
 
 def test_dice(eval_dir: Path) -> float:
     """Mean foreground Dice (pooled) of an evaluation folder."""
-    from biomedseg.comparison import read_evaluation
+    from biomedseg.workflows.comparison import read_evaluation
 
     return float(read_evaluation(eval_dir)[0]["dice"])
 
 
 def trained_seconds(folder: Path) -> float:
     """Training seconds counted by the trainer (``metrics.csv``; a CV: summed over its folds)."""
-    from biomedseg.comparison import training_summary
+    from biomedseg.workflows.comparison import training_summary
     from biomedseg.runs import open_run
 
     seconds = training_summary(open_run(folder))[0]["seconds"]
@@ -62,8 +62,8 @@ def trained_seconds(folder: Path) -> float:
 
 
 def run_dataset(name: str, budget: str, folds: int, workdir: Path, extra: dict, sides: str = "both") -> dict | None:
-    from biomedseg.comparison import compare
-    from biomedseg.crossval import cross_validate
+    from biomedseg.workflows.comparison import compare
+    from biomedseg.workflows.crossval import cross_validate
 
     data = SHARED / name
     single, cv = workdir / name / "single", workdir / name / "cv"

@@ -53,7 +53,7 @@ def train_and_evaluate(dataset: str, label: str, workdir: Path, budget: str, for
     """Train + evaluate one configuration (cached in ``WORKDIR/dataset/label/result.json``)."""
     import yaml
 
-    from biomedseg.evaluation import evaluate
+    from biomedseg.workflows.evaluation import evaluate
     from biomedseg.models.summary import model_summary
     from biomedseg.training.api import train
 
@@ -91,7 +91,7 @@ def otsu_baseline(dataset: str = "isbi2012_em") -> dict:
 
     from biomedseg.data.discovery import find_pairs, resolve_data
     from biomedseg.io import Palette, read_image, read_mask
-    from biomedseg.metrics import confusion_matrix, scores_from_confusion
+    from biomedseg.metrics.pixel import confusion_matrix, scores_from_confusion
 
     source = resolve_data(SHARED / dataset)
     classes = source.meta["classes"]

@@ -19,8 +19,8 @@ def main(argv=None) -> int:
     if not args or len(args) % 2:
         print(__doc__)
         return 2
-    from biomedseg.evaluation import evaluate
-    from biomedseg.inference.tuning import tune_postprocess
+    from biomedseg.workflows.evaluation import evaluate
+    from biomedseg.workflows.tune_postprocess import tune_postprocess
 
     work = Path(tempfile.mkdtemp(prefix="biomedseg_pp_"))
     rows = []

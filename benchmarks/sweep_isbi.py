@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scheduler", default=None, help="Dask cluster for the trials: tcp://host:port, a scheduler "
                     "file, or local:N")
     args = ap.parse_args(argv)
-    from biomedseg.sweeps import sweep
+    from biomedseg.workflows.sweep.run import sweep
     from biomedseg.training.config import parse_overrides
 
     if not (Path(args.data) / "images").is_dir():

@@ -65,7 +65,7 @@ def write_slide(path: Path, mask_path: Path, size: int, seed: int = 0) -> None:
 
 CHILD = """
 import json, resource, sys, time
-from biomedseg.data.tiling import tile_dataset
+from biomedseg.data.tiling.dataset import tile_dataset
 t0 = time.perf_counter()
 s = tile_dataset(sys.argv[1], sys.argv[2], size=512, keep_empty=0.1, tissue_threshold=0.2,
                  masks=sys.argv[3], progress=False)

@@ -59,10 +59,10 @@ def make_reference(patch, batch):
 
 
 def make_biomedseg(patch, batch, precision=None, channels_last=None, compile=False):
-    from biomedseg.losses import build_loss
+    from biomedseg.losses.build import build_loss
     from biomedseg.models import create_model
     from biomedseg.training.config import TrainConfig
-    from biomedseg.device import resolve_precision, use_channels_last
+    from biomedseg.runtime.device import resolve_precision, use_channels_last
     from biomedseg.training.optim import ProgressSchedule, build_optimizer
     from biomedseg.training.trainer import Trainer
 
@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile (inductor)")
     args = ap.parse_args(argv)
     from biomedseg.models.summary import model_summary
-    from biomedseg.device import configure_threads
+    from biomedseg.runtime.device import configure_threads
 
     threads = configure_threads(args.threads)
     gflops_fwd = model_summary("unet", 1, 2, size=args.patch, base_channels=32)["gflops"]

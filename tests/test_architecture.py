@@ -10,17 +10,18 @@ PKG = SRC / "biomedseg"
 #: package or module (first name under biomedseg) -> row of docs/design.md; a module imports only
 #: from its own row or rows above it
 LAYERS = {
-    "errors": 1, "metrics": 1, "stats": 1, "render": 1,
+    "core": 1, "metrics": 1,
     "io": 2,
-    "transforms": 3, "models": 3, "losses": 3, "losses_extra": 3, "losses_registry": 3, "device": 3, "cluster": 3,
+    "transforms": 3, "models": 3, "losses": 3, "runtime": 3,
     "data": 4,
     "audit": 5,
     "engine": 6,
     "runs": 7,
-    "training": 8,
+    "training": 8, "postprocess": 8,
     "inference": 9,
-    "evaluation": 10, "reports": 10, "comparison": 10, "crossval": 10, "sweeps": 10,
-    "cli": 11, "demo": 11,
+    "export": 10, "reports": 10,
+    "workflows": 11,
+    "cli": 12,
 }
 #: cycles allowed (docs/design.md): the model registry imports the families that register themselves
 CYCLE_PACKAGES = {"models"}

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.transforms import augment as A
 from biomedseg.transforms.basic import Compose, build_augmenter
 

@@ -106,7 +106,7 @@ def test_foreground_present():
 # ---------------------------------------------------------------- training step
 
 def _trainer(model, weight: float):
-    from biomedseg.losses import build_loss
+    from biomedseg.losses.build import build_loss
     from biomedseg.training.config import TrainConfig
     from biomedseg.training.trainer import Trainer
 
@@ -153,7 +153,7 @@ def test_train_step_trains_the_head_and_adds_the_bce_term():
 
 
 def test_classifier_loss_weight_is_validated():
-    from biomedseg.errors import UserError
+    from biomedseg.core.errors import UserError
     from biomedseg.training.config import TrainConfig, build_config
 
     assert TrainConfig().classifier_loss_weight == 0.1
@@ -164,7 +164,7 @@ def test_classifier_loss_weight_is_validated():
 # ---------------------------------------------------------------- the gate (pure function)
 
 def test_gate_empties_masks_below_the_classifier_probability():
-    from biomedseg.inference.postprocess import GatingConfig, PostprocessConfig, apply_postprocess
+    from biomedseg.postprocess.ops import GatingConfig, PostprocessConfig, apply_postprocess
 
     proba = np.zeros((2, 24, 24), np.float32)
     proba[0] = 1.0
@@ -185,8 +185,8 @@ def test_gate_empties_masks_below_the_classifier_probability():
 def test_gate_tuning_uses_the_classifier_where_area_and_probability_cannot():
     """Negatives carry a false positive that looks exactly like the positives' objects: only the
     head's probability separates them."""
-    from biomedseg.inference.gate_tuning import tune_gating
-    from biomedseg.inference.tuning_scores import _Cached
+    from biomedseg.postprocess.gates import tune_gating
+    from biomedseg.postprocess.scores import _Cached
 
     rng = np.random.default_rng(0)
     cache, masks = [], []
@@ -274,10 +274,10 @@ def fixed_run(tmp_path):
 
 
 def test_tuned_classifier_gate_flows_through_predict_and_evaluate(fixed_run, tmp_path):
-    from biomedseg.evaluation import evaluate
-    from biomedseg.inference.predict import predict
+    from biomedseg.workflows.evaluation import evaluate
+    from biomedseg.inference.predict.batch import predict
     from biomedseg.inference.run import load_run
-    from biomedseg.inference.tuning import tune_postprocess
+    from biomedseg.workflows.tune_postprocess import tune_postprocess
     from biomedseg.io import read_image, read_raw
 
     run, data = fixed_run
@@ -332,10 +332,10 @@ def _write_half_empty_data(root, n=12, size=48):
 def test_train_with_head_then_gate_by_its_probability(tmp_path):
     import csv
 
-    from biomedseg.inference.postprocess import GatingConfig, PostprocessConfig, save_postprocess
-    from biomedseg.inference.predict import predict
+    from biomedseg.postprocess.ops import GatingConfig, PostprocessConfig, save_postprocess
+    from biomedseg.inference.predict.batch import predict
     from biomedseg.inference.run import load_run
-    from biomedseg.inference.tuning import tune_postprocess
+    from biomedseg.workflows.tune_postprocess import tune_postprocess
     from biomedseg.io import read_image, read_raw
     from biomedseg.training.api import train
 

@@ -126,7 +126,7 @@ def test_usage_errors_exit_2(args):
 def test_user_error_exit_code_is_the_errors(monkeypatch, capsys, code):
     """``main()`` exits with the error's own ``exit_code`` (2 unless a subclass says otherwise)."""
     from biomedseg import cli
-    from biomedseg.errors import UserError
+    from biomedseg.core.errors import UserError
 
     class OtherError(UserError):
         exit_code = code

@@ -11,13 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from conftest import TINY
 from test_cli import run_cli
 
 pytest.importorskip("distributed", reason='Dask is optional: pip install "biomedseg[distributed]"')
 
-from biomedseg import cluster  # noqa: E402
+from biomedseg.runtime import cluster  # noqa: E402
 
 FOLDS = {**TINY, "epochs": 1, "iterations_per_epoch": 2, "device": "cpu", "num_threads": 1, "seed": 0}
 
@@ -51,7 +51,7 @@ def _weights(path):
 
 
 def test_cv_folds_run_as_jobs_resume_and_match_a_local_fold(synthetic_data, client, tmp_path):
-    from biomedseg.crossval import cross_validate
+    from biomedseg.workflows.crossval import cross_validate
     from biomedseg.runs.cv import open_cv
 
     out = tmp_path / "cv"
@@ -85,7 +85,7 @@ def _set(key, value):
 
 def test_sweep_trials_run_as_jobs_on_one_study(synthetic_data, client, tmp_path):
     optuna = pytest.importorskip("optuna")
-    from biomedseg import sweeps
+    from biomedseg.workflows.sweep import run as sweeps
     from biomedseg.runs.sweep import SweepPaths
 
     out = tmp_path / "sweep"

@@ -1,4 +1,4 @@
-"""The paired bootstrap (biomedseg.stats) and `biomedseg compare` on tiny synthetic runs."""
+"""The paired bootstrap (biomedseg.core.stats) and `biomedseg compare` on tiny synthetic runs."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ import pytest
 from conftest import TINY
 from test_cli import assert_user_error, run_cli
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.runs import RunFolder
-from biomedseg.stats import (
+from biomedseg.core.stats import (
     bootstrap_means,
     difference_sentence,
     paired_bootstrap,
@@ -111,7 +111,7 @@ def _per_image(eval_dir: Path) -> dict[str, float]:
 
 def test_compare_two_runs_writes_the_report_and_says_what_the_bootstrap_says(trained_run, second_run, synthetic_data,
                                                                               tmp_path):
-    from biomedseg.comparison import compare
+    from biomedseg.workflows.comparison import compare
 
     out = tmp_path / "cmp"
     s = compare([trained_run, second_run], out, data=synthetic_data, split="test", n_resamples=2000, seed=3,
@@ -143,8 +143,8 @@ def test_compare_two_runs_writes_the_report_and_says_what_the_bootstrap_says(tra
 
 
 def test_compare_reuses_current_evaluations_and_takes_given_ones(trained_run, second_run, synthetic_data, tmp_path):
-    from biomedseg.comparison import compare
-    from biomedseg.evaluation import evaluate
+    from biomedseg.workflows.comparison import compare
+    from biomedseg.workflows.evaluation import evaluate
 
     given = tmp_path / "eval_other"
     evaluate(second_run, synthetic_data, out=given, split="test", overlays=False, quiet=True, device="cpu")
@@ -165,8 +165,8 @@ def test_compare_reuses_current_evaluations_and_takes_given_ones(trained_run, se
 
 
 def test_compare_refuses_evaluations_on_different_images(trained_run, second_run, synthetic_data, tmp_path):
-    from biomedseg.comparison import compare
-    from biomedseg.evaluation import evaluate
+    from biomedseg.workflows.comparison import compare
+    from biomedseg.workflows.evaluation import evaluate
 
     ev = tmp_path / "eval_other"
     evaluate(second_run, synthetic_data, out=ev, split="test", overlays=False, quiet=True, device="cpu")
@@ -181,7 +181,7 @@ def test_compare_refuses_evaluations_on_different_images(trained_run, second_run
 
 
 def test_differing_settings_are_flattened_and_only_the_differences():
-    from biomedseg.comparison import differing_settings
+    from biomedseg.workflows.comparison import differing_settings
 
     rows = differing_settings([{"lr": 0.01, "model_kwargs": {"depth": 3, "base": 8}, "seed": 0},
                                {"lr": 0.01, "model_kwargs": {"depth": 4, "base": 8}, "seed": 0, "extra": [1, 2]}])

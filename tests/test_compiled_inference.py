@@ -7,8 +7,8 @@ import torch
 from biomedseg.engine.compiled import CompiledForward, normalize_compile, resolve_compile
 from biomedseg.engine.defaults import COMPILE_MIN_TILES
 from biomedseg.engine.sliding_window import SlidingWindowPredictor
-from biomedseg.errors import UserError
-from biomedseg.inference.streaming import StreamingPredictor
+from biomedseg.core.errors import UserError
+from biomedseg.inference.stream.predictor import StreamingPredictor
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -81,14 +81,14 @@ def test_real_errors_are_not_swallowed_by_the_fallback():
 
 
 def test_auto_compiles_large_cpu_jobs_only(monkeypatch):
-    import biomedseg.device
+    import biomedseg.runtime.device
 
-    monkeypatch.setattr(biomedseg.device, "cpp_compiler_available", lambda: True)
+    monkeypatch.setattr(biomedseg.runtime.device, "cpp_compiler_available", lambda: True)
     assert resolve_compile("auto", COMPILE_MIN_TILES, "cpu") is True
     assert resolve_compile("auto", COMPILE_MIN_TILES - 1, "cpu") is False
     assert resolve_compile("auto", 10 ** 9, "cuda") is False  # not measured on GPUs
     assert resolve_compile("on", 1, "cpu") is True and resolve_compile("off", 10 ** 9, "cpu") is False
-    monkeypatch.setattr(biomedseg.device, "cpp_compiler_available", lambda: False)
+    monkeypatch.setattr(biomedseg.runtime.device, "cpp_compiler_available", lambda: False)
     assert resolve_compile("auto", 10 ** 9, "cpu") is False  # inductor needs a C++ compiler
     assert normalize_compile("aot_eager") == "aot_eager" and normalize_compile(None) == "auto"
     with pytest.raises(UserError, match="--compile"):
@@ -117,7 +117,7 @@ def write_images(folder, shapes):
 def test_predict_auto_counts_the_tile_forwards_still_to_do(tmp_path, monkeypatch):
     import biomedseg.engine.compiled
     from biomedseg.engine.sliding_window import tile_starts
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
 
     run = fake_run(tmp_path / "run")
     images = write_images(tmp_path / "in", [(200, 300), (40, 70), (100, 100)])
@@ -133,7 +133,7 @@ def test_predict_auto_counts_the_tile_forwards_still_to_do(tmp_path, monkeypatch
 
 
 def test_predict_compiled_writes_the_eager_masks_in_memory_and_streamed(tmp_path):
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
     from biomedseg.io import read_raw
 
     run = fake_run(tmp_path / "run")

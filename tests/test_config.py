@@ -6,7 +6,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.training.config import MAX_PATCH_SIZE, MIN_PATCH_SIZE, TrainConfig, build_config, merge, parse_overrides
 
 

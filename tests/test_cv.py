@@ -12,9 +12,9 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from biomedseg.crossval import cross_validate, format_summary
+from biomedseg.workflows.crossval import cross_validate, format_summary
 from biomedseg.data.folds import fold_splits, make_folds
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.runs.cv import open_cv
 from conftest import TINY
 
@@ -146,7 +146,7 @@ def test_a_fold_interrupted_mid_training_resumes_from_its_last_checkpoint(finish
 
 
 def test_tune_postprocess_on_a_cv_folder_uses_every_out_of_fold_prediction(finished_cv):
-    from biomedseg.inference.tuning import tune_postprocess
+    from biomedseg.workflows.tune_postprocess import tune_postprocess
 
     cv, _, _ = finished_cv
     cfg = tune_postprocess(cv.root, device="cpu", gate=False)
@@ -158,9 +158,9 @@ def test_tune_postprocess_on_a_cv_folder_uses_every_out_of_fold_prediction(finis
 
 
 def test_the_cv_folder_predicts_as_the_ensemble_of_its_folds(finished_cv, tmp_path):
-    from biomedseg.comparison import training_summary
+    from biomedseg.workflows.comparison import training_summary
     from biomedseg.engine.ensemble_model import EnsembleModel
-    from biomedseg.evaluation import evaluate
+    from biomedseg.workflows.evaluation import evaluate
     from biomedseg.inference.run import load_run
     from biomedseg.runs import open_run
 

@@ -20,7 +20,7 @@ from biomedseg.data.discovery import (
     resolve_data,
 )
 from biomedseg.data.splits import make_split
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 
 def _img(path: Path, h=8, w=10, value=0) -> Path:

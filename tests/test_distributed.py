@@ -33,8 +33,8 @@ def write_images(folder, n: int, shape, seed: int = 0):
 def test_local_cluster_predicts_every_file_once_per_worker_load(tmp_path):
     from distributed import Client
 
-    from biomedseg.inference.distributed import loaded_runs, local_cluster, predict_distributed
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.distributed import loaded_runs, local_cluster, predict_distributed
+    from biomedseg.inference.predict.batch import predict
 
     run = make_run(tmp_path / "run")
     images = write_images(tmp_path / "images", 4, (80, 70))

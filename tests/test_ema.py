@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TINY
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.runs import load_checkpoint
 from biomedseg.training.config import TrainConfig, build_config
 from biomedseg.training.ema import (EMA_MAX_DECAY, EMA_MIN_DECAY, WeightAverage, auto_decay, checkpoint_weights,
@@ -106,7 +106,7 @@ def test_ema_option_values():
 # ---------------------------------------------------------------- checkpoints and resume
 
 def _trainer(**cfg):
-    from biomedseg.losses import build_loss
+    from biomedseg.losses.build import build_loss
     from biomedseg.training.optim import ProgressSchedule
     from biomedseg.training.trainer import Trainer
 

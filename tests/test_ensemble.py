@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from biomedseg.errors import UserError
-from biomedseg.inference.predict import predict_proba_image
+from biomedseg.core.errors import UserError
+from biomedseg.inference.predict.core import predict_proba_image
 from biomedseg.inference.run import load_run
-from biomedseg.inference.streaming import StreamingPredictor
+from biomedseg.inference.stream.predictor import StreamingPredictor
 from biomedseg.runs import open_run
 from biomedseg.runs.ensemble import ensemble_members, parse_weights, write_ensemble
 from conftest import write_fake_run
@@ -140,8 +140,8 @@ def test_parse_weights():
 
 
 def test_tune_postprocess_and_evaluate_accept_an_ensemble(synthetic_data, tmp_path):
-    from biomedseg.evaluation import evaluate
-    from biomedseg.inference.tuning import tune_postprocess
+    from biomedseg.workflows.evaluation import evaluate
+    from biomedseg.workflows.tune_postprocess import tune_postprocess
 
     val = json.loads((synthetic_data / "dataset.json").read_text())["split"]["train"][:3]
     runs = [make_member(tmp_path / name, seed, {"mean": [100.0], "std": [50.0]}, data=synthetic_data, val_ids=val)

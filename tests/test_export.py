@@ -16,7 +16,7 @@ pytest.importorskip("onnxscript")
 
 import torch  # noqa: E402
 
-from biomedseg.errors import UserError  # noqa: E402
+from biomedseg.core.errors import UserError  # noqa: E402
 
 #: tiny networks of the three architectures the issue names
 ARCHS = {
@@ -70,7 +70,7 @@ def unet_run(synthetic_data, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def unet_exports(unet_run, tmp_path_factory) -> dict:
-    from biomedseg.inference.export import export_run
+    from biomedseg.export.writer import export_run
 
     out = tmp_path_factory.mktemp("exports")
     return {fmt: export_run(unet_run, fmt, out / f"model{suffix}")
@@ -100,7 +100,7 @@ def test_unet_with_head_exports_to_all_formats(unet_exports):
 
 @pytest.mark.parametrize("arch", ["resnet34-unet", "segnet"])
 def test_architectures_export_to_all_formats(arch, synthetic_data, tmp_path):
-    from biomedseg.inference.export import export_run
+    from biomedseg.export.writer import export_run
 
     run = make_run(tmp_path / "run", synthetic_data, arch)
     for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt"), ("bioimageio", ".zip")):
@@ -112,7 +112,7 @@ def test_architectures_export_to_all_formats(arch, synthetic_data, tmp_path):
 
 def test_exported_graph_has_dynamic_batch_and_size(unet_exports, unet_run):
     """Batch sizes and image sizes other than the traced ones (also not size multiples)."""
-    from biomedseg.inference.export_engines import open_exported
+    from biomedseg.inference.exported.engines import open_exported
     from biomedseg.inference.run import load_run
 
     ref = load_run(unet_run, device="cpu").model
@@ -129,8 +129,8 @@ def test_exported_graph_has_dynamic_batch_and_size(unet_exports, unet_run):
 
 
 def test_parity_failure_is_refused_and_leaves_nothing(unet_run, tmp_path, monkeypatch):
-    from biomedseg.inference import export_engines
-    from biomedseg.inference.export import export_run
+    from biomedseg.inference.exported import engines as export_engines
+    from biomedseg.export.writer import export_run
 
     original = export_engines.OrtRunner.__call__
 
@@ -147,7 +147,7 @@ def test_parity_failure_is_refused_and_leaves_nothing(unet_run, tmp_path, monkey
 
 
 def test_export_refuses_bad_outputs(unet_run, unet_exports, tmp_path):
-    from biomedseg.inference.export import export_run
+    from biomedseg.export.writer import export_run
 
     with pytest.raises(UserError, match=r"\*\.onnx"):
         export_run(unet_run, "onnx", tmp_path / "model.pt")
@@ -159,7 +159,7 @@ def test_export_refuses_bad_outputs(unet_run, unet_exports, tmp_path):
 
 def test_parity_on_synthetic_images_when_data_is_gone(synthetic_data, tmp_path):
     """Three channels, clipping bounds per channel, and no training data folder."""
-    from biomedseg.inference.export import export_run
+    from biomedseg.export.writer import export_run
 
     run = make_run(tmp_path / "run", synthetic_data, "segnet", channels=3, clip=True, source=tmp_path / "gone")
     result = export_run(run, "bioimageio", tmp_path / "model.zip")
@@ -170,8 +170,8 @@ def test_parity_on_synthetic_images_when_data_is_gone(synthetic_data, tmp_path):
 # ---------------------------------------------------------------- metadata
 
 def test_metadata_round_trip(unet_run, unet_exports):
-    from biomedseg.inference.export_engines import open_exported
-    from biomedseg.inference.export_format import EXPORT_VERSION, metadata_json, parse_metadata
+    from biomedseg.inference.exported.engines import open_exported
+    from biomedseg.inference.exported.format import EXPORT_VERSION, metadata_json, parse_metadata
     from biomedseg.inference.run import load_run
 
     run = load_run(unet_run, device="cpu")
@@ -197,7 +197,7 @@ def test_metadata_round_trip(unet_run, unet_exports):
 def test_onnx_metadata_props_and_opset(unet_exports):
     import onnx
 
-    from biomedseg.inference.export_graph import EXPORTER_OPSET, onnx_metadata, ort_max_opset
+    from biomedseg.inference.exported.graph import EXPORTER_OPSET, onnx_metadata, ort_max_opset
 
     proto = onnx.load(str(unet_exports["onnx"].path))
     doc = json.loads(onnx_metadata(proto))
@@ -238,7 +238,7 @@ def test_bioimageio_rdf_fields(unet_exports):
 # ---------------------------------------------------------------- predict from exports
 
 def test_predict_from_exports_equals_predict_run(unet_run, unet_exports, synthetic_data, tmp_path):
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
 
     images = sorted((synthetic_data / "images").iterdir())[:4]
     predict(unet_run, images, tmp_path / "run", quiet=True, device="cpu")
@@ -257,7 +257,7 @@ def test_predict_from_exports_equals_predict_run(unet_run, unet_exports, synthet
 
 
 def test_tta_from_onnx_equals_tta_from_run(unet_run, unet_exports, synthetic_data, tmp_path):
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
 
     images = sorted((synthetic_data / "images").iterdir())[:2]
     for name, source in (("run", unet_run), ("onnx", unet_exports["onnx"].path)):
@@ -271,7 +271,7 @@ def test_tta_from_onnx_equals_tta_from_run(unet_run, unet_exports, synthetic_dat
 def test_engine_auto_without_onnxruntime_is_torch(unet_run, monkeypatch):
     import importlib.util
 
-    from biomedseg.inference.export_engines import open_model_source
+    from biomedseg.inference.exported.engines import open_model_source
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
@@ -280,7 +280,7 @@ def test_engine_auto_without_onnxruntime_is_torch(unet_run, monkeypatch):
 
 
 def test_predict_engine_errors(unet_exports, unet_run, tmp_path):
-    from biomedseg.inference.export_engines import open_model_source
+    from biomedseg.inference.exported.engines import open_model_source
 
     with pytest.raises(UserError, match="ONNX Runtime"):
         open_model_source(unet_exports["onnx"].path, engine="torch")
@@ -314,7 +314,7 @@ def assert_masks_match(got: dict, expected: dict, run, images: dict) -> None:
     """Exported and PyTorch masks are equal, except at pixels where PyTorch's two largest class
     probabilities are closer than the parity tolerance allows to tell apart (float rounding of
     another runtime's kernels decides those), and at most 0.01% of the pixels."""
-    from biomedseg.inference.predict import predict_proba_image
+    from biomedseg.inference.predict.core import predict_proba_image
     from biomedseg.inference.run import load_run
     from biomedseg.io import read_image
 
@@ -331,8 +331,8 @@ def assert_masks_match(got: dict, expected: dict, run, images: dict) -> None:
 @pytest.mark.shared
 def test_predict_onnx_equals_predict_run_on_shared_test_split(tmp_path):
     """A briefly trained run on the test split of isbi2012_em."""
-    from biomedseg.inference.export import export_run
-    from biomedseg.inference.predict import predict
+    from biomedseg.export.writer import export_run
+    from biomedseg.inference.predict.batch import predict
     from biomedseg.training.api import train
 
     data = shared_dataset("isbi2012_em")
@@ -355,7 +355,7 @@ def test_streamed_prediction_from_onnx_equals_run(unet_run, unet_exports, synthe
     """The band-by-band predictor (huge images) runs the exported network too."""
     import tifffile
 
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
 
     image = sorted((synthetic_data / "images").iterdir())[0]
     for name, source in (("run", unet_run), ("onnx", unet_exports["onnx"].path)):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from biomedseg.audit.split import stratify_labels, write_split
 from biomedseg.data.group_split import read_exclude, split_with_groups
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 
 def _random_groups(rng: random.Random, ids: list[str], n_groups: int) -> list[set[str]]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import shared_dataset
 
-from biomedseg.evaluation import evaluate
+from biomedseg.workflows.evaluation import evaluate
 from biomedseg.io import read_image, read_mask
 from biomedseg.io.masks import Palette
 from biomedseg.training.api import train

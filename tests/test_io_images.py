@@ -11,7 +11,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.images import (
     IMAGE_EXTENSIONS,
     conform_channels,

@@ -11,7 +11,7 @@ import tifffile
 from PIL import Image
 
 import biomedseg.io.masks as masks_mod
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.masks import Palette, discover_palette, palette_for_classes, read_mask
 
 

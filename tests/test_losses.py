@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from biomedseg.errors import UserError
-from biomedseg.losses import build_loss, class_weights_from_counts, list_losses, parse_spec
+from biomedseg.core.errors import UserError
+from biomedseg.losses.build import build_loss, class_weights_from_counts, list_losses, parse_spec
 
 # Two pixels, two classes, target [1, 0]; softmax foreground probabilities p1 = [0.8, 0.3].
 P1 = torch.tensor([0.8, 0.3])

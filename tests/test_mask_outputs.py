@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from scipy import ndimage as ndi
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io import Palette, read_mask, read_raw
 from biomedseg.io.geojson import write_mask_geojson
 from biomedseg.io.mask_encoding import encode_mask, resolve_encoding, write_mask
@@ -165,7 +165,7 @@ def colour_run(tmp_path_factory):
 
 
 def test_masks_in_the_training_masks_colours_and_geojson(colour_run, tmp_path):
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
     from biomedseg.inference.run import load_run
 
     run, data = colour_run
@@ -238,7 +238,7 @@ def _blobs(shape, seed):
 def test_streamed_geojson_and_binary_mask(threshold_run, tmp_path):
     """Bands of 32 rows: objects cut by band boundaries are one polygon each, in full-resolution
     pixels, and the binary mask is 0/255 strip by strip."""
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
 
     image = _blobs((230, 170), 1)
     tifffile.imwrite(tmp_path / "big.tif", image, tile=(64, 64))
@@ -266,7 +266,7 @@ def test_streamed_geojson_and_binary_mask(threshold_run, tmp_path):
 
 
 def test_streamed_pyramid_level_geojson_is_in_full_resolution_pixels(threshold_run, tmp_path):
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
 
     image = _blobs((240, 180), 2)
     with tifffile.TiffWriter(tmp_path / "pyr.tif") as tw:
@@ -281,7 +281,7 @@ def test_streamed_pyramid_level_geojson_is_in_full_resolution_pixels(threshold_r
 
 def test_binary_mask_of_a_run_trained_on_0_255_masks(threshold_run, tmp_path):
     """auto on a run whose masks were 0/255 writes 0/255 (as binary does); RLE reads them back."""
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
     from biomedseg.runs import open_run
 
     info = open_run(threshold_run).paths.dataset
@@ -322,7 +322,7 @@ def test_cli_predict_mask_format_and_geojson(threshold_run, tmp_path):
 def test_level_0_of_a_compressed_pyramid_tiff_streams(threshold_run, tmp_path):
     """Regression: level 0 of a tiled, compressed pyramid TIFF opened tifffile's multiscale group
     (no ``shape``) instead of the level's array."""
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
 
     image = _blobs((240, 180), 5)
     with tifffile.TiffWriter(tmp_path / "pyr.tif") as tw:
@@ -334,8 +334,8 @@ def test_level_0_of_a_compressed_pyramid_tiff_streams(threshold_run, tmp_path):
 
 def test_distributed_rle_reads_the_written_encoding_back(threshold_run, tmp_path):
     """Workers write masks; the client's RLE file reads them back in their --mask-format."""
-    from biomedseg.inference.distributed import _write_rle_from_outputs
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.distributed import _write_rle_from_outputs
+    from biomedseg.inference.predict.batch import predict
 
     Image.fromarray(_blobs((60, 70), 6)).save(tmp_path / "a.png")
     predict(threshold_run, [tmp_path / "a.png"], tmp_path / "idx", quiet=True, rle=tmp_path / "index.csv")

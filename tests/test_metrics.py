@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from biomedseg.metrics import (
+from biomedseg.metrics.pixel import (
     MetricAccumulator,
     confusion_matrix,
     image_dice,

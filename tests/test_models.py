@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.models import create_model, list_models
 from biomedseg.models.heads import classifier_of, classify
 from biomedseg.models.summary import count_flops, model_summary

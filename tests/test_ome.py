@@ -10,7 +10,7 @@ import tifffile
 import yaml
 import zarr
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.ome import ngff_multiscales, pyramid_shapes, write_ome_tiff
 from biomedseg.io.pixel_size import pixel_size, pixel_size_from_meta, summarize_pixel_sizes
 from conftest import TINY, write_fake_run
@@ -113,7 +113,7 @@ def _fake_run(tmp_path):
 def test_streamed_outputs_have_pyramids_and_the_pixel_size(tmp_path):
     import torch
 
-    from biomedseg.inference.streaming import StreamingPredictor
+    from biomedseg.inference.stream.predictor import StreamingPredictor
     from biomedseg.models import create_model
     from biomedseg.transforms.normalize import Normalizer
 
@@ -149,7 +149,7 @@ def test_streamed_outputs_have_pyramids_and_the_pixel_size(tmp_path):
 
 
 def test_predict_copies_the_input_pixel_size(tmp_path, monkeypatch):
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
     from biomedseg.io import ome
 
     run = _fake_run(tmp_path)
@@ -228,7 +228,7 @@ def _zarr_dataset(root, n=4, size=64):
 
 def test_zarr_images_and_masks_are_audited_tiled_and_trained_on(tmp_path):
     from biomedseg.audit.run import run_audit
-    from biomedseg.data.tiling import tile_dataset
+    from biomedseg.data.tiling.dataset import tile_dataset
     from biomedseg.runs import open_run
     from biomedseg.training.api import train
 

@@ -7,7 +7,7 @@ from PIL import Image
 
 from conftest import write_fake_run
 
-from biomedseg.inference.postprocess import (
+from biomedseg.postprocess.ops import (
     ClassSteps,
     GatingConfig,
     PostprocessConfig,
@@ -169,9 +169,9 @@ def affine_run(tmp_path):
 
 
 def test_tuning_improves_dice_and_is_applied(affine_run, tmp_path):
-    from biomedseg.evaluation import evaluate
-    from biomedseg.inference.predict import predict
-    from biomedseg.inference.tuning import tune_postprocess
+    from biomedseg.workflows.evaluation import evaluate
+    from biomedseg.inference.predict.batch import predict
+    from biomedseg.workflows.tune_postprocess import tune_postprocess
 
     run, data = affine_run
     cfg = tune_postprocess(run, split="val")
@@ -202,7 +202,7 @@ def test_tuning_improves_dice_and_is_applied(affine_run, tmp_path):
 
 
 def test_gate_tuning_prefers_empty_masks_for_negatives():
-    from biomedseg.inference.tuning import _Cached, _tune_gate
+    from biomedseg.workflows.tune_postprocess import _Cached, _tune_gate
 
     cache, masks = [], []
     for i in range(6):
@@ -225,7 +225,7 @@ def test_gate_tuning_prefers_empty_masks_for_negatives():
 
 def test_reliable_gain_needs_a_consistent_improvement():
     """Bootstrap adoption: a gain carried by one image is rejected, a gain on most images kept."""
-    from biomedseg.inference.tuning import reliable_gain
+    from biomedseg.workflows.tune_postprocess import reliable_gain
 
     rng = np.random.default_rng(0)
     before = rng.uniform(0.6, 0.9, 10)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biomedseg.errors import UserError
-from biomedseg.metrics import MetricAccumulator
-from biomedseg.render import (
+from biomedseg.core.errors import UserError
+from biomedseg.metrics.pixel import MetricAccumulator
+from biomedseg.core.render import (
     ERROR_COLORS,
     class_colors,
     class_overlay,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from biomedseg.inference.rle import instance_rle_rows, read_rle_csv, rle_decode, rle_encode, write_rle_csv
+from biomedseg.inference.predict.rle import instance_rle_rows, read_rle_csv, rle_decode, rle_encode, write_rle_csv
 
 
 def test_known_example_is_column_major_and_one_indexed():

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.runs import RUN_FORMAT_VERSION, DatasetInfo, RunFolder, create_run, open_run
 from biomedseg.runs import layout
 
@@ -28,7 +28,7 @@ def test_run_written_before_run_json_opens_as_format_1():
 
 
 def test_run_written_before_run_json_predicts_the_masks_it_predicted_then(tmp_path):
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.batch import predict
 
     run = tmp_path / "run"
     shutil.copytree(FIXTURE / "run", run)  # a read-only checkout must not matter

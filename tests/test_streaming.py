@@ -13,7 +13,7 @@ from biomedseg.engine.sliding_window import (
     tile_starts,
     tta_transforms,
 )
-from biomedseg.inference.streaming import StreamingPredictor, open_source, partial_path
+from biomedseg.inference.stream.predictor import StreamingPredictor, open_source, partial_path
 from biomedseg.transforms.normalize import Normalizer
 from conftest import write_fake_run
 
@@ -180,8 +180,8 @@ def test_blank_tiles_are_skipped(model):
 
 
 def test_interrupted_run_leaves_no_finished_file_and_resumes(tmp_path):
-    from biomedseg.inference.outputs import existing_mask
-    from biomedseg.inference.predict import predict
+    from biomedseg.inference.predict.outputs import existing_mask
+    from biomedseg.inference.predict.batch import predict
 
     run = make_run(tmp_path / "run")
     src = tmp_path / "in"

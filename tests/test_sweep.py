@@ -14,15 +14,15 @@ import yaml
 from conftest import TINY
 from test_cli import assert_user_error, run_cli
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.runs.sweep import SweepPaths
 from biomedseg.training.config import build_config
-from biomedseg.training.search_space import check_params, grid_of, parse_param, parse_params
+from biomedseg.workflows.sweep.space import check_params, grid_of, parse_param, parse_params
 
 optuna = pytest.importorskip("optuna")
 
-from biomedseg import sweeps  # noqa: E402  (after the skip: sweeps needs optuna at run time)
-from biomedseg.training import sweep_study  # noqa: E402
+from biomedseg.workflows.sweep import run as sweeps  # noqa: E402  (after the skip: sweeps needs optuna at run time)
+from biomedseg.workflows.sweep import study as sweep_study  # noqa: E402
 
 # one short epoch per trial, no pruning unless a test asks for it
 FAST = {**TINY, "epochs": 1, "seed": 0, "quiet": True}

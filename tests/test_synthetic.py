@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from biomedseg.data.synthetic import CLASSES, make_synthetic_dataset, render_sample
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 
 def _samples(n, seed=0, size=(256, 256), n_channels=1):

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from biomedseg.data.tiling import tile_dataset, tissue_fraction, window_starts
-from biomedseg.errors import UserError
+from biomedseg.data.tiling.dataset import tile_dataset, tissue_fraction, window_starts
+from biomedseg.core.errors import UserError
 from biomedseg.io import read_image, read_raw
 from biomedseg.io.slides import SlideReader
 
@@ -204,8 +204,8 @@ def test_overwrite_never_deletes_the_source(tmp_path):
     import pytest
     from PIL import Image
 
-    from biomedseg.data.tiling import tile_dataset
-    from biomedseg.errors import UserError
+    from biomedseg.data.tiling.dataset import tile_dataset
+    from biomedseg.core.errors import UserError
 
     data = tmp_path / "d"
     (data / "images").mkdir(parents=True)

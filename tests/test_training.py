@@ -12,9 +12,9 @@ import yaml
 from conftest import TINY
 from PIL import Image
 
-from biomedseg.errors import UserError
-from biomedseg.evaluation import evaluate
-from biomedseg.inference.predict import predict
+from biomedseg.core.errors import UserError
+from biomedseg.workflows.evaluation import evaluate
+from biomedseg.inference.predict.batch import predict
 from biomedseg.training.api import train
 from biomedseg.runs import load_checkpoint
 
@@ -199,10 +199,10 @@ def test_training_goes_on_uncompiled_when_compiling_fails(synthetic_data, tmp_pa
 
 
 def test_compile_false_from_the_user_plans_as_without_a_compiler(synthetic_data, tmp_path, monkeypatch):
-    import biomedseg.device
-    import biomedseg.training.planner as planner
+    import biomedseg.runtime.device
+    import biomedseg.training.plan.planner as planner
 
-    monkeypatch.setattr(biomedseg.device, "cpp_compiler_available", lambda: True)
+    monkeypatch.setattr(biomedseg.runtime.device, "cpp_compiler_available", lambda: True)
     monkeypatch.setattr(planner, "COMPILE_MIN_BUDGET_S", 1)  # a "long" budget the test can afford
     monkeypatch.setattr(planner, "FULL_RES_MIN_BUDGET_S", 1)
     monkeypatch.setattr(planner, "THIN_STRUCTURE_WIDTH", 1e9)  # every class counts as thin

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from biomedseg.engine.scaled import ScaledNet, at_scale, native_tile
-from biomedseg.training.plan_scale import plan_working_scale
-from biomedseg.training.planner import make_plan
+from biomedseg.training.plan.scale import plan_working_scale
+from biomedseg.training.plan.planner import make_plan
 from biomedseg.transforms.resample import resample_image, resample_mask, scaled_shape
 
 BASE = {"n_images": 20, "channels": 1, "bit_depth": 8, "class_names": ["background", "fg"], "background": 0,
@@ -110,7 +110,7 @@ def scaled_run(synthetic_data, tmp_path_factory):
 
 
 def test_training_at_a_working_scale_predicts_at_native_resolution(scaled_run, synthetic_data):
-    from biomedseg.inference.predict import predict_image
+    from biomedseg.inference.predict.core import predict_image
     from biomedseg.inference.run import load_run
     from biomedseg.io import read_image
 
@@ -123,7 +123,7 @@ def test_training_at_a_working_scale_predicts_at_native_resolution(scaled_run, s
 
 
 def test_exported_scaled_networks_match_at_any_tile_size(scaled_run, tmp_path):
-    from biomedseg.inference.export_graph import onnx_model, torchscript_module
+    from biomedseg.inference.exported.graph import onnx_model, torchscript_module
     from biomedseg.inference.run import load_run
 
     ort = pytest.importorskip("onnxruntime")

@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "train": ("biomedseg.training.api", "train"),
-    "evaluate": ("biomedseg.evaluation", "evaluate"),
-    "predict": ("biomedseg.inference.predict", "predict"),
-    "demo": ("biomedseg.demo", "run_demo"),
+    "evaluate": ("biomedseg.workflows.evaluation", "evaluate"),
+    "predict": ("biomedseg.inference.predict.batch", "predict"),
+    "demo": ("biomedseg.workflows.demo", "run_demo"),
 }
 
 

@@ -20,10 +20,10 @@ from biomedseg.audit.image_measurements import THUMB
 from biomedseg.data.discovery import natural_key
 from biomedseg.data.inventory import Scan, ScanItem
 from biomedseg.data.progress import ProgressBar
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.images import read_image
 from biomedseg.io.masks import read_mask
-from biomedseg.metrics import image_dice
+from biomedseg.metrics.pixel import image_dice
 
 #: Mean foreground Dice of two near-duplicate masks below which they conflict.
 CONFLICT_DICE = 0.9

@@ -24,7 +24,7 @@ from biomedseg.data.class_palette import add_foreground_class, default_class_nam
 from biomedseg.data.inventory import Scan, ScanItem
 from biomedseg.data.mask_values import MaskConverter, ValueTable, grey_or_colour, mask_value_table, value_table
 from biomedseg.data.progress import ProgressBar
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.images import read_raw
 from biomedseg.io.masks import Palette, discover_palette
 from biomedseg.io.pixel_size import pixel_size, resolve_pixel_size

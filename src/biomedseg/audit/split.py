@@ -16,7 +16,7 @@ from biomedseg.audit.run import run_audit
 from biomedseg.data.discovery import DATA_META, natural_key
 from biomedseg.data.group_split import EXCLUDE_NAME, split_with_groups
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.writers import write_json, write_text
 
 _EXCLUDE_HEADER = ("# Image ids left out of training: their masks conflict with a near-duplicate copy\n"

@@ -18,7 +18,7 @@ from biomedseg.cli import train_commands  # noqa: F401
 from biomedseg.cli import run_commands  # noqa: F401
 from biomedseg.cli import compare_commands  # noqa: F401
 from biomedseg.cli.app import _setup_logging, app
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 
 def main() -> None:

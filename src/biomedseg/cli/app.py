@@ -6,7 +6,7 @@ import logging
 import math
 import sys
 import typer
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Semantic segmentation of 2D biomedical images: audit, train, evaluate, predict.")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 import typer
-from biomedseg.comparison import DEFAULT_SPLIT, PAIRS
-from biomedseg.errors import UserError
-from biomedseg.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
+from biomedseg.workflows.comparison import DEFAULT_SPLIT, PAIRS
+from biomedseg.core.errors import UserError
+from biomedseg.core.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
 from biomedseg.io.writers import check_output_dir
 
 from biomedseg.cli.app import app
@@ -32,7 +32,7 @@ def compare(
 ):
     """Compare runs on the same images: settings that differ, metrics, curves, per-image Dice, and a
     paired bootstrap of the Dice difference (is it larger than the noise?)."""
-    from biomedseg.comparison import compare as run_compare
+    from biomedseg.workflows.comparison import compare as run_compare
 
     check_output_dir(out)
     evaluations = {}

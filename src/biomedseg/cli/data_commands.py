@@ -82,7 +82,7 @@ def tile(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):
     """Cut large images and masks into aligned tiles: a training DATA folder with provenance (tiles.csv)."""
-    from biomedseg.data.tiling import tile_dataset
+    from biomedseg.data.tiling.dataset import tile_dataset
 
     _within(0, 1, keep_empty=keep_empty, tissue_threshold=tissue_threshold)
     _within(1, size=size, stride=stride)

@@ -8,7 +8,7 @@ import typer
 from biomedseg.engine.defaults import COMPILE_MIN_TILES, DEFAULT_COMPILE
 from biomedseg.io.geojson import DEFAULT_OBJECT_TYPE
 from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT
-from biomedseg.inference.export_options import DEFAULT_ENGINE, DEFAULT_EXPORT_ENGINE, DEFAULT_LICENSE
+from biomedseg.inference.exported.options import DEFAULT_ENGINE, DEFAULT_EXPORT_ENGINE, DEFAULT_LICENSE
 from biomedseg.io.writers import check_output_dir, check_output_file
 
 from biomedseg.cli.app import app, DataArg, ImagesOpt, MasksOpt, SchedulerOpt, _within
@@ -30,8 +30,8 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Evaluate a run on a labelled split: Dice, IoU, precision, recall, F1, FP/FN; overlays; HTML report."""
-    from biomedseg.evaluation import evaluate as run_eval
-    from biomedseg.evaluation import format_metrics
+    from biomedseg.workflows.evaluation import evaluate as run_eval
+    from biomedseg.workflows.evaluation import format_metrics
 
     check_output_dir(out)
     m = run_eval(run, data, out, images=images, masks=masks, split=split, tta=tta, overlays=not no_overlays,
@@ -76,7 +76,7 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Predict masks for new images of any size (sliding window, Gaussian blending; huge images streamed)."""
-    from biomedseg.inference.predict import predict as run_predict
+    from biomedseg.inference.predict.batch import predict as run_predict
 
     _within(0, level=level, skip_blank=skip_blank)
     _within(1, batch_size=batch_size)
@@ -90,7 +90,7 @@ def predict(
     if scheduler is None:
         s = run_predict(run, inputs, out, **options)
     else:  # one job per file on the cluster
-        from biomedseg.inference.distributed import predict_distributed
+        from biomedseg.inference.predict.distributed import predict_distributed
 
         s = predict_distributed(run, inputs, out, address=scheduler, **options)
     typer.echo(f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
@@ -115,7 +115,7 @@ def tune_postprocess(
 ):
     """Tune post-processing (per-class thresholds, minimum object area, empty-mask gate) on a split;
     writes RUN/postprocess.yaml, which predict and evaluate then apply."""
-    from biomedseg.inference.tuning import tune_postprocess as run_tune
+    from biomedseg.workflows.tune_postprocess import tune_postprocess as run_tune
     from biomedseg.runs import RunPaths
 
     check_output_file(RunPaths(run).postprocess)
@@ -151,7 +151,7 @@ def export(
 ):
     """Export a run's network with everything predict needs (normalisation, sliding window, classes,
     post-processing) as metadata, after a parity check against PyTorch on the run's validation images."""
-    from biomedseg.inference.export import export_run
+    from biomedseg.export.writer import export_run
 
     r = export_run(run, fmt, out, checkpoint=checkpoint, overwrite=overwrite, license=license_, authors=author)
     for report in r.parity:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import List, Optional
 import typer
 from biomedseg.data.folds import DEFAULT_FOLDS
-from biomedseg.demo import DEMO_TIME_BUDGET
+from biomedseg.workflows.demo import DEMO_TIME_BUDGET
 from biomedseg.runs.layout import PLAN
-from biomedseg.sweeps import DEFAULT_STUDY_NAME, DEFAULT_TRIALS
+from biomedseg.workflows.sweep.run import DEFAULT_STUDY_NAME, DEFAULT_TRIALS
 from biomedseg.io.writers import check_output_dir, check_output_file
 
 from biomedseg.cli.app import app, DataArg, ImagesOpt, MasksOpt, SchedulerOpt, _within
@@ -114,8 +114,8 @@ def cross_validate(
 ):
     """Cross-validate on the training pool: k folds (near duplicates kept together), one shared plan,
     out-of-fold predictions, per-fold and pooled scores; the CV folder is the ensemble of its folds."""
-    from biomedseg.crossval import cross_validate as run_cv
-    from biomedseg.crossval import format_summary
+    from biomedseg.workflows.crossval import cross_validate as run_cv
+    from biomedseg.workflows.crossval import format_summary
     from biomedseg.training.config import merge, parse_overrides
 
     check_output_dir(out)
@@ -164,7 +164,7 @@ def sweep(
 ):
     """Train one run per setting of the swept options (Optuna: grid or TPE, median pruning) and rank
     them by validation Dice; run again to resume, or start more processes on the same study."""
-    from biomedseg.sweeps import sweep as run_sweep
+    from biomedseg.workflows.sweep.run import sweep as run_sweep
     from biomedseg.training.config import merge, parse_overrides
 
     _within(1, trials=trials)
@@ -199,7 +199,7 @@ def demo(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Generate synthetic data, train, evaluate, predict and report (the built-in default job)."""
-    from biomedseg.demo import run_demo
+    from biomedseg.workflows.demo import run_demo
 
     _within(0, seed=seed)
     check_output_dir(out)

@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.images import IMAGE_EXTENSIONS, image_shape, is_image_path
 from biomedseg.io.zarr_images import is_zarr
 

@@ -15,7 +15,7 @@ from collections import Counter
 
 from biomedseg.data.discovery import natural_key
 from biomedseg.data.group_split import group_units, unit_labels
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 #: folds of ``biomedseg cv`` unless ``--folds`` says otherwise
 DEFAULT_FOLDS = 5

@@ -20,7 +20,7 @@ import numpy as np
 
 from biomedseg.data.discovery import natural_key
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, count_for_fraction
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 EXCLUDE_NAME = "exclude.txt"
 

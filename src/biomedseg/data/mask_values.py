@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.images import read_raw
 from biomedseg.io.masks import Palette
 

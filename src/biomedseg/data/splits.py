@@ -6,7 +6,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 #: share of images held out for validation (of the training pool in ``train``, of all images in
 #: ``biomedseg split``)

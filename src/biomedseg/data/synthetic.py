@@ -26,7 +26,7 @@ from PIL import Image
 from scipy import ndimage as ndi
 
 from biomedseg.data.discovery import DATA_META
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 CLASSES = ["background", "cell", "filament"]
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from biomedseg.engine.defaults import COMPILE_MIN_TILES, COMPILE_MODES
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.models.heads import find_classifier
 
 log = logging.getLogger("biomedseg")
@@ -108,7 +108,7 @@ def resolve_compile(mode, n_forwards: int, device: torch.device | str = "cpu") -
     """Whether to compile the inference network: ``on``/``off``/a backend as given; ``auto``
     compiles on a CPU with a C++ compiler when the job runs at least ``COMPILE_MIN_TILES`` tile
     forwards (tiles x TTA transforms, over all inputs); not on GPUs (not measured yet)."""
-    from biomedseg.device import cpp_compiler_available
+    from biomedseg.runtime.device import cpp_compiler_available
 
     mode = normalize_compile(mode)
     if mode != "auto":

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from biomedseg.device import use_channels_last
+from biomedseg.runtime.device import use_channels_last
 from biomedseg.runs import DatasetInfo, RunFolder, load_checkpoint, open_run
 from biomedseg.training.config import TrainConfig, build_config
 from biomedseg.transforms.normalize import Normalizer
@@ -47,7 +47,7 @@ class LoadedRun:
 
     def postprocess(self):
         """The post-processing chain (``RUN/postprocess.yaml``), or ``None`` when the run has none."""
-        from biomedseg.inference.postprocess import load_postprocess
+        from biomedseg.postprocess.ops import load_postprocess
 
         return load_postprocess(self.run_dir)
 
@@ -68,7 +68,7 @@ def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision:
 
     An ensemble or cross-validation folder gives the ensemble of its member runs
     (:func:`load_ensemble`)."""
-    from biomedseg.device import configure_threads, resolve_device, resolve_precision
+    from biomedseg.runtime.device import configure_threads, resolve_device, resolve_precision
     from biomedseg.engine.scaled import at_scale
     from biomedseg.models import create_model
 
@@ -103,7 +103,7 @@ def load_ensemble(folder: RunFolder, checkpoint: str = "best", device: str = "au
     """
     import logging
 
-    from biomedseg.device import resolve_device, resolve_precision
+    from biomedseg.runtime.device import resolve_device, resolve_precision
     from biomedseg.engine.ensemble_model import EnsembleModel
     from biomedseg.runs.ensemble import ensemble_config, ensemble_dataset_info, ensemble_members
 

@@ -1,4 +1,4 @@
-"""Reading and writing images, masks and result files (imports only ``biomedseg.errors``)."""
+"""Reading and writing images, masks and result files (imports only ``biomedseg.core.errors``)."""
 
 from biomedseg.io.images import (
     IMAGE_EXTENSIONS,

@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.polygons import PolygonTracer
 from biomedseg.io.writers import atomic_path
 

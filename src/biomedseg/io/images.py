@@ -28,7 +28,7 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.zarr_images import ZARR_SUFFIX, is_zarr, read_zarr, zarr_shape
 
 # Pillow refuses images above ~179 megapixels as possible "decompression bombs". Whole-slide

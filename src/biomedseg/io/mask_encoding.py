@@ -12,7 +12,7 @@
   class indices, grey levels (``0/255``, ``0/128/255``, 16-bit values) or RGB colours.
 
 The class colours are the run's palette when its masks were colour masks, else colours the
-caller chooses (``predict`` uses :func:`biomedseg.render.class_colors`). Every encoding reads
+caller chooses (``predict`` uses :func:`biomedseg.core.render.class_colors`). Every encoding reads
 back to the same class indices with :func:`~biomedseg.io.masks.read_mask` and
 :meth:`MaskEncoding.read_palette`, so no encoding loses a class.
 """
@@ -25,7 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.images import read_raw
 from biomedseg.io.masks import Palette, read_mask
 from biomedseg.io.writers import TILE_PIXELS, atomic_path, write_png, write_tiff

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.images import read_raw
 
 #: A value covering less than this fraction of the pixels of every mask that contains it is

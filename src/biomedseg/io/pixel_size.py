@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.zarr_images import is_zarr, ome_multiscales, open_level
 
 PixelSize = tuple[float, float]

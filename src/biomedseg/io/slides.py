@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.images import (  # noqa: F401  (MAX_DECODE_PIXELS re-exported)
     MAX_DECODE_PIXELS,
     _apply_tiff_colormap,

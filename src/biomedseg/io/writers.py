@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 #: Arrays larger than this are written as BigTIFF (classic TIFF offsets stop at 4 GiB; the
 #: margin leaves room for tags and compression overhead).

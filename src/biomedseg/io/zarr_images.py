@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 ZARR_SUFFIX = ".zarr"
 

@@ -26,7 +26,7 @@ function and the bottleneck is found by its path, so the wrapped model deep-copi
 
 Both wrappers derive from :class:`ClassifierModel`; :func:`find_classifier` returns it or
 ``None``, :func:`check_classifier_support` turns "this architecture cannot take a head" into a
-one-line :class:`~biomedseg.errors.UserError`.
+one-line :class:`~biomedseg.core.errors.UserError`.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def supports_classifier_head(model_name: str) -> bool:
 
 def check_classifier_support(model_name: str) -> None:
     """Raise a one-line UserError when ``model_name`` cannot take a classifier head."""
-    from biomedseg.errors import UserError
+    from biomedseg.core.errors import UserError
     from biomedseg.models.registry import list_models
 
     if not supports_classifier_head(model_name):

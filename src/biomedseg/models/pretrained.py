@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 #: torchvision's ImageNet weights: name -> (url, SHA-256 or its leading hex digits).
 #: torchvision names its files ``<arch>-<first 8 hex digits of the SHA-256>.pth``; only that

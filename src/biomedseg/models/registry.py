@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 
 @dataclass(frozen=True)

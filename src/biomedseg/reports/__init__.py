@@ -1,6 +1,6 @@
 """Reports: overlay pictures, training curves and the static HTML evaluation report.
 
-- :mod:`biomedseg.render` (drawing, below reports): ``error_overlay`` (TP/FP/FN colours, ``ERROR_COLORS``),
+- :mod:`biomedseg.core.render` (drawing, below reports): ``error_overlay`` (TP/FP/FN colours, ``ERROR_COLORS``),
   ``class_overlay``, ``colorize_mask``, ``overlay_panel``, ``to_display_rgb``.
 - :mod:`biomedseg.reports.curves`: ``plot_curves(metrics_csv, out_png)``,
   ``plot_class_bars(per_class, out_png)``.

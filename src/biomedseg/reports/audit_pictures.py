@@ -84,7 +84,7 @@ def _pair_picture(path: Path, judge, pair, row: dict, names: list[str]) -> bool:
     """Image A, image B, mask A, mask B and their disagreement; ``False`` if unreadable."""
     from biomedseg.audit.duplicates import flip_array
     from biomedseg.io.images import read_image
-    from biomedseg.render import class_overlay, to_display_rgb
+    from biomedseg.core.render import class_overlay, to_display_rgb
 
     items = judge.items
     try:
@@ -112,7 +112,7 @@ def _mask_picture(path: Path, image_path: Path | None, mask_paths: list[Path], p
     """The image, its masks as stored (and as classes); ``False`` if nothing could be drawn."""
     from biomedseg.io.images import read_image, read_raw
     from biomedseg.io.masks import read_mask
-    from biomedseg.render import colorize_mask, to_display_rgb
+    from biomedseg.core.render import colorize_mask, to_display_rgb
 
     panels = []
     try:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 
 def _display(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
@@ -46,7 +46,7 @@ def augment_preview(data_dir, out_png, preset: str = "default", n: int = 8, seed
     """
     from biomedseg.data.discovery import find_pairs, resolve_data
     from biomedseg.io import conform_channels, discover_palette, read_image, read_mask, write_png
-    from biomedseg.render import class_colors, class_overlay
+    from biomedseg.core.render import class_colors, class_overlay
     from biomedseg.transforms.basic import build_augmenter
     from biomedseg.transforms.normalize import Normalizer
 

@@ -1,6 +1,6 @@
 """The comparison report of several runs: ``compare.md`` and a self-contained ``compare.html``.
 
-Receives plain data (:class:`CompareReport`), built by :mod:`biomedseg.comparison`. The page is
+Receives plain data (:class:`CompareReport`), built by :mod:`biomedseg.workflows.comparison`. The page is
 described once as a list of blocks (heading, paragraph, list, table, picture) and rendered twice:
 Markdown links the PNGs written beside it, HTML embeds them as ``data:`` URIs, so the HTML file
 alone opens offline (no CDN, no external CSS/JS). matplotlib: object-oriented API only (see
@@ -69,7 +69,7 @@ class RunColumn:
 
 @dataclass
 class Comparison:
-    """``result``: :func:`biomedseg.stats.paired_bootstrap` of ``b - a``; ``sentence`` says it in words."""
+    """``result``: :func:`biomedseg.core.stats.paired_bootstrap` of ``b - a``; ``sentence`` says it in words."""
 
     a: str
     b: str

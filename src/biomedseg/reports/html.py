@@ -19,7 +19,7 @@ from urllib.parse import quote
 
 from biomedseg.io.writers import atomic_path
 from biomedseg.reports.curves import plot_class_bars
-from biomedseg.render import ERROR_COLORS, ERROR_LABELS
+from biomedseg.core.render import ERROR_COLORS, ERROR_LABELS
 
 __all__ = ["write_evaluation_report"]
 

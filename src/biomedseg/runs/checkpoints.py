@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.writers import atomic_path
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.writers import atomic_path, write_json
 from biomedseg.runs.folder import RunFolder
 from biomedseg.runs.records import RunInfo

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.runs.cv import DONE, TRAINED, CVFolder
 from biomedseg.runs.folder import RunFolder, open_run
 from biomedseg.runs.layout import CHECKPOINT_NAMES

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.writers import write_json, write_text
 from biomedseg.runs.layout import RUN_FORMAT_VERSION, RunPaths
 from biomedseg.runs.records import DatasetInfo, RunInfo, RunKind, read_plan, validated

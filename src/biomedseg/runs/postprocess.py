@@ -1,7 +1,7 @@
 """Typed record of ``RUN/postprocess.yaml``: the post-processing chain of a run.
 
 The steps themselves (thresholds, morphology, watershed, gating) are applied by
-:mod:`biomedseg.inference.postprocess`; this module only defines, reads and writes the file.
+:mod:`biomedseg.postprocess.ops`; this module only defines, reads and writes the file.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.writers import write_text
 from biomedseg.runs.layout import POSTPROCESS, RunPaths
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.runs.layout import RUN_FORMAT_VERSION
 
 RunKind = Literal["run", "cv", "ensemble", "sweep"]

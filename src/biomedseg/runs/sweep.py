@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.runs.folder import RunFolder
 from biomedseg.runs.layout import PLAN, RUN_JSON
 from biomedseg.runs.records import RunInfo

@@ -1,7 +1,7 @@
 """``biomedseg.train(...)`` and ``biomedseg plan``: the commands as Python functions.
 
 ``train`` runs its stages in order (each in :mod:`biomedseg.training.stages`,
-:mod:`~biomedseg.training.data_setup` and :mod:`~biomedseg.training.plan_stage`)::
+:mod:`~biomedseg.training.data_setup` and :mod:`~biomedseg.training.plan.stage`)::
 
     settings -> runtime -> load data -> plan -> build -> write artifacts -> fit -> finish
 
@@ -16,13 +16,13 @@ from pathlib import Path
 
 import yaml
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io.writers import write_text
 from biomedseg.runs import RunFolder, create_run
 from biomedseg.training import stages
 from biomedseg.training.config import DEFAULT_EPOCHS, TrainConfig, build_config, load_config_file, merge
 from biomedseg.training.data_setup import at_working_scale, load_training_data
-from biomedseg.training.plan_stage import fingerprint_of, plan_config, plan_now
+from biomedseg.training.plan.stage import fingerprint_of, plan_config, plan_now
 
 
 def resolve_config(config_file=None, overrides: dict | None = None, resume_run: RunFolder | None = None) -> TrainConfig:
@@ -87,7 +87,7 @@ def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None,
     ``{"fingerprint": {...}, option: {"value", "reason"}, ...}``. ``train --plan FILE`` uses such a
     file; options set by the user still win.
     """
-    from biomedseg.device import resolve_device
+    from biomedseg.runtime.device import resolve_device
 
     given = {k: v for k, v in {"time_budget": time_budget, "epochs": epochs, "device": device}.items()
              if v is not None}  # unset: an explicit None would win the merge (and is no valid device)

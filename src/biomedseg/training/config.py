@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from biomedseg.engine.defaults import DEFAULT_OVERLAP
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 #: epochs trained when neither ``epochs`` nor ``time_budget`` is given
 DEFAULT_EPOCHS = 50

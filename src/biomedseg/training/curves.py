@@ -12,7 +12,7 @@ import csv
 import math
 from pathlib import Path
 
-from biomedseg.errors import file_error
+from biomedseg.core.errors import file_error
 from biomedseg.io.writers import atomic_path
 
 __all__ = ["plot_curves", "read_metrics_csv", "save_figure", "plain_text", "to_float"]

@@ -13,7 +13,7 @@ import numpy as np
 
 from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
 from biomedseg.data.splits import make_split
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.io import Palette, discover_palette, is_grey_rgb, read_image
 
 log = logging.getLogger("biomedseg")

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 
 OPTIMIZERS: dict[str, Callable] = {
     "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),

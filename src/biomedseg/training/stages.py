@@ -69,7 +69,7 @@ def start_runtime(cfg: TrainConfig, quiet: bool = False) -> Runtime:
     """Threads, device, seeds and the DDP process group (under ``torchrun``)."""
     import torch
 
-    from biomedseg.device import configure_threads, resolve_device, resolve_precision
+    from biomedseg.runtime.device import configure_threads, resolve_device, resolve_precision
     from biomedseg.training.distributed import init_distributed
 
     threads = configure_threads(cfg.num_threads)
@@ -88,8 +88,8 @@ def build(cfg: TrainConfig, data, rt: Runtime) -> Parts:
     import torch
 
     from biomedseg.data.datasets import class_pixel_counts
-    from biomedseg.device import use_channels_last
-    from biomedseg.losses import build_loss, class_weights_from_counts
+    from biomedseg.runtime.device import use_channels_last
+    from biomedseg.losses.build import build_loss, class_weights_from_counts
     from biomedseg.models import create_model
     from biomedseg.training.data_setup import auto_iterations_per_epoch
     from biomedseg.training.optim import ProgressSchedule, build_optimizer
@@ -123,7 +123,7 @@ def dataset_info(data, parts: Parts) -> DatasetInfo:
 def runtime_entries(cfg: TrainConfig, rt: Runtime, data, parts: Parts, planned: dict, explicit: dict) -> dict:
     """``plan.yaml``: the planned entries plus the choices made at run time, each with its reason."""
     from biomedseg.models import count_parameters
-    from biomedseg.training.plan_stage import USER_REASON
+    from biomedseg.training.plan.stage import USER_REASON
 
     cuda = rt.device.type == "cuda"
     entries = {

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from biomedseg.data.datasets import Prefetcher
 from biomedseg.engine.sliding_window import autocast_context
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.models.heads import find_classifier, foreground_present
 from biomedseg.runs import RunPaths, save_checkpoint
 from biomedseg.training.distributed import DistInfo, any_rank, barrier, broadcast_flag
@@ -101,7 +101,7 @@ class Trainer:
         self.is_main, self.quiet = self.dist.is_main, quiet
         self.checkpoints_written = 0
         self.scaler = torch.amp.GradScaler("cuda") if (precision == "fp16" and device.type == "cuda") else None
-        from biomedseg.device import use_channels_last
+        from biomedseg.runtime.device import use_channels_last
 
         self.channels_last = use_channels_last(cfg.channels_last, device)
         self.budget = cfg.time_budget

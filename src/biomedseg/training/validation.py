@@ -9,7 +9,7 @@ from biomedseg.engine.defaults import inference_batch_size
 from biomedseg.engine.scaled import at_scale, logits_at_pixel_size, native_tile
 from biomedseg.io.pixel_size import pixel_size_factor
 from biomedseg.engine.sliding_window import SlidingWindowPredictor
-from biomedseg.metrics import MetricAccumulator
+from biomedseg.metrics.pixel import MetricAccumulator
 from biomedseg.models.heads import foreground_present
 
 

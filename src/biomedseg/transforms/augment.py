@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.transforms.augment_base import Compose
 from biomedseg.transforms.intensity import (Brightness, ChannelJitter, Contrast, Gamma, GaussianBlur, GaussianNoise,
                                             UniformNoise)

@@ -9,7 +9,7 @@ transforms and presets live in :mod:`biomedseg.transforms.augment`; :class:`Comp
 
 from __future__ import annotations
 
-from biomedseg.errors import UserError
+from biomedseg.core.errors import UserError
 from biomedseg.transforms.augment import build_augmentations, build_preset
 from biomedseg.transforms.augment_base import Compose, Transform
 

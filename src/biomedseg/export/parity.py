@@ -1,0 +1,98 @@
+"""The parity check ``biomedseg export`` runs before it keeps an exported file.
+
+The exported network, loaded back from the file as ``predict`` loads it, and the run's PyTorch
+network (fp32, CPU) predict the same images through the same sliding window (same tiles,
+Gaussian blending, padding); their softmax probabilities must agree to
+:data:`MAX_ABS_DIFF` (largest absolute difference over all pixels and classes) and their argmax
+masks on at least :data:`MIN_AGREEMENT` of the pixels.
+
+The images are the run's own validation images (``dataset.json`` split ``val`` of its training
+data, at most :data:`MAX_IMAGES`); when that folder is gone (or has no validation split),
+synthetic images drawn from the normalisation statistics (per-channel normal noise with the
+training mean and standard deviation, one image larger than a patch and one smaller), and the
+report says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from biomedseg.core.errors import UserError
+
+MAX_ABS_DIFF = 1e-4  # fp32
+MIN_AGREEMENT = 0.9999
+MAX_IMAGES = 8  # validation images checked at most (the first ones of the split)
+SYNTHETIC_SEED = 0
+
+
+@dataclass
+class ParityReport:
+    """The numbers of one parity check (one exported network against PyTorch)."""
+
+    engine: str
+    inputs: str  # what the images were
+    ids: list[str] = field(default_factory=list)
+    pixels: int = 0
+    max_abs_diff: float = 0.0
+    argmax_agreement: float = 1.0
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_diff <= MAX_ABS_DIFF and self.argmax_agreement >= MIN_AGREEMENT
+
+    def summary(self) -> str:
+        return (f"{self.engine}: max |p - p_torch| {self.max_abs_diff:.2e} (<= {MAX_ABS_DIFF:g}), argmax agreement "
+                f"{100 * self.argmax_agreement:.4f}% (>= {100 * MIN_AGREEMENT:g}%) on {len(self.ids)} {self.inputs} "
+                f"({self.pixels} pixels)")
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "passed": self.passed,
+                "thresholds": {"max_abs_diff": MAX_ABS_DIFF, "min_argmax_agreement": MIN_AGREEMENT}}
+
+
+def validation_images(loaded, max_images: int = MAX_IMAGES) -> tuple[list[tuple[str, np.ndarray]], str]:
+    """``([(id, raw (H, W, C) image)], description)``: the run's validation images, or synthetic
+    ones when its training data is gone or has no validation split."""
+    from biomedseg.data.splits import select_split
+    from biomedseg.io import read_image
+
+    try:
+        source, ids, by_id = select_split(loaded, None, None, None, "val")
+    except UserError as exc:
+        return synthetic_images(loaded), f"synthetic images from the normalisation statistics ({exc})"
+    images = [(sid, read_image(by_id[sid].image)) for sid in ids[:max_images]]
+    return images, f"validation images of {source.root}"
+
+
+def synthetic_images(loaded, seed: int = SYNTHETIC_SEED) -> list[tuple[str, np.ndarray]]:
+    """Two ``(H, W, C) float32`` images of per-channel normal noise with the training mean/std:
+    one spanning several tiles (sizes not multiples of anything), one smaller than a patch."""
+    rng = np.random.default_rng(seed)
+    p = int(loaded.tile_size)
+    mean = np.asarray(loaded.normalizer.mean, np.float32)
+    std = np.asarray(loaded.normalizer.std, np.float32)
+    shapes = [(p + p // 2 + 7, 2 * p + 3), (max(p // 2 + 5, 8), max(p // 2 + 9, 8))]
+    return [(f"synthetic_{h}x{w}", (rng.standard_normal((h, w, len(mean))) * std + mean).astype(np.float32))
+            for h, w in shapes]
+
+
+def check_parity(reference, exported, images: list[tuple[str, np.ndarray]], description: str) -> ParityReport:
+    """Compare ``exported`` (an ExportedRun) with ``reference`` (the run, PyTorch) on ``images``."""
+    from biomedseg.inference.predict.core import predict_proba_image
+
+    ref = dataclasses.replace(reference, precision="fp32")
+    ref_predictor, exp_predictor = ref.predictor(), exported.predictor()
+    report = ParityReport(engine=exported.engine, inputs=description)
+    agree = 0
+    for sid, image in images:
+        p_ref = predict_proba_image(ref, ref_predictor, image)
+        p_exp = predict_proba_image(exported, exp_predictor, image)
+        report.ids.append(sid)
+        report.max_abs_diff = max(report.max_abs_diff, float(np.abs(p_ref - p_exp).max()))
+        agree += int((p_ref.argmax(0) == p_exp.argmax(0)).sum())
+        report.pixels += int(p_ref[0].size)
+    report.argmax_agreement = agree / max(report.pixels, 1)
+    return report

@@ -1,0 +1,116 @@
+"""``biomedseg export RUN --format onnx|torchscript|bioimageio --out PATH``.
+
+Writes the run's network with the metadata document of
+:mod:`~biomedseg.inference.exported.format` (everything ``predict`` needs), then runs the parity
+check of :mod:`~biomedseg.export.parity` on the file as written (loaded back as
+``predict`` loads it): only when it passes is the file renamed to ``PATH``, and the numbers are
+stored beside it in ``PATH.parity.json``. A failed check is a one-line UserError and leaves
+nothing behind.
+
+Formats: ``onnx`` (``.onnx``, run by ONNX Runtime), ``torchscript`` (``.pt``, run by PyTorch
+without biomedseg's model code), ``bioimageio`` (``.zip``: a bioimage.io model package with
+both weights, see :mod:`~biomedseg.export.bioimageio`; both are checked).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from biomedseg.core.errors import UserError
+from biomedseg.inference.exported.options import DEFAULT_LICENSE, FORMATS, SUFFIXES
+
+log = logging.getLogger("biomedseg")
+
+#: engines the parity check runs each format's file with
+PARITY_ENGINES = {"onnx": ("onnxruntime",), "torchscript": ("torch",), "bioimageio": ("onnxruntime", "torch")}
+PARITY_SUFFIX = ".parity.json"
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    parity_path: Path
+    parity: list = field(default_factory=list)  # ParityReport per engine
+    metadata: dict = field(default_factory=dict)
+
+
+def parity_path(path) -> Path:
+    path = Path(path)
+    return path.with_name(path.name + PARITY_SUFFIX)
+
+
+def _check_out(fmt: str, out, overwrite: bool) -> Path:
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.suffix.lower() != SUFFIXES[fmt]:
+        raise UserError(f"{out}: a {fmt} export is named *{SUFFIXES[fmt]} (predict recognises it by that)")
+    if out.is_dir():
+        raise UserError(f"{out}: is a folder")
+    if out.exists() and not overwrite:
+        raise UserError(f"{out}: already exists; use --overwrite to replace it")
+    if not out.parent.is_dir():
+        raise UserError(f"{out.parent}: no such folder")
+    return out
+
+
+def _write(fmt: str, loaded, post, part: Path, images, options: dict) -> dict:
+    """Write the export of ``loaded`` to ``part``; returns its metadata document."""
+    from biomedseg.inference.exported import graph
+    from biomedseg.inference.exported.format import build_metadata, metadata_json
+
+    channels, size = loaded.info.channels, loaded.tile_size
+    checkpoint = options.get("checkpoint", "best")
+    if fmt == "torchscript":
+        module, section = graph.torchscript_module(loaded.model, channels, size)
+        doc = build_metadata(loaded, post, section, checkpoint)
+        graph.save_torchscript(module, part, metadata_json(doc))
+        return doc
+    proto, section = graph.onnx_model(loaded.model, channels, size)
+    if fmt == "onnx":
+        import onnx
+
+        doc = build_metadata(loaded, post, section, checkpoint)
+        graph.set_onnx_metadata(proto, metadata_json(doc))
+        onnx.save_model(proto, str(part))
+        return doc
+    from biomedseg.export.bioimageio import write_package
+
+    module, ts_section = graph.torchscript_module(loaded.model, channels, size)
+    doc = build_metadata(loaded, post, {**section, **ts_section}, checkpoint)
+    write_package(part, loaded, doc, proto, module, images, options)
+    return doc
+
+
+def export_run(run, fmt: str, out, *, checkpoint: str = "best", overwrite: bool = False,
+               license: str = DEFAULT_LICENSE, authors: list[str] | None = None) -> ExportResult:
+    """Export ``run`` as ``fmt`` to ``out`` with the built-in parity check (module docstring)."""
+    from biomedseg.inference.exported.engines import open_exported
+    from biomedseg.export.parity import check_parity, validation_images
+    from biomedseg.inference.run import load_run
+    from biomedseg.io.writers import write_json
+
+    out = _check_out(fmt, out, overwrite)
+    loaded = load_run(run, checkpoint=checkpoint, device="cpu", precision="fp32")
+    post = loaded.postprocess()
+    images, description = validation_images(loaded)
+    part = out.with_name(f"{out.stem}.partial{out.suffix}")
+    try:
+        doc = _write(fmt, loaded, post, part, images,
+                     {"checkpoint": checkpoint, "license": license, "authors": authors or []})
+        reports = [check_parity(loaded, open_exported(part, device="cpu", engine=engine), images, description)
+                   for engine in PARITY_ENGINES[fmt]]
+        failed = [r for r in reports if not r.passed]
+        if failed:
+            raise UserError(f"{out}: parity check failed, nothing written ({failed[0].summary()})")
+        os.replace(part, out)
+    finally:
+        part.unlink(missing_ok=True)
+    result = ExportResult(out, fmt, parity_path(out), reports, doc)
+    write_json(result.parity_path, {"export": out.name, "format": fmt, "run": str(Path(run).resolve()),
+                                    "checkpoint": checkpoint, "reports": [r.to_json() for r in reports]})
+    return result

@@ -1,0 +1,296 @@
+"""``biomedseg.predict(...)``: masks for new images of any size.
+
+For each input image: read, conform channels, normalise as in training, sliding-window
+inference with Gaussian blending, post-processing (``RUN/postprocess.yaml`` when present), then
+write (atomically) ``<stem>.png`` (class-index mask; ``.tif`` above ``tiff_above`` pixels or with
+``output_format="tiff"``, an OME-Zarr ``<stem>.zarr`` with ``"zarr"``), optionally
+``<stem>_overlay.png``, ``<stem>_proba.tif`` (float16 ``(K, H, W)``) and
+``<stem>_instances.tif`` (int32 instance labels), ``<stem>.geojson`` (``geojson``; masks in other
+encodings with ``mask_format``: :mod:`~biomedseg.inference.predict.mask_outputs`). The mask is written last:
+its presence marks the input as done, and finished inputs are skipped when a run is repeated. TIFF
+outputs are OME-TIFF and zarr outputs OME-Zarr, carrying the input's physical pixel size when it has
+one (:func:`biomedseg.io.pixel_size.pixel_size`); outputs above
+:data:`~biomedseg.io.ome.PYRAMID_ABOVE_PIXELS` pixels get tiled sub-resolution levels.
+
+Huge inputs (more than ``STREAM_ABOVE_PIXELS`` pixels, tiled TIFFs above
+``TILED_STREAM_ABOVE_PIXELS``, a pyramid level > 0, zarr inputs) go through the
+:class:`~biomedseg.inference.stream.predictor.StreamingPredictor`: read, predicted and written band by
+band to a tiled TIFF or OME-Zarr (``<stem>.partial.*`` until complete). Only per-pixel
+post-processing (thresholds) applies to them; overlays, instances and RLE are skipped, and no
+empty-mask gate (in particular not the classifier head's ``min_classifier_probability``: the
+mask is written before the last tile has been seen).
+
+``rle=PATH`` writes a Kaggle-style CSV: ``img,pixels`` (one row per image, all foreground), or
+``img,class,pixels`` (one row per image and foreground class) with several foreground classes,
+or ``ImageId,EncodedPixels`` (one row per object) with ``instances=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from biomedseg.engine.defaults import DEFAULT_COMPILE
+from biomedseg.core.errors import UserError
+from biomedseg.inference.predict.core import predict_proba_image, warn_if_classifier_gate_unusable
+from biomedseg.inference.predict.outputs import (OUTPUT_FORMATS, STREAM_ABOVE_PIXELS, TILED_STREAM_ABOVE_PIXELS,
+                                                 check_not_input, collect_inputs, existing_mask, mask_path_for,
+                                                 output_stem, remove_other_formats, write_zarr_mask)
+from biomedseg.inference.predict.rle import rle_rows_for, rle_rows_from_outputs, write_rle
+
+log = logging.getLogger("biomedseg")
+
+
+
+@dataclass
+class PredictSummary:
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    outputs: list[Path] = field(default_factory=list)
+    streamed: list[Path] = field(default_factory=list)
+    rle: Path | None = None
+    workers: list[int] = field(default_factory=list)  # process ids (distributed prediction)
+
+    def merge(self, other: "PredictSummary") -> None:
+        for name in ("done", "skipped", "failed", "outputs", "streamed"):
+            getattr(self, name).extend(getattr(other, name))
+
+
+def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True, probabilities: bool = False,
+            overwrite: bool = False, device: str = "auto", quiet: bool = False, postprocess: bool = True,
+            rle: str | Path | None = None, instances: bool = False, output_format: str | None = None,
+            level: int = 0, stream: bool | None = None, batch_size: int | None = None,
+            skip_blank_std: float | None = None, mask_format: str | None = None,
+            geojson: bool | str = False, engine: str | None = None,
+            compile: bool | str = DEFAULT_COMPILE) -> PredictSummary:
+    """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``
+    (a run, CV or ensemble folder, a loaded run, or a file written by ``biomedseg export``: ``.onnx``,
+    TorchScript ``.pt``, bioimage.io ``.zip``).
+
+    Args:
+        tta: ``False`` | ``True``/``"flips"`` | ``"flips+rot90"``.
+        postprocess: apply ``RUN/postprocess.yaml`` when the run has one.
+        rle: write a Kaggle RLE CSV here (see module docstring).
+        instances: also write ``<stem>_instances.tif`` (int32 labels; watershed where configured).
+        output_format: ``"png"`` (default; ``.tif`` for masks above ``TIFF_ABOVE_PIXELS``),
+            ``"tiff"`` or ``"zarr"``; streamed inputs are written as tiff unless ``"zarr"``.
+        level: pyramid level of TIFF/OME-Zarr inputs (0 = full resolution; > 0 streams).
+        stream: force (``True``) or forbid (``False``) streaming; ``None`` decides by size.
+        batch_size: tiles per forward pass (default: the run's).
+        skip_blank_std: streamed inputs: tiles whose normalised standard deviation is below this
+            are not run (predicted background).
+        mask_format: ``index`` (default) | ``binary`` | ``palette`` | ``rgb`` | ``auto`` (the training
+            masks' encoding); one-channel outputs (zarr, streamed) keep class indices for ``rgb``/``palette``.
+        geojson: also write ``<stem>.geojson`` (``True``: QuPath annotations; ``"detection"``).
+        engine: ``"torch"``, ``"onnxruntime"`` or ``"auto"`` (see
+            :mod:`biomedseg.inference.exported.engines`; ``None``: torch for a run folder, the
+            file's own runtime for an exported file); only the network call changes.
+        compile: ``"auto"`` (compile the network with ``torch.compile`` when the inputs still to
+            predict need at least ``COMPILE_MIN_TILES`` tile forwards, on a CPU with a C++
+            compiler), ``"on"``, ``"off"`` (or a ``torch.compile`` backend name).
+
+    Returns a :class:`PredictSummary`; the CLI exits non-zero when ``failed`` is not empty.
+    """
+    from tqdm.auto import tqdm
+
+    from biomedseg.inference.exported.engines import open_model_source
+    from biomedseg.inference.predict.mask_outputs import geojson_object_type, mask_encoding_for
+    from biomedseg.inference.run import LoadedRun
+
+    if output_format is not None and output_format not in OUTPUT_FORMATS:
+        raise UserError(f"--format {output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    files = collect_inputs(inputs)
+    loaded = run if isinstance(run, LoadedRun) else open_model_source(run, device=device, engine=engine)
+    encoding, object_type = mask_encoding_for(loaded, mask_format), geojson_object_type(geojson)
+    post = loaded.postprocess() if postprocess else None
+    if post is not None and post.is_identity:
+        post = None
+    out = Path(out)
+    predictor = loaded.predictor(tta=tta, batch_size=batch_size,
+                                 compile=_resolve_compile(compile, loaded, files, out, tta, level, overwrite))
+    warn_if_classifier_gate_unusable(post, predictor)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = PredictSummary()
+    rle_rows: list[tuple] = []
+    opts = dict(overlays=overlays, probabilities=probabilities, overwrite=overwrite, post=post, instances=instances,
+                output_format=output_format, level=level, stream=stream, tta=tta, batch_size=batch_size,
+                skip_blank_std=skip_blank_std, want_rle=rle is not None, encoding=encoding, object_type=object_type)
+    for path in tqdm(files, desc="predicting", unit="img", disable=True if (quiet or len(files) < 2) else None):
+        try:
+            written, rows = _predict_one(loaded, predictor, path, out, summary, **opts)
+            summary.outputs.extend(written)
+            rle_rows.extend(rows)
+        except UserError as exc:
+            summary.failed.append((path, str(exc)))
+            log.error("%s", exc)
+    if rle is not None:
+        summary.rle = write_rle(rle, rle_rows, loaded, instances)
+    return summary
+
+
+def wants_streaming(path: Path, level: int = 0) -> tuple[bool, tuple[int, int] | None]:
+    """``(stream?, (H, W) or None)`` for an input, from its header (no decode)."""
+    from biomedseg.io import image_shape
+
+    if path.is_dir():
+        return True, None
+    is_tiff = path.suffix.lower() in (".tif", ".tiff")
+    if is_tiff and level > 0:
+        return True, None
+    try:
+        h, w = image_shape(path)
+    except UserError:
+        return False, None  # read_image reports the problem
+    if h * w > STREAM_ABOVE_PIXELS:
+        return True, (h, w)
+    if is_tiff and h * w > TILED_STREAM_ABOVE_PIXELS:
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tf:
+                if tf.pages[0].is_tiled:
+                    return True, (h, w)
+        except Exception:
+            pass
+    return False, (h, w)
+
+
+def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, overwrite: bool) -> bool | str:
+    """``compile`` for :func:`predict`; ``auto`` counts the tile forwards of the inputs still to do."""
+    from biomedseg.engine.compiled import normalize_compile, resolve_compile
+    from biomedseg.engine.sliding_window import count_tile_forwards
+    from biomedseg.inference.exported.engines import ExportedNetwork
+    from biomedseg.io.slides import slide_shape
+
+    if isinstance(run.model, ExportedNetwork):  # already a compiled graph (ONNX Runtime, TorchScript)
+        return False
+    if normalize_compile(mode) != "auto":
+        return resolve_compile(mode, 0, run.device)
+    shapes = []
+    for path in files:
+        if overwrite or existing_mask(out, output_stem(path)) is None:
+            try:
+                shapes.append(slide_shape(path, level))
+            except (UserError, OSError, ValueError):
+                pass  # unreadable: reported when it is predicted
+    n = count_tile_forwards(shapes, run.tile_size, run.config.overlap, tta)
+    compiled = resolve_compile(mode, n, run.device)
+    if compiled:
+        log.info("compiling the network for %d tile forwards (--compile off skips it)", n)
+    return compiled
+
+
+def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities, overwrite, post, instances,
+                 output_format, level, stream, tta, batch_size, skip_blank_std, want_rle, encoding,
+                 object_type) -> tuple[list[Path], list]:
+    from biomedseg.inference.predict.mask_outputs import one_channel, write_geojson
+    from biomedseg.io import read_image, write_png
+    from biomedseg.io.mask_encoding import write_mask
+    from biomedseg.io.ome import write_ome_tiff
+    from biomedseg.io.pixel_size import pixel_size
+
+    stem = output_stem(path)
+    done = existing_mask(out, stem)
+    if done is not None and not overwrite:
+        summary.skipped.append(path)
+        return [], (rle_rows_from_outputs(out, stem, run, instances, encoding) if want_rle else [])
+    streamed, shape = wants_streaming(path, level) if stream is None else (bool(stream), None)
+    if streamed:
+        return _predict_streamed(run, path, out, summary, predictor, post=post, probabilities=probabilities, tta=tta,
+                                 output_format=output_format, level=level, batch_size=batch_size,
+                                 skip_blank_std=skip_blank_std, overlays=overlays, instances=instances,
+                                 want_rle=want_rle, encoding=encoding, object_type=object_type), []
+    image = read_image(path)
+    px = pixel_size(path)
+    proba = predict_proba_image(run, predictor, image, px)
+    if post is not None or instances:
+        from biomedseg.postprocess.ops import apply_postprocess
+
+        mask, inst = apply_postprocess(proba, post, run.classes, run.background, instances=instances or None,
+                                       image_probability=getattr(predictor, "last_image_probability", None))
+    else:
+        mask, inst = proba.argmax(0).astype(np.uint8), None
+    written = []
+    if overlays:
+        from biomedseg.core.render import class_overlay
+
+        ov = out / f"{stem}_overlay.png"
+        write_png(ov, class_overlay(image, mask, background=run.background))
+        written.append(ov)
+    if probabilities:
+        pp = out / f"{stem}_proba.tif"
+        write_ome_tiff(pp, proba.astype(np.float16), px)
+        written.append(pp)
+    labels = None
+    if instances:
+        from biomedseg.postprocess.ops import combine_instances
+
+        labels = combine_instances(inst or {}, mask.shape)
+        ip = out / f"{stem}_instances.tif"
+        write_ome_tiff(ip, labels, px)
+        written.append(ip)
+    if object_type is not None:
+        written.append(write_geojson(out / f"{stem}.geojson", mask, run, object_type))
+    # the mask is written last: its presence marks the input as done when a run is resumed
+    mask_path = mask_path_for(out, path, mask.size, output_format)
+    check_not_input(mask_path, path)
+    remove_other_formats(out, stem, mask_path, path)
+    if mask_path.suffix == ".zarr":
+        write_zarr_mask(mask_path, one_channel(encoding, path, "OME-Zarr").encode(mask), px)
+    elif mask_path.suffix == ".tif" and encoding.kind != "palette":
+        stored = encoding.encode(mask)
+        write_ome_tiff(mask_path, stored, px, axes="YXS" if stored.ndim == 3 else None)
+    else:
+        write_mask(mask_path, mask, encoding)
+    written.append(mask_path)
+    summary.done.append(path)
+    return written, (rle_rows_for(stem, mask, labels, run, instances) if want_rle else [])
+
+
+def _predict_streamed(run, path, out, summary, predictor, *, post, probabilities, tta, output_format, level,
+                      batch_size, skip_blank_std, overlays, instances, want_rle, encoding, object_type) -> list[Path]:
+    from biomedseg.inference.predict.mask_outputs import streamed_extras
+    from biomedseg.postprocess.ops import decide, resolve_classes
+    from biomedseg.inference.stream.predictor import StreamingPredictor, open_source
+    from biomedseg.io.pixel_size import pixel_size
+
+    stem = output_stem(path)
+    fmt = "zarr" if output_format == "zarr" else "tiff"
+    if output_format == "png":
+        log.info("%s: streamed (large input); writing a tiled TIFF instead of PNG", path)
+    skipped = [name for name, on in (("overlay", overlays), ("instances", instances), ("RLE", want_rle)) if on]
+    if skipped:
+        log.info("%s: streamed (large input): no %s", path, ", ".join(skipped))
+    decider = None
+    if post is not None:
+        if post.needs_whole_image:
+            log.warning("%s: streamed (large input): only the per-class thresholds of postprocess.yaml apply "
+                        "(object and gating steps need the whole image)", path)
+        thr = {c: s.threshold for c, s in resolve_classes(post, len(run.classes), run.classes).items()}
+        if any(t is not None for t in thr.values()):
+            bg = run.background
+
+            def decider(p):
+                return decide(p, thr, bg)
+    sp = StreamingPredictor.from_run(run, tta=tta, batch_size=batch_size, skip_blank_std=skip_blank_std,
+                                     decide=decider, model=predictor.model)  # the inference copy, compiled or not
+    with open_source(path, level) as src:  # the output keeps the input's tiling when it has one
+        tile = src.tile[-1] if src.tile and src.tile[-1] % 16 == 0 and 64 <= src.tile[-1] <= 2048 else None
+        ext = ".zarr" if fmt == "zarr" else ".tif"
+        mask_path = out / f"{stem}{ext}"
+        check_not_input(mask_path, path)
+        proba_path = out / f"{stem}_proba{ext}" if probabilities else None
+        with streamed_extras(run, path, out / f"{stem}.geojson", src, level, encoding, object_type) as extras:
+            res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=level, out_tile=tile,
+                                      pixel_size=pixel_size(path, level) if isinstance(path, Path) else None,
+                                      mask_encoder=extras.encoder, mask_sink=extras.sink)
+    remove_other_formats(out, stem, mask_path, path)
+    log.info("%s: %dx%d streamed in %.1f s (%.2f MPix/s, %d tiles, %d blank)", path, res.shape[1], res.shape[0],
+             res.seconds, res.mpix_per_s, res.n_tiles, res.n_skipped)
+    summary.done.append(path)
+    summary.streamed.append(path)
+    return res.outputs

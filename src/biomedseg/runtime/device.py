@@ -1,0 +1,66 @@
+"""Device, precision and thread choices for training and inference."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from biomedseg.core.errors import UserError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when present, else CPU; ``cuda`` without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is visible to PyTorch (install a CUDA build of torch, see README)")
+    return torch.device(name)
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU executes bfloat16 dot products natively (AVX512_BF16 or AMX)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpp_compiler_available() -> bool:
+    """True when a C++ compiler is on the PATH (``$CXX``, ``g++``, ``c++`` or ``clang++``): what
+    ``torch.compile``'s inductor backend needs to build CPU kernels."""
+    import shutil
+
+    names = [os.environ["CXX"]] if os.environ.get("CXX") else []
+    return any(shutil.which(n) for n in names + ["g++", "c++", "clang++"])
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bf16 on GPUs that support it (else fp16), bf16 on CPUs with native bf16, else fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def configure_threads(num_threads: int | None) -> int:
+    """Intra-op threads = physical cores available to this process unless given."""
+    if num_threads is None:
+        try:
+            num_threads = len(os.sched_getaffinity(0))
+        except AttributeError:  # pragma: no cover - non-Linux
+            num_threads = os.cpu_count() or 1
+    torch.set_num_threads(max(1, int(num_threads)))
+    return torch.get_num_threads()
+
+
+def use_channels_last(setting: bool | None, device: torch.device) -> bool:
+    """channels_last memory format: the setting if given, else on for CUDA and off for CPU.
+
+    Measured on the project's AVX-512 CPU (MONAI U-Net, batch 8, 256x256, fp32 training,
+    interleaved): 5.52 images/s contiguous versus 5.30 channels_last (docs/experiments.md).
+    """
+    return bool(setting) if setting is not None else device.type == "cuda"

@@ -1,0 +1,158 @@
+"""``biomedseg.evaluate(...)``: metrics of a trained run on a labelled split.
+
+Writes to ``out``: ``metrics.json`` (pooled scores, ``image_dice``, ``per_class``),
+``per_image.csv``, ``overlays/<id>.png`` (TP/FP/FN per foreground class) and ``report.html``.
+Predictions are post-processed with ``RUN/postprocess.yaml`` when the run has one
+(``postprocess=False`` scores the raw argmax); ``metrics.json`` records the chain used. When
+the chain has an empty-mask gate (area, max probability or the classifier head's
+``min_classifier_probability``), ``metrics.json`` also holds ``image_dice_without_gating``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from biomedseg.data.splits import select_split
+from biomedseg.core.errors import UserError
+
+log = logging.getLogger("biomedseg")
+
+
+def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = "test", tta: bool | str = False,
+             overlays: bool = True, valid_dir: str | None = None, device: str = "auto", quiet: bool = False,
+             postprocess: bool = True) -> dict:
+    """Evaluate run folder ``run`` on ``data``; returns the metrics dict also written to ``metrics.json``.
+
+    ``valid_dir``: optional folder of ``<id>.png`` masks (non-zero = counted), e.g. DRIVE's
+    field-of-view masks; pixels outside are ignored. ``tta``: ``False`` | ``"flips"`` |
+    ``"flips+rot90"``. ``postprocess``: apply ``RUN/postprocess.yaml`` when present.
+    """
+    from biomedseg.inference.run import LoadedRun, load_run
+    from biomedseg.metrics.pixel import MetricAccumulator
+
+    if out is None:
+        raise UserError("evaluate: --out DIR is required")
+    loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
+    source, ids, by_id = select_split(loaded, data, images, masks, split)
+    classes, bg = loaded.classes, loaded.background
+    predictor = loaded.predictor(tta=tta)
+    post, ungated = _postprocess_chains(loaded, predictor, postprocess)
+    out = Path(out)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    acc = MetricAccumulator(len(classes), classes, bg)
+    ungated_dice, overlay_paths = _score_images(loaded, predictor, [by_id[sid] for sid in ids], acc, post, ungated,
+                                                valid_dir, out / "overlays" if overlays else None, quiet)
+    metrics = acc.summary()
+    if ungated is not None:
+        metrics["image_dice_without_gating"] = float(np.mean(ungated_dice)) if ungated_dice else float("nan")
+    metrics.update({"split": split, "n_images": len(ids), "run": str(loaded.run_dir), "data": str(source.root),
+                    "tta": tta, "classes": classes, "background": classes[bg] if bg is not None else None,
+                    "postprocess": post.model_dump(mode="json", exclude={"tuning"}) if post is not None else None})
+    _write_results(out, metrics, acc.per_image_rows(), overlay_paths, loaded.run.paths.curves,
+                   title=f"biomedseg evaluation: {Path(source.root).name} ({split})")
+    return metrics
+
+
+def _postprocess_chains(loaded, predictor, postprocess: bool):
+    """``(post, ungated)``: the run's post-processing (``None`` when off or a no-op) and, when it
+    has an empty-mask gate, the same chain without the gate (to report what gating is worth)."""
+    from biomedseg.postprocess.ops import load_postprocess
+    from biomedseg.inference.predict.core import warn_if_classifier_gate_unusable
+
+    post = load_postprocess(loaded.run_dir) if postprocess else None
+    if post is not None and post.is_identity:
+        post = None
+    warn_if_classifier_gate_unusable(post, predictor)
+    ungated = post.model_copy(update={"gating": type(post.gating)()}) if post is not None and post.gating.active \
+        else None
+    return post, ungated
+
+
+def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, overlay_dir, quiet: bool):
+    """Predict and score each sample into ``acc``; returns ``(image Dice without the gate (when
+    ``ungated``), overlay paths written in ``overlay_dir`` (when not ``None``))``."""
+    from tqdm.auto import tqdm
+
+    from biomedseg.inference.predict.core import predict_image
+    from biomedseg.io import Palette, read_image, read_mask, write_png
+    from biomedseg.io.pixel_size import pixel_size
+    from biomedseg.core.render import overlay_panel
+
+    palette = Palette.from_json(loaded.info.palette)
+    classes, bg = loaded.classes, loaded.background
+    ungated_dice, overlay_paths, snapped = [], [], 0
+    for s in tqdm(samples, desc="evaluating", unit="img", disable=True if (quiet or len(samples) < 2) else None):
+        image = read_image(s.image)
+        target, n = read_mask(s.mask, palette, strict_index=loaded.info.strict_index)
+        snapped += n
+        valid = _valid_region(valid_dir, s.id)
+        pred, proba = predict_image(loaded, predictor, image, postprocess=post, pixel_size=pixel_size(s.image))
+        acc.update(pred, target, valid=valid, image_id=s.id)
+        if ungated is not None:  # the same chain without the gate: what gating is worth
+            from biomedseg.postprocess.ops import apply_postprocess
+            from biomedseg.metrics.pixel import image_dice
+
+            plain, _ = apply_postprocess(proba, ungated, classes, bg)
+            ungated_dice.append(image_dice(plain, target, len(classes), bg, valid=valid))
+        if overlay_dir is not None:
+            p = overlay_dir / f"{s.id}.png"
+            write_png(p, overlay_panel(image, pred, target, classes, background=bg, valid=valid))
+            overlay_paths.append(p)
+    if snapped:
+        log.warning("%d ground-truth pixels were off the palette and were snapped to the nearest class", snapped)
+    return ungated_dice, overlay_paths
+
+
+def _valid_region(valid_dir, sid: str) -> np.ndarray | None:
+    """The boolean valid-region mask of ``sid`` in ``valid_dir`` (``None`` without a folder)."""
+    from biomedseg.io import read_raw
+
+    if valid_dir is None:
+        return None
+    vp = next(iter(sorted(Path(valid_dir).glob(f"{sid}.*"))), None)
+    if vp is None:
+        raise UserError(f"{valid_dir}: no valid-region mask for {sid}")
+    valid = np.asarray(read_raw(vp)) > 0
+    return valid if valid.ndim == 2 else valid.any(-1)
+
+
+def _write_results(out: Path, metrics: dict, rows: list[dict], overlay_paths, curves: Path, title: str) -> None:
+    """``metrics.json``, ``per_image.csv`` (when there are rows) and ``report.html`` in ``out``."""
+    from biomedseg.io import write_json, write_text
+    from biomedseg.reports.html import write_evaluation_report
+
+    write_json(out / "metrics.json", _finite(metrics))
+    if rows:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+        write_text(out / "per_image.csv", buf.getvalue())
+    write_evaluation_report(out, metrics, rows, overlay_paths, title=title,
+                            curves_png=curves if curves.is_file() else None)
+
+
+def format_metrics(m: dict) -> str:
+    """The metrics dict of :func:`evaluate` as text: pooled scores, then one line per class."""
+    lines = [f"dice {m['dice']:.4f}  iou {m['iou']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+             f"pixel_accuracy {m['pixel_accuracy']:.4f}  image_dice {m.get('image_dice', float('nan')):.4f}"]
+    for name, d in m["per_class"].items():
+        lines.append(f"  {name:16s} dice {d['dice']:.4f}  iou {d['iou']:.4f}  precision {d['precision']:.4f}  "
+                     f"recall {d['recall']:.4f}  fp {d['fp']}  fn {d['fn']}")
+    return "\n".join(lines)
+
+
+def _finite(obj):
+    """Replace NaN/inf by None so metrics.json is strict JSON."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
