@@ -7,8 +7,16 @@ import pytest
 from scipy import ndimage
 
 from biomedseg.metrics.calibration import apply_temperature, expected_calibration_error, fit_temperature, softmax
-from biomedseg.metrics.uncertainty import (boundary_entropy, disagreement_map, entropy_map, expected_dice_loss,
-                                           mean_entropy, mutual_information_map, risk_coverage, spearman)
+from biomedseg.metrics.uncertainty import (
+    boundary_entropy,
+    disagreement_map,
+    entropy_map,
+    expected_dice_loss,
+    mean_entropy,
+    mutual_information_map,
+    risk_coverage,
+    spearman,
+)
 
 
 def _calibrated(n=40_000, k=3, seed=0):

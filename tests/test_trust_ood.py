@@ -43,7 +43,7 @@ def test_other_modalities_are_flagged_and_training_images_are_not(described):
     assert desc["features"] is not None and desc["features"]["n"] == len(train)
     assert set(desc["thresholds"]) == {"intensity", "features"}  # no pixel sizes known
     for img in train:
-        proba, feats = predict_with_features(run, predictor, img)
+        _, feats = predict_with_features(run, predictor, img)
         result = ood_scores(run, desc, img, None, features=feats)
         assert not result["flag"], result
         assert result["score"] <= 1

@@ -161,7 +161,7 @@ def risk_coverage(scores, dice, percents=REVIEW_PERCENTS) -> dict:
     order = np.argsort(s, kind="stable")
     dice_kept = {}
     for pct in percents:
-        keep = max(1, n - int(round(n * pct / 100.0)))
+        keep = max(1, n - round(n * pct / 100.0))
         dice_kept[int(pct)] = float(d[order[:keep]].mean())
     return {"aurc": aurc(order), "aurc_random": float(1.0 - d.mean()), "aurc_oracle": aurc(np.argsort(-d, kind="stable")),
             "dice_kept": dice_kept, "dice_all": float(d.mean())}
