@@ -13,7 +13,8 @@ Where the bottleneck is (:func:`bottleneck_sites`), through the registry's ``Pad
 - MONAI ``UNet`` (the default ``unet``): the module found by
   :func:`biomedseg.models.heads.monai_unet_bottleneck` (its output);
 - the project's encoder-decoder networks (:class:`~biomedseg.models.blocks.EncoderDecoder`) with a
-  ``decoder`` module: the decoder's first input, which is the bottleneck;
+  ``decoder`` module: the decoder's first input, which is the bottleneck; those whose decoder is a
+  list of stages (SegNet): the output of the last encoder stage (before its final pooling);
 - an ensemble (:class:`~biomedseg.engine.ensemble_model.EnsembleModel`): each member's, the
   vectors concatenated in member order.
 
@@ -65,8 +66,12 @@ def bottleneck_sites(model: nn.Module) -> list[tuple[nn.Module, str]]:
             break
     net = _bare(model)
     if isinstance(net, EncoderDecoder):
-        decoder = getattr(net, "decoder", None)
-        return [(decoder, "input")] if isinstance(decoder, nn.Module) and callable(decoder) else []
+        decoder, encoder = getattr(net, "decoder", None), getattr(net, "encoder", None)
+        if isinstance(decoder, nn.Module) and not isinstance(decoder, (nn.ModuleList, nn.ModuleDict)):
+            return [(decoder, "input")]
+        if isinstance(encoder, (nn.ModuleList, nn.Sequential)) and len(encoder):  # e.g. SegNet: its last stage
+            return [(encoder[-1], "output")]
+        return []
     try:
         path, _ = monai_unet_bottleneck(net)
     except TypeError:
