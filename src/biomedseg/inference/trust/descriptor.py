@@ -29,8 +29,6 @@ from pathlib import Path
 
 import numpy as np
 
-#: File of the description in the run folder.
-TRUST_FILE = "trust.json"
 #: Histogram bins between the robust bounds (plus one below and one above).
 INTENSITY_BINS = 64
 #: Percentiles of the training pixels used as histogram bounds.
@@ -145,15 +143,18 @@ def describe_training_data(loaded_run, images: Iterable[np.ndarray], pixel_sizes
 def write_description(run_dir, description: dict) -> Path:
     """Write ``RUN/trust.json`` (atomic); returns its path."""
     from biomedseg.io.writers import write_json
+    from biomedseg.runs.layout import RunPaths
 
-    path = Path(run_dir) / TRUST_FILE
+    path = RunPaths(run_dir).trust
     write_json(path, description)
     return path
 
 
 def read_description(run_dir) -> dict | None:
     """``RUN/trust.json`` or ``None`` when the run has none (trained before it existed)."""
-    path = Path(run_dir) / TRUST_FILE
+    from biomedseg.runs.layout import RunPaths
+
+    path = RunPaths(run_dir).trust
     if not path.is_file():
         return None
     return json.loads(path.read_text())
