@@ -114,3 +114,27 @@ def test_risk_coverage_of_a_perfect_ranking_beats_a_random_one():
     assert rc["dice_kept"][50] > rc["dice_kept"][20] > rc["dice_kept"][10] > rc["dice_all"]
     assert spearman(perfect, dice) == pytest.approx(-1.0)
     assert np.isnan(spearman(np.ones(5), dice[:5]))
+
+
+def test_temperature_from_probability_maps_matches_the_logit_fit():
+    from biomedseg.metrics.calibration import fit_temperature_maps, temper_probabilities
+
+    logits, labels = _calibrated(n=20_000, seed=2)
+    sharp = 2.5 * logits
+    maps = [softmax(sharp[i * 5000:(i + 1) * 5000].T.reshape(3, 50, 100), axis=0) for i in range(4)]
+    masks = [labels[i * 5000:(i + 1) * 5000].reshape(50, 100) for i in range(4)]
+    t = fit_temperature_maps(maps, masks)
+    assert t == pytest.approx(fit_temperature(sharp, labels), rel=0.02)
+    tempered = temper_probabilities(maps[0], t)
+    np.testing.assert_allclose(tempered.sum(0), 1.0, atol=1e-5)
+    assert expected_calibration_error(tempered, masks[0]) < expected_calibration_error(maps[0], masks[0])
+    np.testing.assert_allclose(temper_probabilities(maps[0], 1.0), maps[0], atol=1e-5)
+
+
+def test_uncertainty_ranking_block():
+    from biomedseg.metrics.uncertainty import uncertainty_ranking
+
+    dice = np.linspace(0.2, 0.9, 30)
+    block = uncertainty_ranking({"good": list(1 - dice), "bad": list(dice)}, list(dice))
+    assert block["good"]["spearman"] == pytest.approx(-1.0) and block["bad"]["spearman"] == pytest.approx(1.0)
+    assert block["good"]["aurc"] < block["good"]["aurc_random"] < block["bad"]["aurc"]

@@ -83,3 +83,23 @@ def test_descriptor_is_compact():
     inside = np.mean([feature_distance(g, v) for v in x[:20]])
     far = feature_distance(g, x[0] + 4.0)
     assert 0.5 < inside < 1.5 and far > 5 * inside
+
+
+def test_prediction_row_counts_and_scores():
+    from biomedseg.inference.trust.rows import prediction_row, uncertainty_image
+
+    mask = np.zeros((20, 30), np.int64)
+    mask[2:6, 2:6] = 1
+    mask[10:14, 10:14] = 1
+    mask[15:18, 20:28] = 2
+    proba = np.full((3, 20, 30), 0.05)
+    np.put_along_axis(proba, mask[None], 0.9, axis=0)
+    row = prediction_row(proba, ["background", "cell", "filament"], 0,
+                         ood={"score": 2.0, "flag": True, "reasons": ["a", "b"]})
+    assert (row["area_cell"], row["objects_cell"], row["area_filament"], row["objects_filament"]) == (32, 2, 24, 1)
+    assert "area_background" not in row and row["mean_foreground_probability"] == pytest.approx(0.9)
+    assert row["ood_flag"] is True and row["ood_reasons"] == "a; b" and row["uncertainty"] > 0
+    empty = prediction_row(proba, ["background", "cell", "filament"], 0, mask=np.zeros((20, 30), np.int64))
+    assert empty["mean_foreground_probability"] is None and empty["ood_score"] is None
+    u = uncertainty_image(proba)
+    assert u.dtype == np.float16 and u.shape == (20, 30)

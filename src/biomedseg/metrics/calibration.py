@@ -9,6 +9,9 @@ on every call), so the numbers are deterministic and the cost bounded.
 - :func:`fit_temperature`: the ``T`` minimising the negative log-likelihood of
   ``softmax(logits / T)`` (searched over ``log T`` within ``TEMPERATURE_BOUNDS``).
 - :func:`apply_temperature`: ``softmax(logits / T)`` along the class axis.
+- :func:`temper_probabilities` / :func:`fit_temperature_maps`: the same from probability maps
+  (``log p`` are logits up to a per-pixel constant, which the softmax ignores), for callers that
+  only keep probabilities (``evaluate``, out-of-fold predictions, ensembles' averaged softmax).
 """
 
 from __future__ import annotations
@@ -99,3 +102,29 @@ def fit_temperature(logits, labels, max_pixels: int = MAX_PIXELS, seed: int = 0,
     res = minimize_scalar(lambda t: _nll(z, y, float(np.exp(t))), bounds=(lo, hi), method="bounded",
                           options={"xatol": 1e-4})
     return float(np.exp(res.x))
+
+
+def temper_probabilities(proba, temperature: float, axis: int = 0) -> np.ndarray:
+    """Temperature scaling of probabilities: ``softmax(log(proba) / T)`` along ``axis`` (float32);
+    ``T = 1`` returns the probabilities unchanged (up to rounding)."""
+    logp = np.log(np.clip(np.asarray(proba, dtype=np.float64), 1e-12, 1.0))
+    return apply_temperature(logp, temperature, axis=axis)
+
+
+def fit_temperature_maps(probas, labels, max_pixels: int = MAX_PIXELS, seed: int = 0) -> float:
+    """:func:`fit_temperature` over several images: ``probas`` ``[(K, H, W)]`` and ``labels``
+    ``[(H, W)]`` integer masks (a generator is fine). Each image gives at most
+    ``max_pixels / n_images`` pixels (seeded), so memory stays bounded; ``log p`` are the logits."""
+    probas, labels = list(probas), list(labels)
+    if len(probas) != len(labels):
+        raise ValueError(f"{len(probas)} probability maps vs {len(labels)} label maps")
+    if not probas:
+        return 1.0
+    per_image = max(1, max_pixels // len(probas))
+    rows, ys = [], []
+    for i, (p, y) in enumerate(zip(probas, labels)):
+        flat, yy = _flat_proba(p), np.asarray(y).reshape(-1)
+        keep = _subsample(yy.size, per_image, seed + i)
+        rows.append(np.log(np.clip(flat[:, keep].T.astype(np.float64), 1e-12, 1.0)))
+        ys.append(yy[keep])
+    return fit_temperature(np.concatenate(rows), np.concatenate(ys), max_pixels=max_pixels, seed=seed)
