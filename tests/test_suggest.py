@@ -98,3 +98,17 @@ def test_bad_input_is_one_line_and_exit_2(case, trained_run, synthetic_data, tmp
     assert len(lines) == 1 and "Traceback" not in err
     assert {"empty": "no images", "training": "nothing to suggest", "n0": "--n 0"}[case] in lines[0]
     assert not (tmp_path / "s.csv").exists()
+
+
+def test_suggest_with_an_ensemble_folder(trained_run, pool, tmp_path):
+    from biomedseg.runs.ensemble import write_ensemble
+    from biomedseg.workflows.suggest import SuggestOptions, suggest
+
+    twin = tmp_path / "twin"
+    shutil.copytree(trained_run, twin)
+    ens = tmp_path / "ens"
+    write_ensemble(ens, [trained_run, twin], [1.0, 1.0])
+    result = suggest(ens, [pool], SuggestOptions(n=3, out=tmp_path / "e.csv", device="cpu"))
+    assert len(result["rows"]) == 3 and result["features"] == "network features"
+    assert all(r["member_disagreement"] == pytest.approx(0.0, abs=1e-6) for r in result["rows"])  # identical twins
+    assert not any("train_" in r["file"] for r in result["rows"])

@@ -59,18 +59,28 @@ def _data_images(folder) -> list[Path]:
     return [s.image for s in find_pairs(images_dir, masks_dir)]
 
 
+def _training_sources(loaded) -> list[str | None]:
+    """The training data folder of the run, or of every member of a CV or ensemble folder."""
+    from biomedseg.runs.ensemble import ensemble_members
+
+    if loaded.run.info().kind == "run":
+        return [loaded.info.source]
+    return list(dict.fromkeys(leaf.dataset().source for leaf, _ in ensemble_members(loaded.run)))
+
+
 def labelled_images(loaded, exclude) -> list[Path]:
-    """The run's training images (when its data folder still exists) and those of ``exclude``."""
-    source = loaded.info.source
+    """The training images of the run (of each member; when the folder still exists) and those of
+    the ``exclude`` DATA folders."""
     found: list[Path] = []
-    if source and Path(source).is_dir():
-        found += _data_images(source)
-    else:
-        log.warning("%s: the training data folder %r is gone; only --exclude images are skipped",
-                    loaded.run_dir, source)
+    for source in _training_sources(loaded):
+        if source and Path(source).is_dir():
+            found += _data_images(source)
+        else:
+            log.warning("%s: the training data folder %r is gone; only --exclude images are skipped",
+                        loaded.run_dir, source)
     for folder in exclude:
         found += _data_images(folder)
-    return found
+    return list(dict.fromkeys(found))
 
 
 def _fingerprints(paths: list[Path]) -> tuple[np.ndarray, np.ndarray, list[str | None], list[bool]]:
