@@ -8,15 +8,22 @@
 - ``image_sizes``: ``{"n", "min", "median", "max"}`` as ``[H, W]``;
 - ``intensity``: per input channel (after :func:`~biomedseg.io.conform_channels`, in the
   image's own units) ``low``/``high`` (0.5th/99.5th percentiles of a fixed sample of the training
-  pixels) and the pooled histogram of ``INTENSITY_BINS`` equal bins between them plus one bin
-  below and one above (sums to 1);
+  pixels), the pooled ``histogram`` of ``INTENSITY_BINS`` equal bins between them plus one bin
+  below and one above (sums to 1), and up to ``MAX_PROTOTYPES`` per-image histograms
+  (``prototypes``): an image is compared with its nearest prototype, so training data mixing
+  several stains or modalities is not reduced to one average;
 - ``features``: the globally pooled bottleneck features of the training images
-  (:mod:`.features`) as a shrunk low-rank Gaussian: ``mean (D,)``, the first ``r <= MAX_RANK``
-  principal ``components (r, D)`` with their ``variances (r,)`` and one ``residual_variance`` for
-  the remaining ``D - r`` directions (each variance shrunk towards the average variance by
+  (:mod:`.features`: per channel mean and standard deviation) as a shrunk low-rank Gaussian of
+  the standardised features: ``mean (D,)``, ``scale (D,)``, the first ``r <= MAX_RANK`` principal
+  ``components (r, D)`` with their ``variances (r,)`` and one ``residual_variance`` for the
+  remaining ``D - r`` directions (each variance shrunk towards the average variance by
   ``SHRINKAGE``), ``n`` images and ``dim`` D; ``None`` when the architecture's bottleneck is
-  unknown. Size: ``(r + 1) * D`` numbers, whatever the number of training images. The
+  unknown. Size: ``(r + 2) * D`` numbers, whatever the number of training images. The
   Mahalanobis distance under this covariance is :func:`feature_distance`;
+- ``held_out``: the training images' intensity distance to the nearest *other* prototype and
+  feature distance under a Gaussian fitted without them (``HELD_OUT_FOLDS`` folds): one number per
+  image per part, what a new image of the same data scores, used with the validation images to set
+  the thresholds;
 - ``thresholds`` (added by :func:`build_description` / :func:`~.ood.calibrate_thresholds`): per
   part, the score above which an image is flagged.
 """
@@ -41,6 +48,10 @@ MAX_RANK = 32
 SHRINKAGE = 0.1
 #: Training images described at most (a fixed, evenly spaced subset beyond).
 MAX_IMAGES = 400
+#: Per-image intensity histograms kept as prototypes (evenly spaced over the training images).
+MAX_PROTOTYPES = 64
+#: Folds of the held-out feature distances of the training images.
+HELD_OUT_FOLDS = 5
 
 
 def is_colour(image: np.ndarray) -> bool:
@@ -65,18 +76,22 @@ def channel_histogram(image: np.ndarray, low, high, bins: int = INTENSITY_BINS) 
 
 
 def fit_feature_gaussian(features: np.ndarray, max_rank: int = MAX_RANK, shrinkage: float = SHRINKAGE) -> dict:
-    """``(N, D)`` pooled features -> the low-rank shrunk Gaussian stored under ``features``."""
+    """``(N, D)`` pooled features -> the low-rank shrunk Gaussian stored under ``features``: each
+    dimension standardised first (``mean``, ``scale``: its standard deviation, floored), then
+    principal directions of the standardised features with shrunk variances."""
     x = np.asarray(features, dtype=np.float64)
     n, d = x.shape
     mean = x.mean(axis=0)
-    centred = x - mean
-    _, s, vt = np.linalg.svd(centred, full_matrices=False)
+    sd = x.std(axis=0, ddof=1) if n > 1 else np.ones(d)
+    scale = np.maximum(sd, 1e-3 * max(float(np.median(sd)), 1e-6))
+    z = (x - mean) / scale
+    _, s, vt = np.linalg.svd(z, full_matrices=False)
     var = s ** 2 / max(n - 1, 1)
-    total = float(centred.var(axis=0, ddof=1).sum()) if n > 1 else 0.0
+    total = float((z ** 2).sum() / max(n - 1, 1))
     avg = max(total / d, 1e-8)
     r = int(min(max_rank, max(n - 1, 0), d))
     rest = max(total - float(var[:r].sum()), 0.0) / max(d - r, 1)
-    return {"n": n, "dim": d, "mean": mean.tolist(), "components": vt[:r].tolist(),
+    return {"n": n, "dim": d, "mean": mean.tolist(), "scale": scale.tolist(), "components": vt[:r].tolist(),
             "variances": ((1 - shrinkage) * var[:r] + shrinkage * avg).tolist(),
             "residual_variance": (1 - shrinkage) * rest + shrinkage * avg}
 
@@ -84,12 +99,27 @@ def fit_feature_gaussian(features: np.ndarray, max_rank: int = MAX_RANK, shrinka
 def feature_distance(gaussian: dict, vector: np.ndarray) -> float:
     """Squared Mahalanobis distance of one feature vector under :func:`fit_feature_gaussian`'s
     covariance, divided by the dimension (about 1 for a typical training image)."""
-    d = np.asarray(vector, dtype=np.float64) - np.asarray(gaussian["mean"])
+    d = (np.asarray(vector, dtype=np.float64) - np.asarray(gaussian["mean"])) / np.asarray(gaussian["scale"])
     comps = np.asarray(gaussian["components"], dtype=np.float64).reshape(-1, d.size)
     proj = comps @ d
     inside = float((proj ** 2 / np.asarray(gaussian["variances"], dtype=np.float64)).sum()) if proj.size else 0.0
     residual = max(float(d @ d) - float(proj @ proj), 0.0) / float(gaussian["residual_variance"])
     return (inside + residual) / d.size
+
+
+def held_out_feature_distances(features: np.ndarray, folds: int = HELD_OUT_FOLDS) -> list[float]:
+    """Each training image's :func:`feature_distance` under a Gaussian fitted without it (``folds``-fold):
+    what a new image from the same data scores, for the threshold (fitted images sit too close)."""
+    x = np.asarray(features, dtype=np.float64)
+    n = len(x)
+    if n < 4:
+        return []
+    fold = np.arange(n) % min(folds, n)
+    out = np.empty(n)
+    for k in np.unique(fold):
+        g = fit_feature_gaussian(x[fold != k])
+        out[fold == k] = [feature_distance(g, v) for v in x[fold == k]]
+    return out.tolist()
 
 
 def _sizes(shapes: list[tuple[int, int]]) -> dict:
@@ -110,34 +140,61 @@ def _every(items: list, limit: int) -> list:
     return [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
 
 
+def nearest_histogram_distance(hist: np.ndarray, prototypes: np.ndarray, skip: int | None = None) -> float:
+    """Smallest per-image intensity distance (:func:`histogram_distance`) of ``hist`` to the
+    training ``prototypes`` ``(P, C, bins + 2)``, leaving out prototype ``skip``."""
+    d = [histogram_distance(hist, p) for i, p in enumerate(prototypes) if i != skip]
+    return float(min(d)) if d else 0.0
+
+
+def histogram_distance(histogram: np.ndarray, reference: np.ndarray) -> float:
+    """Largest per-channel earth mover's distance of two ``(C, bins + 2)`` histograms, in units of
+    the range covered by the inner bins (the outer bins count as one bin beyond each end)."""
+    h, r = np.atleast_2d(histogram), np.atleast_2d(reference)
+    return float((np.abs(np.cumsum(h - r, axis=1)).sum(axis=1) / (h.shape[1] - 2)).max())
+
+
+def _intensity(images: list[np.ndarray], channels: int) -> tuple[dict, list[float]]:
+    """The ``intensity`` entry and the held-out distances of the training images to the prototypes."""
+    from biomedseg.io import conform_channels
+
+    rng = np.random.default_rng(0)
+    conformed = [conform_channels(img, channels) for img in images]
+    sample = np.concatenate([x.reshape(-1, channels)[rng.integers(0, x.shape[0] * x.shape[1],
+                                                                  size=SAMPLE_PER_IMAGE)] for x in conformed])
+    low, high = np.percentile(sample.astype(np.float64), INTENSITY_BOUNDS, axis=0)
+    hists = np.array([channel_histogram(x, low, high) for x in conformed])
+    keep = _every(list(range(len(hists))), MAX_PROTOTYPES)
+    protos = hists[keep]
+    held_out = [nearest_histogram_distance(h, protos, skip=keep.index(i) if i in keep else None)
+                for i, h in enumerate(hists)] if len(protos) > 1 else []
+    return {"bins": INTENSITY_BINS, "low": low.tolist(), "high": high.tolist(), "histogram": hists.mean(0).tolist(),
+            "prototypes": protos.tolist()}, held_out
+
+
 def describe_training_data(loaded_run, images: Iterable[np.ndarray], pixel_sizes, predictor=None,
                            max_images: int = MAX_IMAGES) -> dict:
     """Describe the training images (``(H, W, C)`` raw arrays, with their ``(y, x)`` µm pixel sizes
     or ``None``) as the module docstring says; the network runs once over each image (through
-    ``predictor``, by default ``loaded_run.predictor()``) for the features."""
+    ``predictor``, by default ``loaded_run.predictor()``) for the features. ``held_out``: the
+    intensity and feature distances of the training images measured without themselves (for
+    :func:`~.ood.calibrate_thresholds`)."""
     from biomedseg.inference.trust.features import predict_with_features
-    from biomedseg.io import conform_channels
 
     pairs = _every(list(zip(images, pixel_sizes)), max_images)
     if not pairs:
         raise ValueError("no training images to describe")
     predictor = predictor or loaded_run.predictor()
-    rng = np.random.default_rng(0)
     channels = loaded_run.info.channels
-    shapes, samples, colour, vectors = [], [], [], []
-    for image, size in pairs:
-        shapes.append(image.shape[:2])
-        colour.append(is_colour(image))
-        x = conform_channels(image, channels).reshape(-1, channels)
-        samples.append(x[rng.integers(0, len(x), size=min(SAMPLE_PER_IMAGE, len(x)))].astype(np.float64))
-        vectors.append(predict_with_features(loaded_run, predictor, image, size)[1])
-    low, high = np.percentile(np.concatenate(samples), INTENSITY_BOUNDS, axis=0)
-    hist = np.mean([channel_histogram(conform_channels(img, channels), low, high) for img, _ in pairs], axis=0)
-    known = [v for v in vectors if v is not None]
+    colour = [is_colour(img) for img, _ in pairs]
+    vectors = [predict_with_features(loaded_run, predictor, img, size)[1] for img, size in pairs]
+    intensity, held_intensity = _intensity([img for img, _ in pairs], channels)
+    feats = np.stack(vectors) if all(v is not None for v in vectors) else None
     return {"version": 1, "channels": channels, "colour": any(colour), "grey": not all(colour),
-            "pixel_size": _pixel_sizes([s for _, s in pairs]), "image_sizes": _sizes(shapes),
-            "intensity": {"bins": INTENSITY_BINS, "low": low.tolist(), "high": high.tolist(), "histogram": hist.tolist()},
-            "features": fit_feature_gaussian(np.stack(known)) if len(known) == len(vectors) else None}
+            "pixel_size": _pixel_sizes([s for _, s in pairs]), "image_sizes": _sizes([i.shape[:2] for i, _ in pairs]),
+            "intensity": intensity, "features": None if feats is None else fit_feature_gaussian(feats),
+            "held_out": {"intensity": held_intensity,
+                         "features": [] if feats is None else held_out_feature_distances(feats)}}
 
 
 def write_description(run_dir, description: dict) -> Path:

@@ -1,8 +1,8 @@
 """Globally pooled bottleneck features of one image, taken during the ordinary prediction pass.
 
 A forward hook on the network's bottleneck keeps, for every tile the sliding-window predictor
-runs (every TTA transform included), the bottleneck averaged over its spatial positions. The
-image's feature vector is the mean over its tiles, so memory is ``tiles x channels`` floats
+runs (every TTA transform included), each bottleneck channel's mean and standard deviation over
+its spatial positions (level and texture). The image's feature vector is the mean over its tiles, so memory is ``tiles x channels`` floats
 whatever the image size, and no second forward pass is needed: :func:`predict_with_features`
 returns the probabilities of :func:`~biomedseg.inference.predict.core.predict_proba_image` and
 the features of that same pass.
@@ -80,7 +80,8 @@ def bottleneck_sites(model: nn.Module) -> list[tuple[nn.Module, str]]:
 
 
 class FeatureTap:
-    """Collects the pooled bottleneck of every forward pass through ``sites`` while active."""
+    """Collects the pooled bottleneck of every forward pass through ``sites`` while active: per
+    tile and channel the mean and the standard deviation over the spatial positions."""
 
     def __init__(self, sites: list[tuple[nn.Module, str]]):
         self.sites = sites
@@ -93,7 +94,8 @@ class FeatureTap:
             if isinstance(t, (tuple, list)):
                 t = t[0]
             if isinstance(t, torch.Tensor) and t.dim() == 4:
-                self.pooled[i].append(t.detach().float().mean(dim=(2, 3)).cpu())
+                t = t.detach().float()
+                self.pooled[i].append(torch.cat([t.mean(dim=(2, 3)), t.std(dim=(2, 3), correction=0)], 1).cpu())
         return keep
 
     def __enter__(self) -> "FeatureTap":
@@ -109,8 +111,9 @@ class FeatureTap:
         self._handles = []
 
     def vector(self) -> np.ndarray | None:
-        """``(D,) float32``: per site the mean over the tiles seen, concatenated; ``None`` if a
-        site saw nothing."""
+        """``(D,) float32`` (``D = 2 x`` bottleneck channels per site: means, then standard
+        deviations): per site the average over the tiles seen, concatenated; ``None`` if a site saw
+        nothing."""
         if not self.sites or any(not p for p in self.pooled):
             return None
         return np.concatenate([torch.cat(p).mean(dim=0).numpy() for p in self.pooled]).astype(np.float32)

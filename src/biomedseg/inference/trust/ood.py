@@ -4,9 +4,9 @@ Parts (each ``None`` when it cannot be measured):
 
 - ``pixel_size``: ``|log2(pixel size / training median)|`` (mean of y and x), ``None`` when either
   is unknown;
-- ``intensity``: per channel, the earth mover's distance between the image's histogram and the
-  training histogram, in units of the training range (0.5th..99.5th percentile), the largest
-  over the channels;
+- ``intensity``: the earth mover's distance between the image's histogram and the nearest training
+  image's (of the stored prototypes), per channel in units of the training range (0.5th..99.5th
+  percentile), the largest over the channels;
 - ``features``: squared Mahalanobis distance of the pooled bottleneck features divided by their
   dimension (:func:`~.descriptor.feature_distance`).
 
@@ -37,27 +37,23 @@ def _mean_size(size) -> float | None:
     return float(np.mean(values)) if values and all(v > 0 for v in values) else None
 
 
-def intensity_distance(histogram: np.ndarray, reference: np.ndarray) -> float:
-    """Largest per-channel earth mover's distance of two ``(C, bins + 2)`` histograms, in units of
-    the range covered by the inner bins (the outer bins count as one bin beyond each end)."""
-    h, r = np.atleast_2d(histogram), np.atleast_2d(reference)
-    inner = h.shape[1] - 2
-    return float((np.abs(np.cumsum(h - r, axis=1)).sum(axis=1) / inner).max())
+def pixel_size_part(description: dict, pixel_size) -> float | None:
+    """``|log2(pixel size / training median)|`` (means of y and x); ``None`` when either is unknown."""
+    train_size, size = _mean_size((description.get("pixel_size") or {}).get("median")), _mean_size(pixel_size)
+    return abs(math.log2(size / train_size)) if train_size and size else None
 
 
 def image_parts(description: dict, image: np.ndarray, pixel_size=None, features=None) -> dict:
     """``{"pixel_size", "intensity", "features"}`` of one raw ``(H, W, C)`` image (see module);
     ``features``: its pooled bottleneck vector (:mod:`.features`) or ``None``."""
-    from biomedseg.inference.trust.descriptor import channel_histogram, feature_distance
+    from biomedseg.inference.trust.descriptor import channel_histogram, feature_distance, nearest_histogram_distance
     from biomedseg.io import conform_channels
 
     parts: dict[str, float | None] = {p: None for p in PARTS}
-    train_size, size = _mean_size((description.get("pixel_size") or {}).get("median")), _mean_size(pixel_size)
-    if train_size and size:
-        parts["pixel_size"] = abs(math.log2(size / train_size))
+    parts["pixel_size"] = pixel_size_part(description, pixel_size)
     ref = description["intensity"]
     hist = channel_histogram(conform_channels(image, description["channels"]), ref["low"], ref["high"], ref["bins"])
-    parts["intensity"] = intensity_distance(hist, np.asarray(ref["histogram"]))
+    parts["intensity"] = nearest_histogram_distance(hist, np.asarray(ref.get("prototypes") or [ref["histogram"]]))
     gaussian = description.get("features")
     if gaussian is not None and features is not None and len(features) == gaussian["dim"]:
         parts["features"] = feature_distance(gaussian, features)
@@ -120,20 +116,20 @@ def ood_scores(loaded_run, description: dict, image: np.ndarray, pixel_size=None
 def build_description(loaded_run, train_images: list, train_pixel_sizes: list, val_images: list,
                       val_pixel_sizes: list, predictor=None) -> dict:
     """:func:`~.descriptor.describe_training_data` of the training images with ``thresholds``
-    (:func:`calibrate_thresholds`): the ``features`` threshold from the validation images only
-    (the training images' features were fitted, so they sit closer than new images), the pixel
-    size and intensity thresholds from the validation and training images together. Without
-    validation images every threshold comes from the training images (``thresholds_from``)."""
+    (:func:`calibrate_thresholds`) over the validation images and the training images' held-out
+    distances (``held_out``: each measured without the image itself), so that even a small
+    validation split gives a usable percentile; pixel sizes from both as they are."""
     from biomedseg.inference.trust.descriptor import describe_training_data
     from biomedseg.inference.trust.features import predict_with_features
 
     predictor = predictor or loaded_run.predictor()
     description = describe_training_data(loaded_run, train_images, train_pixel_sizes, predictor)
-    val = list(zip(val_images, val_pixel_sizes))
     parts = [image_parts(description, img, size, predict_with_features(loaded_run, predictor, img, size)[1])
-             for img, size in (val or zip(train_images, train_pixel_sizes))]
-    if val:
-        parts += [image_parts(description, img, size) for img, size in zip(train_images, train_pixel_sizes)]
+             for img, size in zip(val_images, val_pixel_sizes)]
+    held = description["held_out"]
+    parts += [{"intensity": v} for v in held["intensity"]] + [{"features": v} for v in held["features"]]
+    parts += [{"pixel_size": pixel_size_part(description, size)} for size in train_pixel_sizes]
     description["thresholds"] = calibrate_thresholds(parts)
-    description["thresholds_from"] = "val+train" if val else "train"
+    description["thresholds_from"] = f"{len(val_images)} validation images + {len(held['features'] or held['intensity'])} " \
+                                     "training images held out"
     return description
