@@ -85,17 +85,25 @@ def test_core_set_prefers_diverse_uncertain_images():
 
 
 @pytest.mark.parametrize("case", ["empty", "training", "n0"])
-def test_bad_input_is_one_line_and_exit_2(case, trained_run, synthetic_data, tmp_path, monkeypatch, capsys):
+def test_bad_input_is_one_line_and_exit_2(case, trained_run, synthetic_data, tmp_path):
+    import os
+    import subprocess
+    from pathlib import Path
+
     pool = tmp_path / "pool"
     pool.mkdir()
     n = 0 if case == "n0" else 5
     if case in ("training", "n0"):
         for p in sorted((synthetic_data / "images").glob("*.png"))[:3]:
             shutil.copy(p, pool / p.name)
-    code, _, err = _cli(monkeypatch, capsys, "suggest", trained_run, pool, "--n", n, "--out", tmp_path / "s.csv")
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Traceback" not in err
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run([sys.executable, "-m", "biomedseg.cli", "suggest", str(trained_run), str(pool), "--n", str(n),
+                        "--out", str(tmp_path / "s.csv"), "--device", "cpu"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
     assert {"empty": "no images", "training": "nothing to suggest", "n0": "--n 0"}[case] in lines[0]
     assert not (tmp_path / "s.csv").exists()
 

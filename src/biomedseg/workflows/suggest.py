@@ -293,7 +293,7 @@ def suggest(run_dir, pool, options: SuggestOptions | None = None) -> dict:
         raise UserError(f"{', '.join(map(str, pool))}: nothing to suggest: every image is unreadable, in the "
                         "training data or a near duplicate of it")
     for name, reason in skipped.items():
-        log.info("not suggested: %s: %s", name, reason)
+        log.debug("not suggested: %s: %s", name, reason)
     scored, rows, feats, pictures = _score_pool(loaded, files, keep, opts.tta)
     if not rows:
         raise UserError(f"{', '.join(map(str, pool))}: no pool image could be read")
