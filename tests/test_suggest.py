@@ -100,7 +100,7 @@ def test_bad_input_is_one_line_and_exit_2(case, trained_run, synthetic_data, tmp
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run([sys.executable, "-m", "biomedseg.cli", "suggest", str(trained_run), str(pool), "--n", str(n),
                         "--out", str(tmp_path / "s.csv"), "--device", "cpu"], capture_output=True, text=True,
-                       env=env, timeout=300)
+                       env=env, timeout=300, check=False)
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr

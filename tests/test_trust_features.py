@@ -17,7 +17,7 @@ def test_features_come_from_the_same_pass_and_leave_the_probabilities_alone(trai
 
     run = load_run(trained_run, device="cpu")
     predictor = run.predictor()
-    image = read_image(sorted((synthetic_data / "images").glob("*.png"))[0])
+    image = read_image(min((synthetic_data / "images").glob("*.png")))
     proba, feats = predict_with_features(run, predictor, image)
     np.testing.assert_array_equal(proba, predict_proba_image(run, predictor, image))
     (module, where), = bottleneck_sites(predictor.model)

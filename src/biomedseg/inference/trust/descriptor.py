@@ -18,7 +18,7 @@
   ``components (r, D)`` with their ``variances (r,)`` and one ``residual_variance`` for the
   remaining ``D - r`` directions (each variance shrunk towards the average variance by
   ``SHRINKAGE``), ``n`` images and ``dim`` D; ``None`` when the architecture's bottleneck is
-  unknown. Size: ``(r + 2) * D`` numbers, whatever the number of training images. The
+  unknown or there are fewer than ``MIN_FEATURE_IMAGES`` training images. Size: ``(r + 2) * D`` numbers, whatever the number of training images. The
   Mahalanobis distance under this covariance is :func:`feature_distance`;
 - ``held_out``: the training images' intensity distance to the nearest *other* prototype and
   feature distance under a Gaussian fitted without them (``HELD_OUT_FOLDS`` folds): one number per
@@ -50,6 +50,8 @@ SHRINKAGE = 0.1
 MAX_IMAGES = 400
 #: Per-image intensity histograms kept as prototypes (evenly spaced over the training images).
 MAX_PROTOTYPES = 64
+#: Fewest training images for feature statistics (fewer: ``features`` is ``None``).
+MIN_FEATURE_IMAGES = 5
 #: Folds of the held-out feature distances of the training images.
 HELD_OUT_FOLDS = 5
 
@@ -189,7 +191,7 @@ def describe_training_data(loaded_run, images: Iterable[np.ndarray], pixel_sizes
     colour = [is_colour(img) for img, _ in pairs]
     vectors = [predict_with_features(loaded_run, predictor, img, size)[1] for img, size in pairs]
     intensity, held_intensity = _intensity([img for img, _ in pairs], channels)
-    feats = np.stack(vectors) if all(v is not None for v in vectors) else None
+    feats = np.stack(vectors) if all(v is not None for v in vectors) and len(vectors) >= MIN_FEATURE_IMAGES else None
     return {"version": 1, "channels": channels, "colour": any(colour), "grey": not all(colour),
             "pixel_size": _pixel_sizes([s for _, s in pairs]), "image_sizes": _sizes([i.shape[:2] for i, _ in pairs]),
             "intensity": intensity, "features": None if feats is None else fit_feature_gaussian(feats),

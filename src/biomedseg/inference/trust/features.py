@@ -98,7 +98,7 @@ class FeatureTap:
                 self.pooled[i].append(torch.cat([t.mean(dim=(2, 3)), t.std(dim=(2, 3), correction=0)], 1).cpu())
         return keep
 
-    def __enter__(self) -> "FeatureTap":
+    def __enter__(self) -> FeatureTap:
         for i, (module, where) in enumerate(self.sites):
             hook = self._hook(i, where)
             self._handles.append(module.register_forward_pre_hook(hook) if where == "input"
