@@ -169,6 +169,7 @@ def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, o
         if overwrite or existing_mask(out, output_stem(path)) is None:
             try:
                 with open_source(path, level) as src:  # the header only
+                    src.check_readable()
                     shapes.append(src.shape)
             except (UserError, OSError, ValueError):
                 pass  # unreadable: reported when it is predicted
@@ -194,6 +195,7 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
         summary.skipped.append(path)
         return [], (rle_rows_from_outputs(out, stem, run, instances, encoding) if want_rle else [])
     with open_source(path) as src:  # opened once: the header decides streaming, else it is read whole
+        src.check_readable()
         streamed = _streams(src, level) if stream is None else bool(stream)
         if not streamed:
             image, px = src.read_all(), src.pixel_size

@@ -9,9 +9,9 @@ the one-line errors.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -24,6 +24,11 @@ from biomedseg.io.zarr_images import axes_plan
 MAX_DECODE_PIXELS = 150_000_000
 #: The tiled TIFF a too-large file should be converted to (said in the error).
 CONVERT_HINT = "`vips tiffsave in.png out.tif --tile --pyramid --compression deflate`"
+
+
+def megapixels(n: int) -> str:
+    """``n`` pixels in megapixels, 3 significant digits (``"150"``, ``"0.12"``)."""
+    return f"{n / 1e6:.3g}"
 
 
 def fail(path, reason: str) -> UserError:
@@ -172,13 +177,17 @@ class ImageSource:
         win = self.read(y0, 0, y1 - y0, self.shape[1])
         return win if win.ndim == 3 else win[:, :, None]
 
+    def check_readable(self) -> None:
+        """``UserError`` now when reading windows would be refused (a PNG above the decode cap,
+        a TIFF or zarr chunk above it); nothing is decoded."""
+
     def check_decodable(self, what: str = "decoding a whole image") -> None:
         """``UserError`` when ``level`` has more than ``max_decode_pixels`` pixels."""
         h, w = self.shape
         if h * w > self.max_decode_pixels:
             raise UserError(
-                f"{self.path}: is {w}x{h} ({h * w / 1e6:.0f} megapixels), above the "
-                f"{self.max_decode_pixels / 1e6:.0f}-megapixel limit for {what}; {self._too_large_hint()}")
+                f"{self.path}: is {w}x{h} ({megapixels(h * w)} megapixels), above the "
+                f"{megapixels(self.max_decode_pixels)}-megapixel limit for {what}; {self._too_large_hint()}")
 
     def _too_large_hint(self) -> str:
         return "cut it into tiles with `biomedseg tile` (predict reads it window by window)"

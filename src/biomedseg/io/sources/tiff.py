@@ -5,8 +5,8 @@ window of level ``level`` is read depends on how the level is stored:
 
 - **uncompressed, contiguous, one page** (ImageJ/raw writers): memory-mapped; a window reads
   only its bytes, whatever the layout of strips;
-- **chunks (tiles or strips) up to** ``LARGE_CHUNK_PIXELS``: ``tifffile``'s zarr store, a window
-  decodes only the chunks it touches;
+- **chunks (tiles or strips) up to** ``LARGE_CHUNK_PIXELS`` (4 megapixels): ``tifffile``'s zarr
+  store, a window decodes only the chunks it touches;
 - **larger compressed chunks** (a whole image written as one strip, or strips of thousands of
   rows): every window touching a chunk would decode all of it again, so the level is decoded
   **once, whole, and cached** when it fits ``max_decode_pixels``; above that, if one chunk still
@@ -21,13 +21,22 @@ A page stack (several 2D planes that are not 3/4 colour planes) is refused.
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 import numpy as np
 
 from biomedseg.core.errors import UserError
-from biomedseg.io.sources.base import CONVERT_HINT, PlannedSource, fail, quiet_tifffile, reason_of
+from biomedseg.io.sources.base import (
+    CONVERT_HINT,
+    PlannedSource,
+    fail,
+    megapixels,
+    quiet_tifffile,
+    reason_of,
+)
 
 #: Compressed chunks above this many pixels are not re-decoded per window (see the module docstring).
-LARGE_CHUNK_PIXELS = 16_000_000
+LARGE_CHUNK_PIXELS = 4_000_000
 
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
@@ -38,7 +47,7 @@ def tiff_axes(axes: str, shape: tuple[int, ...], path) -> str:
     if "Y" not in axes or "X" not in axes:
         raise fail(path, f"axes {axes!r} hold no 2D plane")
     h, w = int(shape[axes.index("Y")]), int(shape[axes.index("X")])
-    for a, n in zip(axes, shape):
+    for a, n in zip(axes, shape, strict=True):
         if a not in "YXSC" and n > 1 and n not in (3, 4):
             raise fail(path, f"has {n} pages or planes of {h}x{w}; only single 2D images are supported")
     return axes
@@ -55,6 +64,7 @@ class TiffSource(PlannedSource):
         super().__init__(path, level, raw, max_decode_pixels)
         self._store = None
         self._cache = None
+        self._cache_level = False
         try:
             with quiet_tifffile():
                 self._tif = tifffile.TiffFile(self.path)
@@ -110,13 +120,11 @@ class TiffSource(PlannedSource):
         if chunk_px > self.max_decode_pixels:
             kind = "tile" if self._page.is_tiled else "strip"
             raise UserError(
-                f"{self.path}: is stored in {kind}s of {chunk_px / 1e6:.0f} megapixels, above the "
-                f"{self.max_decode_pixels / 1e6:.0f}-megapixel decoding limit; re-save it as a tiled TIFF "
+                f"{self.path}: is stored in {kind}s of {megapixels(chunk_px)} megapixels, above the "
+                f"{megapixels(self.max_decode_pixels)}-megapixel decoding limit; re-save it as a tiled TIFF "
                 f"(e.g. {CONVERT_HINT.replace('in.png', 'in.tif')}) or raise the limit")
         h, w = self.shape
-        if chunk_px > LARGE_CHUNK_PIXELS and h * w <= self.max_decode_pixels:
-            self._cache = self._decode_level()
-            return self._cache
+        self._cache_level = chunk_px > LARGE_CHUNK_PIXELS and h * w <= self.max_decode_pixels
         return arr
 
     def _decode_level(self) -> np.ndarray:
@@ -126,17 +134,21 @@ class TiffSource(PlannedSource):
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a problem with the user's file
             raise fail(self.path, reason_of(exc)) from None
 
-    def _read_stored(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    def check_readable(self) -> None:
         if isinstance(self._array, _LevelShape):
             self._array = self._open_reader()
+
+    def _read_stored(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        self.check_readable()
+        if self._cache_level and self._cache is None:  # large chunks: the level decoded once, kept
+            self._array = self._cache = self._decode_level()
         return self._index(self._array, y0, y1, x0, x1)
 
     def _read_whole(self) -> np.ndarray:
-        if isinstance(self._array, _LevelShape):
-            if self._memmappable():
-                self._array = self._open_reader()
-            else:  # one decode of every chunk (threaded by tifffile), no store needed
-                self._array = self._cache = self._decode_level()
+        if self._memmappable():
+            self.check_readable()
+        elif self._cache is None:  # one decode of every chunk (threaded by tifffile), kept for windows
+            self._array = self._cache = self._decode_level()
         h, w = self.shape
         return self._index(self._array, 0, h, 0, w)
 
@@ -147,10 +159,8 @@ class TiffSource(PlannedSource):
 
     def close(self) -> None:
         if self._store is not None:
-            try:
+            with suppress(Exception):  # closing a store of a broken file
                 self._store.close()
-            except Exception:  # noqa: BLE001
-                pass
             self._store = None
         self._array = self._cache = None
         self._tif.close()

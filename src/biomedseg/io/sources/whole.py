@@ -76,12 +76,15 @@ class WholeSource(ImageSource):
 
     def _too_large_hint(self) -> str:
         fmt = self.kind.replace("png16", "png").upper()
-        return (f"{fmt if fmt != 'IMAGE' else 'this format'} must be decoded whole; convert it to a tiled TIFF "
-                f"(e.g. {CONVERT_HINT})")
+        return (f"{fmt if fmt != 'IMAGE' else 'this format'} is decoded whole, it has no windows: convert it to "
+                f"a tiled TIFF (e.g. {CONVERT_HINT})")
+
+    def check_readable(self) -> None:
+        self.check_decodable()
 
     def _read_stored(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
         if self._decoded is None:
-            self.check_decodable("decoding it whole")
+            self.check_decodable()
             self._decoded = self._decode()
         return self._decoded[y0:y1, x0:x1]
 
@@ -122,7 +125,7 @@ class WholeSource(ImageSource):
         return arr
 
     def read_all(self) -> np.ndarray:
-        self.check_decodable("decoding it whole")
+        self.check_decodable()
         return self.finish(self._read_stored(0, self.shape[0], 0, self.shape[1]))
 
     def close(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from biomedseg.core.errors import UserError
-from biomedseg.io.sources.base import PlannedSource
+from biomedseg.io.sources.base import PlannedSource, megapixels
 from biomedseg.io.zarr_images import level_shape, open_level
 
 
@@ -25,14 +25,17 @@ class ZarrSource(PlannedSource):
         self._checked = False
 
     def _read_stored(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        self.check_readable()
+        return super()._read_stored(y0, y1, x0, x1)
+
+    def check_readable(self) -> None:
         if not self._checked:
             chunk_px = self.tile[0] * self.tile[1] if self.tile else self.shape[0] * self.shape[1]
             if chunk_px > self.max_decode_pixels:
-                raise UserError(f"{self.path}: is stored in zarr chunks of {chunk_px / 1e6:.0f} megapixels, above "
-                                f"the {self.max_decode_pixels / 1e6:.0f}-megapixel decoding limit; re-chunk it "
+                raise UserError(f"{self.path}: is stored in zarr chunks of {megapixels(chunk_px)} megapixels, above "
+                                f"the {megapixels(self.max_decode_pixels)}-megapixel decoding limit; re-chunk it "
                                 "(e.g. 1024x1024) or raise the limit")
             self._checked = True
-        return super()._read_stored(y0, y1, x0, x1)
 
     def _find_pixel_size(self):
         from biomedseg.io.pixel_size import zarr_level_pixel_size
