@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import write_fake_run
 from PIL import Image
 
 from biomedseg.core.errors import UserError
 from biomedseg.io import read_image, read_raw
 from biomedseg.io.sources import MAX_DECODE_PIXELS, open_source
-from conftest import write_fake_run
 
 RNG = np.random.default_rng(0)
 PILLOW_DEFAULT_LIMIT = int(1024 * 1024 * 1024 // 4 // 3)  # Pillow's documented default
@@ -132,7 +132,8 @@ def test_one_strip_compressed_tiff_is_decoded_once_and_cached(tmp_path, decodes,
     # above the decode cap the strip cannot be decoded within the limit: refused, with what to do
     with open_source(tmp_path / "one.tif", max_decode_pixels=100_000) as src:
         assert src.shape == (600, 500)  # the header is still readable
-        with pytest.raises(UserError, match=r"one\.tif: is stored in strips of 0.3 megapixels, above the 0.1-megapixel.*tiled TIFF"):
+        with pytest.raises(UserError, match=r"one\.tif: is stored in strips of 0.3 megapixels, above the "
+                                            r"0.1-megapixel.*tiled TIFF"):
             src.read(0, 0, 10, 10)
 
 
@@ -260,7 +261,8 @@ def test_png_above_the_cap_is_one_line_that_says_what_to_do(tmp_path):
         with pytest.raises(UserError) as err:
             src.read(0, 0, 10, 10)
     msg = str(err.value)
-    assert "\n" not in msg and msg.startswith(f"{tmp_path / 'a.png'}: is 400x300 (0.12 megapixels), above the 0.1-megapixel")
+    assert "\n" not in msg
+    assert msg.startswith(f"{tmp_path / 'a.png'}: is 400x300 (0.12 megapixels), above the 0.1-megapixel")
     assert "PNG is decoded whole, it has no windows: convert it to a tiled TIFF (e.g. `vips tiffsave" in msg
 
 

@@ -27,17 +27,22 @@ from biomedseg.io.zarr_images import is_zarr
 __all__ = ["MAX_DECODE_PIXELS", "ArraySource", "ImageSource", "open_source", "read_head"]
 
 
-def read_head(path: Path, n: int = 26) -> bytes:
-    """The first ``n`` bytes of ``path`` (``UserError`` when missing, a folder, unreadable or empty)."""
+def _open_file(path: Path):
+    """``open(path, "rb")`` with the failures as one-line ``UserError``."""
     try:
-        with open(path, "rb") as fh:
-            head = fh.read(n)
+        return open(path, "rb")
     except FileNotFoundError:
         raise fail(path, "file not found") from None
     except IsADirectoryError:
         raise fail(path, "is a folder") from None
     except OSError as exc:
         raise fail(path, exc.strerror or str(exc)) from None
+
+
+def read_head(path: Path, n: int = 26) -> bytes:
+    """The first ``n`` bytes of ``path`` (``UserError`` when missing, a folder, unreadable or empty)."""
+    with _open_file(path) as fh:
+        head = fh.read(n)
     if not head:
         raise fail(path, "file is empty")
     return head
@@ -50,6 +55,7 @@ def open_source(path: str | os.PathLike, level: int = 0, *, raw: bool = False,
     ``level``: pyramid level the windows come from (TIFF, OME-Zarr; ``UserError`` when absent);
     ``raw``: mask mode (values as stored, palette indices kept); ``max_decode_pixels``: the most
     pixels decoded in one piece (a whole PNG/JPEG/BMP, ``read_all``, one compressed TIFF chunk).
+    The file is opened once: its first bytes choose the decoder, which reads on from the same handle.
     """
     from biomedseg.io.sources.tiff import TiffSource, is_tiff
     from biomedseg.io.sources.whole import WholeSource
@@ -58,7 +64,15 @@ def open_source(path: str | os.PathLike, level: int = 0, *, raw: bool = False,
     path = Path(path)
     if is_zarr(path):
         return ZarrSource(path, level, raw, max_decode_pixels)
-    head = read_head(path)
-    if is_tiff(head):
-        return TiffSource(path, level, raw, max_decode_pixels)
-    return WholeSource(path, level, raw, max_decode_pixels, head)
+    fh = _open_file(path)
+    try:
+        head = fh.read(26)
+        if not head:
+            raise fail(path, "file is empty")
+        fh.seek(0)
+        if is_tiff(head):
+            return TiffSource(path, level, raw, max_decode_pixels, fh)
+        return WholeSource(path, level, raw, max_decode_pixels, head, fh)
+    except BaseException:
+        fh.close()
+        raise

@@ -58,22 +58,24 @@ class TiffSource(PlannedSource):
 
     kind = "tiff"
 
-    def __init__(self, path, level: int, raw: bool, max_decode_pixels: int) -> None:
+    def __init__(self, path, level: int, raw: bool, max_decode_pixels: int, fh) -> None:
+        """``fh``: the file opened for reading (closed with the source)."""
         import tifffile
 
         super().__init__(path, level, raw, max_decode_pixels)
+        self._fh = fh
         self._store = None
         self._cache = None
         self._cache_level = False
         try:
             with quiet_tifffile():
-                self._tif = tifffile.TiffFile(self.path)
+                self._tif = tifffile.TiffFile(fh, name=self.path.name)
         except Exception as exc:  # noqa: BLE001 - any parser failure is a problem with the user's file
             raise fail(self.path, reason_of(exc)) from None
         try:
             self._describe(tifffile)
         except BaseException:
-            self._tif.close()
+            self.close()
             raise
 
     def _describe(self, tifffile) -> None:
@@ -105,7 +107,7 @@ class TiffSource(PlannedSource):
         if self._memmappable():
             try:
                 dtype = self._lev.dtype.newbyteorder(self._tif.byteorder)
-                return np.memmap(self.path, dtype=dtype, mode="r", offset=int(self._page.dataoffsets[0]),
+                return np.memmap(self._fh, dtype=dtype, mode="r", offset=int(self._page.dataoffsets[0]),
                                  shape=tuple(self._lev.shape))
             except (ValueError, OSError):
                 pass  # fall back to the zarr store
@@ -163,7 +165,9 @@ class TiffSource(PlannedSource):
                 self._store.close()
             self._store = None
         self._array = self._cache = None
-        self._tif.close()
+        if getattr(self, "_tif", None) is not None:
+            self._tif.close()
+        self._fh.close()
 
 
 class _LevelShape:

@@ -36,22 +36,22 @@ def whole_kind(head: bytes) -> str:
     return "image"
 
 
-def _pillow_open(path, kind: str):
+def _pillow_open(fh, kind: str):
     """Open the header with Pillow; PNG/JPEG/BMP by their plugin (no process-wide limit involved)."""
     from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
     factory = {"png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.jpeg_factory,
                "bmp": BmpImagePlugin.BmpImageFile}.get(kind)
-    if factory is None:
-        return Image.open(path)
-    return factory(str(path))  # the plugin opens (and later closes) the file itself
+    return Image.open(fh) if factory is None else factory(fh)
 
 
 class WholeSource(ImageSource):
     """An image decoded whole on the first read (see the module docstring)."""
 
-    def __init__(self, path, level: int, raw: bool, max_decode_pixels: int, head: bytes) -> None:
+    def __init__(self, path, level: int, raw: bool, max_decode_pixels: int, head: bytes, fh) -> None:
+        """``head``: the file's first bytes; ``fh``: the file opened for reading (closed with the source)."""
         super().__init__(path, level, raw, max_decode_pixels)
+        self._fh = fh
         self.kind = whole_kind(head)
         self._im = None
         self._decoded = None
@@ -60,7 +60,7 @@ class WholeSource(ImageSource):
             self.stored_channels, self.dtype = (1 if head[25] == 4 else 3), np.dtype(np.uint16)
         else:
             try:
-                self._im = _pillow_open(self.path, "image" if self.kind == "image" else self.kind)
+                self._im = _pillow_open(fh, self.kind)
                 w, h = self._im.size
                 bands = self._im.getbands()
             except Exception as exc:  # noqa: BLE001 - any parser failure is a problem with the user's file
@@ -93,9 +93,12 @@ class WholeSource(ImageSource):
             import imagecodecs
 
             try:
-                arr = np.asarray(imagecodecs.png_decode(self.path.read_bytes()))
+                self._fh.seek(0)
+                arr = np.asarray(imagecodecs.png_decode(self._fh.read()))
             except Exception as exc:  # noqa: BLE001
                 raise fail(self.path, reason_of(exc)) from None
+            finally:
+                self.close()
         else:
             arr = self._decode_pillow()
         if arr.ndim == 3 and arr.shape[2] not in (1, 2, 3, 4):
@@ -132,3 +135,4 @@ class WholeSource(ImageSource):
         if self._im is not None:
             self._im.close()
             self._im = None
+        self._fh.close()
