@@ -109,6 +109,7 @@ def plan_windows(sources: list[Source], opts: TileOptions, converter: MaskConver
     shapes = []
     for si, s in enumerate(sources):
         with open_source(s.image, opts.level, max_decode_pixels=opts.max_decode_pixels) as img:
+            img.check_readable()  # a file too large to decode is refused before any tile is written
             H, W = img.shape
             shapes.append({"id": s.id, "height": H, "width": W, "downsample": img.downsample,
                            "channels": img.channels, "dtype": str(img.dtype)})
