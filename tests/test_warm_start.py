@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import shutil
 from pathlib import Path
 
@@ -12,9 +14,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
-from typer.testing import CliRunner
 
-from biomedseg.cli.app import app
 from biomedseg.models import create_model
 from biomedseg.models.adapt import adapt_state_dict, match_classes, varying_dims
 from biomedseg.training.warm_start import file_sha256
@@ -146,7 +146,10 @@ def test_adding_a_class_starts_the_shared_class_where_the_source_left_it(synthet
 
 
 def _cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
+    r = subprocess.run([sys.executable, "-m", "biomedseg.cli", *map(str, args)], capture_output=True, text=True,
+                       timeout=300)
+    r.output, r.exit_code = r.stdout + r.stderr, r.returncode
+    return r
 
 
 def test_init_bad_sources_are_one_line_errors(synthetic_data, trained_run, tmp_path):

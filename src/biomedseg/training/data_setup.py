@@ -29,9 +29,43 @@ class DataSetup:
     background: int | None
     channels: int
     split: dict[str, list[str]]
+    ignore_reason: str | None = None  # why palette.ignore (unlabelled pixels) was taken, when it was
 
 
-def _classes_and_palette(cfg, meta: dict | None, mask_paths) -> tuple[list[str], Palette, bool]:
+def ignore_value(cfg, meta: dict | None, mask_paths) -> tuple[tuple[int, ...] | None, str | None]:
+    """The stored value of unlabelled pixels and why: the config's ``ignore_value``, else
+    ``dataset.json``'s, else inferred where unambiguous (:func:`~biomedseg.io.masks.infer_ignore_value`:
+    class indices plus 255; never 0/255 binary masks)."""
+    from biomedseg.io.masks import infer_ignore_value
+
+    for value, where in ((cfg.ignore_value, "config ignore_value"), ((meta or {}).get("ignore_value"),
+                                                                    "dataset.json ignore_value")):
+        if isinstance(value, str) and value.lower() == "none":
+            return None, f"none: set by {where}"
+        if value is not None:
+            return tuple(int(v) for v in np.atleast_1d(value)), f"set by {where}"
+    found = infer_ignore_value(mask_paths)
+    if found is None:
+        return None, None
+    return found, ("inferred: the masks hold class indices 0..m and 255, which can only mean unlabelled here "
+                   "(set ignore_value: none in the config or dataset.json if 255 is a class)")
+
+
+def _palette(values, ignore, classes=None) -> Palette:
+    try:
+        return Palette(values, ignore=ignore)
+    except ValueError:
+        named = f" (class {classes[ignore[0]]!r})" if classes and len(ignore) == 1 and ignore[0] < len(classes) else ""
+        raise UserError(f"config: ignore_value {list(ignore) if len(ignore) > 1 else ignore[0]} is also a class "
+                        f"value{named}; unlabelled pixels need a value of their own (e.g. 255)") from None
+
+
+def _classes_and_palette(cfg, meta: dict | None, mask_paths, ignore=None) -> tuple[list[str], Palette, bool]:
+    classes, palette, strict = _classes_and_palette_of(cfg, meta, mask_paths, ignore)
+    return classes, (_palette(palette.values, ignore, classes) if ignore is not None else palette), strict
+
+
+def _classes_and_palette_of(cfg, meta: dict | None, mask_paths, ignore) -> tuple[list[str], Palette, bool]:
     classes = cfg.classes or (meta or {}).get("classes")
     if cfg.palette:
         palette = Palette([tuple(int(v) for v in entry) for entry in cfg.palette])
@@ -39,7 +73,9 @@ def _classes_and_palette(cfg, meta: dict | None, mask_paths) -> tuple[list[str],
         if len(classes) != len(palette.values):
             raise UserError(f"config: {len(classes)} classes but a palette of {len(palette.values)} entries")
         return list(classes), palette, False
-    palette = discover_palette(mask_paths)
+    if ignore is not None and classes and len(ignore) == 1:
+        _palette([(i,) for i in range(len(classes))], ignore, list(classes))  # a class index as ignore: refused
+    palette = discover_palette(mask_paths, ignore=ignore)
     k = len(palette.values)
     is_index = all(len(v) == 1 and v[0] == i for i, v in enumerate(palette.values))
     if classes:
@@ -125,7 +161,8 @@ def prepare_data(cfg, data=None, images=None, masks=None, split: dict | None = N
     if not samples:
         raise UserError(f"{source.images_dir}: no image/mask pairs left to train on")
     meta = source.meta or {}
-    classes, palette, strict = _classes_and_palette(cfg, meta, [s.mask for s in samples])
+    ignore, ignore_reason = ignore_value(cfg, meta, [s.mask for s in samples])
+    classes, palette, strict = _classes_and_palette(cfg, meta, [s.mask for s in samples], ignore)
     ids = [s.id for s in samples]
     given = meta.get("split") or {}
     if split is not None:
@@ -144,7 +181,7 @@ def prepare_data(cfg, data=None, images=None, masks=None, split: dict | None = N
     else:
         split = make_split(ids, cfg.val_fraction, cfg.seed)
     return DataSetup(source, samples, classes, palette, strict, _background_index(cfg, classes),
-                     _channels(cfg, [s.image for s in samples]), split)
+                     _channels(cfg, [s.image for s in samples]), split, ignore_reason)
 
 
 def steps_per_pass(area: float, patch_size: int, batch_size: int) -> int:

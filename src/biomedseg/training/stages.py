@@ -158,6 +158,11 @@ def runtime_entries(cfg: TrainConfig, rt: Runtime, data, parts: Parts, planned: 
     if "compile" not in planned:  # planned entries already say "set by the user" where the user did
         entries["compile"] = {"value": cfg.compile, "reason": USER_REASON if "compile" in explicit
                               else "off unless planned: about a minute of compiling first (--set compile=true)"}
+    if data.setup.ignore_reason:
+        ignore = data.setup.palette.ignore
+        entries["ignore_value"] = {"value": None if ignore is None else (ignore[0] if len(set(ignore)) == 1
+                                                                         else list(ignore)),
+                                   "reason": data.setup.ignore_reason}
     if rt.dist.enabled:
         entries["world_size"] = {"value": rt.dist.world_size, "reason": "torchrun processes (DDP)"}
     return entries

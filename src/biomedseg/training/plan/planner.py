@@ -91,7 +91,8 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
     class), ``object_diameter_p90`` per foreground class (pixels, from connected components),
     ``structure_width`` per foreground class (mean width in pixels: its pixels over the pixels
     of its skeleton; about 7 for ISBI membranes, 3 for DRIVE vessels, over 20 for nuclei);
-    ``pixel_size`` ``[y, x]`` (µm) when given (known for the images).
+    ``pixel_size`` ``[y, x]`` (µm) when given (known for the images); ``labelled_fraction`` (pixels
+    with a class: partial labels leave the rest unlabelled, and every statistic counts labelled pixels only).
     """
     from scipy import ndimage
     from skimage.morphology import skeletonize
@@ -123,6 +124,7 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
         "bit_depth": bits,
         "class_names": class_names,
         "background": background,
+        "labelled_fraction": round(float(counts.sum() / max(1, int(np.prod(shapes, axis=1).sum()))), 4),
         "class_share": (counts / max(counts.sum(), 1)).round(5).tolist(),
         "image_share": (holders / max(len(samples), 1)).round(4).tolist(),
         "object_diameter_p90": {class_names[c]: float(np.percentile(v, 90)) for c, v in diam.items() if v},
