@@ -177,3 +177,21 @@ def test_colliding_ignore_value_is_refused_for_configured_classes(tmp_path):
     p = _save(tmp_path / "m.png", np.array([[0, 1], [2, 2]]))
     with pytest.raises(UserError, match="also a class value .*'cell'"):
         _classes_and_palette(TrainConfig(classes=["background", "cell", "nucleus"]), {}, [p], (1,))
+
+
+def test_audit_reports_the_unlabelled_value_and_what_is_labelled(synthetic_data, tmp_path):
+    from biomedseg.audit.run import run_audit
+
+    data = _partial_data(synthetic_data, tmp_path / "partial")
+    masks = sorted((data / "masks").glob("*.png"))
+    Image.fromarray(np.full_like(np.array(Image.open(masks[0])), IGNORE_INDEX)).save(masks[0])
+    result = run_audit(data)
+    u = result["masks"]["unlabelled"]
+    assert u["value"] == 255 and u["reason"].startswith("inferred")
+    assert u["fully_unlabelled"] == [masks[0].stem]
+    assert 0.5 < u["labelled_fraction"] < 0.8 and u["partial_masks"] == len(masks) - 1
+    assert result["masks"]["classes"] == ["background", "cell", "filament"]  # 255 is no class
+    codes = {f["code"]: f for f in result["findings"]}
+    assert "partial_labels" in codes and "fully_unlabelled_masks" in codes
+    assert "mask_outliers" not in codes and not result["masks"]["mask_outliers"]
+    assert masks[0].stem not in result["masks"]["empty_mask_ids"]

@@ -14,6 +14,7 @@ import numpy as np
 from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
 from biomedseg.data.splits import make_split
 from biomedseg.core.errors import UserError
+from biomedseg.data.class_palette import resolve_ignore
 from biomedseg.io import Palette, discover_palette, is_grey_rgb, read_image
 
 log = logging.getLogger("biomedseg")
@@ -30,25 +31,6 @@ class DataSetup:
     channels: int
     split: dict[str, list[str]]
     ignore_reason: str | None = None  # why palette.ignore (unlabelled pixels) was taken, when it was
-
-
-def ignore_value(cfg, meta: dict | None, mask_paths) -> tuple[tuple[int, ...] | None, str | None]:
-    """The stored value of unlabelled pixels and why: the config's ``ignore_value``, else
-    ``dataset.json``'s, else inferred where unambiguous (:func:`~biomedseg.io.masks.infer_ignore_value`:
-    class indices plus 255; never 0/255 binary masks)."""
-    from biomedseg.io.masks import infer_ignore_value
-
-    for value, where in ((cfg.ignore_value, "config ignore_value"), ((meta or {}).get("ignore_value"),
-                                                                    "dataset.json ignore_value")):
-        if isinstance(value, str) and value.lower() == "none":
-            return None, f"none: set by {where}"
-        if value is not None:
-            return tuple(int(v) for v in np.atleast_1d(value)), f"set by {where}"
-    found = infer_ignore_value(mask_paths)
-    if found is None:
-        return None, None
-    return found, ("inferred: the masks hold class indices 0..m and 255, which can only mean unlabelled here "
-                   "(set ignore_value: none in the config or dataset.json if 255 is a class)")
 
 
 def _palette(values, ignore, classes=None) -> Palette:
@@ -161,7 +143,7 @@ def prepare_data(cfg, data=None, images=None, masks=None, split: dict | None = N
     if not samples:
         raise UserError(f"{source.images_dir}: no image/mask pairs left to train on")
     meta = source.meta or {}
-    ignore, ignore_reason = ignore_value(cfg, meta, [s.mask for s in samples])
+    ignore, ignore_reason = resolve_ignore(cfg.ignore_value, meta, [s.mask for s in samples])
     classes, palette, strict = _classes_and_palette(cfg, meta, [s.mask for s in samples], ignore)
     ids = [s.id for s in samples]
     given = meta.get("split") or {}
