@@ -195,3 +195,19 @@ def test_audit_reports_the_unlabelled_value_and_what_is_labelled(synthetic_data,
     assert "partial_labels" in codes and "fully_unlabelled_masks" in codes
     assert "mask_outliers" not in codes and not result["masks"]["mask_outliers"]
     assert masks[0].stem not in result["masks"]["empty_mask_ids"]
+
+
+def test_missing_masks_are_unlabelled_only_when_allowed(synthetic_data, tmp_path):
+    from biomedseg.training.data_setup import prepare_data
+    from biomedseg.training.config import TrainConfig
+
+    data = tmp_path / "mixed"
+    shutil.copytree(synthetic_data, data)
+    gone = sorted((data / "masks").glob("*.png"))[0]
+    gone.unlink()
+    with pytest.raises(UserError, match="no mask"):
+        prepare_data(TrainConfig(), data)
+    setup = prepare_data(TrainConfig(allow_unlabelled=True), data)
+    ids = [s.id for s in setup.samples]
+    assert gone.stem not in ids and len(ids) == len(list((data / "masks").glob("*.png")))
+    assert gone.stem not in sum(setup.split.values(), [])

@@ -134,11 +134,16 @@ def prepare_data(cfg, data=None, images=None, masks=None, split: dict | None = N
     ``split``: an explicit ``{"train": ids, "val": ids}`` used instead of ``dataset.json``'s split
     or a random one (its test split is kept aside)."""
     source = resolve_data(data, images, masks)
-    samples = find_pairs(source.images_dir, source.masks_dir)
+    samples = find_pairs(source.images_dir, source.masks_dir, allow_unlabelled=cfg.allow_unlabelled)
+    unlabelled = [s.id for s in samples if s.mask is None]  # not labelled: like an exclusion below
+    if unlabelled:  # --allow-unlabelled: images without a mask file are not labelled, so not trained on
+        log.info("%d images have no mask file and are left out (--allow-unlabelled): %s", len(unlabelled),
+                 ", ".join(unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else ""))
+        samples = [s for s in samples if s.mask is not None]
     check_pairs(samples)
     from biomedseg.data.group_split import read_exclude
 
-    excluded = set(cfg.exclude) | set(read_exclude(source.root))  # DATA/exclude.txt from `biomedseg split`
+    excluded = set(cfg.exclude) | set(read_exclude(source.root)) | set(unlabelled)  # exclude.txt: `biomedseg split`
     samples = [s for s in samples if s.id not in excluded]
     if not samples:
         raise UserError(f"{source.images_dir}: no image/mask pairs left to train on")
