@@ -211,3 +211,14 @@ def test_missing_masks_are_unlabelled_only_when_allowed(synthetic_data, tmp_path
     ids = [s.id for s in setup.samples]
     assert gone.stem not in ids and len(ids) == len(list((data / "masks").glob("*.png")))
     assert gone.stem not in sum(setup.split.values(), [])
+
+
+def test_error_overlay_leaves_unlabelled_pixels_grey():
+    from biomedseg.core.render import error_overlay
+
+    image = np.full((4, 4), 100, np.uint8)
+    target = np.full((4, 4), IGNORE_INDEX, np.uint8)
+    target[0] = 1
+    pred = np.ones((4, 4), np.uint8)
+    out = error_overlay(image, pred, target, 1)
+    assert (out[1:] == 100).all() and not (out[0] == 100).all()
