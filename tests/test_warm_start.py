@@ -179,3 +179,21 @@ def test_init_refuses_another_architecture_and_resume_together(synthetic_data, t
     assert r.exit_code == 2 and "cannot start a segnet" in r.output
     r = _cli("train", synthetic_data, "--out", tmp_path / "b", "--epochs", "1", "--init", trained_run, "--resume")
     assert r.exit_code == 2 and "use one of them" in r.output
+
+
+def test_compare_shows_the_parent_of_a_fine_tune(trained_run, tmp_path):
+    from types import SimpleNamespace
+
+    from biomedseg.runs import RunFolder
+    from biomedseg.workflows.comparison import lineage_rows
+
+    child = tmp_path / "child"
+    shutil.copytree(trained_run, child)
+    info = json.loads((child / "run.json").read_text())
+    info["parent"] = {"run": trained_run.name, "path": str(Path(trained_run).resolve()), "checkpoint": "best.pt",
+                      "sha256": "ab" * 32, "origin": "run"}
+    (child / "run.json").write_text(json.dumps(info))
+    members = [SimpleNamespace(run=RunFolder(trained_run), name="parent"), SimpleNamespace(run=RunFolder(child),
+                                                                                           name="child")]
+    assert lineage_rows(members) == [("started from (--init)", [None, "parent (compared here)"])]
+    assert lineage_rows(members[:1]) == []
