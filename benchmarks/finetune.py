@@ -10,7 +10,8 @@ For each dataset:
 (b) ``biomedseg.train`` from scratch on all the training images at ``--budget``.
 
 Both evaluated on the test split; the target is (a) within 0.005 Dice of (b) in a third of (b)'s
-time. ``--cross SRC:DST`` also starts DST from a full-budget run on SRC and compares it with DST from
+time. ``--lr-factors 1,0.2,0.05`` also fine-tunes at those multiples of the source's learning rate (the
+default fine-tune uses ``warm_start.FINETUNE_LR_FACTOR``), to measure that choice. ``--cross SRC:DST`` also starts DST from a full-budget run on SRC and compares it with DST from
 scratch at the same short budget (a third of ``--budget``). Images and masks are symlinked (nothing of
 the shared data is copied). Prints markdown rows and ``RESULT`` lines; ``--workdir`` reuses finished runs.
 """
@@ -22,6 +23,8 @@ import json
 import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "datasets"
@@ -73,6 +76,7 @@ def main(argv=None) -> int:
     ap.add_argument("--datasets", default=DATASETS)
     ap.add_argument("--budget", default="15m")
     ap.add_argument("--cross", default="", help="SRC:DST pairs, comma-separated")
+    ap.add_argument("--lr-factors", default="", help="also fine-tune at these multiples of the source's lr")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args(argv)
@@ -96,6 +100,11 @@ def main(argv=None) -> int:
               f"{s_ft:.0f} / {s_sc:.0f} |", flush=True)
         print(f"RESULT finetune dataset={name} budget={args.budget} source_half_dice={d_src:.4f} finetune_dice={d_ft:.4f} "
               f"scratch_dice={d_sc:.4f} difference={d_ft - d_sc:+.4f} time_ratio={s_ft / s_sc:.2f}", flush=True)
+        lr = float(yaml.safe_load((src / "config.yaml").read_text())["lr"])
+        for f in [float(x) for x in args.lr_factors.split(",") if x]:
+            run = trained(data, work / name / f"finetune_lr{f:g}", b / 3, {**extra, "lr": lr * f}, init=src)
+            print(f"RESULT finetune_lr dataset={name} budget={args.budget} lr_factor={f:g} "
+                  f"finetune_dice={scored(run, data)[0]:.4f} scratch_dice={d_sc:.4f}", flush=True)
     for pair in [p for p in args.cross.split(",") if p]:
         a, d = pair.split(":")
         src = trained(SHARED / a, work / f"cross_{a}" / "source", b, extra)
