@@ -65,6 +65,13 @@ def train(
     precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="any config option: key=value (repeatable)"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan.yaml from `biomedseg plan` (default: plan now)"),
+    init: Optional[Path] = typer.Option(
+        None, "--init", help="start from the weights of a trained run folder (or the best fold of a CV folder): a "
+        "fine-tune on new or more data, classes matched by name; not an exported .onnx/.pt/.zip (a prediction graph). "
+        "--resume continues the same run instead"),
+    allow_unlabelled: bool = typer.Option(
+        False, "--allow-unlabelled", help="images without a mask file are not labelled: left out instead of an "
+        "error (an empty mask file still means 'nothing here'); = --set allow_unlabelled=true"),
     classifier_head: bool = typer.Option(
         False, "--classifier-head", help="add an image-level 'contains foreground' head (= --set "
         "model_kwargs.classifier_head=true); tune-postprocess can then gate empty masks with it"),
@@ -83,8 +90,10 @@ def train(
     overrides = merge(parse_overrides(set_), flags)
     if classifier_head:
         overrides = merge(overrides, {"model_kwargs": {"classifier_head": True}})
+    if allow_unlabelled:
+        overrides = merge(overrides, {"allow_unlabelled": True})
     run_dir = run_train(data, out, images=images, masks=masks, config=config, resume=resume, quiet=quiet, plan=plan,
-                        **overrides)
+                        init=init, **overrides)
     typer.echo(f"run folder: {run_dir}")
 
 

@@ -219,6 +219,27 @@ def differing_settings(configs: Sequence[Mapping]) -> list[tuple[str, list]]:
     return rows
 
 
+def lineage_rows(members: Sequence[Member]) -> list[tuple[str, list]]:
+    """``[("started from (--init)", [parent per run])]`` when a run was started from another (the parent's
+    name, marked "(compared here)" when it is one of the runs), else ``[]``."""
+    parents = []
+    for m in members:
+        parent = getattr(m.run.info(), "parent", None) or None
+        parents.append(parent)
+    if not any(parents):
+        return []
+    roots = {str(m.run.root.resolve()): m.name for m in members}
+    cells = []
+    for p in parents:
+        if not p:
+            cells.append(None)
+            continue
+        here = roots.get(str(p.get("path")))
+        cells.append(f"{here} (compared here)" if here else f"{p.get('run')} ({p.get('checkpoint')}, "
+                     f"sha256 {str(p.get('sha256'))[:12]})")
+    return [("started from (--init)", cells)]
+
+
 def training_summary(run: RunFolder) -> tuple[dict, dict | None]:
     """``({seconds, steps, epochs, best_val_dice}, curves)`` from the run's training log; values are
     ``None`` (and curves ``None``) when the run has no log. A CV or ensemble folder: seconds, steps
@@ -340,7 +361,7 @@ def _write_report(out: Path, members: Sequence[Member], ids: Sequence[str], summ
     report = CompareReport(
         title=f"biomedseg comparison: {', '.join(m.name for m in members)}",
         split=summary["split"], data=str(summary["data"]), runs=columns,
-        settings=differing_settings([m.run.config_values() for m in members]),
+        settings=lineage_rows(members) + differing_settings([m.run.config_values() for m in members]),
         image_ids=list(ids), image_dice={m.name: [m.scores[i] for i in ids] for m in members},
         comparisons=[Comparison(c["a"], c["b"], c, c["sentence"]) for c in summary["comparisons"]],
         method=method)

@@ -91,7 +91,9 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
     class), ``object_diameter_p90`` per foreground class (pixels, from connected components),
     ``structure_width`` per foreground class (mean width in pixels: its pixels over the pixels
     of its skeleton; about 7 for ISBI membranes, 3 for DRIVE vessels, over 20 for nuclei);
-    ``pixel_size`` ``[y, x]`` (µm) when given (known for the images).
+    ``pixel_size`` ``[y, x]`` (µm) when given (known for the images); ``labelled_fraction`` (pixels
+    with a class: partial labels leave the rest unlabelled, and every statistic counts labelled pixels only;
+    object sizes and widths come from fully labelled images alone: strokes are not objects).
     """
     from scipy import ndimage
     from skimage.morphology import skeletonize
@@ -101,10 +103,14 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
     holders = np.zeros(n_classes, np.int64)
     diam: dict[int, list[float]] = {c: [] for c in range(n_classes)}
     skeleton = np.zeros(n_classes, np.int64)
+    whole = np.zeros(n_classes, np.int64)  # pixels of the fully labelled images: object sizes come from them
     for s in samples:
         bc = np.bincount(s.mask.ravel(), minlength=n_classes)[:n_classes]
         counts += bc
         holders += bc > 0
+        if bc.sum() < s.mask.size:  # partly labelled (scribbles): its objects' sizes are unknown
+            continue
+        whole += bc
         for c in range(n_classes):
             if c == background or not bc[c]:
                 continue
@@ -123,11 +129,12 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
         "bit_depth": bits,
         "class_names": class_names,
         "background": background,
+        "labelled_fraction": round(float(counts.sum() / max(1, int(np.prod(shapes, axis=1).sum()))), 4),
         "class_share": (counts / max(counts.sum(), 1)).round(5).tolist(),
         "image_share": (holders / max(len(samples), 1)).round(4).tolist(),
         "object_diameter_p90": {class_names[c]: float(np.percentile(v, 90)) for c, v in diam.items() if v},
         "object_diameter_p10": {class_names[c]: float(np.percentile(v, 10)) for c, v in diam.items() if v},
-        "structure_width": {class_names[c]: round(float(counts[c] / skeleton[c]), 2)
+        "structure_width": {class_names[c]: round(float(whole[c] / skeleton[c]), 2)
                             for c in range(n_classes) if skeleton[c]},
     }
     if pixel_size is not None:
