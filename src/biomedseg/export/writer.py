@@ -114,6 +114,6 @@ def export_run(run, fmt: str, out, *, checkpoint: str = "best", overwrite: bool 
     finally:
         part.unlink(missing_ok=True)
     result = ExportResult(out, fmt, parity_path(out), reports, doc)
-    write_json(result.parity_path, {"export": out.name, "format": fmt, "run": str(Path(run).resolve()),
+    write_json(result.parity_path, {"export": out.name, "format": fmt, "run": doc["source"]["run"],
                                     "checkpoint": checkpoint, "reports": [r.to_json() for r in reports]})
     return result
