@@ -39,43 +39,81 @@ def _strings(value):
         yield value
 
 
-def test_export_metadata_names_no_local_path_nor_login(synthetic_data, tmp_path, monkeypatch):
-    """bioimage.io package (both weights and rdf.yaml) and its parity file; works without a passwd entry."""
+@pytest.fixture(scope="module")
+def package(synthetic_data, tmp_path_factory):
+    """A bioimage.io export of a run whose post-processing was tuned on ``synthetic_data``, made
+    where ``getpass.getuser()`` fails (a container without a passwd entry)."""
     pytest.importorskip("bioimageio.spec")
+    import getpass
+
+    from test_export import POSTPROCESS, make_run
+
+    from biomedseg.export.writer import export_run
+
+    def no_passwd_entry():
+        raise KeyError("getpwuid(): uid not found: 12345")
+
+    tmp = tmp_path_factory.mktemp("package")
+    tuned = POSTPROCESS + f"tuning: {{split: val, data: {str(synthetic_data.resolve())!r}}}\n"
+    run = make_run(tmp / "myrun", synthetic_data, "unet", postprocess=tuned)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(getpass, "getuser", no_passwd_entry)
+        return export_run(run, "bioimageio", tmp / "model.zip")
+
+
+def test_export_metadata_names_no_local_path_nor_login(package, synthetic_data):
+    """bioimage.io package (both weights and rdf.yaml) and its parity file; works without a passwd entry."""
     import getpass
     import json
     import os
     import zipfile
 
     import yaml
-    from test_export import POSTPROCESS, make_run
 
-    from biomedseg.export.writer import export_run
     from biomedseg.inference.exported.engines import open_exported
-
-    tuned = POSTPROCESS + f"tuning: {{split: val, data: {str(synthetic_data.resolve())!r}}}\n"
-    run = make_run(tmp_path / "myrun", synthetic_data, "unet", postprocess=tuned)
-
-    def no_passwd_entry():
-        raise KeyError("getpwuid(): uid not found: 12345")  # what a container without /etc/passwd gives
 
     try:
         login = getpass.getuser()
     except Exception:  # noqa: BLE001
         login = None
-    monkeypatch.setattr(getpass, "getuser", no_passwd_entry)
-    result = export_run(run, "bioimageio", tmp_path / "model.zip")
-    with zipfile.ZipFile(result.path) as zf:
+    with zipfile.ZipFile(package.path) as zf:
         rdf = yaml.safe_load(zf.read("rdf.yaml"))
-    docs = {"rdf": rdf, "onnx": open_exported(result.path, engine="onnxruntime").metadata,
-            "torchscript": open_exported(result.path, engine="torch").metadata,
-            "parity": json.loads(result.parity_path.read_text())}
+    docs = {"rdf": rdf, "onnx": open_exported(package.path, engine="onnxruntime").metadata,
+            "torchscript": open_exported(package.path, engine="torch").metadata,
+            "parity": json.loads(package.parity_path.read_text())}
+    root = package.path.parent
     for name, doc in docs.items():
         for s in _strings(doc):
-            assert not os.path.isabs(s) and str(tmp_path) not in s and str(synthetic_data) not in s, (name, s)
+            assert not os.path.isabs(s) and str(root) not in s and str(synthetic_data) not in s, (name, s)
     source = docs["onnx"]["source"]
     assert source["run"] == "myrun" and source["data"] == synthetic_data.name
     assert len(source["weights_sha256"]) == 64 and len(source["dataset_sha256"]) == 64
     if login:
         assert all(a["name"] != login for a in rdf["authors"]), rdf["authors"]
     assert docs["onnx"]["postprocess"]["tuning"]["data"] == synthetic_data.name
+
+
+# ---------------------------------------------------------------- 8: malformed packages; ONNX preferred to TorchScript
+@pytest.mark.parametrize("rdf", ["- just\n- a list\n", "weights: {onnx: weights.onnx}\n",
+                                 "weights: [onnx]\n", "weights: {onnx: {source: [1]}}\n", "config: [1]\n"])
+def test_malformed_package_is_a_user_error(rdf, tmp_path):
+    import zipfile
+
+    from biomedseg.inference.exported.engines import open_package
+
+    path = tmp_path / "bad.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("rdf.yaml", rdf)
+    with pytest.raises(UserError, match="bad.zip: "):
+        open_package(path, device="cpu")
+
+
+def test_package_auto_prefers_onnx_and_does_not_load_torchscript(package, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    from biomedseg.inference.exported import engines
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("TorchScript loaded although ONNX weights are in the package")
+
+    monkeypatch.setattr(engines, "script_network", refuse)
+    assert engines.open_package(package.path, device="cpu", engine="auto").engine == "onnxruntime"
