@@ -117,3 +117,29 @@ def test_package_auto_prefers_onnx_and_does_not_load_torchscript(package, monkey
 
     monkeypatch.setattr(engines, "script_network", refuse)
     assert engines.open_package(package.path, device="cpu", engine="auto").engine == "onnxruntime"
+
+
+# ---------------------------------------------------------------- 9a: TorchScript export patches no torch function
+def test_torchscript_export_of_segnet_patches_no_torch_global(monkeypatch):
+    import torch
+    import torch.nn.functional as F
+
+    from biomedseg.inference.exported import graph
+    from biomedseg.models import create_model
+
+    globals_before = dict(vars(F))
+    seen = []
+    real_trace = torch.jit.trace
+
+    def trace(*args, **kwargs):  # what a predicting thread would call while the export traces
+        seen.append({k: v for k, v in vars(F).items() if globals_before.get(k, object()) is not v})
+        return real_trace(*args, **kwargs)
+
+    monkeypatch.setattr(torch.jit, "trace", trace)
+    torch.manual_seed(0)
+    model = create_model("segnet", 1, 3, stages=3, base_channels=8).eval()
+    module, _ = graph.torchscript_module(model, 1, 32)
+    assert seen == [{}], f"torch.nn.functional changed during tracing: {list(seen[0])}"
+    x = torch.randn(1, 1, 48, 72)  # another size than traced: the unpooling sizes stay dynamic
+    with torch.no_grad():
+        assert torch.allclose(module(x), model(x), atol=1e-5)
