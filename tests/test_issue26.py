@@ -143,3 +143,43 @@ def test_torchscript_export_of_segnet_patches_no_torch_global(monkeypatch):
     x = torch.randn(1, 1, 48, 72)  # another size than traced: the unpooling sizes stay dynamic
     with torch.no_grad():
         assert torch.allclose(module(x), model(x), atol=1e-5)
+
+
+# ---------------------------------------------------------------- 9b: Prefetcher.next() when its thread died
+class _Died(BaseException):
+    """Ends a thread past ``except Exception`` (as SystemExit or a C-level abort path would)."""
+
+
+def test_prefetcher_raises_the_error_that_ended_its_thread():
+    import threading
+
+    import numpy as np
+
+    from biomedseg.data.datasets import Prefetcher
+
+    class DiesOnSecond:
+        def __init__(self):
+            self.i = 0
+
+        def batch(self, n):
+            self.i += 1
+            if self.i == 2:
+                raise _Died("sampler thread ended")
+            return np.zeros((n, 1, 4, 4), np.float32), np.zeros((n, 4, 4), np.int64)
+
+    pf = Prefetcher(DiesOnSecond(), 2)
+    outcome = []
+
+    def consume():
+        try:
+            outcome.append(pf.next())
+            outcome.append(pf.next())
+        except BaseException as exc:  # noqa: BLE001
+            outcome.append(exc)
+
+    consumer = threading.Thread(target=consume, daemon=True)
+    consumer.start()
+    consumer.join(timeout=10)
+    pf.close()
+    assert not consumer.is_alive(), "Prefetcher.next() blocked after its thread died"
+    assert len(outcome) == 2 and isinstance(outcome[1], _Died) and "sampler thread ended" in str(outcome[1])
