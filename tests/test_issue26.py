@@ -183,3 +183,32 @@ def test_prefetcher_raises_the_error_that_ended_its_thread():
     pf.close()
     assert not consumer.is_alive(), "Prefetcher.next() blocked after its thread died"
     assert len(outcome) == 2 and isinstance(outcome[1], _Died) and "sampler thread ended" in str(outcome[1])
+
+
+# ---------------------------------------------------------------- 9d: atomic writes are fsynced
+def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    import os
+    import stat
+
+    from biomedseg.io import writers
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", "folder" if stat.S_ISDIR(st.st_mode) else "file", st.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace",))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "sub" / "a.json"
+    writers.write_json(path, {"a": 1})
+    assert events == [("fsync", "file", path.stat().st_ino), ("replace",),
+                      ("fsync", "folder", path.parent.stat().st_ino)]
+    doc = " ".join(writers.__doc__.split())
+    assert "power loss" in doc and "crash of the process" in doc
