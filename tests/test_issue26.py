@@ -212,3 +212,29 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp
                       ("fsync", "folder", path.parent.stat().st_ino)]
     doc = " ".join(writers.__doc__.split())
     assert "power loss" in doc and "crash of the process" in doc
+
+
+# ---------------------------------------------------------------- 9e: ensemble of one CV folder
+def test_cli_ensemble_of_one_cv_folder_is_the_ensemble_of_its_folds(tmp_path):
+    import json
+
+    from test_ensemble import make_member
+    from typer.testing import CliRunner
+
+    from biomedseg.cli import app
+    from biomedseg.runs.cv import TRAINED, create_cv
+    from biomedseg.runs.ensemble import write_ensemble_records
+
+    cv = create_cv(tmp_path / "CV", folds=2)
+    for i, mean in enumerate((100.0, 90.0)):
+        make_member(cv.fold_dir(i), i, {"mean": [mean], "std": [50.0]})
+        cv.write_fold_record(i, {"status": TRAINED})
+    write_ensemble_records(cv, [cv.fold(0), cv.fold(1)])  # as `cv` does when folds finish
+    r = CliRunner().invoke(app, ["ensemble", str(cv.root), "--out", str(tmp_path / "ENS"), "--copy"])
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert "ensemble of 2 runs" in r.output
+    members = json.loads((tmp_path / "ENS" / "run.json").read_text())["members"]
+    assert [m["weight"] for m in members] == [0.5, 0.5]
+    r = CliRunner().invoke(app, ["ensemble", str(cv.fold_dir(0)), "--out", str(tmp_path / "ONE")])
+    assert isinstance(r.exception, UserError) and "CV" in str(r.exception), (r.output, r.exception)
+    assert not (tmp_path / "ONE").exists()
