@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -238,3 +239,38 @@ def test_cli_ensemble_of_one_cv_folder_is_the_ensemble_of_its_folds(tmp_path):
     r = CliRunner().invoke(app, ["ensemble", str(cv.fold_dir(0)), "--out", str(tmp_path / "ONE")])
     assert isinstance(r.exception, UserError) and "CV" in str(r.exception), (r.output, r.exception)
     assert not (tmp_path / "ONE").exists()
+
+
+# ---------------------------------------------------------------- 9c: the planned lr belongs to the planned optimiser
+@pytest.mark.parametrize("from_file", [False, True])
+def test_user_optimizer_without_lr_gets_its_own_default_not_the_planned_adamw_rate(from_file, tmp_path, monkeypatch):
+    import torch
+    import yaml
+    from test_planner import FP
+
+    from biomedseg.training.config import build_config
+    from biomedseg.training.optim import DEFAULT_LR
+    from biomedseg.training.plan import stage
+    from biomedseg.training.plan.planner import make_plan
+
+    monkeypatch.setattr(stage, "fingerprint_of", lambda data: dict(FP))
+    plan_file = None
+    if from_file:  # a sweep's shared SWEEP/plan.yaml, planned for the default optimiser
+        plan_file = tmp_path / "plan.yaml"
+        plan_file.write_text(yaml.safe_dump(make_plan(FP, None, "cpu"), sort_keys=False))
+    cpu = torch.device("cpu")
+    data = SimpleNamespace(n_classes=len(FP["class_share"]), setup=SimpleNamespace(channels=FP["channels"]))
+    planned_opt = make_plan(FP, None, "cpu")["optimizer"]["value"]
+    planned_lr = make_plan(FP, None, "cpu")["lr"]["value"]
+    other = "sgd"  # the review's case: `--param optimizer=adam,adamw,sgd` without lr
+
+    cfg, plan = stage.plan_config(build_config({"optimizer": other}), {"optimizer": other}, data, cpu, plan_file)
+    assert cfg.optimizer == other and cfg.lr == DEFAULT_LR[other] != planned_lr
+    assert plan["lr"]["value"] == DEFAULT_LR[other]
+    assert other in plan["lr"]["reason"] and planned_opt in plan["lr"]["reason"]
+
+    explicit = {"optimizer": other, "lr": 0.05}  # the user's rate wins
+    cfg, plan = stage.plan_config(build_config(explicit), explicit, data, cpu, plan_file)
+    assert cfg.lr == 0.05 and plan["lr"]["reason"] == stage.USER_REASON
+    cfg, plan = stage.plan_config(build_config({}), {}, data, cpu, plan_file)  # no choice: the plan's pair
+    assert (cfg.optimizer, cfg.lr) == (planned_opt, planned_lr)

@@ -206,7 +206,7 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     plan["augment"] = plan_augment(fp.get("augment", {}))
     plan["optimizer"] = {"value": "adamw", "reason": "adaptive steps converge in few epochs; nnU-Net's SGD schedule "
                          "assumes ~1000 epochs"}
-    plan["lr"] = {"value": 2e-3, "reason": "AdamW with poly decay to 0 over the budget"}
+    plan["lr"] = {"value": _default_lr("adamw"), "reason": "AdamW with poly decay to 0 over the budget"}
     plan["schedule"] = {"value": "poly", "reason": "decays to zero exactly when the epochs or the time budget end"}
     if fp.get("bit_depth", 8) > 8:  # the same rule as normalization "auto" (normalize.normalization_for)
         lo, hi = CLIP_PERCENTILES
@@ -361,6 +361,28 @@ def step_timer(channels: int, n_classes: int, device: str, model: str = "unet"):
                                  probe_batch=2)
 
     return measure
+
+
+def _default_lr(optimizer: str) -> float:
+    from biomedseg.training.optim import DEFAULT_LR
+
+    return DEFAULT_LR[optimizer]
+
+
+def plan_for_optimizer(plan: dict, explicit: dict) -> dict:
+    """``plan`` whose learning rate belongs to the optimiser the run uses: the planned rate is the
+    planned optimiser's, so a user who picks another optimiser without a learning rate gets that
+    optimiser's own default (:data:`~biomedseg.training.optim.DEFAULT_LR`), and the reason says so."""
+    chosen, planned = explicit.get("optimizer"), (plan.get("optimizer") or {}).get("value")
+    if chosen is None or chosen == planned or "lr" in explicit or "lr" not in plan:
+        return plan
+    from biomedseg.training.optim import DEFAULT_LR
+
+    if chosen not in DEFAULT_LR:  # an unknown name: the config check names it
+        return plan
+    lr = DEFAULT_LR[chosen]
+    return {**plan, "lr": {"value": lr, "reason": f"optimizer {chosen} set by the user: its own default rate {lr:g} "
+                           f"(the planned {plan['lr']['value']:g} is {planned}'s)"}}
 
 
 def apply_plan(values: dict, plan: dict, explicit: dict) -> dict:
