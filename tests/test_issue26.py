@@ -274,3 +274,42 @@ def test_user_optimizer_without_lr_gets_its_own_default_not_the_planned_adamw_ra
     assert cfg.lr == 0.05 and plan["lr"]["reason"] == stage.USER_REASON
     cfg, plan = stage.plan_config(build_config({}), {}, data, cpu, plan_file)  # no choice: the plan's pair
     assert (cfg.optimizer, cfg.lr) == (planned_opt, planned_lr)
+
+
+# ---------------------------------------------------------------- 11: one noisy step measurement does not flip the width
+def test_one_outlier_step_measurement_does_not_flip_the_planned_width():
+    from test_planner import FP
+
+    from biomedseg.training.plan.planner import make_plan
+
+    budget = 600  # 0.5 s per step at width 32: ~1000 steps fit, full width; 2.1 s: ~240, narrowed
+
+    def fake_timer(script):
+        calls = {}
+
+        def step_time(patch, batch, depth, width):
+            calls[width] = calls.get(width, 0) + 1
+            seq = script[width]
+            return seq[min(calls[width] - 1, len(seq) - 1)]
+
+        return step_time, calls
+
+    step_time, calls = fake_timer({32: [2.1, 0.5, 0.5], 16: [0.13]})  # the first measurement is an outlier
+    entry = make_plan(FP, budget, "cpu", step_time=step_time)["model_kwargs.base_channels"]
+    assert entry["value"] == 32, entry["reason"]
+    assert "0.50s per step" in entry["reason"] and "0.50-2.10s" in entry["reason"]  # the spread is shown
+    assert calls[32] == 3  # re-measured: the first two disagreed
+
+    step_time, calls = fake_timer({32: [2.1], 16: [0.55]})  # a machine that is slow every time still narrows
+    entry = make_plan(FP, budget, "cpu", step_time=step_time)["model_kwargs.base_channels"]
+    assert entry["value"] == 16 and "2.10-2.10s" in entry["reason"]
+
+
+def test_step_timer_takes_the_median_of_several_steps(monkeypatch):
+    from biomedseg.training.plan import timing as planner
+
+    seen = []
+    monkeypatch.setattr(planner, "measure_step_time", lambda *a, **kw: seen.append(kw.get("repeats", 1)) or 0.5)
+    planner.step_timer(1, 2, "cpu")(64, 8, 4, 32)
+    planner.step_timer(1, 2, "cpu", model="segnet")(64, 8, 4, 32)
+    assert seen and min(seen) >= 3
