@@ -313,3 +313,53 @@ def test_step_timer_takes_the_median_of_several_steps(monkeypatch):
     planner.step_timer(1, 2, "cpu")(64, 8, 4, 32)
     planner.step_timer(1, 2, "cpu", model="segnet")(64, 8, 4, 32)
     assert seen and min(seen) >= 3
+
+
+# ---------------------------------------------------------------- 3: sweep on a remote cluster with the default SQLite study
+class _FakeClient:
+    """Answers ``scheduler_info()`` like a Dask client with workers on the given hosts."""
+
+    def __init__(self, *hosts):
+        self.workers = {f"tcp://{h}:{40000 + i}": {"host": h} for i, h in enumerate(hosts)}
+
+    def scheduler_info(self):
+        return {"workers": self.workers}
+
+
+def _fake_connect(client):
+    import contextlib
+
+    @contextlib.contextmanager
+    def connect(scheduler, threads_per_worker: int = 1):
+        yield client
+
+    return connect
+
+
+def test_sweep_on_remote_workers_with_sqlite_study_is_refused_with_the_fix(synthetic_data, tmp_path, monkeypatch):
+    pytest.importorskip("optuna")
+    pytest.importorskip("distributed")
+    from biomedseg.runtime import cluster
+    from biomedseg.workflows.sweep import run as sweeps
+
+    monkeypatch.setattr(cluster, "connect", _fake_connect(_FakeClient("127.0.0.1", "192.0.2.17")))
+    out = tmp_path / "SWEEP"
+    with pytest.raises(UserError, match=r"study\.db: .*192\.0\.2\.17.*--storage postgresql://"):
+        sweeps.sweep(synthetic_data, out, ["optimizer=adam,sgd"], scheduler="tcp://head:8786", auto_plan=False,
+                     epochs=1, quiet=True)
+    assert not out.exists()  # refused before anything was written
+
+
+def test_sweep_storage_check_accepts_local_workers_and_a_database_server(tmp_path, monkeypatch):
+    pytest.importorskip("distributed")
+    import socket
+
+    from biomedseg.runtime import cluster
+    from biomedseg.workflows.sweep.run import check_cluster_storage
+
+    monkeypatch.setattr(cluster, "connect", _fake_connect(_FakeClient("127.0.0.1", socket.gethostname())))
+    check_cluster_storage("tcp://head:8786", None, tmp_path / "SWEEP")  # all workers here: SQLite is fine
+    monkeypatch.setattr(cluster, "connect", _fake_connect(_FakeClient("192.0.2.17")))
+    check_cluster_storage("tcp://head:8786", "postgresql://u:p@db/sweeps", tmp_path / "SWEEP")
+    with pytest.raises(UserError, match="--storage"):
+        check_cluster_storage("tcp://head:8786", f"sqlite:///{tmp_path}/s.db", tmp_path / "SWEEP")
