@@ -363,3 +363,84 @@ def test_sweep_storage_check_accepts_local_workers_and_a_database_server(tmp_pat
     check_cluster_storage("tcp://head:8786", "postgresql://u:p@db/sweeps", tmp_path / "SWEEP")
     with pytest.raises(UserError, match="--storage"):
         check_cluster_storage("tcp://head:8786", f"sqlite:///{tmp_path}/s.db", tmp_path / "SWEEP")
+
+
+# ---------------------------------------------------------------- 2: parallel `cv --fold K` without --prepare
+def _parallel_folds(data, out, monkeypatch, k=2):
+    """``cross_validate(fold=i)`` for each fold in its own thread at once (training stubbed out);
+    returns how often the plan was made and the folds written, and the plan each fold trained with."""
+    import threading
+    import time
+
+    import biomedseg.training.api as api
+    from biomedseg.runs.cv import CVFolder
+    from biomedseg.workflows import crossval
+
+    counts = {"plan": 0, "folds": 0}
+    used = {}
+    real_plan_data, real_write_folds = api.plan_data, CVFolder.write_folds
+
+    def plan_data(*args, **kwargs):  # the shared plan with its own step measurement
+        counts["plan"] += 1
+        time.sleep(1.0)  # long enough for the other process to get there too
+        return real_plan_data(*args, **kwargs)
+
+    def write_folds(self, record):
+        counts["folds"] += 1
+        real_write_folds(self, record)
+
+    def run_fold(cv, i, *args):
+        used[i] = cv.paths.plan.read_text()
+
+    monkeypatch.setattr(api, "plan_data", plan_data)
+    monkeypatch.setattr(CVFolder, "write_folds", write_folds)
+    monkeypatch.setattr(crossval, "run_fold", run_fold)
+    errors = []
+
+    def one(i):
+        try:
+            crossval.cross_validate(data, out, folds=k, fold=i, audit={}, quiet=True, time_budget="2m",
+                                    **{"device": "cpu", "num_threads": 1})
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(k)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors and not any(t.is_alive() for t in threads), errors
+    return counts, used
+
+
+@pytest.mark.parametrize("started", [False, True])
+def test_parallel_cv_fold_processes_prepare_the_folds_and_plan_once(started, synthetic_data, tmp_path, monkeypatch):
+    from biomedseg.runs.cv import create_cv
+
+    if started:  # the CV folder exists (run.json), its folds and plan not yet
+        create_cv(tmp_path / "CV", folds=2, budget_per_fold_s=60.0, stratified=False)
+    counts, used = _parallel_folds(synthetic_data, tmp_path / "CV", monkeypatch)
+    assert counts == {"plan": 1, "folds": 1}, counts
+    assert len(used) == 2 and used[0] == used[1] == (tmp_path / "CV" / "plan.yaml").read_text()
+    assert not (tmp_path / "CV" / ".prepare.lock").exists()
+
+
+def test_a_stale_prepare_lock_is_taken_over(synthetic_data, tmp_path, monkeypatch):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = tmp_path / "CV"
+    out.mkdir()
+    lock = out / ".prepare.lock"
+    lock.write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))  # its process is gone
+    counts, _ = _parallel_folds(synthetic_data, out, monkeypatch, k=2)
+    assert counts["plan"] == 1 and not lock.exists()
+    lock.write_text(json.dumps({"pid": 1, "host": "another-machine"}))  # not refreshed for long
+    os.utime(lock, (0, 0))
+    (out / "plan.yaml").unlink()
+    counts, _ = _parallel_folds(synthetic_data, out, monkeypatch, k=2)
+    assert counts["plan"] == 1 and not lock.exists()
