@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -276,7 +275,7 @@ def test_user_optimizer_without_lr_gets_its_own_default_not_the_planned_adamw_ra
     assert (cfg.optimizer, cfg.lr) == (planned_opt, planned_lr)
 
 
-# ---------------------------------------------------------------- 11: one noisy step measurement does not flip the width
+# -------------------------------------------------- 11: one noisy step measurement does not flip the width
 def test_one_outlier_step_measurement_does_not_flip_the_planned_width():
     from test_planner import FP
 
@@ -315,7 +314,7 @@ def test_step_timer_takes_the_median_of_several_steps(monkeypatch):
     assert seen and min(seen) >= 3
 
 
-# ---------------------------------------------------------------- 3: sweep on a remote cluster with the default SQLite study
+# -------------------------------------------------- 3: sweep on a remote cluster with the default SQLite study
 class _FakeClient:
     """Answers ``scheduler_info()`` like a Dask client with workers on the given hosts."""
 

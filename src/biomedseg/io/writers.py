@@ -18,6 +18,7 @@ without write permission.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -39,7 +40,8 @@ TILE_PIXELS = 1024 * 1024
 
 def _fsync(path: Path, folder: bool = False) -> None:
     """Flush ``path`` (a file or, with ``folder``, a folder's entries) to disk. A folder that
-    cannot be opened or flushed (Windows, some network file systems) is skipped."""
+    cannot be opened or flushed (Windows, some network file systems), or a file system without
+    flushing (``EINVAL``/``ENOTSUP``: the rename stays atomic, only not durable) is skipped."""
     try:
         fd = os.open(path, os.O_RDONLY if folder or os.name != "nt" else os.O_RDWR)
     except OSError:
@@ -48,8 +50,8 @@ def _fsync(path: Path, folder: bool = False) -> None:
         raise
     try:
         os.fsync(fd)
-    except OSError:
-        if not folder:
+    except OSError as exc:
+        if not folder and exc.errno not in (errno.EINVAL, errno.ENOTSUP):
             raise
     finally:
         os.close(fd)

@@ -122,8 +122,11 @@ def check_cluster_storage(scheduler, storage: str | None, out) -> None:
     url = storage or SweepPaths(out).storage_url()
     if not url.startswith("sqlite") or (isinstance(scheduler, str) and parse_local(scheduler) is not None):
         return
+    from distributed.comm import get_address_host
+
     with connect(scheduler) as client:
-        hosts = {str(info.get("host") or addr) for addr, info in client.scheduler_info().get("workers", {}).items()}
+        workers = client.scheduler_info().get("workers", {})
+    hosts = {str(info.get("host") or get_address_host(addr)) for addr, info in workers.items()}
     fix = "give every process one database server: --storage postgresql://user:pass@host/db"
     remote = sorted(hosts - _this_machine())
     if remote:
