@@ -304,14 +304,34 @@ def test_one_outlier_step_measurement_does_not_flip_the_planned_width():
     assert entry["value"] == 16 and "2.10-2.10s" in entry["reason"]
 
 
-def test_step_timer_takes_the_median_of_several_steps(monkeypatch):
-    from biomedseg.training.plan import timing as planner
+def test_step_timer_measures_again_without_a_new_warm_up(monkeypatch):
+    """The planner's repeated measurements of one width reuse the warmed-up network: a warm-up step
+    and one timed step per measurement (with a clock that advances 1 s per forward pass)."""
+    import time
 
-    seen = []
-    monkeypatch.setattr(planner, "measure_step_time", lambda *a, **kw: seen.append(kw.get("repeats", 1)) or 0.5)
-    planner.step_timer(1, 2, "cpu")(64, 8, 4, 32)
-    planner.step_timer(1, 2, "cpu", model="segnet")(64, 8, 4, 32)
-    assert seen and min(seen) >= 3
+    import biomedseg.models
+    from biomedseg.training.plan.planner import measure_robustly
+    from biomedseg.training.plan.timing import STEP_MEASUREMENTS, STEPS_PER_MEASUREMENT, step_timer
+
+    clock, forwards, built = [0.0], [], []
+    real_create = biomedseg.models.create_model
+
+    def create(*args, **kwargs):
+        net = real_create(*args, **kwargs)
+        built.append(kwargs)
+
+        def one_second_forward(module, inputs):
+            forwards.append(inputs[0].shape[0])
+            clock[0] += 1.0
+
+        net.register_forward_pre_hook(one_second_forward)
+        return net
+
+    monkeypatch.setattr(biomedseg.models, "create_model", create)
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
+    seconds, spread = measure_robustly(step_timer(1, 2, "cpu"), 32, 2, 3, 8)
+    assert seconds == 1.0 and "median of 2 measurements, 1.00-1.00s" in spread
+    assert len(built) == 1 and len(forwards) == 1 + STEP_MEASUREMENTS * STEPS_PER_MEASUREMENT
 
 
 # -------------------------------------------------- 3: sweep on a remote cluster with the default SQLite study
