@@ -200,7 +200,7 @@ def test_cli_cv_summary_tune_on_oof_and_ensemble_of_folds(finished_cv, cv_data, 
     assert f"{len(cv.folds()['pool'])} out-of-fold images" in r.stdout
     r = run_cli("ensemble", cv.fold_dir(0), cv.fold_dir(1), "--out", tmp_path / "ens", "--weights", "1,3")
     assert r.returncode == 0 and "ensemble of 2 runs" in r.stdout, r.stderr
-    assert_user_error(run_cli("ensemble", cv.fold_dir(0), "--out", tmp_path / "one"), "at least 2 members")
+    assert_user_error(run_cli("ensemble", cv.fold_dir(0), "--out", tmp_path / "one"), "one run is no ensemble")
     assert_user_error(run_cli("ensemble", cv.fold_dir(0), cv.fold_dir(1), "--out", tmp_path / "w", "--weights", "1"),
                       "1 weights for 2 members")
 

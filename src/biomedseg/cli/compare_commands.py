@@ -50,7 +50,8 @@ def compare(
 
 @app.command()
 def ensemble(
-    members: List[Path] = typer.Argument(..., help="run, CV or ensemble folders (at least 2)"),
+    members: List[Path] = typer.Argument(
+        ..., help="run, CV or ensemble folders (at least 2 runs in all: one CV folder is the ensemble of its folds)"),
     out: Path = typer.Option(..., "--out", "-o", help="ensemble folder to write"),
     weights: Optional[str] = typer.Option(None, "--weights", help="one weight per member, e.g. 1,1,2 (default equal)"),
     copy: bool = typer.Option(False, "--copy", help="copy the member runs into OUT/members/ (default: reference)"),

@@ -183,10 +183,17 @@ class Prefetcher:
         self.sampler, self.batch_size, self.pin_memory = sampler, batch_size, pin_memory
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._error: BaseException | None = None  # what ended the thread, raised by next()
         self.thread = threading.Thread(target=self._work, daemon=True)
         self.thread.start()
 
     def _work(self):
+        try:
+            self._produce()
+        except BaseException as exc:  # noqa: BLE001 - the thread ends; next() raises it in the caller
+            self._error = exc
+
+    def _produce(self):
         import torch
 
         while not self._stop.is_set():
@@ -204,7 +211,17 @@ class Prefetcher:
                     continue
 
     def next(self):
-        item = self.q.get()
+        """The next batch; an error of the thread is raised here, also one that ended it (never a
+        wait for a thread that is gone)."""
+        while True:
+            try:
+                item = self.q.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if not self.thread.is_alive() and self.q.empty():
+                    if self._error is not None:
+                        raise self._error
+                    raise RuntimeError("the batch thread has stopped (the Prefetcher was closed)")
         if isinstance(item, Exception):
             raise item
         return item

@@ -17,7 +17,8 @@
 Run again, it skips finished folds, resumes a fold interrupted mid-training from its
 ``last.pt``, and predicts the out-of-fold images of a fold trained but not yet predicted.
 ``fold=K`` does fold K only (one process per GPU); ``prepare=True`` writes the folds and the plan
-and stops (so that parallel fold processes share them).
+and stops. Parallel fold processes started without it share them too: the first one prepares
+them under a lock (:func:`biomedseg.runs.cv.preparing`), the others wait and reuse them.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import yaml
 from biomedseg.data.folds import DEFAULT_FOLDS, fold_splits, make_folds
 from biomedseg.core.errors import UserError
 from biomedseg.io.writers import write_text
-from biomedseg.runs.cv import DONE, TRAINED, CVFolder, create_cv
+from biomedseg.runs.cv import DONE, TRAINED, CVFolder, create_cv, preparing
 
 log = logging.getLogger("biomedseg")
 
@@ -61,13 +62,14 @@ def cross_validate(data, out, *, folds: int = DEFAULT_FOLDS, fold: int | None = 
         cfg.time_budget / folds if cfg.time_budget else None)
     if fold is not None and not 0 <= fold < folds:
         raise UserError(f"--fold {fold}: expected 0..{folds - 1}")
-    cv = create_cv(out, folds=folds, budget_per_fold_s=per_fold, stratified=stratify)
-    if cv.n_folds() != folds:
-        raise UserError(f"{cv.root}: a CV of {cv.n_folds()} folds, not {folds}")
-    assignment = assign_folds(cv, cfg, data, folds, stratify, audit, check_flips, quiet)
     fold_options = {**overrides, **({"time_budget": per_fold} if per_fold else {})}
-    if cfg.auto_plan and not cv.paths.plan.is_file():
-        shared_plan(cv, data, config, plan, assignment, fold_options, quiet)
+    with preparing(out):  # parallel `cv --fold K` processes: the first prepares, the others wait and reuse
+        cv = create_cv(out, folds=folds, budget_per_fold_s=per_fold, stratified=stratify)
+        if cv.n_folds() != folds:
+            raise UserError(f"{cv.root}: a CV of {cv.n_folds()} folds, not {folds}")
+        assignment = assign_folds(cv, cfg, data, folds, stratify, audit, check_flips, quiet)
+        if cfg.auto_plan and not cv.paths.plan.is_file():
+            shared_plan(cv, data, config, plan, assignment, fold_options, quiet)
     if prepare:
         return {"prepared": str(cv.root), "missing": list(range(folds))}
     if scheduler is not None and fold is None:

@@ -91,6 +91,8 @@ def sweep(data, out, params, *, trials: int | None = None, time_budget_per_trial
     check_params(space, options)
     grid = grid_of(space)
     target = min(trials or grid_size(space), grid_size(space)) if grid else (trials or DEFAULT_TRIALS)
+    if scheduler is not None:
+        check_cluster_storage(scheduler, storage, out)
     optuna = load_optuna()
     paths = create_sweep(out)
     study = open_study(optuna, storage or paths.storage_url(), study_name, space, cfg.model_dump(mode="json"),
@@ -108,6 +110,43 @@ def sweep(data, out, params, *, trials: int | None = None, time_budget_per_trial
                    config=str(Path(config).resolve()) if config else None)
         _on_cluster(optuna, study, sw, scheduler, job)
     return write_results(optuna, study, sw)
+
+
+def check_cluster_storage(scheduler, storage: str | None, out) -> None:
+    """Refuse a SQLite study (the default ``SWEEP/study.db``) shared with Dask workers on other
+    machines: SQLite's locks do not hold on network file systems, so trials could be lost or
+    claimed twice. A local cluster or workers all on this machine are fine; without any worker
+    connected yet the hosts are unknown, and a warning names the fix."""
+    from biomedseg.runtime.cluster import connect, parse_local
+
+    url = storage or SweepPaths(out).storage_url()
+    if not url.startswith("sqlite") or (isinstance(scheduler, str) and parse_local(scheduler) is not None):
+        return
+    from distributed.comm import get_address_host
+
+    with connect(scheduler) as client:
+        workers = client.scheduler_info().get("workers", {})
+    hosts = {str(info.get("host") or get_address_host(addr)) for addr, info in workers.items()}
+    fix = "give every process one database server: --storage postgresql://user:pass@host/db"
+    remote = sorted(hosts - _this_machine())
+    if remote:
+        raise UserError(f"{url.split(':///', 1)[-1]}: a SQLite study shared with workers on other machines "
+                        f"({', '.join(remote)}) is unsafe on a network file system; {fix}")
+    if not hosts:
+        log.warning("--scheduler %s: no worker connected yet; if workers join from other machines, the SQLite "
+                    "study %s is unsafe on a network file system: %s", scheduler, url, fix)
+
+
+def _this_machine() -> set[str]:
+    """Names and addresses of this machine (loopback included)."""
+    import socket
+
+    import psutil  # a dependency of dask.distributed
+
+    names = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn()}
+    for nic in psutil.net_if_addrs().values():
+        names.update(a.address.split("%")[0] for a in nic if a.family in (socket.AF_INET, socket.AF_INET6))
+    return names
 
 
 def _on_cluster(optuna, study, sw: _Sweep, scheduler, job: dict) -> None:
