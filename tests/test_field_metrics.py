@@ -272,3 +272,100 @@ def test_true_instance_ids_define_the_true_objects():
     row = acc.update(ImagePair("a", (pred > 0).astype(np.uint8), semantic, true_instances=inst))
     # 120/120 pair and 70/80 pair: AJI = (120 + 70) / (120 + 80)
     assert row["aji"] == pytest.approx(190 / 200) and row["rq"] == 1.0
+
+
+# ---------------------------------------------------------------- evaluate, the command line, instance masks
+
+
+def _run_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "biomedseg.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _one_line_error(result, *needles):
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def _with_instances(data, tmp_path):
+    """A copy of ``data`` with ``instances/<id>.png``: the 8-connected components of each mask."""
+    import shutil
+
+    from PIL import Image
+    from scipy import ndimage
+
+    copy = tmp_path / "data"
+    shutil.copytree(data, copy)
+    (copy / "instances").mkdir()
+    for m in sorted((copy / "masks").glob("*.png")):
+        mask = np.asarray(Image.open(m))
+        mask = mask if mask.ndim == 2 else mask[..., 0]
+        lab = ndimage.label(mask > 0, structure=np.ones((3, 3)))[0].astype(np.uint16)
+        Image.fromarray(lab).save(copy / "instances" / m.name)
+    return copy
+
+
+def test_evaluate_writes_field_columns_per_object_table_and_the_reason(trained_run, synthetic_data, tmp_path):
+    import csv
+    import json
+
+    from biomedseg.workflows.evaluation import evaluate
+
+    m = evaluate(trained_run, synthetic_data, tmp_path / "ev", metrics="all", quiet=True, device="cpu")
+    assert m["field"]["groups"] == ["pixel", "boundary", "object", "instance", "thin", "shape"]
+    assert m["field"]["source"] == "--metrics" and "boundary" in m["field"]["conventions"]
+    rows = list(csv.DictReader(open(tmp_path / "ev" / "per_image.csv")))
+    for key in ("image_dice", "hd95", "nsd", "object_f1", "aji", "pq", "ap", "rand", "cldice", "hc_error_px"):
+        assert key in rows[0], key
+    assert 0.0 <= m["aji"] <= 1.0 and m["hd95"] >= 0.0
+    assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["field"]["reason"] == "chosen with --metrics"
+    objects = list(csv.DictReader(open(tmp_path / "ev" / "per_object.csv")))
+    assert {o["source"] for o in objects} == {"truth", "prediction"} and int(objects[0]["area_px"]) > 0
+    assert "Field metrics" in (tmp_path / "ev" / "report.html").read_text()
+    # the default: the fingerprint chooses, and says why
+    m = evaluate(trained_run, synthetic_data, tmp_path / "ev2", quiet=True, device="cpu", overlays=False)
+    assert m["field"]["source"] == "fingerprint" and m["field"]["reason"]
+
+
+def test_truth_instances_missing_or_mismatching(trained_run, synthetic_data, tmp_path, caplog):
+    from biomedseg.workflows.evaluation import evaluate
+
+    data = _with_instances(synthetic_data, tmp_path)
+    m = evaluate(trained_run, data, tmp_path / "ok", metrics="instance", quiet=True, device="cpu", overlays=False)
+    assert np.isfinite(m["aji"])
+    ids = [r.split(",")[0] for r in (tmp_path / "ok" / "per_image.csv").read_text().splitlines()[1:]]
+    (data / "instances" / f"{ids[0]}.png").unlink()
+    m = evaluate(trained_run, data, tmp_path / "one", metrics="instance", quiet=True, device="cpu", overlays=False)
+    assert f"{ids[0]}.png: instance mask missing" in caplog.text
+    rows = (tmp_path / "one" / "per_image.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    first = dict(zip(header, rows[1].split(",")))
+    assert first["aji"] in ("", "nan") and np.isfinite(m["aji"])  # the other images still scored
+    from PIL import Image
+
+    for i in ids[1:]:  # every remaining file: an object id on the background
+        p = data / "instances" / f"{i}.png"
+        a = np.asarray(Image.open(p)).copy()
+        a[0, 0] = 7 if a[0, 0] == 0 else a[0, 0]
+        Image.fromarray(a).save(p)
+    mask0 = np.asarray(Image.open(data / "masks" / f"{ids[1]}.png"))
+    assert (mask0 if mask0.ndim == 2 else mask0[..., 0])[0, 0] == 0  # the edited pixel is background there
+    r = _run_cli("evaluate", trained_run, data, "--out", tmp_path / "bad", "--metrics", "aji", "--device", "cpu",
+                 "--no-overlays", "-q")
+    # nothing can be computed: one warning naming each file, then one error line, exit 2
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == len(ids) + 1
+    assert all(f"{i}.png: instance ids do not match the semantic mask" in r.stderr for i in ids[1:])
+    assert "no usable instance mask" in lines[-1]
+
+
+def test_evaluate_metrics_nosuch_is_one_line(tmp_path):
+    r = _run_cli("evaluate", tmp_path / "norun", "--out", tmp_path / "o", "--metrics", "nosuch")
+    _one_line_error(r, "--metrics: unknown metric 'nosuch'")

@@ -64,6 +64,9 @@ class ImagePair:
     pixel_size: Sequence[float] | None = None
     true_instances: np.ndarray | None = None
     pred_instances: dict[int, np.ndarray] | None = None
+    #: False when the image's truth objects are unknown (a missing or bad instance mask): its
+    #: object and instance scores are NaN and it adds no row to the per-object table
+    score_objects: bool = True
 
 
 def _label(mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
@@ -132,9 +135,11 @@ class FieldAccumulator:
             out.update(head_circumference_error(pred == c, target == c, pair.pixel_size))
             if pair.pixel_size is None:
                 out["hc_error_mm"] = float("nan")
-        if self.options.active:
+        obj_groups = tuple(g for g in ("object", "instance") if g in groups)
+        if self.options.active and not pair.score_objects:
+            out.update({k: float("nan") for g in obj_groups for k in GROUPS[g]})
+        elif self.options.active:
             t_lab, p_lab = _objects(pair, c, pred, target)
-            obj_groups = tuple(g for g in ("object", "instance") if g in groups)
             if obj_groups:
                 out.update(object_scores(t_lab, p_lab, obj_groups))
             self._add_objects(pair, c, t_lab, p_lab)

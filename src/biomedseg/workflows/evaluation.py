@@ -2,7 +2,11 @@
 
 Writes to ``out``: ``metrics.json`` (pooled scores, ``image_dice``, ``per_class``),
 ``per_image.csv``, ``overlays/<id>.png`` (TP/FP/FN per foreground class) and ``report.html``.
-Predictions are post-processed with ``RUN/postprocess.yaml`` when the run has one
+Field metrics (issue 25, :mod:`biomedseg.workflows.field_metrics`): the groups chosen by
+``metrics`` (``--metrics``), ``dataset.json`` ``"metrics"`` or the data's fingerprint add their
+columns to ``per_image.csv``, their means to ``metrics.json`` (top level, next to the pixel scores)
+and the choice, its reason and the empty-case conventions as ``metrics.json`` ``field``;
+``per_object.csv`` lists every true and predicted object. Predictions are post-processed with ``RUN/postprocess.yaml`` when the run has one
 (``postprocess=False`` scores the raw argmax); ``metrics.json`` records the chain used. When
 the chain has an empty-mask gate (area, max probability or the classifier head's
 ``min_classifier_probability``), ``metrics.json`` also holds ``image_dice_without_gating``.
@@ -13,30 +17,38 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from biomedseg.data.splits import select_split
 from biomedseg.core.errors import UserError
+from biomedseg.metrics.choice import GROUPS, MetricChoice, parse_metric_names
+from biomedseg.metrics.field import FieldAccumulator, FieldOptions, ImagePair
+from biomedseg.workflows.field_metrics import InstanceCheck, choose_for_split, field_summary, write_per_object
 
 log = logging.getLogger("biomedseg")
 
 
 def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = "test", tta: bool | str = False,
              overlays: bool = True, valid_dir: str | None = None, device: str = "auto", quiet: bool = False,
-             postprocess: bool = True) -> dict:
+             postprocess: bool = True, metrics=None, nsd_tolerance_um: float | None = None) -> dict:
     """Evaluate run folder ``run`` on ``data``; returns the metrics dict also written to ``metrics.json``.
 
     ``valid_dir``: optional folder of ``<id>.png`` masks (non-zero = counted), e.g. DRIVE's
     field-of-view masks; pixels outside are ignored. ``tta``: ``False`` | ``"flips"`` |
-    ``"flips+rot90"``. ``postprocess``: apply ``RUN/postprocess.yaml`` when present.
+    ``"flips+rot90"``. ``postprocess``: apply ``RUN/postprocess.yaml`` when present. ``metrics``:
+    metric groups or names (``"object,aji"``, a list, ``"all"``; ``None``: ``dataset.json`` or the
+    fingerprint). ``nsd_tolerance_um``: the NSD tolerance in µm where the pixel size is known.
     """
     from biomedseg.inference.run import LoadedRun, load_run
     from biomedseg.metrics.pixel import MetricAccumulator
 
     if out is None:
         raise UserError("evaluate: --out DIR is required")
+    if metrics is not None:
+        parse_metric_names(metrics)  # a bad name fails before the run is loaded
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
     source, ids, by_id = select_split(loaded, data, images, masks, split)
     classes, bg = loaded.classes, loaded.background
@@ -45,17 +57,66 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     out = Path(out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     acc = MetricAccumulator(len(classes), classes, bg)
-    ungated_dice, overlay_paths = _score_images(loaded, predictor, [by_id[sid] for sid in ids], acc, post, ungated,
-                                                valid_dir, out / "overlays" if overlays else None, quiet)
+    samples = [by_id[sid] for sid in ids]
+    field = _field_setup(loaded, source, samples, metrics, nsd_tolerance_um)
+    ungated_dice, overlay_paths = _score_images(loaded, predictor, samples, acc, post, ungated,
+                                                valid_dir, out / "overlays" if overlays else None, quiet, field)
+    field.instances.finish()
     metrics = acc.summary()
+    metrics.update(field.acc.summary())
+    metrics["field"] = field_summary(field.choice, field.acc.options)
     if ungated is not None:
         metrics["image_dice_without_gating"] = float(np.mean(ungated_dice)) if ungated_dice else float("nan")
     metrics.update({"split": split, "n_images": len(ids), "run": str(loaded.run_dir), "data": str(source.root),
                     "tta": tta, "classes": classes, "background": classes[bg] if bg is not None else None,
                     "postprocess": post.model_dump(mode="json", exclude={"tuning"}) if post is not None else None})
-    _write_results(out, metrics, acc.per_image_rows(), overlay_paths, loaded.run.paths.curves,
+    rows = [{**r, **{k: v for k, v in f.items() if k != "id"}} for r, f in zip(acc.per_image_rows(), field.acc.rows)]
+    write_per_object(out, field.acc.object_rows())
+    _write_results(out, metrics, rows, overlay_paths, loaded.run.paths.curves,
                    title=f"biomedseg evaluation: {Path(source.root).name} ({split})")
     return metrics
+
+
+@dataclass
+class _Field:
+    """The field metrics of one evaluation: the choice, its accumulator and the truth instances."""
+
+    choice: MetricChoice
+    acc: FieldAccumulator
+    instances: InstanceCheck
+    meta: dict | None = None
+
+
+def _field_setup(loaded, source, samples, requested, nsd_tolerance_um) -> _Field:
+    from biomedseg.io import Palette
+    from biomedseg.metrics.boundary import BoundaryOptions
+
+    choice = choose_for_split(requested, source, samples, Palette.from_json(loaded.info.palette),
+                              loaded.info.strict_index, loaded.background)
+    options = FieldOptions(choice.groups, BoundaryOptions(nsd_tolerance_um=nsd_tolerance_um))
+    return _Field(choice, FieldAccumulator(loaded.classes, loaded.background, options), InstanceCheck.of(source),
+                  source.meta)
+
+
+def _score_field(field: _Field, loaded, post, predictor, s, pred, proba, target, valid) -> None:
+    """Add one image to the field accumulator (predicted instances from a watershed step when the
+    post-processing has one, connected components otherwise; the pixel size ``dataset.json`` states,
+    else the file's)."""
+    from biomedseg.io.pixel_size import resolve_pixel_size
+
+    if not field.acc.options.active:
+        field.acc.rows.append({"id": s.id})
+        return
+    true_inst, ok = field.instances.read(s.id, target, loaded.background)
+    pred_inst = None
+    if post is not None and ok and ({"object", "instance"} & set(field.choice.groups)):
+        from biomedseg.postprocess.ops import apply_postprocess
+
+        _, pred_inst = apply_postprocess(proba, post, loaded.classes, loaded.background, instances=None,
+                                         image_probability=getattr(predictor, "last_image_probability", None))
+    pixel_size = resolve_pixel_size(s.image, field.meta, s.id)[0]
+    field.acc.update(ImagePair(s.id, pred, target, valid=valid, pixel_size=pixel_size, true_instances=true_inst,
+                               pred_instances=pred_inst, score_objects=ok))
 
 
 def _postprocess_chains(loaded, predictor, postprocess: bool):
@@ -73,7 +134,7 @@ def _postprocess_chains(loaded, predictor, postprocess: bool):
     return post, ungated
 
 
-def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, overlay_dir, quiet: bool):
+def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, overlay_dir, quiet: bool, field):
     """Predict and score each sample into ``acc``; returns ``(image Dice without the gate (when
     ``ungated``), overlay paths written in ``overlay_dir`` (when not ``None``))``."""
     from tqdm.auto import tqdm
@@ -93,6 +154,7 @@ def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, ove
         valid = _valid_region(valid_dir, s.id)
         pred, proba = predict_image(loaded, predictor, image, postprocess=post, pixel_size=pixel_size(s.image))
         acc.update(pred, target, valid=valid, image_id=s.id)
+        _score_field(field, loaded, post, predictor, s, pred, proba, target, valid)
         if ungated is not None:  # the same chain without the gate: what gating is worth
             from biomedseg.postprocess.ops import apply_postprocess
             from biomedseg.metrics.pixel import image_dice
@@ -129,7 +191,10 @@ def _write_results(out: Path, metrics: dict, rows: list[dict], overlay_paths, cu
     write_json(out / "metrics.json", _finite(metrics))
     if rows:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        columns: list[str] = []
+        for r in rows:  # images differ in keys when only some have a pixel size
+            columns += [k for k in r if k not in columns]
+        w = csv.DictWriter(buf, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
         write_text(out / "per_image.csv", buf.getvalue())
@@ -144,6 +209,12 @@ def format_metrics(m: dict) -> str:
     for name, d in m["per_class"].items():
         lines.append(f"  {name:16s} dice {d['dice']:.4f}  iou {d['iou']:.4f}  precision {d['precision']:.4f}  "
                      f"recall {d['recall']:.4f}  fp {d['fp']}  fn {d['fn']}")
+    f = m.get("field")
+    if f:
+        lines.append(f"field metrics ({', '.join(f['groups'])}): {f['reason']}")
+        keys = [k for g in f["groups"] if g != "pixel" for k in GROUPS[g] if isinstance(m.get(k), float)]
+        for i in range(0, len(keys), 6):
+            lines.append("  " + "  ".join(f"{k} {m[k]:.4f}" for k in keys[i:i + 6]))
     return "\n".join(lines)
 
 
