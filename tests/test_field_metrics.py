@@ -369,3 +369,63 @@ def test_truth_instances_missing_or_mismatching(trained_run, synthetic_data, tmp
 def test_evaluate_metrics_nosuch_is_one_line(tmp_path):
     r = _run_cli("evaluate", tmp_path / "norun", "--out", tmp_path / "o", "--metrics", "nosuch")
     _one_line_error(r, "--metrics: unknown metric 'nosuch'")
+
+
+# ---------------------------------------------------------------- compare --metric, sweep --objective
+
+
+def test_compare_pair_takes_lower_is_better_metrics_the_other_way_round():
+    from types import SimpleNamespace
+
+    from biomedseg.workflows.comparison import _compare_pair, _metric_group
+
+    a = SimpleNamespace(name="a", scores={"x": 5.0, "y": 6.0, "z": 7.0})
+    b = SimpleNamespace(name="b", scores={"x": 3.0, "y": 4.0, "z": 5.0})  # 2 px closer on every image
+    c = _compare_pair(a, b, ["x", "y", "z"], "hd95", 500, 0, 0.95)
+    assert c["direction"] == "lower" and c["mean_difference"] == pytest.approx(2.0)
+    assert c["sentence"].startswith("b is better than a by 2.000 hd95 (lower is better)")
+    c = _compare_pair(a, b, ["x", "y", "z"], "aji", 500, 0, 0.95)
+    assert c["direction"] == "higher" and c["sentence"].startswith("a is better than b by 2.000 aji")
+    assert _metric_group("aji_plus") == "instance" and _metric_group("hd95_um") == "boundary"
+    with pytest.raises(UserError, match="--metric nosuch: not a per-image metric"):
+        _metric_group("nosuch")
+
+
+def test_compare_metric_evaluates_with_that_metric(trained_run, synthetic_data, tmp_path):
+    import json
+    import shutil
+
+    from biomedseg.workflows.comparison import compare
+
+    twin = tmp_path / "twin"
+    shutil.copytree(trained_run, twin)
+    s = compare([trained_run, twin], tmp_path / "cmp", data=synthetic_data, metric="hd95", n_resamples=200,
+                device="cpu", quiet=True)
+    (c,) = s["comparisons"]
+    assert s["score"] == "hd95" and c["direction"] == "lower" and c["mean_difference"] == 0.0
+    assert "no difference" in c["sentence"] and "hd95" in c["sentence"]
+    m = json.loads((tmp_path / "cmp" / "evals" / "run" / "metrics.json").read_text())
+    assert m["field"]["groups"] == ["pixel", "boundary"]
+    assert "Per-image hd95" in (tmp_path / "cmp" / "compare.md").read_text()
+    r = _run_cli("compare", trained_run, twin, "--out", tmp_path / "c2", "--metric", "nosuch")
+    _one_line_error(r, "--metric nosuch: not a per-image metric")
+
+
+def test_sweep_objective_ranks_trials_by_the_validation_metric(synthetic_data, tmp_path):
+    pytest.importorskip("optuna")
+    from conftest import TINY
+
+    from biomedseg.workflows.sweep import run as sweeps
+
+    out = tmp_path / "sweep"
+    s = sweeps.sweep(synthetic_data, out, ["lr=1e-3,1e-2"], prune=False, objective="hd95",
+                     **{**TINY, "epochs": 1, "seed": 0, "quiet": True, "num_threads": 1})
+    rows = s["rows"]
+    assert len(rows) == 2 and all(r["val_hd95"] is not None for r in rows)
+    assert rows[0]["val_hd95"] <= rows[1]["val_hd95"]  # lower is better: the best first
+    assert s["best"] == rows[0]["trial"]
+    assert (out / "evals" / f"{rows[0]['run']}_val" / "per_image.csv").is_file()
+    assert "ranked by val_hd95 (lower is better)" in (out / "table.md").read_text()
+    with pytest.raises(UserError, match="ranks trials by hd95, not val_dice"):
+        sweeps.sweep(synthetic_data, out, ["lr=1e-3,1e-2"], prune=False,
+                     **{**TINY, "epochs": 1, "seed": 0, "quiet": True, "num_threads": 1})

@@ -17,16 +17,14 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from biomedseg.data.splits import select_split
 from biomedseg.core.errors import UserError
-from biomedseg.metrics.choice import GROUPS, MetricChoice, parse_metric_names
-from biomedseg.metrics.field import FieldAccumulator, FieldOptions, ImagePair
-from biomedseg.workflows.field_metrics import InstanceCheck, choose_for_split, field_summary, write_per_object
+from biomedseg.metrics.choice import GROUPS, parse_metric_names
+from biomedseg.workflows.field_metrics import FieldScorer, write_per_object
 
 log = logging.getLogger("biomedseg")
 
@@ -58,13 +56,13 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     acc = MetricAccumulator(len(classes), classes, bg)
     samples = [by_id[sid] for sid in ids]
-    field = _field_setup(loaded, source, samples, metrics, nsd_tolerance_um)
+    field = FieldScorer.for_data(metrics, source, samples, loaded.info, nsd_tolerance_um)
     ungated_dice, overlay_paths = _score_images(loaded, predictor, samples, acc, post, ungated,
                                                 valid_dir, out / "overlays" if overlays else None, quiet, field)
     field.instances.finish()
     metrics = acc.summary()
     metrics.update(field.acc.summary())
-    metrics["field"] = field_summary(field.choice, field.acc.options)
+    metrics["field"] = field.summary()
     if ungated is not None:
         metrics["image_dice_without_gating"] = float(np.mean(ungated_dice)) if ungated_dice else float("nan")
     metrics.update({"split": split, "n_images": len(ids), "run": str(loaded.run_dir), "data": str(source.root),
@@ -77,46 +75,15 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     return metrics
 
 
-@dataclass
-class _Field:
-    """The field metrics of one evaluation: the choice, its accumulator and the truth instances."""
+def _predicted_instances(field: FieldScorer, loaded, post, predictor, proba):
+    """``{class: labels}`` of the post-processing's watershed steps when objects are scored (else ``None``)."""
+    if post is None or not field.wants_objects:
+        return None
+    from biomedseg.postprocess.ops import apply_postprocess
 
-    choice: MetricChoice
-    acc: FieldAccumulator
-    instances: InstanceCheck
-    meta: dict | None = None
-
-
-def _field_setup(loaded, source, samples, requested, nsd_tolerance_um) -> _Field:
-    from biomedseg.io import Palette
-    from biomedseg.metrics.boundary import BoundaryOptions
-
-    choice = choose_for_split(requested, source, samples, Palette.from_json(loaded.info.palette),
-                              loaded.info.strict_index, loaded.background)
-    options = FieldOptions(choice.groups, BoundaryOptions(nsd_tolerance_um=nsd_tolerance_um))
-    return _Field(choice, FieldAccumulator(loaded.classes, loaded.background, options), InstanceCheck.of(source),
-                  source.meta)
-
-
-def _score_field(field: _Field, loaded, post, predictor, s, pred, proba, target, valid) -> None:
-    """Add one image to the field accumulator (predicted instances from a watershed step when the
-    post-processing has one, connected components otherwise; the pixel size ``dataset.json`` states,
-    else the file's)."""
-    from biomedseg.io.pixel_size import resolve_pixel_size
-
-    if not field.acc.options.active:
-        field.acc.rows.append({"id": s.id})
-        return
-    true_inst, ok = field.instances.read(s.id, target, loaded.background)
-    pred_inst = None
-    if post is not None and ok and ({"object", "instance"} & set(field.choice.groups)):
-        from biomedseg.postprocess.ops import apply_postprocess
-
-        _, pred_inst = apply_postprocess(proba, post, loaded.classes, loaded.background, instances=None,
-                                         image_probability=getattr(predictor, "last_image_probability", None))
-    pixel_size = resolve_pixel_size(s.image, field.meta, s.id)[0]
-    field.acc.update(ImagePair(s.id, pred, target, valid=valid, pixel_size=pixel_size, true_instances=true_inst,
-                               pred_instances=pred_inst, score_objects=ok))
+    _, inst = apply_postprocess(proba, post, loaded.classes, loaded.background, instances=None,
+                                image_probability=getattr(predictor, "last_image_probability", None))
+    return inst
 
 
 def _postprocess_chains(loaded, predictor, postprocess: bool):
@@ -154,7 +121,7 @@ def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, ove
         valid = _valid_region(valid_dir, s.id)
         pred, proba = predict_image(loaded, predictor, image, postprocess=post, pixel_size=pixel_size(s.image))
         acc.update(pred, target, valid=valid, image_id=s.id)
-        _score_field(field, loaded, post, predictor, s, pred, proba, target, valid)
+        field.score(s, pred, target, valid, _predicted_instances(field, loaded, post, predictor, proba))
         if ungated is not None:  # the same chain without the gate: what gating is worth
             from biomedseg.postprocess.ops import apply_postprocess
             from biomedseg.metrics.pixel import image_dice

@@ -8,6 +8,8 @@
   file, :class:`InstanceCheck` raises ``UserError`` (nothing can be computed).
 - :func:`field_summary`: the ``metrics.json`` entry (choice, reason, conventions, tolerance).
 - :func:`write_per_object`: ``per_object.csv``.
+- :class:`FieldScorer`: all of it for one split, image by image (``evaluate``, the CV's
+  out-of-fold scores).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.core.errors import UserError
+from biomedseg.metrics.boundary import BoundaryOptions
 from biomedseg.metrics.choice import FINGERPRINT_IMAGES, MetricChoice, choose_metrics
+from biomedseg.metrics.field import FieldAccumulator, FieldOptions, ImagePair
 
 log = logging.getLogger("biomedseg")
 
@@ -131,3 +135,45 @@ def write_per_object(out: Path, rows: list[dict]) -> Path | None:
     w.writerows(rows)
     write_text(out / "per_object.csv", buf.getvalue())
     return out / "per_object.csv"
+
+
+@dataclass
+class FieldScorer:
+    """The field metrics of one split: the choice, its accumulator, the truth instances and the
+    data's ``dataset.json`` (for stated pixel sizes)."""
+
+    choice: MetricChoice
+    acc: FieldAccumulator
+    instances: InstanceCheck
+    meta: dict | None = None
+
+    @classmethod
+    def for_data(cls, requested, source, samples, info, nsd_tolerance_um: float | None = None) -> "FieldScorer":
+        """``info``: the run's dataset record (``classes``, ``background``, ``palette``, ``strict_index``)."""
+        from biomedseg.io import Palette
+
+        choice = choose_for_split(requested, source, samples, Palette.from_json(info.palette), info.strict_index,
+                                  info.background)
+        options = FieldOptions(choice.groups, BoundaryOptions(nsd_tolerance_um=nsd_tolerance_um))
+        return cls(choice, FieldAccumulator(info.classes, info.background, options), InstanceCheck.of(source),
+                   source.meta)
+
+    @property
+    def wants_objects(self) -> bool:
+        return bool({"object", "instance"} & set(self.choice.groups))
+
+    def score(self, sample, pred, target, valid=None, pred_instances=None) -> None:
+        """Add one image (``pred_instances``: ``{class: labels}`` of a watershed step, else connected
+        components; the pixel size ``dataset.json`` states, else the file's)."""
+        from biomedseg.io.pixel_size import resolve_pixel_size
+
+        if not self.acc.options.active:
+            self.acc.rows.append({"id": sample.id})
+            return
+        true_inst, ok = self.instances.read(sample.id, target, self.acc.background)
+        size = resolve_pixel_size(sample.image, self.meta, sample.id)[0]
+        self.acc.update(ImagePair(sample.id, pred, target, valid=valid, pixel_size=size, true_instances=true_inst,
+                                  pred_instances=pred_instances if ok else None, score_objects=ok))
+
+    def summary(self) -> dict:
+        return field_summary(self.choice, self.acc.options)
