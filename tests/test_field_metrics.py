@@ -39,6 +39,32 @@ def test_two_squares_shifted_by_k_pixels_have_hd95_k(k):
     assert 0 < s["assd"] < k
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_boundary_scores_equal_monai_on_random_shapes(seed):
+    """The distances are MONAI's definitions; computed here from shared distance transforms."""
+    import warnings
+
+    import torch
+    from monai.metrics import compute_average_surface_distance, compute_hausdorff_distance, compute_surface_dice
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    shapes = [ndimage.gaussian_filter(rng.random((48, 64)), 3) > 0.5 for _ in range(2)]
+    pred, truth = (s.astype(np.uint8) for s in shapes)
+    ours = boundary_scores(pred, truth, [0, 1], options=BoundaryOptions(nsd_tolerance_px=1.5))
+    p = torch.from_numpy(np.stack([pred == 0, pred == 1])[None].astype(np.float32))
+    t = torch.from_numpy(np.stack([truth == 0, truth == 1])[None].astype(np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hd = compute_hausdorff_distance(p, t, include_background=True, percentile=95)[0]
+        assd = compute_average_surface_distance(p, t, include_background=True, symmetric=True)[0]
+        nsd = compute_surface_dice(p, t, [1.5, 1.5], include_background=True)[0]
+    for c in (0, 1):
+        assert ours[c]["hd95"] == pytest.approx(float(hd[c]), rel=1e-5)
+        assert ours[c]["assd"] == pytest.approx(float(assd[c]), rel=1e-5)
+        assert ours[c]["nsd"] == pytest.approx(float(nsd[c]), rel=1e-5)
+
+
 def test_boundary_in_micrometres_and_the_tolerance_in_um():
     truth, pred = _square(), _square(left=14)
     s = boundary_scores(pred, truth, [1], pixel_size=(0.5, 0.5))[1]
@@ -82,6 +108,32 @@ def test_matching_table_and_unique_pairs():
     with pytest.raises(ValueError):
         pairs_above(m, 0.3)
     assert relabel(np.array([[0, 7], [7, 3]])).tolist() == [[0, 2], [2, 1]]
+
+
+def test_surfaces_and_perimeters_of_all_objects_equal_the_per_object_ones():
+    from scipy import ndimage
+    from skimage.measure import regionprops
+
+    from biomedseg.metrics.matching import label_surface, perimeters, surface_points
+    from biomedseg.metrics.shape import object_table
+
+    rng = np.random.default_rng(4)
+    lab = ndimage.label(ndimage.gaussian_filter(rng.random((60, 80)), 2) > 0.52)[0]
+    lab[0:5, 0:6] = lab.max() + 1  # one touching the image corner
+    ids = np.unique(lab)[1:]
+    want = np.zeros(lab.shape, bool)
+    for i in ids:
+        m = lab == i
+        want |= m & ~ndimage.binary_erosion(m)
+    assert (label_surface(lab) == want).all()
+    props = regionprops(lab)
+    assert perimeters(lab, ids) == pytest.approx([r.perimeter for r in props])
+    pts, centroids = surface_points(lab, ids)
+    assert sum(len(p) for p in pts) == int(want.sum())
+    assert centroids == pytest.approx(np.array([r.centroid for r in props]))
+    rows = object_table(lab, pixel_size=(0.5, 0.5))
+    assert [r["area_px"] for r in rows] == [r.area for r in props]
+    assert rows[0]["area_um2"] == pytest.approx(props[0].area * 0.25)
 
 
 def test_one_object_split_in_two_known_aji_and_pq():

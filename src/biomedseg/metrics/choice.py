@@ -17,8 +17,9 @@ A metric name may stand for its group (``"aji"`` -> ``instance``); ``all`` is ev
 The choice, first that applies: ``--metrics`` (the caller's ``requested``), then
 ``dataset.json`` ``"metrics"``, then the fingerprint of the truth masks (:func:`fingerprint`):
 
-- thin structures (foreground or, for membrane maps, background narrower than
-  ``THIN_WIDTH_PX`` on average) -> ``boundary`` + ``thin``;
+- thin structures (foreground narrower than ``THIN_WIDTH_PX`` on median; or a membrane map:
+  foreground over half the image, split by a background under a third as wide as the
+  segments) -> ``boundary`` + ``thin``;
 - many small objects (median >= ``MANY_OBJECTS`` objects per image, median object below
   ``SMALL_OBJECT_FRACTION`` of the image) -> ``boundary`` + ``object`` + ``instance``;
 - one large object (median 1 object per image, at least ``LARGE_OBJECT_FRACTION`` of it) ->
@@ -130,9 +131,10 @@ def _from_fingerprint(fp: dict) -> tuple[tuple[str, ...], str]:
     if fp["foreground_width_px"] <= THIN_WIDTH_PX:
         return ("boundary", "thin"), (f"thin structures: the foreground is {fp['foreground_width_px']:.1f} px wide on "
                                       f"median (<= {THIN_WIDTH_PX:g})")
-    if fp["foreground_fraction"] > 0.5 and fp["background_width_px"] <= THIN_WIDTH_PX:
+    if fp["foreground_fraction"] > 0.5 and fp["background_width_px"] * 3 <= fp["foreground_width_px"]:
         return ("boundary", "thin"), (f"thin structures: a membrane map, the background between segments is "
-                                      f"{fp['background_width_px']:.1f} px wide on median (<= {THIN_WIDTH_PX:g})")
+                                      f"{fp['background_width_px']:.1f} px wide on median, under a third of the "
+                                      f"segments' {fp['foreground_width_px']:.1f} px")
     if n >= MANY_OBJECTS and frac < SMALL_OBJECT_FRACTION:
         return ("boundary", "object", "instance"), (f"many small objects: {n:g} objects per image on median, each "
                                                     f"{100 * frac:.2f}% of the image")

@@ -140,14 +140,14 @@ class FieldAccumulator:
             out.update({k: float("nan") for g in obj_groups for k in GROUPS[g]})
         elif self.options.active:
             t_lab, p_lab = _objects(pair, c, pred, target)
+            match = match_objects(t_lab, p_lab)
             if obj_groups:
-                out.update(object_scores(t_lab, p_lab, obj_groups))
-            self._add_objects(pair, c, t_lab, p_lab)
+                out.update(object_scores(t_lab, p_lab, obj_groups, match=match))
+            self._add_objects(pair, c, t_lab, p_lab, match)
         return out
 
-    def _add_objects(self, pair: ImagePair, c: int, t_lab: np.ndarray, p_lab: np.ndarray) -> None:
+    def _add_objects(self, pair: ImagePair, c: int, t_lab: np.ndarray, p_lab: np.ndarray, m) -> None:
         """Rows of ``per_object.csv`` for class ``c``: each true and predicted object with its best IoU."""
-        m = match_objects(t_lab, p_lab)
         iou = m.iou
         best = {"truth": iou.max(axis=1) if m.n_pred else np.zeros(m.n_true),
                 "prediction": iou.max(axis=0) if m.n_true else np.zeros(m.n_pred)}

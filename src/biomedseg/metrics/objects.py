@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from biomedseg.metrics.matching import ObjectMatch, best_partner, match_objects, one_to_one, pairs_above
+from biomedseg.metrics.matching import (ObjectMatch, best_partner, match_objects, one_to_one, pairs_above,
+                                        surface_points)
 
 __all__ = ["DSB_THRESHOLDS", "object_scores", "object_f1", "object_dice", "object_hausdorff", "aji", "aji_plus",
            "panoptic_quality", "dsb_average_precision", "OBJECT_KEYS", "INSTANCE_KEYS"]
@@ -85,6 +86,8 @@ def object_hausdorff(match: ObjectMatch, true_labels, pred_labels) -> float:
 
     An object overlapping nothing is paired with the nearest object of the other side: the one of
     smallest Hausdorff distance among the ``NEAREST_CANDIDATES`` objects with the closest centroids.
+    Distances are between the objects' surfaces (pixels of the object touching the outside,
+    4-neighbourhood, as :mod:`.boundary`), found with k-d trees.
     """
     from biomedseg.metrics.boundary import worst_distance
 
@@ -93,17 +96,18 @@ def object_hausdorff(match: ObjectMatch, true_labels, pred_labels) -> float:
     e = _empty(match)
     if e is not None:
         return 0.0 if e == 1.0 else worst_distance(t.shape)
-    t_objs, p_objs = _objects(t, match.true_ids), _objects(p, match.pred_ids)
+    t_objs, p_objs = _surfaces(t, match.true_ids), _surfaces(p, match.pred_ids)
     total = 0.0
     for side in ("true", "pred"):
         own, other = (t_objs, p_objs) if side == "true" else (p_objs, t_objs)
         areas = match.true_area if side == "true" else match.pred_area
         partner = best_partner(match, side)
+        centroids = np.array([o[2] for o in other])
         for i in range(areas.size):
             if partner[i] >= 0:
                 h = _pair_hausdorff(own[i], other[partner[i]])
             else:  # nothing overlaps: the nearest object of the other side
-                d = [np.hypot(*np.subtract(own[i][2], o[2])) for o in other]
+                d = np.hypot(*(centroids - own[i][2]).T)
                 h = min(_pair_hausdorff(own[i], other[j]) for j in np.argsort(d)[:NEAREST_CANDIDATES])
             total += areas[i] / areas.sum() * h
     return total / 2.0
@@ -113,33 +117,33 @@ def object_hausdorff(match: ObjectMatch, true_labels, pred_labels) -> float:
 NEAREST_CANDIDATES = 5
 
 
-def _objects(labels: np.ndarray, ids: np.ndarray) -> list[tuple]:
-    """``(mask crop, (row0, col0) of the crop, centroid)`` of each id of ``ids`` in ``labels``."""
-    from scipy import ndimage
-
-    slices = ndimage.find_objects(labels.astype(np.int64, copy=False))
-    out = []
-    for oid in ids:
-        sl = slices[int(oid) - 1]
-        crop = labels[sl] == oid
-        ys, xs = np.nonzero(crop)
-        out.append((crop, (sl[0].start, sl[1].start), (ys.mean() + sl[0].start, xs.mean() + sl[1].start)))
-    return out
+def _surfaces(labels: np.ndarray, ids: np.ndarray) -> list[list]:
+    """``[surface points (n, 2), k-d tree (built on first use), centroid]`` of each id."""
+    pts, centroids = surface_points(labels, ids)
+    return [[p, None, c] for p, c in zip(pts, centroids)]
 
 
-def _pair_hausdorff(a: tuple, b: tuple) -> float:
-    """Hausdorff distance of two objects of :func:`_objects`, placed on their common bounding box."""
-    from biomedseg.metrics.boundary import hausdorff
+#: point pairs up to which a surface distance is a dense distance matrix (beyond: k-d trees)
+DENSE_PAIRS = 1 << 20
 
-    (ma, (ya, xa), _), (mb, (yb, xb), _) = a, b
-    y0, x0 = min(ya, yb), min(xa, xb)
-    h = max(ya + ma.shape[0], yb + mb.shape[0]) - y0
-    w = max(xa + ma.shape[1], xb + mb.shape[1]) - x0
-    ca = np.zeros((h + 2, w + 2), bool)
-    cb = np.zeros((h + 2, w + 2), bool)
-    ca[ya - y0 + 1: ya - y0 + 1 + ma.shape[0], xa - x0 + 1: xa - x0 + 1 + ma.shape[1]] = ma
-    cb[yb - y0 + 1: yb - y0 + 1 + mb.shape[0], xb - x0 + 1: xb - x0 + 1 + mb.shape[1]] = mb
-    return hausdorff(ca, cb)
+
+def _tree(obj: list):
+    from scipy.spatial import cKDTree
+
+    if obj[1] is None:
+        obj[1] = cKDTree(obj[0])
+    return obj[1]
+
+
+def _pair_hausdorff(a: list, b: list) -> float:
+    """Hausdorff distance between the surfaces of two objects of :func:`_surfaces`."""
+    pa, pb = a[0], b[0]
+    if len(pa) * len(pb) <= DENSE_PAIRS:
+        from scipy.spatial.distance import cdist
+
+        d = cdist(pa, pb)
+        return float(max(d.min(axis=1).max(), d.min(axis=0).max()))
+    return float(max(_tree(b).query(pa)[0].max(), _tree(a).query(pb)[0].max()))
 
 
 def aji(match: ObjectMatch) -> float:
@@ -197,14 +201,17 @@ def dsb_average_precision(match: ObjectMatch, thresholds=DSB_THRESHOLDS) -> floa
     return float(np.mean(scores))
 
 
-def object_scores(true_labels, pred_labels, groups=("object", "instance"), valid=None) -> dict[str, float]:
-    """The object (``OBJECT_KEYS``) and/or instance (``INSTANCE_KEYS``) scores of two label images."""
+def object_scores(true_labels, pred_labels, groups=("object", "instance"), valid=None,
+                  match: ObjectMatch | None = None) -> dict[str, float]:
+    """The object (``OBJECT_KEYS``) and/or instance (``INSTANCE_KEYS``) scores of two label images
+    (``match``: their :func:`match_objects`, when already computed)."""
     t = np.asarray(true_labels)
     p = np.asarray(pred_labels)
     if valid is not None:
         t = np.where(valid, t, 0)
         p = np.where(valid, p, 0)
-    match = match_objects(t, p)
+        match = None
+    match = match if match is not None else match_objects(t, p)
     out: dict[str, float] = {}
     if "object" in groups:
         out.update(object_f1=object_f1(match), object_dice=object_dice(match),

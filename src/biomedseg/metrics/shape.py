@@ -2,9 +2,10 @@
 
 HC18 (van den Heuvel et al. 2018) scores the circumference of an ellipse fitted to the predicted
 head against the annotated one, as the absolute difference in mm. Here the ellipse is a
-least-squares fit (``skimage.measure.EllipseModel``) to the outer contour of the largest object
-of the class, in both the prediction and the truth (the truth masks are filled ellipses, so its
-fit returns the annotated ellipse up to pixelation); the circumference is Ramanujan's
+least-squares fit (``skimage.measure.EllipseModel``) to the centres of the outer boundary pixels of
+the largest object of the class (holes filled), in both the prediction and the truth (the truth
+masks are filled ellipses, so its fit returns the annotated ellipse up to pixelation, about half
+a pixel inside it -- the same for prediction and truth, so the error is unaffected); the circumference is Ramanujan's
 approximation ``pi (a + b) (1 + 3h / (10 + sqrt(4 - 3h)))``, ``h = (a - b)^2 / (a + b)^2``.
 
 Keys: ``hc_px`` (predicted), ``hc_true_px``, ``hc_error_px = |hc_px - hc_true_px|``,
@@ -45,16 +46,19 @@ def _largest(mask: np.ndarray) -> np.ndarray:
 
 
 def fit_ellipse(mask) -> tuple[float, float, float, float, float] | None:
-    """``(yc, xc, a, b, theta)`` of the ellipse fitted to the outer contour of the largest object
+    """``(yc, xc, a, b, theta)`` of the ellipse fitted to the outer boundary of the largest object
     of a binary mask (pixels; ``a``, ``b`` semi-axes), or ``None`` when it is empty or too small."""
-    from skimage.measure import EllipseModel, find_contours
+    from scipy import ndimage
+    from skimage.measure import EllipseModel
 
     m = np.asarray(mask, bool)
     if m.sum() < 5:
         return None
-    m = np.pad(_largest(m), 1)
-    contour = max(find_contours(m.astype(np.float32), 0.5), key=len) - 1.0
-    model = EllipseModel.from_estimate(contour[:, ::-1])  # (x, y) points
+    m = ndimage.binary_fill_holes(np.pad(_largest(m), 1))
+    ys, xs = np.nonzero(m & ~ndimage.binary_erosion(m))
+    if ys.size < 5:
+        return None
+    model = EllipseModel.from_estimate(np.column_stack([xs - 1.0, ys - 1.0]))  # (x, y) points
     if not model:
         return None
     (xc, yc), (a, b) = model.center, model.axis_lengths
@@ -79,17 +83,28 @@ def head_circumference_error(pred, target, pixel_size=None) -> dict[str, float]:
 
 def object_table(labels, pixel_size=None) -> list[dict]:
     """One row per object of a label image: ``object`` (its id), ``area_px``, ``perimeter_px``
-    (``skimage.measure.regionprops`` perimeter), ``centroid_y``, ``centroid_x`` and, with a pixel
-    size, ``area_um2``, ``perimeter_um``."""
-    from skimage.measure import regionprops
+    (the perimeter estimate of ``skimage.measure.regionprops``), ``centroid_y``, ``centroid_x`` and,
+    with a pixel size, ``area_um2``, ``perimeter_um``."""
+    from biomedseg.metrics.matching import perimeters
 
-    rows = []
+    lab = np.asarray(labels).astype(np.int64, copy=False)
+    area = np.bincount(lab.ravel()) if lab.size else np.zeros(1, np.int64)
+    ids = np.nonzero(area)[0]
+    ids = ids[ids > 0]
+    if not ids.size:
+        return []
+    perim = perimeters(lab, ids)
+    yy, xx = np.indices(lab.shape)
+    flat = lab.ravel()
+    centroids = np.column_stack([np.bincount(flat, weights=yy.ravel())[ids] / area[ids],
+                                 np.bincount(flat, weights=xx.ravel())[ids] / area[ids]])
     scale = float(np.mean(pixel_size)) if pixel_size is not None else None
-    for r in regionprops(np.asarray(labels).astype(np.int32, copy=False)):
-        row = {"object": int(r.label), "area_px": int(r.area), "perimeter_px": round(float(r.perimeter), 3),
-               "centroid_y": round(float(r.centroid[0]), 2), "centroid_x": round(float(r.centroid[1]), 2)}
+    rows = []
+    for i, oid in enumerate(ids):
+        row = {"object": int(oid), "area_px": int(area[oid]), "perimeter_px": round(float(perim[i]), 3),
+               "centroid_y": round(float(centroids[i, 0]), 2), "centroid_x": round(float(centroids[i, 1]), 2)}
         if scale is not None:
-            row["area_um2"] = round(float(r.area) * float(np.prod(pixel_size)), 4)
-            row["perimeter_um"] = round(float(r.perimeter) * scale, 4)
+            row["area_um2"] = round(float(area[oid]) * float(np.prod(pixel_size)), 4)
+            row["perimeter_um"] = round(float(perim[i]) * scale, 4)
         rows.append(row)
     return rows
