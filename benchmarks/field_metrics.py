@@ -44,8 +44,8 @@ FIELD = {
     "dsb2018_nuclei": ("instance,object", ["ap", "pq", "aji", "object_f1"]),
     "monuseg_histology": ("instance,object", ["aji", "aji_plus", "pq", "object_dice"]),
     "hc18_fetal_head": ("shape", ["hc_error_px", "hc_error_rel", "hd95", "assd"]),
-    "drive_retina": ("thin", ["dice", "cldice", "hd95"]),
-    "darkfield_bacteria": ("", ["hd95", "nsd"]),
+    "drive_retina": ("thin", ["cldice", "hd95", "nsd"]),
+    "darkfield_bacteria": ("", ["hd95", "nsd", "pq_spirochaete", "aji_erythrocyte"]),
 }
 
 
@@ -75,7 +75,23 @@ def evaluate_dataset(name: str, workdir: Path) -> dict:
     m = evaluate(run, data, workdir / name / "eval", split="test", metrics=groups, overlays=False, quiet=True,
                  valid_dir=fov, device="cpu")
     return {"name": name, "n": m["n_images"], "choice": choice, "groups": m["field"]["groups"], "keys": keys,
-            "m": m, "seconds": time.perf_counter() - t0}
+            "m": m, "seconds": time.perf_counter() - t0, "median": _medians(workdir / name / "eval", keys)}
+
+
+def _medians(eval_dir: Path, keys) -> dict:
+    """Median over the images of each of ``keys`` (``per_image.csv``)."""
+    import csv
+
+    import numpy as np
+
+    with open(eval_dir / "per_image.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    out = {}
+    for k in keys:
+        vals = [float(r[k]) for r in rows if r.get(k) not in (None, "", "nan")]
+        if vals:
+            out[k] = float(np.median(vals))
+    return out
 
 
 def timing(workdir: Path, name: str = "isbi2012_em") -> dict:
@@ -95,7 +111,8 @@ def timing(workdir: Path, name: str = "isbi2012_em") -> dict:
 
 def _row(r: dict) -> str:
     m = r["m"]
-    scores = ", ".join(f"{k} {m[k]:.3f}" for k in r["keys"] if isinstance(m.get(k), float))
+    scores = ", ".join(f"{k} {m[k]:.3f} (median {r['median'][k]:.3f})" for k in r["keys"]
+                       if isinstance(m.get(k), float) and k in r["median"])
     return (f"| {r['name']} | {r['n']} | {m['dice']:.3f} | {scores} | {', '.join(r['choice'].groups[1:])}: "
             f"{r['choice'].reason} |")
 
@@ -126,7 +143,8 @@ def main(argv=None) -> int:
         for name in names:
             r = evaluate_dataset(name, workdir)
             print(_row(r), flush=True)
-            scores = " ".join(f"{k}={r['m'][k]:.4f}" for k in r["keys"] if isinstance(r["m"].get(k), float))
+            scores = " ".join(f"{k}={r['m'][k]:.4f} {k}_median={r['median'][k]:.4f}" for k in r["keys"]
+                              if isinstance(r["m"].get(k), float) and k in r["median"])
             print(f"RESULT field_metrics dataset={name} budget={args.budget} test_images={r['n']} "
                   f"dice={r['m']['dice']:.4f} {scores} groups={'+'.join(r['groups'])} "
                   f"eval_s={r['seconds']:.0f}", flush=True)
