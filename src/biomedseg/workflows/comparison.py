@@ -12,7 +12,8 @@ Runs must have the same classes and be evaluated on the same image ids of the sa
 :class:`UserError` otherwise). Per-image Dice (``image_dice``), or any other ``per_image.csv`` column
 named by ``metric`` (``--metric aji``, ``hd95``, ...: evaluations lacking it are redone with that
 metric's group; for distances and errors lower is better, so their differences are taken the
-other way round), of each run against a baseline (or every pair) goes through :func:`biomedseg.core.stats.paired_bootstrap`; the report is written by
+other way round), of each run against a baseline (or every pair) goes through
+:func:`biomedseg.core.stats.paired_bootstrap`; the report is written by
 :mod:`biomedseg.reports.compare`, plus ``OUT/compare.json`` with the numbers.
 
 Members are run folders, cross-validation folders (the ensemble of their folds) or ensemble folders

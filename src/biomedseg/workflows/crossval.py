@@ -12,7 +12,8 @@
 4. each fold's validation images predicted by it (out-of-fold, ``CV/oof/<id>.npy``);
 5. ``CV/summary.json``: per-fold and mean +/- sd validation scores, and the scores of the
    out-of-fold predictions pooled over the whole pool (the field metrics that ``dataset.json`` or
-   the pool's fingerprint chooses included: ``field_scores``, means over images); ``CV/config.yaml`` and ``dataset.json``
+   the pool's fingerprint chooses included: ``field_scores``, means over images);
+   ``CV/config.yaml`` and ``dataset.json``
    make the CV folder the ensemble of its folds (``evaluate``/``predict`` accept it).
 
 Run again, it skips finished folds, resumes a fold interrupted mid-training from its

@@ -6,7 +6,8 @@ Field metrics (issue 25, :mod:`biomedseg.workflows.field_metrics`): the groups c
 ``metrics`` (``--metrics``), ``dataset.json`` ``"metrics"`` or the data's fingerprint add their
 columns to ``per_image.csv``, their means to ``metrics.json`` (top level, next to the pixel scores)
 and the choice, its reason and the empty-case conventions as ``metrics.json`` ``field``;
-``per_object.csv`` lists every true and predicted object. Predictions are post-processed with ``RUN/postprocess.yaml`` when the run has one
+``per_object.csv`` lists every true and predicted object. Predictions are post-processed with
+``RUN/postprocess.yaml`` when the run has one
 (``postprocess=False`` scores the raw argmax); ``metrics.json`` records the chain used. When
 the chain has an empty-mask gate (area, max probability or the classifier head's
 ``min_classifier_probability``), ``metrics.json`` also holds ``image_dice_without_gating``.
