@@ -481,3 +481,20 @@ def test_sweep_objective_ranks_trials_by_the_validation_metric(synthetic_data, t
     with pytest.raises(UserError, match="ranks trials by hd95, not val_dice"):
         sweeps.sweep(synthetic_data, out, ["lr=1e-3,1e-2"], prune=False,
                      **{**TINY, "epochs": 1, "seed": 0, "quiet": True, "num_threads": 1})
+
+
+def test_predicted_instances_from_a_watershed_split_touching_objects():
+    truth, _ = _split_case()  # the true object: ids 4 and 9 side by side in the instance mask below
+    semantic = (truth > 0).astype(np.uint8)
+    inst = np.zeros_like(truth)
+    inst[5:15, 5:15], inst[5:15, 15:25] = 4, 9
+    watershed = np.zeros_like(truth)
+    watershed[5:15, 5:15], watershed[5:15, 15:25] = 1, 2  # the same cut, as a watershed step would give
+    acc = FieldAccumulator(["background", "nucleus"], 0, FieldOptions(("pixel", "instance")))
+    row = acc.update(ImagePair("a", semantic, semantic, true_instances=inst, pred_instances={1: watershed}))
+    assert row["pq"] == 1.0 and row["aji"] == 1.0
+    row = acc.update(ImagePair("b", semantic, semantic, true_instances=inst))  # connected components: one object
+    # both true nuclei pair with the one 200-px object (IoU 0.5, not > 0.5: no PQ match);
+    # AJI counts it twice: (100 + 100) / (200 + 200); AJI+ once: 100 / (200 + 100)
+    assert row["rq"] == pytest.approx(0.0) and row["aji"] == pytest.approx(0.5)
+    assert row["aji_plus"] == pytest.approx(1 / 3)

@@ -183,6 +183,10 @@ def format_metrics(m: dict) -> str:
         keys = [k for g in f["groups"] if g != "pixel" for k in GROUPS[g] if isinstance(m.get(k), float)]
         for i in range(0, len(keys), 6):
             lines.append("  " + "  ".join(f"{k} {m[k]:.4f}" for k in keys[i:i + 6]))
+        for name in m.get("classes", []):  # per-class values exist with several foreground classes
+            own = [k for k in keys if isinstance(m.get(f"{k}_{name}"), float)]
+            if own:
+                lines.append(f"  {name:16s} " + "  ".join(f"{k} {m[f'{k}_{name}']:.4f}" for k in own))
     return "\n".join(lines)
 
 
