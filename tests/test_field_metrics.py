@@ -429,7 +429,7 @@ def test_evaluate_metrics_nosuch_is_one_line(tmp_path):
 def test_compare_pair_takes_lower_is_better_metrics_the_other_way_round():
     from types import SimpleNamespace
 
-    from biomedseg.workflows.comparison import _compare_pair, _metric_group
+    from biomedseg.workflows.comparison import _compare_pair, metric_group
 
     a = SimpleNamespace(name="a", scores={"x": 5.0, "y": 6.0, "z": 7.0})
     b = SimpleNamespace(name="b", scores={"x": 3.0, "y": 4.0, "z": 5.0})  # 2 px closer on every image
@@ -438,9 +438,9 @@ def test_compare_pair_takes_lower_is_better_metrics_the_other_way_round():
     assert c["sentence"].startswith("b is better than a by 2.000 hd95 (lower is better)")
     c = _compare_pair(a, b, ["x", "y", "z"], "aji", 500, 0, 0.95)
     assert c["direction"] == "higher" and c["sentence"].startswith("a is better than b by 2.000 aji")
-    assert _metric_group("aji_plus") == "instance" and _metric_group("hd95_um") == "boundary"
+    assert metric_group("aji_plus") == "instance" and metric_group("hd95_um") == "boundary"
     with pytest.raises(UserError, match="--metric nosuch: not a per-image metric"):
-        _metric_group("nosuch")
+        metric_group("nosuch")
 
 
 def test_compare_metric_evaluates_with_that_metric(trained_run, synthetic_data, tmp_path):
@@ -498,3 +498,16 @@ def test_predicted_instances_from_a_watershed_split_touching_objects():
     # AJI counts it twice: (100 + 100) / (200 + 200); AJI+ once: 100 / (200 + 100)
     assert row["rq"] == pytest.approx(0.0) and row["aji"] == pytest.approx(0.5)
     assert row["aji_plus"] == pytest.approx(1 / 3)
+
+
+def test_a_bad_name_in_dataset_json_metrics_names_the_file(tmp_path):
+    from types import SimpleNamespace
+
+    from biomedseg.workflows.field_metrics import choose_for_split
+
+    source = SimpleNamespace(meta={"metrics": ["object", "nosuch"]}, root=tmp_path)
+    with pytest.raises(UserError, match=r"dataset.json: \"metrics\": unknown metric 'nosuch'"):
+        choose_for_split(None, source, [], None, False, 0)
+    source.meta = {"metrics": "aji"}
+    assert choose_for_split(None, source, [], None, False, 0).groups == ("pixel", "instance")
+    assert choose_for_split("hd95", source, [], None, False, 0).source == "--metrics"

@@ -183,12 +183,12 @@ def evaluation_of(run: RunFolder, name: str, out: Path, split: str, data, given,
     log.info("%s: evaluating on the %s split -> %s", name, split, eval_dir)
     kwargs = {"device": device} if device else {}
     if score != SCORE:
-        kwargs["metrics"] = _metric_group(score)
+        kwargs["metrics"] = metric_group(score)
     evaluate(run.root.resolve(), data, out=eval_dir, split=split, overlays=False, quiet=quiet, **kwargs)
     return eval_dir
 
 
-def _metric_group(score: str) -> str:
+def metric_group(score: str) -> str:
     """The ``--metrics`` value that computes the per-image column ``score`` (``hd95_um``, ``aji_nucleus`` ...)."""
     from biomedseg.metrics.choice import GROUPS
 
@@ -323,7 +323,7 @@ def compare(runs: Sequence, out, *, data=None, split: str = DEFAULT_SPLIT, evalu
     if n_resamples < 1:
         raise UserError(f"--resamples {n_resamples}: expected at least 1")
     if metric != SCORE and not metric.startswith("dice_"):
-        _metric_group(metric)  # a bad name fails before anything is evaluated
+        metric_group(metric)  # a bad name fails before anything is evaluated
     folders = open_members(runs)
     names = member_names(folders)
     base = _find(baseline, folders, names, "--baseline") if baseline is not None else 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from biomedseg.core.errors import UserError
 from biomedseg.metrics.boundary import BoundaryOptions
-from biomedseg.metrics.choice import FINGERPRINT_IMAGES, MetricChoice, choose_metrics
+from biomedseg.metrics.choice import FINGERPRINT_IMAGES, MetricChoice, choose_metrics, parse_metric_names
 from biomedseg.metrics.field import FieldAccumulator, FieldOptions, ImagePair
 
 log = logging.getLogger("biomedseg")
@@ -47,7 +47,11 @@ def choose_for_split(requested, source, samples, palette, strict_index: bool, ba
     """The :class:`MetricChoice` of a split (``samples``: its labelled samples)."""
     from biomedseg.io import read_mask
 
-    if requested or (source.meta or {}).get("metrics"):
+    listed = (source.meta or {}).get("metrics")
+    if listed and not requested:  # a bad name there: one line naming the file
+        parse_metric_names([listed] if isinstance(listed, str) else listed,
+                           f"{Path(source.root) / 'dataset.json'}: \"metrics\"")
+    if requested or listed:
         return choose_metrics(requested, source.meta)
     step = max(1, len(samples) // FINGERPRINT_IMAGES)
     masks = (read_mask(s.mask, palette, strict_index=strict_index)[0] for s in samples[::step][:FINGERPRINT_IMAGES])

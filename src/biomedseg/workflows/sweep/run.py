@@ -238,9 +238,9 @@ def _check_objective_name(objective: str | None) -> str | None:
     per-image column named (a one-line error for an unknown name)."""
     if objective is None or objective in (SCORE, "dice", "image_dice"):
         return None
-    from biomedseg.workflows.comparison import _metric_group
+    from biomedseg.workflows.comparison import metric_group
 
-    _metric_group(objective)
+    metric_group(objective)
     return objective
 
 
@@ -257,12 +257,12 @@ def _same_objective(study, url: str, objective: str | None) -> None:
 
 def _validation_objective(run_dir: Path, sw: _Sweep, number: int) -> float:
     """Mean of ``sw.objective`` over the trial's validation images."""
-    from biomedseg.workflows.comparison import _metric_group
+    from biomedseg.workflows.comparison import metric_group
     from biomedseg.workflows.evaluation import evaluate
 
     out = sw.paths.evaluation(number).with_name(f"{sw.paths.evaluation(number).name}_val")
     m = evaluate(run_dir, sw.data, out, split="val", overlays=False, quiet=True, device=sw.device,
-                 metrics=_metric_group(sw.objective))
+                 metrics=metric_group(sw.objective))
     value = m.get(sw.objective)
     if not isinstance(value, float) or not math.isfinite(value):
         raise UserError(f"{out}: no {sw.objective} on the validation images")
