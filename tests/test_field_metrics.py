@@ -12,8 +12,16 @@ from biomedseg.metrics.boundary import BoundaryOptions, boundary_scores, hausdor
 from biomedseg.metrics.choice import choose_metrics, fingerprint, parse_metric_names
 from biomedseg.metrics.field import FieldAccumulator, FieldOptions, ImagePair, metric_direction
 from biomedseg.metrics.matching import match_objects, one_to_one, pairs_above, relabel
-from biomedseg.metrics.objects import (aji, aji_plus, dsb_average_precision, object_dice, object_f1,
-                                       object_hausdorff, object_scores, panoptic_quality)
+from biomedseg.metrics.objects import (
+    aji,
+    aji_plus,
+    dsb_average_precision,
+    object_dice,
+    object_f1,
+    object_hausdorff,
+    object_scores,
+    panoptic_quality,
+)
 from biomedseg.metrics.shape import ellipse_circumference, head_circumference_error
 from biomedseg.metrics.thin import cldice, rand_information_scores
 

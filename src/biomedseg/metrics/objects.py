@@ -33,8 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from biomedseg.metrics.matching import (ObjectMatch, best_partner, match_objects, one_to_one, pairs_above,
-                                        surface_points)
+from biomedseg.metrics.matching import ObjectMatch, best_partner, match_objects, one_to_one, pairs_above, surface_points
 
 __all__ = ["DSB_THRESHOLDS", "object_scores", "object_f1", "object_dice", "object_hausdorff", "aji", "aji_plus",
            "panoptic_quality", "dsb_average_precision", "OBJECT_KEYS", "INSTANCE_KEYS"]
