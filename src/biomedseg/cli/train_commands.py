@@ -154,6 +154,9 @@ def sweep(
     time_budget_per_trial: Optional[str] = typer.Option(None, "--time-budget-per-trial", help="training time of "
                                                         "each trial, e.g. 3m"),
     test: bool = typer.Option(False, "--test", help="also evaluate each finished trial on the test split"),
+    objective: Optional[str] = typer.Option(None, "--objective", help="rank trials by this field metric on the "
+                                            "validation images (aji, pq, ap, hd95, nsd, rand, cldice, ...; "
+                                            "default: validation Dice)"),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL shared by several sweep "
                                           "processes, e.g. postgresql://host/db (default: sqlite:///OUT/study.db)"),
     study_name: str = typer.Option(DEFAULT_STUDY_NAME, "--study-name", help="the study's name in --storage"),
@@ -182,7 +185,7 @@ def sweep(
     overrides = merge(parse_overrides(set_), {k: v for k, v in given.items() if v is not None})
     s = run_sweep(data, out, param, trials=trials, time_budget_per_trial=time_budget_per_trial, test=test,
                   storage=storage, study_name=study_name, prune=prune, plan=plan, config=config,
-                  scheduler=scheduler, quiet=quiet, **overrides)
+                  scheduler=scheduler, quiet=quiet, objective=objective, **overrides)
     typer.echo(f"{s['finished']} of {s['target']} trials finished; best: "
                + (f"trial {s['best']}" if s["best"] is not None else "none yet"))
     typer.echo(f"wrote {s['table']}, {s['csv']}" + (f", {s['best_config']}" if s["best_config"] else ""))
