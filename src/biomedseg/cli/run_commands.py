@@ -26,18 +26,25 @@ def evaluate(
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="ignore RUN/postprocess.yaml (plain argmax)"),
     valid_dir: Optional[Path] = typer.Option(None, "--valid-masks", help="count only pixels inside these masks (e.g. DRIVE fov/)"),
     no_overlays: bool = typer.Option(False, "--no-overlays"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="field metrics: groups or names, comma-separated "
+                                          "(boundary, object, instance, thin, shape, all; aji, pq, hd95, ...); "
+                                          "default: dataset.json's \"metrics\" or the data's fingerprint"),
+    nsd_tolerance_um: Optional[float] = typer.Option(None, "--nsd-tolerance-um", help="normalised surface Dice "
+                                                     "tolerance in µm where the pixel size is known (default 2 px)"),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Evaluate a run on a labelled split: Dice, IoU, precision, recall, F1, FP/FN; overlays; HTML report."""
+    """Evaluate a run on a labelled split: Dice, IoU, precision, recall, F1, FP/FN, the field's boundary, object,
+    instance, thin-structure or shape metrics; overlays; per-object table; HTML report."""
     from biomedseg.workflows.evaluation import evaluate as run_eval
     from biomedseg.workflows.evaluation import format_metrics
 
     check_output_dir(out)
     m = run_eval(run, data, out, images=images, masks=masks, split=split, tta=tta, overlays=not no_overlays,
-                 valid_dir=valid_dir, device=device, quiet=quiet, postprocess=not no_postprocess)
+                 valid_dir=valid_dir, device=device, quiet=quiet, postprocess=not no_postprocess, metrics=metrics,
+                 nsd_tolerance_um=nsd_tolerance_um)
     typer.echo(format_metrics(m))
-    typer.echo(f"wrote {out}/metrics.json, per_image.csv, overlays/, report.html")
+    typer.echo(f"wrote {out}/metrics.json, per_image.csv, per_object.csv, overlays/, report.html")
 
 
 @app.command()

@@ -134,29 +134,23 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
 
 def wants_streaming(path: Path, level: int = 0) -> tuple[bool, tuple[int, int] | None]:
     """``(stream?, (H, W) or None)`` for an input, from its header (no decode)."""
-    from biomedseg.io import image_shape
+    from biomedseg.io.sources import open_source
 
     if path.is_dir():
         return True, None
-    is_tiff = path.suffix.lower() in (".tif", ".tiff")
-    if is_tiff and level > 0:
-        return True, None
     try:
-        h, w = image_shape(path)
+        with open_source(path) as src:
+            return _streams(src, level), (None if src.kind == "tiff" and level > 0 else src.shape)
     except UserError:
-        return False, None  # read_image reports the problem
-    if h * w > STREAM_ABOVE_PIXELS:
-        return True, (h, w)
-    if is_tiff and h * w > TILED_STREAM_ABOVE_PIXELS:
-        import tifffile
+        return False, None  # reading it reports the problem
 
-        try:
-            with tifffile.TiffFile(path) as tf:
-                if tf.pages[0].is_tiled:
-                    return True, (h, w)
-        except Exception:
-            pass
-    return False, (h, w)
+
+def _streams(src, level: int) -> bool:
+    """Whether the opened source ``src`` is predicted band by band (see the module docstring)."""
+    if src.kind == "zarr" or (src.kind == "tiff" and level > 0):
+        return True
+    h, w = src.shape
+    return h * w > STREAM_ABOVE_PIXELS or (src.tile is not None and h * w > TILED_STREAM_ABOVE_PIXELS)
 
 
 def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, overwrite: bool) -> bool | str:
@@ -164,7 +158,7 @@ def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, o
     from biomedseg.engine.compiled import normalize_compile, resolve_compile
     from biomedseg.engine.sliding_window import count_tile_forwards
     from biomedseg.inference.exported.engines import ExportedNetwork
-    from biomedseg.io.slides import slide_shape
+    from biomedseg.io.sources import open_source
 
     if isinstance(run.model, ExportedNetwork):  # already a compiled graph (ONNX Runtime, TorchScript)
         return False
@@ -174,7 +168,9 @@ def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, o
     for path in files:
         if overwrite or existing_mask(out, output_stem(path)) is None:
             try:
-                shapes.append(slide_shape(path, level))
+                with open_source(path, level) as src:  # the header only
+                    src.check_readable()
+                    shapes.append(src.shape)
             except (UserError, OSError, ValueError):
                 pass  # unreadable: reported when it is predicted
     n = count_tile_forwards(shapes, run.tile_size, run.config.overlap, tta)
@@ -188,24 +184,26 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
                  output_format, level, stream, tta, batch_size, skip_blank_std, want_rle, encoding,
                  object_type) -> tuple[list[Path], list]:
     from biomedseg.inference.predict.mask_outputs import one_channel, write_geojson
-    from biomedseg.io import read_image, write_png
+    from biomedseg.io import write_png
     from biomedseg.io.mask_encoding import write_mask
     from biomedseg.io.ome import write_ome_tiff
-    from biomedseg.io.pixel_size import pixel_size
+    from biomedseg.io.sources import open_source
 
     stem = output_stem(path)
     done = existing_mask(out, stem)
     if done is not None and not overwrite:
         summary.skipped.append(path)
         return [], (rle_rows_from_outputs(out, stem, run, instances, encoding) if want_rle else [])
-    streamed, shape = wants_streaming(path, level) if stream is None else (bool(stream), None)
+    with open_source(path) as src:  # opened once: the header decides streaming, else it is read whole
+        src.check_readable()
+        streamed = _streams(src, level) if stream is None else bool(stream)
+        if not streamed:
+            image, px = src.read_all(), src.pixel_size
     if streamed:
         return _predict_streamed(run, path, out, summary, predictor, post=post, probabilities=probabilities, tta=tta,
                                  output_format=output_format, level=level, batch_size=batch_size,
                                  skip_blank_std=skip_blank_std, overlays=overlays, instances=instances,
                                  want_rle=want_rle, encoding=encoding, object_type=object_type), []
-    image = read_image(path)
-    px = pixel_size(path)
     proba = predict_proba_image(run, predictor, image, px)
     if post is not None or instances:
         from biomedseg.postprocess.ops import apply_postprocess
@@ -256,7 +254,6 @@ def _predict_streamed(run, path, out, summary, predictor, *, post, probabilities
     from biomedseg.inference.predict.mask_outputs import streamed_extras
     from biomedseg.postprocess.ops import decide, resolve_classes
     from biomedseg.inference.stream.predictor import StreamingPredictor, open_source
-    from biomedseg.io.pixel_size import pixel_size
 
     stem = output_stem(path)
     fmt = "zarr" if output_format == "zarr" else "tiff"
@@ -286,7 +283,7 @@ def _predict_streamed(run, path, out, summary, predictor, *, post, probabilities
         proba_path = out / f"{stem}_proba{ext}" if probabilities else None
         with streamed_extras(run, path, out / f"{stem}.geojson", src, level, encoding, object_type) as extras:
             res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=level, out_tile=tile,
-                                      pixel_size=pixel_size(path, level) if isinstance(path, Path) else None,
+                                      pixel_size=src.pixel_size,
                                       mask_encoder=extras.encoder, mask_sink=extras.sink)
     remove_other_formats(out, stem, mask_path, path)
     log.info("%s: %dx%d streamed in %.1f s (%.2f MPix/s, %d tiles, %d blank)", path, res.shape[1], res.shape[0],
