@@ -8,13 +8,14 @@ from typing import List, Optional
 import typer
 
 from biomedseg.cli.app import _within, app
+from biomedseg.workflows.suggest import DEFAULT_N
 
 
 @app.command()
 def suggest(
     run: Path = typer.Argument(..., help="run, CV or ensemble folder"),
     pool: List[str] = typer.Argument(..., help="unlabelled images: files, folders, glob patterns, .zarr"),
-    n: int = typer.Option(20, "--n", help="images to suggest"),
+    n: int = typer.Option(DEFAULT_N, "--n", help="images to suggest"),
     out: Path = typer.Option(Path("suggest.csv"), "--out", "-o", help="ranked CSV; the contact sheet is written "
                              "beside it with the suffix .html"),
     exclude: Optional[List[Path]] = typer.Option(None, "--exclude", help="labelled DATA folder whose images (and "
