@@ -226,7 +226,7 @@ def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, o
                 shapes.append(slide_shape(path, level))
             except (UserError, OSError, ValueError):
                 pass  # unreadable: reported when it is predicted
-    n = count_tile_forwards(shapes, run.tile_size, run.config.overlap, tta)
+    n = count_tile_forwards(shapes, run.tile_size, run.settings.overlap, tta)
     compiled = resolve_compile(mode, n, run.device)
     if compiled:
         log.info("compiling the network for %d tile forwards (--compile off skips it)", n)
