@@ -180,3 +180,15 @@ def test_a_truncated_uncompressed_tiff_is_reported_and_skipped(tmp_path, restore
     assert [p.name for p in s.done] == ["good.png"]
     assert [p.name for p, _ in s.failed] == ["cut.tif"] and str(bad) in s.failed[0][1]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
+
+
+def test_cli_threads_option(tmp_path):
+    from test_cli import run_cli
+
+    run = make_run(tmp_path / "run")
+    images = write_pngs(tmp_path / "images", ["a"])
+    bad = run_cli("predict", run, images, "--out", tmp_path / "out", "--threads", "0")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].endswith("--threads 0: must be >= 1")
+    ok = run_cli("predict", run, images, "--out", tmp_path / "out", "--threads", "1", "--no-overlays", "--quiet")
+    assert ok.returncode == 0, ok.stderr
+    assert "1 predicted" in ok.stdout and (tmp_path / "out" / "a.png").is_file()
