@@ -192,3 +192,22 @@ def test_cli_threads_option(tmp_path):
     ok = run_cli("predict", run, images, "--out", tmp_path / "out", "--threads", "1", "--no-overlays", "--quiet")
     assert ok.returncode == 0, ok.stderr
     assert "1 predicted" in ok.stdout and (tmp_path / "out" / "a.png").is_file()
+
+
+def test_channels_last_default_for_cpu_prediction_follows_the_precision(tmp_path):
+    from biomedseg.inference.run import load_run
+    from biomedseg.runtime.device import inference_channels_last
+
+    cpu = torch.device("cpu")
+    # measured (benchmarks/RESULTS.md): faster in fp32 (AVX-512 and AVX2 kernels), not in native bf16
+    assert inference_channels_last(None, cpu, "fp32") is True
+    assert inference_channels_last(None, cpu, "bf16") is False
+    assert inference_channels_last(None, torch.device("cuda"), "bf16") is True
+    assert inference_channels_last(False, cpu, "fp32") is False and inference_channels_last(True, cpu, "bf16")
+    run = make_run(tmp_path / "run")  # precision fp32, channels_last unset
+    loaded = load_run(run, device="cpu")
+    assert loaded.precision == "fp32" and loaded.channels_last and loaded.predictor().channels_last
+    conv = next(m for m in loaded.model.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not load_run(run, device="cpu", precision="bf16").channels_last
+    assert not load_run(make_run(tmp_path / "off", channels_last=False), device="cpu").channels_last

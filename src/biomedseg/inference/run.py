@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from biomedseg.inference.settings import InferenceSettings, read_run_config
-from biomedseg.runtime.device import use_channels_last
+from biomedseg.runtime.device import inference_channels_last
 from biomedseg.runs import DatasetInfo, RunFolder, load_checkpoint, open_run
 from biomedseg.transforms.normalize import Normalizer
 
@@ -37,8 +37,9 @@ class LoadedRun:
 
     @property
     def channels_last(self) -> bool:
-        """Channels-last tensors for this run on its device (the setting, else the device's default)."""
-        return use_channels_last(self.settings.channels_last, self.device)
+        """Channels-last tensors for this run on its device and precision (the setting, else the
+        measured default: :func:`~biomedseg.runtime.device.inference_channels_last`)."""
+        return inference_channels_last(self.settings.channels_last, self.device, self.precision)
 
     @property
     def classes(self) -> list[str]:
@@ -82,16 +83,16 @@ def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision:
     info = run.dataset()
     state = load_checkpoint(run.checkpoint_path(checkpoint))
     dev = resolve_device(device)
+    precision = resolve_precision(precision or settings.precision, dev)
     # the checkpoint holds the weights: never fetch pretrained encoder weights again here
     kwargs = {k: v for k, v in model_kwargs.items() if k != "pretrained"}
     model = create_model(settings.architecture, info.channels, info.n_classes, **kwargs)
     model.load_state_dict(state["model"])
     model = model.to(dev).eval()
-    if use_channels_last(settings.channels_last, dev):
+    if inference_channels_last(settings.channels_last, dev, precision):
         model = model.to(memory_format=torch.channels_last)
     model = at_scale(model, settings.working_scale)  # native tiles in, native-size logits out
-    return LoadedRun(run, model, settings, info, Normalizer.from_json(info.normalization), dev,
-                     resolve_precision(precision or settings.precision, dev))
+    return LoadedRun(run, model, settings, info, Normalizer.from_json(info.normalization), dev, precision)
 
 
 def load_ensemble(folder: RunFolder, checkpoint: str = "best", device: str = "auto",

@@ -27,7 +27,7 @@ class InferenceSettings:
     batch_size: int
     #: as configured (``auto`` | ``fp32`` | ``bf16`` | ``fp16``); the loaded run holds the resolved one
     precision: str = "auto"
-    #: channels-last tensors: ``None`` = the device's default (:func:`~biomedseg.runtime.device.use_channels_last`)
+    #: channels-last tensors: ``None`` = the measured default (:func:`~biomedseg.runtime.device.inference_channels_last`)
     channels_last: bool | None = None
     #: the run's working scale (< 1: tiles shrunk before the network)
     working_scale: float = 1.0

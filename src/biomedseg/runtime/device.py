@@ -64,3 +64,19 @@ def use_channels_last(setting: bool | None, device: torch.device) -> bool:
     interleaved): 5.52 images/s contiguous versus 5.30 channels_last (docs/experiments.md).
     """
     return bool(setting) if setting is not None else device.type == "cuda"
+
+
+def inference_channels_last(setting: bool | None, device: torch.device, precision: str) -> bool:
+    """channels_last tensors for prediction: the setting if given, else on for CUDA; on a CPU on
+    when the network runs in fp32 (``precision`` resolved), off in bf16/fp16.
+
+    Measured through ``biomedseg.predict`` (default U-Net, one 2048 x 2048 image, 1 thread,
+    interleaved, medians; ``benchmarks/channels_last_cpu.py``, benchmarks/RESULTS.md): fp32 on the
+    project's AVX-512 CPU 1.15x faster channels-last, fp32 with AVX2 kernels only (an AVX2-class CPU,
+    where ``precision: auto`` is fp32) 1.3x; bf16 on the native-bf16 CPU (its ``auto``) 0.91x.
+    """
+    if setting is not None:
+        return bool(setting)
+    if device.type == "cuda":
+        return True
+    return precision == "fp32"
