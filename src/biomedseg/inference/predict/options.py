@@ -52,8 +52,3 @@ class PredictOptions:
 
     def replace(self, **changes) -> "PredictOptions":
         return dataclasses.replace(self, **changes)
-
-    @property
-    def predictor_key(self) -> tuple:
-        """What the network's inference copy depends on (a Dask worker reuses it across tasks)."""
-        return (self.tta, self.batch_size, self.compile)
