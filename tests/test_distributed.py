@@ -99,7 +99,7 @@ def test_cluster_prediction_keeps_the_engine_reuses_the_predictor_and_takes_expo
     from biomedseg.inference.exported import graph
     from biomedseg.inference.exported.format import build_metadata, metadata_json
     from biomedseg.inference.predict.batch import predict
-    from biomedseg.inference.predict.distributed import local_cluster, predict_distributed
+    from biomedseg.inference.predict.distributed import local_cluster, predict_distributed, prepared_predictors
     from biomedseg.inference.run import load_run
 
     run = make_run(tmp_path / "run")
@@ -117,6 +117,7 @@ def test_cluster_prediction_keeps_the_engine_reuses_the_predictor_and_takes_expo
         assert len(s.done) == 5 and s.engines == ["onnxruntime"]
         built = client.run(_predictors_built)
         assert all(n <= 1 for n in built.values()) and sum(built.values()) == len(s.workers)
+        assert sorted(client.run(prepared_predictors).values()) == sorted(built.values())
         # both workers run on this machine's cores, one task each at a time
         assert s.task_threads == [max(1, len(os.sched_getaffinity(0)) // 2)]
         t = predict_distributed(exported, [images], tmp_path / "ts", client=client, overlays=False, quiet=True,
