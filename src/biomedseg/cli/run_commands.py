@@ -79,6 +79,8 @@ def predict(
     compile_mode: str = typer.Option(DEFAULT_COMPILE, "--compile", help="torch.compile the network: auto | on | "
                                      f"off (auto: CPU jobs of {COMPILE_MIN_TILES}+ tile forwards)"),
     device: str = typer.Option("auto"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: the machine's cores; "
+                                          "with --scheduler: each task's share of its worker's cores)"),
     scheduler: Optional[str] = SchedulerOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -86,20 +88,23 @@ def predict(
     from biomedseg.inference.predict.batch import predict as run_predict
 
     _within(0, level=level, skip_blank=skip_blank)
-    _within(1, batch_size=batch_size)
+    from biomedseg.inference.predict.options import PredictOptions
+
+    _within(1, batch_size=batch_size, threads=threads)
     check_output_dir(out)
     if rle is not None:
         check_output_file(rle)
-    options = dict(tta=tta, overlays=not no_overlays, probabilities=probabilities, overwrite=overwrite, device=device,
-                   quiet=quiet, postprocess=not no_postprocess, rle=rle, instances=instances,
-                   output_format=output_format, level=level, batch_size=batch_size, skip_blank_std=skip_blank,
-                   mask_format=mask_format, geojson=geojson and geojson_objects, engine=engine, compile=compile_mode)
+    options = PredictOptions(tta=tta, overlays=not no_overlays, probabilities=probabilities, overwrite=overwrite,
+                             device=device, quiet=quiet, postprocess=not no_postprocess, rle=rle, instances=instances,
+                             output_format=output_format, level=level, batch_size=batch_size,
+                             skip_blank_std=skip_blank, mask_format=mask_format,
+                             geojson=geojson and geojson_objects, engine=engine, compile=compile_mode, threads=threads)
     if scheduler is None:
-        s = run_predict(run, inputs, out, **options)
+        s = run_predict(run, inputs, out, options)
     else:  # one job per file on the cluster
         from biomedseg.inference.predict.distributed import predict_distributed
 
-        s = predict_distributed(run, inputs, out, address=scheduler, **options)
+        s = predict_distributed(run, inputs, out, options, address=scheduler)
     typer.echo(f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
                f"{len(s.failed)} failed -> {out}")
     if s.rle is not None:

@@ -159,9 +159,9 @@ def is_export(path) -> bool:
     return p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES
 
 
-def open_model_source(source, device: str = "auto", engine: str | None = None):
-    """What predict runs: a :class:`~biomedseg.inference.run.LoadedRun` of a run folder on
-    ``engine`` (default ``DEFAULT_ENGINE``), or an
+def open_model_source(source, device: str = "auto", engine: str | None = None, checkpoint: str = "best"):
+    """What predict runs: a :class:`~biomedseg.inference.run.LoadedRun` of a run folder (its
+    ``checkpoint``) on ``engine`` (default ``DEFAULT_ENGINE``), or an
     :class:`~biomedseg.inference.exported.format.ExportedRun` of an exported file (default: the
     file's own runtime)."""
     from biomedseg.inference.run import load_run
@@ -172,7 +172,7 @@ def open_model_source(source, device: str = "auto", engine: str | None = None):
         raise UserError(f"{source}: no such file")
     if is_export(source):
         return open_exported(source, device=device, engine=engine or DEFAULT_EXPORT_ENGINE)
-    loaded = load_run(source, device=device)
+    loaded = load_run(source, checkpoint=checkpoint, device=device)
     return with_engine(loaded, engine or DEFAULT_ENGINE)
 
 
@@ -276,7 +276,7 @@ def with_engine(loaded, engine: str):
     proto, _ = onnx_model(loaded.model, loaded.info.channels, loaded.tile_size)
     ort_loaded = dataclasses.replace(loaded, model=ort_network(proto.SerializeToString()), device=torch.device("cpu"),
                                      precision="fp32",
-                                     config=loaded.config.model_copy(update={"channels_last": False}))
+                                     settings=dataclasses.replace(loaded.settings, channels_last=False))
     log.info("exported the network to ONNX for ONNX Runtime in %.1f s", time.perf_counter() - t0)
     if engine == "onnxruntime":
         return ort_loaded

@@ -87,7 +87,16 @@ def provenance(loaded: LoadedRun, checkpoint: str) -> dict:
     return {"run": Path(loaded.run_dir).name, "checkpoint": checkpoint, "weights_sha256": weights_sha256(loaded.model),
             "data": Path(info.source).name if info.source else None,
             "dataset_sha256": hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest(),
-            "train_batch_size": loaded.config.batch_size}
+            "parent": _parent(loaded)}
+
+
+def _parent(loaded: LoadedRun) -> dict | None:
+    """The run's ``--init`` parent (``run.json``) by name and checkpoint hash: lineage without a local path."""
+    run = getattr(loaded, "run", None)
+    parent = getattr(run.info(), "parent", None) if run is not None else None
+    if not parent:
+        return None
+    return {k: parent.get(k) for k in ("run", "origin", "checkpoint", "sha256")}
 
 
 def build_metadata(loaded: LoadedRun, post, network: dict, checkpoint: str = "best") -> dict:
@@ -98,12 +107,12 @@ def build_metadata(loaded: LoadedRun, post, network: dict, checkpoint: str = "be
     from biomedseg import __version__
     from biomedseg.engine.sliding_window import TTA_MODES
 
-    info = loaded.info
+    info, settings = loaded.info, loaded.settings
     return {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "biomedseg_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": provenance(loaded, checkpoint),
-        "network": {"architecture": loaded.config.model, "deep_supervision": DEEP_SUPERVISION, **network},
+        "network": {"architecture": settings.architecture, "deep_supervision": DEEP_SUPERVISION, **network},
         "input": {"channels": info.channels, "dtype": "any (raw pixel values)", "conform": CONFORM_RULE},
         "normalization": {**loaded.normalizer.to_json(), "formula": NORMALIZATION_FORMULA},
         "sliding_window": _sliding_window(loaded),
@@ -159,20 +168,21 @@ class ExportedRun(LoadedRun):
 
 
 def exported_run(doc: dict, model, path, device, engine: str) -> ExportedRun:
-    """The run-like object of an exported file: its metadata ``doc`` and network ``model``."""
+    """The run-like object of an exported file: its metadata ``doc`` and network ``model``. Its
+    settings are the metadata's sliding window as written (``batch_size``: tiles per forward pass)."""
+    from biomedseg.inference.settings import InferenceSettings
     from biomedseg.runs import DatasetInfo
-    from biomedseg.training.config import TrainConfig
     from biomedseg.transforms.normalize import Normalizer
 
     sw, classes = doc["sliding_window"], doc["classes"]
-    config = TrainConfig(model=doc["network"].get("architecture", "unet"), patch_size=sw["patch_size"],
-                         overlap=sw["overlap"], batch_size=(doc.get("source") or {}).get("train_batch_size", 2 * sw["batch_size"]),
-                         channels_last=False, precision="fp32")
+    settings = InferenceSettings(patch_size=int(sw["patch_size"]), overlap=float(sw["overlap"]),
+                                 batch_size=max(1, int(sw["batch_size"])), precision="fp32", channels_last=False,
+                                 architecture=doc["network"].get("architecture", "unet"))
     info = DatasetInfo(classes=classes["names"], background=classes.get("background"), palette=classes["palette"],
                        strict_index=classes.get("strict_index", False), channels=doc["input"]["channels"],
                        n_classes=doc["dataset"]["n_classes"], normalization=doc["normalization"],
                        class_pixel_counts=doc["dataset"].get("class_pixel_counts"),
                        class_weights=doc["dataset"].get("class_weights"))
-    return ExportedRun(run=None, model=model, config=config, info=info,
+    return ExportedRun(run=None, model=model, settings=settings, info=info,
                        normalizer=Normalizer.from_json(doc["normalization"]), device=device, precision="fp32",
                        path=Path(path), metadata=doc, engine=engine)

@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from biomedseg.engine.band_accumulator import BandAccumulator, TileGrid, argmax0
-from biomedseg.engine.defaults import DEFAULT_OVERLAP, inference_batch_size
+from biomedseg.engine.defaults import DEFAULT_OVERLAP
 from biomedseg.engine.sliding_window import (
     importance_map,
     normalize_tta,
@@ -149,14 +149,13 @@ class StreamingPredictor:
                  model=None, **kwargs) -> "StreamingPredictor":
         """Predictor with the settings of a :class:`~biomedseg.inference.run.LoadedRun`; ``model``:
         an inference copy to use as it is (another predictor's ``.model``), else one of the run's."""
-        cfg = run.config
+        s = run.settings
         kwargs.setdefault("blank_class", run.background or 0)
         if model is not None:
             kwargs["optimize"] = False
-        return cls(run.model if model is None else model, run.tile_size, overlap=cfg.overlap if overlap is None else overlap,
-                   batch_size=batch_size or inference_batch_size(cfg.batch_size), device=run.device,
-                   precision=run.precision, tta=tta, normalizer=run.normalizer, channels=run.info.channels,
-                   channels_last=cfg.channels_last, **kwargs)
+        return cls(run.model if model is None else model, run.tile_size, overlap=s.overlap if overlap is None else overlap,
+                   batch_size=batch_size or s.batch_size, device=run.device, precision=run.precision, tta=tta,
+                   normalizer=run.normalizer, channels=run.info.channels, channels_last=run.channels_last, **kwargs)
 
     # ------------------------------------------------------------------ source handling
     def _open(self, source, level: int) -> TileSource:
