@@ -22,7 +22,7 @@ def test_features_come_from_the_same_pass_and_leave_the_probabilities_alone(trai
     np.testing.assert_array_equal(proba, predict_proba_image(run, predictor, image))
     (module, where), = bottleneck_sites(predictor.model)
     assert where == "output"
-    assert feats is not None and feats.shape == (2 * run.config.model_kwargs["base_channels"] * 4,)  # means and stds
+    assert feats is not None and feats.shape == (2 * run.run.config_values()["model_kwargs"]["base_channels"] * 4,)  # means and stds
     other = predict_with_features(run, predictor, np.flipud(255 - image).copy())[1]
     assert not np.allclose(feats, other)
     assert not module._forward_hooks  # the hook is removed afterwards
