@@ -267,7 +267,7 @@ def pairs_to_compare(names: Sequence[str], baseline: int, mode: str) -> list[tup
 def method_note(n: int, n_resamples: int, seed: int, confidence: float, n_pairs: int) -> str:
     alpha = 1.0 - confidence
     text = (f"Paired bootstrap over the {n} images: image indices drawn with replacement {n_resamples} times "
-            f"(seed {seed}), the same images for both runs; the interval is the {confidence * 100:g}% percentile "
+            f"(seed {seed}), the same images for both runs; the interval is the {confidence * 100:g}% BCa "
             f"interval of the mean difference of per-image Dice ({SCORE}: the mean Dice over the foreground classes "
             "of one image; pooled Dice in the metrics table can rank runs differently); p is the two-sided "
             "bootstrap p-value. The interval covers the image-to-image noise of these images, not the randomness "
