@@ -134,7 +134,8 @@ def _unique_rows(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return uniq, inverse.reshape(-1), counts
 
 
-def _sample(items: list, limit: int) -> list:
+def evenly_spaced(items: list, limit: int) -> list:
+    """At most ``limit`` of ``items``, evenly spaced over the list (first and last included)."""
     if len(items) <= limit:
         return items
     picks = np.linspace(0, len(items) - 1, limit).round().astype(int)
@@ -233,7 +234,7 @@ def discover_palette(paths: Iterable[str | os.PathLike], max_classes: int = 32) 
     lossless = [p for p in paths if p.suffix.lower() not in (".jpg", ".jpeg")]
     if lossless and len(lossless) < len(paths):
         paths = lossless  # JPEG masks shift values (a 0 becomes 1): learn the palette from the exact files
-    sample = _sample(paths, MAX_SAMPLE_FILES)
+    sample = evenly_spaced(paths, MAX_SAMPLE_FILES)
     fractions, totals, n_pixels = _tally(sample)
     colour = any(len(k) == 3 for k in totals)
     if colour:  # grey files in a colour set: v -> (v, v, v)
