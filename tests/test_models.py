@@ -63,8 +63,9 @@ def test_forward_backward_odd_size(name, in_channels):
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_channels_last_training_step(name):
-    """The trainer runs channels_last by default; a 128px patch reaches the sizes where PyTorch
-    2.13's strided 1x1 conv backward crashed (see StridedPointwiseConv)."""
+    """channels_last (the trainer's default on CUDA; on CPU only with ``channels_last: true``, see
+    ``runtime.device.use_channels_last``): a 128px patch reaches the sizes where PyTorch 2.13's
+    strided 1x1 conv backward crashed (see StridedPointwiseConv)."""
     model = create_model(name, 1, 2, **SMALL[name]).to(memory_format=torch.channels_last)
     ref = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     x = torch.randn(2, 1, 128, 128).contiguous(memory_format=torch.channels_last)

@@ -274,21 +274,47 @@ def test_two_processes_share_one_study(synthetic_data, tmp_path):
     assert all(r["state"] == "complete" for r in rows)
 
 
+# A `biomedseg sweep` process whose trials hold still after their first epoch (its row written),
+# having said so in the file argv[1]: the test kills it there, in the middle of trial 0.
+_HOLD_AFTER_EPOCH_1 = """
+import sys, time
+from pathlib import Path
+from biomedseg.training import api
+
+marker, real_train = Path(sys.argv[1]), api.train
+
+def train(data, out, on_epoch=None, **kwargs):
+    def held(epoch, row):
+        stop = on_epoch(epoch, row) if on_epoch else False
+        if epoch == 1:
+            marker.touch()
+            time.sleep(600)
+        return stop
+    return real_train(data, out, on_epoch=held, **kwargs)
+
+api.train = train
+from biomedseg.cli import main
+sys.argv = ["biomedseg", *sys.argv[2:]]
+main()
+"""
+
+
 def test_a_sweep_killed_during_a_trial_retrains_that_trial_only(synthetic_data, tmp_path):
     import os
     import signal
     import time
 
     out = tmp_path / "sweep"
+    held = tmp_path / "epoch1-written"
     args = ["sweep", synthetic_data, "--out", out, "--param", "optimizer=adam,sgd", "--no-prune",
             *FAST_ARGS, "--epochs", "3"]
-    proc = subprocess.Popen([sys.executable, "-m", "biomedseg.cli", *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    metrics = out / "trial_000" / "metrics.csv"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_AFTER_EPOCH_1, str(held), *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):  # epoch 1 of 3 written
+    while not held.is_file():  # trial 0 is held after epoch 1 of 3: no race with its end
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
         time.sleep(0.2)
+    assert len((out / "trial_000" / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     s = sweeps.sweep(synthetic_data, out, ["optimizer=adam,sgd"], prune=False, **{**FAST, "epochs": 3})

@@ -125,16 +125,9 @@ def test_same_seed_same_weights(synthetic_data, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_time_budget_stops_in_time(synthetic_data, tmp_path):
-    # how long it takes on the wall clock is measured by benchmarks/time_budget.py
-    run = train(synthetic_data, tmp_path / "t", time_budget="6s", seed=0, quiet=True, **TINY)
-    ck = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ck["iteration"] > 0
-
-
-def test_time_budget_stops_before_the_next_step_would_overrun_it(synthetic_data, tmp_path, monkeypatch):
-    """On a clock where each training step takes 1 s and nothing else takes time, a 6 s budget
-    stops once one more step (counted twice, for safety) would pass it: after 4 steps, in epoch 1."""
+def _fake_clock(monkeypatch, step_seconds: float, validation_seconds: float = 0.0) -> list[float]:
+    """A clock for the trainer on which each training step takes ``step_seconds``, each validation
+    ``validation_seconds`` and nothing else any time (wall-clock behaviour: benchmarks/time_budget.py)."""
     import types
 
     import biomedseg.training.loop_state as loop_state_module
@@ -142,16 +135,40 @@ def test_time_budget_stops_before_the_next_step_would_overrun_it(synthetic_data,
     from biomedseg.training.trainer import Trainer
 
     clock = [0.0]
-    real_step = Trainer.train_step
+    real_step, real_validate = Trainer.train_step, Trainer.validate
 
-    def one_second_step(self, x, y):
-        clock[0] += 1.0
+    def timed_step(self, x, y):
+        clock[0] += step_seconds
         return real_step(self, x, y)
+
+    def timed_validate(self, *args, **kwargs):
+        clock[0] += validation_seconds
+        return real_validate(self, *args, **kwargs)
 
     fake_time = types.SimpleNamespace(perf_counter=lambda: clock[0])
     monkeypatch.setattr(trainer_module, "time", fake_time)
     monkeypatch.setattr(loop_state_module, "time", fake_time)  # the loop's Clock
-    monkeypatch.setattr(Trainer, "train_step", one_second_step)
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+    monkeypatch.setattr(Trainer, "validate", timed_validate)
+    return clock
+
+
+def test_time_budget_counts_validation(synthetic_data, tmp_path, monkeypatch):
+    """Steps of 1 s, validations of 3 s, a 20 s budget, 6 steps per epoch: epoch 1 ends at 9 s; in
+    epoch 2 the step after 14 s would leave no room for the next step (counted twice) and the final
+    validation (1.5x the last one): 14 + 2 + 4.5 > 20. So 11 steps, 2 epochs, 17 s: within budget."""
+    _fake_clock(monkeypatch, 1.0, 3.0)
+    run = train(synthetic_data, tmp_path / "t", time_budget="20s", seed=0, quiet=True, **TINY)
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (ck["iteration"], ck["epoch"], ck["elapsed"]) == (11, 2, 17.0)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [float(r["seconds"]) for r in rows] == [9.0, 17.0] and all(r["val_dice"] != "" for r in rows)
+
+
+def test_time_budget_stops_before_the_next_step_would_overrun_it(synthetic_data, tmp_path, monkeypatch):
+    """On a clock where each training step takes 1 s and nothing else takes time, a 6 s budget
+    stops once one more step (counted twice, for safety) would pass it: after 4 steps, in epoch 1."""
+    _fake_clock(monkeypatch, 1.0)
     run = train(synthetic_data, tmp_path / "t", time_budget="6s", seed=0, quiet=True, **TINY)
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
     assert (ck["iteration"], ck["epoch"], ck["elapsed"]) == (4, 1, 4.0)
