@@ -125,6 +125,7 @@ def _per_image(eval_dir: Path) -> dict[str, float]:
         return {r["id"]: float(r["image_dice"]) for r in csv.DictReader(fh)}
 
 
+@pytest.mark.slow
 def test_compare_two_runs_writes_the_report_and_says_what_the_bootstrap_says(trained_run, second_run, synthetic_data,
                                                                               tmp_path):
     from biomedseg.workflows.comparison import compare
@@ -158,6 +159,7 @@ def test_compare_two_runs_writes_the_report_and_says_what_the_bootstrap_says(tra
     assert json.loads((out / "compare.json").read_text())["comparisons"][0]["sentence"] == sentence
 
 
+@pytest.mark.slow
 def test_compare_reuses_current_evaluations_and_takes_given_ones(trained_run, second_run, synthetic_data, tmp_path):
     from biomedseg.workflows.comparison import compare
     from biomedseg.workflows.evaluation import evaluate
@@ -180,6 +182,7 @@ def test_compare_reuses_current_evaluations_and_takes_given_ones(trained_run, se
         compare([trained_run, second_run], out, baseline="nope", **kw)
 
 
+@pytest.mark.slow
 def test_compare_refuses_evaluations_on_different_images(trained_run, second_run, synthetic_data, tmp_path):
     from biomedseg.workflows.comparison import compare
     from biomedseg.workflows.evaluation import evaluate

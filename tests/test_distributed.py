@@ -29,6 +29,7 @@ def write_images(folder, n: int, shape, seed: int = 0):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_local_cluster_predicts_every_file_once_per_worker_load(tmp_path):
     from distributed import Client

@@ -328,6 +328,7 @@ def assert_masks_match(got: dict, expected: dict, run, images: dict) -> None:
             assert float((proba[-1] - proba[-2])[d].max()) < 1e-3, name
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_predict_onnx_equals_predict_run_on_shared_test_split(tmp_path):
     """A briefly trained run on the test split of isbi2012_em."""

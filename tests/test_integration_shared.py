@@ -14,6 +14,8 @@ from biomedseg.io import read_image, read_mask
 from biomedseg.io.masks import Palette
 from biomedseg.training.api import train
 
+pytestmark = pytest.mark.shared
+
 
 def otsu_membrane_dice(data, ids) -> float:
     """Dice of the membrane class (0) from a global Otsu threshold per image (dark = membrane)."""
@@ -30,6 +32,7 @@ def otsu_membrane_dice(data, ids) -> float:
     return 2 * tp / (2 * tp + fp + fn)
 
 
+@pytest.mark.slow
 def test_isbi_short_training_beats_otsu(tmp_path):
     data = shared_dataset("isbi2012_em")
     test_ids = json.loads((data / "dataset.json").read_text())["split"]["test"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import yaml
 
 from biomedseg.training.plan.planner import MIN_STEPS_FULL_WIDTH, apply_plan, make_plan
@@ -158,6 +159,7 @@ def test_measured_step_of_another_architecture_scales_a_probe_batch(monkeypatch)
     assert batches == [4, 4]
 
 
+@pytest.mark.slow
 def test_plan_file_carries_its_architecture_and_width(synthetic_data, tmp_path):
     """A plan made for one architecture trains that architecture with the planned width; naming
     another model on the command line drops the planned sizes."""

@@ -189,6 +189,7 @@ def test_the_epoch_reporter_prunes_a_bad_trial():
     assert (bad.pruned_at, bad.best, bad.best_epoch, bad.last["steps"]) == (1, 0.1, 1, 6)
 
 
+@pytest.mark.slow
 def test_on_epoch_true_stops_training_cleanly(synthetic_data, tmp_path):
     from biomedseg.runs import open_run
     from biomedseg.training.api import train
@@ -208,6 +209,7 @@ class _AlwaysPrune(optuna.pruners.BasePruner):
         return True
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_is_recorded_and_its_run_folder_kept(synthetic_data, tmp_path, monkeypatch):
     monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **kw: _AlwaysPrune())
     out = tmp_path / "sweep"
@@ -221,6 +223,7 @@ def test_a_pruned_trial_is_recorded_and_its_run_folder_kept(synthetic_data, tmp_
 
 
 # ----------------------------------------------------------------------------------- whole sweeps
+@pytest.mark.slow
 def test_grid_sweep_stops_resumes_and_ranks(synthetic_data, tmp_path):
     out = tmp_path / "sweep"
     params = ["optimizer=adam,sgd", "lr=1e-3,1e-2"]
@@ -247,6 +250,7 @@ def test_grid_sweep_stops_resumes_and_ranks(synthetic_data, tmp_path):
     assert third["finished"] == 4 and len(_rows(out)) == 4
 
 
+@pytest.mark.slow
 def test_cli_range_sweep_with_test_scores(synthetic_data, tmp_path):
     out = tmp_path / "sweep"
     r = run_cli("sweep", synthetic_data, "--out", out, "--param", "lr=1e-3:1e-2:log", "--trials", "1", "--test",
@@ -299,6 +303,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_a_sweep_killed_during_a_trial_retrains_that_trial_only(synthetic_data, tmp_path):
     import os
     import signal
@@ -326,6 +331,7 @@ def test_a_sweep_killed_during_a_trial_retrains_that_trial_only(synthetic_data, 
     assert len(rows) == 3  # the killed trial, its retry, the other grid point
 
 
+@pytest.mark.slow
 def test_a_diverged_trial_is_recorded_and_the_sweep_goes_on(synthetic_data, tmp_path, monkeypatch):
     from biomedseg.training import api
     from biomedseg.training.trainer import TrainingDiverged
