@@ -67,6 +67,7 @@ PLANNED = {"patch_size", "model_kwargs.depth", "model_kwargs.base_channels", "ba
            "class_weights", "fg_oversample", "augment", "loss", "optimizer", "lr", "schedule", "iterations"}
 
 
+@pytest.mark.slow  # plan measures the step time by training a few steps
 @pytest.mark.parametrize("name", SHARED_NAMES)
 def test_plan_command_gives_every_value_a_reason(name, tmp_path):
     """``biomedseg plan DATA --time-budget 30m`` on each shared dataset: a plan.yaml whose every

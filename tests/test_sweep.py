@@ -265,6 +265,7 @@ def test_cli_range_sweep_with_test_scores(synthetic_data, tmp_path):
     assert (out / "plan.yaml").is_file() and (out / row["run"] / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_study(synthetic_data, tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", synthetic_data, "--out", out, "--param", "optimizer=adam,sgd", "--no-prune", *FAST_ARGS]
