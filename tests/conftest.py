@@ -19,9 +19,13 @@ TINY = {
 }
 
 
-#: fixtures that train a network or start a cluster: every test using one, directly or through
-#: another fixture, is marked ``slow`` (``pytest -m "not slow"`` leaves it out)
-SLOW_FIXTURES = frozenset({"trained_run", "second_run", "finished_cv", "colour_run", "scaled_run", "client"})
+#: fixtures that train a network, start a cluster or export networks through torch.onnx: every
+#: test using one, directly or through another fixture, is marked ``slow`` (``pytest -m "not slow"``
+#: leaves it out). Tests are marked by hand too: those that train or start processes (a cluster,
+#: ranks), and the CLI tests that start a process each, but for a few that keep the exit-code
+#: contract in the fast subset (test_cli.py: ``test_corrupt_png``, ``test_usage_errors_exit_2``).
+SLOW_FIXTURES = frozenset({"trained_run", "second_run", "finished_cv", "colour_run", "scaled_run", "client",
+                           "unet_exports"})
 
 # tests that asked for a real dataset: those that got it and those skipped because it is absent
 _REAL_DATA: dict[str, set[str]] = {"found": set(), "absent": set()}

@@ -218,6 +218,7 @@ def _run_with_classes(tmp_path: Path, classes: list[str]) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_cli_refuses_in_one_line(tmp_path):
     out = tmp_path / "cmp"
     assert_user_error(run_cli("compare", FIXTURE_RUN, "--out", out), "at least 2 run folders, got 1")

@@ -247,6 +247,7 @@ def test_infinite_gradients_of_a_finite_loss(scaler):
     assert all(torch.equal(before[k], v) for k, v in trainer.net.state_dict().items())  # no update either way
 
 
+@pytest.mark.slow
 def test_ranks_agree_on_a_flag_raised_by_one(tmp_path):
     """DDP: ``any_rank`` (all-reduce) makes every rank skip when one rank's loss is not finite."""
     pytest.importorskip("torch.distributed")
