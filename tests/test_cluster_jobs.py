@@ -118,3 +118,16 @@ def test_cli_predict_on_the_cluster_equals_predict_here(client, tmp_path):
     for i in range(3):
         a, b = (np.asarray(Image.open(tmp_path / d / f"im{i}.png")) for d in ("out", "ref"))
         assert np.array_equal(a, b)
+
+
+def test_task_threads_are_the_cores_divided_by_the_tasks_running_on_them():
+    host = ("node1", tuple(range(8)))
+    # one worker of 8 threads runs 8 tasks at once on 8 cores: 1 torch thread each, not 8 (64 threads)
+    assert cluster.plan_task_threads({"w1": host}, {"w1": 8}) == {"w1": 1}
+    # two single-threaded workers share the 8 cores: 4 each
+    assert cluster.plan_task_threads({"w1": host, "w2": host}, {"w1": 1, "w2": 1}) == {"w1": 4, "w2": 4}
+    # workers on other hosts (or other CPU sets of one host) do not share cores
+    plan = cluster.plan_task_threads({"w1": host, "w2": ("node2", tuple(range(8))), "w3": ("node1", (8, 9))},
+                                     {"w1": 2, "w2": 1, "w3": 4})
+    assert plan == {"w1": 4, "w2": 8, "w3": 1}
+    assert cluster.task_threads({"w1": 3}) is None  # outside a worker

@@ -122,6 +122,11 @@ def test_an_interrupted_cv_resumes_without_retraining_finished_folds(finished_cv
     proba = cv.load_oof(pool[0])
     assert proba.shape[0] == 3 and np.allclose(proba.sum(0), 1.0, atol=2e-2)
     assert "out-of-fold, pooled over" in format_summary(summary) and 0.0 <= summary["mean"]["dice"] <= 1.0
+    # the field metrics of the data (issue 25): per fold, over the folds and out of fold
+    groups = summary["field"]["groups"]
+    assert "boundary" in groups and summary["field"]["reason"]
+    assert 0.0 <= summary["field_scores"]["out_of_fold"]["nsd"] <= 1.0 and "nsd" in summary["folds"][0]
+    assert "field metrics (" in format_summary(summary)
 
 
 @pytest.mark.slow
@@ -205,7 +210,7 @@ def test_cli_cv_summary_tune_on_oof_and_ensemble_of_folds(finished_cv, cv_data, 
     assert f"{len(cv.folds()['pool'])} out-of-fold images" in r.stdout
     r = run_cli("ensemble", cv.fold_dir(0), cv.fold_dir(1), "--out", tmp_path / "ens", "--weights", "1,3")
     assert r.returncode == 0 and "ensemble of 2 runs" in r.stdout, r.stderr
-    assert_user_error(run_cli("ensemble", cv.fold_dir(0), "--out", tmp_path / "one"), "at least 2 members")
+    assert_user_error(run_cli("ensemble", cv.fold_dir(0), "--out", tmp_path / "one"), "one run is no ensemble")
     assert_user_error(run_cli("ensemble", cv.fold_dir(0), cv.fold_dir(1), "--out", tmp_path / "w", "--weights", "1"),
                       "1 weights for 2 members")
 

@@ -128,7 +128,7 @@ def test_ensemble_folder_references_relative_paths_or_copies(members, tmp_path):
 def test_members_with_different_tiles_predict_on_the_largest(members, tmp_path):
     big = make_member(tmp_path / "big", 7, {"mean": [100.0], "std": [50.0]}, patch=96)
     loaded = load_run(write_ensemble(tmp_path / "ens", [members[0], big]).root, device="cpu")
-    assert loaded.config.patch_size == 96
+    assert loaded.settings.patch_size == 96
     assert predict_proba_image(loaded, loaded.predictor(), _image((100, 100))).shape == (3, 100, 100)
 
 

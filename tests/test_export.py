@@ -184,7 +184,7 @@ def test_metadata_round_trip(unet_run, unet_exports):
         assert doc["version"] == EXPORT_VERSION and doc["format"] == "biomedseg.export"
         assert exported.info.classes == run.info.classes and exported.info.palette == run.info.palette
         assert exported.normalizer == run.normalizer
-        assert exported.config.patch_size == run.config.patch_size and exported.config.overlap == run.config.overlap
+        assert exported.settings.patch_size == run.settings.patch_size and exported.settings.overlap == run.settings.overlap
         assert exported.predictor().batch_size == run.predictor().batch_size
         assert exported.postprocess() == run.postprocess() and exported.postprocess() is not None
         assert doc["sliding_window"]["blending"] == "gaussian"

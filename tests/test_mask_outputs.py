@@ -336,10 +336,11 @@ def test_distributed_rle_reads_the_written_encoding_back(threshold_run, tmp_path
     """Workers write masks; the client's RLE file reads them back in their --mask-format."""
     from biomedseg.inference.predict.distributed import _write_rle_from_outputs
     from biomedseg.inference.predict.batch import predict
+    from biomedseg.inference.predict.options import PredictOptions
 
     Image.fromarray(_blobs((60, 70), 6)).save(tmp_path / "a.png")
     predict(threshold_run, [tmp_path / "a.png"], tmp_path / "idx", quiet=True, rle=tmp_path / "index.csv")
     predict(threshold_run, [tmp_path / "a.png"], tmp_path / "rgb", quiet=True, mask_format="rgb")
-    rle = _write_rle_from_outputs(tmp_path / "rgb.csv", threshold_run, [tmp_path / "a.png"], tmp_path / "rgb",
-                                  False, "rgb")
+    rle = _write_rle_from_outputs(PredictOptions(rle=tmp_path / "rgb.csv", mask_format="rgb"), str(threshold_run),
+                                  [tmp_path / "a.png"], tmp_path / "rgb")
     assert rle.read_text() == (tmp_path / "index.csv").read_text()

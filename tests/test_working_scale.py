@@ -115,7 +115,7 @@ def test_training_at_a_working_scale_predicts_at_native_resolution(scaled_run, s
     from biomedseg.io import read_image
 
     loaded = load_run(scaled_run)
-    assert loaded.config.working_scale == 0.5 and loaded.tile_size == 64
+    assert loaded.settings.working_scale == 0.5 and loaded.tile_size == 64
     image = read_image(sorted((synthetic_data / "images").iterdir())[0])
     mask, proba = predict_image(loaded, loaded.predictor(), image)
     assert mask.shape == image.shape[:2] and proba.shape[1:] == image.shape[:2]

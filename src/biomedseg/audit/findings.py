@@ -42,6 +42,8 @@ def audit_findings(audit: dict, scan: Scan) -> list[dict]:
     f += _damage_findings(inv, masks)
     if masks.get("classes"):
         f += _class_findings(masks)
+    if masks.get("unlabelled"):
+        f += _partial_label_findings(masks["unlabelled"])
     f += _format_findings(inv, audit.get("intensity", {}))
     f += _pixel_size_findings(inv.get("pixel_size") or {})
     f.sort(key=lambda x: SEVERITY_ORDER[x["severity"]])
@@ -175,6 +177,24 @@ def _class_findings(masks: dict) -> list[dict]:
                          "tiny annotated objects (<= 4 px, annotation specks?): "
                          + ", ".join(f"{c}: {v}" for c, v in specks.items()), list(specks),
                          count=int(sum(specks.values()))))
+    return f
+
+
+def _partial_label_findings(u: dict) -> list[dict]:
+    """Which value means unlabelled and why, how much is labelled, masks with nothing labelled, classes
+    that only partly labelled masks hold."""
+    f = [finding("info", "partial_labels",
+                 f"value {u['value']} is taken as unlabelled ({u['reason']}); {100 * u['labelled_fraction']:.1f}% of "
+                 f"the mask pixels are labelled, {u['partial_masks']} masks partly; unlabelled pixels count in no "
+                 "loss, metric or statistic")]
+    if u["fully_unlabelled"]:
+        f.append(finding("warning", "fully_unlabelled_masks",
+                         f"{plural(len(u['fully_unlabelled']), 'mask is', 'masks are')} entirely unlabelled: training "
+                         "refuses them (label some pixels or leave the images out)", u["fully_unlabelled"]))
+    if u["classes_only_in_partial_masks"]:
+        f.append(finding("info", "classes_only_partial",
+                         "classes met only in partly labelled masks (their share and sizes are estimates): "
+                         + ", ".join(u["classes_only_in_partial_masks"]), u["classes_only_in_partial_masks"]))
     return f
 
 

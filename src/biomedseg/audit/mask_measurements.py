@@ -117,6 +117,7 @@ class MaskRecord:
     class_counts: np.ndarray  # (K,) int64
     n_snapped: int
     areas: dict[int, np.ndarray] = field(default_factory=dict)  # class -> object areas
+    unlabelled: int = 0  # pixels holding the unlabelled value (partial labels)
 
     @property
     def present(self) -> np.ndarray:

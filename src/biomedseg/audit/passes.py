@@ -22,7 +22,9 @@ from biomedseg.audit.image_measurements import THUMB, ImageRecord, IntensityAccu
 from biomedseg.audit.mask_measurements import MaskRecord, classify_encoding, mask_levels, measure_mask, off_palette
 from biomedseg.data.class_palette import add_foreground_class, default_class_names, palette_from_meta
 from biomedseg.data.inventory import Scan, ScanItem
-from biomedseg.data.mask_values import MaskConverter, ValueTable, grey_or_colour, mask_value_table, value_table
+from biomedseg.data.class_palette import resolve_ignore
+from biomedseg.data.mask_values import (MaskConverter, ValueTable, grey_or_colour, labelled_table, mask_value_table,
+                                        value_table)
 from biomedseg.data.progress import ProgressBar
 from biomedseg.core.errors import UserError
 from biomedseg.io.images import read_raw
@@ -66,20 +68,20 @@ def _background(names: list[str], given: bool) -> int | None:
     return None if given else 0
 
 
-def _sample_encodings(tables: dict) -> dict[Path, str]:
-    """Encoding of each readable sampled mask."""
-    return {path: classify_encoding(mask_levels(t, is_lossy(path)))
+def _sample_encodings(tables: dict, ignore=None) -> dict[Path, str]:
+    """Encoding of each readable sampled mask (its unlabelled value ``ignore`` left out)."""
+    return {path: classify_encoding(mask_levels(labelled_table(t, ignore), is_lossy(path)))
             for path, t in tables.items() if not isinstance(t, str)}
 
 
-def _discover_majority_palette(enc: dict[Path, str], majority: str) -> Palette:
+def _discover_majority_palette(enc: dict[Path, str], majority: str, ignore=None) -> Palette:
     """``discover_palette`` on the masks of the majority encoding (``UserError`` if they are
     no class masks)."""
     use = list(enc) if majority == "rgb" else [p for p, e in enc.items() if e in (majority, "empty")]
     # JPEG masks carry compression damage (e.g. a background shifted to 1): they must not
     # define the classes when lossless masks exist
     use = [p for p in use if not is_lossy(p)] or use
-    return discover_palette(use)
+    return discover_palette(use, ignore=ignore)
 
 
 def _name_classes(meta: dict, palette: Palette, majority: str, info: dict,
@@ -114,10 +116,13 @@ def choose_palette(scan: Scan, tables: dict, findings: list) -> dict:
     Problems are appended to ``findings``.
     """
     meta = scan.meta or {}
-    enc = _sample_encodings(tables)
+    readable = [path for path, tb in tables.items() if not isinstance(tb, str)]
+    ignore, ignore_reason = resolve_ignore(None, meta, readable) if readable else (None, None)
+    enc = _sample_encodings(tables, ignore)
     counts = Counter(e for e in enc.values() if e != "empty")
     majority = counts.most_common(1)[0][0] if counts else ("empty" if enc else None)
-    info: dict = {"encoding": majority, "palette": None, "strict_k": None, "palette_source": None}
+    info: dict = {"encoding": majority, "palette": None, "strict_k": None, "palette_source": None,
+                  "ignore": ignore, "ignore_reason": ignore_reason}
     if majority is None:
         return info
     palette = palette_from_meta(meta)
@@ -125,7 +130,7 @@ def choose_palette(scan: Scan, tables: dict, findings: list) -> dict:
         info["palette_source"] = "dataset.json palette"
     else:
         try:
-            palette = _discover_majority_palette(enc, majority)
+            palette = _discover_majority_palette(enc, majority, ignore)
             info["palette_source"] = "discovered"
         except UserError as exc:
             findings.append(finding(
@@ -133,6 +138,13 @@ def choose_palette(scan: Scan, tables: dict, findings: list) -> dict:
                 f"masks could not be read as class masks: {exc}; class statistics are skipped"))
             return info
     palette, names, given = _name_classes(meta, palette, majority, info, findings)
+    if ignore is not None:
+        try:
+            palette = Palette(palette.values, ignore=ignore)
+        except ValueError:
+            findings.append(finding("error", "ignore_value_is_a_class",
+                                    f"the unlabelled value {ignore} is also a class value; training will refuse this"))
+            info["ignore"] = None
     info.update(palette=palette, names=names, names_given=given, background=_background(names, given))
     return info
 
@@ -141,6 +153,7 @@ def choose_palette(scan: Scan, tables: dict, findings: list) -> dict:
 def mask_info(table: ValueTable, path: Path, palette: Palette | None, strict_k: int | None) -> dict:
     """``{"shape", "encoding", "levels" (first 8)}`` of one mask, with a palette also ``"off"``
     (see :func:`off_palette`) and ``"total"`` (pixels)."""
+    table = labelled_table(table, palette.ignore if palette is not None else None)
     levels = mask_levels(table, is_lossy(path))
     info = {"shape": tuple(table.shape), "encoding": classify_encoding(levels),
             "levels": [list(v) if len(v) > 1 else v[0] for v in levels[:8]]}
@@ -185,6 +198,7 @@ class _MaskPass:
             return None
         try:
             counts, n_snapped = self.converter.class_counts(table)
+            unlabelled = self.converter.unlabelled_pixels(table)
         except UserError as exc:  # a colour mask among grey ones: an encoding outlier
             self.minfo[mpath]["convert_error"] = str(exc)
             return None
@@ -193,6 +207,7 @@ class _MaskPass:
         else:  # background only: nothing to label
             index_mask = np.zeros(table.shape, np.uint8)
         record = measure_mask(index_mask, self.k, n_snapped, self.obj_classes, counts)
+        record.unlabelled = unlabelled
         for c, a in record.areas.items():
             self.areas[c].append(a)
         record.areas = {c: int(a.size) for c, a in record.areas.items()}

@@ -104,7 +104,8 @@ def _class_statistics(scan: Scan, res: dict, names: list[str], bg: int | None, k
     total = max(int(counts.sum()), 1)
     bgc = 0 if bg is None else bg
     empty = [it.id for it, m in zip(scan.items, res["mrecs"])
-             if m is not None and int(m.class_counts.sum() - m.class_counts[bgc]) == 0]
+             if m is not None and int(m.class_counts.sum() - m.class_counts[bgc]) == 0
+             and not (m.unlabelled and not m.class_counts.sum())]  # an all-unlabelled mask is not "empty"
     out = dict(
         n_masks_measured=n,
         class_pixels={names[c]: int(counts[c]) for c in range(k)},
@@ -149,6 +150,24 @@ def _mask_problems(scan: Scan, res: dict, majority: str | None) -> tuple[list[di
     return damaged, outliers
 
 
+def unlabelled_section(scan: Scan, res: dict, names: list[str], pal: dict) -> dict:
+    """Partial labels: the unlabelled value and why, the labelled fraction of the mask pixels, masks that
+    are partly or entirely unlabelled, and classes met only in partly labelled masks."""
+    rows = [(it, m) for it, m in zip(scan.items, res["mrecs"]) if m is not None]
+    labelled = sum(int(m.class_counts.sum()) for _, m in rows)
+    unlabelled = sum(int(m.unlabelled) for _, m in rows)
+    partial = [m for _, m in rows if m.unlabelled and m.class_counts.sum()]
+    complete_classes = {c for _, m in rows if not m.unlabelled for c in np.flatnonzero(m.class_counts)}
+    only_partial = [names[c] for c in range(len(names))
+                    if c not in complete_classes and any(m.class_counts[c] for m in partial)]
+    ignore = pal["ignore"]
+    return {"value": ignore[0] if len(set(ignore)) == 1 else list(ignore), "reason": pal.get("ignore_reason"),
+            "labelled_fraction": round(labelled / max(labelled + unlabelled, 1), 6),
+            "partial_masks": len(partial),
+            "fully_unlabelled": [it.id for it, m in rows if m.unlabelled and not m.class_counts.sum()],
+            "classes_only_in_partial_masks": only_partial}
+
+
 def masks_section(scan: Scan, res: dict, pal: dict) -> dict:
     """Encoding, palette, class statistics, objects and mask problems (audit ``masks``)."""
     palette: Palette | None = pal.get("palette")
@@ -162,6 +181,8 @@ def masks_section(scan: Scan, res: dict, pal: dict) -> dict:
     names, bg = pal["names"], pal["background"]
     out.update(classes=names, background=names[bg] if bg is not None else None)
     out.update(_class_statistics(scan, res, names, bg, palette.n_classes))
+    if pal.get("ignore") is not None:
+        out["unlabelled"] = unlabelled_section(scan, res, names, pal)
     # off-palette pixels, and masks encoded unlike the others (or holding unknown classes)
     damaged, outliers = _mask_problems(scan, res, pal.get("encoding"))
     out.update(damaged_masks=damaged, damaged_pixels=int(sum(r["pixels"] for r in damaged)),

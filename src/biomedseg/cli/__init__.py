@@ -17,6 +17,7 @@ from biomedseg.cli import data_commands  # noqa: F401, I001
 from biomedseg.cli import train_commands  # noqa: F401
 from biomedseg.cli import run_commands  # noqa: F401
 from biomedseg.cli import compare_commands  # noqa: F401
+from biomedseg.cli import trust_commands  # noqa: F401
 from biomedseg.cli.app import _setup_logging, app
 from biomedseg.core.errors import UserError
 

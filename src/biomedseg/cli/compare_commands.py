@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 import typer
-from biomedseg.workflows.comparison import DEFAULT_SPLIT, PAIRS
+from biomedseg.workflows.comparison import DEFAULT_SPLIT, PAIRS, SCORE
 from biomedseg.core.errors import UserError
 from biomedseg.core.stats import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, DEFAULT_SEED
 from biomedseg.io.writers import check_output_dir
@@ -27,11 +27,13 @@ def compare(
     resamples: int = typer.Option(DEFAULT_RESAMPLES, "--resamples", min=1, help="bootstrap resamples"),
     seed: int = typer.Option(DEFAULT_SEED, "--seed", help="seed of the bootstrap"),
     confidence: float = typer.Option(DEFAULT_CONFIDENCE, "--confidence", help="interval level, e.g. 0.95"),
+    metric: str = typer.Option(SCORE, "--metric", help="per-image metric compared: image_dice, or a field metric "
+                               "(aji, pq, ap, hd95, nsd, rand, cldice, hc_error_px, ...)"),
     device: Optional[str] = typer.Option(None, help="cpu | cuda | auto, for the evaluations compare runs itself"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Compare runs on the same images: settings that differ, metrics, curves, per-image Dice, and a
-    paired bootstrap of the Dice difference (is it larger than the noise?)."""
+    """Compare runs on the same images: settings that differ, metrics, curves, per-image Dice (or --metric), and a
+    paired bootstrap of the difference (is it larger than the noise?)."""
     from biomedseg.workflows.comparison import compare as run_compare
 
     check_output_dir(out)
@@ -42,7 +44,8 @@ def compare(
             raise UserError(f"--eval {item}: expected RUN=EVALDIR")
         evaluations[run] = Path(folder)
     s = run_compare(runs or [], out, data=data, split=split, evaluations=evaluations, baseline=baseline, pairs=pairs,
-                    n_resamples=resamples, seed=seed, confidence=confidence, device=device, quiet=quiet)
+                    n_resamples=resamples, seed=seed, confidence=confidence, device=device, quiet=quiet,
+                    metric=metric)
     for c in s["comparisons"]:
         typer.echo(c["sentence"])
     typer.echo(f"wrote {s['markdown']}, {s['html']}")
@@ -50,7 +53,8 @@ def compare(
 
 @app.command()
 def ensemble(
-    members: List[Path] = typer.Argument(..., help="run, CV or ensemble folders (at least 2)"),
+    members: List[Path] = typer.Argument(
+        ..., help="run, CV or ensemble folders (at least 2 runs in all: one CV folder is the ensemble of its folds)"),
     out: Path = typer.Option(..., "--out", "-o", help="ensemble folder to write"),
     weights: Optional[str] = typer.Option(None, "--weights", help="one weight per member, e.g. 1,1,2 (default equal)"),
     copy: bool = typer.Option(False, "--copy", help="copy the member runs into OUT/members/ (default: reference)"),

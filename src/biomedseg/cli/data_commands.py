@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 from biomedseg.data.discovery import DATA_META
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
+from biomedseg.io.sources import MAX_DECODE_PIXELS
 from biomedseg.io.writers import check_output_dir, check_output_file
 
 from biomedseg.cli.app import app, DataArg, ImagesOpt, MasksOpt, _within
@@ -77,7 +78,7 @@ def tile(
     seed: int = typer.Option(0, "--seed", help="seed of the choice of background-only tiles"),
     masks: Optional[Path] = typer.Option(None, "--masks", help="mask folder (with DATA) or mask file (with one image)"),
     max_decode_megapixels: float = typer.Option(
-        150.0, "--max-decode-megapixels", help="largest PNG/JPEG (or TIFF strip) decoded whole"),
+        MAX_DECODE_PIXELS / 1e6, "--max-decode-megapixels", help="largest PNG/JPEG (or TIFF strip) decoded whole"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace tiles already in --out"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):

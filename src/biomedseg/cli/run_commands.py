@@ -26,18 +26,25 @@ def evaluate(
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="ignore RUN/postprocess.yaml (plain argmax)"),
     valid_dir: Optional[Path] = typer.Option(None, "--valid-masks", help="count only pixels inside these masks (e.g. DRIVE fov/)"),
     no_overlays: bool = typer.Option(False, "--no-overlays"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="field metrics: groups or names, comma-separated "
+                                          "(boundary, object, instance, thin, shape, all; aji, pq, hd95, ...); "
+                                          "default: dataset.json's \"metrics\" or the data's fingerprint"),
+    nsd_tolerance_um: Optional[float] = typer.Option(None, "--nsd-tolerance-um", help="normalised surface Dice "
+                                                     "tolerance in µm where the pixel size is known (default 2 px)"),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Evaluate a run on a labelled split: Dice, IoU, precision, recall, F1, FP/FN; overlays; HTML report."""
+    """Evaluate a run on a labelled split: Dice, IoU, precision, recall, F1, FP/FN, the field's boundary, object,
+    instance, thin-structure or shape metrics; overlays; per-object table; HTML report."""
     from biomedseg.workflows.evaluation import evaluate as run_eval
     from biomedseg.workflows.evaluation import format_metrics
 
     check_output_dir(out)
     m = run_eval(run, data, out, images=images, masks=masks, split=split, tta=tta, overlays=not no_overlays,
-                 valid_dir=valid_dir, device=device, quiet=quiet, postprocess=not no_postprocess)
+                 valid_dir=valid_dir, device=device, quiet=quiet, postprocess=not no_postprocess, metrics=metrics,
+                 nsd_tolerance_um=nsd_tolerance_um)
     typer.echo(format_metrics(m))
-    typer.echo(f"wrote {out}/metrics.json, per_image.csv, overlays/, report.html")
+    typer.echo(f"wrote {out}/metrics.json, per_image.csv, per_object.csv, overlays/, report.html")
 
 
 @app.command()
@@ -72,6 +79,8 @@ def predict(
     compile_mode: str = typer.Option(DEFAULT_COMPILE, "--compile", help="torch.compile the network: auto | on | "
                                      f"off (auto: CPU jobs of {COMPILE_MIN_TILES}+ tile forwards)"),
     device: str = typer.Option("auto"),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: the machine's cores; "
+                                          "with --scheduler: each task's share of its worker's cores)"),
     scheduler: Optional[str] = SchedulerOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -79,20 +88,23 @@ def predict(
     from biomedseg.inference.predict.batch import predict as run_predict
 
     _within(0, level=level, skip_blank=skip_blank)
-    _within(1, batch_size=batch_size)
+    from biomedseg.inference.predict.options import PredictOptions
+
+    _within(1, batch_size=batch_size, threads=threads)
     check_output_dir(out)
     if rle is not None:
         check_output_file(rle)
-    options = dict(tta=tta, overlays=not no_overlays, probabilities=probabilities, overwrite=overwrite, device=device,
-                   quiet=quiet, postprocess=not no_postprocess, rle=rle, instances=instances,
-                   output_format=output_format, level=level, batch_size=batch_size, skip_blank_std=skip_blank,
-                   mask_format=mask_format, geojson=geojson and geojson_objects, engine=engine, compile=compile_mode)
+    options = PredictOptions(tta=tta, overlays=not no_overlays, probabilities=probabilities, overwrite=overwrite,
+                             device=device, quiet=quiet, postprocess=not no_postprocess, rle=rle, instances=instances,
+                             output_format=output_format, level=level, batch_size=batch_size,
+                             skip_blank_std=skip_blank, mask_format=mask_format,
+                             geojson=geojson and geojson_objects, engine=engine, compile=compile_mode, threads=threads)
     if scheduler is None:
-        s = run_predict(run, inputs, out, **options)
+        s = run_predict(run, inputs, out, options)
     else:  # one job per file on the cluster
         from biomedseg.inference.predict.distributed import predict_distributed
 
-        s = predict_distributed(run, inputs, out, address=scheduler, **options)
+        s = predict_distributed(run, inputs, out, options, address=scheduler)
     typer.echo(f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
                f"{len(s.failed)} failed -> {out}")
     if s.rle is not None:

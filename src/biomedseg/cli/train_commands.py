@@ -65,6 +65,13 @@ def train(
     precision: Optional[str] = typer.Option(None, help="auto | fp32 | bf16 | fp16"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="any config option: key=value (repeatable)"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan.yaml from `biomedseg plan` (default: plan now)"),
+    init: Optional[Path] = typer.Option(
+        None, "--init", help="start from the weights of a trained run folder (or the best fold of a CV folder): a "
+        "fine-tune on new or more data, classes matched by name; not an exported .onnx/.pt/.zip (a prediction graph). "
+        "--resume continues the same run instead"),
+    allow_unlabelled: bool = typer.Option(
+        False, "--allow-unlabelled", help="images without a mask file are not labelled: left out instead of an "
+        "error (an empty mask file still means 'nothing here'); = --set allow_unlabelled=true"),
     classifier_head: bool = typer.Option(
         False, "--classifier-head", help="add an image-level 'contains foreground' head (= --set "
         "model_kwargs.classifier_head=true); tune-postprocess can then gate empty masks with it"),
@@ -83,8 +90,10 @@ def train(
     overrides = merge(parse_overrides(set_), flags)
     if classifier_head:
         overrides = merge(overrides, {"model_kwargs": {"classifier_head": True}})
+    if allow_unlabelled:
+        overrides = merge(overrides, {"allow_unlabelled": True})
     run_dir = run_train(data, out, images=images, masks=masks, config=config, resume=resume, quiet=quiet, plan=plan,
-                        **overrides)
+                        init=init, **overrides)
     typer.echo(f"run folder: {run_dir}")
 
 
@@ -145,6 +154,9 @@ def sweep(
     time_budget_per_trial: Optional[str] = typer.Option(None, "--time-budget-per-trial", help="training time of "
                                                         "each trial, e.g. 3m"),
     test: bool = typer.Option(False, "--test", help="also evaluate each finished trial on the test split"),
+    objective: Optional[str] = typer.Option(None, "--objective", help="rank trials by this field metric on the "
+                                            "validation images (aji, pq, ap, hd95, nsd, rand, cldice, ...; "
+                                            "default: validation Dice)"),
     storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL shared by several sweep "
                                           "processes, e.g. postgresql://host/db (default: sqlite:///OUT/study.db)"),
     study_name: str = typer.Option(DEFAULT_STUDY_NAME, "--study-name", help="the study's name in --storage"),
@@ -173,7 +185,7 @@ def sweep(
     overrides = merge(parse_overrides(set_), {k: v for k, v in given.items() if v is not None})
     s = run_sweep(data, out, param, trials=trials, time_budget_per_trial=time_budget_per_trial, test=test,
                   storage=storage, study_name=study_name, prune=prune, plan=plan, config=config,
-                  scheduler=scheduler, quiet=quiet, **overrides)
+                  scheduler=scheduler, quiet=quiet, objective=objective, **overrides)
     typer.echo(f"{s['finished']} of {s['target']} trials finished; best: "
                + (f"trial {s['best']}" if s["best"] is not None else "none yet"))
     typer.echo(f"wrote {s['table']}, {s['csv']}" + (f", {s['best_config']}" if s["best_config"] else ""))

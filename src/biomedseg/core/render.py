@@ -14,6 +14,8 @@ from typing import Sequence
 
 import numpy as np
 
+from biomedseg.core.labels import IGNORE_INDEX
+
 __all__ = [
     "ERROR_COLORS",
     "class_colors",
@@ -149,16 +151,18 @@ def error_overlay(image, pred, target, class_index: int, alpha: float = 0.5, val
 
     Returns:
         ``(H, W, 3)`` ``uint8``: TP pixels tinted ``ERROR_COLORS["TP"]``, FP ``["FP"]``,
-        FN ``["FN"]``; true negatives keep the grey image value.
+        FN ``["FN"]``; true negatives and unlabelled target pixels (``IGNORE_INDEX``) keep the grey
+        image value.
     """
     grey = _grey_rgb(image)
     shape = grey.shape[:2]
+    target = _check_mask(target, shape, "target")
     p = _check_mask(pred, shape, "prediction") == class_index
-    t = _check_mask(target, shape, "target") == class_index
-    if valid is not None:
-        v = _check_mask(valid, shape, "valid mask").astype(bool)
-        p &= v
-        t &= v
+    t = target == class_index
+    labelled = target != IGNORE_INDEX
+    v = labelled if valid is None else labelled & _check_mask(valid, shape, "valid mask").astype(bool)
+    p &= v
+    t &= v
     _blend(grey, p & t, ERROR_COLORS["TP"], alpha)
     _blend(grey, p & ~t, ERROR_COLORS["FP"], alpha)
     _blend(grey, ~p & t, ERROR_COLORS["FN"], alpha)

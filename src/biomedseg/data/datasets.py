@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from biomedseg.core.errors import UserError
+from biomedseg.core.labels import IGNORE_INDEX
 from biomedseg.io import conform_channels, read_image, read_mask
 from biomedseg.transforms.normalize import Normalizer
 
@@ -32,6 +34,11 @@ class CachedSample:
     @property
     def shape(self) -> tuple[int, int]:
         return self.mask.shape
+
+    @property
+    def partial(self) -> bool:
+        """Whether some pixels are unlabelled (random windows are then centred on labelled ones)."""
+        return bool(self.class_coords) and bool((self.mask == IGNORE_INDEX).any())
 
 
 def index_class_pixels(mask: np.ndarray, n_classes: int, rng: np.random.Generator) -> dict[int, np.ndarray]:
@@ -57,6 +64,10 @@ def load_sample(sample, palette, channels: int, strict_index: bool, n_classes: i
     """Decode one :class:`~biomedseg.data.discovery.Sample`; returns it and its snapped-pixel count."""
     image = conform_channels(read_image(sample.image), channels)
     mask, n_snapped = read_mask(sample.mask, palette, strict_index=strict_index)
+    if palette.ignore is not None and not (mask != IGNORE_INDEX).any():
+        value = palette.ignore[0] if len(set(palette.ignore)) == 1 else list(palette.ignore)
+        raise UserError(f"{sample.mask}: every pixel is unlabelled (value {value}): nothing to learn from; label "
+                        "some pixels or leave the image out")
     return CachedSample(sample.id, image, mask, index_class_pixels(mask, n_classes, rng)), n_snapped
 
 
@@ -94,7 +105,8 @@ class PatchSampler:
     With probability ``fg_oversample`` a patch is centred (with jitter) on a random pixel of a
     foreground class chosen uniformly among the classes present, so each rare class gets a fixed
     share of patches; otherwise the image is chosen proportionally to its area and the window
-    uniformly. Windows leaving small images are mirror-padded.
+    uniformly (on an image with unlabelled pixels, around a random labelled pixel of a random class
+    instead). Windows leaving small images are mirror-padded.
     """
 
     def __init__(self, samples, patch_size, n_classes, normalizer: Normalizer, augmenter,
@@ -110,6 +122,7 @@ class PatchSampler:
         fg = [c for c in range(n_classes) if c != background]
         self.fg_classes = [c for c in fg if any(c in s.class_coords for s in samples)]
         self.holders = {c: [i for i, s in enumerate(samples) if c in s.class_coords] for c in self.fg_classes}
+        self.partial = [s.partial for s in samples]
 
     def _window(self) -> tuple[int, int, int]:
         rng, p = self.rng, self.patch
@@ -125,6 +138,13 @@ class PatchSampler:
             return i, y0, x0
         i = int(rng.choice(len(self.samples), p=self.area_p))
         h, w = self.samples[i].shape
+        if self.partial[i]:  # partial labels: a window around a labelled pixel of any class
+            coords = self.samples[i].class_coords
+            c = list(coords)[int(rng.integers(len(coords)))]
+            cy, cx = coords[c][int(rng.integers(len(coords[c])))]
+            y0 = int(np.clip(cy + rng.integers(-p // 2, p // 2 + 1) - p // 2, min(0, h - p), max(0, h - p)))
+            x0 = int(np.clip(cx + rng.integers(-p // 2, p // 2 + 1) - p // 2, min(0, w - p), max(0, w - p)))
+            return i, y0, x0
         y0 = int(rng.integers(0, h - p + 1)) if h >= p else -int(rng.integers(0, p - h + 1))
         x0 = int(rng.integers(0, w - p + 1)) if w >= p else -int(rng.integers(0, p - w + 1))
         return i, y0, x0
@@ -163,10 +183,17 @@ class Prefetcher:
         self.sampler, self.batch_size, self.pin_memory = sampler, batch_size, pin_memory
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
+        self._error: BaseException | None = None  # what ended the thread, raised by next()
         self.thread = threading.Thread(target=self._work, daemon=True)
         self.thread.start()
 
     def _work(self):
+        try:
+            self._produce()
+        except BaseException as exc:  # noqa: BLE001 - the thread ends; next() raises it in the caller
+            self._error = exc
+
+    def _produce(self):
         import torch
 
         while not self._stop.is_set():
@@ -184,7 +211,17 @@ class Prefetcher:
                     continue
 
     def next(self):
-        item = self.q.get()
+        """The next batch; an error of the thread is raised here, also one that ended it (never a
+        wait for a thread that is gone)."""
+        while True:
+            try:
+                item = self.q.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if not self.thread.is_alive() and self.q.empty():
+                    if self._error is not None:
+                        raise self._error
+                    raise RuntimeError("the batch thread has stopped (the Prefetcher was closed)")
         if isinstance(item, Exception):
             raise item
         return item

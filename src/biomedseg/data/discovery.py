@@ -139,13 +139,14 @@ def only_images(files: list[Path], images_dir: Path, masks_dir: Path | None,
 
 
 def find_pairs(images_dir: str | os.PathLike,
-               masks_dir: str | os.PathLike | None) -> list[Sample]:
+               masks_dir: str | os.PathLike | None, allow_unlabelled: bool = False) -> list[Sample]:
     """Pair every image in ``images_dir`` with its mask in ``masks_dir``.
 
     ``masks_dir`` may equal ``images_dir`` (masks carry a suffix and are then not images) or
     be ``None`` (unlabelled: every sample has ``mask=None``). Returns samples sorted by id.
     Unpaired images or masks, ambiguous matches, duplicate ids, empty or missing folders are
-    all collected into one ``UserError``.
+    all collected into one ``UserError``; with ``allow_unlabelled`` an image without a mask is no
+    problem: it is returned with ``mask=None`` (not labelled, as opposed to an empty mask: nothing there).
     """
     images_dir = Path(images_dir)
     masks_dir = Path(masks_dir) if masks_dir is not None else None
@@ -170,7 +171,7 @@ def find_pairs(images_dir: str | os.PathLike,
     lonely = [p.name for i, p in ids.items() if i not in matched]
     if not masks:
         problems.append(f"{masks_dir}: no masks found")
-    elif lonely:
+    elif lonely and not allow_unlabelled:
         problems.append(f"{masks_dir}: {_plural(len(lonely), 'image has', 'images have')} "
                         f"no mask ({name_list(lonely)})")
     if unused:
@@ -178,7 +179,7 @@ def find_pairs(images_dir: str | os.PathLike,
                         f"no image ({name_list([p.name for p in unused])})")
     if problems:
         raise UserError("; ".join(problems))
-    return [Sample(i, ids[i], matched[i]) for i in sorted(ids, key=natural_key)]
+    return [Sample(i, ids[i], matched.get(i)) for i in sorted(ids, key=natural_key)]
 
 
 def read_meta(path: Path) -> tuple[dict | None, str | None]:

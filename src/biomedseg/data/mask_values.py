@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from biomedseg.core.errors import UserError
+from biomedseg.core.labels import IGNORE_INDEX
 from biomedseg.io.images import read_raw
 from biomedseg.io.masks import Palette
 
@@ -66,6 +67,16 @@ def value_table(values: np.ndarray) -> ValueTable:
     return ValueTable((h, w), True, [tuple(int(x) for x in row) for row in uniq], counts.tolist())
 
 
+def labelled_table(table: ValueTable, ignore: tuple[int, ...] | None) -> ValueTable:
+    """``table`` without the unlabelled value ``ignore`` (its encoding is judged on the labels alone)."""
+    if ignore is None:
+        return table
+    keep = [i for i, v in enumerate(table.values) if v != tuple(np.resize(ignore, len(v)))]
+    if len(keep) == len(table.values):
+        return table
+    return ValueTable(table.shape, table.colour, [table.values[i] for i in keep], [table.counts[i] for i in keep])
+
+
 def mask_value_table(path) -> ValueTable:
     """Read a mask file (``UserError`` if unreadable) and return its :class:`ValueTable`."""
     return value_table(read_raw(path))
@@ -81,6 +92,13 @@ class MaskConverter:
         self.palette = palette
         self._pal = np.array(palette.values, dtype=np.float64)
         self._luts: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._ignore = None if palette.ignore is None else np.array(palette.ignore, np.float64)
+
+    def _unlabelled(self, rows: np.ndarray) -> np.ndarray:
+        """Rows (stored values, widened to the palette's channels) that are the unlabelled value."""
+        if self._ignore is None:
+            return np.zeros(len(rows), bool)
+        return np.all(rows == self._ignore[None, :], axis=1)
 
     def _lut(self, top: int) -> tuple[np.ndarray, np.ndarray]:
         """``(class index per stored value 0..top (uint8), value is exactly on the palette (bool))``."""
@@ -89,8 +107,19 @@ class MaskConverter:
             if self.palette.channels == 3:
                 values = np.repeat(values, 3, axis=1)
             d = ((values[:, None, :] - self._pal[None, :, :]) ** 2).sum(axis=2)
-            self._luts[top] = (d.argmin(axis=1).astype(np.uint8), d.min(axis=1) == 0)
+            lut, exact = d.argmin(axis=1).astype(np.uint8), d.min(axis=1) == 0
+            unlabelled = self._unlabelled(values)
+            lut[unlabelled], exact[unlabelled] = IGNORE_INDEX, True
+            self._luts[top] = (lut, exact)
         return self._luts[top]
+
+    def unlabelled_pixels(self, table: ValueTable) -> int:
+        """Pixels of ``table`` holding the unlabelled value (0 without one)."""
+        vals = np.array([v * 3 if self.palette.channels == 3 and len(v) == 1 else v
+                         for v in table.values], dtype=np.float64).reshape(len(table.values), -1)
+        if vals.shape[1] != self._pal.shape[1]:
+            return 0
+        return int(np.asarray(table.counts, np.int64)[self._unlabelled(vals)].sum())
 
     def class_counts(self, table: ValueTable) -> tuple[np.ndarray, int]:
         """``(pixels per class (K,), n_snapped)`` straight from a :class:`ValueTable`."""
@@ -102,8 +131,9 @@ class MaskConverter:
             raise UserError("mask is a colour (RGB) image but the classes are "
                             f"{self.palette.describe()}")
         d = ((vals[:, None, :] - self._pal[None, :, :]) ** 2).sum(axis=2)
-        per_class = np.bincount(d.argmin(axis=1), weights=counts, minlength=k).astype(np.int64)
-        return per_class[:k], int(counts[d.min(axis=1) > 0].sum())
+        labelled = ~self._unlabelled(vals)
+        per_class = np.bincount(d.argmin(axis=1)[labelled], weights=counts[labelled], minlength=k).astype(np.int64)
+        return per_class[:k], int(counts[(d.min(axis=1) > 0) & labelled].sum())
 
     def convert(self, values: np.ndarray, where: str = "mask") -> tuple[np.ndarray, int]:
         """``(H, W)`` / ``(H, W, 3)`` stored values -> ``(index mask uint8, n_snapped)``.
@@ -133,7 +163,9 @@ class MaskConverter:
             uniq = uniq.astype(np.float64)
         d = ((uniq[:, None, :] - self._pal[None, :, :]) ** 2).sum(axis=2)
         index = d.argmin(axis=1).astype(np.uint8)
-        n_snapped = int(counts[d.min(axis=1) > 0].sum())
+        unlabelled = self._unlabelled(uniq)
+        index[unlabelled] = IGNORE_INDEX
+        n_snapped = int(counts[(d.min(axis=1) > 0) & ~unlabelled].sum())
         return index[inverse.reshape(-1)].reshape(h, w), n_snapped
 
 

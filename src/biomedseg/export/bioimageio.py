@@ -15,7 +15,8 @@ validates it); what it holds:
 - test input/output tensors (``.npy``): one patch of the first parity image (raw), and the
   expected outputs computed by the run's PyTorch network;
 - a cover (the test patch beside its predicted classes), ``README.md`` (documentation),
-  the licence (``--license``, an SPDX id), authors (``--author``) and citations.
+  the licence (``--license``, an SPDX id), authors (``--author``; without it
+  :data:`DEFAULT_AUTHOR`, never the login name) and citations.
 
 Consumers (deepImageJ, ilastik, QuPath, BiaPy) tile with their own blending; biomedseg's own
 Gaussian sliding window and post-processing are applied by ``biomedseg predict package.zip``.
@@ -23,7 +24,6 @@ Gaussian sliding window and post-processing are applied by ``biomedseg predict p
 
 from __future__ import annotations
 
-import getpass
 import re
 import tempfile
 from pathlib import Path
@@ -42,6 +42,8 @@ CITATIONS = {
     "resnet": ("He, Zhang, Ren, Sun. Deep Residual Learning for Image Recognition. CVPR 2016.",
                "10.1109/CVPR.2016.90"),
 }
+#: the package's author when ``--author`` is not given (never the login name: the package is shared)
+DEFAULT_AUTHOR = "biomedseg user (no --author given)"
 MONAI_CITATION = ("Cardoso et al. MONAI: An open-source framework for deep learning in healthcare. 2022.",
                   "10.48550/arXiv.2211.02701")
 
@@ -241,7 +243,7 @@ def model_description(loaded, doc: dict, files: dict, options: dict):
 
     net = doc["network"]
     inputs, outputs = _tensors(loaded, doc, files)
-    authors = [Author(name=a) for a in (options.get("authors") or [getpass.getuser() or "biomedseg"])]
+    authors = [Author(name=a) for a in (options.get("authors") or [DEFAULT_AUTHOR])]
     weights = WeightsDescr(
         onnx=OnnxWeightsDescr(source=files["onnx"], opset_version=int(net["onnx_opset"]), parent="torchscript"),
         torchscript=TorchscriptWeightsDescr(source=files["torchscript"],

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from biomedseg.core.errors import UserError
 from biomedseg.inference.exported.options import DEFAULT_LICENSE, FORMATS, SUFFIXES
+from biomedseg.runs.layout import CHECKPOINT_NAMES
 
 log = logging.getLogger("biomedseg")
 
@@ -43,9 +44,11 @@ def parity_path(path) -> Path:
     return path.with_name(path.name + PARITY_SUFFIX)
 
 
-def _check_out(fmt: str, out, overwrite: bool) -> Path:
+def _check_out(fmt: str, out, overwrite: bool, checkpoint: str) -> Path:
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if checkpoint not in CHECKPOINT_NAMES:
+        raise UserError(f"--checkpoint {checkpoint}: choose one of {', '.join(CHECKPOINT_NAMES)}")
     out = Path(out)
     if out.suffix.lower() != SUFFIXES[fmt]:
         raise UserError(f"{out}: a {fmt} export is named *{SUFFIXES[fmt]} (predict recognises it by that)")
@@ -94,7 +97,7 @@ def export_run(run, fmt: str, out, *, checkpoint: str = "best", overwrite: bool 
     from biomedseg.inference.run import load_run
     from biomedseg.io.writers import write_json
 
-    out = _check_out(fmt, out, overwrite)
+    out = _check_out(fmt, out, overwrite, checkpoint)
     loaded = load_run(run, checkpoint=checkpoint, device="cpu", precision="fp32")
     post = loaded.postprocess()
     images, description = validation_images(loaded)
@@ -111,6 +114,6 @@ def export_run(run, fmt: str, out, *, checkpoint: str = "best", overwrite: bool 
     finally:
         part.unlink(missing_ok=True)
     result = ExportResult(out, fmt, parity_path(out), reports, doc)
-    write_json(result.parity_path, {"export": out.name, "format": fmt, "run": str(Path(run).resolve()),
+    write_json(result.parity_path, {"export": out.name, "format": fmt, "run": doc["source"]["run"],
                                     "checkpoint": checkpoint, "reports": [r.to_json() for r in reports]})
     return result

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from biomedseg.core.errors import UserError
+from biomedseg.core.labels import IGNORE_INDEX
 from biomedseg.io.images import read_raw
 
 #: A value covering less than this fraction of the pixels of every mask that contains it is
@@ -48,6 +49,8 @@ class Palette:
     """
 
     values: list[tuple[int, ...]]
+    #: stored value of unlabelled pixels (partial labels), read as ``IGNORE_INDEX``; never a class value
+    ignore: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         values = [tuple(int(v) for v in np.atleast_1d(entry)) for entry in self.values]
@@ -60,6 +63,10 @@ class Palette:
         if len(set(values)) != len(values):
             raise ValueError(f"palette entries must be distinct: {values}")
         self.values = values
+        if self.ignore is not None:
+            self.ignore = tuple(int(v) for v in np.resize(np.atleast_1d(self.ignore), len(values[0])))
+            if self.ignore in values:
+                raise ValueError(f"the unlabelled value {self.ignore} is also a class value: {values}")
 
     @classmethod
     def identity(cls, k: int) -> Palette:
@@ -88,17 +95,22 @@ class Palette:
         return "colours " + ", ".join("(%d,%d,%d)" % v for v in self.values)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-serialisable form: ``{"values": [[0], [255]]}``."""
-        return {"values": [list(v) for v in self.values]}
+        """JSON-serialisable form: ``{"values": [[0], [255]]}`` (``"ignore": [255]`` with partial labels)."""
+        out: dict[str, Any] = {"values": [list(v) for v in self.values]}
+        if self.ignore is not None:
+            out["ignore"] = list(self.ignore)
+        return out
 
     @classmethod
     def from_json(cls, obj: dict | list | str) -> Palette:
         """Inverse of :meth:`to_json`; also accepts the JSON text or the bare list."""
         if isinstance(obj, (str, bytes)):
             obj = json.loads(obj)
+        ignore = None
         if isinstance(obj, dict):
+            ignore = obj.get("ignore")
             obj = obj["values"]
-        return cls([tuple(v) for v in obj])
+        return cls([tuple(v) for v in obj], ignore=tuple(ignore) if ignore is not None else None)
 
 
 def palette_for_classes(n_classes: int) -> Palette:
@@ -216,7 +228,8 @@ def _tally(paths: list[Path]) -> tuple[dict, dict, int]:
     return fractions, totals, n_pixels
 
 
-def discover_palette(paths: Iterable[str | os.PathLike], max_classes: int = 32) -> Palette:
+def discover_palette(paths: Iterable[str | os.PathLike], max_classes: int = 32,
+                     ignore: tuple[int, ...] | None = None) -> Palette:
     """Find the class palette of a set of mask files.
 
     At most ``MAX_SAMPLE_FILES`` files (evenly spread) and ``MAX_SAMPLE_PIXELS`` pixels per
@@ -225,8 +238,17 @@ def discover_palette(paths: Iterable[str | os.PathLike], max_classes: int = 32) 
     ``[(0,), (255,)]``) or colours with black first, then by frequency. Values rarer than
     ``DAMAGE_FRACTION`` in every mask, rare values close to a frequent one and rare blends
     of two colours are damage. Raises ``UserError`` for more than ``max_classes`` classes or
-    values spread out like an intensity image.
+    values spread out like an intensity image. ``ignore``: the value of unlabelled pixels (partial
+    labels), left out of the discovery and kept as the palette's ``ignore``.
     """
+    return _with_ignore(_discover(paths, max_classes, ignore), ignore)
+
+
+def _with_ignore(palette: Palette, ignore) -> Palette:
+    return palette if ignore is None else Palette(palette.values, ignore=ignore)
+
+
+def _discover(paths, max_classes: int, ignore) -> Palette:
     paths = [Path(p) for p in paths]
     if not paths:
         raise UserError("no mask files given: cannot find the mask values")
@@ -236,6 +258,12 @@ def discover_palette(paths: Iterable[str | os.PathLike], max_classes: int = 32) 
         paths = lossless  # JPEG masks shift values (a 0 becomes 1): learn the palette from the exact files
     sample = evenly_spaced(paths, MAX_SAMPLE_FILES)
     fractions, totals, n_pixels = _tally(sample)
+    if ignore is not None:
+        for key in [k for k in totals if k == tuple(np.resize(ignore, len(k)))]:
+            n_pixels -= totals.pop(key)
+            fractions.pop(key, None)
+        if not totals:
+            raise UserError(f"{where}: every sampled mask pixel is unlabelled ({ignore}): nothing to learn from")
     colour = any(len(k) == 3 for k in totals)
     if colour:  # grey files in a colour set: v -> (v, v, v)
         fractions, totals = _widen(fractions, max), _widen(totals, sum)
@@ -307,12 +335,35 @@ def read_mask(path: str | os.PathLike, palette: Palette,
     uniq, inverse, counts = _unique_rows(flat)
     if palette.channels == 3 and uniq.shape[1] == 1:
         uniq = np.repeat(uniq, 3, axis=1)
+    unlabelled = _is_ignore(uniq, palette.ignore)
     if strict_index and palette.channels == 1:
-        bad = uniq[(uniq[:, 0] < 0) | (uniq[:, 0] >= k), 0]
+        bad = uniq[((uniq[:, 0] < 0) | (uniq[:, 0] >= k)) & ~unlabelled, 0]
         if bad.size:
             raise UserError(f"{path}: mask value {int(bad.max())} is outside the {k} configured "
                             f"classes (values must be 0..{k - 1})")
     index, exact = _nearest(uniq, np.array(palette.values))
-    n_snapped = int(counts[~exact].sum())
+    index[unlabelled] = IGNORE_INDEX
+    n_snapped = int(counts[~exact & ~unlabelled].sum())
     mask = index.astype(np.uint8)[inverse].reshape(h, w)
     return mask, n_snapped
+
+
+def _is_ignore(uniq: np.ndarray, ignore: tuple[int, ...] | None) -> np.ndarray:
+    """Rows of ``uniq`` (``(n, 1)`` or ``(n, 3)`` values) that are the unlabelled value."""
+    if ignore is None:
+        return np.zeros(len(uniq), bool)
+    return np.all(uniq == np.resize(np.asarray(ignore), uniq.shape[1]), axis=1)
+
+
+def infer_ignore_value(paths: Iterable[str | os.PathLike]) -> tuple[int, ...] | None:
+    """``(255,)`` when the masks are class indices ``0..m`` (m >= 1) plus 255, the one encoding where
+    255 can only mean "unlabelled"; ``None`` otherwise (never for 0/255 binary masks, whose 255 is
+    the foreground, nor for grey levels or colours)."""
+    sample = _sample([Path(p) for p in paths], MAX_SAMPLE_FILES)
+    _, totals, _ = _tally(sample)
+    if not totals or any(len(k) != 1 for k in totals):
+        return None
+    values = sorted(k[0] for k in totals)
+    if values[-1] != IGNORE_INDEX or len(values) < 3:
+        return None
+    return (IGNORE_INDEX,) if values[:-1] == list(range(len(values) - 1)) else None

@@ -111,22 +111,27 @@ def _tiff_pixel_size(path: Path, level: int) -> PixelSize | None:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        if not tif.series or not tif.pages:
-            return None
-        levels = tif.series[0].levels
-        page = tif.pages[0]
-        found = None
-        if tif.is_ome and tif.ome_metadata:
-            found = _from_ome_xml(tif.ome_metadata)
-        if found is None and tif.is_svs:
-            mpp = _um((tif.svs_metadata or {}).get("MPP"), "µm")
-            found = (mpp, mpp) if mpp is not None else None
-        if found is None:
-            unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
-            found = _from_resolution(page, unit)
-        if found is None or not 0 < level < len(levels):
-            return found
-        (h0, w0), (h, w) = (_yx(levels[0]), _yx(levels[level]))
+        return tiff_pixel_size(tif, level)
+
+
+def tiff_pixel_size(tif, level: int = 0) -> PixelSize | None:
+    """The pixel size of ``level`` of an open ``tifffile.TiffFile`` (``None`` when it states none)."""
+    if not tif.series or not tif.pages:
+        return None
+    levels = tif.series[0].levels
+    page = tif.pages[0]
+    found = None
+    if tif.is_ome and tif.ome_metadata:
+        found = _from_ome_xml(tif.ome_metadata)
+    if found is None and tif.is_svs:
+        mpp = _um((tif.svs_metadata or {}).get("MPP"), "µm")
+        found = (mpp, mpp) if mpp is not None else None
+    if found is None:
+        unit = (tif.imagej_metadata or {}).get("unit") if tif.is_imagej else None
+        found = _from_resolution(page, unit)
+    if found is None or not 0 < level < len(levels):
+        return found
+    (h0, w0), (h, w) = (_yx(levels[0]), _yx(levels[level]))
     return float(f"{found[0] * h0 / h:.6g}"), float(f"{found[1] * w0 / w:.6g}")
 
 
@@ -136,7 +141,12 @@ def _yx(series) -> tuple[int, int]:
 
 
 def _zarr_pixel_size(path: Path, level: int) -> PixelSize | None:
-    z = open_level(path, level)
+    return zarr_level_pixel_size(open_level(path, level), level)
+
+
+def zarr_level_pixel_size(z, level: int) -> PixelSize | None:
+    """The pixel size of ``level`` of an opened zarr image (a ``ZarrLevel``), from its OME-NGFF
+    ``scale`` when the axes carry units."""
     ms = ome_multiscales(z.attrs)
     if not ms or not ms.get("axes"):
         return None

@@ -1,9 +1,14 @@
 """Atomic file writers.
 
-Every writer writes to a hidden temporary file in the destination folder and renames it over
-the destination with ``os.replace`` (atomic on POSIX and Windows within one file system), so a
-crash or an exception never leaves a half-written file; the temporary file is removed on
-failure. Parent folders are created as needed.
+Every writer writes to a hidden temporary file in the destination folder, flushes it to disk
+(``fsync``), renames it over the destination with ``os.replace`` (atomic on POSIX and Windows
+within one file system) and then flushes the folder (POSIX), so an exception never leaves a
+half-written file and the temporary file is removed on failure. What that survives: a crash of
+the process (or a kill) at any point leaves either the old file or the complete new one; a power
+loss or kernel crash after the writer returned leaves the new file, its content and the rename
+durable on POSIX file systems that honour ``fsync`` (ext4, XFS, APFS, ...; not guaranteed on
+network file systems or disks that ignore flushes); on Windows the file's content is flushed, the
+folder cannot be. Parent folders are created as needed.
 
 :func:`check_output_dir` and :func:`check_output_file` refuse, before any work starts, an output
 location that cannot be written: a file where a folder is needed (or the reverse), or a folder
@@ -13,6 +18,7 @@ without write permission.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -32,20 +38,43 @@ BIGTIFF_BYTES = 2**32 - 2**25
 TILE_PIXELS = 1024 * 1024
 
 
+def _fsync(path: Path, folder: bool = False) -> None:
+    """Flush ``path`` (a file or, with ``folder``, a folder's entries) to disk. A folder that
+    cannot be opened or flushed (Windows, some network file systems), or a file system without
+    flushing (``EINVAL``/``ENOTSUP``: the rename stays atomic, only not durable) is skipped."""
+    try:
+        fd = os.open(path, os.O_RDONLY if folder or os.name != "nt" else os.O_RDWR)
+    except OSError:
+        if folder:
+            return
+        raise
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if not folder and exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it to ``path`` on success.
 
     The temporary name is hidden and keeps the suffix (``.x.1a2b3c.tmp.png``) so that
     writers which pick the format from the extension still work. On an exception the
-    temporary file is removed and the exception propagates; ``path`` is untouched.
+    temporary file is removed and the exception propagates; ``path`` is untouched. The file is
+    flushed before the rename and the folder after it (module docstring: what that survives).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{secrets.token_hex(4)}.tmp{path.suffix}")
     try:
         yield tmp
+        if tmp.is_file():
+            _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent, folder=True)
     except BaseException as exc:
         try:
             tmp.unlink()

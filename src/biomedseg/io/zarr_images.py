@@ -10,9 +10,10 @@ most 4 entries may remain (the channels); anything else is a stack, refused with
 
 - :func:`is_zarr`: a ``.zarr`` folder (no file access beyond ``is_dir``).
 - :func:`open_level`: the array of one level with its axes (a :class:`ZarrLevel`).
-- :func:`axes_plan`: how to index an array of some axes for a 2D image.
-- :func:`read_zarr`: the whole level decoded, ``(H, W)`` or ``(H, W, C)`` as stored; a level
-  above ``max_pixels`` pixels is refused (``biomedseg tile`` or ``predict`` read it by windows).
+- :func:`axes_plan`: how to index an array of some axes for a 2D image (used for TIFF levels too).
+- :func:`level_shape`: ``(H, W)`` of one level.
+
+Windows and whole levels are read by :class:`biomedseg.io.sources.zarr_level.ZarrSource`.
 
 Imports nothing of the project except ``errors``.
 """
@@ -22,8 +23,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from biomedseg.core.errors import UserError
 
@@ -128,43 +127,8 @@ def axes_plan(shape: tuple[int, ...], axes: str | None, name: str) -> tuple[list
     return template, y_ax, x_ax, c_ax
 
 
-def plan_letters(shape: tuple[int, ...], axes: str | None, name: str) -> str:
-    """Axes letters for an array: ``Y``, ``X``, ``C`` (channels) and ``Q`` (singleton axes)."""
-    _, y, x, c = axes_plan(tuple(int(s) for s in shape), axes, name)
-    return "".join("Y" if i == y else "X" if i == x else "C" if i == c else "Q" for i in range(len(shape)))
-
-
 def level_shape(z: ZarrLevel, index: int, name: str) -> tuple[int, int]:
     """``(H, W)`` of level ``index`` of ``z``."""
     shape = tuple(int(s) for s in z.arrays[index].shape)
     _, y, x, _ = axes_plan(shape, z.axes, name)
     return shape[y], shape[x]
-
-
-def zarr_shape(path: str | os.PathLike, level: int = 0) -> tuple[int, int]:
-    """``(H, W)`` of a zarr image at ``level`` from its metadata (no decoding)."""
-    z = open_level(path, level)
-    return level_shape(z, level, str(path))
-
-
-def read_zarr(path: str | os.PathLike, max_pixels: int, level: int = 0) -> np.ndarray:
-    """The whole level decoded: ``(H, W)`` or ``(H, W, C)`` as stored (``UserError`` above
-    ``max_pixels`` pixels or when unreadable)."""
-    z = open_level(path, level)
-    shape = tuple(int(s) for s in z.array.shape)
-    template, y, x, c = axes_plan(shape, z.axes, str(path))
-    h, w = shape[y], shape[x]
-    if h * w > max_pixels:
-        raise UserError(
-            f"{path}: is {w}x{h} ({h * w / 1e6:.0f} megapixels), above the {max_pixels / 1e6:.0f}-megapixel "
-            "limit for decoding a whole image; cut it into tiles with `biomedseg tile` (predict reads it "
-            "window by window)")
-    index = list(template)
-    index[y] = slice(None)
-    try:
-        block = np.asarray(z.array[tuple(index)])
-    except Exception as exc:  # noqa: BLE001 - corrupt chunks
-        raise UserError(f"{path}: cannot read image ({type(exc).__name__}: {exc})") from None
-    kept = [i for i in range(len(index)) if not isinstance(index[i], int)]
-    order = [kept.index(y), kept.index(x)] + ([kept.index(c)] if c is not None else [])
-    return np.ascontiguousarray(np.transpose(block, order))

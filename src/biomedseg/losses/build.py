@@ -18,6 +18,7 @@ from torch import nn
 
 import biomedseg.losses.extra  # noqa: F401  (registers bce, jaccard, tversky, fbeta, lovasz)
 from biomedseg.core.errors import UserError
+from biomedseg.core.labels import IGNORE_INDEX
 from biomedseg.losses.registry import _LOSSES, _as_bool, _OneHotLoss, list_losses, register_loss
 
 
@@ -80,6 +81,31 @@ def _focal(n_classes, class_weights=None, gamma: float = 2.0, alpha: float | Non
     return _OneHotLoss(_SumOverClasses(FocalLoss(**kw)))
 
 
+class LabelledPixels(nn.Module):
+    """Any loss restricted to the labelled pixels of the batch.
+
+    Pixels whose target is :data:`~biomedseg.core.labels.IGNORE_INDEX` are dropped before the
+    loss sees them: the labelled pixels of the batch are gathered into one ``(1, K, 1, P)`` row. Every
+    loss here pools over the batch's pixels (pixel-wise terms average them, region terms sum them with
+    ``batch=True``), so this is exactly the loss over the labelled pixels; a batch without unlabelled
+    pixels is passed through untouched. A batch with no labelled pixel gives 0 (with a gradient).
+    """
+
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, logits, target):
+        labelled = target != IGNORE_INDEX
+        if bool(labelled.all()):
+            return self.inner(logits, target)
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0
+        k = logits.shape[1]
+        picked = logits.movedim(1, -1)[labelled]  # (P, K)
+        return self.inner(picked.t().reshape(1, k, 1, -1), target[labelled].reshape(1, 1, -1))
+
+
 class WeightedSum(nn.Module):
     """``sum_i w_i * loss_i(logits, target)``."""
 
@@ -129,7 +155,8 @@ def _convert(value: str):
 def build_loss(spec: str, n_classes: int, class_weights: torch.Tensor | None = None) -> nn.Module:
     """Build the loss described by ``spec`` (see module docstring).
 
-    ``class_weights``: ``(K,) float32`` used by the terms that accept weights (ce, focal).
+    ``class_weights``: ``(K,) float32`` used by the terms that accept weights (ce, focal). Unlabelled
+    target pixels (:data:`~biomedseg.core.labels.IGNORE_INDEX`) count in no term (:class:`LabelledPixels`).
     """
     terms = []
     for weight, name, params in parse_spec(spec):
@@ -141,7 +168,7 @@ def build_loss(spec: str, n_classes: int, class_weights: torch.Tensor | None = N
         except TypeError as exc:
             raise UserError(f"loss {name!r}: {exc}") from None
         terms.append((weight, name, module))
-    return WeightedSum(terms)
+    return LabelledPixels(WeightedSum(terms))
 
 
 def class_weights_from_counts(counts, mode: str) -> torch.Tensor | None:

@@ -34,6 +34,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from biomedseg.core.labels import IGNORE_INDEX
+
 __all__ = [
     "confusion_matrix",
     "scores_from_confusion",
@@ -53,7 +55,8 @@ def confusion_matrix(pred, target, n_classes: int, valid=None) -> np.ndarray:
         target: true class indices, same shape as ``pred``.
         n_classes: K; all values must lie in ``0..K-1``.
         valid: optional boolean array of the same shape; only pixels where it is True are
-            counted (e.g. a retina field-of-view mask).
+            counted (e.g. a retina field-of-view mask). Pixels whose target is
+            :data:`~biomedseg.core.labels.IGNORE_INDEX` (unlabelled) are never counted.
 
     Returns:
         ``(K, K)`` ``int64`` array, ``cm[t, p]`` = number of pixels of truth ``t`` predicted ``p``.
@@ -75,6 +78,10 @@ def confusion_matrix(pred, target, n_classes: int, valid=None) -> np.ndarray:
         valid = np.asarray(valid, dtype=bool)
         if valid.shape != pred.shape:
             raise ValueError(f"valid mask shape {valid.shape} differs from mask shape {pred.shape}")
+    if k <= IGNORE_INDEX and (target == IGNORE_INDEX).any():
+        labelled = target != IGNORE_INDEX
+        valid = labelled if valid is None else valid & labelled
+    if valid is not None:
         pred = pred[valid]
         target = target[valid]
     if pred.size == 0:

@@ -208,11 +208,14 @@ def check_classifier_support(model_name: str) -> None:
 def foreground_present(target: torch.Tensor, background: int | None) -> torch.Tensor:
     """``(N, H, W)`` integer masks -> ``(N,) float32`` 1.0 where any pixel is foreground.
 
-    Foreground = class ``!= background``; with ``background=None`` any class ``!= 0``. This is
+    Foreground = class ``!= background``; with ``background=None`` any class ``!= 0``; unlabelled
+    pixels (:data:`~biomedseg.core.labels.IGNORE_INDEX`) are not foreground. This is
     the target of the head's ``BCEWithLogits`` loss.
     """
+    from biomedseg.core.labels import IGNORE_INDEX
+
     bg = 0 if background is None else int(background)
-    return (target != bg).flatten(1).any(dim=1).float()
+    return ((target != bg) & (target != IGNORE_INDEX)).flatten(1).any(dim=1).float()
 
 
 def classify(model: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -82,6 +82,12 @@ class CompareReport:
     image_dice: dict[str, list[float]]
     comparisons: list[Comparison]
     method: str = ""
+    #: the per-image column in ``image_dice`` (a field metric with ``compare --metric``)
+    score: str = "image_dice"
+
+    @property
+    def score_label(self) -> str:
+        return "Dice" if self.score == "image_dice" else self.score
 
 
 # ---------------------------------------------------------------------------------------- blocks
@@ -96,7 +102,9 @@ def _blocks(report: CompareReport, pictures: dict[str, Path]) -> list[tuple]:
         ("table", ["run", "run folder", "evaluation"], [[r.name, r.path, r.eval_dir] for r in report.runs]),
         ("h2", "Significance"),
         ("list", [c.sentence for c in report.comparisons]),
-        ("table", ["A", "B", "images", "mean B - A", "low", "high", "p"],
+        ("table", ["A", "B", "images", "mean A - B" if any(c.result.get("direction") == "lower"
+                                                           for c in report.comparisons) else "mean B - A",
+                   "low", "high", "p"],
          [[c.a, c.b, c.result["n"], c.result["mean_difference"], c.result["low"], c.result["high"],
            _p_text(c.result)] for c in report.comparisons]),
         ("note", report.method),
@@ -110,9 +118,9 @@ def _blocks(report: CompareReport, pictures: dict[str, Path]) -> list[tuple]:
     blocks += [("h2", "Metrics"), ("table", ["metric", *names], _metric_rows(report.runs))]
     if "curves" in pictures:
         blocks += [("h2", "Training curves"), ("img", pictures["curves"], "overlaid training curves")]
-    blocks += [("h2", f"Per-image Dice ({len(report.image_ids)} images)")]
+    blocks += [("h2", f"Per-image {report.score_label} ({len(report.image_ids)} images)")]
     if "per_image" in pictures:
-        blocks.append(("img", pictures["per_image"], "per-image Dice of each run"))
+        blocks.append(("img", pictures["per_image"], f"per-image {report.score_label} of each run"))
     rows = [[iid, *(report.image_dice[n][i] for n in names)] for i, iid in enumerate(report.image_ids)]
     blocks.append(("table", ["image", *names], rows))
     return blocks
@@ -246,8 +254,8 @@ def plot_per_image(report: CompareReport, out_png) -> Path | None:
     ax.set_xticks(xs)
     ax.set_xticklabels([plain_text(n) for n in names], rotation=20 if len(names) > 4 else 0)
     ax.set_xlim(-0.5, len(names) - 0.5)
-    ax.set_ylabel("Dice (per image)")
-    ax.set_title("Per-image Dice (lines join one image; diamonds: means)")
+    ax.set_ylabel(f"{report.score_label} (per image)")
+    ax.set_title(f"Per-image {report.score_label} (lines join one image; diamonds: means)")
     ax.grid(True, axis="y", alpha=0.3)
     return save_figure(fig, Path(out_png))
 

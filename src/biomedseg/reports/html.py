@@ -124,6 +124,19 @@ def _summary_table(metrics: Mapping[str, Any]) -> str:
     return "<table>\n" + "\n".join(rows) + "\n</table>"
 
 
+def _field_section(field: Mapping[str, Any]) -> list[str]:
+    """Which field metrics ran, why, and what their empty cases score."""
+    items = "".join(f"<li><b>{_esc(g)}</b>: {_esc(text)}</li>" for g, text in (field.get("conventions") or {}).items())
+    tol = field.get("nsd_tolerance_um")
+    tol_text = f"{tol:g} µm where the pixel size is known, else " if tol is not None else ""
+    return ["<h2>Field metrics</h2>",
+            f"<p>Computed: {_esc(', '.join(field.get('groups', [])))}. Why: {_esc(field.get('reason', ''))} "
+            f"(from {_esc(field.get('source', ''))}). Distances in pixels (<code>_um</code>: micrometres); "
+            f"normalised surface Dice tolerance {_esc(tol_text)}{field.get('nsd_tolerance_px', 2):g} px. "
+            "Means over images; per-object areas and perimeters in <code>per_object.csv</code>.</p>",
+            f"<p>Empty cases:</p><ul>{items}</ul>" if items else ""]
+
+
 def _class_table(per_class: Mapping[str, Mapping[str, Any]]) -> str:
     head = "<tr><th>Class</th>" + "".join(f"<th>{_esc(l)}</th>" for _, l in _CLASS_COLUMNS) + "</tr>"
     rows = [
@@ -202,6 +215,8 @@ def write_evaluation_report(
         "<h2>Summary</h2>",
         _summary_table(metrics),
     ]
+    if metrics.get("field"):
+        sections += _field_section(metrics["field"])
     if per_class:
         chart = plot_class_bars(per_class, out_dir / CLASS_BARS_NAME)
         sections += [

@@ -14,15 +14,25 @@
     CV/config.yaml, CV/dataset.json
                               the CV as an ensemble of its folds (written as folds finish)
     CV/postprocess.yaml       tuned on the out-of-fold predictions; applies to the CV ensemble
+    CV/.prepare.lock          held while one process writes run.json, folds.json and plan.yaml
 
 Each fold writes only files of its own (its folder, its images' ``oof/<id>.npy``), so folds
-can be trained by separate processes at once (``biomedseg cv --fold K``).
+can be trained by separate processes at once (``biomedseg cv --fold K``). What they share is
+prepared under :func:`preparing`: the first process writes the folds and the plan, the others
+wait for it and reuse them (one audit, one step measurement, one ``plan.yaml``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
+import socket
+import threading
+import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -38,6 +48,12 @@ OOF_DIR = "oof"
 FOLD_PREFIX = "fold_"
 #: states of a fold in ``cv_fold.json``: trained (the network is final), done (out-of-fold predicted)
 TRAINED, DONE = "trained", "done"
+PREPARE_LOCK = ".prepare.lock"
+#: the lock's holder refreshes its time this often; a lock not refreshed for ``LOCK_STALE_S`` (or
+#: whose process on this machine is gone) is stale: its holder died, and a waiting process takes over
+LOCK_REFRESH_S, LOCK_STALE_S, LOCK_POLL_S = 10.0, 120.0, 0.5
+
+log = logging.getLogger("biomedseg")
 
 
 class CVFolder(RunFolder):
@@ -134,7 +150,7 @@ def create_cv(path, **settings) -> CVFolder:
     """The CV folder at ``path``, created (``run.json`` of kind ``cv`` with ``settings``) or, when it
     already is one, reopened to be resumed; a folder holding anything else is refused."""
     cv = CVFolder(path)
-    if cv.root.exists() and any(cv.root.iterdir()):
+    if cv.root.exists() and any(p.name != PREPARE_LOCK for p in cv.root.iterdir()):
         if not cv.paths.run_json.is_file() or cv.info().kind != "cv":
             raise UserError(f"{cv.root}: exists and is not a cross-validation folder; choose another --out")
         return cv
@@ -149,3 +165,71 @@ def open_cv(path) -> CVFolder:
     if not is_cv(cv.root):
         raise UserError(f"{cv.root}: not a cross-validation folder of `biomedseg cv`")
     return cv
+
+
+@contextlib.contextmanager
+def preparing(path) -> Iterator[None]:
+    """Hold ``CV/.prepare.lock`` (created with ``O_CREAT | O_EXCL``, so one process at a time)
+    while the CV folder's shared files are written; other processes wait for it. A stale lock (see
+    ``LOCK_STALE_S``) is removed. The folder is created when missing."""
+    lock = Path(path) / PREPARE_LOCK
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    waited = False
+    while True:
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            break
+        except FileExistsError:
+            if _stale(lock):
+                log.warning("%s: stale lock of a process that died; taking over", lock)
+                lock.unlink(missing_ok=True)
+                continue
+            if not waited:
+                log.info("%s: another process is preparing the folds and the plan; waiting for it", lock.parent)
+                waited = True
+            time.sleep(LOCK_POLL_S)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}, fh)
+    stop = threading.Event()
+    beat = threading.Thread(target=_refresh, args=(lock, stop), daemon=True)
+    beat.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        beat.join()
+        lock.unlink(missing_ok=True)
+
+
+def _refresh(lock: Path, stop: threading.Event) -> None:
+    while not stop.wait(LOCK_REFRESH_S):
+        with contextlib.suppress(OSError):
+            os.utime(lock)
+
+
+def _stale(lock: Path) -> bool:
+    """The lock's holder is gone: a process of this machine that no longer runs, or no refresh for
+    ``LOCK_STALE_S`` (a holder on another machine)."""
+    try:
+        age = time.time() - lock.stat().st_mtime
+        holder = json.loads(lock.read_text(encoding="utf-8") or "{}")
+    except FileNotFoundError:
+        return False  # released meanwhile: try again
+    except (OSError, ValueError):
+        holder = {}  # being written
+    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int):
+        if not _running(holder["pid"]):
+            return True
+    return age > LOCK_STALE_S
+
+
+def _running(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would end the process there: rely on the refresh time
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

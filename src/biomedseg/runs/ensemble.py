@@ -152,19 +152,23 @@ def copy_member(run: RunFolder, dst: Path) -> RunFolder:
 
 
 def write_ensemble(out, members: list, weights: list[float] | None = None, copy: bool = False) -> RunFolder:
-    """Write the ensemble folder ``out`` of ``members`` (runs, CV folders or ensembles).
+    """Write the ensemble folder ``out`` of ``members`` (runs, CV folders or ensembles) holding at
+    least 2 runs in all: one CV folder is accepted (the ensemble of its folds, e.g. to ``copy`` them).
 
     ``weights``: one per member (default equal). ``copy``: copy the leaf runs into
     ``out/members/`` (with their effective weights) instead of referencing the folders.
     """
-    if len(members) < 2:
-        raise UserError(f"ensemble: needs at least 2 members, got {len(members)}")
+    if not members:
+        raise UserError("ensemble: no members given")
     folders = [open_run(m) for m in members]
     weights = list(weights) if weights is not None else [1.0] * len(folders)
     if len(weights) != len(folders):
         raise UserError(f"--weights: {len(weights)} weights for {len(folders)} members")
     total = sum(weights)
     leaves = [(leaf, w * lw / total) for f, w in zip(folders, weights) for leaf, lw in ensemble_members(f)]
+    if len(leaves) < 2:
+        raise UserError(f"{folders[0].root}: one run is no ensemble; give at least 2 runs, or one CV or ensemble "
+                        "folder (a CV folder already is the ensemble of its folds)")
     check_members([leaf for leaf, _ in leaves])
     ens = RunFolder(out)
     if ens.root.exists() and any(ens.root.iterdir()):

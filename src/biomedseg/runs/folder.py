@@ -22,6 +22,7 @@ class RunFolder:
 
     def __init__(self, root):
         self.paths = RunPaths(Path(root))
+        self._info: RunInfo | None = None  # run.json, read once
 
     @property
     def root(self) -> Path:
@@ -32,10 +33,13 @@ class RunFolder:
 
     # ------------------------------------------------------------------ reading
     def info(self) -> RunInfo:
-        """``run.json``, or format 1 of kind ``run`` for runs written before it existed."""
-        if not self.paths.run_json.is_file():
-            return RunInfo(format_version=1)
-        return validated(RunInfo, _read_json(self.paths.run_json), self.paths.run_json)
+        """``run.json``, or format 1 of kind ``run`` for runs written before it existed; read once
+        per :class:`RunFolder` once it exists (``write_info`` replaces it)."""
+        if self._info is None:
+            if not self.paths.run_json.is_file():
+                return RunInfo(format_version=1)
+            self._info = validated(RunInfo, _read_json(self.paths.run_json), self.paths.run_json)
+        return self._info
 
     def config_values(self) -> dict:
         """The resolved training config as plain values (``config.yaml``)."""
@@ -69,6 +73,7 @@ class RunFolder:
     # ------------------------------------------------------------------ writing
     def write_info(self, info: RunInfo) -> None:
         write_json(self.paths.run_json, info.model_dump(mode="json"))
+        self._info = info
 
     def write_config(self, yaml_text: str) -> None:
         write_text(self.paths.config, yaml_text)

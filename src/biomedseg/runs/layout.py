@@ -10,6 +10,7 @@
     RUN/metrics.csv         one row per epoch; RUN/curves.png; RUN/tensorboard/
     RUN/postprocess.yaml    tuned post-processing (when tuned)
     RUN/ddp.json            DDP runs: world size and per-rank checksums
+    RUN/trust.json          what the model was trained on, for out-of-distribution warnings
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ CURVES = "curves.png"
 TENSORBOARD = "tensorboard"
 POSTPROCESS = "postprocess.yaml"
 DDP = "ddp.json"
+TRUST = "trust.json"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class RunPaths:
     tensorboard = property(lambda self: self.root / TENSORBOARD)
     postprocess = property(lambda self: self.root / POSTPROCESS)
     ddp = property(lambda self: self.root / DDP)
+    trust = property(lambda self: self.root / TRUST)
 
     def checkpoint(self, name: str) -> Path:
         """``RUN/checkpoints/<name>.pt`` for ``name`` in :data:`CHECKPOINT_NAMES`."""

@@ -32,13 +32,15 @@ class RunInfo(BaseModel):
     format_version: int = RUN_FORMAT_VERSION
     created: str | None = None
     biomedseg_version: str | None = None
+    # the run this one started from (train --init): run name, path, origin, checkpoint, its sha256
+    parent: dict | None = None
 
     @classmethod
-    def new(cls, kind: RunKind = "run") -> "RunInfo":
+    def new(cls, kind: RunKind = "run", parent: dict | None = None) -> "RunInfo":
         from biomedseg import __version__
 
         return cls(kind=kind, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   biomedseg_version=__version__)
+                   biomedseg_version=__version__, parent=parent)
 
 
 class DatasetInfo(BaseModel):

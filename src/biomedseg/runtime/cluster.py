@@ -126,6 +126,54 @@ def worker_threads() -> int | None:
         return None
 
 
+def process_cores() -> tuple[str, tuple[int, ...]]:
+    """``(host name, CPU ids this process may run on)``."""
+    import os
+    import socket
+
+    try:
+        cpus = tuple(sorted(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cpus = tuple(range(os.cpu_count() or 1))
+    return socket.gethostname(), cpus
+
+
+def plan_task_threads(cores: dict[str, tuple[str, tuple[int, ...]]], nthreads: dict[str, int]) -> dict[str, int]:
+    """``{worker address: torch threads per task}`` = the cores a worker may use divided by the
+    tasks that run at once on those cores: the thread counts of every worker on the same host with
+    the same CPUs (``cores``: each worker's :func:`process_cores`; ``nthreads``: its Dask threads),
+    at least 1. E.g. on 8 cores, one worker of 8 threads runs 8 tasks at once: 1 thread each (its
+    thread count each would be 8 x 8 = 64 threads); two workers of 1 thread: 4 threads each."""
+    running: dict[tuple, int] = {}
+    for address, key in cores.items():
+        running[key] = running.get(key, 0) + max(1, int(nthreads.get(address, 1)))
+    return {address: max(1, len(key[1]) // running[key]) for address, key in cores.items()}
+
+
+def task_threads_by_worker(client) -> dict[str, int]:
+    """:func:`plan_task_threads` of the cluster's workers now (``{}`` when it cannot be asked)."""
+    try:
+        return plan_task_threads(client.run(process_cores), client.nthreads())
+    except Exception as exc:  # noqa: BLE001 - a worker that went away: the tasks fall back to their own count
+        log.debug("cannot ask the workers for their cores (%s)", exc)
+        return {}
+
+
+def task_threads(plan: dict[str, int] | None = None) -> int | None:
+    """Torch threads for the Dask task running this code: its worker's entry of ``plan``
+    (:func:`task_threads_by_worker`), else this process's cores divided by its worker's thread
+    count; ``None`` outside a worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+    except Exception:
+        return None
+    if plan and worker.address in plan:
+        return plan[worker.address]
+    return max(1, len(process_cores()[1]) // max(1, int(worker.state.nthreads)))
+
+
 def with_worker_threads(options: dict) -> dict:
     """Training ``options`` with ``num_threads`` = the worker's thread count, unless already set."""
     threads = worker_threads()

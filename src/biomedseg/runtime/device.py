@@ -58,9 +58,27 @@ def configure_threads(num_threads: int | None) -> int:
 
 
 def use_channels_last(setting: bool | None, device: torch.device) -> bool:
-    """channels_last memory format: the setting if given, else on for CUDA and off for CPU.
+    """channels_last memory format for training: the setting if given, else on for CUDA and off for
+    CPU (prediction: :func:`inference_channels_last`).
 
     Measured on the project's AVX-512 CPU (MONAI U-Net, batch 8, 256x256, fp32 training,
     interleaved): 5.52 images/s contiguous versus 5.30 channels_last (docs/experiments.md).
     """
     return bool(setting) if setting is not None else device.type == "cuda"
+
+
+def inference_channels_last(setting: bool | None, device: torch.device, precision: str) -> bool:
+    """channels_last tensors for prediction: the setting if given, else on for CUDA; on a CPU on
+    when the network runs in fp32 (``precision`` resolved), off in bf16/fp16.
+
+    Measured through ``biomedseg.predict`` (default U-Net, one 2048 x 2048 image, interleaved,
+    medians; ``benchmarks/channels_last_cpu.py``, benchmarks/RESULTS.md, a CPU shared with other
+    jobs): fp32 with AVX2 kernels only (an AVX2-class CPU, where ``precision: auto`` is fp32) 2.15x
+    (1 thread) and 1.56x (2 threads) faster channels-last, fp32 with AVX-512 1.15x and 1.42x; bf16 on
+    the native-bf16 CPU (its ``auto``) 0.91x and 0.77x at 1 thread (contiguous faster).
+    """
+    if setting is not None:
+        return bool(setting)
+    if device.type == "cuda":
+        return True
+    return precision == "fp32"

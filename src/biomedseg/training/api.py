@@ -22,7 +22,8 @@ from biomedseg.runs import RunFolder, create_run
 from biomedseg.training import stages
 from biomedseg.training.config import DEFAULT_EPOCHS, TrainConfig, build_config, load_config_file, merge
 from biomedseg.training.data_setup import at_working_scale, load_training_data
-from biomedseg.training.plan.stage import fingerprint_of, plan_config, plan_now
+from biomedseg.training.plan.stage import fingerprint_of, plan_config, plan_now, training_pixel_size
+from biomedseg.training.warm_start import init_settings, resolve_init
 
 
 def resolve_config(config_file=None, overrides: dict | None = None, resume_run: RunFolder | None = None) -> TrainConfig:
@@ -40,7 +41,7 @@ def resolve_settings(config_file=None, overrides: dict | None = None,
 
 
 def train(data=None, out=None, *, images=None, masks=None, config=None, resume: bool = False,
-          quiet: bool = False, plan=None, split: dict | None = None, on_epoch=None, **overrides) -> Path:
+          quiet: bool = False, plan=None, split: dict | None = None, on_epoch=None, init=None, **overrides) -> Path:
     """Train a model on ``data`` (a DATA folder) and write the run folder ``out``.
 
     ``overrides`` are config fields (see :class:`~biomedseg.training.config.TrainConfig`), e.g.
@@ -49,24 +50,32 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     "val": ids}`` (e.g. a cross-validation fold) instead of ``dataset.json``'s or a random one.
     ``on_epoch(epoch, row) -> bool``: called after each validated epoch with its ``metrics.csv``
     row; ``True`` stops training there (the run is finished as usual, e.g. a pruned sweep trial).
-    Returns the run folder.
+    ``init``: a run or CV folder whose weights the new run starts from
+    (:mod:`biomedseg.training.warm_start`). Returns the run folder.
     """
     if out is None:
         raise UserError("train: --out RUN is required")
+    if init is not None and resume:
+        raise UserError(f"{out}: --init starts a new run, --resume continues one; use one of them")
     run = create_run(out, resume)
+    source = resolve_init(init) if init is not None else None
     cfg, explicit = resolve_settings(config, overrides, run if resume else None)
     if cfg.epochs is None and cfg.time_budget is None:
         cfg = cfg.model_copy(update={"epochs": DEFAULT_EPOCHS})
     rt = stages.start_runtime(cfg, quiet)
     data_ = load_training_data(cfg, data, images, masks, quiet=rt.quiet, split=split)
-    planned = {}
+    planned, init_entries = {}, {}
+    if source is not None:
+        cfg, explicit, init_entries = apply_init(cfg, explicit, source, data_)
     if cfg.auto_plan and not resume:
         cfg, planned = plan_config(cfg, explicit, data_, rt.device, plan)
+    planned.update(init_entries)
     data_ = at_working_scale(data_, cfg.working_scale, cfg.seed, rt.quiet, cfg.pixel_size)
-    parts = stages.build(cfg, data_, rt)
+    parts = stages.build(cfg, data_, rt, init=source)
     if rt.dist.is_main:
         stages.write_artifacts(run, cfg, stages.dataset_info(data_, parts),
-                               stages.runtime_entries(cfg, rt, data_, parts, planned, explicit), resume)
+                               stages.runtime_entries(cfg, rt, data_, parts, planned, explicit), resume,
+                               parent=source.lineage() if source is not None else None)
     trainer = stages.make_trainer(run, cfg, data_, parts, rt, on_epoch)
     started = time.perf_counter()
     state = stages.fit(run, trainer, rt, resume)
@@ -75,6 +84,13 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     if rt.dist.is_main:
         stages.finish(run, state, rt, started)
     return run.root
+
+
+def apply_init(cfg: TrainConfig, explicit: dict, source, data) -> tuple[TrainConfig, dict, dict]:
+    """What ``--init`` carries over, applied to ``cfg`` and counted as chosen (the plan keeps off it):
+    ``(config, explicit values, plan entries)``."""
+    values, entries = init_settings(source, explicit, training_pixel_size(data.train))
+    return build_config(merge(cfg.model_dump(), values), source="--init"), merge(explicit, values), entries
 
 
 def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None, epochs=None,

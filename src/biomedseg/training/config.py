@@ -94,6 +94,12 @@ class TrainConfig(BaseModel):
     classes: list[str] | None = None
     background: str | int | None = "auto"  # class excluded from mean Dice; auto: class named background
     palette: list[list[int]] | None = None
+    # stored mask value of unlabelled pixels (partial labels, scribbles): a grey value or [r, g, b];
+    # default: dataset.json's ignore_value, else inferred where unambiguous (class indices plus 255);
+    # "none": no unlabelled value (not even inferred)
+    ignore_value: int | list[int] | Literal["none"] | None = None
+    # an image without a mask file is "not labelled" (left out of training) instead of an error
+    allow_unlabelled: bool = False
     channels: int | None = Field(None, ge=1)  # input channels; default: from the data
     exclude: list[str] = Field(default_factory=list)  # sample ids to leave out (label conflicts)
     # validation / inference

@@ -14,6 +14,7 @@ import numpy as np
 from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
 from biomedseg.data.splits import make_split
 from biomedseg.core.errors import UserError
+from biomedseg.data.class_palette import resolve_ignore
 from biomedseg.io import Palette, discover_palette, is_grey_rgb, read_image
 
 log = logging.getLogger("biomedseg")
@@ -29,9 +30,24 @@ class DataSetup:
     background: int | None
     channels: int
     split: dict[str, list[str]]
+    ignore_reason: str | None = None  # why palette.ignore (unlabelled pixels) was taken, when it was
 
 
-def _classes_and_palette(cfg, meta: dict | None, mask_paths) -> tuple[list[str], Palette, bool]:
+def _palette(values, ignore, classes=None) -> Palette:
+    try:
+        return Palette(values, ignore=ignore)
+    except ValueError:
+        named = f" (class {classes[ignore[0]]!r})" if classes and len(ignore) == 1 and ignore[0] < len(classes) else ""
+        raise UserError(f"config: ignore_value {list(ignore) if len(ignore) > 1 else ignore[0]} is also a class "
+                        f"value{named}; unlabelled pixels need a value of their own (e.g. 255)") from None
+
+
+def _classes_and_palette(cfg, meta: dict | None, mask_paths, ignore=None) -> tuple[list[str], Palette, bool]:
+    classes, palette, strict = _classes_and_palette_of(cfg, meta, mask_paths, ignore)
+    return classes, (_palette(palette.values, ignore, classes) if ignore is not None else palette), strict
+
+
+def _classes_and_palette_of(cfg, meta: dict | None, mask_paths, ignore) -> tuple[list[str], Palette, bool]:
     classes = cfg.classes or (meta or {}).get("classes")
     if cfg.palette:
         palette = Palette([tuple(int(v) for v in entry) for entry in cfg.palette])
@@ -39,7 +55,9 @@ def _classes_and_palette(cfg, meta: dict | None, mask_paths) -> tuple[list[str],
         if len(classes) != len(palette.values):
             raise UserError(f"config: {len(classes)} classes but a palette of {len(palette.values)} entries")
         return list(classes), palette, False
-    palette = discover_palette(mask_paths)
+    if ignore is not None and classes and len(ignore) == 1:
+        _palette([(i,) for i in range(len(classes))], ignore, list(classes))  # a class index as ignore: refused
+    palette = discover_palette(mask_paths, ignore=ignore)
     k = len(palette.values)
     is_index = all(len(v) == 1 and v[0] == i for i, v in enumerate(palette.values))
     if classes:
@@ -116,16 +134,22 @@ def prepare_data(cfg, data=None, images=None, masks=None, split: dict | None = N
     ``split``: an explicit ``{"train": ids, "val": ids}`` used instead of ``dataset.json``'s split
     or a random one (its test split is kept aside)."""
     source = resolve_data(data, images, masks)
-    samples = find_pairs(source.images_dir, source.masks_dir)
+    samples = find_pairs(source.images_dir, source.masks_dir, allow_unlabelled=cfg.allow_unlabelled)
+    unlabelled = [s.id for s in samples if s.mask is None]  # not labelled: like an exclusion below
+    if unlabelled:  # --allow-unlabelled: images without a mask file are not labelled, so not trained on
+        log.info("%d images have no mask file and are left out (--allow-unlabelled): %s", len(unlabelled),
+                 ", ".join(unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else ""))
+        samples = [s for s in samples if s.mask is not None]
     check_pairs(samples)
     from biomedseg.data.group_split import read_exclude
 
-    excluded = set(cfg.exclude) | set(read_exclude(source.root))  # DATA/exclude.txt from `biomedseg split`
+    excluded = set(cfg.exclude) | set(read_exclude(source.root)) | set(unlabelled)  # exclude.txt: `biomedseg split`
     samples = [s for s in samples if s.id not in excluded]
     if not samples:
         raise UserError(f"{source.images_dir}: no image/mask pairs left to train on")
     meta = source.meta or {}
-    classes, palette, strict = _classes_and_palette(cfg, meta, [s.mask for s in samples])
+    ignore, ignore_reason = resolve_ignore(cfg.ignore_value, meta, [s.mask for s in samples])
+    classes, palette, strict = _classes_and_palette(cfg, meta, [s.mask for s in samples], ignore)
     ids = [s.id for s in samples]
     given = meta.get("split") or {}
     if split is not None:
@@ -144,7 +168,7 @@ def prepare_data(cfg, data=None, images=None, masks=None, split: dict | None = N
     else:
         split = make_split(ids, cfg.val_fraction, cfg.seed)
     return DataSetup(source, samples, classes, palette, strict, _background_index(cfg, classes),
-                     _channels(cfg, [s.image for s in samples]), split)
+                     _channels(cfg, [s.image for s in samples]), split, ignore_reason)
 
 
 def steps_per_pass(area: float, patch_size: int, batch_size: int) -> int:

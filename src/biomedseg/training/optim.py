@@ -22,6 +22,11 @@ import torch
 
 from biomedseg.core.errors import UserError
 
+#: each optimiser's own learning rate when the user picks it without one: AdamW's is the rate the
+#: planner measured for it (the config default); Adam's is Kingma & Ba's; SGD's is nnU-Net's
+#: (with its Nesterov momentum 0.99, the config default); RMSprop's is PyTorch's
+DEFAULT_LR: dict[str, float] = {"adamw": 2e-3, "adam": 1e-3, "sgd": 1e-2, "rmsprop": 1e-2}
+
 OPTIMIZERS: dict[str, Callable] = {
     "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
     "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +47,7 @@ class Parts:
     schedule: object
     iterations_per_epoch: int
     augmenter: object
+    notes: dict = field(default_factory=dict)  # plan.yaml entries decided while building (--init)
 
 
 def resolve_determinism(deterministic: bool | None, device_type: str) -> bool:
@@ -83,8 +84,10 @@ def start_runtime(cfg: TrainConfig, quiet: bool = False) -> Runtime:
                    quiet or not dist.is_main)
 
 
-def build(cfg: TrainConfig, data, rt: Runtime) -> Parts:
-    """Normaliser, class weights, model, loss, optimiser and schedule for ``cfg`` on ``data``."""
+def build(cfg: TrainConfig, data, rt: Runtime, init=None) -> Parts:
+    """Normaliser, class weights, model, loss, optimiser and schedule for ``cfg`` on ``data``; ``init``: an
+    :class:`~biomedseg.training.warm_start.InitSource` whose weights (and normalisation, where the new
+    images match it) the model starts from."""
     import torch
 
     from biomedseg.data.datasets import class_pixel_counts
@@ -99,7 +102,16 @@ def build(cfg: TrainConfig, data, rt: Runtime) -> Parts:
     normalizer = Normalizer.fit([s.image for s in data.train], cfg.normalization, seed=cfg.seed)
     counts = class_pixel_counts(data.train, data.n_classes)
     weights = class_weights_from_counts(counts, cfg.class_weights)
-    model = create_model(cfg.model, data.setup.channels, data.n_classes, **cfg.model_kwargs).to(rt.device)
+    model = create_model(cfg.model, data.setup.channels, data.n_classes, **cfg.model_kwargs)
+    notes = {}
+    if init is not None:
+        from biomedseg.training.warm_start import choose_normalizer, load_init_weights
+
+        normalizer, why = choose_normalizer(init, normalizer, data.setup.channels)
+        notes["init_normalization"] = {"value": "source" if "re-estimated" not in why else "new images",
+                                       "reason": why}
+        notes["init_classes"] = load_init_weights(model, init, cfg, data.setup.classes, data.setup.channels)
+    model = model.to(rt.device)
     if use_channels_last(cfg.channels_last, rt.device):
         model = model.to(memory_format=torch.channels_last)
     loss_fn = build_loss(cfg.loss, data.n_classes, weights.to(rt.device) if weights is not None else None)
@@ -107,7 +119,7 @@ def build(cfg: TrainConfig, data, rt: Runtime) -> Parts:
     schedule = ProgressSchedule(optimizer, cfg.schedule, cfg.lr, cfg.warmup_fraction)
     ipe = auto_iterations_per_epoch(cfg, [s.shape for s in data.train])
     return Parts(normalizer, counts, weights, model, loss_fn.to(rt.device), optimizer, schedule, ipe,
-                 build_augmenter(cfg.augment))
+                 build_augmenter(cfg.augment), notes)
 
 
 def dataset_info(data, parts: Parts) -> DatasetInfo:
@@ -128,6 +140,7 @@ def runtime_entries(cfg: TrainConfig, rt: Runtime, data, parts: Parts, planned: 
     cuda = rt.device.type == "cuda"
     entries = {
         **planned,
+        **parts.notes,
         "device": {"value": str(rt.device), "reason": "CUDA when present" if cuda else "no GPU visible"},
         "precision": {"value": rt.precision, "reason": "native bf16/fp16 support" if rt.precision != "fp32"
                       else "no native bf16 on this CPU: emulated bf16 is slower than fp32"},
@@ -145,16 +158,23 @@ def runtime_entries(cfg: TrainConfig, rt: Runtime, data, parts: Parts, planned: 
     if "compile" not in planned:  # planned entries already say "set by the user" where the user did
         entries["compile"] = {"value": cfg.compile, "reason": USER_REASON if "compile" in explicit
                               else "off unless planned: about a minute of compiling first (--set compile=true)"}
+    if data.setup.ignore_reason:
+        ignore = data.setup.palette.ignore
+        entries["ignore_value"] = {"value": None if ignore is None else (ignore[0] if len(set(ignore)) == 1
+                                                                         else list(ignore)),
+                                   "reason": data.setup.ignore_reason}
     if rt.dist.enabled:
         entries["world_size"] = {"value": rt.dist.world_size, "reason": "torchrun processes (DDP)"}
     return entries
 
 
-def write_artifacts(run: RunFolder, cfg: TrainConfig, info: DatasetInfo, plan: dict, resume: bool) -> None:
-    """``run.json`` (kept on resume), ``config.yaml``, ``dataset.json`` and ``plan.yaml``."""
+def write_artifacts(run: RunFolder, cfg: TrainConfig, info: DatasetInfo, plan: dict, resume: bool,
+                    parent: dict | None = None) -> None:
+    """``run.json`` (kept on resume; ``parent``: the ``--init`` lineage), ``config.yaml``, ``dataset.json``
+    and ``plan.yaml``."""
     run.root.mkdir(parents=True, exist_ok=True)
     if not (resume and run.paths.run_json.is_file()):
-        run.write_info(RunInfo.new("run"))
+        run.write_info(RunInfo.new("run", parent=parent))
     run.write_config(cfg.to_yaml())
     run.write_dataset(info)
     run.write_plan(plan)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from biomedseg.core.labels import IGNORE_INDEX
+
 #: a foreground class keeps a working-scale pixel it covers at least this fraction of, wherever
 #: the majority vote left none of that class next to it (lines of 1-2 px, specks of a few px)
 RESCUE_COVERAGE = 0.25
@@ -66,7 +68,9 @@ def resample_mask(mask: np.ndarray, shape: tuple[int, int], n_classes: int | Non
     the pixels it covers by at least :data:`RESCUE_COVERAGE` where the vote left none of it in the
     3x3 neighbourhood (a 1-px line or a speck that no pixel's majority holds). Object outlines
     are not grown: rescued pixels are only those away from the class's own voted pixels.
-    Upsampling (a larger ``shape``) is by nearest neighbour.
+    Upsampling (a larger ``shape``) is by nearest neighbour. Unlabelled pixels
+    (:data:`~biomedseg.core.labels.IGNORE_INDEX`) take part in no vote; a working-scale pixel less than
+    half labelled stays unlabelled.
     """
     from scipy import ndimage
 
@@ -87,4 +91,6 @@ def resample_mask(mask: np.ndarray, shape: tuple[int, int], n_classes: int | Non
         near = ndimage.binary_dilation(out == c, np.ones((3, 3), bool))
         rescue = (frac[c] >= RESCUE_COVERAGE) & ~near & ((out == background) if background is not None else True)
         out[rescue] = c
+    if k <= IGNORE_INDEX and (mask == IGNORE_INDEX).any():
+        out[frac.sum(0) < 0.5] = IGNORE_INDEX
     return out

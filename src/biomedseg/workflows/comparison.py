@@ -9,8 +9,11 @@ Each run needs an evaluation (a folder written by :func:`biomedseg.workflows.eva
 - written there now by ``evaluate`` (without overlay pictures).
 
 Runs must have the same classes and be evaluated on the same image ids of the same data (a one-line
-:class:`UserError` otherwise). Per-image Dice (``image_dice``) of each run against a baseline (or
-every pair) goes through :func:`biomedseg.core.stats.paired_bootstrap`; the report is written by
+:class:`UserError` otherwise). Per-image Dice (``image_dice``), or any other ``per_image.csv`` column
+named by ``metric`` (``--metric aji``, ``hd95``, ...: evaluations lacking it are redone with that
+metric's group; for distances and errors lower is better, so their differences are taken the
+other way round), of each run against a baseline (or every pair) goes through
+:func:`biomedseg.core.stats.paired_bootstrap`; the report is written by
 :mod:`biomedseg.reports.compare`, plus ``OUT/compare.json`` with the numbers.
 
 Members are run folders, cross-validation folders (the ensemble of their folds) or ensemble folders
@@ -105,8 +108,8 @@ def _find(name_or_path, runs: Sequence[RunFolder], names: Sequence[str], what: s
 
 
 # ----------------------------------------------------------------------------- the evaluations
-def read_evaluation(eval_dir) -> tuple[dict, dict[str, float]]:
-    """``(metrics.json, {image id: image_dice})`` of an evaluation folder."""
+def read_evaluation(eval_dir, score: str = SCORE) -> tuple[dict, dict[str, float]]:
+    """``(metrics.json, {image id: score})`` of an evaluation folder (``score``: a per-image column)."""
     from biomedseg.training.curves import to_float
 
     eval_dir = Path(eval_dir)
@@ -120,12 +123,13 @@ def read_evaluation(eval_dir) -> tuple[dict, dict[str, float]]:
             rows = list(csv.DictReader(fh))
     except (OSError, ValueError, csv.Error) as exc:
         raise UserError(f"{eval_dir}: cannot read the evaluation ({str(exc).splitlines()[0]})") from None
-    if rows and ("id" not in rows[0] or SCORE not in rows[0]):
-        raise UserError(f"{rows_path}: no 'id' and {SCORE!r} columns")
-    scores = {row["id"]: to_float(row[SCORE]) for row in rows}
+    if rows and ("id" not in rows[0] or score not in rows[0]):
+        hint = f" (evaluate with --metrics {score})" if score != SCORE else ""
+        raise UserError(f"{rows_path}: no 'id' and {score!r} columns{hint}")
+    scores = {row["id"]: to_float(row[score]) for row in rows}
     bad = [i for i, v in scores.items() if math.isnan(v)]
     if bad:
-        raise UserError(f"{rows_path}: image {bad[0]} has no {SCORE}")
+        raise UserError(f"{rows_path}: image {bad[0]} has no {score}")
     return metrics, scores
 
 
@@ -133,12 +137,12 @@ def _same_path(a, b) -> bool:
     return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
 
 
-def is_current(eval_dir: Path, run: RunFolder, split: str, data) -> bool:
+def is_current(eval_dir: Path, run: RunFolder, split: str, data, score: str = SCORE) -> bool:
     """True when ``eval_dir`` holds an evaluation of ``run`` on ``split`` of ``data`` (default the run's
     training data) newer than the run's best checkpoint (a CV's or ensemble's: its members') and
     post-processing."""
     try:
-        metrics, _ = read_evaluation(eval_dir)
+        metrics, _ = read_evaluation(eval_dir, score)
     except UserError:
         return False
     if metrics.get("split") != split or not _same_path(metrics.get("run"), run.root):
@@ -159,25 +163,41 @@ def _checkpoints(run: RunFolder) -> list[Path]:
     return [leaf.checkpoint_path("best") for leaf, _ in ensemble_members(run)]
 
 
-def evaluation_of(run: RunFolder, name: str, out: Path, split: str, data, given, device, quiet) -> Path:
-    """The evaluation folder of ``run``: ``given``, a current ``OUT/evals/<name>``, or a new one."""
+def evaluation_of(run: RunFolder, name: str, out: Path, split: str, data, given, device, quiet,
+                  score: str = SCORE) -> Path:
+    """The evaluation folder of ``run``: ``given``, a current ``OUT/evals/<name>`` holding ``score``,
+    or a new one (with ``score``'s metric group when it is a field metric)."""
     if given is not None:
-        metrics, _ = read_evaluation(given)
+        metrics, _ = read_evaluation(given, score)
         if metrics.get("split") != split:
             raise UserError(f"{given}: an evaluation on the {metrics.get('split')!r} split, not {split!r}")
         if not _same_path(metrics.get("run"), run.root):
             log.warning("%s: evaluated run %s, compared as %s", given, metrics.get("run"), run.root)
         return Path(given)
     eval_dir = out / EVALS_DIR / name
-    if is_current(eval_dir, run, split, data):
+    if is_current(eval_dir, run, split, data, score):
         log.info("%s: reusing the evaluation in %s", name, eval_dir)
         return eval_dir
     from biomedseg.workflows.evaluation import evaluate
 
     log.info("%s: evaluating on the %s split -> %s", name, split, eval_dir)
     kwargs = {"device": device} if device else {}
+    if score != SCORE:
+        kwargs["metrics"] = metric_group(score)
     evaluate(run.root.resolve(), data, out=eval_dir, split=split, overlays=False, quiet=quiet, **kwargs)
     return eval_dir
+
+
+def metric_group(score: str) -> str:
+    """The ``--metrics`` value that computes the per-image column ``score`` (``hd95_um``, ``aji_nucleus`` ...)."""
+    from biomedseg.metrics.choice import GROUPS
+
+    hits = [(k, g) for g, keys in GROUPS.items() for k in keys if score == k or score.startswith(k + "_")]
+    hits += [(k, "boundary") for k in ("hd95_um", "assd_um") if score.startswith(k)]
+    if not hits:
+        raise UserError(f"--metric {score}: not a per-image metric (image_dice, dice_<class>, or one of "
+                        f"{', '.join(k for keys in list(GROUPS.values())[1:] for k in keys)})")
+    return max(hits, key=lambda h: len(h[0]))[1]
 
 
 def common_images(members: Sequence[Member]) -> list[str]:
@@ -217,6 +237,27 @@ def differing_settings(configs: Sequence[Mapping]) -> list[tuple[str, list]]:
         if any(v != values[0] for v in values[1:]):
             rows.append((key, [v if isinstance(v, (int, float, str)) or v is None else str(v) for v in values]))
     return rows
+
+
+def lineage_rows(members: Sequence[Member]) -> list[tuple[str, list]]:
+    """``[("started from (--init)", [parent per run])]`` when a run was started from another (the parent's
+    name, marked "(compared here)" when it is one of the runs), else ``[]``."""
+    parents = []
+    for m in members:
+        parent = getattr(m.run.info(), "parent", None) or None
+        parents.append(parent)
+    if not any(parents):
+        return []
+    roots = {str(m.run.root.resolve()): m.name for m in members}
+    cells = []
+    for p in parents:
+        if not p:
+            cells.append(None)
+            continue
+        here = roots.get(str(p.get("path")))
+        cells.append(f"{here} (compared here)" if here else f"{p.get('run')} ({p.get('checkpoint')}, "
+                     f"sha256 {str(p.get('sha256'))[:12]})")
+    return [("started from (--init)", cells)]
 
 
 def training_summary(run: RunFolder) -> tuple[dict, dict | None]:
@@ -264,12 +305,17 @@ def pairs_to_compare(names: Sequence[str], baseline: int, mode: str) -> list[tup
     return [(baseline, j) for j in range(len(names)) if j != baseline]
 
 
-def method_note(n: int, n_resamples: int, seed: int, confidence: float, n_pairs: int) -> str:
+def method_note(n: int, n_resamples: int, seed: int, confidence: float, n_pairs: int, score: str = SCORE) -> str:
+    from biomedseg.metrics.field import metric_direction
+
     alpha = 1.0 - confidence
+    what = (f"per-image Dice ({SCORE}: the mean Dice over the foreground classes of one image; pooled Dice in the "
+            "metrics table can rank runs differently)") if score == SCORE else (
+        f"per-image {score} (lower is better: the difference is taken A - B, so positive favours B)"
+        if metric_direction(score) == "lower" else f"per-image {score}")
     text = (f"Paired bootstrap over the {n} images: image indices drawn with replacement {n_resamples} times "
             f"(seed {seed}), the same images for both runs; the interval is the {confidence * 100:g}% BCa "
-            f"interval of the mean difference of per-image Dice ({SCORE}: the mean Dice over the foreground classes "
-            "of one image; pooled Dice in the metrics table can rank runs differently); p is the two-sided "
+            f"interval of the mean difference of {what}; p is the two-sided "
             "bootstrap p-value. The interval covers the image-to-image noise of these images, not the randomness "
             "of training: two seeds of one configuration differ too.")
     if n_pairs > 1:
@@ -283,18 +329,22 @@ def method_note(n: int, n_resamples: int, seed: int, confidence: float, n_pairs:
 # ------------------------------------------------------------------------------------ compare
 def compare(runs: Sequence, out, *, data=None, split: str = DEFAULT_SPLIT, evaluations: Mapping | None = None,
             baseline=None, pairs: str = PAIRS[0], n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-            confidence: float = DEFAULT_CONFIDENCE, device: str | None = None, quiet: bool = False) -> dict:
+            confidence: float = DEFAULT_CONFIDENCE, device: str | None = None, quiet: bool = False,
+            metric: str = SCORE) -> dict:
     """Compare run folders ``runs`` on ``split`` of ``data`` (default: each run's training data).
 
     ``evaluations``: ``{run path or name: evaluation folder}`` to reuse; the others are evaluated
     into ``out/evals/<name>/`` (see the module docstring). ``baseline``: run path or name (default
-    the first). ``pairs``: ``"baseline"`` (each run against it) or ``"all"``. Writes
+    the first). ``pairs``: ``"baseline"`` (each run against it) or ``"all"``. ``metric``: the
+    per-image column compared (default ``image_dice``). Writes
     ``out/compare.md``, ``out/compare.html`` and ``out/compare.json``; returns the latter's content.
     """
     if not 0.0 < confidence < 1.0:
         raise UserError(f"--confidence {confidence}: expected a number between 0 and 1")
     if n_resamples < 1:
         raise UserError(f"--resamples {n_resamples}: expected at least 1")
+    if metric != SCORE and not metric.startswith("dice_"):
+        metric_group(metric)  # a bad name fails before anything is evaluated
     folders = open_members(runs)
     names = member_names(folders)
     base = _find(baseline, folders, names, "--baseline") if baseline is not None else 0
@@ -303,25 +353,33 @@ def compare(runs: Sequence, out, *, data=None, split: str = DEFAULT_SPLIT, evalu
     out = Path(out)
     members = []
     for i, (run, name) in enumerate(zip(folders, names)):
-        eval_dir = evaluation_of(run, name, out, split, data, given.get(i), device, quiet)
-        members.append(Member(name, run, eval_dir, *read_evaluation(eval_dir)))
+        eval_dir = evaluation_of(run, name, out, split, data, given.get(i), device, quiet, metric)
+        members.append(Member(name, run, eval_dir, *read_evaluation(eval_dir, metric)))
     ids = common_images(members)
-    comparisons = []
-    for a, b in index_pairs:
-        ma, mb = members[a], members[b]
-        result = paired_bootstrap([ma.scores[i] for i in ids], [mb.scores[i] for i in ids], n_resamples=n_resamples,
-                                  seed=seed, confidence=confidence)
-        comparisons.append({"a": ma.name, "b": mb.name, **result,
-                            "sentence": difference_sentence(result, ma.name, mb.name)})
-    summary = {"split": split, "data": members[0].metrics.get("data"), "n_images": len(ids), "score": SCORE,
+    comparisons = [_compare_pair(members[a], members[b], ids, metric, n_resamples, seed, confidence)
+                   for a, b in index_pairs]
+    summary = {"split": split, "data": members[0].metrics.get("data"), "n_images": len(ids), "score": metric,
                "baseline": names[base] if pairs == "baseline" else None,
                "runs": [{"name": m.name, "run": str(m.run.root), "evaluation": str(m.eval_dir)} for m in members],
                "comparisons": comparisons}
     md, page = _write_report(out, members, ids, summary, method_note(len(ids), n_resamples, seed, confidence,
-                                                                     len(comparisons)))
+                                                                     len(comparisons), metric))
     summary.update({"markdown": str(md), "html": str(page)})
     write_text(out / RESULT_NAME, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
+
+
+def _compare_pair(ma: Member, mb: Member, ids, metric: str, n_resamples: int, seed: int, confidence: float) -> dict:
+    """Paired bootstrap of ``b - a`` on ``metric``; for a lower-is-better metric on ``a - b``, so that a
+    positive difference always means ``b`` is better (``"direction"`` says which)."""
+    from biomedseg.metrics.field import metric_direction
+
+    sign = -1.0 if metric_direction(metric) == "lower" else 1.0
+    result = paired_bootstrap([sign * ma.scores[i] for i in ids], [sign * mb.scores[i] for i in ids],
+                              n_resamples=n_resamples, seed=seed, confidence=confidence)
+    label = "Dice" if metric == SCORE else (metric + (" (lower is better)" if sign < 0 else ""))
+    return {"a": ma.name, "b": mb.name, **result, "direction": "lower" if sign < 0 else "higher",
+            "sentence": difference_sentence(result, ma.name, mb.name, metric=label)}
 
 
 def _write_report(out: Path, members: Sequence[Member], ids: Sequence[str], summary: dict, method: str):
@@ -340,8 +398,8 @@ def _write_report(out: Path, members: Sequence[Member], ids: Sequence[str], summ
     report = CompareReport(
         title=f"biomedseg comparison: {', '.join(m.name for m in members)}",
         split=summary["split"], data=str(summary["data"]), runs=columns,
-        settings=differing_settings([m.run.config_values() for m in members]),
-        image_ids=list(ids), image_dice={m.name: [m.scores[i] for i in ids] for m in members},
+        settings=lineage_rows(members) + differing_settings([m.run.config_values() for m in members]),
+        image_ids=list(ids), image_dice={m.name: [m.scores[i] for i in ids] for m in members}, score=summary["score"],
         comparisons=[Comparison(c["a"], c["b"], c, c["sentence"]) for c in summary["comparisons"]],
         method=method)
     return write_compare_report(out, report)

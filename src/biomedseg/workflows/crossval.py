@@ -11,13 +11,16 @@
    the time budget is ``time_budget / k`` per fold unless ``budget_per_fold`` is given;
 4. each fold's validation images predicted by it (out-of-fold, ``CV/oof/<id>.npy``);
 5. ``CV/summary.json``: per-fold and mean +/- sd validation scores, and the scores of the
-   out-of-fold predictions pooled over the whole pool; ``CV/config.yaml`` and ``dataset.json``
+   out-of-fold predictions pooled over the whole pool (the field metrics that ``dataset.json`` or
+   the pool's fingerprint chooses included: ``field_scores``, means over images);
+   ``CV/config.yaml`` and ``dataset.json``
    make the CV folder the ensemble of its folds (``evaluate``/``predict`` accept it).
 
 Run again, it skips finished folds, resumes a fold interrupted mid-training from its
 ``last.pt``, and predicts the out-of-fold images of a fold trained but not yet predicted.
 ``fold=K`` does fold K only (one process per GPU); ``prepare=True`` writes the folds and the plan
-and stops (so that parallel fold processes share them).
+and stops. Parallel fold processes started without it share them too: the first one prepares
+them under a lock (:func:`biomedseg.runs.cv.preparing`), the others wait and reuse them.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import yaml
 from biomedseg.data.folds import DEFAULT_FOLDS, fold_splits, make_folds
 from biomedseg.core.errors import UserError
 from biomedseg.io.writers import write_text
-from biomedseg.runs.cv import DONE, TRAINED, CVFolder, create_cv
+from biomedseg.runs.cv import DONE, TRAINED, CVFolder, create_cv, preparing
 
 log = logging.getLogger("biomedseg")
 
@@ -61,13 +64,14 @@ def cross_validate(data, out, *, folds: int = DEFAULT_FOLDS, fold: int | None = 
         cfg.time_budget / folds if cfg.time_budget else None)
     if fold is not None and not 0 <= fold < folds:
         raise UserError(f"--fold {fold}: expected 0..{folds - 1}")
-    cv = create_cv(out, folds=folds, budget_per_fold_s=per_fold, stratified=stratify)
-    if cv.n_folds() != folds:
-        raise UserError(f"{cv.root}: a CV of {cv.n_folds()} folds, not {folds}")
-    assignment = assign_folds(cv, cfg, data, folds, stratify, audit, check_flips, quiet)
     fold_options = {**overrides, **({"time_budget": per_fold} if per_fold else {})}
-    if cfg.auto_plan and not cv.paths.plan.is_file():
-        shared_plan(cv, data, config, plan, assignment, fold_options, quiet)
+    with preparing(out):  # parallel `cv --fold K` processes: the first prepares, the others wait and reuse
+        cv = create_cv(out, folds=folds, budget_per_fold_s=per_fold, stratified=stratify)
+        if cv.n_folds() != folds:
+            raise UserError(f"{cv.root}: a CV of {cv.n_folds()} folds, not {folds}")
+        assignment = assign_folds(cv, cfg, data, folds, stratify, audit, check_flips, quiet)
+        if cfg.auto_plan and not cv.paths.plan.is_file():
+            shared_plan(cv, data, config, plan, assignment, fold_options, quiet)
     if prepare:
         return {"prepared": str(cv.root), "missing": list(range(folds))}
     if scheduler is not None and fold is None:
@@ -205,9 +209,34 @@ def summarize(cv: CVFolder) -> dict:
     image_dice = [row["image_dice"] for r in records for row in r["rows"]]
     pooled.update({"image_dice": float(np.mean(image_dice)), "n_images": len(image_dice)})
     folds = cv.folds()
-    return {"k": len(records), "data": folds.get("data"), "n_pool": len(folds["pool"]), "n_test": len(folds["test"]),
-            "tta": records[0].get("tta"), "folds": rows, "mean": {s: v[0] for s, v in mean.items()},
-            "sd": {s: v[1] for s, v in mean.items()}, "out_of_fold": pooled}
+    out = {"k": len(records), "data": folds.get("data"), "n_pool": len(folds["pool"]), "n_test": len(folds["test"]),
+           "tta": records[0].get("tta"), "folds": rows, "mean": {s: v[0] for s, v in mean.items()},
+           "sd": {s: v[1] for s, v in mean.items()}, "out_of_fold": pooled}
+    out.update(_field_summary(records, rows))
+    return out
+
+
+def _field_summary(records: list[dict], rows: list[dict]) -> dict:
+    """The field metrics of the folds (records of older CVs have none): per fold, mean +/- sd over
+    the folds, and out of fold (mean over every pool image)."""
+    keys = _field_keys(records[0])
+    if not keys or not all(r.get("field") for r in records):
+        return {}
+    for row, rec in zip(rows, records):
+        row.update({k: rec["scores"].get(k) for k in keys})
+    per_image = {k: [row.get(k) for r in records for row in r["rows"]] for k in keys}
+    ms = {k: _mean_sd([r[k] for r in rows]) for k in keys}
+    return {"field": records[0]["field"], "field_scores": {
+        "mean": {k: v[0] for k, v in ms.items()}, "sd": {k: v[1] for k, v in ms.items()},
+        "out_of_fold": {k: _mean_sd(v)[0] for k, v in per_image.items()}}}
+
+
+def _field_keys(record: dict) -> list[str]:
+    """The field metric keys of a fold record (its ``scores`` beyond the pixel ones)."""
+    from biomedseg.metrics.choice import GROUPS
+
+    known = {k for g, keys in GROUPS.items() if g != "pixel" for k in keys}
+    return [k for k in record.get("scores", {}) if k in known or any(k.startswith(f"{x}_") for x in known)]
 
 
 def _mean_sd(values) -> tuple[float, float]:
@@ -228,6 +257,12 @@ def format_summary(summary: dict) -> str:
     o = summary["out_of_fold"]
     lines.append(f"out-of-fold, pooled over {o['n_images']} training-pool images: "
                  + "  ".join(f"{s} {_num(o.get(s))}" for s in SUMMARY_SCORES))
+    f = summary.get("field_scores")
+    if f:
+        lines.append(f"field metrics ({', '.join(summary['field']['groups'])}: {summary['field']['reason']}), "
+                     "mean +/- sd over folds [out of fold]:")
+        lines += [f"  {k:18s} {_num(f['mean'][k], 3)}+/-{_num(f['sd'][k], 3)}  [{_num(f['out_of_fold'][k])}]"
+                  for k in f["mean"]]
     return "\n".join(lines)
 
 

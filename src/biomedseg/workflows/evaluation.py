@@ -2,7 +2,12 @@
 
 Writes to ``out``: ``metrics.json`` (pooled scores, ``image_dice``, ``per_class``),
 ``per_image.csv``, ``overlays/<id>.png`` (TP/FP/FN per foreground class) and ``report.html``.
-Predictions are post-processed with ``RUN/postprocess.yaml`` when the run has one
+Field metrics (issue 25, :mod:`biomedseg.workflows.field_metrics`): the groups chosen by
+``metrics`` (``--metrics``), ``dataset.json`` ``"metrics"`` or the data's fingerprint add their
+columns to ``per_image.csv``, their means to ``metrics.json`` (top level, next to the pixel scores)
+and the choice, its reason and the empty-case conventions as ``metrics.json`` ``field``;
+``per_object.csv`` lists every true and predicted object. Predictions are post-processed with
+``RUN/postprocess.yaml`` when the run has one
 (``postprocess=False`` scores the raw argmax); ``metrics.json`` records the chain used. When
 the chain has an empty-mask gate (area, max probability or the classifier head's
 ``min_classifier_probability``), ``metrics.json`` also holds ``image_dice_without_gating``.
@@ -19,24 +24,30 @@ import numpy as np
 
 from biomedseg.data.splits import select_split
 from biomedseg.core.errors import UserError
+from biomedseg.metrics.choice import GROUPS, parse_metric_names
+from biomedseg.workflows.field_metrics import FieldScorer, write_per_object
 
 log = logging.getLogger("biomedseg")
 
 
 def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = "test", tta: bool | str = False,
              overlays: bool = True, valid_dir: str | None = None, device: str = "auto", quiet: bool = False,
-             postprocess: bool = True) -> dict:
+             postprocess: bool = True, metrics=None, nsd_tolerance_um: float | None = None) -> dict:
     """Evaluate run folder ``run`` on ``data``; returns the metrics dict also written to ``metrics.json``.
 
     ``valid_dir``: optional folder of ``<id>.png`` masks (non-zero = counted), e.g. DRIVE's
     field-of-view masks; pixels outside are ignored. ``tta``: ``False`` | ``"flips"`` |
-    ``"flips+rot90"``. ``postprocess``: apply ``RUN/postprocess.yaml`` when present.
+    ``"flips+rot90"``. ``postprocess``: apply ``RUN/postprocess.yaml`` when present. ``metrics``:
+    metric groups or names (``"object,aji"``, a list, ``"all"``; ``None``: ``dataset.json`` or the
+    fingerprint). ``nsd_tolerance_um``: the NSD tolerance in µm where the pixel size is known.
     """
     from biomedseg.inference.run import LoadedRun, load_run
     from biomedseg.metrics.pixel import MetricAccumulator
 
     if out is None:
         raise UserError("evaluate: --out DIR is required")
+    if metrics is not None:
+        parse_metric_names(metrics)  # a bad name fails before the run is loaded
     loaded = run if isinstance(run, LoadedRun) else load_run(run, device=device)
     source, ids, by_id = select_split(loaded, data, images, masks, split)
     classes, bg = loaded.classes, loaded.background
@@ -45,17 +56,35 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     out = Path(out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     acc = MetricAccumulator(len(classes), classes, bg)
-    ungated_dice, overlay_paths = _score_images(loaded, predictor, [by_id[sid] for sid in ids], acc, post, ungated,
-                                                valid_dir, out / "overlays" if overlays else None, quiet)
+    samples = [by_id[sid] for sid in ids]
+    field = FieldScorer.for_data(metrics, source, samples, loaded.info, nsd_tolerance_um)
+    ungated_dice, overlay_paths = _score_images(loaded, predictor, samples, acc, post, ungated,
+                                                valid_dir, out / "overlays" if overlays else None, quiet, field)
+    field.instances.finish()
     metrics = acc.summary()
+    metrics.update(field.acc.summary())
+    metrics["field"] = field.summary()
     if ungated is not None:
         metrics["image_dice_without_gating"] = float(np.mean(ungated_dice)) if ungated_dice else float("nan")
     metrics.update({"split": split, "n_images": len(ids), "run": str(loaded.run_dir), "data": str(source.root),
                     "tta": tta, "classes": classes, "background": classes[bg] if bg is not None else None,
                     "postprocess": post.model_dump(mode="json", exclude={"tuning"}) if post is not None else None})
-    _write_results(out, metrics, acc.per_image_rows(), overlay_paths, loaded.run.paths.curves,
+    rows = [{**r, **{k: v for k, v in f.items() if k != "id"}} for r, f in zip(acc.per_image_rows(), field.acc.rows)]
+    write_per_object(out, field.acc.object_rows())
+    _write_results(out, metrics, rows, overlay_paths, loaded.run.paths.curves,
                    title=f"biomedseg evaluation: {Path(source.root).name} ({split})")
     return metrics
+
+
+def _predicted_instances(field: FieldScorer, loaded, post, predictor, proba):
+    """``{class: labels}`` of the post-processing's watershed steps when objects are scored (else ``None``)."""
+    if post is None or not field.wants_objects:
+        return None
+    from biomedseg.postprocess.ops import apply_postprocess
+
+    _, inst = apply_postprocess(proba, post, loaded.classes, loaded.background, instances=None,
+                                image_probability=getattr(predictor, "last_image_probability", None))
+    return inst
 
 
 def _postprocess_chains(loaded, predictor, postprocess: bool):
@@ -73,7 +102,7 @@ def _postprocess_chains(loaded, predictor, postprocess: bool):
     return post, ungated
 
 
-def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, overlay_dir, quiet: bool):
+def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, overlay_dir, quiet: bool, field):
     """Predict and score each sample into ``acc``; returns ``(image Dice without the gate (when
     ``ungated``), overlay paths written in ``overlay_dir`` (when not ``None``))``."""
     from tqdm.auto import tqdm
@@ -93,6 +122,7 @@ def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, ove
         valid = _valid_region(valid_dir, s.id)
         pred, proba = predict_image(loaded, predictor, image, postprocess=post, pixel_size=pixel_size(s.image))
         acc.update(pred, target, valid=valid, image_id=s.id)
+        field.score(s, pred, target, valid, _predicted_instances(field, loaded, post, predictor, proba))
         if ungated is not None:  # the same chain without the gate: what gating is worth
             from biomedseg.postprocess.ops import apply_postprocess
             from biomedseg.metrics.pixel import image_dice
@@ -129,7 +159,10 @@ def _write_results(out: Path, metrics: dict, rows: list[dict], overlay_paths, cu
     write_json(out / "metrics.json", _finite(metrics))
     if rows:
         buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        columns: list[str] = []
+        for r in rows:  # images differ in keys when only some have a pixel size
+            columns += [k for k in r if k not in columns]
+        w = csv.DictWriter(buf, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)
         write_text(out / "per_image.csv", buf.getvalue())
@@ -144,6 +177,16 @@ def format_metrics(m: dict) -> str:
     for name, d in m["per_class"].items():
         lines.append(f"  {name:16s} dice {d['dice']:.4f}  iou {d['iou']:.4f}  precision {d['precision']:.4f}  "
                      f"recall {d['recall']:.4f}  fp {d['fp']}  fn {d['fn']}")
+    f = m.get("field")
+    if f:
+        lines.append(f"field metrics ({', '.join(f['groups'])}): {f['reason']}")
+        keys = [k for g in f["groups"] if g != "pixel" for k in GROUPS[g] if isinstance(m.get(k), float)]
+        for i in range(0, len(keys), 6):
+            lines.append("  " + "  ".join(f"{k} {m[k]:.4f}" for k in keys[i:i + 6]))
+        for name in m.get("classes", []):  # per-class values exist with several foreground classes
+            own = [k for k in keys if isinstance(m.get(f"{k}_{name}"), float)]
+            if own:
+                lines.append(f"  {name:16s} " + "  ".join(f"{k} {m[f'{k}_{name}']:.4f}" for k in own))
     return "\n".join(lines)
 
 

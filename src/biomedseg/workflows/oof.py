@@ -4,7 +4,9 @@ Every image of the training pool is predicted by the one fold that did not train
 fold's best checkpoint, plain argmax for the scores). :func:`predict_fold_oof` predicts one
 fold's validation images, stores their probabilities (``CV/oof/<id>.npy``, float16) and returns
 the fold's record: its confusion matrix and per-image rows (pooled over the folds they give the
-out-of-fold metrics) and the image-level head's probabilities when the network has a head.
+out-of-fold metrics; with the field metrics that ``dataset.json`` or the fingerprint of the whole
+pool chooses, :mod:`biomedseg.workflows.field_metrics`) and the image-level head's probabilities
+when the network has a head.
 :func:`out_of_fold` yields the stored predictions again (``tune-postprocess CV``), or predicts
 them anew when another test-time augmentation is asked for.
 """
@@ -23,13 +25,15 @@ from biomedseg.runs.cv import DONE, CVFolder
 log = logging.getLogger("biomedseg")
 
 
-def pool_samples(cv: CVFolder) -> dict:
-    """``{id: Sample}`` of the CV's data folder (``folds.json`` ``data``)."""
+def pool_samples(cv: CVFolder, with_source: bool = False):
+    """``{id: Sample}`` of the CV's data folder (``folds.json`` ``data``); with ``with_source`` also
+    its :class:`~biomedseg.data.discovery.DataSource`."""
     from biomedseg.data.discovery import find_pairs, resolve_data
 
     data = cv.folds().get("data")
     source = resolve_data(data)
-    return {s.id: s for s in find_pairs(source.images_dir, source.masks_dir)}
+    samples = {s.id: s for s in find_pairs(source.images_dir, source.masks_dir)}
+    return (samples, source) if with_source else samples
 
 
 def _predict_fold(cv: CVFolder, i: int, tta: str, device: str, quiet: bool, samples: dict) -> Iterator[tuple]:
@@ -60,19 +64,28 @@ def predict_fold_oof(cv: CVFolder, i: int, tta: str = "none", device: str = "aut
     ``{"status": "done", "tta", "ids", "confusion", "rows", "image_probability", "scores"}``."""
     from biomedseg.io import Palette, read_mask
     from biomedseg.metrics.pixel import MetricAccumulator
+    from biomedseg.workflows.field_metrics import FieldScorer
 
     info = cv.fold(i).dataset()
     palette = Palette.from_json(info.palette)
     acc = MetricAccumulator(len(info.classes), info.classes, info.background)
     image_probability = {}
     tta = normalize_tta(tta)
-    for s, proba, p_image in _predict_fold(cv, i, tta, device, quiet, pool_samples(cv)):
+    samples, source = pool_samples(cv, with_source=True)
+    pool = [samples[sid] for sid in cv.folds()["pool"] if sid in samples]
+    field = FieldScorer.for_data(None, source, pool, info)
+    for s, proba, p_image in _predict_fold(cv, i, tta, device, quiet, samples):
         cv.save_oof(s.id, proba)
         target, _ = read_mask(s.mask, palette, strict_index=info.strict_index)
-        acc.update(proba.argmax(0).astype(np.uint8), target, image_id=s.id)
+        pred = proba.argmax(0).astype(np.uint8)
+        acc.update(pred, target, image_id=s.id)
+        field.score(s, pred, target)
         image_probability[s.id] = p_image
-    return {"status": DONE, "tta": tta, "ids": [r["id"] for r in acc.per_image_rows()], "confusion": acc.cm.tolist(),
-            "rows": acc.per_image_rows(), "image_probability": image_probability, "scores": acc.summary()}
+    field.instances.finish()
+    rows = [{**r, **{k: v for k, v in f.items() if k != "id"}} for r, f in zip(acc.per_image_rows(), field.acc.rows)]
+    return {"status": DONE, "tta": tta, "ids": [r["id"] for r in rows], "confusion": acc.cm.tolist(),
+            "rows": rows, "image_probability": image_probability, "scores": {**acc.summary(), **field.acc.summary()},
+            "field": field.summary()}
 
 
 def out_of_fold(cv: CVFolder, tta: str = "none", device: str = "auto", quiet: bool = True) -> Iterator[tuple]:

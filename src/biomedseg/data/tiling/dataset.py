@@ -25,7 +25,7 @@ for RGB; for grey images darker than 85% of the type's range, i.e. stained tissu
 background). Tiles with labelled pixels are always kept.
 
 Memory. Images are read band by band (one row of windows, full width or in column chunks of
-at most ``BAND_BYTES``) through :class:`biomedseg.io.slides.SlideReader`: tiled TIFF/BigTIFF/
+at most ``BAND_BYTES``) through :func:`biomedseg.io.sources.open_source`: tiled TIFF/BigTIFF/
 OME-TIFF are never decoded whole; PNG/JPEG above ``max_decode_pixels`` are refused.
 Masks: values are mapped to class indices per window with the palette of the data set
 
@@ -57,7 +57,7 @@ from biomedseg.data.tiling.sources import Source, find_sources
 from biomedseg.data.tiling.writing import TileSummary, write_tiles, write_tiles_csv, write_tiles_meta
 from biomedseg.core.errors import UserError
 from biomedseg.io.masks import Palette
-from biomedseg.io.slides import MAX_DECODE_PIXELS
+from biomedseg.io.sources import MAX_DECODE_PIXELS
 
 __all__ = [
     "BAND_BYTES", "PALETTE_WINDOWS", "TISSUE_GREY", "TISSUE_SATURATION", "Source", "TileSummary",

@@ -16,7 +16,7 @@ import numpy as np
 from biomedseg.data.mask_values import MaskConverter
 from biomedseg.data.tiling.reading import MaskWindows, read_windows, window_starts
 from biomedseg.data.tiling.sources import Source
-from biomedseg.io.slides import SlideReader
+from biomedseg.io.sources import ImageSource, open_source
 
 #: Saturation above which an RGB pixel is tissue.
 TISSUE_SATURATION = 0.07
@@ -66,7 +66,7 @@ def tissue_fraction(window: np.ndarray) -> float:
     return float(np.count_nonzero(grey < TISSUE_GREY * top)) / max(grey.size, 1)
 
 
-def _empty_flags(s: Source, img: SlideReader, ys, xs, opts: TileOptions,
+def _empty_flags(s: Source, img: ImageSource, ys, xs, opts: TileOptions,
                  converter: MaskConverter | None, bg: int) -> dict[tuple[int, int], bool]:
     """``{(y, x): background only?}`` per window (all ``False`` without masks)."""
     if converter is None:
@@ -83,7 +83,7 @@ def _empty_flags(s: Source, img: SlideReader, ys, xs, opts: TileOptions,
     return empty
 
 
-def _tissue_fractions(img: SlideReader, ys, xs, empty: dict, labelled: bool,
+def _tissue_fractions(img: ImageSource, ys, xs, empty: dict, labelled: bool,
                       opts: TileOptions) -> dict[tuple[int, int], float]:
     """Tissue share of the windows that may be dropped as blank (empty, or all if unlabelled)."""
     if opts.tissue_threshold is None:
@@ -108,7 +108,8 @@ def plan_windows(sources: list[Source], opts: TileOptions, converter: MaskConver
     tiles: list[TileWindow] = []
     shapes = []
     for si, s in enumerate(sources):
-        with SlideReader(s.image, level=opts.level, max_decode_pixels=opts.max_decode_pixels) as img:
+        with open_source(s.image, opts.level, max_decode_pixels=opts.max_decode_pixels) as img:
+            img.check_readable()  # a file too large to decode is refused before any tile is written
             H, W = img.shape
             shapes.append({"id": s.id, "height": H, "width": W, "downsample": img.downsample,
                            "channels": img.channels, "dtype": str(img.dtype)})

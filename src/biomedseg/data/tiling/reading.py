@@ -2,7 +2,7 @@
 the image's pyramid level and the class palette of the masks.
 
 Images are read band by band (one row of windows, full width or in column chunks of at most
-``BAND_BYTES``) through :class:`biomedseg.io.slides.SlideReader`, so tiled TIFF/BigTIFF/
+``BAND_BYTES``) through :func:`biomedseg.io.sources.open_source`, so tiled TIFF/BigTIFF/
 OME-TIFF are never decoded whole.
 """
 
@@ -17,7 +17,7 @@ from biomedseg.data.class_palette import add_foreground_class, default_class_nam
 from biomedseg.data.tiling.sources import Source
 from biomedseg.core.errors import UserError
 from biomedseg.io.masks import Palette, discover_palette
-from biomedseg.io.slides import SlideReader
+from biomedseg.io.sources import ImageSource, open_source
 from biomedseg.io.writers import write_png
 
 #: Largest band (image rows of one window row) read at once; wider images are read in chunks.
@@ -55,7 +55,8 @@ def _column_chunks(xs: list[int], size: int, width: int, row_bytes: int) -> list
 def read_windows(reader, ys, xs, size, height, width, row_bytes, rows_needed=None):
     """Yield ``(y, x, window)`` for every window, reading one band chunk at a time.
 
-    ``reader``: anything with ``read(y, x, h, w)`` (:class:`SlideReader`, :class:`MaskWindows`);
+    ``reader``: anything with ``read(y, x, h, w)`` (an :class:`~biomedseg.io.sources.ImageSource`,
+    :class:`MaskWindows`);
     windows are ``min(size, height) x min(size, width)`` views of the band (``(h, w)`` or
     ``(h, w, C)``, the reader's dtype). ``rows_needed`` (``{y: [x, ...]}``) restricts the
     windows read (``xs`` is then ignored); ``row_bytes``: bytes per pixel of a band row.
@@ -78,16 +79,16 @@ class MaskWindows:
     """Mask windows (values as stored) aligned with the image at ``level``: a mask without that
     pyramid level is sampled at the level's resolution from its level 0 (nearest pixel)."""
 
-    def __init__(self, path: Path, level: int, image: SlideReader, max_decode_pixels: int) -> None:
+    def __init__(self, path: Path, level: int, image: ImageSource, max_decode_pixels: int) -> None:
         self.path = path
         self.factor = (1.0, 1.0)
         try:
-            self.reader = SlideReader(path, level=level, raw=True, max_decode_pixels=max_decode_pixels)
+            self.reader = open_source(path, level, raw=True, max_decode_pixels=max_decode_pixels)
         except UserError:
             if level == 0:
                 raise
             # masks rarely have pyramids: sample the level-0 mask at the level's resolution
-            self.reader = SlideReader(path, level=0, raw=True, max_decode_pixels=max_decode_pixels)
+            self.reader = open_source(path, 0, raw=True, max_decode_pixels=max_decode_pixels)
             if self.reader.shape != image.level_shapes[0]:
                 raise UserError(f"{path}: mask is {self.reader.shape[1]}x{self.reader.shape[0]} but its image "
                                 f"is {image.level_shapes[0][1]}x{image.level_shapes[0][0]}") from None
@@ -123,7 +124,7 @@ def _sample_windows(sources: list[Source], level: int, size: int, max_decode_pix
     out = []
     per = max(2, min(PALETTE_WINDOWS, 400 // max(len(sources), 1)))
     for s in sources:
-        with SlideReader(s.image, level=level, max_decode_pixels=max_decode_pixels) as img:
+        with open_source(s.image, level, max_decode_pixels=max_decode_pixels) as img:
             mw = MaskWindows(s.mask, level, img, max_decode_pixels)
             try:
                 H, W = img.shape

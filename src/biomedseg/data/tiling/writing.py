@@ -24,7 +24,7 @@ from biomedseg.data.tiling.reading import MaskWindows, read_windows
 from biomedseg.data.tiling.sources import Source
 from biomedseg.core.errors import UserError
 from biomedseg.io.masks import Palette
-from biomedseg.io.slides import SlideReader
+from biomedseg.io.sources import open_source
 from biomedseg.io.writers import write_json, write_png, write_text, write_tiff
 
 TILES_CSV_HEADER = ["tile_id", "source_image", "source_mask", "x", "y", "w", "h", "level",
@@ -78,7 +78,7 @@ def _write_source_tiles(out: Path, s: Source, mine: dict, opts: TileOptions,
     need: dict[int, list[int]] = {}
     for (y, x) in mine:
         need.setdefault(y, []).append(x)
-    with SlideReader(s.image, level=level, max_decode_pixels=opts.max_decode_pixels) as img:
+    with open_source(s.image, level, max_decode_pixels=opts.max_decode_pixels) as img:
         H, W = img.shape
         ys = sorted(need)
         mw = MaskWindows(s.mask, level, img, opts.max_decode_pixels) if converter is not None else None

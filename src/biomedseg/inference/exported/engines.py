@@ -159,9 +159,9 @@ def is_export(path) -> bool:
     return p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES
 
 
-def open_model_source(source, device: str = "auto", engine: str | None = None):
-    """What predict runs: a :class:`~biomedseg.inference.run.LoadedRun` of a run folder on
-    ``engine`` (default ``DEFAULT_ENGINE``), or an
+def open_model_source(source, device: str = "auto", engine: str | None = None, checkpoint: str = "best"):
+    """What predict runs: a :class:`~biomedseg.inference.run.LoadedRun` of a run folder (its
+    ``checkpoint``) on ``engine`` (default ``DEFAULT_ENGINE``), or an
     :class:`~biomedseg.inference.exported.format.ExportedRun` of an exported file (default: the
     file's own runtime)."""
     from biomedseg.inference.run import load_run
@@ -172,7 +172,7 @@ def open_model_source(source, device: str = "auto", engine: str | None = None):
         raise UserError(f"{source}: no such file")
     if is_export(source):
         return open_exported(source, device=device, engine=engine or DEFAULT_EXPORT_ENGINE)
-    loaded = load_run(source, device=device)
+    loaded = load_run(source, checkpoint=checkpoint, device=device)
     return with_engine(loaded, engine or DEFAULT_ENGINE)
 
 
@@ -199,34 +199,56 @@ def open_exported(path, device: str = "auto", engine: str = "auto"):
     return exported_run(parse_metadata(meta, path), net, path, dev, "torch")
 
 
-def open_package(path, device: str = "auto", engine: str = "auto"):
-    """A bioimage.io package made by ``biomedseg export --format bioimageio``: the metadata of its
-    ``rdf.yaml`` (``config.biomedseg``) and its ONNX (``onnxruntime``) or TorchScript (``torch``)
-    weights; ``auto`` measures both on one tile batch."""
+def _read_package(path) -> tuple[dict, dict[str, bytes]]:
+    """``(metadata document, {"onnx"|"torchscript": weights bytes})`` of a bioimage.io package; a
+    one-line UserError when it is not one (no ``rdf.yaml`` mapping, weights entries that are not
+    ``{source: file}``, a named file missing)."""
     import yaml
 
-    from biomedseg.runtime.device import resolve_device
-    from biomedseg.inference.exported.format import exported_run, parse_metadata
+    from biomedseg.inference.exported.format import parse_metadata
+
+    def bad(problem: str) -> UserError:
+        return UserError(f"{path}: not a bioimage.io package ({problem})")
 
     try:
         with zipfile.ZipFile(path) as zf:
             rdf = yaml.safe_load(zf.read("rdf.yaml"))
-            weights = {fmt: zf.read(entry["source"]) for fmt, entry in (rdf.get("weights") or {}).items()
-                       if fmt in ("onnx", "torchscript")}
+            if not isinstance(rdf, dict):
+                raise bad(f"rdf.yaml is a {type(rdf).__name__}, not a mapping")
+            entries = rdf.get("weights") or {}
+            if not isinstance(entries, dict):
+                raise bad("rdf.yaml weights is not a mapping")
+            weights = {}
+            for fmt in ("onnx", "torchscript"):
+                entry = entries.get(fmt)
+                if entry is not None and not (isinstance(entry, dict) and isinstance(entry.get("source"), str)):
+                    raise bad(f"rdf.yaml weights.{fmt} has no source file name")
+                if entry is not None:
+                    weights[fmt] = zf.read(entry["source"])
     except (OSError, KeyError, zipfile.BadZipFile, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: not a bioimage.io package ({str(exc).splitlines()[0][:120]})") from None
-    doc = parse_metadata(((rdf.get("config") or {}).get("biomedseg")), path)
+        raise bad(str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__) from None
+    config = rdf.get("config")
+    return parse_metadata(config.get("biomedseg") if isinstance(config, dict) else None, path), weights
+
+
+def open_package(path, device: str = "auto", engine: str = "auto"):
+    """A bioimage.io package made by ``biomedseg export --format bioimageio``: the metadata of its
+    ``rdf.yaml`` (``config.biomedseg``) and its ONNX (``onnxruntime``) or TorchScript (``torch``)
+    weights. ``auto`` takes the ONNX weights when ONNX Runtime is installed: loading a TorchScript
+    file runs code from it (unlike ONNX or a ``weights_only`` checkpoint), so it is loaded only
+    when asked for (``torch``) or when it is the only way to run the package."""
+    from biomedseg.runtime.device import resolve_device
+    from biomedseg.inference.exported.format import exported_run
+
+    doc, weights = _read_package(path)
     dev = resolve_device(device)
-    nets = {}
     if "onnx" in weights and engine in ("onnxruntime", "auto") and _has_onnxruntime():
-        nets["onnxruntime"] = ort_network(weights["onnx"])
-    if "torchscript" in weights and engine in ("torch", "auto"):
-        nets["torch"] = script_network(io.BytesIO(weights["torchscript"]), dev)[0]
-    if not nets:
+        name, net = "onnxruntime", ort_network(weights["onnx"])
+    elif "torchscript" in weights and engine in ("torch", "auto"):
+        name, net = "torch", script_network(io.BytesIO(weights["torchscript"]), dev)[0]
+    else:
         raise UserError(f"{path}: no weights for --engine {engine} in the package")
-    loaded = exported_run(doc, None, path, dev, "torch")
-    name = pick_faster(loaded, nets) if len(nets) > 1 else next(iter(nets))
-    loaded.model, loaded.engine = nets[name], name
+    loaded = exported_run(doc, net, path, dev, name)
     if name == "onnxruntime":
         loaded.device = torch.device("cpu")
     return loaded
@@ -254,7 +276,7 @@ def with_engine(loaded, engine: str):
     proto, _ = onnx_model(loaded.model, loaded.info.channels, loaded.tile_size)
     ort_loaded = dataclasses.replace(loaded, model=ort_network(proto.SerializeToString()), device=torch.device("cpu"),
                                      precision="fp32",
-                                     config=loaded.config.model_copy(update={"channels_last": False}))
+                                     settings=dataclasses.replace(loaded.settings, channels_last=False))
     log.info("exported the network to ONNX for ONNX Runtime in %.1f s", time.perf_counter() - t0)
     if engine == "onnxruntime":
         return ort_loaded

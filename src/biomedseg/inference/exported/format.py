@@ -13,7 +13,10 @@ gives from the run folder:
 - ``postprocess``: the run's ``postprocess.yaml`` chain (``null``: argmax);
 - ``network``: architecture, inputs/outputs, dynamic axes, opset, what was dropped (deep
   supervision) or kept (classifier head);
-- ``source``: the run folder and checkpoint it was exported from.
+- ``source``: provenance as names and content hashes, never paths of the exporting machine or its
+  login name (exports are meant to be shared): the run folder's name, the checkpoint, a SHA-256 of
+  the exported weights, the training data folder's name and a SHA-256 of the run's dataset
+  description (classes, normalisation, split ids).
 
 :class:`ExportedRun` is a :class:`~biomedseg.inference.run.LoadedRun` built from that document
 and the exported network (no run folder), so the rest of predict is unchanged.
@@ -21,9 +24,13 @@ and the exported network (no run folder), so the rest of predict is unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from biomedseg.core.errors import UserError
 from biomedseg.inference.run import LoadedRun
@@ -52,28 +59,67 @@ def _sliding_window(loaded: LoadedRun) -> dict:
             "small_images": "reflect-padded symmetrically to one patch and cropped back"}
 
 
+def weights_sha256(model) -> str:
+    """SHA-256 of ``model``'s state dict (names, dtypes, shapes and values, in order)."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _portable(value):
+    """``value`` with every absolute path (a string) replaced by its last component."""
+    if isinstance(value, dict):
+        return {k: _portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return Path(value).name
+    return value
+
+
+def provenance(loaded: LoadedRun, checkpoint: str) -> dict:
+    """``source`` of the metadata: names and content hashes only (module docstring)."""
+    info = loaded.info
+    described = info.model_dump(mode="json", exclude={"source"})
+    return {"run": Path(loaded.run_dir).name, "checkpoint": checkpoint, "weights_sha256": weights_sha256(loaded.model),
+            "data": Path(info.source).name if info.source else None,
+            "dataset_sha256": hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest(),
+            "parent": _parent(loaded)}
+
+
+def _parent(loaded: LoadedRun) -> dict | None:
+    """The run's ``--init`` parent (``run.json``) by name and checkpoint hash: lineage without a local path."""
+    run = getattr(loaded, "run", None)
+    parent = getattr(run.info(), "parent", None) if run is not None else None
+    if not parent:
+        return None
+    return {k: parent.get(k) for k in ("run", "origin", "checkpoint", "sha256")}
+
+
 def build_metadata(loaded: LoadedRun, post, network: dict, checkpoint: str = "best") -> dict:
     """The metadata document of ``loaded`` (a run) with its post-processing ``post`` (or ``None``)
-    and the ``network`` section written by the exporter."""
+    and the ``network`` section written by the exporter. It names no path of this machine."""
     from datetime import datetime, timezone
 
     from biomedseg import __version__
     from biomedseg.engine.sliding_window import TTA_MODES
 
-    info, cfg = loaded.info, loaded.config
+    info, settings = loaded.info, loaded.settings
     return {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "biomedseg_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "source": {"run": str(Path(loaded.run_dir).resolve()), "checkpoint": checkpoint, "data": info.source,
-                   "train_batch_size": cfg.batch_size},
-        "network": {"architecture": cfg.model, "deep_supervision": DEEP_SUPERVISION, **network},
+        "source": provenance(loaded, checkpoint),
+        "network": {"architecture": settings.architecture, "deep_supervision": DEEP_SUPERVISION, **network},
         "input": {"channels": info.channels, "dtype": "any (raw pixel values)", "conform": CONFORM_RULE},
         "normalization": {**loaded.normalizer.to_json(), "formula": NORMALIZATION_FORMULA},
         "sliding_window": _sliding_window(loaded),
         "tta": {"default": "none", "modes": list(TTA_MODES), "tuned_with": _tta_tuned_with(post)},
         "classes": {"names": list(info.classes), "background": info.background, "palette": info.palette,
                     "strict_index": info.strict_index},
-        "postprocess": post.model_dump(mode="json") if post is not None else None,
+        "postprocess": _portable(post.model_dump(mode="json")) if post is not None else None,
         "dataset": {"n_classes": info.n_classes, "class_pixel_counts": info.class_pixel_counts,
                     "class_weights": info.class_weights},
     }
@@ -122,20 +168,21 @@ class ExportedRun(LoadedRun):
 
 
 def exported_run(doc: dict, model, path, device, engine: str) -> ExportedRun:
-    """The run-like object of an exported file: its metadata ``doc`` and network ``model``."""
+    """The run-like object of an exported file: its metadata ``doc`` and network ``model``. Its
+    settings are the metadata's sliding window as written (``batch_size``: tiles per forward pass)."""
+    from biomedseg.inference.settings import InferenceSettings
     from biomedseg.runs import DatasetInfo
-    from biomedseg.training.config import TrainConfig
     from biomedseg.transforms.normalize import Normalizer
 
     sw, classes = doc["sliding_window"], doc["classes"]
-    config = TrainConfig(model=doc["network"].get("architecture", "unet"), patch_size=sw["patch_size"],
-                         overlap=sw["overlap"], batch_size=(doc.get("source") or {}).get("train_batch_size", 2 * sw["batch_size"]),
-                         channels_last=False, precision="fp32")
+    settings = InferenceSettings(patch_size=int(sw["patch_size"]), overlap=float(sw["overlap"]),
+                                 batch_size=max(1, int(sw["batch_size"])), precision="fp32", channels_last=False,
+                                 architecture=doc["network"].get("architecture", "unet"))
     info = DatasetInfo(classes=classes["names"], background=classes.get("background"), palette=classes["palette"],
                        strict_index=classes.get("strict_index", False), channels=doc["input"]["channels"],
                        n_classes=doc["dataset"]["n_classes"], normalization=doc["normalization"],
                        class_pixel_counts=doc["dataset"].get("class_pixel_counts"),
                        class_weights=doc["dataset"].get("class_weights"))
-    return ExportedRun(run=None, model=model, config=config, info=info,
+    return ExportedRun(run=None, model=model, settings=settings, info=info,
                        normalizer=Normalizer.from_json(doc["normalization"]), device=device, precision="fp32",
                        path=Path(path), metadata=doc, engine=engine)

@@ -225,27 +225,42 @@ def torchscript_module(model: nn.Module, channels: int, size: int) -> tuple[torc
     one padded size, the padding and cropping scripted around it (dynamic batch/height/width)."""
     net, multiple, head = _parts(model)
     x = example_input(channels, size, multiple)
-    with quiet_exporters(), torch.no_grad(), _traceable_unpooling():
-        core = torch.jit.trace(_Core(net), x, check_trace=False)
+    with quiet_exporters(), torch.no_grad():
+        core = torch.jit.trace(_Core(_traceable(net)), x, check_trace=False)
         wrapper = (GraphNetworkWithHead if head else GraphNetwork)(core, multiple).eval()
         module = torch.jit.script(wrapper)
     return module, network_section(model, multiple, head, torchscript=f"torch {torch.__version__}")
 
 
-@contextlib.contextmanager
-def _traceable_unpooling():
-    """``max_unpool2d(output_size=...)`` (SegNet) checks the requested size with Python
-    comparisons, which fail on the tracer's size values; the sizes come from the network's own
-    pooling, so the check is skipped while tracing (the traced graph keeps them dynamic)."""
-    check = getattr(F, "_check_unpool_output_size", None)
-    if check is None:
-        yield
-        return
-    F._check_unpool_output_size = lambda *args, **kwargs: None
-    try:
-        yield
-    finally:
-        F._check_unpool_output_size = check
+class _TraceableMaxUnpool2d(nn.Module):
+    """:class:`torch.nn.MaxUnpool2d` for ``torch.jit.trace``: ``F.max_unpool2d(output_size=...)``
+    (SegNet) checks the requested size with Python comparisons, which fail on the tracer's size
+    values; the sizes come from the network's own pooling, so this module passes them to the
+    unpooling kernel unchecked (the traced graph keeps them dynamic). It replaces the unpooling
+    submodules of the export's own copy of the network, never a torch function (which another
+    thread, e.g. one predicting, may be calling)."""
+
+    def __init__(self, unpool: nn.MaxUnpool2d):
+        super().__init__()
+        pair = torch.nn.modules.utils._pair
+        self.kernel_size, self.padding = pair(unpool.kernel_size), pair(unpool.padding)
+        self.stride = pair(unpool.stride if unpool.stride is not None else unpool.kernel_size)
+
+    def forward(self, x: torch.Tensor, indices: torch.Tensor, output_size=None) -> torch.Tensor:
+        if output_size is None:
+            size = [(x.shape[d - 2] - 1) * self.stride[d] + self.kernel_size[d] - 2 * self.padding[d] for d in (0, 1)]
+        else:
+            size = list(output_size)[-2:]
+        return torch._C._nn.max_unpool2d(x, indices, size)
+
+
+def _traceable(net: nn.Module) -> nn.Module:
+    """``net`` (a copy owned by the exporter) with its ``MaxUnpool2d`` submodules made traceable."""
+    for module in list(net.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, nn.MaxUnpool2d):
+                setattr(module, name, _TraceableMaxUnpool2d(child))
+    return net
 
 
 def save_torchscript(module: torch.jit.ScriptModule, path, metadata: str) -> None:

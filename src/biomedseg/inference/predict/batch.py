@@ -33,9 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.engine.defaults import DEFAULT_COMPILE
 from biomedseg.core.errors import UserError
 from biomedseg.inference.predict.core import predict_proba_image, warn_if_classifier_gate_unusable
+from biomedseg.inference.predict.options import PredictOptions
 from biomedseg.inference.predict.outputs import (OUTPUT_FORMATS, STREAM_ABOVE_PIXELS, TILED_STREAM_ABOVE_PIXELS,
                                                  check_not_input, collect_inputs, existing_mask, mask_path_for,
                                                  output_stem, remove_other_formats, write_zarr_mask)
@@ -53,25 +53,37 @@ class PredictSummary:
     outputs: list[Path] = field(default_factory=list)
     streamed: list[Path] = field(default_factory=list)
     rle: Path | None = None
-    workers: list[int] = field(default_factory=list)  # process ids (distributed prediction)
+    # distributed prediction: worker process ids, torch threads of the tasks, network runtimes
+    workers: list[int] = field(default_factory=list)
+    task_threads: list[int] = field(default_factory=list)
+    engines: list[str] = field(default_factory=list)
 
     def merge(self, other: "PredictSummary") -> None:
         for name in ("done", "skipped", "failed", "outputs", "streamed"):
             getattr(self, name).extend(getattr(other, name))
 
 
-def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True, probabilities: bool = False,
-            overwrite: bool = False, device: str = "auto", quiet: bool = False, postprocess: bool = True,
-            rle: str | Path | None = None, instances: bool = False, output_format: str | None = None,
-            level: int = 0, stream: bool | None = None, batch_size: int | None = None,
-            skip_blank_std: float | None = None, mask_format: str | None = None,
-            geojson: bool | str = False, engine: str | None = None,
-            compile: bool | str = DEFAULT_COMPILE) -> PredictSummary:
+@dataclass
+class Prepared:
+    """A loaded run made ready to predict files with ``options``: the predictor (the network's
+    inference copy, compiled or not) built once, the post-processing, the output encodings."""
+
+    run: object  # a LoadedRun (or ExportedRun)
+    options: PredictOptions
+    predictor: object
+    post: object  # PostprocessConfig or None
+    encoding: object  # MaskEncoding
+    object_type: str | None  # GeoJSON object type or None
+
+
+def predict(run, inputs, out, options: PredictOptions | None = None, **keywords) -> PredictSummary:
     """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``
     (a run, CV or ensemble folder, a loaded run, or a file written by ``biomedseg export``: ``.onnx``,
     TorchScript ``.pt``, bioimage.io ``.zip``).
 
-    Args:
+    The options: a :class:`~biomedseg.inference.predict.options.PredictOptions`, or its fields as
+    keywords (both: the keywords replace the object's fields):
+
         tta: ``False`` | ``True``/``"flips"`` | ``"flips+rot90"``.
         postprocess: apply ``RUN/postprocess.yaml`` when the run has one.
         rle: write a Kaggle RLE CSV here (see module docstring).
@@ -92,71 +104,102 @@ def predict(run, inputs, out, *, tta: bool | str = False, overlays: bool = True,
         compile: ``"auto"`` (compile the network with ``torch.compile`` when the inputs still to
             predict need at least ``COMPILE_MIN_TILES`` tile forwards, on a CPU with a C++
             compiler), ``"on"``, ``"off"`` (or a ``torch.compile`` backend name).
+        threads: intra-op threads (default: the cores available to this process; never the
+            training config's ``num_threads``).
 
-    Returns a :class:`PredictSummary`; the CLI exits non-zero when ``failed`` is not empty.
+    Any exception on one input (an unreadable file, a write error, running out of memory) is
+    reported in one line naming the input (the traceback at debug level) and the others go on;
+    outputs are written atomically. Returns a :class:`PredictSummary`; the CLI exits non-zero when
+    ``failed`` is not empty.
     """
-    from tqdm.auto import tqdm
-
     from biomedseg.inference.exported.engines import open_model_source
-    from biomedseg.inference.predict.mask_outputs import geojson_object_type, mask_encoding_for
     from biomedseg.inference.run import LoadedRun
+    from biomedseg.runtime.device import configure_threads
 
-    if output_format is not None and output_format not in OUTPUT_FORMATS:
-        raise UserError(f"--format {output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    options = PredictOptions.of(options, **keywords)
+    if options.output_format is not None and options.output_format not in OUTPUT_FORMATS:
+        raise UserError(f"--format {options.output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
     files = collect_inputs(inputs)
-    loaded = run if isinstance(run, LoadedRun) else open_model_source(run, device=device, engine=engine)
-    encoding, object_type = mask_encoding_for(loaded, mask_format), geojson_object_type(geojson)
-    post = loaded.postprocess() if postprocess else None
+    configure_threads(options.threads)  # before an ONNX Runtime session takes torch's count
+    loaded = run if isinstance(run, LoadedRun) else open_model_source(run, device=options.device,
+                                                                      engine=options.engine,
+                                                                      checkpoint=options.checkpoint)
+    out = Path(out)
+    prepared = prepare(loaded, options, files, out)
+    return predict_files(prepared, files, out)
+
+
+def prepare(loaded, options: PredictOptions, files: list[Path], out: Path) -> Prepared:
+    """``loaded`` made ready for ``options`` (``files`` and ``out``: what ``compile="auto"`` counts)."""
+    from biomedseg.inference.predict.mask_outputs import geojson_object_type, mask_encoding_for
+
+    encoding, object_type = mask_encoding_for(loaded, options.mask_format), geojson_object_type(options.geojson)
+    post = loaded.postprocess() if options.postprocess else None
     if post is not None and post.is_identity:
         post = None
-    out = Path(out)
-    predictor = loaded.predictor(tta=tta, batch_size=batch_size,
-                                 compile=_resolve_compile(compile, loaded, files, out, tta, level, overwrite))
+    compiled = _resolve_compile(options.compile, loaded, files, out, options.tta, options.level, options.overwrite)
+    predictor = loaded.predictor(tta=options.tta, batch_size=options.batch_size, compile=compiled)
     warn_if_classifier_gate_unusable(post, predictor)
+    return Prepared(loaded, options, predictor, post, encoding, object_type)
+
+
+def predict_files(prepared: Prepared, files: list[Path], out: Path) -> PredictSummary:
+    """Predict ``files`` into ``out`` with a prepared run; one failed input is reported and skipped."""
+    from tqdm.auto import tqdm
+
+    options = prepared.options
     out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
     rle_rows: list[tuple] = []
-    opts = dict(overlays=overlays, probabilities=probabilities, overwrite=overwrite, post=post, instances=instances,
-                output_format=output_format, level=level, stream=stream, tta=tta, batch_size=batch_size,
-                skip_blank_std=skip_blank_std, want_rle=rle is not None, encoding=encoding, object_type=object_type)
-    for path in tqdm(files, desc="predicting", unit="img", disable=True if (quiet or len(files) < 2) else None):
+    for path in tqdm(files, desc="predicting", unit="img", disable=True if (options.quiet or len(files) < 2) else None):
+        written: list[Path] = []
         try:
-            written, rows = _predict_one(loaded, predictor, path, out, summary, **opts)
+            rle_rows.extend(_predict_one(prepared, path, out, summary, written))
             summary.outputs.extend(written)
-            rle_rows.extend(rows)
-        except UserError as exc:
-            summary.failed.append((path, str(exc)))
-            log.error("%s", exc)
-    if rle is not None:
-        summary.rle = write_rle(rle, rle_rows, loaded, instances)
+        except Exception as exc:  # noqa: BLE001 - one input's failure of any kind: reported, the batch goes on
+            _failed(summary, path, exc, written)
+    if options.rle is not None:
+        summary.rle = write_rle(options.rle, rle_rows, prepared.run, options.instances)
     return summary
+
+
+def _failed(summary: PredictSummary, path: Path, exc: Exception, written: list[Path]) -> None:
+    """Record and log (one line naming the input; the traceback at debug level) a failed input,
+    and remove the outputs already written for it (its mask, written last, never is)."""
+    if isinstance(exc, UserError):
+        message = str(exc)
+    else:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        message = f"{path}: {type(exc).__name__}" + (f": {first}" if first else "")
+    summary.failed.append((path, message))
+    log.error("%s", message)
+    log.debug("%s: traceback", path, exc_info=exc)
+    for p in written:
+        try:
+            p.unlink()
+        except OSError:
+            pass
 
 
 def wants_streaming(path: Path, level: int = 0) -> tuple[bool, tuple[int, int] | None]:
     """``(stream?, (H, W) or None)`` for an input, from its header (no decode)."""
-    from biomedseg.io import image_shape
+    from biomedseg.io.sources import open_source
 
     if path.is_dir():
         return True, None
-    is_tiff = path.suffix.lower() in (".tif", ".tiff")
-    if is_tiff and level > 0:
-        return True, None
     try:
-        h, w = image_shape(path)
+        with open_source(path) as src:
+            return _streams(src, level), (None if src.kind == "tiff" and level > 0 else src.shape)
     except UserError:
-        return False, None  # read_image reports the problem
-    if h * w > STREAM_ABOVE_PIXELS:
-        return True, (h, w)
-    if is_tiff and h * w > TILED_STREAM_ABOVE_PIXELS:
-        import tifffile
+        return False, None  # reading it reports the problem
 
-        try:
-            with tifffile.TiffFile(path) as tf:
-                if tf.pages[0].is_tiled:
-                    return True, (h, w)
-        except Exception:
-            pass
-    return False, (h, w)
+
+def _streams(src, level: int) -> bool:
+    """Whether the opened source ``src`` is predicted band by band (see the module docstring)."""
+    if src.kind == "zarr" or (src.kind == "tiff" and level > 0):
+        return True
+    h, w = src.shape
+    return h * w > STREAM_ABOVE_PIXELS or (src.tile is not None and h * w > TILED_STREAM_ABOVE_PIXELS)
 
 
 def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, overwrite: bool) -> bool | str:
@@ -164,7 +207,7 @@ def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, o
     from biomedseg.engine.compiled import normalize_compile, resolve_compile
     from biomedseg.engine.sliding_window import count_tile_forwards
     from biomedseg.inference.exported.engines import ExportedNetwork
-    from biomedseg.io.slides import slide_shape
+    from biomedseg.io.sources import open_source
 
     if isinstance(run.model, ExportedNetwork):  # already a compiled graph (ONNX Runtime, TorchScript)
         return False
@@ -174,69 +217,93 @@ def _resolve_compile(mode, run, files: list[Path], out: Path, tta, level: int, o
     for path in files:
         if overwrite or existing_mask(out, output_stem(path)) is None:
             try:
-                shapes.append(slide_shape(path, level))
+                with open_source(path, level) as src:  # the header only
+                    src.check_readable()
+                    shapes.append(src.shape)
             except (UserError, OSError, ValueError):
                 pass  # unreadable: reported when it is predicted
-    n = count_tile_forwards(shapes, run.tile_size, run.config.overlap, tta)
+    n = count_tile_forwards(shapes, run.tile_size, run.settings.overlap, tta)
     compiled = resolve_compile(mode, n, run.device)
     if compiled:
         log.info("compiling the network for %d tile forwards (--compile off skips it)", n)
     return compiled
 
 
-def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities, overwrite, post, instances,
-                 output_format, level, stream, tta, batch_size, skip_blank_std, want_rle, encoding,
-                 object_type) -> tuple[list[Path], list]:
-    from biomedseg.inference.predict.mask_outputs import one_channel, write_geojson
-    from biomedseg.io import read_image, write_png
-    from biomedseg.io.mask_encoding import write_mask
-    from biomedseg.io.ome import write_ome_tiff
-    from biomedseg.io.pixel_size import pixel_size
+def _predict_one(prepared: Prepared, path: Path, out: Path, summary: PredictSummary, written: list[Path]) -> list:
+    """Predict one input; its outputs are appended to ``written`` as they are written (the mask
+    last); returns its RLE rows."""
+    from biomedseg.io.sources import open_source
 
+    run, options, predictor = prepared.run, prepared.options, prepared.predictor
+    want_rle = options.rle is not None
     stem = output_stem(path)
-    done = existing_mask(out, stem)
-    if done is not None and not overwrite:
+    if existing_mask(out, stem) is not None and not options.overwrite:
         summary.skipped.append(path)
-        return [], (rle_rows_from_outputs(out, stem, run, instances, encoding) if want_rle else [])
-    streamed, shape = wants_streaming(path, level) if stream is None else (bool(stream), None)
+        return rle_rows_from_outputs(out, stem, run, options.instances, prepared.encoding) if want_rle else []
+    with open_source(path) as src:  # opened once: the header decides streaming, else it is read whole
+        src.check_readable()
+        streamed = _streams(src, options.level) if options.stream is None else bool(options.stream)
+        if not streamed:
+            image, px = src.read_all(), src.pixel_size
     if streamed:
-        return _predict_streamed(run, path, out, summary, predictor, post=post, probabilities=probabilities, tta=tta,
-                                 output_format=output_format, level=level, batch_size=batch_size,
-                                 skip_blank_std=skip_blank_std, overlays=overlays, instances=instances,
-                                 want_rle=want_rle, encoding=encoding, object_type=object_type), []
-    image = read_image(path)
-    px = pixel_size(path)
+        written.extend(_predict_streamed(prepared, path, out, summary))
+        return []
     proba = predict_proba_image(run, predictor, image, px)
-    if post is not None or instances:
+    if prepared.post is not None or options.instances:
         from biomedseg.postprocess.ops import apply_postprocess
 
-        mask, inst = apply_postprocess(proba, post, run.classes, run.background, instances=instances or None,
+        mask, inst = apply_postprocess(proba, prepared.post, run.classes, run.background,
+                                       instances=options.instances or None,
                                        image_probability=getattr(predictor, "last_image_probability", None))
     else:
         mask, inst = proba.argmax(0).astype(np.uint8), None
-    written = []
-    if overlays:
+    labels = _write_extras(prepared, path, out, stem, image, proba, mask, inst, px, written)
+    rows = rle_rows_for(stem, mask, labels, run, options.instances) if want_rle else []
+    # the mask is written last: its presence marks the input as done when a run is resumed
+    written.append(_write_mask(prepared, path, out, stem, mask, px))
+    summary.done.append(path)
+    return rows
+
+
+def _write_extras(prepared: Prepared, path: Path, out: Path, stem: str, image, proba, mask, inst, px,
+                  written: list[Path]):
+    """The overlay, probabilities, instances and GeoJSON of one input (as asked); returns the
+    instance labels (``None`` without ``instances``)."""
+    from biomedseg.inference.predict.mask_outputs import write_geojson
+    from biomedseg.io import write_png
+    from biomedseg.io.ome import write_ome_tiff
+
+    run, options = prepared.run, prepared.options
+    if options.overlays:
         from biomedseg.core.render import class_overlay
 
         ov = out / f"{stem}_overlay.png"
         write_png(ov, class_overlay(image, mask, background=run.background))
         written.append(ov)
-    if probabilities:
+    if options.probabilities:
         pp = out / f"{stem}_proba.tif"
         write_ome_tiff(pp, proba.astype(np.float16), px)
         written.append(pp)
     labels = None
-    if instances:
+    if options.instances:
         from biomedseg.postprocess.ops import combine_instances
 
         labels = combine_instances(inst or {}, mask.shape)
         ip = out / f"{stem}_instances.tif"
         write_ome_tiff(ip, labels, px)
         written.append(ip)
-    if object_type is not None:
-        written.append(write_geojson(out / f"{stem}.geojson", mask, run, object_type))
-    # the mask is written last: its presence marks the input as done when a run is resumed
-    mask_path = mask_path_for(out, path, mask.size, output_format)
+    if prepared.object_type is not None:
+        written.append(write_geojson(out / f"{stem}.geojson", mask, run, prepared.object_type))
+    return labels
+
+
+def _write_mask(prepared: Prepared, path: Path, out: Path, stem: str, mask, px) -> Path:
+    from biomedseg.inference.predict.mask_outputs import one_channel
+    from biomedseg.io.mask_encoding import write_mask
+    from biomedseg.io.ome import write_ome_tiff
+
+    encoding = prepared.encoding
+    mask_path = mask_path_for(out, path, mask.size, prepared.options.output_format)
     check_not_input(mask_path, path)
     remove_other_formats(out, stem, mask_path, path)
     if mask_path.suffix == ".zarr":
@@ -246,47 +313,57 @@ def _predict_one(run, predictor, path, out, summary, *, overlays, probabilities,
         write_ome_tiff(mask_path, stored, px, axes="YXS" if stored.ndim == 3 else None)
     else:
         write_mask(mask_path, mask, encoding)
-    written.append(mask_path)
-    summary.done.append(path)
-    return written, (rle_rows_for(stem, mask, labels, run, instances) if want_rle else [])
+    return mask_path
 
 
-def _predict_streamed(run, path, out, summary, predictor, *, post, probabilities, tta, output_format, level,
-                      batch_size, skip_blank_std, overlays, instances, want_rle, encoding, object_type) -> list[Path]:
-    from biomedseg.inference.predict.mask_outputs import streamed_extras
+def _streamed_decider(prepared: Prepared, path: Path):
+    """The per-pixel decision of a streamed input: the per-class thresholds of ``postprocess.yaml``
+    (``None``: argmax)."""
     from biomedseg.postprocess.ops import decide, resolve_classes
-    from biomedseg.inference.stream.predictor import StreamingPredictor, open_source
-    from biomedseg.io.pixel_size import pixel_size
 
+    post, run = prepared.post, prepared.run
+    if post is None:
+        return None
+    if post.needs_whole_image:
+        log.warning("%s: streamed (large input): only the per-class thresholds of postprocess.yaml apply "
+                    "(object and gating steps need the whole image)", path)
+    thr = {c: s.threshold for c, s in resolve_classes(post, len(run.classes), run.classes).items()}
+    if not any(t is not None for t in thr.values()):
+        return None
+    bg = run.background
+
+    def decider(p):
+        return decide(p, thr, bg)
+
+    return decider
+
+
+def _predict_streamed(prepared: Prepared, path: Path, out: Path, summary: PredictSummary) -> list[Path]:
+    from biomedseg.inference.predict.mask_outputs import streamed_extras
+    from biomedseg.inference.stream.predictor import StreamingPredictor, open_source
+
+    run, o = prepared.run, prepared.options
     stem = output_stem(path)
-    fmt = "zarr" if output_format == "zarr" else "tiff"
-    if output_format == "png":
+    fmt = "zarr" if o.output_format == "zarr" else "tiff"
+    if o.output_format == "png":
         log.info("%s: streamed (large input); writing a tiled TIFF instead of PNG", path)
-    skipped = [name for name, on in (("overlay", overlays), ("instances", instances), ("RLE", want_rle)) if on]
+    skipped = [name for name, on in (("overlay", o.overlays), ("instances", o.instances), ("RLE", o.rle is not None))
+               if on]
     if skipped:
         log.info("%s: streamed (large input): no %s", path, ", ".join(skipped))
-    decider = None
-    if post is not None:
-        if post.needs_whole_image:
-            log.warning("%s: streamed (large input): only the per-class thresholds of postprocess.yaml apply "
-                        "(object and gating steps need the whole image)", path)
-        thr = {c: s.threshold for c, s in resolve_classes(post, len(run.classes), run.classes).items()}
-        if any(t is not None for t in thr.values()):
-            bg = run.background
-
-            def decider(p):
-                return decide(p, thr, bg)
-    sp = StreamingPredictor.from_run(run, tta=tta, batch_size=batch_size, skip_blank_std=skip_blank_std,
-                                     decide=decider, model=predictor.model)  # the inference copy, compiled or not
-    with open_source(path, level) as src:  # the output keeps the input's tiling when it has one
+    sp = StreamingPredictor.from_run(run, tta=o.tta, batch_size=o.batch_size, skip_blank_std=o.skip_blank_std,
+                                     decide=_streamed_decider(prepared, path),
+                                     model=prepared.predictor.model)  # the inference copy, compiled or not
+    with open_source(path, o.level) as src:  # the output keeps the input's tiling when it has one
         tile = src.tile[-1] if src.tile and src.tile[-1] % 16 == 0 and 64 <= src.tile[-1] <= 2048 else None
         ext = ".zarr" if fmt == "zarr" else ".tif"
         mask_path = out / f"{stem}{ext}"
         check_not_input(mask_path, path)
-        proba_path = out / f"{stem}_proba{ext}" if probabilities else None
-        with streamed_extras(run, path, out / f"{stem}.geojson", src, level, encoding, object_type) as extras:
-            res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=level, out_tile=tile,
-                                      pixel_size=pixel_size(path, level) if isinstance(path, Path) else None,
+        proba_path = out / f"{stem}_proba{ext}" if o.probabilities else None
+        with streamed_extras(run, path, out / f"{stem}.geojson", src, o.level, prepared.encoding,
+                             prepared.object_type) as extras:
+            res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=o.level, out_tile=tile,
+                                      pixel_size=src.pixel_size,
                                       mask_encoder=extras.encoder, mask_sink=extras.sink)
     remove_other_formats(out, stem, mask_path, path)
     log.info("%s: %dx%d streamed in %.1f s (%.2f MPix/s, %d tiles, %d blank)", path, res.shape[1], res.shape[0],

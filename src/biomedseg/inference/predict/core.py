@@ -22,7 +22,7 @@ def predict_proba_image(run, predictor, image: np.ndarray, pixel_size=None) -> n
     from biomedseg.io.pixel_size import pixel_size_factor
 
     x = run.normalizer(conform_channels(image, run.info.channels))
-    factor = pixel_size_factor(run.config.pixel_size, pixel_size)
+    factor = pixel_size_factor(run.settings.pixel_size, pixel_size)
     if factor is None:
         return predictor.predict_proba(x)
     return predictor.to_proba(logits_at_pixel_size(predictor, x, factor)).numpy()

@@ -1,10 +1,14 @@
 """Prediction of many files on a Dask cluster (``pip install "biomedseg[distributed]"``).
 
-One task per input file. Each worker process loads the run **once** (a per-process cache keyed
-by run folder, device and checkpoint, filled on the worker's first task) and then predicts with
-:func:`biomedseg.inference.predict.batch.predict` into the shared output folder, so everything
-``predict`` does (atomic writes, mask written last, skipping finished files, streaming of huge
-inputs, post-processing) holds per task. Finished files are skipped *before* submitting, so a
+One task per input file. Each worker process loads the run (a run folder or an exported file)
+**once** (a per-process cache keyed by source, device, checkpoint and engine, filled on the
+worker's first task) and builds the predictor (the network's inference copy, compiled or not)
+once per worker thread; every task then predicts its file with
+:func:`biomedseg.inference.predict.batch.predict_files` into the shared output folder, so
+everything ``predict`` does (atomic writes, mask written last, skipping finished files, streaming of
+huge inputs, post-processing, a failed input reported) holds per task. Each task runs torch with
+its share of the worker's cores (:func:`biomedseg.runtime.cluster.plan_task_threads`) unless
+``threads`` is given. Finished files are skipped *before* submitting, so a
 re-run after an interruption only submits what is missing. The RLE CSV, if asked for, is
 written at the end by the client from the masks on disk.
 
@@ -20,32 +24,36 @@ import logging
 import threading
 from pathlib import Path
 
-from biomedseg.runtime.cluster import connect, local_cluster, run_jobs, worker_threads  # noqa: F401 (local_cluster: API)
+from biomedseg.runtime.cluster import (connect, local_cluster, run_jobs,  # noqa: F401 (local_cluster: API)
+                                       task_threads, task_threads_by_worker)
 from biomedseg.core.errors import UserError
 from biomedseg.runs import open_run
+from biomedseg.inference.predict.options import PredictOptions
 from biomedseg.inference.predict.outputs import output_stem
 from biomedseg.inference.predict.batch import PredictSummary
 
 log = logging.getLogger("biomedseg")
 
-_RUNS: dict = {}
+_RUNS: dict = {}  # (source, device, checkpoint, engine) -> loaded run, once per worker process
+_PREPARED: dict = {}  # (run key, options, worker thread) -> batch.Prepared (the predictor built once)
 _LOCK = threading.Lock()
 
 
-def _worker_run(run_dir: str, device: str, checkpoint: str, threads: int | None):
-    """The run loaded once per worker process (later tasks reuse it)."""
-    key = (str(Path(run_dir).resolve()), device, checkpoint)
+def _worker_prepared(source: str, options: PredictOptions, files: list[Path], out: Path):
+    """The run loaded once per worker process, and made ready (predictor, compiled or not) once per
+    worker thread for ``options``; later tasks reuse both."""
+    from biomedseg.inference.exported.engines import open_model_source
+    from biomedseg.inference.predict.batch import prepare
+
+    run_key = (source, options.device, options.checkpoint, options.engine)
+    key = (run_key, options.replace(overwrite=False, quiet=True, threads=None), threading.get_ident())
     with _LOCK:
-        if key not in _RUNS:
-            import torch
-
-            from biomedseg.inference.run import load_run
-
-            loaded = load_run(run_dir, checkpoint=checkpoint, device=device)
-            if threads:
-                torch.set_num_threads(int(threads))
-            _RUNS[key] = loaded
-        return _RUNS[key]
+        if run_key not in _RUNS:
+            _RUNS[run_key] = open_model_source(source, device=options.device, engine=options.engine,
+                                               checkpoint=options.checkpoint)
+        if key not in _PREPARED:  # one per worker thread: a predictor keeps per-image state
+            _PREPARED[key] = prepare(_RUNS[run_key], options, files, out)
+        return _PREPARED[key]
 
 
 def loaded_runs() -> int:
@@ -53,61 +61,100 @@ def loaded_runs() -> int:
     return len(_RUNS)
 
 
-def _task(run_dir: str, path: str, out: str, device: str, checkpoint: str, threads: int | None,
-          kwargs: dict) -> tuple[PredictSummary, int]:
+def prepared_predictors() -> int:
+    """How many predictors this process has built (1 per worker thread after any number of tasks)."""
+    return len(_PREPARED)
+
+
+def _task(source: str, path: str, out: str, options: PredictOptions,
+          plan: dict[str, int]) -> tuple[PredictSummary, int, int, str]:
+    """One file in a worker: ``(summary, pid, torch threads, engine)``."""
     import os
 
-    from biomedseg.inference.predict.batch import predict
+    from biomedseg.inference.predict.batch import predict_files
+    from biomedseg.runtime.device import configure_threads
 
-    if threads is None:  # one torch thread per dask worker thread: no oversubscription
-        threads = worker_threads()
-    loaded = _worker_run(run_dir, device, checkpoint, threads)
-    summary = predict(loaded, [path], out, quiet=True, **kwargs)
-    return summary, os.getpid()
+    threads = configure_threads(options.threads or task_threads(plan))
+    prepared = _worker_prepared(source, options.replace(quiet=True), [Path(path)], Path(out))
+    summary = predict_files(prepared, [Path(path)], Path(out))
+    return summary, os.getpid(), threads, _engine_of(prepared.run)
 
 
-def predict_distributed(run, inputs, out, *, client=None, address=None, n_workers: int = 2,
-                        threads_per_worker: int = 1, device: str = "cpu", checkpoint: str = "best",
-                        torch_threads: int | None = None, rle: str | Path | None = None, instances: bool = False,
-                        overwrite: bool = False, quiet: bool = False, **predict_kwargs) -> PredictSummary:
-    """Predict ``inputs`` (files, folders, globs) with run folder ``run`` on a Dask cluster.
+def _engine_of(loaded) -> str:
+    from biomedseg.inference.exported.engines import ExportedNetwork
+
+    return loaded.model.engine if isinstance(loaded.model, ExportedNetwork) else "torch"
+
+
+def predict_distributed(run, inputs, out, options: PredictOptions | None = None, *, client=None, address=None,
+                        n_workers: int = 2, threads_per_worker: int = 1, **keywords) -> PredictSummary:
+    """Predict ``inputs`` (files, folders, globs) with ``run`` (a run, CV or ensemble folder, or an
+    exported ``.onnx``/``.pt``/``.zip`` file) on a Dask cluster.
 
     Args:
+        options, **keywords: as :func:`~biomedseg.inference.predict.batch.predict` (``device``
+            default ``auto``, ``engine``, ``checkpoint``, ``rle``, ``threads``, ...); ``threads``:
+            torch threads per task (default: the worker's cores divided by the tasks running at
+            once on them: :func:`~biomedseg.runtime.cluster.plan_task_threads`).
         client: a ``distributed.Client`` to use (not closed).
         address: any ``scheduler`` of :func:`biomedseg.runtime.cluster.connect` (when no ``client``).
         n_workers, threads_per_worker: of the ``LocalCluster`` started when neither is given.
-        device: of the workers (``cpu`` | ``cuda`` | ``auto``).
-        torch_threads: intra-op threads per worker (default: the worker's thread count).
-        rle, instances, overwrite, **predict_kwargs: as :func:`~biomedseg.inference.predict.batch.predict`.
 
-    Returns the merged :class:`PredictSummary` (``summary.workers`` = distinct worker pids used).
+    Returns the merged :class:`PredictSummary` (``summary.workers`` = distinct worker pids used,
+    ``summary.task_threads`` the torch threads of the tasks, ``summary.engines`` their runtimes).
     """
-    from biomedseg.inference.predict.outputs import collect_inputs
+    from biomedseg.inference.exported.engines import check_engine, is_export
+    from biomedseg.inference.predict.outputs import OUTPUT_FORMATS, collect_inputs
 
-    run_dir = open_run(Path(run).resolve()).root
+    options = PredictOptions.of(options, **keywords)
+    if options.engine is not None:
+        check_engine(options.engine)
+    if options.output_format is not None and options.output_format not in OUTPUT_FORMATS:
+        raise UserError(f"--format {options.output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
+    source = _source(run, is_export)
     files = collect_inputs(inputs)
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     summary = PredictSummary()
-    todo = _not_done(files, out, overwrite, summary)
-    kwargs = dict(predict_kwargs, instances=instances, overwrite=overwrite)
+    todo = _not_done(files, out, options.overwrite, summary)
+    task_options = options.replace(rle=None, quiet=True)  # the client writes the RLE CSV
     with _cluster(client, address, n_workers, threads_per_worker) as c:
-        jobs = [(f"predict-{i}-{f.name}", (str(run_dir), str(f.resolve()), str(out), device, checkpoint,
-                                           torch_threads, kwargs)) for i, f in enumerate(todo)]
-        results, failed = run_jobs(c, _task, jobs, quiet=quiet, what="files")
+        plan = task_threads_by_worker(c) if options.threads is None and todo else {}
+        jobs = [(f"predict-{i}-{f.name}", (source, str(f.resolve()), str(out), task_options, plan))
+                for i, f in enumerate(todo)]
+        results, failed = run_jobs(c, _task, jobs, quiet=options.quiet, what="files")
+    _merge(summary, jobs, todo, results, failed)
+    if options.rle is not None:
+        summary.rle = _write_rle_from_outputs(options, source, files, out)
+    if not options.quiet:
+        log.info("%d predicted on %d workers (%s; torch threads per task: %s), %d skipped, %d failed",
+                 len(summary.done), len(summary.workers), ", ".join(summary.engines) or "-",
+                 ", ".join(map(str, summary.task_threads)) or "-", len(summary.skipped), len(summary.failed))
+    return summary
+
+
+def _source(run, is_export) -> str:
+    """The absolute path of a run folder (checked here, before any task) or an exported file."""
+    from biomedseg.inference.exported.options import SUFFIXES
+
+    path = Path(run).resolve()
+    if is_export(path):
+        return str(path)
+    if path.suffix.lower() in SUFFIXES.values() and not path.exists():
+        raise UserError(f"{run}: no such file")
+    return str(open_run(path).root)
+
+
+def _merge(summary: PredictSummary, jobs, todo, results: dict, failed: list) -> None:
     by_label = {label: f for (label, _), f in zip(jobs, todo)}
     summary.failed.extend((by_label[label], message) for label, message in failed)
-    for part, _pid in results.values():
+    for part, _pid, _threads, _engine in results.values():
         for _f, message in part.failed:  # the worker's log stays on the worker: say it here
             log.error("%s", message)
         summary.merge(part)
-    summary.workers = sorted({pid for _part, pid in results.values()})
-    if rle is not None:
-        summary.rle = _write_rle_from_outputs(rle, run_dir, files, out, instances, predict_kwargs.get("mask_format"))
-    if not quiet:
-        log.info("%d predicted on %d workers, %d skipped, %d failed", len(summary.done), len(summary.workers),
-                 len(summary.skipped), len(summary.failed))
-    return summary
+    summary.workers = sorted({r[1] for r in results.values()})
+    summary.task_threads = sorted({r[2] for r in results.values()})
+    summary.engines = sorted({r[3] for r in results.values()})
 
 
 def _cluster(client, address, n_workers: int, threads_per_worker: int):
@@ -130,24 +177,23 @@ def _not_done(files: list[Path], out: Path, overwrite: bool, summary: PredictSum
     return todo
 
 
-def _write_rle_from_outputs(rle, run_dir: Path, files: list[Path], out: Path, instances: bool,
-                            mask_format: str | None = None) -> Path:
-    """The RLE CSV of every input's mask written in ``out`` (workers write masks, not rows;
-    ``mask_format``: the encoding they were written in)."""
+def _write_rle_from_outputs(options: PredictOptions, source: str, files: list[Path], out: Path) -> Path:
+    """The RLE CSV of every input's mask written in ``out`` (workers write masks, not rows; in
+    the encoding of ``options.mask_format``)."""
     from biomedseg.inference.predict.mask_outputs import mask_encoding_for
     from biomedseg.inference.predict.rle import rle_rows_from_outputs, write_rle
 
-    info_run = _InfoRun.from_dir(run_dir)
-    encoding = mask_encoding_for(info_run, mask_format)
+    info_run = _InfoRun.of(source, options)
+    encoding = mask_encoding_for(info_run, options.mask_format)
     rows = []
     for f in files:
-        rows.extend(rle_rows_from_outputs(out, output_stem(f), info_run, instances, encoding))
-    return write_rle(rle, rows, info_run, instances)
+        rows.extend(rle_rows_from_outputs(out, output_stem(f), info_run, options.instances, encoding))
+    return write_rle(options.rle, rows, info_run, options.instances)
 
 
 class _InfoRun:
     """The parts of a run the RLE writer needs (classes, background, dataset info for the mask
-    encoding), without loading the model."""
+    encoding), without loading the model of a run folder."""
 
     def __init__(self, classes, background, info=None):
         self.classes = classes
@@ -155,6 +201,11 @@ class _InfoRun:
         self.info = info
 
     @classmethod
-    def from_dir(cls, run_dir: Path) -> "_InfoRun":
-        info = open_run(run_dir).dataset()
+    def of(cls, source: str, options: PredictOptions) -> "_InfoRun":
+        from biomedseg.inference.exported.engines import is_export, open_model_source
+
+        if is_export(source):  # the classes live in the file's metadata
+            info = open_model_source(source, device="cpu", engine=options.engine).info
+        else:
+            info = open_run(source).dataset()
         return cls(info.classes, info.background, info)

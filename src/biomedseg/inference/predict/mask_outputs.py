@@ -75,15 +75,10 @@ def write_geojson(path: Path, mask: np.ndarray, run, object_type: str) -> Path:
     return write_mask_geojson(path, mask, geojson_classes(run), object_type)
 
 
-def level_scale(path: Path, level: int, shape: tuple[int, int]) -> tuple[float, float]:
-    """``(sx, sy)`` from pixels of pyramid level ``level`` (of size ``shape``) to level 0."""
-    if level <= 0:
-        return 1.0, 1.0
-    from biomedseg.inference.stream.sources import open_source
-
-    with open_source(path, 0) as full:  # a TIFF or zarr: opened lazily, nothing decoded
-        h, w = full.shape
-    return w / shape[1], h / shape[0]
+def level_scale(src) -> tuple[float, float]:
+    """``(sx, sy)`` from pixels of the source's pyramid level to level 0 (its header: nothing read)."""
+    fy, fx = src.downsample
+    return fx, fy
 
 
 class StreamExtras(NamedTuple):
@@ -105,6 +100,6 @@ def streamed_extras(run, path: Path, geojson_path: Path, src, level: int, encodi
     if object_type is None:
         yield StreamExtras(encoder, None)
         return
-    scale = level_scale(path, level, src.shape)
+    scale = level_scale(src)
     with GeoJSONMaskWriter(geojson_path, src.shape[1], geojson_classes(run), object_type, scale) as sink:
         yield StreamExtras(encoder, sink)

@@ -2,9 +2,10 @@
 
 :class:`StreamingPredictor` predicts an image band by band (horizontal strips one tile high):
 
-- the input is read a band at a time from a *tile source*: tiled/striped TIFF, BigTIFF, OME-TIFF
-  (``tifffile`` zarr store, pyramid level selectable; uncompressed contiguous TIFFs are read by
-  file offsets), zarr / OME-Zarr arrays, or an ordinary in-memory array;
+- the input is read a band at a time from a source: an image file opened once by
+  :func:`biomedseg.io.sources.open_source` (tiled/striped TIFF, BigTIFF, OME-TIFF window by
+  window, pyramid level selectable; zarr / OME-Zarr; PNG/JPEG/BMP up to the decode cap), or an
+  ordinary in-memory array;
 - tiles use the same grid, padding, Gaussian weights and test-time augmentation as the in-memory
   :class:`~biomedseg.engine.sliding_window.SlidingWindowPredictor` (MONAI's), so both give the
   same probabilities (to float rounding);
@@ -23,7 +24,7 @@
 
 Peak memory is independent of the image height and linear in its width (one band).
 
-The pieces live in :mod:`~biomedseg.inference.stream.sources` (input readers),
+The pieces live in :mod:`~biomedseg.inference.stream.sources` (what is read),
 :mod:`~biomedseg.engine.band_accumulator` (tile grid, Gaussian blending of one band),
 :mod:`~biomedseg.inference.stream.writers` (tiled TIFF / OME-Zarr writers, partial files) and
 :mod:`~biomedseg.inference.stream.queues` (thread hand-off); their public names are
@@ -44,7 +45,7 @@ import numpy as np
 import torch
 
 from biomedseg.engine.band_accumulator import BandAccumulator, TileGrid, argmax0
-from biomedseg.engine.defaults import DEFAULT_OVERLAP, inference_batch_size
+from biomedseg.engine.defaults import DEFAULT_OVERLAP
 from biomedseg.engine.sliding_window import (
     importance_map,
     normalize_tta,
@@ -148,14 +149,13 @@ class StreamingPredictor:
                  model=None, **kwargs) -> "StreamingPredictor":
         """Predictor with the settings of a :class:`~biomedseg.inference.run.LoadedRun`; ``model``:
         an inference copy to use as it is (another predictor's ``.model``), else one of the run's."""
-        cfg = run.config
+        s = run.settings
         kwargs.setdefault("blank_class", run.background or 0)
         if model is not None:
             kwargs["optimize"] = False
-        return cls(run.model if model is None else model, run.tile_size, overlap=cfg.overlap if overlap is None else overlap,
-                   batch_size=batch_size or inference_batch_size(cfg.batch_size), device=run.device,
-                   precision=run.precision, tta=tta, normalizer=run.normalizer, channels=run.info.channels,
-                   channels_last=cfg.channels_last, **kwargs)
+        return cls(run.model if model is None else model, run.tile_size, overlap=s.overlap if overlap is None else overlap,
+                   batch_size=batch_size or s.batch_size, device=run.device, precision=run.precision, tta=tta,
+                   normalizer=run.normalizer, channels=run.info.channels, channels_last=run.channels_last, **kwargs)
 
     # ------------------------------------------------------------------ source handling
     def _open(self, source, level: int) -> TileSource:

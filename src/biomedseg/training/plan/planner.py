@@ -15,6 +15,7 @@ import numpy as np
 from biomedseg.training.plan.augment import plan_augment
 from biomedseg.training.plan.ensemble import plan_ensemble
 from biomedseg.training.plan.scale import CONTEXT_DIAMETERS, THIN_STRUCTURE_WIDTH, plan_working_scale
+from biomedseg.training.plan.timing import measure_robustly, measure_step_time, step_timer  # noqa: F401
 from biomedseg.transforms.normalize import CLIP_PERCENTILES
 
 # Fewer optimisation steps than this in the budget and the full-width U-Net under-trains: a 4x
@@ -36,52 +37,6 @@ COMPILE_MIN_BUDGET_S = 600
 FULL_RES_MIN_BUDGET_S = 1800
 
 
-def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, depth: int | None = None,
-                      base: int | None = None, device: str = "cpu", repeats: int = 1, model: str = "unet",
-                      probe_batch: int | None = None) -> float:
-    """Seconds of one training step (forward, backward, AdamW) of ``model``, measured here.
-
-    ``depth`` and ``base`` (the width option, see :func:`~biomedseg.models.registry.width_option`)
-    are passed to the factory when given. ``probe_batch`` measures a smaller batch and scales the
-    time by ``batch / probe_batch`` (used for costly networks, whose steps last seconds).
-    """
-    import time
-
-    import torch
-
-    from biomedseg.runtime.device import use_channels_last
-    from biomedseg.models import create_model
-    from biomedseg.models.registry import width_option
-
-    kwargs = {}
-    if depth is not None:
-        kwargs["depth"] = depth
-    option = width_option(model)
-    if base is not None and option is not None:
-        kwargs[option[0]] = base
-    net = create_model(model, channels, n_classes, **kwargs).to(device)
-    cl = torch.channels_last if use_channels_last(None, torch.device(device)) else torch.contiguous_format
-    net = net.to(memory_format=cl)
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
-    b = min(batch, probe_batch) if probe_batch else batch
-    x = torch.randn(b, channels, patch, patch, device=device).contiguous(memory_format=cl)
-    y = torch.randint(0, n_classes, (b, patch, patch), device=device)
-    times = []
-    for i in range(repeats + 1):
-        t0 = time.perf_counter()
-        out = net(x)
-        out = out[0] if isinstance(out, (list, tuple)) else out
-        loss = torch.nn.functional.cross_entropy(out, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if device != "cpu":
-            torch.cuda.synchronize()
-        if i:  # the first step warms up allocators and kernels
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * batch / b
-
-
 def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], background, channels: int,
                              dtype_max: int = 255, pixel_size=None) -> dict:
     """Data fingerprint of cached training samples (``image (H, W, C)``, ``mask (H, W) uint8``).
@@ -91,7 +46,9 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
     class), ``object_diameter_p90`` per foreground class (pixels, from connected components),
     ``structure_width`` per foreground class (mean width in pixels: its pixels over the pixels
     of its skeleton; about 7 for ISBI membranes, 3 for DRIVE vessels, over 20 for nuclei);
-    ``pixel_size`` ``[y, x]`` (µm) when given (known for the images).
+    ``pixel_size`` ``[y, x]`` (µm) when given (known for the images); ``labelled_fraction`` (pixels
+    with a class: partial labels leave the rest unlabelled, and every statistic counts labelled pixels only;
+    object sizes and widths come from fully labelled images alone: strokes are not objects).
     """
     from scipy import ndimage
     from skimage.morphology import skeletonize
@@ -101,10 +58,14 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
     holders = np.zeros(n_classes, np.int64)
     diam: dict[int, list[float]] = {c: [] for c in range(n_classes)}
     skeleton = np.zeros(n_classes, np.int64)
+    whole = np.zeros(n_classes, np.int64)  # pixels of the fully labelled images: object sizes come from them
     for s in samples:
         bc = np.bincount(s.mask.ravel(), minlength=n_classes)[:n_classes]
         counts += bc
         holders += bc > 0
+        if bc.sum() < s.mask.size:  # partly labelled (scribbles): its objects' sizes are unknown
+            continue
+        whole += bc
         for c in range(n_classes):
             if c == background or not bc[c]:
                 continue
@@ -123,11 +84,12 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
         "bit_depth": bits,
         "class_names": class_names,
         "background": background,
+        "labelled_fraction": round(float(counts.sum() / max(1, int(np.prod(shapes, axis=1).sum()))), 4),
         "class_share": (counts / max(counts.sum(), 1)).round(5).tolist(),
         "image_share": (holders / max(len(samples), 1)).round(4).tolist(),
         "object_diameter_p90": {class_names[c]: float(np.percentile(v, 90)) for c, v in diam.items() if v},
         "object_diameter_p10": {class_names[c]: float(np.percentile(v, 10)) for c, v in diam.items() if v},
-        "structure_width": {class_names[c]: round(float(counts[c] / skeleton[c]), 2)
+        "structure_width": {class_names[c]: round(float(whole[c] / skeleton[c]), 2)
                             for c in range(n_classes) if skeleton[c]},
     }
     if pixel_size is not None:
@@ -145,7 +107,8 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     """Choose patch size, network size, batch, sampling, loss and schedule for ``fp``.
 
     ``step_time(patch, batch, depth, width) -> seconds`` measures a training step here (see
-    :func:`measure_step_time`); without it the width follows the budget alone. ``model`` and
+    :func:`measure_step_time`; called several times per width, :func:`measure_robustly`, and the
+    reason shows the spread); without it the width follows the budget alone. ``model`` and
     ``width_option`` (``(keyword, published default)``, default ``("base_channels", 32)``) name
     the architecture whose width is planned: the default U-Net gets depth and width, other
     architectures keep their published depth and are only narrowed when the budget is too short
@@ -206,7 +169,7 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     plan["augment"] = plan_augment(fp.get("augment", {}))
     plan["optimizer"] = {"value": "adamw", "reason": "adaptive steps converge in few epochs; nnU-Net's SGD schedule "
                          "assumes ~1000 epochs"}
-    plan["lr"] = {"value": 2e-3, "reason": "AdamW with poly decay to 0 over the budget"}
+    plan["lr"] = {"value": _default_lr("adamw"), "reason": "AdamW with poly decay to 0 over the budget"}
     plan["schedule"] = {"value": "poly", "reason": "decays to zero exactly when the epochs or the time budget end"}
     if fp.get("bit_depth", 8) > 8:  # the same rule as normalization "auto" (normalize.normalization_for)
         lo, hi = CLIP_PERCENTILES
@@ -324,22 +287,23 @@ def _plan_width(model: str, key: str, full: int, patch: int, batch: int, depth: 
     that width (``None`` when not measured); see :func:`make_plan`."""
     name = "U-Net (32..512 channels)" if model == "unet" else f"{model} ({key}={full})"
     if budget_s is None or gpu:
-        t = step_time(patch, batch, depth, full) if (budget_s is not None and step_time is not None) else None
+        measured = budget_s is not None and step_time is not None
+        t = measure_robustly(step_time, patch, batch, depth, full)[0] if measured else None
         return full, f"published width of the {name}: best final Dice when it gets enough steps", t
     if step_time is None:
         if budget_s < 20 * 60:
             return max(MIN_WIDTH, full // 2), ("CPU budget under 20 min: a 4x cheaper network takes ~4x more "
                                                "steps, which wins there"), None
         return full, f"published width of the {name}", None
-    width, t = full, step_time(patch, batch, depth, full)
+    width, (t, spread) = full, measure_robustly(step_time, patch, batch, depth, full)
     steps = int(0.85 * budget_s / t)
-    first = f"measured {t:.2f}s per step at {key}={full}: ~{steps} steps fit the budget"
+    first = f"measured {t:.2f}s per step at {key}={full} ({spread}): ~{steps} steps fit the budget"
     if steps >= MIN_STEPS_FULL_WIDTH:
         return full, first, t
     while steps < MIN_STEPS_FULL_WIDTH and width // 2 >= MIN_WIDTH:
         width //= 2
         if width // 2 >= MIN_WIDTH:  # another halving may follow: measure this width
-            t = step_time(patch, batch, depth, width)
+            t = measure_robustly(step_time, patch, batch, depth, width)[0]
         else:
             t = t / 4  # channels halved: about 4x fewer FLOPs
         steps = int(0.85 * budget_s / t)
@@ -347,20 +311,26 @@ def _plan_width(model: str, key: str, full: int, patch: int, batch: int, depth: 
                    f"and takes ~{steps} steps, which wins on short budgets"), t
 
 
-def step_timer(channels: int, n_classes: int, device: str, model: str = "unet"):
-    """``step_time(patch, batch, depth, width)`` callback for :func:`make_plan` on ``device``.
+def _default_lr(optimizer: str) -> float:
+    from biomedseg.training.optim import DEFAULT_LR
 
-    The default U-Net is measured at the full batch with the planned depth; other architectures
-    keep their own depth and are probed with a batch of 2 (their steps can take many seconds).
-    """
+    return DEFAULT_LR[optimizer]
 
-    def measure(patch, batch, depth, width):
-        if model == "unet":
-            return measure_step_time(channels, n_classes, patch, batch, depth, width, device)
-        return measure_step_time(channels, n_classes, patch, batch, None, width, device, model=model,
-                                 probe_batch=2)
 
-    return measure
+def plan_for_optimizer(plan: dict, explicit: dict) -> dict:
+    """``plan`` whose learning rate belongs to the optimiser the run uses: the planned rate is the
+    planned optimiser's, so a user who picks another optimiser without a learning rate gets that
+    optimiser's own default (:data:`~biomedseg.training.optim.DEFAULT_LR`), and the reason says so."""
+    chosen, planned = explicit.get("optimizer"), (plan.get("optimizer") or {}).get("value")
+    if chosen is None or chosen == planned or "lr" in explicit or "lr" not in plan:
+        return plan
+    from biomedseg.training.optim import DEFAULT_LR
+
+    if chosen not in DEFAULT_LR:  # an unknown name: the config check names it
+        return plan
+    lr = DEFAULT_LR[chosen]
+    return {**plan, "lr": {"value": lr, "reason": f"optimizer {chosen} set by the user: its own default rate {lr:g} "
+                           f"(the planned {plan['lr']['value']:g} is {planned}'s)"}}
 
 
 def apply_plan(values: dict, plan: dict, explicit: dict) -> dict:

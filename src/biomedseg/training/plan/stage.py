@@ -12,7 +12,7 @@ from biomedseg.runs import read_plan
 from biomedseg.training.config import TrainConfig, build_config
 from biomedseg.training.plan.augment import augment_fingerprint
 from biomedseg.training.plan.planner import (apply_plan, compile_possible, fingerprint_from_samples, make_plan,
-                                        step_timer)
+                                             plan_for_optimizer, step_timer)
 
 USER_REASON = "set by the user"
 
@@ -66,8 +66,9 @@ def plan_now(cfg: TrainConfig, explicit: dict, fingerprint: dict, device, n_clas
     """
     measure = width_is_planned(cfg, explicit) if measure is None else measure
     timer = step_timer(channels, n_classes, str(device), model=cfg.model) if measure else None
-    return make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs, step_time=timer, model=cfg.model,
+    plan = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs, step_time=timer, model=cfg.model,
                      width_option=width_option(cfg.model), can_compile=compile_possible(explicit))
+    return plan_for_optimizer(plan, explicit)
 
 
 def plan_from_file(cfg: TrainConfig, explicit: dict, plan_file) -> tuple[TrainConfig, dict]:
@@ -99,6 +100,7 @@ def plan_config(cfg: TrainConfig, explicit: dict, data, device, plan_file=None) 
     else:
         planned = plan_now(cfg, explicit, fingerprint, device, data.n_classes, data.setup.channels)
     planned = {k: v for k, v in planned.items() if plan_applies(k, cfg.model, cfg.model_kwargs)}
+    planned = plan_for_optimizer(planned, explicit)  # a plan file's rate is its planned optimiser's too
     cfg = build_config(apply_plan(cfg.model_dump(), planned, explicit), source="plan")
     planned = mark_user_values(planned, explicit)
     planned["fingerprint"] = fingerprint
