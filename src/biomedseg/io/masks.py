@@ -359,7 +359,7 @@ def infer_ignore_value(paths: Iterable[str | os.PathLike]) -> tuple[int, ...] | 
     """``(255,)`` when the masks are class indices ``0..m`` (m >= 1) plus 255, the one encoding where
     255 can only mean "unlabelled"; ``None`` otherwise (never for 0/255 binary masks, whose 255 is
     the foreground, nor for grey levels or colours)."""
-    sample = _sample([Path(p) for p in paths], MAX_SAMPLE_FILES)
+    sample = evenly_spaced([Path(p) for p in paths], MAX_SAMPLE_FILES)
     _, totals, _ = _tally(sample)
     if not totals or any(len(k) != 1 for k in totals):
         return None
