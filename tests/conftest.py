@@ -25,7 +25,7 @@ TINY = {
 #: ranks), and the CLI tests that start a process each, but for a few that keep the exit-code
 #: contract in the fast subset (test_cli.py: ``test_corrupt_png``, ``test_usage_errors_exit_2``).
 SLOW_FIXTURES = frozenset({"trained_run", "second_run", "finished_cv", "colour_run", "scaled_run", "client",
-                           "unet_exports"})
+                           "unet_exports", "package"})
 
 # tests that asked for a real dataset: those that got it and those skipped because it is absent
 _REAL_DATA: dict[str, set[str]] = {"found": set(), "absent": set()}

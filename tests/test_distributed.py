@@ -86,6 +86,7 @@ def _predictors_built():
     return run_module._built
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_cluster_prediction_keeps_the_engine_reuses_the_predictor_and_takes_exported_files(tmp_path):
     """predict --scheduler: ``engine`` reaches the workers, each worker builds its predictor once

@@ -127,6 +127,7 @@ def test_plan_entries_apply_to_the_architecture_that_takes_them():
     assert _plan_applies("lr", "segnet", {})
 
 
+@pytest.mark.slow
 def test_measured_step_of_another_architecture_scales_a_probe_batch(monkeypatch):
     """A step of the probe batch runs (not the full one), and its time is scaled by batch / probe."""
     import time
@@ -240,6 +241,7 @@ def test_thin_structures_get_a_full_resolution_level_when_affordable():
                                 width_option=("base_channels", 64))  # only the U-Net has the option
 
 
+@pytest.mark.slow
 def test_plan_command_reads_budget_and_device_from_the_config_file(synthetic_data, tmp_path):
     """`biomedseg plan --config FILE` plans for the file's time_budget and device (they were ignored)."""
     from biomedseg.training.api import plan_data
