@@ -85,6 +85,7 @@ def test_values_are_checked_against_the_config():
         parse_params(["lr=1,2", "lr=3,4"])
 
 
+@pytest.mark.slow  # a process per case
 @pytest.mark.parametrize("param, needle", [
     ("lr=1:", "not a number"), ("optimizer=adam,adamm", "adamm"), ("lr", "expected NAME=a,b,c"),
     ("nosuch=1:2", "not a training option"),
