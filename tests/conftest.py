@@ -19,12 +19,51 @@ TINY = {
 }
 
 
+#: fixtures that train a network, start a cluster or export networks through torch.onnx: every
+#: test using one, directly or through another fixture, is marked ``slow`` (``pytest -m "not slow"``
+#: leaves it out). Tests are marked by hand too: those that train or start processes (a cluster,
+#: ranks), and the CLI tests that start a process each, but for a few that keep the exit-code
+#: contract in the fast subset (test_cli.py: ``test_corrupt_png``, ``test_usage_errors_exit_2``).
+SLOW_FIXTURES = frozenset({"trained_run", "second_run", "finished_cv", "colour_run", "scaled_run", "client",
+                           "unet_exports", "package"})
+
+# tests that asked for a real dataset: those that got it and those skipped because it is absent
+_REAL_DATA: dict[str, set[str]] = {"found": set(), "absent": set()}
+_CURRENT_TEST = [""]
+
+
 def shared_dataset(name: str) -> Path:
     """Path of ``../shared/datasets/<name>``; skips the test with a reason when absent."""
     path = SHARED / name
     if not (path / "images").is_dir():
+        _REAL_DATA["absent"].add(_CURRENT_TEST[0])
         pytest.skip(f"real dataset {name!r} not available (expected at {path}; ../shared is absent)")
+    _REAL_DATA["found"].add(_CURRENT_TEST[0])
     return path
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    _CURRENT_TEST[0] = item.nodeid
+
+
+def pytest_terminal_summary(terminalreporter):
+    """One line: how many tests ran on the real datasets (CI reads it to see ../shared was used)."""
+    found, absent = _REAL_DATA["found"], _REAL_DATA["absent"] - _REAL_DATA["found"]
+    if not (found or absent):
+        return
+    stats = terminalreporter.stats
+    passed = {r.nodeid for r in stats.get("passed", []) if r.when == "call"}
+    failed = {r.nodeid for r in stats.get("failed", []) + stats.get("error", [])}
+    terminalreporter.write_line(f"real-data tests ({SHARED}): {len(found)} ran ({len(found & passed)} passed, "
+                                f"{len(found & failed)} failed or errored), {len(absent)} skipped for missing data")
 
 
 @pytest.fixture(scope="session")

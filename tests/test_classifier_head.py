@@ -329,6 +329,7 @@ def _write_half_empty_data(root, n=12, size=48):
     return root
 
 
+@pytest.mark.slow
 def test_train_with_head_then_gate_by_its_probability(tmp_path):
     import csv
 

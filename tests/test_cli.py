@@ -48,6 +48,7 @@ def test_help_lists_commands():
         assert cmd in r.stdout
 
 
+@pytest.mark.slow
 def test_missing_masks_folder(tmp_path):
     data = make_data(tmp_path / "d")
     for p in (data / "masks").iterdir():
@@ -56,6 +57,7 @@ def test_missing_masks_folder(tmp_path):
     assert_user_error(run_cli(*train_args(data, tmp_path)), "masks")
 
 
+@pytest.mark.slow
 def test_unpaired_files(tmp_path):
     data = make_data(tmp_path / "d")
     (data / "masks" / "im1.png").unlink()
@@ -70,18 +72,21 @@ def test_corrupt_png(tmp_path):
     assert_user_error(r, "im2.png")
 
 
+@pytest.mark.slow
 def test_text_file_named_png(tmp_path):
     data = make_data(tmp_path / "d")
     (data / "images" / "im0.png").write_text("hello, I am not a picture")
     assert_user_error(run_cli(*train_args(data, tmp_path)), "im0.png")
 
 
+@pytest.mark.slow
 def test_mask_size_differs(tmp_path):
     data = make_data(tmp_path / "d")
     Image.fromarray(np.zeros((30, 40), np.uint8)).save(data / "masks" / "im1.png")
     assert_user_error(run_cli(*train_args(data, tmp_path)), "im1.png")
 
 
+@pytest.mark.slow
 def test_mask_value_outside_classes(tmp_path):
     data = make_data(tmp_path / "d")
     m = np.zeros((32, 40), np.uint8)
@@ -92,16 +97,19 @@ def test_mask_value_outside_classes(tmp_path):
     assert_user_error(r, "im2.png", "7")
 
 
+@pytest.mark.slow
 def test_empty_folder(tmp_path):
     (tmp_path / "d" / "images").mkdir(parents=True)
     (tmp_path / "d" / "masks").mkdir()
     assert_user_error(run_cli(*train_args(tmp_path / "d", tmp_path)), "images")
 
 
+@pytest.mark.slow
 def test_missing_data_folder(tmp_path):
     assert_user_error(run_cli(*train_args(tmp_path / "nope", tmp_path)), "nope")
 
 
+@pytest.mark.slow
 def test_bad_option_value(tmp_path):
     data = make_data(tmp_path / "d")
     assert_user_error(run_cli(*train_args(data, tmp_path), "--model", "no-such-net"), "no-such-net")
@@ -109,6 +117,7 @@ def test_bad_option_value(tmp_path):
     assert_user_error(run_cli("train", data, "--out", tmp_path / "r2", "--time-budget", "ten minutes"), "ten minutes")
 
 
+@pytest.mark.slow
 def test_predict_on_missing_run(tmp_path):
     data = make_data(tmp_path / "d")
     r = run_cli("predict", tmp_path / "norun", data / "images", "--out", tmp_path / "o")
@@ -142,6 +151,7 @@ def test_user_error_exit_code_is_the_errors(monkeypatch, capsys, code):
     assert capsys.readouterr().err.strip() == "error: data/masks: no masks"
 
 
+@pytest.mark.slow
 def test_predict_failure_reported_once(tmp_path):
     """A file that cannot be predicted is named once on stderr (logged by predict, not again by
     the CLI), and the command exits 1."""

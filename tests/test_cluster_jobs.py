@@ -50,6 +50,7 @@ def _weights(path):
     return torch.load(path, map_location="cpu", weights_only=True)["model"]
 
 
+@pytest.mark.slow
 def test_cv_folds_run_as_jobs_resume_and_match_a_local_fold(synthetic_data, client, tmp_path):
     from biomedseg.workflows.crossval import cross_validate
     from biomedseg.runs.cv import open_cv
@@ -83,6 +84,7 @@ def _set(key, value):
     return ["--set", f"{key}={value}"]
 
 
+@pytest.mark.slow
 def test_sweep_trials_run_as_jobs_on_one_study(synthetic_data, client, tmp_path):
     optuna = pytest.importorskip("optuna")
     from biomedseg.workflows.sweep import run as sweeps

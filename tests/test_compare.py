@@ -17,7 +17,6 @@ from test_cli import assert_user_error, run_cli
 from biomedseg.core.errors import UserError
 from biomedseg.runs import RunFolder
 from biomedseg.core.stats import (
-    bootstrap_means,
     difference_sentence,
     paired_bootstrap,
     verdict,
@@ -44,16 +43,23 @@ def test_bootstrap_interval_covers_a_known_difference():
     assert swapped["high"] < 0 and verdict(swapped) == "a"
 
 
-def test_bootstrap_interval_covers_the_true_difference_in_most_samples():
-    """Honesty: over many synthetic test sets, the 95% interval holds the true mean difference
-    in about 95% of them (percentile bootstrap, 30 images: a little under)."""
+def _coverage(n: int, trials: int = 200) -> float:
+    """Share of ``trials`` synthetic test sets of ``n`` images whose 95% interval holds the true
+    mean difference (0.01; skewed per-image noise, as Dice differences often are)."""
     rng = np.random.default_rng(0)
     hits = 0
-    for k in range(200):
-        a, b = _scores(rng, n=30, shift=0.01, noise=0.03)
+    for k in range(trials):
+        a = rng.uniform(0.6, 0.9, n)
+        b = a + 0.01 + 0.03 * (rng.exponential(1.0, n) - 1.0)
         r = paired_bootstrap(a, b, n_resamples=1000, seed=k)
         hits += r["low"] <= 0.01 <= r["high"]
-    assert 0.88 <= hits / 200 <= 0.99
+    return hits / trials
+
+
+def test_bootstrap_interval_covers_the_true_difference_in_most_samples():
+    """Honesty: over many synthetic test sets of 30 images, the 95% BCa interval holds the true mean
+    difference in about 95% of them."""
+    assert 0.90 <= _coverage(30) <= 0.99
 
 
 def test_identical_runs_give_an_interval_around_zero():
@@ -67,14 +73,24 @@ def test_identical_runs_give_an_interval_around_zero():
 
 
 def test_bootstrap_is_reproducible_and_same_indices_for_both_runs():
+    from scipy import stats
+
     a, b = _scores(np.random.default_rng(5))
     assert paired_bootstrap(a, b, seed=7) == paired_bootstrap(a, b, seed=7)
     assert paired_bootstrap(a, b, seed=7)["low"] != paired_bootstrap(a, b, seed=8)["low"]
-    # resampling pairs of images = resampling their differences
-    means = bootstrap_means(b - a, 300, seed=4)
-    assert means.shape == (300,)
+    # resampling pairs of images = resampling their differences: SciPy's one-sample BCa bootstrap of
+    # b - a with the same random stream gives the same interval
     r = paired_bootstrap(a, b, n_resamples=300, seed=4, confidence=0.9)
-    assert r["low"] == pytest.approx(np.quantile(means, 0.05)) and r["high"] == pytest.approx(np.quantile(means, 0.95))
+    one = stats.bootstrap((b - a,), np.mean, n_resamples=300, confidence_level=0.9, method="BCa",
+                          rng=np.random.default_rng(4))
+    assert r["method"] == "BCa"
+    assert r["low"] == pytest.approx(one.confidence_interval.low)
+    assert r["high"] == pytest.approx(one.confidence_interval.high)
+
+
+def test_one_image_gives_a_point_interval():
+    r = paired_bootstrap([0.5], [0.7])
+    assert r["low"] == r["high"] == r["mean_difference"] == pytest.approx(0.2)
 
 
 @pytest.mark.parametrize("a, b", [([0.5, 0.6], [0.5]), ([], []), ([0.5, np.nan], [0.5, 0.6]), ([[0.5]], [[0.5]])])
@@ -109,6 +125,7 @@ def _per_image(eval_dir: Path) -> dict[str, float]:
         return {r["id"]: float(r["image_dice"]) for r in csv.DictReader(fh)}
 
 
+@pytest.mark.slow
 def test_compare_two_runs_writes_the_report_and_says_what_the_bootstrap_says(trained_run, second_run, synthetic_data,
                                                                               tmp_path):
     from biomedseg.workflows.comparison import compare
@@ -142,6 +159,7 @@ def test_compare_two_runs_writes_the_report_and_says_what_the_bootstrap_says(tra
     assert json.loads((out / "compare.json").read_text())["comparisons"][0]["sentence"] == sentence
 
 
+@pytest.mark.slow
 def test_compare_reuses_current_evaluations_and_takes_given_ones(trained_run, second_run, synthetic_data, tmp_path):
     from biomedseg.workflows.comparison import compare
     from biomedseg.workflows.evaluation import evaluate
@@ -164,6 +182,7 @@ def test_compare_reuses_current_evaluations_and_takes_given_ones(trained_run, se
         compare([trained_run, second_run], out, baseline="nope", **kw)
 
 
+@pytest.mark.slow
 def test_compare_refuses_evaluations_on_different_images(trained_run, second_run, synthetic_data, tmp_path):
     from biomedseg.workflows.comparison import compare
     from biomedseg.workflows.evaluation import evaluate
@@ -199,6 +218,7 @@ def _run_with_classes(tmp_path: Path, classes: list[str]) -> Path:
     return run
 
 
+@pytest.mark.slow
 def test_cli_refuses_in_one_line(tmp_path):
     out = tmp_path / "cmp"
     assert_user_error(run_cli("compare", FIXTURE_RUN, "--out", out), "at least 2 run folders, got 1")

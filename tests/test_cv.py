@@ -72,6 +72,7 @@ def cv_data(synthetic_data, tmp_path_factory):
     return data, src, meta["split"]
 
 
+@pytest.mark.slow
 def test_cv_folds_never_touch_the_test_split_and_keep_duplicates_together(cv_data, tmp_path):
     data, src, split = cv_data
     s = cross_validate(data, tmp_path / "cv", folds=3, prepare=True, quiet=True, **FOLD_TRAINING)
@@ -128,6 +129,7 @@ def test_an_interrupted_cv_resumes_without_retraining_finished_folds(finished_cv
     assert "field metrics (" in format_summary(summary)
 
 
+@pytest.mark.slow
 def test_a_fold_interrupted_mid_training_resumes_from_its_last_checkpoint(finished_cv, cv_data, tmp_path,
                                                                           monkeypatch):
     from biomedseg.training import api
@@ -150,6 +152,7 @@ def test_a_fold_interrupted_mid_training_resumes_from_its_last_checkpoint(finish
     assert len(rows) == 2  # header + the one epoch: resumed, not trained again from scratch
 
 
+@pytest.mark.slow
 def test_tune_postprocess_on_a_cv_folder_uses_every_out_of_fold_prediction(finished_cv):
     from biomedseg.workflows.tune_postprocess import tune_postprocess
 
@@ -179,6 +182,7 @@ def test_the_cv_folder_predicts_as_the_ensemble_of_its_folds(finished_cv, tmp_pa
     assert curves is None and summary["steps"] == sum(training_summary(cv.fold(i))[0]["steps"] for i in range(3))
 
 
+@pytest.mark.slow
 def test_cv_refuses_another_fold_count_and_a_folder_that_is_not_a_cv(finished_cv, cv_data, tmp_path):
     data, _, _ = cv_data
     cv, _, _ = finished_cv
@@ -192,6 +196,7 @@ def test_cv_refuses_another_fold_count_and_a_folder_that_is_not_a_cv(finished_cv
     assert sum(k * v for k, v in counts.items()) == len(cv.folds()["pool"])
 
 
+@pytest.mark.slow
 def test_cli_cv_summary_tune_on_oof_and_ensemble_of_folds(finished_cv, cv_data, tmp_path):
     from test_cli import assert_user_error, run_cli
 

@@ -12,6 +12,7 @@ import torch.distributed as dist
 import pytest
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")
 def test_two_ranks_stay_in_sync_and_only_rank0_writes(synthetic_data, tmp_path):
     run = tmp_path / "ddp_run"

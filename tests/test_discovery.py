@@ -335,3 +335,39 @@ def test_make_split_small_keeps_one_val_and_one_train(n):
 def test_make_split_bad_fractions(val, test):
     with pytest.raises(UserError):
         make_split(["a", "b", "c"], val, seed=0, test_fraction=test)
+
+
+@pytest.mark.parametrize("n,val,test,want", [(10, 0.2, 0.3, (2, 3)), (3, 0.5, 0.4, (1, 1)), (2, 0.3, 0.3, (1, 0)),
+                                            (1, 0.2, 0.2, (0, 0)), (20, 0.15, 0.0, (3, 0))])
+def test_side_counts_shared_by_both_splitters(n, val, test, want):
+    from biomedseg.data.group_split import split_with_groups
+    from biomedseg.data.splits import side_counts
+
+    assert side_counts(n, val, test) == want
+    ids = [f"i{k}" for k in range(n)]
+    for split in (make_split(ids, val, seed=0, test_fraction=test), split_with_groups(ids, [], test, val, seed=0)):
+        assert (len(split["val"]), len(split.get("test", []))) == want
+
+
+class _CountingList(list):
+    """A list that counts how often it is iterated over."""
+
+    iterations = 0
+
+    def __iter__(self):
+        type(self).iterations += 1
+        return super().__iter__()
+
+
+def test_split_lookup_reads_the_ids_once():
+    """Defect 9: the ids of a split were looked up in ``set(all_ids)`` rebuilt for every id."""
+    from biomedseg.data.splits import _split_ids
+
+    all_ids = _CountingList(f"i{k}" for k in range(500))
+    wanted = [f"i{k}" for k in range(0, 600, 2)]
+    _CountingList.iterations = 0
+    got = _split_ids("val", {"val": wanted}, None, all_ids, True)
+    assert got == [f"i{k}" for k in range(0, 500, 2)] and _CountingList.iterations == 1
+    _CountingList.iterations = 0
+    assert _split_ids("test", {}, {"split": {"test": wanted}}, all_ids, False) == got
+    assert _CountingList.iterations == 1

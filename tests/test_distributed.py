@@ -29,6 +29,7 @@ def write_images(folder, n: int, shape, seed: int = 0):
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_local_cluster_predicts_every_file_once_per_worker_load(tmp_path):
     from distributed import Client
@@ -85,6 +86,7 @@ def _predictors_built():
     return run_module._built
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(420)
 def test_cluster_prediction_keeps_the_engine_reuses_the_predictor_and_takes_exported_files(tmp_path):
     """predict --scheduler: ``engine`` reaches the workers, each worker builds its predictor once

@@ -176,6 +176,7 @@ def test_checkpoint_without_ema_entries_loads_with_and_without_ema():
     assert state.val_scores == [] and _same(trainer.ema.module.state_dict(), plain["model"])
 
 
+@pytest.mark.slow
 def test_ema_leaves_the_training_itself_unchanged(synthetic_data, tmp_path):
     """Same seed, ema off and on: the trained weights are bitwise the same (the average reads them,
     it draws no random numbers); with ema off the checkpoint has no ``ema`` entry."""
@@ -190,6 +191,7 @@ def test_ema_leaves_the_training_itself_unchanged(synthetic_data, tmp_path):
     assert not _same(b["model"], b["ema"]["online"])
 
 
+@pytest.mark.slow
 def test_resume_with_ema_equals_uninterrupted(synthetic_data, tmp_path, monkeypatch):
     """Interrupted after epoch 1 and resumed: the average and the trained weights of an uninterrupted run."""
     from biomedseg.training.api import train

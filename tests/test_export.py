@@ -98,6 +98,7 @@ def test_unet_with_head_exports_to_all_formats(unet_exports):
         assert result.metadata["network"]["outputs"] == ["logits", "image_logit"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["resnet34-unet", "segnet"])
 def test_architectures_export_to_all_formats(arch, synthetic_data, tmp_path):
     from biomedseg.export.writer import export_run
@@ -128,6 +129,7 @@ def test_exported_graph_has_dynamic_batch_and_size(unet_exports, unet_run):
             assert net.class_logits.shape == (shape[0],)
 
 
+@pytest.mark.slow
 def test_parity_failure_is_refused_and_leaves_nothing(unet_run, tmp_path, monkeypatch):
     from biomedseg.inference.exported import engines as export_engines
     from biomedseg.export.writer import export_run
@@ -157,6 +159,7 @@ def test_export_refuses_bad_outputs(unet_run, unet_exports, tmp_path):
         export_run(unet_run, "tflite", tmp_path / "model.onnx")
 
 
+@pytest.mark.slow
 def test_parity_on_synthetic_images_when_data_is_gone(synthetic_data, tmp_path):
     """Three channels, clipping bounds per channel, and no training data folder."""
     from biomedseg.export.writer import export_run
@@ -294,6 +297,7 @@ def test_predict_engine_errors(unet_exports, unet_run, tmp_path):
         open_model_source(bad)
 
 
+@pytest.mark.slow
 def test_cli_export_then_predict_from_the_file(unet_run, synthetic_data, tmp_path):
     from test_cli import assert_user_error, run_cli
 
@@ -328,6 +332,7 @@ def assert_masks_match(got: dict, expected: dict, run, images: dict) -> None:
             assert float((proba[-1] - proba[-2])[d].max()) < 1e-3, name
 
 
+@pytest.mark.slow
 @pytest.mark.shared
 def test_predict_onnx_equals_predict_run_on_shared_test_split(tmp_path):
     """A briefly trained run on the test split of isbi2012_em."""

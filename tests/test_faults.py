@@ -74,6 +74,7 @@ def leftovers(folder: Path) -> list[str]:
 
 # ---------------------------------------------------------------- kill -9, then resume / rerun
 
+@pytest.mark.slow
 def test_kill_9_during_training_then_resume(synthetic_data, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     log = open(tmp_path / "train.log", "w")
@@ -133,6 +134,7 @@ def nan_loss_on(monkeypatch, steps) -> None:
     monkeypatch.setattr(Trainer, "_loss", patched)
 
 
+@pytest.mark.slow
 def test_a_few_non_finite_steps_are_skipped_with_a_warning(synthetic_data, tmp_path, monkeypatch, caplog):
     from biomedseg.training.api import train
 
@@ -150,6 +152,7 @@ def test_a_few_non_finite_steps_are_skipped_with_a_warning(synthetic_data, tmp_p
     finite_checkpoint(run / "checkpoints" / "best.pt")
 
 
+@pytest.mark.slow
 def test_divergence_stops_with_exit_2_and_keeps_the_last_good_checkpoint(synthetic_data, tmp_path, monkeypatch):
     from biomedseg.training.api import train
     from biomedseg.training.trainer import MAX_NONFINITE_STEPS, TrainingDiverged
@@ -166,6 +169,7 @@ def test_divergence_stops_with_exit_2_and_keeps_the_last_good_checkpoint(synthet
         assert finite_checkpoint(tmp_path / "run" / "checkpoints" / name)["epoch"] == 1
 
 
+@pytest.mark.slow
 def test_non_finite_weights_are_never_checkpointed(synthetic_data, tmp_path, monkeypatch):
     from biomedseg.training.api import train
     from biomedseg.training.trainer import Trainer, TrainingDiverged
@@ -243,6 +247,7 @@ def test_infinite_gradients_of_a_finite_loss(scaler):
     assert all(torch.equal(before[k], v) for k, v in trainer.net.state_dict().items())  # no update either way
 
 
+@pytest.mark.slow
 def test_ranks_agree_on_a_flag_raised_by_one(tmp_path):
     """DDP: ``any_rank`` (all-reduce) makes every rank skip when one rank's loss is not finite."""
     pytest.importorskip("torch.distributed")
@@ -428,6 +433,7 @@ def test_disk_full_during_a_command_is_one_line(synthetic_data, tmp_path, monkey
     assert leftovers(data) == []
 
 
+@pytest.mark.slow
 def test_disk_full_while_checkpointing(synthetic_data, tmp_path, monkeypatch):
     from biomedseg.training.api import train
 

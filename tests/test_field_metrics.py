@@ -471,6 +471,7 @@ def test_compare_metric_evaluates_with_that_metric(trained_run, synthetic_data, 
     _one_line_error(r, "--metric nosuch: not a per-image metric")
 
 
+@pytest.mark.slow
 def test_sweep_objective_ranks_trials_by_the_validation_metric(synthetic_data, tmp_path):
     pytest.importorskip("optuna")
     from conftest import TINY

@@ -16,6 +16,7 @@ from torch import nn
 from biomedseg.core.errors import UserError
 from biomedseg.models import create_model, list_models
 from biomedseg.models.heads import classifier_of, classify
+from biomedseg.models.pretrained import sha256_of
 from biomedseg.models.summary import count_flops, model_summary
 
 # the smallest sensible width of every architecture
@@ -62,8 +63,9 @@ def test_forward_backward_odd_size(name, in_channels):
 
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_channels_last_training_step(name):
-    """The trainer runs channels_last by default; a 128px patch reaches the sizes where PyTorch
-    2.13's strided 1x1 conv backward crashed (see StridedPointwiseConv)."""
+    """channels_last (the trainer's default on CUDA; on CPU only with ``channels_last: true``, see
+    ``runtime.device.use_channels_last``): a 128px patch reaches the sizes where PyTorch 2.13's
+    strided 1x1 conv backward crashed (see StridedPointwiseConv)."""
     model = create_model(name, 1, 2, **SMALL[name]).to(memory_format=torch.channels_last)
     ref = copy.deepcopy(model).to(memory_format=torch.contiguous_format)
     x = torch.randn(2, 1, 128, 128).contiguous(memory_format=torch.channels_last)
@@ -252,33 +254,41 @@ def http_folder(tmp_path):
 
 
 def test_pretrained_imagenet_download_with_checksum(tmp_path, monkeypatch, http_folder):
+    """torch.hub's check: the file's SHA-256 must start with the hex digits of its name."""
     from biomedseg.models import pretrained
 
     folder, base, hits = http_folder
     for var in ("http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
         monkeypatch.delenv(var, raising=False)
     sd = _torchvision_style("resnet34-unet", width=4)
-    torch.save(sd, folder / "resnet34-test.pth")
-    digest = hashlib.sha256((folder / "resnet34-test.pth").read_bytes()).hexdigest()
+    torch.save(sd, folder / "weights.pth")
+    digest = hashlib.sha256((folder / "weights.pth").read_bytes()).hexdigest()
+    good, bad = f"resnet34-{digest[:8]}.pth", f"resnet34-{'0' * 8}.pth"
+    for name in (good, bad):
+        (folder / name).write_bytes((folder / "weights.pth").read_bytes())
     cache = tmp_path / "cache"
     monkeypatch.setenv("BIOMEDSEG_CACHE", str(cache))
 
-    monkeypatch.setitem(pretrained.PRETRAINED_URLS, "resnet34", (f"{base}/resnet34-test.pth", "0" * 64))
+    monkeypatch.setitem(pretrained.PRETRAINED_URLS, "resnet34", f"{base}/{bad}")
     with pytest.raises(UserError, match="SHA-256 mismatch"):
         create_model("resnet34-unet", 1, 2, width=4, pretrained="imagenet")
     assert not list(cache.glob("*")), "a file failing the checksum must not stay in the cache"
 
-    monkeypatch.setitem(pretrained.PRETRAINED_URLS, "resnet34", (f"{base}/resnet34-test.pth", digest))
+    monkeypatch.setitem(pretrained.PRETRAINED_URLS, "resnet34", f"{base}/{good}")
     net = create_model("resnet34-unet", 1, 2, width=4, pretrained="imagenet").net
     assert torch.allclose(net.encoder.conv1.weight, sd["conv1.weight"].sum(1, keepdim=True))
-    assert (cache / "resnet34-test.pth").is_file()
+    assert (cache / good).is_file()
     n = len(hits)
     create_model("resnet34-unet", 3, 2, width=4, pretrained="imagenet")  # from the cache
     assert len(hits) == n
-    # a prefix of the digest (torchvision's file-name convention) is accepted too
-    assert pretrained.download_weights(f"{base}/resnet34-test.pth", digest[:8], folder=tmp_path / "c2").is_file()
+    # a damaged cached file is re-checked, dropped and fetched again
+    (cache / good).write_bytes(b"damaged")
+    create_model("resnet34-unet", 3, 2, width=4, pretrained="imagenet")
+    assert len(hits) == n + 1 and sha256_of(cache / good) == digest
     with pytest.raises(UserError, match="download failed"):
-        pretrained.download_weights(f"{base}/missing.pth", digest, folder=tmp_path / "c3")
+        pretrained.download_state_dict(f"{base}/missing-{digest[:8]}.pth", folder=tmp_path / "c3")
+    with pytest.raises(UserError, match="no SHA-256 prefix"):  # nothing to check it against: refused
+        pretrained.download_state_dict(f"{base}/weights.pth", folder=tmp_path / "c4")
 
 
 # -- summary -----------------------------------------------------------------------------------

@@ -226,6 +226,7 @@ def _zarr_dataset(root, n=4, size=64):
     return root
 
 
+@pytest.mark.slow
 def test_zarr_images_and_masks_are_audited_tiled_and_trained_on(tmp_path):
     from biomedseg.audit.run import run_audit
     from biomedseg.data.tiling.dataset import tile_dataset

@@ -157,6 +157,7 @@ def test_training_on_partial_labels_reports_the_ignore_value(synthetic_data, tmp
     assert total < 0.7 * n_pixels  # the unlabelled third is in no count
 
 
+@pytest.mark.slow
 def test_bad_partial_label_inputs_are_one_line_errors(synthetic_data, tmp_path):
     data = _partial_data(synthetic_data, tmp_path / "partial")
     first = sorted((data / "masks").glob("*.png"))[0]

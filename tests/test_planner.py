@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import yaml
 
 from biomedseg.training.plan.planner import MIN_STEPS_FULL_WIDTH, apply_plan, make_plan
@@ -12,12 +13,38 @@ FP = {"n_images": 20, "median_shape": [512, 512], "min_shape": [512, 512], "chan
       "image_share": [1.0, 1.0, 0.5], "object_diameter_p90": {"cell": 20.0, "rare": 5.0}}
 
 
+def assert_reasons_cite_their_inputs(plan: dict, fp: dict, budget_s: int) -> None:
+    """Every planned value has its own one-line reason, and the reasons name the facts the value
+    follows from (the fingerprint's numbers, the budget, the other planned values), so a reason
+    that no longer matches its value fails here."""
+    entries = {k: e for k, e in plan.items() if isinstance(e, dict) and "value" in e}
+    reasons = {k: e["reason"] for k, e in entries.items()}
+    value = {k: e["value"] for k, e in entries.items()}
+    for key, reason in reasons.items():
+        assert isinstance(reason, str) and reason.strip() and "\n" not in reason, key
+    assert len(set(reasons.values())) == len(reasons), "two choices share one reason"
+    assert f"{value['batch_size']} patches of {value['patch_size']}px" in reasons["batch_size"]
+    assert f"on a {value['patch_size']}px patch" in reasons["model_kwargs.depth"]
+    assert f"of the {budget_s}s budget" in reasons["iterations"]
+    assert f"~{value['iterations']} steps" in reasons["model_kwargs.base_channels"]
+    fg = [share for c, share in enumerate(fp["class_share"]) if c != fp["background"]]
+    assert f"holds {min(fg):.2%} of the pixels" in reasons["fg_oversample"]
+    assert f"{fp['bit_depth']}-bit data" in reasons["normalization"]
+    assert ("clip" in reasons["normalization"]) == (value["normalization"] == "clip_zscore")
+
+
 def test_every_value_has_a_reason():
     plan = make_plan(FP, 600, "cpu", step_time=lambda *a: 1.0)
     assert len(plan) >= 10
     for key, entry in plan.items():
         assert set(entry) == {"value", "reason"}, key
-        assert isinstance(entry["reason"], str) and len(entry["reason"]) > 10, key
+    assert_reasons_cite_their_inputs(plan, FP, 600)
+    assert "images 512x512, 90th-percentile object diameter 20px" in plan["patch_size"]["reason"]
+    other = dict(FP, median_shape=[300, 400], min_shape=[300, 400], bit_depth=16, class_share=[0.5, 0.3, 0.2],
+                 object_diameter_p90={"cell": 40.0, "rare": 12.0})
+    plan = make_plan(other, 1800, "cpu", step_time=lambda *a: 0.5)
+    assert_reasons_cite_their_inputs(plan, other, 1800)
+    assert "images 300x400, 90th-percentile object diameter 40px" in plan["patch_size"]["reason"]
     yaml.safe_dump(plan)  # serialisable as plan.yaml
 
 
@@ -100,6 +127,7 @@ def test_plan_entries_apply_to_the_architecture_that_takes_them():
     assert _plan_applies("lr", "segnet", {})
 
 
+@pytest.mark.slow
 def test_measured_step_of_another_architecture_scales_a_probe_batch(monkeypatch):
     """A step of the probe batch runs (not the full one), and its time is scaled by batch / probe."""
     import time
@@ -132,6 +160,7 @@ def test_measured_step_of_another_architecture_scales_a_probe_batch(monkeypatch)
     assert batches == [4, 4]
 
 
+@pytest.mark.slow
 def test_plan_file_carries_its_architecture_and_width(synthetic_data, tmp_path):
     """A plan made for one architecture trains that architecture with the planned width; naming
     another model on the command line drops the planned sizes."""
@@ -212,6 +241,7 @@ def test_thin_structures_get_a_full_resolution_level_when_affordable():
                                 width_option=("base_channels", 64))  # only the U-Net has the option
 
 
+@pytest.mark.slow
 def test_plan_command_reads_budget_and_device_from_the_config_file(synthetic_data, tmp_path):
     """`biomedseg plan --config FILE` plans for the file's time_budget and device (they were ignored)."""
     from biomedseg.training.api import plan_data

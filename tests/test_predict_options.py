@@ -182,6 +182,7 @@ def test_a_truncated_uncompressed_tiff_is_reported_and_skipped(tmp_path, restore
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
 
 
+@pytest.mark.slow
 def test_cli_threads_option(tmp_path):
     from test_cli import run_cli
 

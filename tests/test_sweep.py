@@ -85,6 +85,7 @@ def test_values_are_checked_against_the_config():
         parse_params(["lr=1,2", "lr=3,4"])
 
 
+@pytest.mark.slow  # a process per case
 @pytest.mark.parametrize("param, needle", [
     ("lr=1:", "not a number"), ("optimizer=adam,adamm", "adamm"), ("lr", "expected NAME=a,b,c"),
     ("nosuch=1:2", "not a training option"),
@@ -189,6 +190,7 @@ def test_the_epoch_reporter_prunes_a_bad_trial():
     assert (bad.pruned_at, bad.best, bad.best_epoch, bad.last["steps"]) == (1, 0.1, 1, 6)
 
 
+@pytest.mark.slow
 def test_on_epoch_true_stops_training_cleanly(synthetic_data, tmp_path):
     from biomedseg.runs import open_run
     from biomedseg.training.api import train
@@ -208,6 +210,7 @@ class _AlwaysPrune(optuna.pruners.BasePruner):
         return True
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_is_recorded_and_its_run_folder_kept(synthetic_data, tmp_path, monkeypatch):
     monkeypatch.setattr(optuna.pruners, "MedianPruner", lambda **kw: _AlwaysPrune())
     out = tmp_path / "sweep"
@@ -221,6 +224,7 @@ def test_a_pruned_trial_is_recorded_and_its_run_folder_kept(synthetic_data, tmp_
 
 
 # ----------------------------------------------------------------------------------- whole sweeps
+@pytest.mark.slow
 def test_grid_sweep_stops_resumes_and_ranks(synthetic_data, tmp_path):
     out = tmp_path / "sweep"
     params = ["optimizer=adam,sgd", "lr=1e-3,1e-2"]
@@ -247,6 +251,7 @@ def test_grid_sweep_stops_resumes_and_ranks(synthetic_data, tmp_path):
     assert third["finished"] == 4 and len(_rows(out)) == 4
 
 
+@pytest.mark.slow
 def test_cli_range_sweep_with_test_scores(synthetic_data, tmp_path):
     out = tmp_path / "sweep"
     r = run_cli("sweep", synthetic_data, "--out", out, "--param", "lr=1e-3:1e-2:log", "--trials", "1", "--test",
@@ -261,6 +266,7 @@ def test_cli_range_sweep_with_test_scores(synthetic_data, tmp_path):
     assert (out / "plan.yaml").is_file() and (out / row["run"] / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_study(synthetic_data, tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", synthetic_data, "--out", out, "--param", "optimizer=adam,sgd", "--no-prune", *FAST_ARGS]
@@ -274,21 +280,48 @@ def test_two_processes_share_one_study(synthetic_data, tmp_path):
     assert all(r["state"] == "complete" for r in rows)
 
 
+# A `biomedseg sweep` process whose trials hold still after their first epoch (its row written),
+# having said so in the file argv[1]: the test kills it there, in the middle of trial 0.
+_HOLD_AFTER_EPOCH_1 = """
+import sys, time
+from pathlib import Path
+from biomedseg.training import api
+
+marker, real_train = Path(sys.argv[1]), api.train
+
+def train(data, out, on_epoch=None, **kwargs):
+    def held(epoch, row):
+        stop = on_epoch(epoch, row) if on_epoch else False
+        if epoch == 1:
+            marker.touch()
+            time.sleep(600)
+        return stop
+    return real_train(data, out, on_epoch=held, **kwargs)
+
+api.train = train
+from biomedseg.cli import main
+sys.argv = ["biomedseg", *sys.argv[2:]]
+main()
+"""
+
+
+@pytest.mark.slow
 def test_a_sweep_killed_during_a_trial_retrains_that_trial_only(synthetic_data, tmp_path):
     import os
     import signal
     import time
 
     out = tmp_path / "sweep"
+    held = tmp_path / "epoch1-written"
     args = ["sweep", synthetic_data, "--out", out, "--param", "optimizer=adam,sgd", "--no-prune",
             *FAST_ARGS, "--epochs", "3"]
-    proc = subprocess.Popen([sys.executable, "-m", "biomedseg.cli", *map(str, args)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    metrics = out / "trial_000" / "metrics.csv"
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_AFTER_EPOCH_1, str(held), *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):  # epoch 1 of 3 written
+    while not held.is_file():  # trial 0 is held after epoch 1 of 3: no race with its end
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"
         time.sleep(0.2)
+    assert len((out / "trial_000" / "metrics.csv").read_text().splitlines()) == 2  # header + epoch 1
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     s = sweeps.sweep(synthetic_data, out, ["optimizer=adam,sgd"], prune=False, **{**FAST, "epochs": 3})
@@ -300,6 +333,7 @@ def test_a_sweep_killed_during_a_trial_retrains_that_trial_only(synthetic_data, 
     assert len(rows) == 3  # the killed trial, its retry, the other grid point
 
 
+@pytest.mark.slow
 def test_a_diverged_trial_is_recorded_and_the_sweep_goes_on(synthetic_data, tmp_path, monkeypatch):
     from biomedseg.training import api
     from biomedseg.training.trainer import TrainingDiverged

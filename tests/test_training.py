@@ -80,6 +80,7 @@ def test_predict_folder_and_bad_file(trained_run, synthetic_data, tmp_path):
     assert len(s2.skipped) == 3 and not s2.done
 
 
+@pytest.mark.slow
 def test_resume_continues_from_last(synthetic_data, tmp_path):
     run = train(synthetic_data, tmp_path / "r", epochs=1, seed=3, quiet=True, **TINY)
     with pytest.raises(UserError, match="already holds a run"):
@@ -91,6 +92,7 @@ def test_resume_continues_from_last(synthetic_data, tmp_path):
     assert [int(r["epoch"]) for r in rows] == [1, 2]
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(synthetic_data, tmp_path, monkeypatch):
     """A run interrupted after epoch 1 and resumed ends with the weights of an uninterrupted run."""
     from biomedseg.training.trainer import Trainer
@@ -117,6 +119,7 @@ def test_resume_equals_uninterrupted(synthetic_data, tmp_path, monkeypatch):
     assert max(diffs) < 1e-5
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights(synthetic_data, tmp_path):
     a = train(synthetic_data, tmp_path / "a", epochs=1, seed=7, quiet=True, **TINY)
     b = train(synthetic_data, tmp_path / "b", epochs=1, seed=7, quiet=True, **TINY)
@@ -125,16 +128,9 @@ def test_same_seed_same_weights(synthetic_data, tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
-def test_time_budget_stops_in_time(synthetic_data, tmp_path):
-    # how long it takes on the wall clock is measured by benchmarks/time_budget.py
-    run = train(synthetic_data, tmp_path / "t", time_budget="6s", seed=0, quiet=True, **TINY)
-    ck = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert ck["iteration"] > 0
-
-
-def test_time_budget_stops_before_the_next_step_would_overrun_it(synthetic_data, tmp_path, monkeypatch):
-    """On a clock where each training step takes 1 s and nothing else takes time, a 6 s budget
-    stops once one more step (counted twice, for safety) would pass it: after 4 steps, in epoch 1."""
+def _fake_clock(monkeypatch, step_seconds: float, validation_seconds: float = 0.0) -> list[float]:
+    """A clock for the trainer on which each training step takes ``step_seconds``, each validation
+    ``validation_seconds`` and nothing else any time (wall-clock behaviour: benchmarks/time_budget.py)."""
     import types
 
     import biomedseg.training.loop_state as loop_state_module
@@ -142,16 +138,42 @@ def test_time_budget_stops_before_the_next_step_would_overrun_it(synthetic_data,
     from biomedseg.training.trainer import Trainer
 
     clock = [0.0]
-    real_step = Trainer.train_step
+    real_step, real_validate = Trainer.train_step, Trainer.validate
 
-    def one_second_step(self, x, y):
-        clock[0] += 1.0
+    def timed_step(self, x, y):
+        clock[0] += step_seconds
         return real_step(self, x, y)
+
+    def timed_validate(self, *args, **kwargs):
+        clock[0] += validation_seconds
+        return real_validate(self, *args, **kwargs)
 
     fake_time = types.SimpleNamespace(perf_counter=lambda: clock[0])
     monkeypatch.setattr(trainer_module, "time", fake_time)
     monkeypatch.setattr(loop_state_module, "time", fake_time)  # the loop's Clock
-    monkeypatch.setattr(Trainer, "train_step", one_second_step)
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+    monkeypatch.setattr(Trainer, "validate", timed_validate)
+    return clock
+
+
+@pytest.mark.slow
+def test_time_budget_counts_validation(synthetic_data, tmp_path, monkeypatch):
+    """Steps of 1 s, validations of 3 s, a 20 s budget, 6 steps per epoch: epoch 1 ends at 9 s; in
+    epoch 2 the step after 14 s would leave no room for the next step (counted twice) and the final
+    validation (1.5x the last one): 14 + 2 + 4.5 > 20. So 11 steps, 2 epochs, 17 s: within budget."""
+    _fake_clock(monkeypatch, 1.0, 3.0)
+    run = train(synthetic_data, tmp_path / "t", time_budget="20s", seed=0, quiet=True, **TINY)
+    ck = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (ck["iteration"], ck["epoch"], ck["elapsed"]) == (11, 2, 17.0)
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    assert [float(r["seconds"]) for r in rows] == [9.0, 17.0] and all(r["val_dice"] != "" for r in rows)
+
+
+@pytest.mark.slow
+def test_time_budget_stops_before_the_next_step_would_overrun_it(synthetic_data, tmp_path, monkeypatch):
+    """On a clock where each training step takes 1 s and nothing else takes time, a 6 s budget
+    stops once one more step (counted twice, for safety) would pass it: after 4 steps, in epoch 1."""
+    _fake_clock(monkeypatch, 1.0)
     run = train(synthetic_data, tmp_path / "t", time_budget="6s", seed=0, quiet=True, **TINY)
     ck = load_checkpoint(run / "checkpoints" / "last.pt")
     assert (ck["iteration"], ck["epoch"], ck["elapsed"]) == (4, 1, 4.0)
@@ -159,6 +181,7 @@ def test_time_budget_stops_before_the_next_step_would_overrun_it(synthetic_data,
     assert len(rows) == 1 and rows[0]["val_dice"] != ""  # the run ends with a validation
 
 
+@pytest.mark.slow
 def test_compiled_training_matches_eager_and_saves_plain_weights(synthetic_data, tmp_path):
     from torch._dynamo.utils import counters
 
@@ -180,6 +203,7 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(synthetic_data,
     assert plan["deterministic"]["value"] is True  # CPU default: reproducible
 
 
+@pytest.mark.slow
 def test_training_goes_on_uncompiled_when_compiling_fails(synthetic_data, tmp_path, caplog):
     from torch._dynamo import register_backend
 
@@ -198,6 +222,7 @@ def test_training_goes_on_uncompiled_when_compiling_fails(synthetic_data, tmp_pa
     assert max(float((we[k].float() - wf[k].float()).abs().max()) for k in we) < 1e-5  # the same steps, eagerly
 
 
+@pytest.mark.slow
 def test_compile_false_from_the_user_plans_as_without_a_compiler(synthetic_data, tmp_path, monkeypatch):
     import biomedseg.runtime.device
     import biomedseg.training.plan.planner as planner
@@ -250,6 +275,7 @@ def test_prefetcher_yields_tensors_in_sampler_order(synthetic_data):
     assert y.dtype == torch.int64 and not x.is_pinned()  # pinning only when asked (CUDA runs)
 
 
+@pytest.mark.slow
 def test_16_bit_images_are_clipped_at_percentiles_then_z_scored(synthetic_data, tmp_path):
     import shutil
 

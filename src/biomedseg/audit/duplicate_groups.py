@@ -48,15 +48,8 @@ def split_sides(meta: dict | None) -> dict[str, str]:
 def _refine_shift(ga: np.ndarray, gb: np.ndarray, dy: float, dx: float, radius: int) -> tuple[int, int]:
     """Integer full-resolution shift near ``(dy, dx)`` by phase correlation of the images
     (``ga``, ``gb``: ``(H, W)`` float32 grey, same shape)."""
-    from scipy import fft as sfft
-
     h, w = ga.shape
-    win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
-    a = (ga - ga.mean()) * win
-    b = (gb - gb.mean()) * win
-    cross = sfft.rfft2(a, workers=1) * np.conj(sfft.rfft2(b, workers=1))
-    cross /= np.maximum(np.abs(cross), 1e-9)
-    corr = sfft.irfft2(cross, s=(h, w), workers=1)
+    corr = dup.phase_correlation(ga - ga.mean(), gb - gb.mean())
     cy, cx = int(round(dy)), int(round(dx))
     best, by, bx = -np.inf, cy, cx
     for y in range(cy - radius, cy + radius + 1):

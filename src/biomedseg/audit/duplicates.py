@@ -186,6 +186,16 @@ def _ncc_at(a: np.ndarray, b: np.ndarray, dy: float, dx: float) -> float:
     return float((pa * pb).sum() / den) if den > 0 else -1.0
 
 
+def phase_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Phase correlation of ``a`` and ``b`` (``(..., h, w)`` float32, Hann-windowed): a surface
+    ``(..., h, w)`` whose peak at ``(dy, dx)`` (modulo ``h``, ``w``) means ``a[y, x] ~ b[y - dy, x - dx]``."""
+    h, w = a.shape[-2:]
+    win = np.outer(np.hanning(h), np.hanning(w)).astype(np.float32)
+    cross = sfft.rfft2(a * win, workers=1) * np.conj(sfft.rfft2(b * win, workers=1))
+    cross /= np.maximum(np.abs(cross), 1e-9)
+    return sfft.irfft2(cross, s=(h, w), workers=1)
+
+
 def _parabola(m1: float, c: float, p1: float) -> float:
     den = m1 - 2 * c + p1
     return 0.0 if den >= 0 else float(np.clip(0.5 * (m1 - p1) / den, -0.5, 0.5))
@@ -194,17 +204,13 @@ def _parabola(m1: float, c: float, p1: float) -> float:
 def _score(prepared: np.ndarray, pos: dict, pairs, max_shift: int = MAX_SHIFT,
            chunk: int = 256) -> list[tuple[float, tuple[float, float]]]:
     """Aligned NCC and shift of each ``(i, j, flip, ...)`` pair of prepared thumbnails."""
-    t = prepared.shape[1]
-    win = np.outer(np.hanning(t), np.hanning(t)).astype(np.float32)
     out: list[tuple[float, tuple[float, float]]] = []
     for s in range(0, len(pairs), chunk):
         part = pairs[s:s + chunk]
         a = np.stack([prepared[pos[c[0]]] for c in part])
         b = np.stack([np.ascontiguousarray(flip_array(prepared[pos[c[1]]], c[2])) for c in part])
-        cross = sfft.rfft2(a * win, workers=1) * np.conj(sfft.rfft2(b * win, workers=1))
-        cross /= np.maximum(np.abs(cross), 1e-9)
-        corr = sfft.irfft2(cross, s=(t, t), workers=1)
-        corr = np.roll(corr, (max_shift, max_shift), axis=(1, 2))[:, :2 * max_shift + 1, :2 * max_shift + 1]
+        corr = np.roll(phase_correlation(a, b), (max_shift, max_shift), axis=(1, 2))
+        corr = corr[:, :2 * max_shift + 1, :2 * max_shift + 1]
         for r in range(len(part)):
             c = corr[r]
             py, px = np.unravel_index(int(np.argmax(c)), c.shape)

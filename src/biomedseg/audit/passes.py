@@ -28,7 +28,7 @@ from biomedseg.data.mask_values import (MaskConverter, ValueTable, grey_or_colou
 from biomedseg.data.progress import ProgressBar
 from biomedseg.core.errors import UserError
 from biomedseg.io.images import read_raw
-from biomedseg.io.masks import Palette, discover_palette
+from biomedseg.io.masks import Palette, discover_palette, evenly_spaced
 from biomedseg.io.pixel_size import pixel_size, resolve_pixel_size
 
 #: Masks read to fix the palette before the main pass (evenly spread over the data set).
@@ -42,17 +42,10 @@ def is_lossy(path: Path | None) -> bool:
 
 
 # ----------------------------------------------------------------------------- palette
-def _spread(items: list, limit: int) -> list:
-    if len(items) <= limit:
-        return items
-    picks = np.linspace(0, len(items) - 1, limit).round().astype(int)
-    return [items[i] for i in picks]
-
-
 def sample_mask_tables(scan: Scan) -> dict:
     """Value tables of up to ``PALETTE_SAMPLE`` masks: ``{path: ValueTable | error text}``."""
     tables: dict[Path, object] = {}
-    for it in _spread([it for it in scan.items if it.mask is not None], PALETTE_SAMPLE):
+    for it in evenly_spaced([it for it in scan.items if it.mask is not None], PALETTE_SAMPLE):
         try:
             tables[it.mask] = mask_value_table(it.mask)
         except UserError as exc:

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.data.discovery import natural_key
-from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, count_for_fraction
-from biomedseg.core.errors import UserError
+from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION, side_counts
 
 EXCLUDE_NAME = "exclude.txt"
 
@@ -83,16 +82,9 @@ def split_with_groups(ids, groups, test_fraction: float = DEFAULT_TEST_FRACTION,
         Sorted id lists. At least one id stays in train; each positive fraction gets at least
         one id when that is possible without breaking a group.
     """
-    if val_fraction + test_fraction >= 1.0:
-        raise UserError(f"val_fraction + test_fraction must be below 1 (got {val_fraction} + {test_fraction})")
     pool = sorted({str(i) for i in ids})
     n = len(pool)
-    n_test, n_val = count_for_fraction(n, test_fraction, "test_fraction"), count_for_fraction(n, val_fraction, "val_fraction")
-    while n_val + n_test > max(n - 1, 0):  # tiny data set: keep one item for training
-        if n_test > 0 and (n_test >= n_val or n_val <= 1):
-            n_test -= 1
-        else:
-            n_val -= 1
+    n_val, n_test = side_counts(n, val_fraction, test_fraction)
     targets = {"test": n_test, "val": n_val}
     units = group_units(pool, groups)
     random.Random(seed).shuffle(units)
@@ -121,17 +113,19 @@ def split_with_groups(ids, groups, test_fraction: float = DEFAULT_TEST_FRACTION,
     # a requested side left empty (big groups only) takes the smallest unit train can spare
     for side in ("test", "val"):
         if targets[side] and not out[side]:
-            spare = [u for u in units if set(u) <= set(out["train"]) and len(out["train"]) - len(u) >= 1]
+            in_train = set(out["train"])
+            spare = [u for u in units if in_train.issuperset(u) and len(out["train"]) - len(u) >= 1]
             if spare:
-                u = min(spare, key=len)
-                out["train"] = [i for i in out["train"] if i not in set(u)]
-                out[side].extend(u)
+                u = set(min(spare, key=len))
+                out["train"] = [i for i in out["train"] if i not in u]
+                out[side].extend(sorted(u))
     if not out["train"] and pool:  # keep one unit for training
         for side in ("val", "test"):
             if out[side]:
                 donor = group_units(out[side], groups)
                 u = min(donor, key=len)
-                out[side] = [i for i in out[side] if i not in set(u)]
+                moved = set(u)
+                out[side] = [i for i in out[side] if i not in moved]
                 out["train"].extend(u)
                 break
     result = {"train": sorted(out["train"]), "val": sorted(out["val"])}

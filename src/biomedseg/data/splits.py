@@ -24,6 +24,21 @@ def count_for_fraction(n: int, fraction: float, name: str) -> int:
     return max(1, round(n * fraction))
 
 
+def side_counts(n: int, val_fraction: float, test_fraction: float = 0.0) -> tuple[int, int]:
+    """``(n_val, n_test)`` images of ``n`` for the two fractions (:func:`count_for_fraction`); on a
+    tiny data set they shrink (the larger side first) until at least one image is left for training."""
+    if val_fraction + test_fraction >= 1.0:
+        raise UserError(f"val_fraction + test_fraction must be below 1 (got {val_fraction} + {test_fraction})")
+    n_val = count_for_fraction(n, val_fraction, "val_fraction")
+    n_test = count_for_fraction(n, test_fraction, "test_fraction")
+    while n_val + n_test > max(n - 1, 0):
+        if n_test > 0 and (n_test >= n_val or n_val <= 1):
+            n_test -= 1
+        else:
+            n_val -= 1
+    return n_val, n_test
+
+
 def make_split(ids: list[str], val_fraction: float, seed: int,
                test_fraction: float = 0.0) -> dict[str, list[str]]:
     """Split ids into ``{"train": [...], "val": [...]}`` (plus ``"test"`` if requested).
@@ -32,18 +47,8 @@ def make_split(ids: list[str], val_fraction: float, seed: int,
     every platform and numpy version). A positive fraction gives at least one item when there
     are two or more ids; at least one id always stays in train. Each list is sorted.
     """
-    if val_fraction + test_fraction >= 1.0:
-        raise UserError(f"val_fraction + test_fraction must be below 1 "
-                        f"(got {val_fraction} + {test_fraction})")
     pool = sorted(set(ids))
-    n = len(pool)
-    n_val = count_for_fraction(n, val_fraction, "val_fraction")
-    n_test = count_for_fraction(n, test_fraction, "test_fraction")
-    while n_val + n_test > max(n - 1, 0):  # tiny data set: keep one item for training
-        if n_test > 0 and (n_test >= n_val or n_val <= 1):
-            n_test -= 1
-        else:
-            n_val -= 1
+    n_val, n_test = side_counts(len(pool), val_fraction, test_fraction)
     random.Random(seed).shuffle(pool)
     split = {
         "train": sorted(pool[n_val + n_test:]),
@@ -57,11 +62,12 @@ def make_split(ids: list[str], val_fraction: float, seed: int,
 def _split_ids(split: str, run_split: dict, meta: dict | None, all_ids: list[str], data_is_training_data: bool):
     if split == "all":
         return all_ids
+    present = set(all_ids)
     if data_is_training_data and run_split.get(split):
-        return [i for i in run_split[split] if i in set(all_ids)]
+        return [i for i in run_split[split] if i in present]
     given = (meta or {}).get("split", {})
     if split in given:
-        return [i for i in given[split] if i in set(all_ids)]
+        return [i for i in given[split] if i in present]
     raise UserError(f"--split {split}: the data has no {split!r} split (DATA's dataset.json); use --split all")
 
 

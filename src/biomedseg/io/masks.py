@@ -146,7 +146,8 @@ def _unique_rows(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return uniq, inverse.reshape(-1), counts
 
 
-def _sample(items: list, limit: int) -> list:
+def evenly_spaced(items: list, limit: int) -> list:
+    """At most ``limit`` of ``items``, evenly spaced over the list (first and last included)."""
     if len(items) <= limit:
         return items
     picks = np.linspace(0, len(items) - 1, limit).round().astype(int)
@@ -255,7 +256,7 @@ def _discover(paths, max_classes: int, ignore) -> Palette:
     lossless = [p for p in paths if p.suffix.lower() not in (".jpg", ".jpeg")]
     if lossless and len(lossless) < len(paths):
         paths = lossless  # JPEG masks shift values (a 0 becomes 1): learn the palette from the exact files
-    sample = _sample(paths, MAX_SAMPLE_FILES)
+    sample = evenly_spaced(paths, MAX_SAMPLE_FILES)
     fractions, totals, n_pixels = _tally(sample)
     if ignore is not None:
         for key in [k for k in totals if k == tuple(np.resize(ignore, len(k)))]:
@@ -358,7 +359,7 @@ def infer_ignore_value(paths: Iterable[str | os.PathLike]) -> tuple[int, ...] | 
     """``(255,)`` when the masks are class indices ``0..m`` (m >= 1) plus 255, the one encoding where
     255 can only mean "unlabelled"; ``None`` otherwise (never for 0/255 binary masks, whose 255 is
     the foreground, nor for grey levels or colours)."""
-    sample = _sample([Path(p) for p in paths], MAX_SAMPLE_FILES)
+    sample = evenly_spaced([Path(p) for p in paths], MAX_SAMPLE_FILES)
     _, totals, _ = _tally(sample)
     if not totals or any(len(k) != 1 for k in totals):
         return None

@@ -6,9 +6,16 @@
   ``conv1.weight`` / ``layer1.0.conv1.weight`` for ResNet); checkpoints wrapping it in
   ``state_dict`` / ``model`` and ``module.`` prefixes are accepted; or
 - ``"imagenet"``: the torchvision file is downloaded once into the cache folder
-  (``$BIOMEDSEG_CACHE``, default ``~/.cache/biomedseg``) and its SHA-256 checked.
+  (``$BIOMEDSEG_CACHE``, default ``~/.cache/biomedseg``) by ``torch.hub.load_state_dict_from_url``
+  with ``check_hash=True``.
 
-Everything is loaded with ``torch.load(..., weights_only=True)``. The classifier layers of the
+**What the download check checks.** torchvision names its files ``<arch>-<hex>.pth`` where
+``<hex>`` is the first 8 hex digits of the file's SHA-256; torch.hub compares the downloaded
+file's SHA-256 with that prefix (32 bits). That catches a truncated, damaged or wrong file, not
+a file crafted to match the prefix. To pin a file exactly, download it by hand, check its full
+SHA-256 and pass its path. A cached file is re-checked against the prefix before use.
+
+Everything is loaded with ``weights_only=True``. The classifier layers of the
 file (``classifier.*``, ``fc.*``) are dropped. When the network has a different number of input
 channels than the file's 3 (RGB), the first convolution is adapted: for 1 channel the RGB
 kernels are summed (a grey image replicated to RGB gives the same response), for other counts
@@ -20,7 +27,6 @@ from __future__ import annotations
 import hashlib
 import os
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 import torch
@@ -28,14 +34,12 @@ from torch import nn
 
 from biomedseg.core.errors import UserError
 
-#: torchvision's ImageNet weights: name -> (url, SHA-256 or its leading hex digits).
-#: torchvision names its files ``<arch>-<first 8 hex digits of the SHA-256>.pth``; only that
-#: prefix is recorded here (it is checked); replace by the full digest to pin the file exactly.
-PRETRAINED_URLS: dict[str, tuple[str, str]] = {
-    "vgg16": ("https://download.pytorch.org/models/vgg16-397923af.pth", "397923af"),
-    "vgg16_bn": ("https://download.pytorch.org/models/vgg16_bn-6c64b313.pth", "6c64b313"),
-    "resnet34": ("https://download.pytorch.org/models/resnet34-b627a593.pth", "b627a593"),
-    "resnet50": ("https://download.pytorch.org/models/resnet50-0676ba61.pth", "0676ba61"),
+#: torchvision's ImageNet weights: name -> url; the file name carries the SHA-256 prefix checked
+PRETRAINED_URLS: dict[str, str] = {
+    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
+    "vgg16_bn": "https://download.pytorch.org/models/vgg16_bn-6c64b313.pth",
+    "resnet34": "https://download.pytorch.org/models/resnet34-b627a593.pth",
+    "resnet50": "https://download.pytorch.org/models/resnet50-0676ba61.pth",
 }
 
 
@@ -52,43 +56,48 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def _check_digest(actual: str, expected: str) -> bool:
-    expected = expected.lower().strip()
-    return len(expected) >= 8 and actual.startswith(expected)
+def hash_prefix(url: str) -> str:
+    """The SHA-256 prefix in ``url``'s file name (torch.hub's ``<name>-<hex>.<ext>`` convention);
+    :class:`UserError` when it has none of at least 8 digits (the download could not be checked)."""
+    match = torch.hub.HASH_REGEX.search(url.rstrip("/").rsplit("/", 1)[-1])
+    if not match or len(match.group(1)) < 8:
+        raise UserError(f"{url}: the file name carries no SHA-256 prefix (<name>-<8+ hex digits>.pth), so a "
+                        f"download could not be checked; download it by hand and pass pretrained=/path/to/file.pth")
+    return match.group(1)
 
 
-def download_weights(url: str, sha256: str, folder: Path | None = None, filename: str | None = None,
-                     timeout: float = 60.0) -> Path:
-    """Download ``url`` into ``folder`` (default :func:`cache_dir`) unless already there.
+def download_state_dict(url: str, folder: Path | None = None) -> dict[str, torch.Tensor]:
+    """The state dict at ``url``, downloaded into ``folder`` (default :func:`cache_dir`) unless cached.
 
-    ``sha256``: the full hex digest or (at least 8 of) its leading digits. The file is written to
-    a temporary name and renamed only when the checksum matches; a mismatch or a network error
-    raises :class:`UserError`. A cached file is re-checked before use.
+    ``torch.hub.load_state_dict_from_url(..., check_hash=True, weights_only=True)``: the file is
+    kept only when its SHA-256 starts with :func:`hash_prefix` of ``url`` (see the module text); a
+    mismatch or a network error raises :class:`UserError`.
     """
     folder = Path(folder) if folder is not None else cache_dir()
-    target = folder / (filename or url.rstrip("/").rsplit("/", 1)[-1])
-    if target.is_file():
-        if _check_digest(sha256_of(target), sha256):
-            return target
-        target.unlink()  # damaged or replaced: fetch again
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".part{os.getpid()}")
-    h = hashlib.sha256()
+    prefix = hash_prefix(url)
+    cached = folder / url.rstrip("/").rsplit("/", 1)[-1]
+    if cached.is_file() and not sha256_of(cached).startswith(prefix):
+        cached.unlink()  # damaged or replaced: fetch again
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
+        sd = torch.hub.load_state_dict_from_url(url, model_dir=str(folder), map_location="cpu", progress=False,
+                                                check_hash=True, weights_only=True)
+    except RuntimeError as exc:
+        if "invalid hash value" not in str(exc):
+            raise UserError(f"{cached}: cannot read pretrained weights ({str(exc).splitlines()[0]})") from None
+        raise UserError(f"{url}: SHA-256 mismatch ({exc}); the file was not kept") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"{url}: download failed ({exc}); download it by hand and pass "
                         f"pretrained=/path/to/file.pth") from None
-    digest = h.hexdigest()
-    if not _check_digest(digest, sha256):
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"{url}: SHA-256 mismatch (expected {sha256}..., got {digest}); the file was not kept")
-    os.replace(tmp, target)
-    return target
+    return _unwrap(sd, url)
+
+
+def _unwrap(sd, source) -> dict[str, torch.Tensor]:
+    for key in ("state_dict", "model"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"{source}: not a state dict of tensors")
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -100,12 +109,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         sd = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # unpickling refused / corrupt file
         raise UserError(f"{p}: cannot read pretrained weights ({str(exc).splitlines()[0]})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-            sd = sd[key]
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise UserError(f"{p}: not a state dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    return _unwrap(sd, p)
 
 
 def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -142,11 +146,10 @@ def load_encoder_weights(encoder: nn.Module, pretrained: str, arch: str, keep_pr
                          first_conv: str, in_channels: int) -> None:
     """Load ``pretrained`` (``"imagenet"`` or a file path) into ``encoder`` (strict on its keys)."""
     if pretrained == "imagenet":
-        url, digest = PRETRAINED_URLS[arch]
-        path = download_weights(url, digest)
+        path, sd = PRETRAINED_URLS[arch], download_state_dict(PRETRAINED_URLS[arch])
     else:
-        path = Path(pretrained)
-    mapped = torchvision_to_encoder(read_state_dict(path), keep_prefixes, first_conv, in_channels)
+        path, sd = Path(pretrained), read_state_dict(pretrained)
+    mapped = torchvision_to_encoder(sd, keep_prefixes, first_conv, in_channels)
     own = encoder.state_dict()
     missing = [k for k in own if k not in mapped and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in mapped if k not in own]

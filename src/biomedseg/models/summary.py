@@ -1,56 +1,24 @@
 """Size and cost of an architecture: parameters and GFLOPs per image.
 
-FLOPs are counted with forward hooks on ``Conv2d``, ``ConvTranspose2d`` and ``Linear`` (each
-multiply-add counts 2; norms, activations, pooling and bias additions are ignored, as is
-usual). The forward pass runs on the ``meta`` device where the network supports it (no memory,
-no compute), else on the CPU.
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` over the operators the forward
+pass runs (convolutions, transposed convolutions, matrix products; each multiply-add counts 2;
+norms, activations, pooling and bias additions are ignored, as is usual). The forward pass runs
+on the ``meta`` device where the network supports it (no memory, no compute), else on the CPU.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
-
-
-def _conv_flops(module: nn.Conv2d, inputs, output) -> int:
-    kh, kw = module.kernel_size
-    per_output = (module.in_channels // module.groups) * kh * kw
-    return 2 * output.numel() * per_output
-
-
-def _deconv_flops(module: nn.ConvTranspose2d, inputs, output) -> int:
-    kh, kw = module.kernel_size
-    x = inputs[0]
-    per_input = (module.out_channels // module.groups) * kh * kw
-    return 2 * x.numel() * per_input
-
-
-def _linear_flops(module: nn.Linear, inputs, output) -> int:
-    return 2 * output.numel() * module.in_features
-
-
-_COUNTERS = ((nn.ConvTranspose2d, _deconv_flops), (nn.Conv2d, _conv_flops), (nn.Linear, _linear_flops))
+from torch.utils.flop_counter import FlopCounterMode
 
 
 def count_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of ``model(x)`` (2 per multiply-add of Conv2d / ConvTranspose2d / Linear layers)."""
-    total = [0]
-
-    def hook(module, inputs, output):
-        for cls, fn in _COUNTERS:
-            if isinstance(module, cls):
-                total[0] += fn(module, inputs, output)
-                return
-
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0]
+    """FLOPs of ``model(x)`` (2 per multiply-add of its convolutions and matrix products)."""
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(x)
+    return int(counter.get_total_flops())
 
 
 def model_summary(name: str, in_channels: int = 1, n_classes: int = 2, size: int = 256, **kwargs) -> dict:

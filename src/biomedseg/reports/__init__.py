@@ -4,6 +4,7 @@
   ``class_overlay``, ``colorize_mask``, ``overlay_panel``, ``to_display_rgb``.
 - :mod:`biomedseg.reports.curves`: ``plot_curves(metrics_csv, out_png)``,
   ``plot_class_bars(per_class, out_png)``.
+- :mod:`biomedseg.reports.style`: ``CSS``, the one stylesheet of the three HTML reports.
 - :mod:`biomedseg.reports.html`: ``write_evaluation_report(out_dir, metrics, per_image_rows,
   overlay_paths)``.
 

@@ -26,25 +26,10 @@ from biomedseg.reports.audit_pictures import (  # noqa: F401 - MAX_MASK_PICTURES
     PICTURE_DIR,
     draw_pictures,
 )
+from biomedseg.reports.style import CSS as _CSS
 
 __all__ = ["audit_with_report", "draw_pictures", "write_audit_html", "write_audit_report", "PICTURE_DIR"]
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; max-width: 1400px; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; vertical-align: top; }
-th { background: #f0f0f0; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-li.error { color: #a00000; } li.warning { color: #8a5a00; } li.info { color: #333; }
-span.sev { font-weight: bold; text-transform: uppercase; font-size: 0.8em; margin-right: 0.5em; }
-.note { color: #666; font-size: 0.85em; }
-img.chart { max-width: 100%; border: 1px solid #ddd; margin: 0.3em 0; }
-img.pair { max-width: 100%; border: 1px solid #aaa; }
-.thumbs { display: flex; flex-wrap: wrap; gap: 0.8em; }
-.thumbs figure { margin: 0; } .thumbs figcaption { font-size: 0.8em; word-break: break-all; max-width: 600px; }
-tr.conflict td { background: #fff0f0; }
-"""
 
 
 # ----------------------------------------------------------------------------- HTML

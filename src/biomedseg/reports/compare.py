@@ -19,6 +19,7 @@ from typing import Any
 
 from biomedseg.io.writers import write_text
 from biomedseg.reports.html import _fmt
+from biomedseg.reports.style import CSS as _CSS
 from biomedseg.training.curves import plain_text, save_figure
 
 __all__ = ["CompareReport", "Comparison", "RunColumn", "write_compare_report"]
@@ -38,16 +39,6 @@ _SECONDS_DIGITS = 1
 # panels of the overlaid curves: (column of metrics.csv, title)
 _CURVE_PANELS = [("train_loss", "training loss"), ("val_dice", "validation Dice")]
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; max-width: 75em; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
-th { background: #f0f0f0; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-img { max-width: 100%; border: 1px solid #ddd; }
-.note { color: #555; font-size: 0.9em; }
-"""
 
 
 @dataclass

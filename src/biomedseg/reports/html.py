@@ -18,8 +18,9 @@ from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
 from biomedseg.io.writers import atomic_path
-from biomedseg.reports.curves import plot_class_bars
 from biomedseg.core.render import ERROR_COLORS, ERROR_LABELS
+from biomedseg.reports.curves import plot_class_bars
+from biomedseg.reports.style import CSS as _CSS
 
 __all__ = ["write_evaluation_report"]
 
@@ -52,22 +53,6 @@ _CLASS_COLUMNS = [
     ("support", "True pixels"),
 ]
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em; color: #222; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 1.8em; }
-table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; }
-th { background: #f0f0f0; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.legend span.sw { display: inline-block; width: 1em; height: 1em; vertical-align: middle;
-  border: 1px solid #555; margin: 0 0.3em 0 1em; }
-.thumbs { display: flex; flex-wrap: wrap; gap: 0.8em; }
-.thumbs figure { margin: 0; max-width: 420px; }
-.thumbs img { max-width: 420px; max-height: 280px; border: 1px solid #aaa; }
-.thumbs figcaption { font-size: 0.8em; word-break: break-all; }
-.note { color: #666; font-size: 0.85em; }
-img.chart { max-width: 100%; border: 1px solid #ddd; }
-"""
 
 
 def _esc(value: Any) -> str:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from biomedseg.data.splits import DEFAULT_VAL_FRACTION
 from biomedseg.engine.defaults import DEFAULT_OVERLAP
 from biomedseg.core.errors import UserError
 
@@ -89,7 +90,7 @@ class TrainConfig(BaseModel):
     # auto: clip_zscore for data deeper than 8 bits, zscore for 8-bit data
     normalization: Literal["auto", "zscore", "clip_zscore"] = "auto"
     # data
-    val_fraction: float = Field(0.15, ge=0.0, lt=1.0)
+    val_fraction: float = Field(DEFAULT_VAL_FRACTION, ge=0.0, lt=1.0)
     classes: list[str] | None = None
     background: str | int | None = "auto"  # class excluded from mean Dice; auto: class named background
     palette: list[list[int]] | None = None

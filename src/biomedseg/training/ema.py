@@ -14,17 +14,18 @@ a half-life of ``EMA_HALF_LIFE_SHARE`` of the run's expected number of steps (es
 step from the progress of the schedule: steps done / share of the epochs or the time budget spent),
 within ``[EMA_MIN_DECAY, EMA_MAX_DECAY]``.
 
-One update is a single ``torch._foreach_lerp_`` over the weights: about 0.2 ms per step for a
-U-Net 16..256 (1.6 M parameters) on one CPU thread, against about 500 ms for its training step at
-batch 8 of 256x256 patches (``AveragedModel`` with ``get_ema_multi_avg_fn``: 0.7-1.2 ms).
+The average is PyTorch's ``torch.optim.swa_utils.AveragedModel`` (``use_buffers=True``) with an
+EMA function of the decay above (one ``torch._foreach_lerp_`` over the floating-point weights; the
+integer buffers are copied). Its first update averages too (the copy it starts from counts as one
+average). Checkpoints hold the averaged network's own state dict, as before.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
+from torch.optim.swa_utils import AveragedModel
 
 #: half-life of the automatic decay, as a share of the expected number of training steps
 EMA_HALF_LIFE_SHARE = 0.05
@@ -56,13 +57,27 @@ class WeightAverage:
 
     def __init__(self, net: torch.nn.Module, decay: float | None = None, warmup: int | None = EMA_WARMUP):
         self.net, self.fixed_decay, self.warmup = net, decay, warmup
-        self.module = copy.deepcopy(net).eval().requires_grad_(False)
+        self._next = 0.0  # the decay of the update in progress, read by _ema
+        self.averaged = AveragedModel(net, multi_avg_fn=self._ema, use_buffers=True)
+        self.averaged.requires_grad_(False)
+        self.module = self.averaged.module.eval()
         self.updates = 0
-        src, avg = net.state_dict(), self.module.state_dict()
-        self._float = [k for k, v in src.items() if v.is_floating_point()]
-        self._other = [k for k, v in src.items() if not v.is_floating_point()]
-        self._src = [src[k] for k in self._float], [src[k] for k in self._other]
-        self._avg = [avg[k] for k in self._float], [avg[k] for k in self._other]
+
+    @property
+    def updates(self) -> int:
+        """Updates made (the average starts as a copy of ``net``: AveragedModel counts it as one)."""
+        return int(self.averaged.n_averaged) - 1
+
+    @updates.setter
+    def updates(self, n: int) -> None:
+        self.averaged.n_averaged.fill_(int(n) + 1)
+
+    @torch.no_grad()
+    def _ema(self, averaged: list[torch.Tensor], current: list[torch.Tensor], _n) -> None:
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1.0 - self._next)
+        else:  # integer buffers (BatchNorm's counter): copied
+            torch._foreach_copy_(averaged, current)
 
     def decay(self, iteration: int = 0, progress: float = 0.0) -> float:
         """The decay of the next update (``iteration`` steps done, ``progress`` of the run spent)."""
@@ -74,17 +89,13 @@ class WeightAverage:
     @torch.no_grad()
     def update(self, iteration: int = 0, progress: float = 0.0) -> None:
         """Move the average towards the trained weights: ``avg += (1 - decay) * (w - avg)``."""
-        d = self.decay(iteration, progress)
-        if self._avg[0]:
-            torch._foreach_lerp_(self._avg[0], self._src[0], 1.0 - d)
-        for a, s in zip(*(self._avg[1], self._src[1])):
-            a.copy_(s)
-        self.updates += 1
+        self._next = self.decay(iteration, progress)
+        self.averaged.update_parameters(self.net)
 
     @torch.no_grad()
     def reset(self) -> None:
         """Start the average again from the trained weights (no updates yet)."""
-        for a, s in zip(self._avg[0] + self._avg[1], self._src[0] + self._src[1]):
+        for a, s in zip(self.module.state_dict().values(), self.net.state_dict().values()):
             a.copy_(s)
         self.updates = 0
 

@@ -314,7 +314,7 @@ def method_note(n: int, n_resamples: int, seed: int, confidence: float, n_pairs:
         f"per-image {score} (lower is better: the difference is taken A - B, so positive favours B)"
         if metric_direction(score) == "lower" else f"per-image {score}")
     text = (f"Paired bootstrap over the {n} images: image indices drawn with replacement {n_resamples} times "
-            f"(seed {seed}), the same images for both runs; the interval is the {confidence * 100:g}% percentile "
+            f"(seed {seed}), the same images for both runs; the interval is the {confidence * 100:g}% BCa "
             f"interval of the mean difference of {what}; p is the two-sided "
             "bootstrap p-value. The interval covers the image-to-image noise of these images, not the randomness "
             "of training: two seeds of one configuration differ too.")

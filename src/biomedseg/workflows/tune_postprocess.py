@@ -47,6 +47,7 @@ from biomedseg.postprocess.ops import (
     save_postprocess,
 )
 from biomedseg.postprocess.scores import (  # noqa: F401  (re-exported: tests, benchmarks)
+    ADOPTION_RULE,
     BOOTSTRAP_SAMPLES,
     MIN_MEAN_GAIN,
     MIN_WIN_SHARE,
@@ -65,9 +66,6 @@ log = logging.getLogger("biomedseg")
 #: ``tuning.split`` of a CV folder tuned on its out-of-fold predictions
 OUT_OF_FOLD = "out-of-fold"
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.05, 0.96, 0.05))
-#: recorded in ``postprocess.yaml`` ``tuning.adoption_rule``
-ADOPTION_RULE = (f"a stage is kept when it improves validation Dice in >= {MIN_WIN_SHARE:.0%} of "
-                 f"{BOOTSTRAP_SAMPLES} bootstrap resamples of the images, by >= {MIN_MEAN_GAIN} on average")
 
 
 def _downsample(proba: np.ndarray, target: np.ndarray, max_pixels: int) -> tuple[np.ndarray, np.ndarray, int]:
