@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         truth = synthesise(data, args.n, args.dup_fraction, args.flips, args.seed)
         gen_s = time.perf_counter() - t0
-        from biomedseg.reports.audit_html import audit_with_report
+        from biomedseg.reports.audit.page import audit_with_report
 
         t0 = time.perf_counter()
         audit = audit_with_report(data, out=work / "audit", check_flips=args.flips, progress=False)

@@ -40,7 +40,7 @@ def channels_of(images) -> int:
 def report(name: str, images) -> None:
     from biomedseg.audit.intensity_variation import intensity_variation
     from biomedseg.audit.orientation import TRANSFORMS, orientation_evidence
-    from biomedseg.training.plan.augment import plan_augment
+    from biomedseg.planning.augment import plan_augment
 
     channels = channels_of(images)
     t0 = time.perf_counter()

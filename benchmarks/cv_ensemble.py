@@ -95,7 +95,7 @@ def main(argv=None) -> int:
                     help="train one side only (see above); both: train what is missing, then compare")
     ap.add_argument("--set", action="append", default=[], help="extra training option key=value (both sides)")
     args = ap.parse_args(argv)
-    from biomedseg.training.config import parse_overrides
+    from biomedseg.runs.config import parse_overrides
 
     extra = parse_overrides(args.set)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="biomedseg_cv_ensemble_"))

@@ -47,7 +47,7 @@ def half_data(data: Path, out: Path) -> Path:
 
 
 def seconds(budget: str) -> float:
-    from biomedseg.training.config import parse_duration
+    from biomedseg.runs.config import parse_duration
 
     return parse_duration(budget)
 
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args(argv)
-    from biomedseg.training.config import parse_overrides
+    from biomedseg.runs.config import parse_overrides
 
     extra, b = parse_overrides(args.set), seconds(args.budget)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="biomedseg_finetune_"))

@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     ap.add_argument("--force", action="store_true", help="redo runs that already have a result")
     ap.add_argument("--table-only", action="store_true", help="only print the collected results")
     args = ap.parse_args(argv)
-    from biomedseg.training.config import parse_overrides
+    from biomedseg.runs.config import parse_overrides
 
     extra = parse_overrides(args.set)
     models = args.models.split(",") if args.models else all_models()

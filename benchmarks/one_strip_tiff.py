@@ -4,7 +4,7 @@
     python benchmarks/one_strip_tiff.py --side 2000  # smoke run
 
 Writes the image, then reads it band by band (256 full-width rows, as streamed ``predict`` does)
-through :func:`biomedseg.inference.stream.sources.open_source` twice: with the rule of
+through :func:`biomedseg.stream.sources.open_source` twice: with the rule of
 :mod:`biomedseg.io.sources.tiff` (a compressed chunk above ``LARGE_CHUNK_PIXELS`` is decoded once
 per level and kept) and with that rule switched off (every band decodes the strip again: what
 tifffile's zarr store does alone). Prints one JSON line: seconds, strip decodes, equality.
@@ -25,7 +25,7 @@ import tifffile
 def _read_bands(path: Path, side: int, band: int) -> tuple[float, int, bool]:
     import zarr  # noqa: F401  (imported before the clock starts)
 
-    from biomedseg.inference.stream.sources import open_source
+    from biomedseg.stream.sources import open_source
 
     decodes = []
     original = tifffile.TiffPage.__dict__["decode"]

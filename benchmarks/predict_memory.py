@@ -86,7 +86,7 @@ def _child(args) -> None:
     """Predict in this process and print one JSON line with the memory figures."""
     import torch
 
-    from biomedseg.inference.stream.predictor import StreamingPredictor
+    from biomedseg.stream.predictor import StreamingPredictor
     from biomedseg.runtime.device import configure_threads
     from biomedseg.transforms.normalize import Normalizer
 

@@ -46,7 +46,7 @@ def onnxruntime_mpix(model, x: np.ndarray, args, kw: dict) -> float | None:
         return None
     from biomedseg.inference.exported.engines import ort_network
     from biomedseg.inference.exported.graph import onnx_model
-    from biomedseg.inference.stream.predictor import StreamingPredictor
+    from biomedseg.stream.predictor import StreamingPredictor
 
     proto, _ = onnx_model(model, 1, args.tile)
     sp = StreamingPredictor(ort_network(proto.SerializeToString()), args.tile, args.overlap, precision="fp32",
@@ -96,7 +96,7 @@ def main(argv=None) -> str:
 
     from biomedseg.engine.band_accumulator import argmax0
     from biomedseg.engine.sliding_window import tile_starts
-    from biomedseg.inference.stream.predictor import StreamingPredictor
+    from biomedseg.stream.predictor import StreamingPredictor
     from biomedseg.runtime.device import configure_threads, cpu_has_native_bf16
     from biomedseg.engine.compiled import normalize_compile
 

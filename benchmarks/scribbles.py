@@ -107,7 +107,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--set", action="append", default=[], help="extra training option key=value (both sides)")
     args = ap.parse_args(argv)
-    from biomedseg.training.config import parse_overrides
+    from biomedseg.runs.config import parse_overrides
 
     extra = parse_overrides(args.set)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="biomedseg_scribbles_"))

@@ -43,7 +43,7 @@ def main(argv=None) -> int:
                     "file, or local:N")
     args = ap.parse_args(argv)
     from biomedseg.workflows.sweep.run import sweep
-    from biomedseg.training.config import parse_overrides
+    from biomedseg.runs.config import parse_overrides
 
     if not (Path(args.data) / "images").is_dir():
         print(f"skip: {args.data} not found", file=sys.stderr)

@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], help="extra config key=value for every run")
     ap.add_argument("--json", default=None, help="append results as JSON lines to this file")
     args = ap.parse_args(argv)
-    from biomedseg.training.config import parse_overrides
+    from biomedseg.runs.config import parse_overrides
 
     extra = parse_overrides(args.set)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="biomedseg_ttd_"))

@@ -61,7 +61,7 @@ def make_reference(patch, batch):
 def make_biomedseg(patch, batch, precision=None, channels_last=None, compile=False):
     from biomedseg.losses.build import build_loss
     from biomedseg.models import create_model
-    from biomedseg.training.config import TrainConfig
+    from biomedseg.runs.config import TrainConfig
     from biomedseg.runtime.device import resolve_precision, use_channels_last
     from biomedseg.training.optim import ProgressSchedule, build_optimizer
     from biomedseg.training.trainer import Trainer

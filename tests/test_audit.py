@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from biomedseg.audit.run import format_audit_summary, run_audit
 from biomedseg.data.inventory import numbered_mask_base, scan_data
 from biomedseg.core.errors import UserError
-from biomedseg.reports.audit_html import audit_with_report
+from biomedseg.reports.audit.page import audit_with_report
 
 H, W, PAD = 120, 160, 8
 

@@ -107,7 +107,7 @@ def test_foreground_present():
 
 def _trainer(model, weight: float):
     from biomedseg.losses.build import build_loss
-    from biomedseg.training.config import TrainConfig
+    from biomedseg.runs.config import TrainConfig
     from biomedseg.training.trainer import Trainer
 
     cfg = TrainConfig(classifier_loss_weight=weight, device="cpu", channels_last=False)
@@ -154,7 +154,7 @@ def test_train_step_trains_the_head_and_adds_the_bce_term():
 
 def test_classifier_loss_weight_is_validated():
     from biomedseg.core.errors import UserError
-    from biomedseg.training.config import TrainConfig, build_config
+    from biomedseg.runs.config import TrainConfig, build_config
 
     assert TrainConfig().classifier_loss_weight == 0.1
     with pytest.raises(UserError, match="classifier_loss_weight"):

@@ -8,7 +8,7 @@ from biomedseg.engine.compiled import CompiledForward, normalize_compile, resolv
 from biomedseg.engine.defaults import COMPILE_MIN_TILES
 from biomedseg.engine.sliding_window import SlidingWindowPredictor
 from biomedseg.core.errors import UserError
-from biomedseg.inference.stream.predictor import StreamingPredictor
+from biomedseg.stream.predictor import StreamingPredictor
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")

@@ -7,7 +7,7 @@ import yaml
 from typer.testing import CliRunner
 
 from biomedseg.core.errors import UserError
-from biomedseg.training.config import MAX_PATCH_SIZE, MIN_PATCH_SIZE, TrainConfig, build_config, merge, parse_overrides
+from biomedseg.runs.config import MAX_PATCH_SIZE, MIN_PATCH_SIZE, TrainConfig, build_config, merge, parse_overrides
 
 
 def test_explicit_null_wins_over_an_earlier_layer():

@@ -216,7 +216,7 @@ def test_cli_cv_summary_tune_on_oof_and_ensemble_of_folds(finished_cv, cv_data, 
 
 
 def test_an_explicit_training_split_keeps_the_test_split_aside_and_names_unknown_ids(cv_data):
-    from biomedseg.training.config import build_config
+    from biomedseg.runs.config import build_config
     from biomedseg.training.data_setup import prepare_data
 
     data, _, split = cv_data

@@ -10,7 +10,7 @@ from conftest import TINY
 
 from biomedseg.core.errors import UserError
 from biomedseg.runs import load_checkpoint
-from biomedseg.training.config import TrainConfig, build_config
+from biomedseg.runs.config import TrainConfig, build_config
 from biomedseg.training.ema import (EMA_MAX_DECAY, EMA_MIN_DECAY, WeightAverage, auto_decay, checkpoint_weights,
                                     restore_weights)
 from biomedseg.training.loop_state import TrainState

@@ -12,7 +12,7 @@ import torch
 from biomedseg.core.errors import UserError
 from biomedseg.inference.predict.core import predict_proba_image
 from biomedseg.inference.run import load_run
-from biomedseg.inference.stream.predictor import StreamingPredictor
+from biomedseg.stream.predictor import StreamingPredictor
 from biomedseg.runs import open_run
 from biomedseg.runs.ensemble import ensemble_members, parse_weights, write_ensemble
 from conftest import write_fake_run

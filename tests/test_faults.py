@@ -202,7 +202,7 @@ def test_absurd_learning_rate_from_the_command_line(synthetic_data, tmp_path, mo
 def _tiny_trainer(precision="fp32"):
     from biomedseg.losses.build import build_loss
     from biomedseg.models import create_model
-    from biomedseg.training.config import TrainConfig
+    from biomedseg.runs.config import TrainConfig
     from biomedseg.training.optim import ProgressSchedule
     from biomedseg.training.trainer import Trainer
 

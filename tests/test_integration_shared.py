@@ -49,7 +49,7 @@ def test_isbi_short_training_beats_otsu(tmp_path):
 
 def test_audit_class_shares_match_dataset_json(tmp_path):
     """The audit's class pixel shares equal the dataset's published fractions to 3 decimals."""
-    from biomedseg.reports.audit_html import audit_with_report
+    from biomedseg.reports.audit.page import audit_with_report
 
     for name in ("isbi2012_em", "dsb2018_nuclei"):
         data = shared_dataset(name)

@@ -120,7 +120,7 @@ def test_strip_tiff_windows_and_whole(tmp_path):
 def test_one_strip_compressed_tiff_is_decoded_once_and_cached(tmp_path, decodes, monkeypatch):
     """Every band of a one-strip image touches the strip: it is decoded once, not once per band."""
     import biomedseg.io.sources.tiff as tiff_source
-    from biomedseg.inference.stream.sources import open_source as stream_source
+    from biomedseg.stream.sources import open_source as stream_source
 
     monkeypatch.setattr(tiff_source, "LARGE_CHUNK_PIXELS", 10_000)  # the rule's threshold, scaled down
     img = _grey(600, 500)
@@ -219,7 +219,7 @@ def threshold_run(tmp_path):
 def test_tile_streamed_predict_and_read_image_agree(make, tmp_path, threshold_run, one_thread):
     from biomedseg.data.tiling.dataset import tile_dataset
     from biomedseg.inference.predict.batch import predict
-    from biomedseg.inference.stream.sources import open_source as stream_source
+    from biomedseg.stream.sources import open_source as stream_source
 
     path = tmp_path / "in.tif"
     make(path)

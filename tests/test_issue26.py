@@ -247,10 +247,10 @@ def test_user_optimizer_without_lr_gets_its_own_default_not_the_planned_adamw_ra
     import yaml
     from test_planner import FP
 
-    from biomedseg.training.config import build_config
-    from biomedseg.training.optim import DEFAULT_LR
-    from biomedseg.training.plan import stage
-    from biomedseg.training.plan.planner import make_plan
+    from biomedseg.runs.config import build_config
+    from biomedseg.runs.config import DEFAULT_LR
+    from biomedseg.planning import stage
+    from biomedseg.planning.planner import make_plan
 
     monkeypatch.setattr(stage, "fingerprint_of", lambda data: dict(FP))
     plan_file = None
@@ -279,7 +279,7 @@ def test_user_optimizer_without_lr_gets_its_own_default_not_the_planned_adamw_ra
 def test_one_outlier_step_measurement_does_not_flip_the_planned_width():
     from test_planner import FP
 
-    from biomedseg.training.plan.planner import make_plan
+    from biomedseg.planning.planner import make_plan
 
     budget = 600  # 0.5 s per step at width 32: ~1000 steps fit, full width; 2.1 s: ~240, narrowed
 
@@ -310,8 +310,8 @@ def test_step_timer_measures_again_without_a_new_warm_up(monkeypatch):
     import time
 
     import biomedseg.models
-    from biomedseg.training.plan.planner import measure_robustly
-    from biomedseg.training.plan.timing import STEP_MEASUREMENTS, STEPS_PER_MEASUREMENT, step_timer
+    from biomedseg.planning.planner import measure_robustly
+    from biomedseg.planning.timing import STEP_MEASUREMENTS, STEPS_PER_MEASUREMENT, step_timer
 
     clock, forwards, built = [0.0], [], []
     real_create = biomedseg.models.create_model

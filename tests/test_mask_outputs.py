@@ -12,9 +12,9 @@ from scipy import ndimage as ndi
 
 from biomedseg.core.errors import UserError
 from biomedseg.io import Palette, read_mask, read_raw
-from biomedseg.io.geojson import write_mask_geojson
+from biomedseg.vector.geojson import write_mask_geojson
 from biomedseg.io.mask_encoding import encode_mask, resolve_encoding, write_mask
-from biomedseg.io.polygons import PolygonTracer, mask_polygons
+from biomedseg.vector.polygons import PolygonTracer, mask_polygons
 from conftest import TINY, write_fake_run
 
 shapely = pytest.importorskip("shapely")

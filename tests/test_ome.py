@@ -113,7 +113,7 @@ def _fake_run(tmp_path):
 def test_streamed_outputs_have_pyramids_and_the_pixel_size(tmp_path):
     import torch
 
-    from biomedseg.inference.stream.predictor import StreamingPredictor
+    from biomedseg.stream.predictor import StreamingPredictor
     from biomedseg.models import create_model
     from biomedseg.transforms.normalize import Normalizer
 

@@ -173,7 +173,7 @@ def test_bad_partial_label_inputs_are_one_line_errors(synthetic_data, tmp_path):
 
 def test_colliding_ignore_value_is_refused_for_configured_classes(tmp_path):
     from biomedseg.training.data_setup import _classes_and_palette
-    from biomedseg.training.config import TrainConfig
+    from biomedseg.runs.config import TrainConfig
 
     p = _save(tmp_path / "m.png", np.array([[0, 1], [2, 2]]))
     with pytest.raises(UserError, match="also a class value .*'cell'"):
@@ -200,7 +200,7 @@ def test_audit_reports_the_unlabelled_value_and_what_is_labelled(synthetic_data,
 
 def test_missing_masks_are_unlabelled_only_when_allowed(synthetic_data, tmp_path):
     from biomedseg.training.data_setup import prepare_data
-    from biomedseg.training.config import TrainConfig
+    from biomedseg.runs.config import TrainConfig
 
     data = tmp_path / "mixed"
     shutil.copytree(synthetic_data, data)

@@ -12,9 +12,9 @@ import yaml
 
 from biomedseg.core.errors import UserError
 from biomedseg.runs import read_plan
-from biomedseg.training.config import TrainConfig, build_config
-from biomedseg.training.plan.augment import FLIP_P, augment_fingerprint, plan_augment
-from biomedseg.training.plan.planner import apply_plan
+from biomedseg.runs.config import TrainConfig, build_config
+from biomedseg.planning.augment import FLIP_P, augment_fingerprint, plan_augment
+from biomedseg.planning.planner import apply_plan
 from biomedseg.transforms import augment as A
 from biomedseg.transforms.basic import build_augmenter
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import yaml
 
-from biomedseg.training.plan.planner import MIN_STEPS_FULL_WIDTH, apply_plan, make_plan
+from biomedseg.planning.planner import MIN_STEPS_FULL_WIDTH, apply_plan, make_plan
 
 FP = {"n_images": 20, "median_shape": [512, 512], "min_shape": [512, 512], "channels": 1, "bit_depth": 8,
       "class_names": ["background", "cell", "rare"], "background": 0, "class_share": [0.8, 0.19, 0.01],
@@ -116,7 +116,7 @@ def test_other_architectures_are_narrowed_only_when_the_budget_is_short():
 
 
 def test_plan_entries_apply_to_the_architecture_that_takes_them():
-    from biomedseg.training.plan.stage import plan_applies as _plan_applies
+    from biomedseg.planning.stage import plan_applies as _plan_applies
 
     assert _plan_applies("model_kwargs.depth", "unet", {})
     assert not _plan_applies("model_kwargs.depth", "segnet", {})  # published depth kept
@@ -133,7 +133,7 @@ def test_measured_step_of_another_architecture_scales_a_probe_batch(monkeypatch)
     import time
 
     import biomedseg.models
-    from biomedseg.training.plan.planner import measure_step_time
+    from biomedseg.planning.planner import measure_step_time
 
     t = measure_step_time(1, 2, 32, 8, None, 8, model="segnet", probe_batch=2)
     assert t > 0
@@ -203,7 +203,7 @@ def test_iterations_come_from_the_measured_step_or_the_epochs():
 def test_fingerprint_measures_structure_width():
     from types import SimpleNamespace
 
-    from biomedseg.training.plan.planner import fingerprint_from_samples
+    from biomedseg.planning.planner import fingerprint_from_samples
 
     mask = np.zeros((128, 128), np.uint8)
     mask[20:23, 10:120] = 1  # a line 3 px wide
@@ -258,7 +258,7 @@ def test_plan_command_reads_budget_and_device_from_the_config_file(synthetic_dat
 
 
 def test_the_plan_says_when_a_cv_ensemble_should_beat_one_run():
-    from biomedseg.training.plan.ensemble import MIN_STEPS_PER_FOLD, fold_advice, plan_ensemble
+    from biomedseg.planning.ensemble import MIN_STEPS_PER_FOLD, fold_advice, plan_ensemble
 
     # 600 s at 0.1 s per step: ~5100 steps, ~1000 per fold: one run, and the budget that would do
     short = make_plan(FP, 600, "cpu", step_time=lambda *a: 0.1)["ensemble"]

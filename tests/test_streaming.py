@@ -13,7 +13,7 @@ from biomedseg.engine.sliding_window import (
     tile_starts,
     tta_transforms,
 )
-from biomedseg.inference.stream.predictor import StreamingPredictor, open_source, partial_path
+from biomedseg.stream.predictor import StreamingPredictor, open_source, partial_path
 from biomedseg.transforms.normalize import Normalizer
 from conftest import write_fake_run
 

@@ -72,7 +72,7 @@ def test_suggest_skips_training_images_and_identical_pairs(trained_run, syntheti
 
 
 def test_core_set_prefers_diverse_uncertain_images():
-    from biomedseg.workflows.suggest import greedy_core_set
+    from biomedseg.trust.suggest import greedy_core_set
 
     rng = np.random.default_rng(0)
     hard = rng.normal(0, 0.01, size=(5, 4)) + 10.0  # five near-copies of one hard image
@@ -110,7 +110,7 @@ def test_bad_input_is_one_line_and_exit_2(case, trained_run, synthetic_data, tmp
 
 def test_suggest_with_an_ensemble_folder(trained_run, pool, tmp_path):
     from biomedseg.runs.ensemble import write_ensemble
-    from biomedseg.workflows.suggest import SuggestOptions, suggest
+    from biomedseg.trust.suggest import SuggestOptions, suggest
 
     twin = tmp_path / "twin"
     shutil.copytree(trained_run, twin)

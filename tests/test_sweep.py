@@ -16,7 +16,7 @@ from test_cli import assert_user_error, run_cli
 
 from biomedseg.core.errors import UserError
 from biomedseg.runs.sweep import SweepPaths
-from biomedseg.training.config import build_config
+from biomedseg.runs.config import build_config
 from biomedseg.workflows.sweep.space import check_params, grid_of, parse_param, parse_params
 
 optuna = pytest.importorskip("optuna")

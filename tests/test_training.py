@@ -225,7 +225,7 @@ def test_training_goes_on_uncompiled_when_compiling_fails(synthetic_data, tmp_pa
 @pytest.mark.slow
 def test_compile_false_from_the_user_plans_as_without_a_compiler(synthetic_data, tmp_path, monkeypatch):
     import biomedseg.runtime.device
-    import biomedseg.training.plan.planner as planner
+    import biomedseg.planning.planner as planner
 
     monkeypatch.setattr(biomedseg.runtime.device, "cpp_compiler_available", lambda: True)
     monkeypatch.setattr(planner, "COMPILE_MIN_BUDGET_S", 1)  # a "long" budget the test can afford

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")
 def test_features_come_from_the_same_pass_and_leave_the_probabilities_alone(trained_run, synthetic_data):
     from biomedseg.inference.predict.core import predict_proba_image
     from biomedseg.inference.run import load_run
-    from biomedseg.inference.trust.features import bottleneck_sites, predict_with_features
+    from biomedseg.trust.features import bottleneck_sites, predict_with_features
     from biomedseg.io import read_image
 
     run = load_run(trained_run, device="cpu")
@@ -31,7 +31,7 @@ def test_features_come_from_the_same_pass_and_leave_the_probabilities_alone(trai
 @pytest.mark.parametrize("name", ["unet-classic", "segnet"])
 def test_encoder_decoder_networks_and_ensembles(name):
     from biomedseg.engine.ensemble_model import EnsembleModel
-    from biomedseg.inference.trust.features import FeatureTap, bottleneck_sites
+    from biomedseg.trust.features import FeatureTap, bottleneck_sites
     from biomedseg.models import create_model
     from biomedseg.transforms.normalize import Normalizer
 

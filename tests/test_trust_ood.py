@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")
 @pytest.fixture(scope="module")
 def described(trained_run, synthetic_data):
     from biomedseg.inference.run import load_run
-    from biomedseg.inference.trust.ood import build_description
+    from biomedseg.trust.ood import build_description
 
     run = load_run(trained_run, device="cpu")
     split = run.info.split
@@ -36,8 +36,8 @@ def _other_modalities(shape):
 
 
 def test_other_modalities_are_flagged_and_training_images_are_not(described):
-    from biomedseg.inference.trust.features import predict_with_features
-    from biomedseg.inference.trust.ood import ood_scores
+    from biomedseg.trust.features import predict_with_features
+    from biomedseg.trust.ood import ood_scores
 
     run, predictor, desc, train = described
     assert desc["features"] is not None and desc["features"]["n"] == len(train)
@@ -57,8 +57,8 @@ def test_other_modalities_are_flagged_and_training_images_are_not(described):
 
 
 def test_pixel_size_reason_and_json_round_trip(described, tmp_path):
-    from biomedseg.inference.trust.descriptor import read_description, write_description
-    from biomedseg.inference.trust.ood import calibrate_thresholds, ood_scores
+    from biomedseg.trust.descriptor import read_description, write_description
+    from biomedseg.trust.ood import calibrate_thresholds, ood_scores
 
     run, predictor, desc, train = described
     desc = dict(desc, pixel_size={"median": [0.5, 0.5], "known": 8})
@@ -74,7 +74,7 @@ def test_pixel_size_reason_and_json_round_trip(described, tmp_path):
 
 
 def test_descriptor_is_compact():
-    from biomedseg.inference.trust.descriptor import feature_distance, fit_feature_gaussian
+    from biomedseg.trust.descriptor import feature_distance, fit_feature_gaussian
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(300, 512))
@@ -86,7 +86,7 @@ def test_descriptor_is_compact():
 
 
 def test_prediction_row_counts_and_scores():
-    from biomedseg.inference.trust.rows import prediction_row, uncertainty_image
+    from biomedseg.trust.rows import prediction_row, uncertainty_image
 
     mask = np.zeros((20, 30), np.int64)
     mask[2:6, 2:6] = 1

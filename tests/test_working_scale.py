@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from biomedseg.engine.scaled import ScaledNet, at_scale, native_tile
-from biomedseg.training.plan.scale import plan_working_scale
-from biomedseg.training.plan.planner import make_plan
+from biomedseg.planning.scale import plan_working_scale
+from biomedseg.planning.planner import make_plan
 from biomedseg.transforms.resample import resample_image, resample_mask, scaled_shape
 
 BASE = {"n_images": 20, "channels": 1, "bit_depth": 8, "class_names": ["background", "fg"], "background": 0,

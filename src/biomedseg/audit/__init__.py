@@ -6,6 +6,6 @@
 
 The audit reads DATA folders through :mod:`biomedseg.data` and never imports
 :mod:`biomedseg.reports`: the HTML page and its pictures are written by
-:func:`biomedseg.reports.audit_html.audit_with_report`. Nothing is imported here: import the
+:func:`biomedseg.reports.audit.page.audit_with_report`. Nothing is imported here: import the
 submodule you need.
 """

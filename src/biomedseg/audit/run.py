@@ -24,7 +24,7 @@ It reports
 - ``fingerprint``: the subset planning needs (sizes, channels, intensities, class shares,
   object sizes, class weights, pixel size).
 
-With ``out`` it writes ``audit.json``; :func:`biomedseg.reports.audit_html.audit_with_report`
+With ``out`` it writes ``audit.json``; :func:`biomedseg.reports.audit.page.audit_with_report`
 also writes ``audit.html`` and PNG pictures in ``audit_files/`` (``biomedseg audit``).
 
 The work is split over :mod:`~biomedseg.audit.passes` (palette choice and the one
@@ -146,7 +146,7 @@ def run_audit(data=None, out=None, images=None, masks=None, check_flips: bool = 
     """Audit a data set; write ``out/audit.json`` when ``out`` is given.
 
     The HTML page and its pictures are drawn by
-    :func:`biomedseg.reports.audit_html.audit_with_report` (what ``biomedseg audit`` runs).
+    :func:`biomedseg.reports.audit.page.audit_with_report` (what ``biomedseg audit`` runs).
 
     Args:
         data: DATA folder (``images/``, ``masks/``, optional ``dataset.json``) or a folder of

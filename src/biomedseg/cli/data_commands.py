@@ -28,7 +28,7 @@ def audit(
     cannot be read at all.
     """
     from biomedseg.audit.run import format_audit_summary
-    from biomedseg.reports.audit_html import audit_with_report
+    from biomedseg.reports.audit.page import audit_with_report
 
     check_output_dir(out)
     result = audit_with_report(data, out, images=images, masks=masks, check_flips=check_flips, progress=not quiet)
@@ -109,7 +109,7 @@ def augment_preview(
 ):
     """Draw random training patches before/after augmentation (image and mask overlay) to check a preset."""
     from biomedseg.reports.augment_preview import augment_preview as run_preview
-    from biomedseg.training.config import MAX_PATCH_SIZE, MIN_PATCH_SIZE
+    from biomedseg.runs.config import MAX_PATCH_SIZE, MIN_PATCH_SIZE
 
     _within(1, n=n)
     _within(0, seed=seed)

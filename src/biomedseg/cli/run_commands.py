@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import List, Optional
 import typer
 from biomedseg.engine.defaults import COMPILE_MIN_TILES, DEFAULT_COMPILE
-from biomedseg.io.geojson import DEFAULT_OBJECT_TYPE
+from biomedseg.vector.geojson import DEFAULT_OBJECT_TYPE
 from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT
 from biomedseg.inference.exported.options import DEFAULT_ENGINE, DEFAULT_EXPORT_ENGINE, DEFAULT_LICENSE
 from biomedseg.io.writers import check_output_dir, check_output_file

@@ -28,7 +28,7 @@ def plan(
 ):
     """Fingerprint DATA and write plan.yaml: every automatic training choice with its reason."""
     from biomedseg.training.api import plan_data
-    from biomedseg.training.config import build_config, parse_overrides
+    from biomedseg.runs.config import build_config, parse_overrides
 
     build_config({k: v for k, v in {"epochs": epochs, "time_budget": time_budget}.items() if v is not None}, "options")
     check_output_file(out)
@@ -79,7 +79,7 @@ def train(
 ):
     """Train a model on DATA and write the run folder --out."""
     from biomedseg.training.api import train as run_train
-    from biomedseg.training.config import merge, parse_overrides
+    from biomedseg.runs.config import merge, parse_overrides
 
     check_output_dir(out)
     flags = {"epochs": epochs, "time_budget": time_budget, "model": model, "loss": loss, "seed": seed,
@@ -125,7 +125,7 @@ def cross_validate(
     out-of-fold predictions, per-fold and pooled scores; the CV folder is the ensemble of its folds."""
     from biomedseg.workflows.crossval import cross_validate as run_cv
     from biomedseg.workflows.crossval import format_summary
-    from biomedseg.training.config import merge, parse_overrides
+    from biomedseg.runs.config import merge, parse_overrides
 
     check_output_dir(out)
     flags = {k: v for k, v in {"model": model, "epochs": epochs, "seed": seed, "device": device}.items() if v is not None}
@@ -177,7 +177,7 @@ def sweep(
     """Train one run per setting of the swept options (Optuna: grid or TPE, median pruning) and rank
     them by validation Dice; run again to resume, or start more processes on the same study."""
     from biomedseg.workflows.sweep.run import sweep as run_sweep
-    from biomedseg.training.config import merge, parse_overrides
+    from biomedseg.runs.config import merge, parse_overrides
 
     _within(1, trials=trials)
     check_output_dir(out)

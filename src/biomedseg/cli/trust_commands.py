@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 
 from biomedseg.cli.app import _within, app
-from biomedseg.workflows.suggest import DEFAULT_N
+from biomedseg.trust.suggest import DEFAULT_N
 
 
 @app.command()
@@ -28,8 +28,8 @@ def suggest(
     """Rank unlabelled images by how much labelling them should help: uncertain predictions, unlike
     each other, never images of the training data or near duplicates of them."""
     from biomedseg.io.writers import check_output_file
-    from biomedseg.workflows.suggest import SuggestOptions
-    from biomedseg.workflows.suggest import suggest as run_suggest
+    from biomedseg.trust.suggest import SuggestOptions
+    from biomedseg.trust.suggest import suggest as run_suggest
 
     _within(1, n=n)
     check_output_file(out)

@@ -6,7 +6,7 @@ format and optional test-time augmentation. Images smaller than a tile are refle
 (symmetrically, as MONAI does) and cropped back.
 
 The tile grid, the padding and the test-time augmentation are defined here once and shared with
-:mod:`biomedseg.engine.band_accumulator` (used by :mod:`biomedseg.inference.stream.predictor`), so that
+:mod:`biomedseg.engine.band_accumulator` (used by :mod:`biomedseg.stream.predictor`), so that
 the streaming predictor (images larger than memory) gives the same probabilities as this one:
 
 - grid: :func:`tile_starts` replicates ``monai.inferers.utils._get_scan_interval`` and

@@ -48,7 +48,7 @@ def read_run_config(values: dict, source: str) -> tuple[InferenceSettings, dict]
     """``(settings, network keyword arguments)`` of a run's config mapping (``config.yaml``),
     validated and completed with the training defaults once (``training.config.build_config``)."""
     from biomedseg.engine.defaults import inference_batch_size
-    from biomedseg.training.config import build_config
+    from biomedseg.runs.config import build_config
 
     cfg = build_config(values, source=source)
     settings = InferenceSettings(patch_size=cfg.patch_size, overlap=cfg.overlap,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from biomedseg.models.blocks import DoubleConv
-from biomedseg.models.unet_family import register_unet2d
+from biomedseg.models.unet.family import register_unet2d
 
 
 def _gate(gating_channels: int, skip_channels: int) -> nn.Module:

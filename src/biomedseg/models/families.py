@@ -6,7 +6,6 @@ from biomedseg.models import (  # noqa: F401
     resnet_unet,
     resunet,
     segnet,
-    unet,
-    unet_classic,
     vgg_unet,
 )
+from biomedseg.models.unet import classic, default  # noqa: F401

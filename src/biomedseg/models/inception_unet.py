@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from biomedseg.models.blocks import conv_bn_relu
-from biomedseg.models.unet_family import register_unet2d
+from biomedseg.models.unet.family import register_unet2d
 
 
 class InceptionBlock(nn.Module):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from biomedseg.models.blocks import StridedPointwiseConv
-from biomedseg.models.unet_family import register_unet2d
+from biomedseg.models.unet.family import register_unet2d
 
 
 class ResidualUnit(nn.Module):

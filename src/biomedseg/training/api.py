@@ -1,7 +1,7 @@
 """``biomedseg.train(...)`` and ``biomedseg plan``: the commands as Python functions.
 
 ``train`` runs its stages in order (each in :mod:`biomedseg.training.stages`,
-:mod:`~biomedseg.training.data_setup` and :mod:`~biomedseg.training.plan.stage`)::
+:mod:`~biomedseg.training.data_setup` and :mod:`~biomedseg.planning.stage`)::
 
     settings -> runtime -> load data -> plan -> build -> write artifacts -> fit -> finish
 
@@ -20,9 +20,9 @@ from biomedseg.core.errors import UserError
 from biomedseg.io.writers import write_text
 from biomedseg.runs import RunFolder, create_run
 from biomedseg.training import stages
-from biomedseg.training.config import DEFAULT_EPOCHS, TrainConfig, build_config, load_config_file, merge
+from biomedseg.runs.config import DEFAULT_EPOCHS, TrainConfig, build_config, load_config_file, merge
 from biomedseg.training.data_setup import at_working_scale, load_training_data
-from biomedseg.training.plan.stage import fingerprint_of, plan_config, plan_now, training_pixel_size
+from biomedseg.planning.stage import fingerprint_of, plan_config, plan_now, training_pixel_size
 from biomedseg.training.warm_start import init_settings, resolve_init
 
 
@@ -44,7 +44,7 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
           quiet: bool = False, plan=None, split: dict | None = None, on_epoch=None, init=None, **overrides) -> Path:
     """Train a model on ``data`` (a DATA folder) and write the run folder ``out``.
 
-    ``overrides`` are config fields (see :class:`~biomedseg.training.config.TrainConfig`), e.g.
+    ``overrides`` are config fields (see :class:`~biomedseg.runs.config.TrainConfig`), e.g.
     ``epochs=20``, ``time_budget="10m"``, ``model="unet"``. ``plan``: a ``plan.yaml`` from
     ``biomedseg plan`` to use instead of planning now. ``split``: an explicit ``{"train": ids,
     "val": ids}`` (e.g. a cross-validation fold) instead of ``dataset.json``'s or a random one.

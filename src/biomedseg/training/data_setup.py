@@ -171,15 +171,12 @@ def prepare_data(cfg, data=None, images=None, masks=None, split: dict | None = N
                      _channels(cfg, [s.image for s in samples]), split, ignore_reason)
 
 
-def steps_per_pass(area: float, patch_size: int, batch_size: int) -> int:
-    """Steps of ``batch_size`` patches covering ``area`` training pixels once, clamped to [25, 250]."""
-    return int(np.clip(round(area / (patch_size**2 * batch_size)), 25, 250))
-
-
 def auto_iterations_per_epoch(cfg, train_shapes) -> int:
     """One epoch = about one pass over the training pixels (:func:`steps_per_pass`)."""
     if cfg.iterations_per_epoch:
         return int(cfg.iterations_per_epoch)
+    from biomedseg.planning.planner import steps_per_pass
+
     return steps_per_pass(float(sum(h * w for h, w in train_shapes)), cfg.patch_size, cfg.batch_size)
 
 

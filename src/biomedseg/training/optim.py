@@ -21,11 +21,8 @@ from typing import Callable
 import torch
 
 from biomedseg.core.errors import UserError
+from biomedseg.runs.config import DEFAULT_LR  # noqa: F401  (re-exported: the optimisers' defaults)
 
-#: each optimiser's own learning rate when the user picks it without one: AdamW's is the rate the
-#: planner measured for it (the config default); Adam's is Kingma & Ba's; SGD's is nnU-Net's
-#: (with its Nesterov momentum 0.99, the config default); RMSprop's is PyTorch's
-DEFAULT_LR: dict[str, float] = {"adamw": 2e-3, "adam": 1e-3, "sgd": 1e-2, "rmsprop": 1e-2}
 
 OPTIMIZERS: dict[str, Callable] = {
     "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.runs import DatasetInfo, RunFolder, RunInfo, load_checkpoint
-from biomedseg.training.config import TrainConfig
+from biomedseg.runs.config import TrainConfig
 
 log = logging.getLogger("biomedseg")
 
@@ -135,7 +135,7 @@ def dataset_info(data, parts: Parts) -> DatasetInfo:
 def runtime_entries(cfg: TrainConfig, rt: Runtime, data, parts: Parts, planned: dict, explicit: dict) -> dict:
     """``plan.yaml``: the planned entries plus the choices made at run time, each with its reason."""
     from biomedseg.models import count_parameters
-    from biomedseg.training.plan.stage import USER_REASON
+    from biomedseg.planning.stage import USER_REASON
 
     cuda = rt.device.type == "cuda"
     entries = {

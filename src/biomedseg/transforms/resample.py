@@ -1,7 +1,7 @@
 """Resampling images and masks to a working scale (and back), as pure functions.
 
 The planner may train and predict at a *working scale* ``s <= 1`` (images shrunk by ``s``, see
-:mod:`biomedseg.training.plan.planner`). Images are resampled with an anti-aliasing filter; masks so
+:mod:`biomedseg.planning.planner`). Images are resampled with an anti-aliasing filter; masks so
 that thin and small classes survive (:func:`resample_mask`); predictions are brought back to the
 native size as soft scores before any argmax (:class:`biomedseg.engine.scaled.ScaledNet`).
 

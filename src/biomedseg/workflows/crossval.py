@@ -57,7 +57,7 @@ def cross_validate(data, out, *, folds: int = DEFAULT_FOLDS, fold: int | None = 
     (``{"missing": [folds]}`` while folds are unfinished).
     """
     from biomedseg.training.api import resolve_settings
-    from biomedseg.training.config import parse_duration
+    from biomedseg.runs.config import parse_duration
 
     cfg, _ = resolve_settings(config, {**overrides, **({"time_budget": time_budget} if time_budget else {})})
     per_fold = parse_duration(budget_per_fold) if budget_per_fold is not None else (
@@ -109,7 +109,7 @@ def assign_folds(cv: CVFolder, cfg, data, k: int, stratify: bool, audit, check_f
 def shared_plan(cv: CVFolder, data, config, plan, assignment: dict, fold_options: dict, quiet: bool) -> None:
     """``CV/plan.yaml``: the given plan file, or a plan of the whole pool for one fold's budget."""
     from biomedseg.training.api import plan_data
-    from biomedseg.training.plan.ensemble import cv_plan_entry, fold_advice
+    from biomedseg.planning.ensemble import cv_plan_entry, fold_advice
 
     if plan is not None:
         write_text(cv.paths.plan, Path(plan).read_text())

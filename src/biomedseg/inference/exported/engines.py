@@ -2,7 +2,7 @@
 
 :class:`ExportedNetwork` is the ``model`` that
 :class:`~biomedseg.engine.sliding_window.SlidingWindowPredictor` and
-:class:`~biomedseg.inference.stream.predictor.StreamingPredictor` call on batches of tiles
+:class:`~biomedseg.stream.predictor.StreamingPredictor` call on batches of tiles
 ``(N, C, h, w) float32 -> (N, K, h, w)`` logits; only the network call changes, the tiling,
 Gaussian blending, TTA, streaming and post-processing stay PyTorch/numpy code (torch is still
 imported for them, also with ONNX Runtime). A network exported with the classifier head is an

@@ -14,7 +14,7 @@ one (:func:`biomedseg.io.pixel_size.pixel_size`); outputs above
 
 Huge inputs (more than ``STREAM_ABOVE_PIXELS`` pixels, tiled TIFFs above
 ``TILED_STREAM_ABOVE_PIXELS``, a pyramid level > 0, zarr inputs) go through the
-:class:`~biomedseg.inference.stream.predictor.StreamingPredictor`: read, predicted and written band by
+:class:`~biomedseg.stream.predictor.StreamingPredictor`: read, predicted and written band by
 band to a tiled TIFF or OME-Zarr (``<stem>.partial.*`` until complete). Only per-pixel
 post-processing (thresholds) applies to them; overlays, instances and RLE are skipped, and no
 empty-mask gate (in particular not the classifier head's ``min_classifier_probability``: the
@@ -340,7 +340,7 @@ def _streamed_decider(prepared: Prepared, path: Path):
 
 def _predict_streamed(prepared: Prepared, path: Path, out: Path, summary: PredictSummary) -> list[Path]:
     from biomedseg.inference.predict.mask_outputs import streamed_extras
-    from biomedseg.inference.stream.predictor import StreamingPredictor, open_source
+    from biomedseg.stream.predictor import StreamingPredictor, open_source
 
     run, o = prepared.run, prepared.options
     stem = output_stem(path)

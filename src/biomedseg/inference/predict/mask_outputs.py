@@ -1,6 +1,6 @@
 """``predict``'s masks in the user's encoding (``--mask-format``) and as GeoJSON (``--geojson``).
 
-The conversions live in :mod:`biomedseg.io.mask_encoding` and :mod:`biomedseg.io.geojson`; this
+The conversions live in :mod:`biomedseg.io.mask_encoding` and :mod:`biomedseg.vector.geojson`; this
 module applies them with a run's classes, palette and colours:
 
 - the class colours are the run's palette when its training masks were colour masks, else
@@ -22,7 +22,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from biomedseg.io.geojson import DEFAULT_OBJECT_TYPE, GeoJSONMaskWriter, check_object_type, write_mask_geojson
+from biomedseg.vector.geojson import DEFAULT_OBJECT_TYPE, GeoJSONMaskWriter, check_object_type, write_mask_geojson
 from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT, MaskEncoding, resolve_encoding
 from biomedseg.io.masks import Palette
 
@@ -93,7 +93,7 @@ class StreamExtras(NamedTuple):
 def streamed_extras(run, path: Path, geojson_path: Path, src, level: int, encoding: MaskEncoding,
                     object_type: str | None):
     """Yield the :class:`StreamExtras` of one streamed image, for
-    :meth:`~biomedseg.inference.stream.predictor.StreamingPredictor.predict_to_files` (``mask_encoder``,
+    :meth:`~biomedseg.stream.predictor.StreamingPredictor.predict_to_files` (``mask_encoder``,
     ``mask_sink``); the GeoJSON's temporary file is removed on failure."""
     enc = one_channel(encoding, path, "streamed (large input)")
     encoder = None if enc.kind == "index" else enc.encode

@@ -74,7 +74,7 @@ def remove_other_formats(out: Path, stem: str, keep: Path, path: Path) -> None:
 
 def write_zarr_mask(path: Path, mask: np.ndarray, pixel_size=None) -> None:
     """In-memory mask -> multiscale OME-Zarr, via ``<stem>.partial.zarr`` renamed when complete."""
-    from biomedseg.inference.stream.predictor import _finish, _ZarrArrayWriter, partial_path
+    from biomedseg.stream.predictor import _finish, _ZarrArrayWriter, partial_path
 
     part = partial_path(path)
     w = _ZarrArrayWriter(part, mask.shape, np.uint8, 256, "yx", pixel_size)

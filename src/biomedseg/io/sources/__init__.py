@@ -12,7 +12,7 @@ the decode cap). The decoder is chosen from the file's first bytes, not its exte
   process-wide limit.
 
 ``read_image``/``read_raw``/``image_shape`` (:mod:`biomedseg.io.images`), ``tile``
-(:mod:`biomedseg.data.tiling`) and streamed ``predict`` (:mod:`biomedseg.inference.stream`) all
+(:mod:`biomedseg.data.tiling`) and streamed ``predict`` (:mod:`biomedseg.stream`) all
 read through it: one set of rules. Imports nothing of the project but ``errors`` and ``io``.
 """
 

@@ -39,7 +39,7 @@ import yaml
 from biomedseg.core.errors import UserError
 from biomedseg.io.writers import write_text
 from biomedseg.runs.sweep import SweepPaths, create_sweep
-from biomedseg.training.config import load_config_file, merge
+from biomedseg.runs.config import load_config_file, merge
 from biomedseg.workflows.sweep.space import Param, check_params, grid_of, grid_size, parse_params
 from biomedseg.workflows.sweep.study import (
     SCORE,

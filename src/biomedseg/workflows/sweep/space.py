@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from biomedseg.core.errors import UserError
-from biomedseg.training.config import TrainConfig, build_config, merge
+from biomedseg.runs.config import TrainConfig, build_config, merge
 
 PARAM_FORMS = "NAME=a,b,c (a list), NAME=LOW:HIGH or NAME=LOW:HIGH:log (a range)"
 LOG = "log"

@@ -1,7 +1,7 @@
 """The plan stage of ``train`` and ``biomedseg plan``: fingerprint + budget -> config with reasons.
 
 :func:`plan_config` is shared by both commands: it fingerprints the training samples, makes a plan
-(:func:`~biomedseg.training.plan.planner.make_plan`) or reads one from a ``plan.yaml``, keeps the
+(:func:`~biomedseg.planning.planner.make_plan`) or reads one from a ``plan.yaml``, keeps the
 entries the chosen architecture takes, and applies every entry the user did not set.
 """
 
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from biomedseg.models.registry import width_option
 from biomedseg.runs import read_plan
-from biomedseg.training.config import TrainConfig, build_config
-from biomedseg.training.plan.augment import augment_fingerprint
-from biomedseg.training.plan.planner import (apply_plan, compile_possible, fingerprint_from_samples, make_plan,
+from biomedseg.runs.config import TrainConfig, build_config
+from biomedseg.planning.augment import augment_fingerprint
+from biomedseg.planning.planner import (apply_plan, compile_possible, fingerprint_from_samples, make_plan,
                                              plan_for_optimizer, step_timer)
 
 USER_REASON = "set by the user"

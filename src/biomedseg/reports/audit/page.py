@@ -2,8 +2,8 @@
 
 The page needs no network: no external CSS/JS, pictures are PNG files in ``audit_files/`` next
 to it linked by relative URLs, and every piece of text (file names included) is escaped.
-The pictures are drawn by :mod:`biomedseg.reports.audit_pictures` (:func:`draw_pictures`,
-re-exported here) and :mod:`biomedseg.reports.audit_plots`; this module assembles the page.
+The pictures are drawn by :mod:`biomedseg.reports.audit.pictures` (:func:`draw_pictures`,
+re-exported here) and :mod:`biomedseg.reports.audit.plots`; this module assembles the page.
 :func:`audit_with_report` runs the audit (:mod:`biomedseg.audit.run`, which returns plain data
 and writes ``audit.json``) and then writes this page and its pictures: ``biomedseg audit``.
 """
@@ -20,7 +20,7 @@ from urllib.parse import quote
 
 from biomedseg.audit.sections import describe_pixel_sizes
 from biomedseg.io.writers import write_text
-from biomedseg.reports.audit_pictures import (  # noqa: F401 - MAX_MASK_PICTURES, PANEL_HEIGHT re-exported
+from biomedseg.reports.audit.pictures import (  # noqa: F401 - MAX_MASK_PICTURES, PANEL_HEIGHT re-exported
     MAX_MASK_PICTURES,
     PANEL_HEIGHT,
     PICTURE_DIR,

@@ -46,7 +46,7 @@ def pixel_size_part(description: dict, pixel_size) -> float | None:
 def image_parts(description: dict, image: np.ndarray, pixel_size=None, features=None) -> dict:
     """``{"pixel_size", "intensity", "features"}`` of one raw ``(H, W, C)`` image (see module);
     ``features``: its pooled bottleneck vector (:mod:`.features`) or ``None``."""
-    from biomedseg.inference.trust.descriptor import channel_histogram, feature_distance, nearest_histogram_distance
+    from biomedseg.trust.descriptor import channel_histogram, feature_distance, nearest_histogram_distance
     from biomedseg.io import conform_channels
 
     parts: dict[str, float | None] = {p: None for p in PARTS}
@@ -73,7 +73,7 @@ def calibrate_thresholds(parts_of_images: list[dict], percentile: float = THRESH
 
 
 def _reasons(description: dict, image: np.ndarray, ratios: dict, pixel_size) -> list[str]:
-    from biomedseg.inference.trust.descriptor import is_colour
+    from biomedseg.trust.descriptor import is_colour
 
     reasons = []
     if ratios.get("pixel_size", 0) > 1:
@@ -102,7 +102,7 @@ def ood_scores(loaded_run, description: dict, image: np.ndarray, pixel_size=None
     thresholds); ``flag``: ``score > 1`` or a colour/grey mismatch.
     """
     if features is None and description.get("features") is not None:
-        from biomedseg.inference.trust.features import predict_with_features
+        from biomedseg.trust.features import predict_with_features
 
         features = predict_with_features(loaded_run, predictor or loaded_run.predictor(), image, pixel_size)[1]
     parts = image_parts(description, image, pixel_size, features)
@@ -119,8 +119,8 @@ def build_description(loaded_run, train_images: list, train_pixel_sizes: list, v
     (:func:`calibrate_thresholds`) over the validation images and the training images' held-out
     distances (``held_out``: each measured without the image itself), so that even a small
     validation split gives a usable percentile; pixel sizes from both as they are."""
-    from biomedseg.inference.trust.descriptor import describe_training_data
-    from biomedseg.inference.trust.features import predict_with_features
+    from biomedseg.trust.descriptor import describe_training_data
+    from biomedseg.trust.features import predict_with_features
 
     predictor = predictor or loaded_run.predictor()
     description = describe_training_data(loaded_run, train_images, train_pixel_sizes, predictor)

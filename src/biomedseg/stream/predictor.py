@@ -24,10 +24,10 @@
 
 Peak memory is independent of the image height and linear in its width (one band).
 
-The pieces live in :mod:`~biomedseg.inference.stream.sources` (what is read),
+The pieces live in :mod:`~biomedseg.stream.sources` (what is read),
 :mod:`~biomedseg.engine.band_accumulator` (tile grid, Gaussian blending of one band),
-:mod:`~biomedseg.inference.stream.writers` (tiled TIFF / OME-Zarr writers, partial files) and
-:mod:`~biomedseg.inference.stream.queues` (thread hand-off); their public names are
+:mod:`~biomedseg.stream.writers` (tiled TIFF / OME-Zarr writers, partial files) and
+:mod:`~biomedseg.stream.queues` (thread hand-off); their public names are
 re-exported here.
 """
 
@@ -56,8 +56,8 @@ from biomedseg.engine.sliding_window import (
     tta_transforms,
 )
 from biomedseg.core.errors import UserError
-from biomedseg.inference.stream.queues import END, Failure, get_unless_stopped, put_unless_stopped
-from biomedseg.inference.stream.writers import (  # noqa: F401  (BIGTIFF_BYTES re-exported)
+from biomedseg.stream.queues import END, Failure, get_unless_stopped, put_unless_stopped
+from biomedseg.stream.writers import (  # noqa: F401  (BIGTIFF_BYTES re-exported)
     BIGTIFF_BYTES,
     StripWriter,
     ZarrArrayWriter,
@@ -65,7 +65,7 @@ from biomedseg.inference.stream.writers import (  # noqa: F401  (BIGTIFF_BYTES r
     partial_path,
     remove_output,
 )
-from biomedseg.inference.stream.sources import ArraySource, TileSource, open_source
+from biomedseg.stream.sources import ArraySource, TileSource, open_source
 
 # names this module defined before it was split (``predict`` imports the private ones)
 _Writer, _ZarrArrayWriter, _finish, _remove = StripWriter, ZarrArrayWriter, finish_output, remove_output

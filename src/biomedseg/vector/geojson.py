@@ -1,7 +1,7 @@
 """GeoJSON outputs of class masks, in the convention QuPath imports.
 
 One ``FeatureCollection`` per image; one ``Feature`` per 4-connected region of a class (see
-:mod:`biomedseg.io.polygons`: rings along pixel edges, holes kept), with
+:mod:`biomedseg.vector.polygons`: rings along pixel edges, holes kept), with
 ``properties = {"objectType": "annotation" | "detection", "classification": {"name": class name,
 "color": [r, g, b]}}``. Coordinates are pixels of the full-resolution image (``x`` right,
 ``y`` down, origin at the top-left corner of the first pixel); a mask predicted on a pyramid
@@ -24,7 +24,7 @@ from typing import Sequence
 import numpy as np
 
 from biomedseg.core.errors import UserError
-from biomedseg.io.polygons import PolygonTracer
+from biomedseg.vector.polygons import PolygonTracer
 from biomedseg.io.writers import atomic_path
 
 __all__ = ["DEFAULT_OBJECT_TYPE", "OBJECT_TYPES", "GeoJSONMaskWriter", "write_mask_geojson"]

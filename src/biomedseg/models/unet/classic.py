@@ -7,7 +7,7 @@ from torch import nn
 from biomedseg.models.blocks import DoubleConv, UNet2d
 from biomedseg.models.heads import maybe_with_classifier
 from biomedseg.models.registry import register
-from biomedseg.models.unet_family import unet_multiple
+from biomedseg.models.unet.family import unet_multiple
 
 
 @register("unet-classic", multiple=unet_multiple,

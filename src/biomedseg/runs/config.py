@@ -26,6 +26,12 @@ DEFAULT_EPOCHS = 50
 MIN_PATCH_SIZE = 16
 MAX_PATCH_SIZE = 4096
 
+#: each optimiser's own learning rate when the user picks it without one: AdamW's is the rate the
+#: planner measured for it (the config default); Adam's is Kingma & Ba's; SGD's is nnU-Net's
+#: (with its Nesterov momentum 0.99, the config default); RMSprop's is PyTorch's
+DEFAULT_LR: dict[str, float] = {"adamw": 2e-3, "adam": 1e-3, "sgd": 1e-2, "rmsprop": 1e-2}
+
+
 def parse_duration(text: str | float | int | None) -> float | None:
     """``"10m"`` -> 600.0 seconds; accepts s, m, h suffixes, combinations (``1h30m``) and bare seconds."""
     if text is None or text == "":
@@ -58,7 +64,7 @@ class TrainConfig(BaseModel):
     class_weights: str = "none"  # none | inverse | median | "w0,w1,..."
     # optimisation
     optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
-    lr: float = Field(2e-3, gt=0.0)
+    lr: float = Field(DEFAULT_LR["adamw"], gt=0.0)
     weight_decay: float = Field(1e-4, ge=0.0)
     momentum: float = Field(0.99, ge=0.0, lt=1.0)
     schedule: Literal["poly", "cosine", "constant", "step", "plateau"] = "poly"

@@ -8,7 +8,7 @@
    near duplicates of labelled ones, and keeps one image of each group of near duplicates inside
    the pool. Unreadable images are reported and skipped.
 2. **Uncertainty.** Each remaining image is predicted once
-   (:func:`~biomedseg.inference.trust.features.predict_with_features`: the probabilities of
+   (:func:`~biomedseg.trust.features.predict_with_features`: the probabilities of
    ``predict`` and the pooled bottleneck features of the same pass); its uncertainty is
    :data:`~biomedseg.metrics.uncertainty.DEFAULT_SCORE` of the probabilities. For an ensemble or
    CV folder the members' disagreement (mean mutual information) is reported too.
@@ -159,7 +159,7 @@ def _pictures(loaded, image: np.ndarray, proba: np.ndarray) -> dict:
 
 def score_image(loaded, predictor, path: Path) -> tuple[dict, np.ndarray | None, dict]:
     """One pool image -> (its scores, pooled features or ``None``, contact-sheet pictures)."""
-    from biomedseg.inference.trust.features import member_samples, predict_with_features
+    from biomedseg.trust.features import member_samples, predict_with_features
     from biomedseg.io import read_image
     from biomedseg.io.pixel_size import pixel_size
     from biomedseg.metrics.uncertainty import DEFAULT_SCORE, image_scores, mutual_information_map

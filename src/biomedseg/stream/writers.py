@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.inference.stream.queues import END, get_unless_stopped
+from biomedseg.stream.queues import END, get_unless_stopped
 from biomedseg.io.ome import array_tiles, level_rows, ngff_multiscales, pyramid_shapes, write_ome_levels
 from biomedseg.io.writers import BIGTIFF_BYTES
 
@@ -102,7 +102,7 @@ class StripWriter(threading.Thread):
     OME-Zarr, or via a temporary zarr converted to a ``(K, H, W)`` float16 tiled TIFF at the end.
 
     Feed :attr:`q` with ``(y0, mask (n, W) uint8, proba (K, n, W) float16 or None)`` for
-    consecutive rows, then :data:`~biomedseg.inference.stream.queues.END`. An exception is
+    consecutive rows, then :data:`~biomedseg.stream.queues.END`. An exception is
     stored in :attr:`error` (and ``stop`` set) for the feeding thread to raise.
     """
 

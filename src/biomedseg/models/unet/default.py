@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from biomedseg.models.registry import register
-from biomedseg.models.unet_family import unet_multiple
+from biomedseg.models.unet.family import unet_multiple
 
 
 @register("unet", multiple=unet_multiple, description="U-Net with residual units (MONAI), configurable depth/width")

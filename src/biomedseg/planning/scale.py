@@ -1,7 +1,7 @@
 """The working scale: how much the planner shrinks the images before the network sees them.
 
 nnU-Net resamples every dataset to a target spacing; here the rule follows from what the
-fingerprint measured (:func:`~biomedseg.training.plan.planner.fingerprint_from_samples`):
+fingerprint measured (:func:`~biomedseg.planning.planner.fingerprint_from_samples`):
 
 * **context**: a patch should hold ``CONTEXT_DIAMETERS`` typical (90th-percentile) objects, or the
   whole image when that is smaller. When that native context is larger than the patch the budget

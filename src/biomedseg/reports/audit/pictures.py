@@ -2,7 +2,7 @@
 
 Pictures are rows of labelled panels ``PANEL_HEIGHT`` pixels high, written as PNG files into
 ``audit_files/`` (:data:`PICTURE_DIR`) next to ``audit.html``; :func:`draw_pictures` also
-draws the charts of :mod:`biomedseg.reports.audit_plots`. A picture that cannot be drawn is
+draws the charts of :mod:`biomedseg.reports.audit.plots`. A picture that cannot be drawn is
 left out (drawing is optional and never fails the audit).
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from biomedseg.io.writers import write_png
-from biomedseg.reports.audit_plots import plot_classes, plot_intensity, plot_objects, plot_sizes
+from biomedseg.reports.audit.plots import plot_classes, plot_intensity, plot_objects, plot_sizes
 
 PICTURE_DIR = "audit_files"
 PANEL_HEIGHT = 200

@@ -12,10 +12,10 @@ import math
 
 import numpy as np
 
-from biomedseg.training.plan.augment import plan_augment
-from biomedseg.training.plan.ensemble import plan_ensemble
-from biomedseg.training.plan.scale import CONTEXT_DIAMETERS, THIN_STRUCTURE_WIDTH, plan_working_scale
-from biomedseg.training.plan.timing import measure_robustly, measure_step_time, step_timer  # noqa: F401
+from biomedseg.planning.augment import plan_augment
+from biomedseg.planning.ensemble import plan_ensemble
+from biomedseg.planning.scale import CONTEXT_DIAMETERS, THIN_STRUCTURE_WIDTH, plan_working_scale
+from biomedseg.planning.timing import measure_robustly, measure_step_time, step_timer  # noqa: F401
 from biomedseg.transforms.normalize import CLIP_PERCENTILES
 
 # Fewer optimisation steps than this in the budget and the full-width U-Net under-trains: a 4x
@@ -97,6 +97,11 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
     return fp
 
 
+
+def steps_per_pass(area: float, patch_size: int, batch_size: int) -> int:
+    """Steps of ``batch_size`` patches covering ``area`` training pixels once, clamped to [25, 250]."""
+    return int(np.clip(round(area / (patch_size**2 * batch_size)), 25, 250))
+
 def _pow2_floor(x: float) -> int:
     return 2 ** int(math.floor(math.log2(max(x, 1))))
 
@@ -115,7 +120,7 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     for their published width. ``can_compile``: ``torch.compile`` works here (a C++ compiler is
     present, see :func:`biomedseg.runtime.device.cpp_compiler_available`). Returns
     ``{option: {"value": ..., "reason": "..."}}`` with option names of
-    :class:`~biomedseg.training.config.TrainConfig`.
+    :class:`~biomedseg.runs.config.TrainConfig`.
     """
     plan: dict[str, dict] = {}
     h, w = fp["median_shape"]
@@ -244,7 +249,6 @@ def _plan_val_every(fp: dict, patch: int, batch: int, step_s, scale: float) -> d
     from biomedseg.engine.defaults import DEFAULT_OVERLAP
     from biomedseg.engine.scaled import native_tile
     from biomedseg.engine.sliding_window import count_tile_forwards
-    from biomedseg.training.data_setup import steps_per_pass
 
     n_val = int(fp.get("n_val_images", 0))
     if not step_s or not n_val:
@@ -267,7 +271,6 @@ def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s,
     if budget_s is not None and step_s:
         return {"value": int(0.85 * budget_s / step_s), "reason": f"85% of the {budget_s:.0f}s budget over "
                 f"{step_s:.2f}s per measured step; validation and checkpoints take the rest"}
-    from biomedseg.training.data_setup import steps_per_pass
 
     h, w = fp["median_shape"]
     ipe = steps_per_pass(fp["n_images"] * h * w * scale**2, patch, batch)
@@ -276,7 +279,7 @@ def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s,
                 "pass over the training pixels"}
     if budget_s is not None:
         return {"value": None, "reason": "as many as the budget allows (step time not measured)"}
-    from biomedseg.training.config import DEFAULT_EPOCHS
+    from biomedseg.runs.config import DEFAULT_EPOCHS
 
     return {"value": DEFAULT_EPOCHS * ipe, "reason": f"no budget or epochs: {DEFAULT_EPOCHS} epochs x {ipe} steps"}
 
@@ -312,7 +315,7 @@ def _plan_width(model: str, key: str, full: int, patch: int, batch: int, depth: 
 
 
 def _default_lr(optimizer: str) -> float:
-    from biomedseg.training.optim import DEFAULT_LR
+    from biomedseg.runs.config import DEFAULT_LR
 
     return DEFAULT_LR[optimizer]
 
@@ -320,11 +323,11 @@ def _default_lr(optimizer: str) -> float:
 def plan_for_optimizer(plan: dict, explicit: dict) -> dict:
     """``plan`` whose learning rate belongs to the optimiser the run uses: the planned rate is the
     planned optimiser's, so a user who picks another optimiser without a learning rate gets that
-    optimiser's own default (:data:`~biomedseg.training.optim.DEFAULT_LR`), and the reason says so."""
+    optimiser's own default (:data:`~biomedseg.runs.config.DEFAULT_LR`), and the reason says so."""
     chosen, planned = explicit.get("optimizer"), (plan.get("optimizer") or {}).get("value")
     if chosen is None or chosen == planned or "lr" in explicit or "lr" not in plan:
         return plan
-    from biomedseg.training.optim import DEFAULT_LR
+    from biomedseg.runs.config import DEFAULT_LR
 
     if chosen not in DEFAULT_LR:  # an unknown name: the config check names it
         return plan
@@ -349,6 +352,6 @@ def apply_plan(values: dict, plan: dict, explicit: dict) -> dict:
 
 
 def _CONFIG_FIELDS() -> set[str]:
-    from biomedseg.training.config import TrainConfig
+    from biomedseg.runs.config import TrainConfig
 
     return set(TrainConfig.model_fields)

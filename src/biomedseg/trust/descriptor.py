@@ -181,7 +181,7 @@ def describe_training_data(loaded_run, images: Iterable[np.ndarray], pixel_sizes
     ``predictor``, by default ``loaded_run.predictor()``) for the features. ``held_out``: the
     intensity and feature distances of the training images measured without themselves (for
     :func:`~.ood.calibrate_thresholds`)."""
-    from biomedseg.inference.trust.features import predict_with_features
+    from biomedseg.trust.features import predict_with_features
 
     pairs = _every(list(zip(images, pixel_sizes)), max_images)
     if not pairs:
