@@ -68,7 +68,7 @@ def make_base(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _crop(arr: np.ndarray, dy: int = 0, dx: int = 0) -> np.ndarray:
-    return np.ascontiguousarray(arr[PAD + dy:PAD + dy + H, PAD + dx:PAD + dx + W])
+    return np.ascontiguousarray(arr[PAD + dy : PAD + dy + H, PAD + dx : PAD + dx + W])
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
@@ -175,15 +175,25 @@ def main(argv=None) -> int:
         altered = {c for _, c in truth["conflicts"]}
         flagged = set(audit["duplicates"]["conflict_ids"])
         conflict_recall = len(altered & flagged) / max(len(altered), 1)
-        false_conflicts = sum(1 for g in audit["duplicates"]["groups"]
-                              if g["conflict"] and not altered & set(g["members"]))
+        false_conflicts = sum(
+            1 for g in audit["duplicates"]["groups"] if g["conflict"] and not altered & set(g["members"])
+        )
         result = {
-            "benchmark": "audit_scale", "n_images": args.n, "size": f"{W}x{H}", "cores": os.cpu_count(),
-            "wall_s": round(wall, 1), "images_per_s": round(args.n / wall, 1), "generate_s": round(gen_s, 1),
-            "true_groups": len(truth["groups"]), "found_groups": len(found),
-            "pair_recall": round(recall, 4), "pair_precision": round(precision, 4),
-            "planted_conflicts": len(altered), "conflict_recall": round(conflict_recall, 4),
-            "false_conflict_groups": false_conflicts, "timing": audit["timing"],
+            "benchmark": "audit_scale",
+            "n_images": args.n,
+            "size": f"{W}x{H}",
+            "cores": os.cpu_count(),
+            "wall_s": round(wall, 1),
+            "images_per_s": round(args.n / wall, 1),
+            "generate_s": round(gen_s, 1),
+            "true_groups": len(truth["groups"]),
+            "found_groups": len(found),
+            "pair_recall": round(recall, 4),
+            "pair_precision": round(precision, 4),
+            "planted_conflicts": len(altered),
+            "conflict_recall": round(conflict_recall, 4),
+            "false_conflict_groups": false_conflicts,
+            "timing": audit["timing"],
             "target_met": bool(wall < 180 * args.n / 6000 and recall >= 0.95 and precision >= 0.95),
         }
         print(json.dumps(result))

@@ -18,8 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-DATASETS = ("hc18_fetal_head", "isbi2012_em", "drive_retina", "dsb2018_nuclei", "monuseg_histology",
-            "darkfield_bacteria")
+DATASETS = (
+    "hc18_fetal_head",
+    "isbi2012_em",
+    "drive_retina",
+    "dsb2018_nuclei",
+    "monuseg_histology",
+    "darkfield_bacteria",
+)
 
 
 def training_images(folder: Path) -> list[np.ndarray]:
@@ -38,9 +44,9 @@ def channels_of(images) -> int:
 
 
 def report(name: str, images) -> None:
-    from biomedseg.audit.intensity_variation import intensity_variation
-    from biomedseg.audit.orientation import TRANSFORMS, orientation_evidence
     from biomedseg.planning.augment import plan_augment
+    from biomedseg.planning.intensity_variation import intensity_variation
+    from biomedseg.planning.orientation import TRANSFORMS, orientation_evidence
 
     channels = channels_of(images)
     t0 = time.perf_counter()
@@ -49,8 +55,10 @@ def report(name: str, images) -> None:
     iv = intensity_variation(images, channels)
     t2 = time.perf_counter()
     flips = [e for e in plan_augment({"orientation": ev})["value"] if e["name"] in ("flip", "flip_rot90")] or "none"
-    print(f"{name}: {len(images)} images ({ev['n_images']} measured), {channels} channel(s), "
-          f"anisotropy {ev['anisotropy']:.2f}, {t1 - t0:.2f} s + {t2 - t1:.2f} s")
+    print(
+        f"{name}: {len(images)} images ({ev['n_images']} measured), {channels} channel(s), "
+        f"anisotropy {ev['anisotropy']:.2f}, {t1 - t0:.2f} s + {t2 - t1:.2f} s"
+    )
     for t in TRANSFORMS:
         s = ev[t]["statistics"]
         cols = "  ".join(f"{k} {v['score']:.3f}/{v['floor']:.3f}={v['ratio']:.1f}x" for k, v in s.items())
@@ -59,8 +67,10 @@ def report(name: str, images) -> None:
     print(f"  spreads {spreads}\n  ranges {iv['ranges']}\n  flips {flips}")
     kept = ",".join(t for t in TRANSFORMS if ev[t]["invariant"]) or "none"
     ratios = " ".join(f"{t}={ev[t]['ratio']:.1f}" for t in TRANSFORMS)
-    print(f"RESULT augment_evidence dataset={name} {ratios} invariant={kept} brightness={iv['ranges']['brightness']} "
-          f"contrast={iv['ranges']['contrast'][0]}-{iv['ranges']['contrast'][1]}")
+    print(
+        f"RESULT augment_evidence dataset={name} {ratios} invariant={kept} brightness={iv['ranges']['brightness']} "
+        f"contrast={iv['ranges']['contrast'][0]}-{iv['ranges']['contrast'][1]}"
+    )
 
 
 def main() -> None:

@@ -59,13 +59,32 @@ def monai_side() -> dict:
     modes = ("bilinear", "nearest")
     pipelines = {
         "flips": M.Compose([M.RandRotate90d(keys, prob=1.0, max_k=3), M.RandFlipd(keys, prob=0.5, spatial_axis=1)]),
-        "affine": M.Compose([M.RandAffined(keys, prob=1.0, rotate_range=math.radians(15), scale_range=(0.15, 0.15),
-                                           mode=modes, padding_mode="reflection")]),
-        "elastic": M.Compose([M.Rand2DElasticd(keys, spacing=(20, 20), magnitude_range=(1, 2), prob=1.0, mode=modes,
-                                               padding_mode="reflection")]),
-        "intensity": M.Compose([M.RandAdjustContrastd("image", prob=1.0, gamma=(0.75, 1.35)),
-                                M.RandScaleIntensityFixedMeand("image", prob=1.0, factors=0.2),
-                                M.RandGaussianNoised("image", prob=1.0, std=0.1)]),
+        "affine": M.Compose(
+            [
+                M.RandAffined(
+                    keys,
+                    prob=1.0,
+                    rotate_range=math.radians(15),
+                    scale_range=(0.15, 0.15),
+                    mode=modes,
+                    padding_mode="reflection",
+                )
+            ]
+        ),
+        "elastic": M.Compose(
+            [
+                M.Rand2DElasticd(
+                    keys, spacing=(20, 20), magnitude_range=(1, 2), prob=1.0, mode=modes, padding_mode="reflection"
+                )
+            ]
+        ),
+        "intensity": M.Compose(
+            [
+                M.RandAdjustContrastd("image", prob=1.0, gamma=(0.75, 1.35)),
+                M.RandScaleIntensityFixedMeand("image", prob=1.0, factors=0.2),
+                M.RandGaussianNoised("image", prob=1.0, std=0.1),
+            ]
+        ),
     }
     for p in pipelines.values():
         p.set_random_state(0)
@@ -82,8 +101,10 @@ def run_ours(t, image, mask, rng):
 
 def run_monai(t, image, mask, rng):
     out = t({"image": image, "label": mask[None]})
-    return (np.ascontiguousarray(_to_numpy(out["image"]), dtype=np.float32),
-            np.ascontiguousarray(_to_numpy(out["label"])[0]).astype(np.int64))
+    return (
+        np.ascontiguousarray(_to_numpy(out["image"]), dtype=np.float32),
+        np.ascontiguousarray(_to_numpy(out["label"])[0]).astype(np.int64),
+    )
 
 
 def time_pair(a, b, image, mask, reps: int, calls: int) -> tuple[float, float]:

@@ -42,13 +42,25 @@ def write_runs(root: Path, precision: str) -> dict[bool, Path]:
 
     torch.manual_seed(0)
     state = create_model("unet", 1, 2).state_dict()
-    info = DatasetInfo(classes=["background", "fg"], background=0, palette={"values": [[0], [1]]}, strict_index=False,
-                       channels=1, n_classes=2, normalization={"mean": [128.0], "std": [64.0]},
-                       split={"train": [], "val": []}, source="")
+    info = DatasetInfo(
+        classes=["background", "fg"],
+        background=0,
+        palette={"values": [[0], [1]]},
+        strict_index=False,
+        channels=1,
+        n_classes=2,
+        normalization={"mean": [128.0], "std": [64.0]},
+        split={"train": [], "val": []},
+        source="",
+    )
     runs = {}
     for cl in (False, True):
-        runs[cl] = write_run(root / f"run_cl{int(cl)}", {"model": "unet", "precision": precision, "channels_last": cl},
-                             info, {"model": state}).root
+        runs[cl] = write_run(
+            root / f"run_cl{int(cl)}",
+            {"model": "unet", "precision": precision, "channels_last": cl},
+            info,
+            {"model": state},
+        ).root
     return runs
 
 
@@ -76,17 +88,27 @@ def main() -> None:
             for cl in (False, True):
                 torch.set_num_threads(threads)
                 t = time.perf_counter()
-                s = predict(loaded[cl], [image], root / f"out{int(cl)}", overlays=False, overwrite=True, quiet=True,
-                            compile="off")
+                s = predict(
+                    loaded[cl],
+                    [image],
+                    root / f"out{int(cl)}",
+                    overlays=False,
+                    overwrite=True,
+                    quiet=True,
+                    compile="off",
+                )
                 dt = time.perf_counter() - t
                 assert not s.failed, s.failed
                 if r:
                     times[cl].append(dt)
                 print(f"threads={threads} round={r} channels_last={cl}: {dt:.2f} s", flush=True)
         off, on = statistics.median(times[False]), statistics.median(times[True])
-        print(f"RESULT channels_last_cpu size={args.size} threads={threads} precision={loaded[True].precision} "
-              f"contiguous={off:.2f}s channels_last={on:.2f}s speedup={off / on:.2f} "
-              f"cpu_flags={cpu_flags()} {env or 'native'} torch={torch.__version__}", flush=True)
+        print(
+            f"RESULT channels_last_cpu size={args.size} threads={threads} precision={loaded[True].precision} "
+            f"contiguous={off:.2f}s channels_last={on:.2f}s speedup={off / on:.2f} "
+            f"cpu_flags={cpu_flags()} {env or 'native'} torch={torch.__version__}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

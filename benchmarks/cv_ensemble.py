@@ -14,7 +14,8 @@ bootstrap of the per-image Dice difference (B - A) with its 95% interval. Prints
 and one ``RESULT`` line per dataset. With ``--workdir`` finished runs are reused (the CV resumes),
 so an interrupted benchmark continues where it stopped. ``--sides single`` / ``--sides cv`` train one side only
 (no comparison): two such processes with ``--set num_threads=1`` on one ``--workdir`` train both sides at
-once on a 2-core machine, one core each; a last call with the default ``--sides both`` then only compares. "trained s" is the training time the
+once on a 2-core machine, one core each; a last call with the default ``--sides both`` then only compares.
+"trained s" is the training time the
 trainer counted (a CV: summed over its folds; a run trains at least one epoch, so tiny budgets
 overshoot); "wall s" the whole command (the CV's audit, plan and out-of-fold predictions included;
 evaluations excluded).
@@ -54,8 +55,8 @@ def test_dice(eval_dir: Path) -> float:
 
 def trained_seconds(folder: Path) -> float:
     """Training seconds counted by the trainer (``metrics.csv``; a CV: summed over its folds)."""
-    from biomedseg.workflows.comparison import training_summary
     from biomedseg.runs import open_run
+    from biomedseg.workflows.comparison import training_summary
 
     seconds = training_summary(open_run(folder))[0]["seconds"]
     return float("nan") if seconds is None else float(seconds)
@@ -69,7 +70,9 @@ def run_dataset(name: str, budget: str, folds: int, workdir: Path, extra: dict, 
     single, cv = workdir / name / "single", workdir / name / "cv"
     single_s = single_run(data, single, budget, extra) if sides != "cv" else float("nan")
     t0 = time.perf_counter()
-    summary = cross_validate(data, cv, folds=folds, time_budget=budget, quiet=True, **extra) if sides != "single" else None
+    summary = (
+        cross_validate(data, cv, folds=folds, time_budget=budget, quiet=True, **extra) if sides != "single" else None
+    )
     cv_s = time.perf_counter() - t0
     if sides != "both":
         print(f"{name}: {sides} side trained ({single_s if sides == 'single' else cv_s:.0f} s)", flush=True)
@@ -77,12 +80,25 @@ def run_dataset(name: str, budget: str, folds: int, workdir: Path, extra: dict, 
     result = compare([single, cv], workdir / name / "compare", split="test", quiet=True)
     c = result["comparisons"][0]
     evals = {r["name"]: Path(r["evaluation"]) for r in result["runs"]}
-    return {"dataset": name, "budget": budget, "folds": folds, "n_test": result["n_images"],
-            "single_dice": test_dice(evals["single"]), "cv_dice": test_dice(evals["cv"]),
-            "difference": c["mean_difference"], "low": c["low"], "high": c["high"], "p": c["p_value"],
-            "oof_dice": summary["out_of_fold"]["dice"], "fold_dice_sd": summary["sd"]["dice"],
-            "single_s": single_s, "cv_s": cv_s, "single_trained_s": trained_seconds(single),
-            "cv_trained_s": trained_seconds(cv), "sentence": c["sentence"]}
+    return {
+        "dataset": name,
+        "budget": budget,
+        "folds": folds,
+        "n_test": result["n_images"],
+        "single_dice": test_dice(evals["single"]),
+        "cv_dice": test_dice(evals["cv"]),
+        "difference": c["mean_difference"],
+        "low": c["low"],
+        "high": c["high"],
+        "p": c["p_value"],
+        "oof_dice": summary["out_of_fold"]["dice"],
+        "fold_dice_sd": summary["sd"]["dice"],
+        "single_s": single_s,
+        "cv_s": cv_s,
+        "single_trained_s": trained_seconds(single),
+        "cv_trained_s": trained_seconds(cv),
+        "sentence": c["sentence"],
+    }
 
 
 def main(argv=None) -> int:
@@ -91,16 +107,22 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", default="30m", help="total training time of each side, e.g. 30m")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--workdir", default=None, help="keep runs here and reuse them (default: a temporary folder)")
-    ap.add_argument("--sides", choices=["both", "single", "cv"], default="both",
-                    help="train one side only (see above); both: train what is missing, then compare")
+    ap.add_argument(
+        "--sides",
+        choices=["both", "single", "cv"],
+        default="both",
+        help="train one side only (see above); both: train what is missing, then compare",
+    )
     ap.add_argument("--set", action="append", default=[], help="extra training option key=value (both sides)")
     args = ap.parse_args(argv)
     from biomedseg.runs.config import parse_overrides
 
     extra = parse_overrides(args.set)
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="biomedseg_cv_ensemble_"))
-    print("| dataset | budget | test images | single run Dice | CV ensemble Dice | CV - single (image Dice, 95% CI) "
-          "| out-of-fold Dice | sd over folds | trained s (single / CV) | wall s (single / CV) |")
+    print(
+        "| dataset | budget | test images | single run Dice | CV ensemble Dice | CV - single (image Dice, 95% CI) "
+        "| out-of-fold Dice | sd over folds | trained s (single / CV) | wall s (single / CV) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for name in args.datasets.split(","):
         if not (SHARED / name / "images").is_dir():
@@ -109,16 +131,22 @@ def main(argv=None) -> int:
         r = run_dataset(name, args.budget, args.folds, workdir, extra, args.sides)
         if r is None:
             continue
-        print(f"| {name} | {r['budget']} | {r['n_test']} | {r['single_dice']:.4f} | {r['cv_dice']:.4f} | "
-              f"{r['difference']:+.4f} ({r['low']:+.4f} to {r['high']:+.4f}) | {r['oof_dice']:.4f} | "
-              f"{r['fold_dice_sd']:.4f} | {r['single_trained_s']:.0f} / {r['cv_trained_s']:.0f} | "
-              f"{r['single_s']:.0f} / {r['cv_s']:.0f} |", flush=True)
+        print(
+            f"| {name} | {r['budget']} | {r['n_test']} | {r['single_dice']:.4f} | {r['cv_dice']:.4f} | "
+            f"{r['difference']:+.4f} ({r['low']:+.4f} to {r['high']:+.4f}) | {r['oof_dice']:.4f} | "
+            f"{r['fold_dice_sd']:.4f} | {r['single_trained_s']:.0f} / {r['cv_trained_s']:.0f} | "
+            f"{r['single_s']:.0f} / {r['cv_s']:.0f} |",
+            flush=True,
+        )
         print(f"  {r['sentence']}")
-        print(f"RESULT cv_ensemble dataset={name} budget={r['budget']} folds={r['folds']} test_images={r['n_test']} "
-              f"single_dice={r['single_dice']:.4f} cv_ensemble_dice={r['cv_dice']:.4f} "
-              f"image_dice_difference={r['difference']:+.4f} ci95=[{r['low']:+.4f},{r['high']:+.4f}] "
-              f"p={r['p']:.3f} oof_dice={r['oof_dice']:.4f} trained_s={r['single_trained_s']:.0f}/"
-              f"{r['cv_trained_s']:.0f}", flush=True)
+        print(
+            f"RESULT cv_ensemble dataset={name} budget={r['budget']} folds={r['folds']} test_images={r['n_test']} "
+            f"single_dice={r['single_dice']:.4f} cv_ensemble_dice={r['cv_dice']:.4f} "
+            f"image_dice_difference={r['difference']:+.4f} ci95=[{r['low']:+.4f},{r['high']:+.4f}] "
+            f"p={r['p']:.3f} oof_dice={r['oof_dice']:.4f} trained_s={r['single_trained_s']:.0f}/"
+            f"{r['cv_trained_s']:.0f}",
+            flush=True,
+        )
     print(f"workdir: {workdir}")
     return 0
 

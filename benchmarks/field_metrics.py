@@ -58,8 +58,14 @@ def auto_choice(run: Path, data: Path, split: str = "test"):
 
     loaded = load_run(run, device="cpu")
     source, ids, by_id = select_split(loaded, data, None, None, split)
-    return choose_for_split(None, source, [by_id[i] for i in ids], Palette.from_json(loaded.info.palette),
-                            loaded.info.strict_index, loaded.background)
+    return choose_for_split(
+        None,
+        source,
+        [by_id[i] for i in ids],
+        Palette.from_json(loaded.info.palette),
+        loaded.info.strict_index,
+        loaded.background,
+    )
 
 
 def evaluate_dataset(name: str, workdir: Path) -> dict:
@@ -72,10 +78,27 @@ def evaluate_dataset(name: str, workdir: Path) -> dict:
     groups = ",".join(g for g in (*choice.groups, *extra.split(",")) if g)
     fov = data / "fov" if (data / "fov").is_dir() else None
     t0 = time.perf_counter()
-    m = evaluate(run, data, workdir / name / "eval", split="test", metrics=groups, overlays=False, quiet=True,
-                 valid_dir=fov, device="cpu")
-    return {"name": name, "n": m["n_images"], "choice": choice, "groups": m["field"]["groups"], "keys": keys,
-            "m": m, "seconds": time.perf_counter() - t0, "median": _medians(workdir / name / "eval", keys)}
+    m = evaluate(
+        run,
+        data,
+        workdir / name / "eval",
+        split="test",
+        metrics=groups,
+        overlays=False,
+        quiet=True,
+        valid_dir=fov,
+        device="cpu",
+    )
+    return {
+        "name": name,
+        "n": m["n_images"],
+        "choice": choice,
+        "groups": m["field"]["groups"],
+        "keys": keys,
+        "m": m,
+        "seconds": time.perf_counter() - t0,
+        "median": _medians(workdir / name / "eval", keys),
+    }
 
 
 def _medians(eval_dir: Path, keys) -> dict:
@@ -102,8 +125,16 @@ def timing(workdir: Path, name: str = "isbi2012_em") -> dict:
     out = {}
     for label, metrics in (("pixel", "pixel"), ("all", "all")):
         t0 = time.perf_counter()
-        m = evaluate(run, data, workdir / name / f"timing_{label}", split="all", metrics=metrics, overlays=False,
-                     quiet=True, device="cpu")
+        m = evaluate(
+            run,
+            data,
+            workdir / name / f"timing_{label}",
+            split="all",
+            metrics=metrics,
+            overlays=False,
+            quiet=True,
+            device="cpu",
+        )
         out[label] = time.perf_counter() - t0
         out["n"] = m["n_images"]
     return out
@@ -111,10 +142,15 @@ def timing(workdir: Path, name: str = "isbi2012_em") -> dict:
 
 def _row(r: dict) -> str:
     m = r["m"]
-    scores = ", ".join(f"{k} {m[k]:.3f} (median {r['median'][k]:.3f})" for k in r["keys"]
-                       if isinstance(m.get(k), float) and k in r["median"])
-    return (f"| {r['name']} | {r['n']} | {m['dice']:.3f} | {scores} | {', '.join(r['choice'].groups[1:])}: "
-            f"{r['choice'].reason} |")
+    scores = ", ".join(
+        f"{k} {m[k]:.3f} (median {r['median'][k]:.3f})"
+        for k in r["keys"]
+        if isinstance(m.get(k), float) and k in r["median"]
+    )
+    return (
+        f"| {r['name']} | {r['n']} | {m['dice']:.3f} | {scores} | {', '.join(r['choice'].groups[1:])}: "
+        f"{r['choice'].reason} |"
+    )
 
 
 def main(argv=None) -> int:
@@ -143,15 +179,24 @@ def main(argv=None) -> int:
         for name in names:
             r = evaluate_dataset(name, workdir)
             print(_row(r), flush=True)
-            scores = " ".join(f"{k}={r['m'][k]:.4f} {k}_median={r['median'][k]:.4f}" for k in r["keys"]
-                              if isinstance(r["m"].get(k), float) and k in r["median"])
-            print(f"RESULT field_metrics dataset={name} budget={args.budget} test_images={r['n']} "
-                  f"dice={r['m']['dice']:.4f} {scores} groups={'+'.join(r['groups'])} "
-                  f"eval_s={r['seconds']:.0f}", flush=True)
+            scores = " ".join(
+                f"{k}={r['m'][k]:.4f} {k}_median={r['median'][k]:.4f}"
+                for k in r["keys"]
+                if isinstance(r["m"].get(k), float) and k in r["median"]
+            )
+            print(
+                f"RESULT field_metrics dataset={name} budget={args.budget} test_images={r['n']} "
+                f"dice={r['m']['dice']:.4f} {scores} groups={'+'.join(r['groups'])} "
+                f"eval_s={r['seconds']:.0f}",
+                flush=True,
+            )
     if args.timing:
         t = timing(workdir)
-        print(f"RESULT field_metrics_timing images={t['n']} evaluate_pixel_s={t['pixel']:.1f} "
-              f"evaluate_all_s={t['all']:.1f} ratio={t['all'] / t['pixel']:.2f} (issue 25: <= 3)", flush=True)
+        print(
+            f"RESULT field_metrics_timing images={t['n']} evaluate_pixel_s={t['pixel']:.1f} "
+            f"evaluate_all_s={t['all']:.1f} ratio={t['all'] / t['pixel']:.2f} (issue 25: <= 3)",
+            flush=True,
+        )
     print(f"workdir: {workdir}")
     return 0
 

@@ -11,7 +11,8 @@ For each dataset:
 
 Both evaluated on the test split; the target is (a) within 0.005 Dice of (b) in a third of (b)'s
 time. ``--lr-factors 1,0.2,0.05`` also fine-tunes at those multiples of the source's learning rate (the
-default fine-tune uses ``warm_start.FINETUNE_LR_FACTOR``), to measure that choice. ``--cross SRC:DST`` also starts DST from a full-budget run on SRC and compares it with DST from
+default fine-tune uses ``warm_start.FINETUNE_LR_FACTOR``), to measure that choice. ``--cross SRC:DST`` also
+starts DST from a full-budget run on SRC and compares it with DST from
 scratch at the same short budget (a third of ``--budget``). Images and masks are symlinked (nothing of
 the shared data is copied). Prints markdown rows and ``RESULT`` lines; ``--workdir`` reuses finished runs.
 """
@@ -84,8 +85,10 @@ def main(argv=None) -> int:
 
     extra, b = parse_overrides(args.set), seconds(args.budget)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="biomedseg_finetune_"))
-    print("| dataset | budget | half-data source | fine-tune (+1/3 budget) | from scratch | fine-tune - scratch | "
-          "trained s (fine-tune / scratch) |")
+    print(
+        "| dataset | budget | half-data source | fine-tune (+1/3 budget) | from scratch | fine-tune - scratch | "
+        "trained s (fine-tune / scratch) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name in [n for n in args.datasets.split(",") if n]:
         data = SHARED / name
@@ -96,23 +99,36 @@ def main(argv=None) -> int:
         ft = trained(data, work / name / "finetune", b / 3, extra, init=src)
         scratch = trained(data, work / name / "scratch", b, extra)
         (d_src, _), (d_ft, s_ft), (d_sc, s_sc) = scored(src, data), scored(ft, data), scored(scratch, data)
-        print(f"| {name} | {args.budget} | {d_src:.4f} | {d_ft:.4f} | {d_sc:.4f} | {d_ft - d_sc:+.4f} | "
-              f"{s_ft:.0f} / {s_sc:.0f} |", flush=True)
-        print(f"RESULT finetune dataset={name} budget={args.budget} source_half_dice={d_src:.4f} finetune_dice={d_ft:.4f} "
-              f"scratch_dice={d_sc:.4f} difference={d_ft - d_sc:+.4f} time_ratio={s_ft / s_sc:.2f}", flush=True)
+        print(
+            f"| {name} | {args.budget} | {d_src:.4f} | {d_ft:.4f} | {d_sc:.4f} | {d_ft - d_sc:+.4f} | "
+            f"{s_ft:.0f} / {s_sc:.0f} |",
+            flush=True,
+        )
+        print(
+            f"RESULT finetune dataset={name} budget={args.budget} source_half_dice={d_src:.4f} "
+            f"finetune_dice={d_ft:.4f} "
+            f"scratch_dice={d_sc:.4f} difference={d_ft - d_sc:+.4f} time_ratio={s_ft / s_sc:.2f}",
+            flush=True,
+        )
         lr = float(yaml.safe_load((src / "config.yaml").read_text())["lr"])
         for f in [float(x) for x in args.lr_factors.split(",") if x]:
             run = trained(data, work / name / f"finetune_lr{f:g}", b / 3, {**extra, "lr": lr * f}, init=src)
-            print(f"RESULT finetune_lr dataset={name} budget={args.budget} lr_factor={f:g} "
-                  f"finetune_dice={scored(run, data)[0]:.4f} scratch_dice={d_sc:.4f}", flush=True)
+            print(
+                f"RESULT finetune_lr dataset={name} budget={args.budget} lr_factor={f:g} "
+                f"finetune_dice={scored(run, data)[0]:.4f} scratch_dice={d_sc:.4f}",
+                flush=True,
+            )
     for pair in [p for p in args.cross.split(",") if p]:
         a, d = pair.split(":")
         src = trained(SHARED / a, work / f"cross_{a}" / "source", b, extra)
         ft = trained(SHARED / d, work / f"cross_{a}_{d}" / "finetune", b / 3, extra, init=src)
         scratch = trained(SHARED / d, work / f"cross_{a}_{d}" / "scratch", b / 3, extra)
         (d_ft, _), (d_sc, _) = scored(ft, SHARED / d), scored(scratch, SHARED / d)
-        print(f"RESULT finetune_cross source={a} target={d} budget={b / 3:.0f}s init_dice={d_ft:.4f} "
-              f"scratch_dice={d_sc:.4f} difference={d_ft - d_sc:+.4f}", flush=True)
+        print(
+            f"RESULT finetune_cross source={a} target={d} budget={b / 3:.0f}s init_dice={d_ft:.4f} "
+            f"scratch_dice={d_sc:.4f} difference={d_ft - d_sc:+.4f}",
+            flush=True,
+        )
     print(f"workdir: {work}")
     return 0
 

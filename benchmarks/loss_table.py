@@ -40,8 +40,9 @@ def print_table(dataset: str, results: list[dict], rare: str | None) -> None:
     print(head + " |")
     print("|---|---|---:|" + "---:|" * (len(classes) + (2 if rare else 0)))
     for r in results:
-        row = (f"| {r['loss']} | {r['class_weights']} | {r['epochs']} | "
-               + " | ".join(_fmt(r["per_class"][c]["dice"], ".4f") for c in classes))
+        row = f"| {r['loss']} | {r['class_weights']} | {r['epochs']} | " + " | ".join(
+            _fmt(r["per_class"][c]["dice"], ".4f") for c in classes
+        )
         if rare:
             pc = r["per_class"][rare]
             row += f" | {_fmt(pc['precision'], '.4f')} | {_fmt(pc['recall'], '.4f')}"
@@ -77,8 +78,11 @@ def main(argv=None) -> int:
                 results.append(json.loads(result_file.read_text()))
             continue
         print(f"{args.dataset}: training {args.model} with {label} for {args.budget} ...", file=sys.stderr, flush=True)
-        results.append(train_and_evaluate(args.dataset, label, workdir, args.budget, args.force,
-                                          **{"model": args.model, **extra, **ROWS[label]}))
+        results.append(
+            train_and_evaluate(
+                args.dataset, label, workdir, args.budget, args.force, **{"model": args.model, **extra, **ROWS[label]}
+            )
+        )
     if results:
         meta = json.loads((SHARED / args.dataset / "dataset.json").read_text())
         share = meta.get("class_pixel_fraction", {})

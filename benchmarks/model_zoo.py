@@ -10,7 +10,8 @@ For each dataset and model: ``train(DATA, RUN, time_budget=B, model=NAME)`` with
 it), so models can be run one at a time and the table printed at the end. Columns: parameters
 and GFLOPs per 256x256 image of the configuration actually trained (the planner narrows an
 architecture's width option, ``base_channels`` or ``width``, when its published width gets fewer
-than ~400 steps in the budget; the "width" column shows the trained value and the published one), training images/s (median over epochs of
+than ~400 steps in the budget; the "width" column shows the trained value and the published one), training
+images/s (median over epochs of
 ``RUN/metrics.csv``), epochs, and test Dice per class. ISBI also gets an Otsu baseline row
 (dark = membrane).
 """
@@ -48,14 +49,13 @@ def read_metrics_csv(run: Path) -> dict:
     return {"images_per_s": statistics.median(speeds) if speeds else float("nan"), "epochs": len(rows)}
 
 
-def train_and_evaluate(dataset: str, label: str, workdir: Path, budget: str, force: bool = False,
-                       **overrides) -> dict:
+def train_and_evaluate(dataset: str, label: str, workdir: Path, budget: str, force: bool = False, **overrides) -> dict:
     """Train + evaluate one configuration (cached in ``WORKDIR/dataset/label/result.json``)."""
     import yaml
 
-    from biomedseg.workflows.evaluation import evaluate
     from biomedseg.models.summary import model_summary
     from biomedseg.training.api import train
+    from biomedseg.workflows.evaluation import evaluate
 
     run = workdir / dataset / label
     result_file = run / "result.json"
@@ -70,16 +70,30 @@ def train_and_evaluate(dataset: str, label: str, workdir: Path, budget: str, for
     m = evaluate(run / "run", data, run / "eval", split="test", overlays=False, quiet=True)
     cfg = yaml.safe_load((run / "run" / "config.yaml").read_text())
     info = json.loads((run / "run" / "dataset.json").read_text())
-    summary = model_summary(cfg["model"], in_channels=info["channels"], n_classes=info["n_classes"], size=256,
-                            **(cfg.get("model_kwargs") or {}))
+    summary = model_summary(
+        cfg["model"],
+        in_channels=info["channels"],
+        n_classes=info["n_classes"],
+        size=256,
+        **(cfg.get("model_kwargs") or {}),
+    )
     result = {
-        "dataset": dataset, "label": label, "model": cfg["model"], "model_kwargs": cfg.get("model_kwargs") or {},
-        "loss": cfg["loss"], "class_weights": cfg["class_weights"], "budget": budget,
-        "train_s": round(train_s, 1), "params": summary["params"], "gflops": round(summary["gflops"], 2),
+        "dataset": dataset,
+        "label": label,
+        "model": cfg["model"],
+        "model_kwargs": cfg.get("model_kwargs") or {},
+        "loss": cfg["loss"],
+        "class_weights": cfg["class_weights"],
+        "budget": budget,
+        "train_s": round(train_s, 1),
+        "params": summary["params"],
+        "gflops": round(summary["gflops"], 2),
         **read_metrics_csv(run / "run"),
         "dice": round(m["dice"], 4),
-        "per_class": {k: {"dice": round(v["dice"], 4), "precision": round(v["precision"], 4),
-                          "recall": round(v["recall"], 4)} for k, v in m["per_class"].items()},
+        "per_class": {
+            k: {"dice": round(v["dice"], 4), "precision": round(v["precision"], 4), "recall": round(v["recall"], 4)}
+            for k, v in m["per_class"].items()
+        },
     }
     result_file.write_text(json.dumps(result, indent=1))
     return result
@@ -105,8 +119,11 @@ def otsu_baseline(dataset: str = "isbi2012_em") -> dict:
         pred = (img > threshold_otsu(img)).astype("uint8")  # 0 = membrane (dark), 1 = cell interior
         cm = cm + confusion_matrix(pred, target, len(classes))
     scores = scores_from_confusion(cm, classes, background=None)
-    return {"label": "otsu (dark = membrane)", "dice": round(scores["dice"], 4),
-            "per_class": {k: {"dice": round(v["dice"], 4)} for k, v in scores["per_class"].items()}}
+    return {
+        "label": "otsu (dark = membrane)",
+        "dice": round(scores["dice"], 4),
+        "per_class": {k: {"dice": round(v["dice"], 4)} for k, v in scores["per_class"].items()},
+    }
 
 
 def _fmt(v, spec: str) -> str:
@@ -129,16 +146,25 @@ def _width(r: dict) -> str:
 def print_table(dataset: str, results: list[dict], baseline: dict | None = None, first_col: str = "model") -> None:
     classes = list((results[0] if results else baseline)["per_class"])
     print(f"\n### {dataset}\n")
-    print(f"| {first_col} | width (published) | params (M) | GFLOPs / 256x256 | train img/s | epochs | "
-          + " | ".join(f"Dice {c}" for c in classes) + " |")
+    print(
+        f"| {first_col} | width (published) | params (M) | GFLOPs / 256x256 | train img/s | epochs | "
+        + " | ".join(f"Dice {c}" for c in classes)
+        + " |"
+    )
     print("|---|---|---:|---:|---:|---:|" + "---:|" * len(classes))
     for r in results:
-        print(f"| {r['label']} | {_width(r)} | {r['params'] / 1e6:.2f} | {_fmt(r['gflops'], '.1f')} | "
-              f"{_fmt(r['images_per_s'], '.1f')} | {r['epochs']} | "
-              + " | ".join(_fmt(r["per_class"].get(c, {}).get("dice"), ".4f") for c in classes) + " |")
+        print(
+            f"| {r['label']} | {_width(r)} | {r['params'] / 1e6:.2f} | {_fmt(r['gflops'], '.1f')} | "
+            f"{_fmt(r['images_per_s'], '.1f')} | {r['epochs']} | "
+            + " | ".join(_fmt(r["per_class"].get(c, {}).get("dice"), ".4f") for c in classes)
+            + " |"
+        )
     if baseline:
-        print(f"| {baseline['label']} | - | - | - | - | - | "
-              + " | ".join(_fmt(baseline["per_class"].get(c, {}).get("dice"), ".4f") for c in classes) + " |")
+        print(
+            f"| {baseline['label']} | - | - | - | - | - | "
+            + " | ".join(_fmt(baseline["per_class"].get(c, {}).get("dice"), ".4f") for c in classes)
+            + " |"
+        )
 
 
 def main(argv=None) -> int:
@@ -171,8 +197,7 @@ def main(argv=None) -> int:
                     results.append(json.loads(result_file.read_text()))
                 continue
             print(f"{dataset}: training {name} for {args.budget} ...", file=sys.stderr, flush=True)
-            results.append(train_and_evaluate(dataset, name, workdir, args.budget, args.force,
-                                              model=name, **extra))
+            results.append(train_and_evaluate(dataset, name, workdir, args.budget, args.force, model=name, **extra))
         baseline = otsu_baseline(dataset) if dataset == "isbi2012_em" else None
         if results or baseline:
             print_table(dataset, results, baseline)

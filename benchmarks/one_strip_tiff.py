@@ -36,6 +36,7 @@ def _read_bands(path: Path, side: int, band: int) -> tuple[float, int, bool]:
         def counted(*args, **kwargs):
             decodes.append(1)
             return decode(*args, **kwargs)
+
         return counted
 
     tifffile.TiffPage.decode = property(counting)
@@ -44,8 +45,10 @@ def _read_bands(path: Path, side: int, band: int) -> tuple[float, int, bool]:
         decodes.clear()
         t = time.perf_counter()
         with open_source(path) as src:
-            ok = all(np.array_equal(src.read_rows(y, min(y + band, side))[..., 0], expected[y:y + band])
-                     for y in range(0, side, band))
+            ok = all(
+                np.array_equal(src.read_rows(y, min(y + band, side))[..., 0], expected[y : y + band])
+                for y in range(0, side, band)
+            )
         return time.perf_counter() - t, len(decodes), ok
     finally:
         tifffile.TiffPage.decode = original
@@ -60,7 +63,7 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "one.tif"
-        yy, xx = np.mgrid[0:args.side, 0:args.side]
+        yy, xx = np.mgrid[0 : args.side, 0 : args.side]
         img = ((np.sin(yy / 50) + np.cos(xx / 70)) * 60 + 128).astype(np.uint8)
         img += np.random.default_rng(0).integers(0, 8, img.shape, dtype=np.uint8)
         tifffile.imwrite(path, img, compression="zlib", rowsperstrip=args.side)
@@ -72,10 +75,20 @@ def main() -> None:
             per_band = _read_bands(path, args.side, args.band)
         finally:
             tiff_source.LARGE_CHUNK_PIXELS = rule
-        print(json.dumps({"side": args.side, "band": args.band, "file_mb": round(path.stat().st_size / 1e6, 1),
-                          "decoded_once_s": round(cached[0], 2), "decoded_once_decodes": cached[1],
-                          "per_band_s": round(per_band[0], 2), "per_band_decodes": per_band[1],
-                          "equal": cached[2] and per_band[2]}))
+        print(
+            json.dumps(
+                {
+                    "side": args.side,
+                    "band": args.band,
+                    "file_mb": round(path.stat().st_size / 1e6, 1),
+                    "decoded_once_s": round(cached[0], 2),
+                    "decoded_once_decodes": cached[1],
+                    "per_band_s": round(per_band[0], 2),
+                    "per_band_decodes": per_band[1],
+                    "equal": cached[2] and per_band[2],
+                }
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -28,16 +28,23 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|")
     for run, data in zip(args[::2], args[1::2]):
         cfg = tune_postprocess(run, data, split="val", quiet=True)
-        plain = evaluate(run, data, work / f"{Path(run).name}_plain", split="test", overlays=False,
-                         postprocess=False, quiet=True)
-        tuned = evaluate(run, data, work / f"{Path(run).name}_tuned", split="test", overlays=False,
-                         postprocess=True, quiet=True)
+        plain = evaluate(
+            run, data, work / f"{Path(run).name}_plain", split="test", overlays=False, postprocess=False, quiet=True
+        )
+        tuned = evaluate(
+            run, data, work / f"{Path(run).name}_tuned", split="test", overlays=False, postprocess=True, quiet=True
+        )
         t = cfg.tuning
         rows.append((Path(run).name, plain["dice"], tuned["dice"]))
-        print(f"| {Path(run).name} | {t['dice_argmax']:.4f} -> {t['dice_tuned']:.4f} | {plain['dice']:.4f} | "
-              f"{tuned['dice']:.4f} | {plain['image_dice']:.4f} -> {tuned['image_dice']:.4f} |", flush=True)
-    print("RESULT postprocess_effect " + "; ".join(f"{n}: test dice {a:.4f} -> {b:.4f} ({b - a:+.4f})"
-                                                   for n, a, b in rows))
+        print(
+            f"| {Path(run).name} | {t['dice_argmax']:.4f} -> {t['dice_tuned']:.4f} | {plain['dice']:.4f} | "
+            f"{tuned['dice']:.4f} | {plain['image_dice']:.4f} -> {tuned['image_dice']:.4f} |",
+            flush=True,
+        )
+    print(
+        "RESULT postprocess_effect "
+        + "; ".join(f"{n}: test dice {a:.4f} -> {b:.4f} ({b - a:+.4f})" for n, a, b in rows)
+    )
     return 0
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-GB = 1024 ** 3
+GB = 1024**3
 
 
 def _rss_bytes() -> int:
@@ -66,8 +66,10 @@ def write_tissue_tiff(path: Path, size: int, tile: int = 512, seed: int = 0, hei
         for y0 in range(0, height, tile):
             for x0 in range(0, size, tile):
                 # blobs touching this tile
-                near = np.flatnonzero((np.abs(centres[:, 0] - (y0 + tile / 2)) < radii + tile)
-                                      & (np.abs(centres[:, 1] - (x0 + tile / 2)) < radii + tile))
+                near = np.flatnonzero(
+                    (np.abs(centres[:, 0] - (y0 + tile / 2)) < radii + tile)
+                    & (np.abs(centres[:, 1] - (x0 + tile / 2)) < radii + tile)
+                )
                 img = np.full((tile, tile), 235.0, np.float32)  # bright, flat background
                 for i in near:
                     d2 = (yy + y0 - centres[i, 0]) ** 2 + (xx + x0 - centres[i, 1]) ** 2
@@ -77,8 +79,16 @@ def write_tissue_tiff(path: Path, size: int, tile: int = 512, seed: int = 0, hei
 
     tmp = path.with_name(path.name + ".partial")
     with tifffile.TiffWriter(tmp, bigtiff=True) as tw:
-        tw.write(tiles(), shape=(height, size), dtype=np.uint8, tile=(tile, tile), compression="zlib",
-                 compressionargs={"level": 1}, photometric="minisblack", metadata=None)
+        tw.write(
+            tiles(),
+            shape=(height, size),
+            dtype=np.uint8,
+            tile=(tile, tile),
+            compression="zlib",
+            compressionargs={"level": 1},
+            photometric="minisblack",
+            metadata=None,
+        )
     os.replace(tmp, path)
 
 
@@ -86,8 +96,8 @@ def _child(args) -> None:
     """Predict in this process and print one JSON line with the memory figures."""
     import torch
 
-    from biomedseg.stream.predictor import StreamingPredictor
     from biomedseg.runtime.device import configure_threads
+    from biomedseg.stream.predictor import StreamingPredictor
     from biomedseg.transforms.normalize import Normalizer
 
     threads = configure_threads(args.threads)
@@ -95,10 +105,23 @@ def _child(args) -> None:
 
     channels = (32, 64, 128, 256, 512) if args.model == "full" else (8, 16, 32, 64)
     torch.manual_seed(0)
-    model = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=channels,
-                 strides=(2,) * (len(channels) - 1), num_res_units=2).eval()
-    sp = StreamingPredictor(model, args.tile, args.overlap, normalizer=Normalizer([180.0], [50.0]), channels=1,
-                            skip_blank_std=args.skip_blank_std, batch_size=args.batch)
+    model = UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=2,
+        channels=channels,
+        strides=(2,) * (len(channels) - 1),
+        num_res_units=2,
+    ).eval()
+    sp = StreamingPredictor(
+        model,
+        args.tile,
+        args.overlap,
+        normalizer=Normalizer([180.0], [50.0]),
+        channels=1,
+        skip_blank_std=args.skip_blank_std,
+        batch_size=args.batch,
+    )
     rss_loaded = _rss_bytes()
     timeline, stop = [], threading.Event()
 
@@ -115,9 +138,19 @@ def _child(args) -> None:
     seconds = time.perf_counter() - t
     stop.set()
     th.join()
-    print(json.dumps({"peak_rss": _peak_rss_bytes(), "rss_loaded": rss_loaded, "seconds": seconds,
-                      "tiles": res.n_tiles, "skipped": res.n_skipped, "threads": threads,
-                      "timeline_mib": timeline[:: max(1, len(timeline) // 20)]}))
+    print(
+        json.dumps(
+            {
+                "peak_rss": _peak_rss_bytes(),
+                "rss_loaded": rss_loaded,
+                "seconds": seconds,
+                "tiles": res.n_tiles,
+                "skipped": res.n_skipped,
+                "threads": threads,
+                "timeline_mib": timeline[:: max(1, len(timeline) // 20)],
+            }
+        )
+    )
 
 
 def main(argv=None) -> str:
@@ -129,8 +162,9 @@ def main(argv=None) -> str:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--model", choices=("full", "small"), default="full")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--skip-blank-std", type=float, default=None,
-                    help="skip tiles whose normalised std is below this (background)")
+    ap.add_argument(
+        "--skip-blank-std", type=float, default=None, help="skip tiles whose normalised std is below this (background)"
+    )
     ap.add_argument("--proba", action="store_true", help="also write float16 probabilities")
     ap.add_argument("--workdir", type=Path, default=None, help="where the TIFFs go (default: a temp folder)")
     ap.add_argument("--limit-gb", type=float, default=2.0)
@@ -150,8 +184,23 @@ def main(argv=None) -> str:
         write_tissue_tiff(tiff, args.size, height=height)
         print(f"wrote {tiff} ({tiff.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - t:.1f} s", flush=True)
     out = work / "out"
-    cmd = [sys.executable, __file__, "--child", "--tiff", str(tiff), "--out", str(out), "--tile", str(args.tile),
-           "--overlap", str(args.overlap), "--batch", str(args.batch), "--model", args.model]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        "--tiff",
+        str(tiff),
+        "--out",
+        str(out),
+        "--tile",
+        str(args.tile),
+        "--overlap",
+        str(args.overlap),
+        "--batch",
+        str(args.batch),
+        "--model",
+        args.model,
+    ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     if args.skip_blank_std is not None:
@@ -169,11 +218,13 @@ def main(argv=None) -> str:
         shape, tiled = tf.series[0].shape, tf.pages[0].is_tiled
     print(f"RSS time line (s, MiB): {r['timeline_mib']}")
     ok = r["peak_rss"] < args.limit_gb * GB and tuple(shape) == (height, args.size)
-    line = (f"RESULT predict_memory size={height}x{args.size} model={args.model} threads={r['threads']} "
-            f"peak_rss={r['peak_rss'] / GB:.2f}GB (after model load {r['rss_loaded'] / GB:.2f}GB) "
-            f"limit={args.limit_gb}GB {'OK' if ok else 'FAIL'} time={r['seconds']:.1f}s "
-            f"{height * args.size / 1e6 / r['seconds']:.2f}MPix/s tiles={r['tiles']} skipped={r['skipped']} "
-            f"mask={shape[0]}x{shape[1]} tiled={tiled}")
+    line = (
+        f"RESULT predict_memory size={height}x{args.size} model={args.model} threads={r['threads']} "
+        f"peak_rss={r['peak_rss'] / GB:.2f}GB (after model load {r['rss_loaded'] / GB:.2f}GB) "
+        f"limit={args.limit_gb}GB {'OK' if ok else 'FAIL'} time={r['seconds']:.1f}s "
+        f"{height * args.size / 1e6 / r['seconds']:.2f}MPix/s tiles={r['tiles']} skipped={r['skipped']} "
+        f"mask={shape[0]}x{shape[1]} tiled={tiled}"
+    )
     print(line, flush=True)
     return line
 

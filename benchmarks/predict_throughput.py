@@ -32,8 +32,14 @@ import torch
 def build_model():
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(32, 64, 128, 256, 512),
-                strides=(2, 2, 2, 2), num_res_units=2).eval()
+    return UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=2,
+        channels=(32, 64, 128, 256, 512),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+    ).eval()
 
 
 def onnxruntime_mpix(model, x: np.ndarray, args, kw: dict) -> float | None:
@@ -49,9 +55,10 @@ def onnxruntime_mpix(model, x: np.ndarray, args, kw: dict) -> float | None:
     from biomedseg.stream.predictor import StreamingPredictor
 
     proto, _ = onnx_model(model, 1, args.tile)
-    sp = StreamingPredictor(ort_network(proto.SerializeToString()), args.tile, args.overlap, precision="fp32",
-                            channels_last=False, **kw)
-    sp.run(x[:, :args.tile * 2, :args.tile * 2], lambda y0, p: None)  # warm-up
+    sp = StreamingPredictor(
+        ort_network(proto.SerializeToString()), args.tile, args.overlap, precision="fp32", channels_last=False, **kw
+    )
+    sp.run(x[:, : args.tile * 2, : args.tile * 2], lambda y0, p: None)  # warm-up
     times = []
     for i in range(args.repeats):
         t = time.perf_counter()
@@ -72,8 +79,9 @@ def cpu_fields() -> str:
     info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
     name = "_".join(info.get("Model name", "unknown").split())
     flags = set(info.get("Flags", "").split())
-    return f" cpu={name} " + " ".join(f"{f}={'present' if f in flags else 'absent'}"
-                                      for f in ("avx512_bf16", "amx_bf16", "avx512_vnni"))
+    return f" cpu={name} " + " ".join(
+        f"{f}={'present' if f in flags else 'absent'}" for f in ("avx512_bf16", "amx_bf16", "avx512_vnni")
+    )
 
 
 def main(argv=None) -> str:
@@ -86,19 +94,27 @@ def main(argv=None) -> str:
     ap.add_argument("--monai-batch", type=int, default=4, help="MONAI sw_batch_size")
     ap.add_argument("--batch", type=int, default=None, help="biomedseg batch size (default: its default)")
     ap.add_argument("--forward-batches", type=int, default=5)
-    ap.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
-                    help="biomedseg precision (auto: bf16 where the CPU has native bf16, else fp32)")
-    ap.add_argument("--compile", default="on", help="biomedseg: compile the network (on | off | a backend name); "
-                    "compiling happens in the warm-up and is reported as compile_s")
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="biomedseg precision (auto: bf16 where the CPU has native bf16, else fp32)",
+    )
+    ap.add_argument(
+        "--compile",
+        default="on",
+        help="biomedseg: compile the network (on | off | a backend name); "
+        "compiling happens in the warm-up and is reported as compile_s",
+    )
     args = ap.parse_args(argv)
 
     from monai.inferers import sliding_window_inference
 
     from biomedseg.engine.band_accumulator import argmax0
-    from biomedseg.engine.sliding_window import tile_starts
-    from biomedseg.stream.predictor import StreamingPredictor
-    from biomedseg.runtime.device import configure_threads, cpu_has_native_bf16
     from biomedseg.engine.compiled import normalize_compile
+    from biomedseg.engine.sliding_window import tile_starts
+    from biomedseg.runtime.device import configure_threads, cpu_has_native_bf16
+    from biomedseg.stream.predictor import StreamingPredictor
 
     threads = configure_threads(args.threads)
     torch.manual_seed(0)
@@ -112,17 +128,27 @@ def main(argv=None) -> str:
     xt = torch.from_numpy(x)[None]
     n_pix = args.size * args.size
     n_tiles = len(tile_starts(args.size, args.tile, args.overlap)) ** 2
-    overlap_factor = n_tiles * args.tile ** 2 / n_pix
-    print(f"model: MONAI UNet {n_params / 1e6:.2f} M parameters; image {args.size}x{args.size}, tile {args.tile}, "
-          f"overlap {args.overlap}: {n_tiles} tiles (overlap factor {overlap_factor:.2f}); threads {threads}; "
-          f"biomedseg precision {precision} batch {sp.batch_size} compile {compile_mode}, MONAI fp32 batch "
-          f"{args.monai_batch}", flush=True)
+    overlap_factor = n_tiles * args.tile**2 / n_pix
+    print(
+        f"model: MONAI UNet {n_params / 1e6:.2f} M parameters; image {args.size}x{args.size}, tile {args.tile}, "
+        f"overlap {args.overlap}: {n_tiles} tiles (overlap factor {overlap_factor:.2f}); threads {threads}; "
+        f"biomedseg precision {precision} batch {sp.batch_size} compile {compile_mode}, MONAI fp32 batch "
+        f"{args.monai_batch}",
+        flush=True,
+    )
 
     def run_monai() -> float:
         t = time.perf_counter()
         with torch.inference_mode():
-            logits = sliding_window_inference(xt, (args.tile, args.tile), args.monai_batch, model,
-                                              overlap=args.overlap, mode="gaussian", sigma_scale=0.125)
+            logits = sliding_window_inference(
+                xt,
+                (args.tile, args.tile),
+                args.monai_batch,
+                model,
+                overlap=args.overlap,
+                mode="gaussian",
+                sigma_scale=0.125,
+            )
             argmax0(torch.softmax(logits[0], 0))
         return time.perf_counter() - t
 
@@ -133,10 +159,16 @@ def main(argv=None) -> str:
 
     # warm-up on a small crop (allocator, oneDNN primitives)
     with torch.inference_mode():
-        sliding_window_inference(xt[..., :args.tile * 2, :args.tile * 2], (args.tile, args.tile), args.monai_batch,
-                                 model, overlap=args.overlap, mode="gaussian")
+        sliding_window_inference(
+            xt[..., : args.tile * 2, : args.tile * 2],
+            (args.tile, args.tile),
+            args.monai_batch,
+            model,
+            overlap=args.overlap,
+            mode="gaussian",
+        )
     t = time.perf_counter()
-    sp.run(x[:, :args.tile * 2, :args.tile * 2], lambda y0, p: None)  # compiles a compiled model
+    sp.run(x[:, : args.tile * 2, : args.tile * 2], lambda y0, p: None)  # compiles a compiled model
     compile_s = time.perf_counter() - t
     compiled = bool(getattr(sp.model, "active", False))
 
@@ -166,12 +198,14 @@ def main(argv=None) -> str:
                 tta_forward(net, tiles, sp.transforms, sp.device, sp.precision, sp.channels_last)
                 rates[k].append(b / (time.perf_counter() - t))
     fwd, fwd_eager = (statistics.median(rates[k]) for k in nets)
-    bound = fwd * args.tile ** 2 / overlap_factor / 1e6
-    line = (f"RESULT predict_throughput size={args.size} tile={args.tile} overlap={args.overlap} threads={threads} "
-            f"monai={mpix['monai']:.3f}MPix/s biomedseg={mpix['biomedseg']:.3f}MPix/s "
-            f"ratio={mpix['biomedseg'] / mpix['monai']:.2f} forward={fwd:.2f}img/s({precision}) "
-            f"forward_bound={bound:.3f}MPix/s biomedseg/bound={mpix['biomedseg'] / bound:.2f} "
-            f"compiled={compiled} compile_s={compile_s:.1f} forward_eager={fwd_eager:.2f}img/s")
+    bound = fwd * args.tile**2 / overlap_factor / 1e6
+    line = (
+        f"RESULT predict_throughput size={args.size} tile={args.tile} overlap={args.overlap} threads={threads} "
+        f"monai={mpix['monai']:.3f}MPix/s biomedseg={mpix['biomedseg']:.3f}MPix/s "
+        f"ratio={mpix['biomedseg'] / mpix['monai']:.2f} forward={fwd:.2f}img/s({precision}) "
+        f"forward_bound={bound:.3f}MPix/s biomedseg/bound={mpix['biomedseg'] / bound:.2f} "
+        f"compiled={compiled} compile_s={compile_s:.1f} forward_eager={fwd_eager:.2f}img/s"
+    )
     line += (f" onnxruntime={ort:.3f}MPix/s" if ort is not None else " onnxruntime=absent") + cpu_fields()
     print(line, flush=True)
     return line

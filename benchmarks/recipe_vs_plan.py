@@ -64,6 +64,7 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 # ---------------------------------------------------------------- small helpers (tested)
 
+
 def parse_budget(text: str) -> float:
     """``"20s"``, ``"15m"``, ``"1.5h"`` or plain seconds -> seconds."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", str(text).lower())
@@ -82,8 +83,9 @@ def dice_counts(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> np.ndarr
     """``(K, 3)`` int64 array of (TP, FP, FN) per class of one image (same shape index masks)."""
     if pred.shape != truth.shape:
         raise ValueError(f"prediction {pred.shape} and mask {truth.shape} differ in shape")
-    cm = np.bincount(truth.astype(np.int64).ravel() * n_classes + pred.astype(np.int64).ravel(),
-                     minlength=n_classes * n_classes)[: n_classes * n_classes].reshape(n_classes, n_classes)
+    cm = np.bincount(
+        truth.astype(np.int64).ravel() * n_classes + pred.astype(np.int64).ravel(), minlength=n_classes * n_classes
+    )[: n_classes * n_classes].reshape(n_classes, n_classes)
     tp = np.diag(cm)
     return np.stack([tp, cm.sum(0) - tp, cm.sum(1) - tp], axis=1).astype(np.int64)
 
@@ -120,6 +122,7 @@ def cache_path(kind: str, dataset: str, budget_s: float, threads: int, cpu: dict
 
 # ---------------------------------------------------------------- dataset reading (no biomedseg)
 
+
 def find_datasets(shared: Path, names: str | None) -> list[Path]:
     found = sorted(p.parent for p in shared.glob("*/dataset.json"))
     if not names:
@@ -144,8 +147,14 @@ def dataset_meta(folder: Path) -> dict:
         lost = [i for i in split[part] if i not in images or i not in masks]
         if lost:
             raise SystemExit(f"{folder}: {part} ids without image or mask: {lost[:5]}")
-    return {"name": folder.name, "classes": list(meta["classes"]), "train": list(split["train"]),
-            "test": list(split["test"]), "images": images, "masks": masks}
+    return {
+        "name": folder.name,
+        "classes": list(meta["classes"]),
+        "train": list(split["train"]),
+        "test": list(split["test"]),
+        "images": images,
+        "masks": masks,
+    }
 
 
 def read_array(path: Path) -> np.ndarray:
@@ -182,6 +191,7 @@ def read_mask(path: Path) -> np.ndarray:
 
 # ---------------------------------------------------------------- (a) the textbook recipe
 
+
 def to_network(image: np.ndarray, channels: int):
     """``(H, W, c)`` float image -> ``(1, channels, SIZE, SIZE)`` tensor (anti-aliased bilinear)."""
     import torch
@@ -211,8 +221,14 @@ def load_training(meta: dict):
 def make_model(channels: int, n_classes: int):
     from monai.networks.nets import UNet
 
-    return UNet(spatial_dims=2, in_channels=channels, out_channels=n_classes, channels=CHANNELS,
-                strides=(2, 2, 2, 2), num_res_units=2)
+    return UNet(
+        spatial_dims=2,
+        in_channels=channels,
+        out_channels=n_classes,
+        channels=CHANNELS,
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+    )
 
 
 def train_recipe(model, x, y, deadline: float) -> tuple[int, float]:
@@ -271,21 +287,34 @@ def run_recipe(meta: dict, budget_s: float, threads: int) -> dict:
     train_s = time.perf_counter() - t0
     counts = score_recipe(model, meta, channels, mean, std)
     per_class, score = pooled_dice(counts, meta["classes"])
-    return {"side": "recipe", "dataset": meta["name"], "dice": score, "per_class": per_class,
-            "counts": counts.tolist(), "steps": steps, "final_loss": loss, "channels": channels,
-            "load_s": round(load_s, 1), "train_s": round(train_s, 1),
-            "test_s": round(time.perf_counter() - t0 - train_s, 1), "n_train": len(meta["train"]),
-            "n_test": len(meta["test"])}
+    return {
+        "side": "recipe",
+        "dataset": meta["name"],
+        "dice": score,
+        "per_class": per_class,
+        "counts": counts.tolist(),
+        "steps": steps,
+        "final_loss": loss,
+        "channels": channels,
+        "load_s": round(load_s, 1),
+        "train_s": round(train_s, 1),
+        "test_s": round(time.perf_counter() - t0 - train_s, 1),
+        "n_train": len(meta["train"]),
+        "n_test": len(meta["test"]),
+    }
 
 
 # ---------------------------------------------------------------- (b) biomedseg's default plan
+
 
 def biomedseg_cli(args: list[str], log: Path) -> None:
     """``python -m biomedseg.cli ARGS`` with its output in ``log``; exits with its tail on failure."""
     with open(log, "a") as f:
         f.write("$ biomedseg " + " ".join(args) + "\n")
         f.flush()
-        rc = subprocess.run([sys.executable, "-m", "biomedseg.cli", *args], stdout=f, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(
+            [sys.executable, "-m", "biomedseg.cli", *args], stdout=f, stderr=subprocess.STDOUT
+        ).returncode
     if rc != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-20:])
         raise SystemExit(f"biomedseg {args[0]} failed (exit {rc}); log {log}:\n{tail}")
@@ -315,22 +344,44 @@ def run_plan(meta: dict, data: Path, budget: str, threads: int, work: Path) -> d
             shutil.rmtree(old)  # our own output of an earlier call with the same --work
     log = work / f"{meta['name']}_{budget}_plan.log"
     t0 = time.perf_counter()
-    biomedseg_cli(["train", str(data), "--out", str(run), "--time-budget", budget,
-                   "--set", f"num_threads={threads}", "--quiet"], log)
+    biomedseg_cli(
+        ["train", str(data), "--out", str(run), "--time-budget", budget, "--set", f"num_threads={threads}", "--quiet"],
+        log,
+    )
     train_s = time.perf_counter() - t0
-    biomedseg_cli(["predict", str(run), *[str(meta["images"][i]) for i in meta["test"]], "--out", str(pred),
-                   "--no-overlays", "--quiet"], log)
+    biomedseg_cli(
+        [
+            "predict",
+            str(run),
+            *[str(meta["images"][i]) for i in meta["test"]],
+            "--out",
+            str(pred),
+            "--no-overlays",
+            "--quiet",
+        ],
+        log,
+    )
     k = len(meta["classes"])
     counts = np.zeros((k, 3), np.int64)
     for i in meta["test"]:
         counts += dice_counts(predicted_mask(pred, meta["images"][i].stem), read_mask(meta["masks"][i]), k)
     per_class, score = pooled_dice(counts, meta["classes"])
-    return {"side": "plan", "dataset": meta["name"], "dice": score, "per_class": per_class,
-            "counts": counts.tolist(), "steps": plan_steps(run), "train_s": round(train_s, 1),
-            "test_s": round(time.perf_counter() - t0 - train_s, 1), "run": str(run), "log": str(log)}
+    return {
+        "side": "plan",
+        "dataset": meta["name"],
+        "dice": score,
+        "per_class": per_class,
+        "counts": counts.tolist(),
+        "steps": plan_steps(run),
+        "train_s": round(train_s, 1),
+        "test_s": round(time.perf_counter() - t0 - train_s, 1),
+        "run": str(run),
+        "log": str(log),
+    }
 
 
 # ---------------------------------------------------------------- driver
+
 
 def recipe_result(meta: dict, args, budget_s: float, cpu: dict) -> dict | None:
     """The cached recipe result, or a fresh one (cached) when ``recipe`` is among the sides."""
@@ -343,8 +394,14 @@ def recipe_result(meta: dict, args, budget_s: float, cpu: dict) -> dict | None:
         print(f"recipe {meta['name']}: no cache entry {path.relative_to(HERE.parent)} (run --sides recipe); recipe=nan")
         return None
     result = run_recipe(meta, budget_s, args.threads)
-    result.update(budget=args.budget, budget_s=budget_s, threads=args.threads, cpu=cpu, version=RECIPE_VERSION,
-                  date=time.strftime("%Y-%m-%d %H:%M:%S"))
+    result.update(
+        budget=args.budget,
+        budget_s=budget_s,
+        threads=args.threads,
+        cpu=cpu,
+        version=RECIPE_VERSION,
+        date=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=1) + "\n")
     return result
@@ -358,17 +415,24 @@ def describe(result: dict | None) -> str:
 
 def print_side(result: dict) -> None:
     per_class = ", ".join(f"{k} {v:.4f}" for k, v in result["per_class"].items())
-    print(f"{result['side']} {result['dataset']}: mean foreground Dice {result['dice']:.4f}; per class: {per_class}; "
-          f"steps {result['steps']}; train wall {result['train_s']} s, test {result['test_s']} s")
-    print(f"{result['side']} {result['dataset']} json: " + json.dumps(
-        {k: result[k] for k in ("dataset", "side", "dice", "per_class", "steps", "train_s", "test_s")}))
+    print(
+        f"{result['side']} {result['dataset']}: mean foreground Dice {result['dice']:.4f}; per class: {per_class}; "
+        f"steps {result['steps']}; train wall {result['train_s']} s, test {result['test_s']} s"
+    )
+    print(
+        f"{result['side']} {result['dataset']} json: "
+        + json.dumps({k: result[k] for k in ("dataset", "side", "dice", "per_class", "steps", "train_s", "test_s")})
+    )
 
 
 def one_dataset(folder: Path, args, budget_s: float, cpu: dict, work: Path) -> None:
     meta = dataset_meta(folder)
     fg = [meta["classes"][i] for i in foreground_classes(meta["classes"])]
-    print(f"dataset {meta['name']}: {len(meta['train'])} train / {len(meta['test'])} test images; classes "
-          f"{meta['classes']}; scored: {fg}", flush=True)
+    print(
+        f"dataset {meta['name']}: {len(meta['train'])} train / {len(meta['test'])} test images; classes "
+        f"{meta['classes']}; scored: {fg}",
+        flush=True,
+    )
     recipe = recipe_result(meta, args, budget_s, cpu)
     if recipe is not None:
         print_side(recipe)
@@ -380,14 +444,19 @@ def one_dataset(folder: Path, args, budget_s: float, cpu: dict, work: Path) -> N
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(plan, indent=1) + "\n")
         print_side(plan)
-    print(f"RESULT recipe_vs_plan dataset={meta['name']} budget={args.budget} recipe={describe(recipe)} "
-          f"plan={describe(plan)}", flush=True)
+    print(
+        f"RESULT recipe_vs_plan dataset={meta['name']} budget={args.budget} recipe={describe(recipe)} "
+        f"plan={describe(plan)}",
+        flush=True,
+    )
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", default="15m", help="training wall-clock budget per side (s, m or h; default 15m)")
-    ap.add_argument("--datasets", default=None, help="comma-separated names (default: every folder with a dataset.json)")
+    ap.add_argument(
+        "--datasets", default=None, help="comma-separated names (default: every folder with a dataset.json)"
+    )
     ap.add_argument("--shared", default=str(SHARED), help=f"datasets folder (default {SHARED})")
     ap.add_argument("--threads", type=int, default=2, help="torch threads of both sides (default 2)")
     ap.add_argument("--sides", default="recipe,plan", help="recipe,plan (default), recipe or plan")
@@ -400,8 +469,11 @@ def main(argv=None) -> int:
         ap.error("--sides: recipe, plan or recipe,plan")
     budget_s = parse_budget(args.budget)
     cpu = cpu_info()
-    print(f"cpu: {cpu['model']}; " + ", ".join(f"{f} {'present' if cpu[f] else 'absent'}" for f in BF16_FLAGS)
-          + f"; threads {args.threads}; budget {args.budget} ({budget_s:g} s); sides {','.join(sorted(args.sides))}")
+    print(
+        f"cpu: {cpu['model']}; "
+        + ", ".join(f"{f} {'present' if cpu[f] else 'absent'}" for f in BF16_FLAGS)
+        + f"; threads {args.threads}; budget {args.budget} ({budget_s:g} s); sides {','.join(sorted(args.sides))}"
+    )
     folders = find_datasets(Path(args.shared), args.datasets)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="biomedseg_recipe_vs_plan_"))
     work.mkdir(parents=True, exist_ok=True)

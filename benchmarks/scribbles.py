@@ -120,11 +120,17 @@ def main(argv=None) -> int:
             continue
         frac = make_scribbles(data, work / name / "scribbles", args.fraction)
         full = test_dice(trained(data, work / name / "full", args.budget, extra), data, work / name / "eval_full")
-        scr = test_dice(trained(work / name / "scribbles", work / name / "scribble_run", args.budget, extra), data,
-                        work / name / "eval_scribbles")
+        scr = test_dice(
+            trained(work / name / "scribbles", work / name / "scribble_run", args.budget, extra),
+            data,
+            work / name / "eval_scribbles",
+        )
         print(f"| {name} | {args.budget} | {frac:.3f} | {full:.4f} | {scr:.4f} | {scr / full:.3f} |", flush=True)
-        print(f"RESULT scribbles dataset={name} budget={args.budget} labelled_fraction={frac:.4f} "
-              f"full_dice={full:.4f} scribble_dice={scr:.4f} ratio={scr / full:.3f}", flush=True)
+        print(
+            f"RESULT scribbles dataset={name} budget={args.budget} labelled_fraction={frac:.4f} "
+            f"full_dice={full:.4f} scribble_dice={scr:.4f} ratio={scr / full:.3f}",
+            flush=True,
+        )
     print(f"workdir: {work}")
     return 0
 

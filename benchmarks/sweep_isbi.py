@@ -39,25 +39,37 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="sweep folder (default: a temporary folder)")
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--set", action="append", default=[], help="extra config key=value for every trial")
-    ap.add_argument("--scheduler", default=None, help="Dask cluster for the trials: tcp://host:port, a scheduler "
-                    "file, or local:N")
+    ap.add_argument(
+        "--scheduler", default=None, help="Dask cluster for the trials: tcp://host:port, a scheduler file, or local:N"
+    )
     args = ap.parse_args(argv)
-    from biomedseg.workflows.sweep.run import sweep
     from biomedseg.runs.config import parse_overrides
+    from biomedseg.sweeps.run import sweep
 
     if not (Path(args.data) / "images").is_dir():
         print(f"skip: {args.data} not found", file=sys.stderr)
         return 0
     out = Path(args.out or tempfile.mkdtemp(prefix="biomedseg_sweep_isbi_")) / "sweep"
-    s = sweep(args.data, out, [f"optimizer={args.optimizers}", f"lr={args.lrs}"], trials=args.trials,
-              time_budget_per_trial=args.budget_per_trial, test=True, prune=False, quiet=True,
-              scheduler=args.scheduler, **parse_overrides(args.set))
+    s = sweep(
+        args.data,
+        out,
+        [f"optimizer={args.optimizers}", f"lr={args.lrs}"],
+        trials=args.trials,
+        time_budget_per_trial=args.budget_per_trial,
+        test=True,
+        prune=False,
+        quiet=True,
+        scheduler=args.scheduler,
+        **parse_overrides(args.set),
+    )
     rows = [r for r in s["rows"] if r["state"] == "complete"]
     print(f"| optimizer | lr | test {TARGET} Dice | test pixel accuracy | best val Dice | steps | seconds |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['optimizer']} | {r['lr']} | {_f(r.get(f'test_dice_{TARGET}'))} | "
-              f"{_f(r.get('test_pixel_accuracy'))} | {_f(r.get('val_dice'))} | {r.get('steps')} | {r.get('seconds')} |")
+        print(
+            f"| {r['optimizer']} | {r['lr']} | {_f(r.get(f'test_dice_{TARGET}'))} | "
+            f"{_f(r.get('test_pixel_accuracy'))} | {_f(r.get('val_dice'))} | {r.get('steps')} | {r.get('seconds')} |"
+        )
     print(f"table: {s['table']}")
     dice = [r.get(f"test_dice_{TARGET}") for r in rows if r.get(f"test_dice_{TARGET}") is not None]
     acc = [r.get("test_pixel_accuracy") for r in rows if r.get("test_pixel_accuracy") is not None]
@@ -65,10 +77,12 @@ def main(argv=None) -> int:
         print(f"RESULT sweep isbi2012_em@{args.budget_per_trial}/trial: no finished trial")
         return 1
     best = rows[0]  # best validation Dice first
-    print(f"RESULT sweep isbi2012_em@{args.budget_per_trial}/trial: {len(rows)} trials; best by validation: "
-          f"{best['optimizer']} lr={best['lr']} test {TARGET} Dice {_f(best.get(f'test_dice_{TARGET}'))}, pixel "
-          f"accuracy {_f(best.get('test_pixel_accuracy'))}; across trials {TARGET} Dice {min(dice):.4f}-"
-          f"{max(dice):.4f}, pixel accuracy {min(acc):.4f}-{max(acc):.4f}")
+    print(
+        f"RESULT sweep isbi2012_em@{args.budget_per_trial}/trial: {len(rows)} trials; best by validation: "
+        f"{best['optimizer']} lr={best['lr']} test {TARGET} Dice {_f(best.get(f'test_dice_{TARGET}'))}, pixel "
+        f"accuracy {_f(best.get('test_pixel_accuracy'))}; across trials {TARGET} Dice {min(dice):.4f}-"
+        f"{max(dice):.4f}, pixel accuracy {min(acc):.4f}-{max(acc):.4f}"
+    )
     return 0
 
 

@@ -29,7 +29,7 @@ TILE = 256
 def _tile(y: int, x: int, size: int, rng_seed: int) -> tuple[np.ndarray, np.ndarray]:
     """One 256x256 RGB tile and its mask, deterministic from its position."""
     rng = np.random.default_rng((rng_seed, y, x))
-    yy, xx = np.mgrid[y:y + TILE, x:x + TILE].astype(np.float32)
+    yy, xx = np.mgrid[y : y + TILE, x : x + TILE].astype(np.float32)
     # tissue: a large smooth blob pattern over the slide; outside it bright glass
     t = np.sin(yy / (size / 7.0)) * np.cos(xx / (size / 9.0))
     tissue = t > 0.1
@@ -57,10 +57,28 @@ def write_slide(path: Path, mask_path: Path, size: int, seed: int = 0) -> None:
                 yield img if which == 0 else mask
 
     big = size * size * 3 > 2**31
-    tifffile.imwrite(path, tiles(0), shape=(size, size, 3), dtype=np.uint8, tile=(TILE, TILE),
-                     compression="zlib", photometric="rgb", bigtiff=big, metadata=None)
-    tifffile.imwrite(mask_path, tiles(1), shape=(size, size), dtype=np.uint8, tile=(TILE, TILE),
-                     compression="zlib", photometric="minisblack", bigtiff=big, metadata=None)
+    tifffile.imwrite(
+        path,
+        tiles(0),
+        shape=(size, size, 3),
+        dtype=np.uint8,
+        tile=(TILE, TILE),
+        compression="zlib",
+        photometric="rgb",
+        bigtiff=big,
+        metadata=None,
+    )
+    tifffile.imwrite(
+        mask_path,
+        tiles(1),
+        shape=(size, size),
+        dtype=np.uint8,
+        tile=(TILE, TILE),
+        compression="zlib",
+        photometric="minisblack",
+        bigtiff=big,
+        metadata=None,
+    )
 
 
 CHILD = """
@@ -92,15 +110,21 @@ def main(argv=None) -> int:
         out = work / "tiles"
         if out.exists():
             shutil.rmtree(out)
-        proc = subprocess.run([sys.executable, "-c", CHILD, str(slide), str(out), str(mask)],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, "-c", CHILD, str(slide), str(out), str(mask)], capture_output=True, text=True
+        )
         if proc.returncode != 0:
             sys.stderr.write(proc.stderr)
             return proc.returncode
         child = json.loads(proc.stdout.strip().splitlines()[-1])
-        result = {"benchmark": "tile_memory", "slide": f"{args.size}x{args.size} RGB tiled TIFF",
-                  "slide_mb": round(slide.stat().st_size / 2**20, 1), "generate_s": round(gen_s, 1),
-                  **child, "target_met": child["peak_rss_mb"] < 1536}
+        result = {
+            "benchmark": "tile_memory",
+            "slide": f"{args.size}x{args.size} RGB tiled TIFF",
+            "slide_mb": round(slide.stat().st_size / 2**20, 1),
+            "generate_s": round(gen_s, 1),
+            **child,
+            "target_met": child["peak_rss_mb"] < 1536,
+        }
         print(json.dumps(result))
     finally:
         if not args.workdir:

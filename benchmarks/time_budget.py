@@ -32,8 +32,8 @@ OVERSHOOT_S = 1.5  # allowed training time past the budget
 
 def timed_run(data: Path, run: Path, threads: int, **kwargs) -> tuple[float, float]:
     """Wall seconds of one ``train`` call and the training seconds stored in its ``last.pt``."""
-    from biomedseg.training.api import train
     from biomedseg.runs import load_checkpoint
+    from biomedseg.training.api import train
 
     t0 = time.perf_counter()
     out = train(data, run, seed=0, quiet=True, num_threads=threads, **{**TINY, **kwargs})
@@ -59,14 +59,18 @@ def main(argv=None) -> int:
             budgeted.append(wall)
             elapsed.append(spent)
             reference.append(timed_run(data, work / f"ref{i}", args.threads, epochs=1, iterations_per_epoch=1)[0])
-            print(f"round {i + 1}: budgeted run {wall:.2f} s (trainer counted {spent:.2f} s), "
-                  f"one-step run {reference[-1]:.2f} s")
+            print(
+                f"round {i + 1}: budgeted run {wall:.2f} s (trainer counted {spent:.2f} s), "
+                f"one-step run {reference[-1]:.2f} s"
+            )
     wall, spent, fixed = (statistics.median(v) for v in (budgeted, elapsed, reference))
     ratio = wall / (args.budget + fixed)
     ok = "OK" if spent <= args.budget + OVERSHOOT_S else "OVER"
-    print(f"RESULT time_budget budget={args.budget:g}s rounds={args.rounds} threads={args.threads} "
-          f"wall={wall:.2f}s elapsed={spent:.2f}s (limit {args.budget + OVERSHOOT_S:g}s {ok}) "
-          f"one_step_run={fixed:.2f}s ratio={ratio:.2f}")
+    print(
+        f"RESULT time_budget budget={args.budget:g}s rounds={args.rounds} threads={args.threads} "
+        f"wall={wall:.2f}s elapsed={spent:.2f}s (limit {args.budget + OVERSHOOT_S:g}s {ok}) "
+        f"one_step_run={fixed:.2f}s ratio={ratio:.2f}"
+    )
     return 0
 
 

@@ -18,11 +18,17 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "datasets"
-TARGET = {"isbi2012_em": "membrane", "drive_retina": "vessel", "dsb2018_nuclei": "nucleus",
-          "monuseg_histology": "nucleus"}
-REFERENCE = {"isbi2012_em": "plain MONAI U-Net loop, 10 CPU-min: membrane Dice 0.804; Otsu 0.53",
-             "drive_retina": "U-Net vessel F1 0.814 (published)",
-             "dsb2018_nuclei": "U-Net IoU about 0.9 (own split, published)"}
+TARGET = {
+    "isbi2012_em": "membrane",
+    "drive_retina": "vessel",
+    "dsb2018_nuclei": "nucleus",
+    "monuseg_histology": "nucleus",
+}
+REFERENCE = {
+    "isbi2012_em": "plain MONAI U-Net loop, 10 CPU-min: membrane Dice 0.804; Otsu 0.53",
+    "drive_retina": "U-Net vessel F1 0.814 (published)",
+    "dsb2018_nuclei": "U-Net IoU about 0.9 (own split, published)",
+}
 
 
 def run_one(name: str, budget: str, workdir: Path, extra: dict) -> dict:
@@ -35,22 +41,33 @@ def run_one(name: str, budget: str, workdir: Path, extra: dict) -> dict:
     train_s = time.perf_counter() - t0
     valid = data / "fov" if (data / "fov").is_dir() else None
     t1 = time.perf_counter()
-    m = biomedseg.evaluate(run, data, workdir / f"{name}_{budget}_eval", split="test", overlays=False,
-                           valid_dir=valid, quiet=True)
+    m = biomedseg.evaluate(
+        run, data, workdir / f"{name}_{budget}_eval", split="test", overlays=False, valid_dir=valid, quiet=True
+    )
     eval_s = time.perf_counter() - t1
     per_class = {k: round(v["dice"], 4) for k, v in m["per_class"].items()}
     target = TARGET.get(name)
     score = per_class[target] if target else round(m["dice"], 4)
-    return {"dataset": name, "budget": budget, "train_s": round(train_s, 1), "eval_s": round(eval_s, 1),
-            "score": score,
-            "score_name": f"{target} Dice" if target else "mean fg Dice", "per_class": per_class,
-            "iou": round(m["iou"], 4), "f1": round(m["f1"], 4), "image_dice": round(m["image_dice"], 4),
-            "reference": REFERENCE.get(name, "")}
+    return {
+        "dataset": name,
+        "budget": budget,
+        "train_s": round(train_s, 1),
+        "eval_s": round(eval_s, 1),
+        "score": score,
+        "score_name": f"{target} Dice" if target else "mean fg Dice",
+        "per_class": per_class,
+        "iou": round(m["iou"], 4),
+        "f1": round(m["f1"], 4),
+        "image_dice": round(m["image_dice"], 4),
+        "reference": REFERENCE.get(name, ""),
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--datasets", default="isbi2012_em,drive_retina,darkfield_bacteria,dsb2018_nuclei,monuseg_histology")
+    ap.add_argument(
+        "--datasets", default="isbi2012_em,drive_retina,darkfield_bacteria,dsb2018_nuclei,monuseg_histology"
+    )
     ap.add_argument("--budgets", default="5m,10m,30m")
     ap.add_argument("--workdir", default=None, help="keep runs here (default: a temporary folder)")
     ap.add_argument("--set", action="append", default=[], help="extra config key=value for every run")
@@ -71,8 +88,11 @@ def main(argv=None) -> int:
         for budget in args.budgets.split(","):
             r = run_one(name, budget, workdir, extra)
             results.append(r)
-            print(f"| {name} | {budget} | {r['train_s']} | {r['eval_s']} | {r['score_name']} {r['score']:.4f} | "
-                  f"{', '.join(f'{k} {v:.3f}' for k, v in r['per_class'].items())} | {r['reference']} |", flush=True)
+            print(
+                f"| {name} | {budget} | {r['train_s']} | {r['eval_s']} | {r['score_name']} {r['score']:.4f} | "
+                f"{', '.join(f'{k} {v:.3f}' for k, v in r['per_class'].items())} | {r['reference']} |",
+                flush=True,
+            )
             if args.json:
                 with open(args.json, "a") as f:
                     f.write(json.dumps(r) + "\n")

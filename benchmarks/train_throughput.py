@@ -41,8 +41,15 @@ def make_reference(patch, batch):
     from monai.networks.nets import UNet
 
     torch.manual_seed(0)
-    net = UNet(spatial_dims=2, in_channels=1, out_channels=2, channels=(32, 64, 128, 256, 512),
-               strides=(2, 2, 2, 2), num_res_units=2, norm="instance")
+    net = UNet(
+        spatial_dims=2,
+        in_channels=1,
+        out_channels=2,
+        channels=(32, 64, 128, 256, 512),
+        strides=(2, 2, 2, 2),
+        num_res_units=2,
+        norm="instance",
+    )
     opt = torch.optim.AdamW(net.parameters(), lr=1e-3)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
     x = torch.randn(batch, 1, patch, patch)
@@ -68,16 +75,32 @@ def make_biomedseg(patch, batch, precision=None, channels_last=None, compile=Fal
 
     torch.manual_seed(0)
     device = torch.device("cpu")
-    cfg = TrainConfig(patch_size=patch, batch_size=batch, epochs=1, channels_last=channels_last,
-                      precision=precision or "auto")
+    cfg = TrainConfig(
+        patch_size=patch, batch_size=batch, epochs=1, channels_last=channels_last, precision=precision or "auto"
+    )
     model = create_model("unet", 1, 2, base_channels=32, depth=5, num_res_units=2)
     cl = use_channels_last(cfg.channels_last, device)
     if cl:
         model = model.to(memory_format=torch.channels_last)
     opt = build_optimizer(model, cfg)
-    trainer = Trainer(cfg, torch.compile(model) if compile else model, build_loss("dice+ce", 2), opt, ProgressSchedule(opt, "constant", cfg.lr), None,
-                      [], None, 2, ["background", "foreground"], 0, "/tmp", device,
-                      resolve_precision(cfg.precision, device), 1, quiet=True)
+    trainer = Trainer(
+        cfg,
+        torch.compile(model) if compile else model,
+        build_loss("dice+ce", 2),
+        opt,
+        ProgressSchedule(opt, "constant", cfg.lr),
+        None,
+        [],
+        None,
+        2,
+        ["background", "foreground"],
+        0,
+        "/tmp",
+        device,
+        resolve_precision(cfg.precision, device),
+        1,
+        quiet=True,
+    )
     x = torch.randn(batch, 1, patch, patch)
     y = torch.randint(0, 2, (batch, patch, patch))
     return lambda: trainer.train_step(x, y), trainer.precision, cl
@@ -108,8 +131,10 @@ def main(argv=None) -> int:
     train_flop = 3 * gflops_fwd * 1e9  # forward + backward (about 2x forward)
     ref = make_reference(args.patch, args.batch)
     ours, precision, cl = make_biomedseg(args.patch, args.batch)
-    variants = {"bf16 autocast": make_biomedseg(args.patch, args.batch, "bf16", False)[0],
-                "channels_last": make_biomedseg(args.patch, args.batch, "fp32", True)[0]}
+    variants = {
+        "bf16 autocast": make_biomedseg(args.patch, args.batch, "bf16", False)[0],
+        "channels_last": make_biomedseg(args.patch, args.batch, "fp32", True)[0],
+    }
     if args.compile:
         compiled = make_biomedseg(args.patch, args.batch, compile=True)[0]
         t0 = time.perf_counter()
@@ -129,11 +154,16 @@ def main(argv=None) -> int:
     print(f"conv peak: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s")
     ratio = ips["biomedseg"] / ips["reference"]
     frac = ips["biomedseg"] * train_flop / peak16
-    print(f"RESULT train_throughput patch={args.patch} batch={args.batch} threads={threads} "
-          f"biomedseg={ips['biomedseg']:.2f}img/s ({precision}, channels_last={cl}) "
-          f"monai_fp32={ips['reference']:.2f}img/s ratio={ratio:.2f} fraction_of_bf16_conv_peak={frac:.2f}"
-          + (f" compiled={ips['torch.compile']:.2f}img/s compiled_ratio={ips['torch.compile'] / ips['reference']:.2f}"
-             if "torch.compile" in ips else ""))
+    print(
+        f"RESULT train_throughput patch={args.patch} batch={args.batch} threads={threads} "
+        f"biomedseg={ips['biomedseg']:.2f}img/s ({precision}, channels_last={cl}) "
+        f"monai_fp32={ips['reference']:.2f}img/s ratio={ratio:.2f} fraction_of_bf16_conv_peak={frac:.2f}"
+        + (
+            f" compiled={ips['torch.compile']:.2f}img/s compiled_ratio={ips['torch.compile'] / ips['reference']:.2f}"
+            if "torch.compile" in ips
+            else ""
+        )
+    )
     return 0
 
 

@@ -24,8 +24,9 @@ TINY = {
 #: leaves it out). Tests are marked by hand too: those that train or start processes (a cluster,
 #: ranks), and the CLI tests that start a process each, but for a few that keep the exit-code
 #: contract in the fast subset (test_cli.py: ``test_corrupt_png``, ``test_usage_errors_exit_2``).
-SLOW_FIXTURES = frozenset({"trained_run", "second_run", "finished_cv", "colour_run", "scaled_run", "client",
-                           "unet_exports", "package"})
+SLOW_FIXTURES = frozenset(
+    {"trained_run", "second_run", "finished_cv", "colour_run", "scaled_run", "client", "unet_exports", "package"}
+)
 
 # tests that asked for a real dataset: those that got it and those skipped because it is absent
 _REAL_DATA: dict[str, set[str]] = {"found": set(), "absent": set()}
@@ -62,8 +63,10 @@ def pytest_terminal_summary(terminalreporter):
     stats = terminalreporter.stats
     passed = {r.nodeid for r in stats.get("passed", []) if r.when == "call"}
     failed = {r.nodeid for r in stats.get("failed", []) + stats.get("error", [])}
-    terminalreporter.write_line(f"real-data tests ({SHARED}): {len(found)} ran ({len(found & passed)} passed, "
-                                f"{len(found & failed)} failed or errored), {len(absent)} skipped for missing data")
+    terminalreporter.write_line(
+        f"real-data tests ({SHARED}): {len(found)} ran ({len(found & passed)} passed, "
+        f"{len(found & failed)} failed or errored), {len(absent)} skipped for missing data"
+    )
 
 
 @pytest.fixture(scope="session")
@@ -107,19 +110,43 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def write_fake_run(run: Path, model: str, state_dict: dict, data: Path | None, val_ids: list[str], patch_size: int,
-                   batch_size: int, model_kwargs: dict | None = None, n_classes: int = 2, **config) -> Path:
+def write_fake_run(
+    run: Path,
+    model: str,
+    state_dict: dict,
+    data: Path | None,
+    val_ids: list[str],
+    patch_size: int,
+    batch_size: int,
+    model_kwargs: dict | None = None,
+    n_classes: int = 2,
+    **config,
+) -> Path:
     """A RUN folder (``runs.write_run``: checkpoint, config, dataset info) for a 1-channel model of
     ``n_classes`` whose validation split is ``val_ids`` of ``data``: lets tests load hand-built
     networks as runs."""
     from biomedseg.runs import DatasetInfo, write_run
 
-    values = {"model": model, **({"model_kwargs": model_kwargs} if model_kwargs else {}), "patch_size": patch_size,
-              "batch_size": batch_size, **config, "device": "cpu", "precision": "fp32", "num_threads": 1}
-    info = DatasetInfo(classes=["background", "cell"] if n_classes == 2 else
-                       ["background"] + [f"c{i}" for i in range(1, n_classes)],
-                       background=0, palette={"values": [[i] for i in range(n_classes)]}, strict_index=False,
-                       channels=1, n_classes=n_classes, normalization={"mean": [100.0], "std": [50.0]},
-                       split={"train": [], "val": list(val_ids)}, source=str(data.resolve()) if data else "")
+    values = {
+        "model": model,
+        **({"model_kwargs": model_kwargs} if model_kwargs else {}),
+        "patch_size": patch_size,
+        "batch_size": batch_size,
+        **config,
+        "device": "cpu",
+        "precision": "fp32",
+        "num_threads": 1,
+    }
+    info = DatasetInfo(
+        classes=["background", "cell"] if n_classes == 2 else ["background"] + [f"c{i}" for i in range(1, n_classes)],
+        background=0,
+        palette={"values": [[i] for i in range(n_classes)]},
+        strict_index=False,
+        channels=1,
+        n_classes=n_classes,
+        normalization={"mean": [100.0], "std": [50.0]},
+        split={"train": [], "val": list(val_ids)},
+        source=str(data.resolve()) if data else "",
+    )
     write_run(run, values, info, {"model": state_dict})
     return run

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from biomedseg.audit.run import format_audit_summary, run_audit
-from biomedseg.data.inventory import numbered_mask_base, scan_data
 from biomedseg.core.errors import UserError
+from biomedseg.data.inventory import numbered_mask_base, scan_data
 from biomedseg.reports.audit.page import audit_with_report
 
 H, W, PAD = 120, 160, 8
@@ -41,7 +41,7 @@ def _canvas(rng, shared_layout: bool = False) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _crop(a: np.ndarray, dy: int = 0, dx: int = 0) -> np.ndarray:
-    return np.ascontiguousarray(a[PAD + dy:PAD + dy + H, PAD + dx:PAD + dx + W])
+    return np.ascontiguousarray(a[PAD + dy : PAD + dy + H, PAD + dx : PAD + dx + W])
 
 
 def _png(path: Path, arr: np.ndarray) -> None:
@@ -100,8 +100,12 @@ def dirty(tmp_path_factory) -> Path:
     _png(root / "images" / "we<ird>&name.png", _crop(img))
     _png(root / "masks" / "we<ird>&name.png", _crop(mask))
     ids = [f"c{k:02d}" for k in range(24)]
-    meta = {"name": "dirty", "classes": ["background", "lesion"], "notes": ["kept"],
-            "split": {"train": [i for i in ids if i != "c02"] + ["x_shift"], "test": ["c02", "x_exact", "x_noise"]}}
+    meta = {
+        "name": "dirty",
+        "classes": ["background", "lesion"],
+        "notes": ["kept"],
+        "split": {"train": [i for i in ids if i != "c02"] + ["x_shift"], "test": ["c02", "x_exact", "x_noise"]},
+    }
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
 
@@ -119,8 +123,18 @@ def _codes(audit) -> dict:
 def test_every_planted_problem_is_reported(dirty_audit):
     audit, _ = dirty_audit
     f = _codes(audit)
-    for code in ("unreadable", "unpaired_images", "unpaired_masks", "multiple_masks", "size_mismatch",
-                 "mask_values", "duplicate_conflicts", "leakage", "duplicates", "empty_masks"):
+    for code in (
+        "unreadable",
+        "unpaired_images",
+        "unpaired_masks",
+        "multiple_masks",
+        "size_mismatch",
+        "mask_values",
+        "duplicate_conflicts",
+        "leakage",
+        "duplicates",
+        "empty_masks",
+    ):
         assert code in f, f"{code} not reported: {sorted(f)}"
     assert any("broken.png" in i for i in f["unreadable"]["items"])
     assert f["unpaired_images"]["items"] == ["images/lonely.png"]
@@ -142,8 +156,12 @@ def test_every_planted_problem_is_reported(dirty_audit):
 def test_duplicate_groups_and_conflicts(dirty_audit):
     audit, _ = dirty_audit
     groups = {frozenset(g["members"]): g for g in audit["duplicates"]["groups"]}
-    expected = {frozenset({"c01", "x_exact"}), frozenset({"c02", "x_noise"}),
-                frozenset({"c03", "x_shift"}), frozenset({"c04", "x_jpeg"})}
+    expected = {
+        frozenset({"c01", "x_exact"}),
+        frozenset({"c02", "x_noise"}),
+        frozenset({"c03", "x_shift"}),
+        frozenset({"c04", "x_jpeg"}),
+    }
     assert set(groups) == expected, "no false duplicate group among the distinct images"
     assert groups[frozenset({"c01", "x_exact"})]["exact"]
     assert not groups[frozenset({"c01", "x_exact"})]["conflict"]
@@ -251,7 +269,7 @@ def test_rgb_palette_masks(tmp_path):
         img, _ = _canvas(rng)
         idx = np.zeros((H, W), np.uint8)
         idx[10:40, 10:60] = 1
-        idx[70:100, 20 + 5 * k:90 + 5 * k] = 2
+        idx[70:100, 20 + 5 * k : 90 + 5 * k] = 2
         total += np.bincount(idx.ravel(), minlength=3)
         _png(tmp_path / "images" / f"r{k}.png", _crop(img))
         _png(tmp_path / "masks" / f"r{k}_mask.png", np.array(colours, np.uint8)[idx])

@@ -73,8 +73,9 @@ def test_package_imports_only_rows_above(package):
 def test_import_scanner_sees_function_level_and_relative_imports(tmp_path, monkeypatch):
     pkg = tmp_path / "audit"
     pkg.mkdir()
-    (pkg / "x.py").write_text("def f():\n    from biomedseg.reports.html import a\n"
-                              "from .y import b\nfrom .. import reports\n")
+    (pkg / "x.py").write_text(
+        "def f():\n    from biomedseg.reports.html import a\nfrom .y import b\nfrom .. import reports\n"
+    )
     monkeypatch.setitem(globals(), "SRC", tmp_path)
     modules = {m for _, m in _imports(pkg / "x.py", "audit")}
     assert "biomedseg.reports.html" in modules

@@ -145,19 +145,27 @@ def test_preset_lookup_and_fallback():
 
 
 def test_build_augmentations_from_config_list():
-    pipe = A.build_augmentations([
-        {"name": "flip_rot90"},
-        {"name": "rotate", "p": 0.5, "degrees": 30},
-        {"name": "scale", "p": 0.3, "scale": [0.8, 1.25]},
-        {"name": "elastic", "p": 0.2, "sigma": 12, "magnitude": 3},
-        {"name": "gamma", "p": 0.3, "gamma": [0.7, 1.5]},
-        "blur",
-    ])
+    pipe = A.build_augmentations(
+        [
+            {"name": "flip_rot90"},
+            {"name": "rotate", "p": 0.5, "degrees": 30},
+            {"name": "scale", "p": 0.3, "scale": [0.8, 1.25]},
+            {"name": "elastic", "p": 0.2, "sigma": 12, "magnitude": 3},
+            {"name": "gamma", "p": 0.3, "gamma": [0.7, 1.5]},
+            "blur",
+        ]
+    )
     kinds = [type(t).__name__ for t in pipe.transforms]
     assert kinds == ["FlipRot90", "Spatial", "Gamma", "GaussianBlur"]  # one resampling for the three
     sp = pipe.transforms[1]
-    assert (sp.rotate_p, sp.degrees, sp.scale_p, sp.scale, sp.elastic_p, sp.sigma) == (0.5, 30.0, 0.3, (0.8, 1.25),
-                                                                                       0.2, 12.0)
+    assert (sp.rotate_p, sp.degrees, sp.scale_p, sp.scale, sp.elastic_p, sp.sigma) == (
+        0.5,
+        30.0,
+        0.3,
+        (0.8, 1.25),
+        0.2,
+        12.0,
+    )
     img, mask = _pair()
     out, m = pipe(img, mask, np.random.default_rng(0))
     assert out.shape == img.shape and m.shape == mask.shape
@@ -165,13 +173,16 @@ def test_build_augmentations_from_config_list():
     assert len(two.transforms) == 2  # same component twice: kept apart
 
 
-@pytest.mark.parametrize("spec,match", [
-    ([{"name": "twirl"}], "unknown transform"),
-    ([{"name": "rotate", "angle": 3}], "rotate"),
-    ([{"name": "gamma", "p": 2}], "p must be"),
-    ([{"p": 0.5}], "name"),
-    ("rotate", "list"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ([{"name": "twirl"}], "unknown transform"),
+        ([{"name": "rotate", "angle": 3}], "rotate"),
+        ([{"name": "gamma", "p": 2}], "p must be"),
+        ([{"p": 0.5}], "name"),
+        ("rotate", "list"),
+    ],
+)
 def test_build_augmentations_errors(spec, match):
     with pytest.raises(UserError, match=match):
         A.build_augmentations(spec)

@@ -55,10 +55,10 @@ def test_ece_of_maps_and_wrong_confident_predictions():
 
 
 def _disks(centres, shape=(96, 96), radius=8):
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
     mask = np.zeros(shape, bool)
     for cy, cx in centres:
-        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius ** 2
+        mask |= (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
     return mask
 
 
@@ -121,8 +121,8 @@ def test_temperature_from_probability_maps_matches_the_logit_fit():
 
     logits, labels = _calibrated(n=20_000, seed=2)
     sharp = 2.5 * logits
-    maps = [softmax(sharp[i * 5000:(i + 1) * 5000].T.reshape(3, 50, 100), axis=0) for i in range(4)]
-    masks = [labels[i * 5000:(i + 1) * 5000].reshape(50, 100) for i in range(4)]
+    maps = [softmax(sharp[i * 5000 : (i + 1) * 5000].T.reshape(3, 50, 100), axis=0) for i in range(4)]
+    masks = [labels[i * 5000 : (i + 1) * 5000].reshape(50, 100) for i in range(4)]
     t = fit_temperature_maps(maps, masks)
     assert t == pytest.approx(fit_temperature(sharp, labels), rel=0.02)
     tempered = temper_probabilities(maps[0], t)

@@ -15,16 +15,9 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from conftest import write_fake_run
-
 from biomedseg.models import create_model, registry
-from biomedseg.models.heads import (
-    TappedClassifier,
-    classifier_of,
-    classify,
-    find_classifier,
-    foreground_present,
-)
+from biomedseg.models.heads import TappedClassifier, classifier_of, classify, find_classifier, foreground_present
+from conftest import write_fake_run
 
 TINY_UNET = {"depth": 3, "base_channels": 4, "num_res_units": 0}
 
@@ -39,6 +32,7 @@ def _tiny_unet_with_head():
 
 
 # ---------------------------------------------------------------- the default U-Net's head
+
 
 def test_unet_head_exists_and_classifier_of_finds_it():
     model = _tiny_unet_with_head()
@@ -75,8 +69,9 @@ def test_unet_head_state_dict_round_trip_and_inference_copy():
     torch.testing.assert_close(cls_c, cls_a, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="torch built without gloo")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="torch built without gloo"
+)
 def test_unet_head_under_ddp(tmp_path):
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
@@ -105,6 +100,7 @@ def test_foreground_present():
 
 # ---------------------------------------------------------------- training step
 
+
 def _trainer(model, weight: float):
     from biomedseg.losses.build import build_loss
     from biomedseg.runs.config import TrainConfig
@@ -112,8 +108,24 @@ def _trainer(model, weight: float):
 
     cfg = TrainConfig(classifier_loss_weight=weight, device="cpu", channels_last=False)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)  # no momentum/decay: zero gradient = no change
-    return Trainer(cfg, model, build_loss("dice+ce", 2, None), opt, None, None, [], None, 2,
-                   ["background", "fg"], 0, ".", torch.device("cpu"), "fp32", 1, quiet=True)
+    return Trainer(
+        cfg,
+        model,
+        build_loss("dice+ce", 2, None),
+        opt,
+        None,
+        None,
+        [],
+        None,
+        2,
+        ["background", "fg"],
+        0,
+        ".",
+        torch.device("cpu"),
+        "fp32",
+        1,
+        quiet=True,
+    )
 
 
 def _batch():
@@ -138,8 +150,9 @@ def test_train_step_trains_the_head_and_adds_the_bce_term():
         torch.manual_seed(3)  # same dropout mask in the head for both weights
         total = trainer.train_step(x, y)
         head = classifier_of(model)
-        expected_cls = float(nn.functional.binary_cross_entropy_with_logits(
-            head.class_logits.detach(), foreground_present(y, 0)))
+        expected_cls = float(
+            nn.functional.binary_cross_entropy_with_logits(head.class_logits.detach(), foreground_present(y, 0))
+        )
         results[w] = (total, trainer.last_step, head.head.fc.weight.detach() - before, expected_cls)
     total0, terms0, change0, _ = results[0.0]
     total1, terms1, change1, cls1 = results[0.5]
@@ -162,6 +175,7 @@ def test_classifier_loss_weight_is_validated():
 
 
 # ---------------------------------------------------------------- the gate (pure function)
+
 
 def test_gate_empties_masks_below_the_classifier_probability():
     from biomedseg.postprocess.ops import GatingConfig, PostprocessConfig, apply_postprocess
@@ -260,25 +274,26 @@ def fixed_run(tmp_path):
     for i in range(8):
         img = np.full((48, 48), 50, np.uint8)
         mask = np.zeros((48, 48), np.uint8)
-        img[10 + i:26 + i, 12:28] = 200
+        img[10 + i : 26 + i, 12:28] = 200
         if i % 2 == 0:
-            mask[10 + i:26 + i, 12:28] = 1
+            mask[10 + i : 26 + i, 12:28] = 1
             img[15 + i, 17] = 255
         Image.fromarray(img).save(data / "images" / f"s{i}.png")
         Image.fromarray(mask).save(data / "masks" / f"s{i}.png")
         ids.append(f"s{i}")
-    run = write_fake_run(tmp_path / "run", FIXED, create_model(FIXED, 1, 2).state_dict(), data, ids,
-                         patch_size=32, batch_size=4)
+    run = write_fake_run(
+        tmp_path / "run", FIXED, create_model(FIXED, 1, 2).state_dict(), data, ids, patch_size=32, batch_size=4
+    )
     yield run, data
     registry._REGISTRY.pop(FIXED, None)
 
 
 def test_tuned_classifier_gate_flows_through_predict_and_evaluate(fixed_run, tmp_path):
-    from biomedseg.workflows.evaluation import evaluate
     from biomedseg.inference.predict.batch import predict
     from biomedseg.inference.run import load_run
-    from biomedseg.workflows.tune_postprocess import tune_postprocess
     from biomedseg.io import read_image, read_raw
+    from biomedseg.workflows.evaluation import evaluate
+    from biomedseg.workflows.tune_postprocess import tune_postprocess
 
     run, data = fixed_run
     loaded = load_run(run, device="cpu")
@@ -312,6 +327,7 @@ def test_tuned_classifier_gate_flows_through_predict_and_evaluate(fixed_run, tmp
 
 # ---------------------------------------------------------------- end to end: train with the head
 
+
 def _write_half_empty_data(root, n=12, size=48):
     """``n`` grey images, every other with bright squares (mask 1), the rest with empty masks."""
     (root / "images").mkdir(parents=True)
@@ -322,8 +338,8 @@ def _write_half_empty_data(root, n=12, size=48):
         mask = np.zeros((size, size), np.uint8)
         if i % 2 == 0:
             y, x = rng.integers(4, size - 16, size=2)
-            img[y:y + 12, x:x + 12] = 200
-            mask[y:y + 12, x:x + 12] = 1
+            img[y : y + 12, x : x + 12] = 200
+            mask[y : y + 12, x : x + 12] = 1
         Image.fromarray(img).save(root / "images" / f"im{i:02d}.png")
         Image.fromarray(mask).save(root / "masks" / f"im{i:02d}.png")
     return root
@@ -333,17 +349,30 @@ def _write_half_empty_data(root, n=12, size=48):
 def test_train_with_head_then_gate_by_its_probability(tmp_path):
     import csv
 
-    from biomedseg.postprocess.ops import GatingConfig, PostprocessConfig, save_postprocess
     from biomedseg.inference.predict.batch import predict
     from biomedseg.inference.run import load_run
-    from biomedseg.workflows.tune_postprocess import tune_postprocess
     from biomedseg.io import read_image, read_raw
+    from biomedseg.postprocess.ops import GatingConfig, PostprocessConfig, save_postprocess
     from biomedseg.training.api import train
+    from biomedseg.workflows.tune_postprocess import tune_postprocess
 
     data = _write_half_empty_data(tmp_path / "data")
-    run = train(data, tmp_path / "run", epochs=2, seed=0, quiet=True, device="cpu", auto_plan=False,
-                model_kwargs={**TINY_UNET, "classifier_head": True}, patch_size=32, batch_size=4,
-                iterations_per_epoch=3, num_threads=1, val_fraction=0.34, augment="flips")
+    run = train(
+        data,
+        tmp_path / "run",
+        epochs=2,
+        seed=0,
+        quiet=True,
+        device="cpu",
+        auto_plan=False,
+        model_kwargs={**TINY_UNET, "classifier_head": True},
+        patch_size=32,
+        batch_size=4,
+        iterations_per_epoch=3,
+        num_threads=1,
+        val_fraction=0.34,
+        augment="flips",
+    )
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model_kwargs"]["classifier_head"] is True and cfg["classifier_loss_weight"] == 0.1
     with open(run / "metrics.csv", newline="") as f:
@@ -372,8 +401,14 @@ def test_train_with_head_then_gate_by_its_probability(tmp_path):
     assert any(p < threshold for p in probs.values())
     save_postprocess(PostprocessConfig(gating=GatingConfig(min_classifier_probability=threshold)), run)
     predict(loaded, [data / "images" / f"{sid}.png" for sid in val], tmp_path / "gated", overlays=False, quiet=True)
-    predict(loaded, [data / "images" / f"{sid}.png" for sid in val], tmp_path / "plain", overlays=False,
-            quiet=True, postprocess=False)
+    predict(
+        loaded,
+        [data / "images" / f"{sid}.png" for sid in val],
+        tmp_path / "plain",
+        overlays=False,
+        quiet=True,
+        postprocess=False,
+    )
     for sid in val:
         gated, plain = read_raw(tmp_path / "gated" / f"{sid}.png"), read_raw(tmp_path / "plain" / f"{sid}.png")
         if probs[sid] < threshold:
@@ -383,6 +418,7 @@ def test_train_with_head_then_gate_by_its_probability(tmp_path):
 
 
 # ---------------------------------------------------------------- command line
+
 
 def _cli(monkeypatch, capsys, *args) -> tuple[int, str]:
     """Run ``biomedseg ARGS`` in this process (so test-registered models exist): exit code, stderr."""
@@ -411,10 +447,32 @@ def test_cli_tune_postprocess_reports_the_classifier_gate(fixed_run, monkeypatch
 
 def test_cli_flag_reaches_the_config(tmp_path, monkeypatch, capsys):
     data = _write_half_empty_data(tmp_path / "data", n=4, size=32)
-    code, err = _cli(monkeypatch, capsys, "train", data, "--out", tmp_path / "run", "--epochs", "1", "--quiet",
-                     "--device", "cpu", "--classifier-head", "--set", "model_kwargs={depth: 3, base_channels: 4, "
-                     "num_res_units: 0}", "--set", "patch_size=32", "--set", "batch_size=2",
-                     "--set", "iterations_per_epoch=1", "--set", "num_threads=1", "--set", "auto_plan=false")
+    code, err = _cli(
+        monkeypatch,
+        capsys,
+        "train",
+        data,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--classifier-head",
+        "--set",
+        "model_kwargs={depth: 3, base_channels: 4, num_res_units: 0}",
+        "--set",
+        "patch_size=32",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "iterations_per_epoch=1",
+        "--set",
+        "num_threads=1",
+        "--set",
+        "auto_plan=false",
+    )
     assert code == 0, err
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert cfg["model_kwargs"]["classifier_head"] is True
@@ -425,11 +483,22 @@ def test_cli_architecture_without_head_is_a_user_error(tmp_path, monkeypatch, ca
     def plain(in_channels, n_classes):
         return nn.Conv2d(in_channels, n_classes, 1)
 
-    monkeypatch.setitem(registry._REGISTRY, "test-no-head",
-                        registry.ModelEntry("test-no-head", plain, 1, "no head"))
+    monkeypatch.setitem(registry._REGISTRY, "test-no-head", registry.ModelEntry("test-no-head", plain, 1, "no head"))
     data = _write_half_empty_data(tmp_path / "data", n=4, size=32)
-    code, err = _cli(monkeypatch, capsys, "train", data, "--out", tmp_path / "run", "--epochs", "1", "--quiet",
-                     "--model", "test-no-head", "--classifier-head")
+    code, err = _cli(
+        monkeypatch,
+        capsys,
+        "train",
+        data,
+        "--out",
+        tmp_path / "run",
+        "--epochs",
+        "1",
+        "--quiet",
+        "--model",
+        "test-no-head",
+        "--classifier-head",
+    )
     assert code == 2
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "Traceback" not in err

@@ -8,13 +8,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_fake_run
 from PIL import Image
+
+from conftest import write_fake_run
 
 
 def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "biomedseg.cli", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "biomedseg.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def make_data(root: Path, n=3, size=(32, 40), mask_values=(0, 1)) -> Path:
@@ -158,8 +160,9 @@ def test_predict_failure_reported_once(tmp_path):
     from biomedseg.models import create_model
 
     data = make_data(tmp_path / "d", n=1)
-    run = write_fake_run(tmp_path / "run", "unet", create_model("unet", 1, 2).state_dict(), data, ["im0"],
-                         patch_size=32, batch_size=2)
+    run = write_fake_run(
+        tmp_path / "run", "unet", create_model("unet", 1, 2).state_dict(), data, ["im0"], patch_size=32, batch_size=2
+    )
     (data / "images" / "broken.png").write_text("not an image")
     r = run_cli("predict", run, data / "images", "--out", tmp_path / "o", "--device", "cpu", "--quiet")
     assert r.returncode == 1, (r.stdout, r.stderr)

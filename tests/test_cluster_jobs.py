@@ -52,8 +52,8 @@ def _weights(path):
 
 @pytest.mark.slow
 def test_cv_folds_run_as_jobs_resume_and_match_a_local_fold(synthetic_data, client, tmp_path):
-    from biomedseg.workflows.crossval import cross_validate
     from biomedseg.runs.cv import open_cv
+    from biomedseg.workflows.crossval import cross_validate
 
     out = tmp_path / "cv"
     s = cross_validate(synthetic_data, out, folds=3, scheduler=client, quiet=True, **FOLDS)
@@ -64,17 +64,37 @@ def test_cv_folds_run_as_jobs_resume_and_match_a_local_fold(synthetic_data, clie
     assert s["out_of_fold"]["n_images"] == len(cv.folds()["pool"])
     mtimes = [cv.fold(i).checkpoint_path("best").stat().st_mtime_ns for i in range(3)]
     # the command line, on the same cluster by its address: nothing left to train
-    r = run_cli("cv", synthetic_data, "--out", out, "--folds", "3", "--scheduler", client.scheduler.address,
-                "--epochs", "1", "--seed", "0", "--device", "cpu", "--quiet",
-                *(a for k in ("model_kwargs", "patch_size", "batch_size", "iterations_per_epoch", "num_threads")
-                  for a in _set(k, FOLDS[k])))
+    r = run_cli(
+        "cv",
+        synthetic_data,
+        "--out",
+        out,
+        "--folds",
+        "3",
+        "--scheduler",
+        client.scheduler.address,
+        "--epochs",
+        "1",
+        "--seed",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+        *(
+            a
+            for k in ("model_kwargs", "patch_size", "batch_size", "iterations_per_epoch", "num_threads")
+            for a in _set(k, FOLDS[k])
+        ),
+    )
     assert r.returncode == 0, r.stderr
     assert "out-of-fold, pooled over" in r.stdout
     assert [cv.fold(i).checkpoint_path("best").stat().st_mtime_ns for i in range(3)] == mtimes
     # fold 1 trained here, alone, is the same network
     cross_validate(synthetic_data, tmp_path / "here", folds=3, fold=1, quiet=True, **FOLDS)
-    a, b = _weights(cv.fold(1).checkpoint_path("best")), _weights(open_cv(tmp_path / "here").fold(1)
-                                                                     .checkpoint_path("best"))
+    a, b = (
+        _weights(cv.fold(1).checkpoint_path("best")),
+        _weights(open_cv(tmp_path / "here").fold(1).checkpoint_path("best")),
+    )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -87,12 +107,18 @@ def _set(key, value):
 @pytest.mark.slow
 def test_sweep_trials_run_as_jobs_on_one_study(synthetic_data, client, tmp_path):
     optuna = pytest.importorskip("optuna")
-    from biomedseg.workflows.sweep import run as sweeps
     from biomedseg.runs.sweep import SweepPaths
+    from biomedseg.sweeps import run as sweeps
 
     out = tmp_path / "sweep"
-    s = sweeps.sweep(synthetic_data, out, ["optimizer=adam,sgd"], prune=False, scheduler=client,
-                     **{**TINY, "epochs": 1, "seed": 0, "quiet": True, "num_threads": 1})
+    s = sweeps.sweep(
+        synthetic_data,
+        out,
+        ["optimizer=adam,sgd"],
+        prune=False,
+        scheduler=client,
+        **{**TINY, "epochs": 1, "seed": 0, "quiet": True, "num_threads": 1},
+    )
     assert s["finished"] == 2 and len(s["rows"]) == 2
     study = optuna.load_study(study_name=sweeps.DEFAULT_STUDY_NAME, storage=SweepPaths(out).storage_url())
     trials = study.get_trials(deepcopy=False)
@@ -108,12 +134,24 @@ def test_cli_predict_on_the_cluster_equals_predict_here(client, tmp_path):
     run = make_run(tmp_path / "run")
     images = write_images(tmp_path / "images", 3, (70, 90), seed=1)
     (images / "bad.png").write_bytes(b"not a png")  # one bad file: reported, the rest predicted
-    r = run_cli("predict", run, images, "--out", tmp_path / "out", "--scheduler", client.scheduler.address,
-                "--no-overlays", "--device", "cpu", "--quiet")
+    r = run_cli(
+        "predict",
+        run,
+        images,
+        "--out",
+        tmp_path / "out",
+        "--scheduler",
+        client.scheduler.address,
+        "--no-overlays",
+        "--device",
+        "cpu",
+        "--quiet",
+    )
     assert r.returncode == 1 and "bad.png" in r.stderr and "Traceback" not in r.stderr
     assert "3 predicted" in r.stdout and "1 failed" in r.stdout
-    ref = run_cli("predict", run, images / "im*.png", "--out", tmp_path / "ref", "--no-overlays", "--device", "cpu",
-                  "--quiet")
+    ref = run_cli(
+        "predict", run, images / "im*.png", "--out", tmp_path / "ref", "--no-overlays", "--device", "cpu", "--quiet"
+    )
     assert ref.returncode == 0, ref.stderr
     for i in range(3):
         a, b = (np.asarray(Image.open(tmp_path / d / f"im{i}.png")) for d in ("out", "ref"))
@@ -127,7 +165,8 @@ def test_task_threads_are_the_cores_divided_by_the_tasks_running_on_them():
     # two single-threaded workers share the 8 cores: 4 each
     assert cluster.plan_task_threads({"w1": host, "w2": host}, {"w1": 1, "w2": 1}) == {"w1": 4, "w2": 4}
     # workers on other hosts (or other CPU sets of one host) do not share cores
-    plan = cluster.plan_task_threads({"w1": host, "w2": ("node2", tuple(range(8))), "w3": ("node1", (8, 9))},
-                                     {"w1": 2, "w2": 1, "w3": 4})
+    plan = cluster.plan_task_threads(
+        {"w1": host, "w2": ("node2", tuple(range(8))), "w3": ("node1", (8, 9))}, {"w1": 2, "w2": 1, "w3": 4}
+    )
     assert plan == {"w1": 4, "w2": 8, "w3": 1}
     assert cluster.task_threads({"w1": 3}) is None  # outside a worker

@@ -11,16 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TINY
-from test_cli import assert_user_error, run_cli
 
 from biomedseg.core.errors import UserError
+from biomedseg.core.stats import difference_sentence, paired_bootstrap, verdict
 from biomedseg.runs import RunFolder
-from biomedseg.core.stats import (
-    difference_sentence,
-    paired_bootstrap,
-    verdict,
-)
+from conftest import TINY
+from test_cli import assert_user_error, run_cli
 
 FIXTURE_RUN = Path(__file__).parent / "fixtures" / "run_format_v1" / "run"
 
@@ -81,8 +77,9 @@ def test_bootstrap_is_reproducible_and_same_indices_for_both_runs():
     # resampling pairs of images = resampling their differences: SciPy's one-sample BCa bootstrap of
     # b - a with the same random stream gives the same interval
     r = paired_bootstrap(a, b, n_resamples=300, seed=4, confidence=0.9)
-    one = stats.bootstrap((b - a,), np.mean, n_resamples=300, confidence_level=0.9, method="BCa",
-                          rng=np.random.default_rng(4))
+    one = stats.bootstrap(
+        (b - a,), np.mean, n_resamples=300, confidence_level=0.9, method="BCa", rng=np.random.default_rng(4)
+    )
     assert r["method"] == "BCa"
     assert r["low"] == pytest.approx(one.confidence_interval.low)
     assert r["high"] == pytest.approx(one.confidence_interval.high)
@@ -102,12 +99,16 @@ def test_bootstrap_refuses_unpaired_or_missing_scores(a, b):
 def test_sentences():
     base = {"n": 40, "confidence": 0.95}
     better = {**base, "mean_difference": 0.012, "low": 0.004, "high": 0.020}
-    assert difference_sentence(better, "A", "B") == "B is better than A by 0.012 Dice (95% CI 0.004 to 0.020, 40 images)"
+    assert (
+        difference_sentence(better, "A", "B") == "B is better than A by 0.012 Dice (95% CI 0.004 to 0.020, 40 images)"
+    )
     worse = {**base, "mean_difference": -0.012, "low": -0.020, "high": -0.004}
     assert difference_sentence(worse, "A", "B") == "A is better than B by 0.012 Dice (95% CI 0.004 to 0.020, 40 images)"
     none = {**base, "mean_difference": 0.003, "low": -0.006, "high": 0.011, "n": 4}
-    assert difference_sentence(none, "A", "B") == ("no detectable difference between A and B: B - A = +0.003 Dice "
-                                                   "(95% CI -0.006 to +0.011, 4 images, too few for a reliable interval)")
+    assert difference_sentence(none, "A", "B") == (
+        "no detectable difference between A and B: B - A = +0.003 Dice "
+        "(95% CI -0.006 to +0.011, 4 images, too few for a reliable interval)"
+    )
 
 
 # ------------------------------------------------------------------------------- the command
@@ -126,13 +127,22 @@ def _per_image(eval_dir: Path) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_compare_two_runs_writes_the_report_and_says_what_the_bootstrap_says(trained_run, second_run, synthetic_data,
-                                                                              tmp_path):
+def test_compare_two_runs_writes_the_report_and_says_what_the_bootstrap_says(
+    trained_run, second_run, synthetic_data, tmp_path
+):
     from biomedseg.workflows.comparison import compare
 
     out = tmp_path / "cmp"
-    s = compare([trained_run, second_run], out, data=synthetic_data, split="test", n_resamples=2000, seed=3,
-                device="cpu", quiet=True)
+    s = compare(
+        [trained_run, second_run],
+        out,
+        data=synthetic_data,
+        split="test",
+        n_resamples=2000,
+        seed=3,
+        device="cpu",
+        quiet=True,
+    )
     assert s["n_images"] == 4 and s["baseline"] == "run" and [r["name"] for r in s["runs"]] == ["run", "other"]
     (c,) = s["comparisons"]
     # the interval is the bootstrap of the evaluations' per-image Dice
@@ -192,18 +202,37 @@ def test_compare_refuses_evaluations_on_different_images(trained_run, second_run
     lines = (ev / "per_image.csv").read_text().splitlines()
     (ev / "per_image.csv").write_text("\n".join(lines[:-1]) + "\n")  # one image fewer
     with pytest.raises(UserError, match=r"3 images.*4 \(3 in common\)"):
-        compare([trained_run, second_run], tmp_path / "cmp", data=synthetic_data, evaluations={second_run: ev},
-                n_resamples=100, device="cpu", quiet=True)
+        compare(
+            [trained_run, second_run],
+            tmp_path / "cmp",
+            data=synthetic_data,
+            evaluations={second_run: ev},
+            n_resamples=100,
+            device="cpu",
+            quiet=True,
+        )
     with pytest.raises(UserError, match="split"):
-        compare([trained_run, second_run], tmp_path / "cmp", data=synthetic_data, split="val",
-                evaluations={second_run: ev}, n_resamples=100, device="cpu", quiet=True)
+        compare(
+            [trained_run, second_run],
+            tmp_path / "cmp",
+            data=synthetic_data,
+            split="val",
+            evaluations={second_run: ev},
+            n_resamples=100,
+            device="cpu",
+            quiet=True,
+        )
 
 
 def test_differing_settings_are_flattened_and_only_the_differences():
     from biomedseg.workflows.comparison import differing_settings
 
-    rows = differing_settings([{"lr": 0.01, "model_kwargs": {"depth": 3, "base": 8}, "seed": 0},
-                               {"lr": 0.01, "model_kwargs": {"depth": 4, "base": 8}, "seed": 0, "extra": [1, 2]}])
+    rows = differing_settings(
+        [
+            {"lr": 0.01, "model_kwargs": {"depth": 3, "base": 8}, "seed": 0},
+            {"lr": 0.01, "model_kwargs": {"depth": 4, "base": 8}, "seed": 0, "extra": [1, 2]},
+        ]
+    )
     assert rows == [("model_kwargs.depth", [3, 4]), ("extra", [None, "[1, 2]"])]
 
 

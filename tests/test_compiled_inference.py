@@ -4,12 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from biomedseg.core.errors import UserError
 from biomedseg.engine.compiled import CompiledForward, normalize_compile, resolve_compile
 from biomedseg.engine.defaults import COMPILE_MIN_TILES
 from biomedseg.engine.sliding_window import SlidingWindowPredictor
-from biomedseg.core.errors import UserError
 from biomedseg.stream.predictor import StreamingPredictor
-
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -69,7 +68,9 @@ def test_prediction_goes_on_eagerly_when_compiling_fails(image, caplog):
     with caplog.at_level("WARNING", logger="biomedseg"):
         sp = StreamingPredictor(model, 64, 0.25, batch_size=4, compile="biomedseg_test_failing_inference_backend")
         got = sp.predict_proba(image)
-    assert any("torch.compile failed" in r.getMessage() and "InvalidCxxCompiler" in r.getMessage() for r in caplog.records)
+    assert any(
+        "torch.compile failed" in r.getMessage() and "InvalidCxxCompiler" in r.getMessage() for r in caplog.records
+    )
     assert not sp.model.active
     np.testing.assert_allclose(got, ref, atol=1e-5)
 
@@ -86,10 +87,10 @@ def test_auto_compiles_large_cpu_jobs_only(monkeypatch):
     monkeypatch.setattr(biomedseg.runtime.device, "cpp_compiler_available", lambda: True)
     assert resolve_compile("auto", COMPILE_MIN_TILES, "cpu") is True
     assert resolve_compile("auto", COMPILE_MIN_TILES - 1, "cpu") is False
-    assert resolve_compile("auto", 10 ** 9, "cuda") is False  # not measured on GPUs
-    assert resolve_compile("on", 1, "cpu") is True and resolve_compile("off", 10 ** 9, "cpu") is False
+    assert resolve_compile("auto", 10**9, "cuda") is False  # not measured on GPUs
+    assert resolve_compile("on", 1, "cpu") is True and resolve_compile("off", 10**9, "cpu") is False
     monkeypatch.setattr(biomedseg.runtime.device, "cpp_compiler_available", lambda: False)
-    assert resolve_compile("auto", 10 ** 9, "cpu") is False  # inductor needs a C++ compiler
+    assert resolve_compile("auto", 10**9, "cpu") is False  # inductor needs a C++ compiler
     assert normalize_compile("aot_eager") == "aot_eager" and normalize_compile(None) == "auto"
     with pytest.raises(UserError, match="--compile"):
         normalize_compile("sometimes")
@@ -100,8 +101,18 @@ def fake_run(run_dir):
 
     kw = {"depth": 2, "base_channels": 4, "num_res_units": 1}
     torch.manual_seed(0)
-    return write_fake_run(run_dir, "unet", tiny().state_dict(), None, [], patch_size=64, batch_size=8,
-                          model_kwargs=kw, n_classes=3, overlap=0.25)
+    return write_fake_run(
+        run_dir,
+        "unet",
+        tiny().state_dict(),
+        None,
+        [],
+        patch_size=64,
+        batch_size=8,
+        model_kwargs=kw,
+        n_classes=3,
+        overlap=0.25,
+    )
 
 
 def write_images(folder, shapes):
@@ -125,8 +136,9 @@ def test_predict_auto_counts_the_tile_forwards_still_to_do(tmp_path, monkeypatch
     out.mkdir()
     (out / "im2.png").write_bytes(b"done")  # an existing mask: not predicted again, not counted
     asked = []
-    monkeypatch.setattr(biomedseg.engine.compiled, "resolve_compile",
-                        lambda mode, n, device="cpu": asked.append((mode, n)) or False)
+    monkeypatch.setattr(
+        biomedseg.engine.compiled, "resolve_compile", lambda mode, n, device="cpu": asked.append((mode, n)) or False
+    )
     predict(run, [images], out, tta="flips", quiet=True)
     n = len(tile_starts(200, 64, 0.25)) * len(tile_starts(300, 64, 0.25)) + 2  # 40 x 70: padded to 64 x 70, 2 tiles
     assert asked == [("auto", 4 * n)]  # x 4 flips
@@ -142,10 +154,21 @@ def test_predict_compiled_writes_the_eager_masks_in_memory_and_streamed(tmp_path
 
     torch._dynamo.reset()
     counters.clear()
-    for name, compile, stream in [("eager", "off", False), ("compiled", "aot_eager", False),
-                                  ("streamed", "aot_eager", True)]:
-        s = predict(run, [images], tmp_path / name, quiet=True, overlays=False, compile=compile, stream=stream,
-                    output_format="tiff")
+    for name, compile, stream in [
+        ("eager", "off", False),
+        ("compiled", "aot_eager", False),
+        ("streamed", "aot_eager", True),
+    ]:
+        s = predict(
+            run,
+            [images],
+            tmp_path / name,
+            quiet=True,
+            overlays=False,
+            compile=compile,
+            stream=stream,
+            output_format="tiff",
+        )
         assert len(s.done) == 1 and not s.failed
         assert counters["stats"]["unique_graphs"] == (0 if compile == "off" else 1)  # one graph, reused
     ref = read_raw(tmp_path / "eager" / "im0.tif")

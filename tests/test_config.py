@@ -36,33 +36,71 @@ def test_cli_passes_an_explicit_null_and_leaves_unset_flags_out(tmp_path, monkey
         return out
 
     monkeypatch.setattr(api, "train", fake_train)
-    r = CliRunner().invoke(app, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "time_budget=null",
-                                 "--lr", "0.01"])
+    r = CliRunner().invoke(
+        app, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--set", "time_budget=null", "--lr", "0.01"]
+    )
     assert r.exit_code == 0, r.output
     assert "time_budget" in seen and seen["time_budget"] is None  # the null reaches the config
     assert seen["lr"] == 0.01
     assert "epochs" not in seen and "batch_size" not in seen  # flags left unset are not "set to None"
 
 
-@pytest.mark.parametrize("option,value", [
-    ("epochs", 0), ("epochs", -1), ("batch_size", 0), ("patch_size", MIN_PATCH_SIZE - 1),
-    ("patch_size", MAX_PATCH_SIZE + 1), ("lr", 0.0), ("lr", -1e-3), ("lr", float("inf")), ("lr", float("nan")),
-    ("weight_decay", -0.1), ("momentum", 1.0), ("warmup_fraction", 1.0), ("grad_clip", 0.0),
-    ("time_budget", 0), ("time_budget", "0m"), ("iterations_per_epoch", 0), ("fg_oversample", -0.1),
-    ("fg_oversample", 1.01), ("val_fraction", 1.0), ("val_fraction", -0.1), ("overlap", 1.0), ("overlap", -0.5),
-    ("val_every", 0), ("seed", -1), ("num_threads", 0), ("channels", 0), ("classifier_loss_weight", -1.0),
-])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("epochs", 0),
+        ("epochs", -1),
+        ("batch_size", 0),
+        ("patch_size", MIN_PATCH_SIZE - 1),
+        ("patch_size", MAX_PATCH_SIZE + 1),
+        ("lr", 0.0),
+        ("lr", -1e-3),
+        ("lr", float("inf")),
+        ("lr", float("nan")),
+        ("weight_decay", -0.1),
+        ("momentum", 1.0),
+        ("warmup_fraction", 1.0),
+        ("grad_clip", 0.0),
+        ("time_budget", 0),
+        ("time_budget", "0m"),
+        ("iterations_per_epoch", 0),
+        ("fg_oversample", -0.1),
+        ("fg_oversample", 1.01),
+        ("val_fraction", 1.0),
+        ("val_fraction", -0.1),
+        ("overlap", 1.0),
+        ("overlap", -0.5),
+        ("val_every", 0),
+        ("seed", -1),
+        ("num_threads", 0),
+        ("channels", 0),
+        ("classifier_loss_weight", -1.0),
+    ],
+)
 def test_impossible_values_are_refused_in_one_line(option, value):
     with pytest.raises(UserError, match=f"option '{option}'") as info:
         build_config({option: value})
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("option,value", [
-    ("epochs", 1), ("patch_size", MIN_PATCH_SIZE), ("patch_size", MAX_PATCH_SIZE), ("patch_size", 100),
-    ("val_fraction", 0.0), ("overlap", 0.0), ("fg_oversample", 1.0), ("fg_oversample", 0.0), ("weight_decay", 0.0),
-    ("warmup_fraction", 0.0), ("momentum", 0.0), ("time_budget", "90s"), ("classifier_loss_weight", 0.0),
-])
+@pytest.mark.parametrize(
+    "option,value",
+    [
+        ("epochs", 1),
+        ("patch_size", MIN_PATCH_SIZE),
+        ("patch_size", MAX_PATCH_SIZE),
+        ("patch_size", 100),
+        ("val_fraction", 0.0),
+        ("overlap", 0.0),
+        ("fg_oversample", 1.0),
+        ("fg_oversample", 0.0),
+        ("weight_decay", 0.0),
+        ("warmup_fraction", 0.0),
+        ("momentum", 0.0),
+        ("time_budget", "90s"),
+        ("classifier_loss_weight", 0.0),
+    ],
+)
 def test_the_edges_of_each_range_are_accepted(option, value):
     assert getattr(build_config({option: value}), option) is not None
 

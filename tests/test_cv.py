@@ -12,10 +12,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from biomedseg.workflows.crossval import cross_validate, format_summary
-from biomedseg.data.folds import fold_splits, make_folds
 from biomedseg.core.errors import UserError
+from biomedseg.data.folds import fold_splits, make_folds
 from biomedseg.runs.cv import open_cv
+from biomedseg.workflows.crossval import cross_validate, format_summary
 from conftest import TINY
 
 FOLD_TRAINING = {**TINY, "epochs": 1, "iterations_per_epoch": 2, "device": "cpu", "num_threads": 1}
@@ -30,7 +30,7 @@ def test_folds_keep_groups_together_cover_the_pool_once_and_balance(seed):
     rng.shuffle(shuffled)
     groups, at = [], 0
     for size in (2, 3, 5, 2, 9, 2, 4):
-        groups.append(set(shuffled[at:at + size]))
+        groups.append(set(shuffled[at : at + size]))
         at += size
     folds = make_folds(ids, groups, 5, seed=seed)
     where = {i: f for f, members in enumerate(folds) for i in members}
@@ -130,8 +130,7 @@ def test_an_interrupted_cv_resumes_without_retraining_finished_folds(finished_cv
 
 
 @pytest.mark.slow
-def test_a_fold_interrupted_mid_training_resumes_from_its_last_checkpoint(finished_cv, cv_data, tmp_path,
-                                                                          monkeypatch):
+def test_a_fold_interrupted_mid_training_resumes_from_its_last_checkpoint(finished_cv, cv_data, tmp_path, monkeypatch):
     from biomedseg.training import api
 
     calls, train = [], api.train
@@ -166,11 +165,11 @@ def test_tune_postprocess_on_a_cv_folder_uses_every_out_of_fold_prediction(finis
 
 
 def test_the_cv_folder_predicts_as_the_ensemble_of_its_folds(finished_cv, tmp_path):
-    from biomedseg.workflows.comparison import training_summary
     from biomedseg.engine.ensemble_model import EnsembleModel
-    from biomedseg.workflows.evaluation import evaluate
     from biomedseg.inference.run import load_run
     from biomedseg.runs import open_run
+    from biomedseg.workflows.comparison import training_summary
+    from biomedseg.workflows.evaluation import evaluate
 
     cv, _, _ = finished_cv
     loaded = load_run(cv.root, device="cpu")
@@ -211,8 +210,10 @@ def test_cli_cv_summary_tune_on_oof_and_ensemble_of_folds(finished_cv, cv_data, 
     r = run_cli("ensemble", cv.fold_dir(0), cv.fold_dir(1), "--out", tmp_path / "ens", "--weights", "1,3")
     assert r.returncode == 0 and "ensemble of 2 runs" in r.stdout, r.stderr
     assert_user_error(run_cli("ensemble", cv.fold_dir(0), "--out", tmp_path / "one"), "one run is no ensemble")
-    assert_user_error(run_cli("ensemble", cv.fold_dir(0), cv.fold_dir(1), "--out", tmp_path / "w", "--weights", "1"),
-                      "1 weights for 2 members")
+    assert_user_error(
+        run_cli("ensemble", cv.fold_dir(0), cv.fold_dir(1), "--out", tmp_path / "w", "--weights", "1"),
+        "1 weights for 2 members",
+    )
 
 
 def test_an_explicit_training_split_keeps_the_test_split_aside_and_names_unknown_ids(cv_data):

@@ -7,19 +7,40 @@ import json
 import subprocess
 import sys
 
-import torch.distributed as dist
-
 import pytest
+import torch.distributed as dist
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="torch built without gloo")
 def test_two_ranks_stay_in_sync_and_only_rank0_writes(synthetic_data, tmp_path):
     run = tmp_path / "ddp_run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "biomedseg.cli", "train", str(synthetic_data), "--out", str(run), "--epochs", "2", "--quiet",
-           "--set", "model_kwargs={depth: 3, base_channels: 8, num_res_units: 0}", "--set", "patch_size=64",
-           "--set", "batch_size=2", "--set", "iterations_per_epoch=4", "--set", "num_threads=1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "biomedseg.cli",
+        "train",
+        str(synthetic_data),
+        "--out",
+        str(run),
+        "--epochs",
+        "2",
+        "--quiet",
+        "--set",
+        "model_kwargs={depth: 3, base_channels: 8, num_res_units: 0}",
+        "--set",
+        "patch_size=64",
+        "--set",
+        "batch_size=2",
+        "--set",
+        "iterations_per_epoch=4",
+        "--set",
+        "num_threads=1",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr[-3000:]
     report = json.loads((run / "ddp.json").read_text())

@@ -10,17 +10,9 @@ import pytest
 import tifffile
 from PIL import Image
 
-from biomedseg.data.discovery import (
-    DataSource,
-    Sample,
-    check_pairs,
-    find_pairs,
-    list_inputs,
-    mask_base,
-    resolve_data,
-)
-from biomedseg.data.splits import make_split
 from biomedseg.core.errors import UserError
+from biomedseg.data.discovery import DataSource, Sample, check_pairs, find_pairs, list_inputs, mask_base, resolve_data
+from biomedseg.data.splits import make_split
 
 
 def _img(path: Path, h=8, w=10, value=0) -> Path:
@@ -51,11 +43,11 @@ def _error(fn, *args) -> str:
 
 # --- resolve_data ---------------------------------------------------------------------------
 
+
 def test_resolve_data_folder_with_meta(tmp_path):
     root = _dataset(tmp_path / "d", meta={"classes": ["background", "cell"]})
     src = resolve_data(root)
-    assert src == DataSource(root, root / "images", root / "masks",
-                             {"classes": ["background", "cell"]})
+    assert src == DataSource(root, root / "images", root / "masks", {"classes": ["background", "cell"]})
 
 
 def test_resolve_data_without_meta(tmp_path):
@@ -81,12 +73,12 @@ def test_resolve_data_flat_folder_with_mask_files(tmp_path):
 def test_resolve_data_explicit_folders(tmp_path):
     root = _dataset(tmp_path / "d")
     src = resolve_data(images=root / "images", masks=root / "masks")
-    assert (src.images_dir, src.masks_dir, src.root, src.meta) == (
-        root / "images", root / "masks", root, None)
+    assert (src.images_dir, src.masks_dir, src.root, src.meta) == (root / "images", root / "masks", root, None)
 
 
-@pytest.mark.parametrize("case", ["no_data", "missing_root", "missing_images",
-                                  "missing_masks", "missing_explicit_masks"])
+@pytest.mark.parametrize(
+    "case", ["no_data", "missing_root", "missing_images", "missing_masks", "missing_explicit_masks"]
+)
 def test_resolve_data_missing_folders(tmp_path, case):
     root = tmp_path / "d"
     if case == "no_data":
@@ -111,7 +103,6 @@ def test_resolve_data_bad_dataset_json(tmp_path):
     root = _dataset(tmp_path / "d")
     (root / "dataset.json").write_text("{not json")
     assert _error(resolve_data, root).startswith(f"{root / 'dataset.json'}: cannot read")
-
 
 
 @pytest.mark.parametrize("layout", ["standard", "flat_with_masks_folder", "flat_numbered", "masks_in_images"])
@@ -153,6 +144,7 @@ def test_flat_image_folder_without_masks(tmp_path):
 
 # --- find_pairs -------------------------------------------------------------------------------
 
+
 def test_mask_base():
     assert mask_base("x_mask") == "x" and mask_base("x-LABEL") == "x"
     assert mask_base("x_labels") == "x" and mask_base("x_GT") == "x"
@@ -160,9 +152,18 @@ def test_mask_base():
 
 
 def test_find_pairs_all_conventions_and_extensions(tmp_path):
-    stems = {"a": "a.png", "b": "b_mask.png", "c": "c-mask.tif", "d": "d_label.png",
-             "e": "e_labels.bmp", "f": "f-label.png", "g": "g_seg.png", "h": "h_GT.png",
-             "i10": "i10_Mask.png", "i2": "i2.png"}
+    stems = {
+        "a": "a.png",
+        "b": "b_mask.png",
+        "c": "c-mask.tif",
+        "d": "d_label.png",
+        "e": "e_labels.bmp",
+        "f": "f-label.png",
+        "g": "g_seg.png",
+        "h": "h_GT.png",
+        "i10": "i10_Mask.png",
+        "i2": "i2.png",
+    }
     for stem, mask in stems.items():
         _img(tmp_path / "images" / f"{stem}.jpg")
         _img(tmp_path / "masks" / mask)
@@ -229,12 +230,12 @@ def test_find_pairs_empty_and_missing_folders(tmp_path):
     (tmp_path / "masks").mkdir()
     (tmp_path / "images" / "readme.txt").write_text("nothing here")
     assert _error(find_pairs, tmp_path / "images", tmp_path / "masks").startswith(
-        f"{tmp_path / 'images'}: no images found")
+        f"{tmp_path / 'images'}: no images found"
+    )
     msg = _error(find_pairs, tmp_path / "nope", tmp_path / "gone")
     assert msg == f"{tmp_path / 'nope'}: folder not found; {tmp_path / 'gone'}: folder not found"
     _img(tmp_path / "images" / "a.png")
-    assert _error(find_pairs, tmp_path / "images", tmp_path / "masks") == (
-        f"{tmp_path / 'masks'}: no masks found")
+    assert _error(find_pairs, tmp_path / "images", tmp_path / "masks") == (f"{tmp_path / 'masks'}: no masks found")
 
 
 def test_find_pairs_ambiguous_and_duplicate(tmp_path):
@@ -248,6 +249,7 @@ def test_find_pairs_ambiguous_and_duplicate(tmp_path):
 
 
 # --- check_pairs -------------------------------------------------------------------------------
+
 
 def test_check_pairs_ok(tmp_path):
     root = _dataset(tmp_path)
@@ -284,6 +286,7 @@ def test_check_pairs_limits_listed_problems(tmp_path):
 
 # --- list_inputs -------------------------------------------------------------------------------
 
+
 def test_list_inputs_files_folders_globs_dedup(tmp_path):
     a = _img(tmp_path / "in" / "a.png")
     b = _img(tmp_path / "in" / "b.tif")
@@ -298,12 +301,17 @@ def test_list_inputs_files_folders_globs_dedup(tmp_path):
 def test_list_inputs_errors(tmp_path, kind):
     (tmp_path / "empty").mkdir()
     (tmp_path / "t.txt").write_text("x")
-    item = {"missing": tmp_path / "nope.png", "not_image": tmp_path / "t.txt",
-            "empty_folder": tmp_path / "empty", "no_match": tmp_path / "*.png"}[kind]
+    item = {
+        "missing": tmp_path / "nope.png",
+        "not_image": tmp_path / "t.txt",
+        "empty_folder": tmp_path / "empty",
+        "no_match": tmp_path / "*.png",
+    }[kind]
     assert _error(list_inputs, [str(item)]).startswith(f"{item}: ")
 
 
 # --- make_split ---------------------------------------------------------------------------------
+
 
 def test_make_split_deterministic_disjoint_sorted():
     ids = [f"img{i:02d}" for i in range(20)]
@@ -337,8 +345,16 @@ def test_make_split_bad_fractions(val, test):
         make_split(["a", "b", "c"], val, seed=0, test_fraction=test)
 
 
-@pytest.mark.parametrize("n,val,test,want", [(10, 0.2, 0.3, (2, 3)), (3, 0.5, 0.4, (1, 1)), (2, 0.3, 0.3, (1, 0)),
-                                            (1, 0.2, 0.2, (0, 0)), (20, 0.15, 0.0, (3, 0))])
+@pytest.mark.parametrize(
+    "n,val,test,want",
+    [
+        (10, 0.2, 0.3, (2, 3)),
+        (3, 0.5, 0.4, (1, 1)),
+        (2, 0.3, 0.3, (1, 0)),
+        (1, 0.2, 0.2, (0, 0)),
+        (20, 0.15, 0.0, (3, 0)),
+    ],
+)
 def test_side_counts_shared_by_both_splitters(n, val, test, want):
     from biomedseg.data.group_split import split_with_groups
     from biomedseg.data.splits import side_counts

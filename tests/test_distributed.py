@@ -1,6 +1,5 @@
 """Prediction of many files as Dask tasks on a 2-process LocalCluster."""
 
-
 import numpy as np
 import pytest
 import torch
@@ -16,8 +15,16 @@ def make_run(run_dir, patch=64):
 
     torch.manual_seed(0)
     kw = {"depth": 3, "base_channels": 8, "num_res_units": 1}
-    return write_fake_run(run_dir, "unet", create_model("unet", 1, 2, **kw).state_dict(), None, [],
-                          patch_size=patch, batch_size=4, model_kwargs=kw)
+    return write_fake_run(
+        run_dir,
+        "unet",
+        create_model("unet", 1, 2, **kw).state_dict(),
+        None,
+        [],
+        patch_size=patch,
+        batch_size=4,
+        model_kwargs=kw,
+    )
 
 
 def write_images(folder, n: int, shape, seed: int = 0):
@@ -34,8 +41,8 @@ def write_images(folder, n: int, shape, seed: int = 0):
 def test_local_cluster_predicts_every_file_once_per_worker_load(tmp_path):
     from distributed import Client
 
-    from biomedseg.inference.predict.distributed import loaded_runs, local_cluster, predict_distributed
     from biomedseg.inference.predict.batch import predict
+    from biomedseg.inference.predict.distributed import loaded_runs, local_cluster, predict_distributed
 
     run = make_run(tmp_path / "run")
     images = write_images(tmp_path / "images", 4, (80, 70))
@@ -43,8 +50,7 @@ def test_local_cluster_predicts_every_file_once_per_worker_load(tmp_path):
     # LocalCluster(n_workers=2, threads_per_worker=1, processes=True), workers forked from a
     # fork server that imported torch once
     with local_cluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:
-        s = predict_distributed(run, [images], out, client=client, overlays=False, rle=tmp_path / "sub.csv",
-                                quiet=True)
+        s = predict_distributed(run, [images], out, client=client, overlays=False, rle=tmp_path / "sub.csv", quiet=True)
         assert not s.failed, s.failed
         assert sorted(p.name for p in s.done) == [f"im{i}.png" for i in range(4)]
         # each worker process loaded the run at most once, however many tasks it ran
@@ -113,8 +119,9 @@ def test_cluster_prediction_keeps_the_engine_reuses_the_predictor_and_takes_expo
     cloudpickle.register_pickle_by_value(test_distributed)  # the workers cannot import the tests
     with local_cluster(n_workers=2, threads_per_worker=1) as cluster, Client(cluster) as client:
         client.run(_count_predictors)
-        s = predict_distributed(run, [images], tmp_path / "ort", client=client, engine="onnxruntime",
-                                overlays=False, quiet=True)
+        s = predict_distributed(
+            run, [images], tmp_path / "ort", client=client, engine="onnxruntime", overlays=False, quiet=True
+        )
         assert not s.failed, s.failed
         assert len(s.done) == 5 and s.engines == ["onnxruntime"]
         built = client.run(_predictors_built)
@@ -122,14 +129,17 @@ def test_cluster_prediction_keeps_the_engine_reuses_the_predictor_and_takes_expo
         assert sorted(client.run(prepared_predictors).values()) == sorted(built.values())
         # both workers run on this machine's cores, one task each at a time
         assert s.task_threads == [max(1, len(os.sched_getaffinity(0)) // 2)]
-        t = predict_distributed(exported, [images], tmp_path / "ts", client=client, overlays=False, quiet=True,
-                                rle=tmp_path / "ts.csv")
+        t = predict_distributed(
+            exported, [images], tmp_path / "ts", client=client, overlays=False, quiet=True, rle=tmp_path / "ts.csv"
+        )
         assert not t.failed, t.failed
         assert len(t.done) == 5 and t.engines == ["torch"]
     cloudpickle.unregister_pickle_by_value(test_distributed)
     ref = predict(exported, [images], tmp_path / "ref", overlays=False, quiet=True, threads=1)
     assert len(ref.done) == 5
     for i in range(5):
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "ts" / f"im{i}.png")),
-                              np.asarray(Image.open(tmp_path / "ref" / f"im{i}.png")))
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "ts" / f"im{i}.png")),
+            np.asarray(Image.open(tmp_path / "ref" / f"im{i}.png")),
+        )
     assert len((tmp_path / "ts.csv").read_text().splitlines()) == 6

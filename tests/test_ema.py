@@ -6,15 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY
 
 from biomedseg.core.errors import UserError
 from biomedseg.runs import load_checkpoint
 from biomedseg.runs.config import TrainConfig, build_config
-from biomedseg.training.ema import (EMA_MAX_DECAY, EMA_MIN_DECAY, WeightAverage, auto_decay, checkpoint_weights,
-                                    restore_weights)
+from biomedseg.training.ema import (
+    EMA_MAX_DECAY,
+    EMA_MIN_DECAY,
+    WeightAverage,
+    auto_decay,
+    checkpoint_weights,
+    restore_weights,
+)
 from biomedseg.training.loop_state import TrainState
 from biomedseg.training.selection import SMOOTHING_WINDOW, choose_best, selection_score
+from conftest import TINY
 
 FIXTURE_RUN = Path(__file__).parent / "fixtures" / "run_format_v1" / "run"
 
@@ -34,6 +40,7 @@ def _set_all(net: torch.nn.Module, value: float) -> None:
 
 
 # ---------------------------------------------------------------- the average itself
+
 
 @pytest.mark.parametrize("warmup", [None, 10])
 def test_average_after_n_updates_equals_the_closed_form(warmup):
@@ -105,6 +112,7 @@ def test_ema_option_values():
 
 # ---------------------------------------------------------------- checkpoints and resume
 
+
 def _trainer(**cfg):
     from biomedseg.losses.build import build_loss
     from biomedseg.training.optim import ProgressSchedule
@@ -113,8 +121,24 @@ def _trainer(**cfg):
     model = _net()
     config = TrainConfig(device="cpu", channels_last=False, **cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    return Trainer(config, model, build_loss("dice+ce", 2, None), opt, ProgressSchedule(opt, "poly", 1e-2), None, [],
-                   None, 2, ["background", "fg"], 0, ".", torch.device("cpu"), "fp32", 1, quiet=True)
+    return Trainer(
+        config,
+        model,
+        build_loss("dice+ce", 2, None),
+        opt,
+        ProgressSchedule(opt, "poly", 1e-2),
+        None,
+        [],
+        None,
+        2,
+        ["background", "fg"],
+        0,
+        ".",
+        torch.device("cpu"),
+        "fp32",
+        1,
+        quiet=True,
+    )
 
 
 def _steps(trainer, n: int) -> None:

@@ -12,9 +12,9 @@ import torch
 from biomedseg.core.errors import UserError
 from biomedseg.inference.predict.core import predict_proba_image
 from biomedseg.inference.run import load_run
-from biomedseg.stream.predictor import StreamingPredictor
 from biomedseg.runs import open_run
 from biomedseg.runs.ensemble import ensemble_members, parse_weights, write_ensemble
+from biomedseg.stream.predictor import StreamingPredictor
 from conftest import write_fake_run
 
 KW = {"depth": 3, "base_channels": 8, "num_res_units": 1}
@@ -23,15 +23,24 @@ KW = {"depth": 3, "base_channels": 8, "num_res_units": 1}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def make_member(run_dir, seed: int, normalization: dict, n_classes: int = 3, patch: int = 64, data=None,
-                val_ids=()):
+def make_member(run_dir, seed: int, normalization: dict, n_classes: int = 3, patch: int = 64, data=None, val_ids=()):
     """A run of a random-weight U-Net with its own input normalisation."""
     from biomedseg.models import create_model
 
     torch.manual_seed(seed)
     model = create_model("unet", 1, n_classes, **KW)
-    write_fake_run(run_dir, "unet", model.state_dict(), data, list(val_ids), patch_size=patch, batch_size=4,
-                   model_kwargs=KW, n_classes=n_classes, overlap=0.25)
+    write_fake_run(
+        run_dir,
+        "unet",
+        model.state_dict(),
+        data,
+        list(val_ids),
+        patch_size=patch,
+        batch_size=4,
+        model_kwargs=KW,
+        n_classes=n_classes,
+        overlap=0.25,
+    )
     path = run_dir / "dataset.json"
     info = json.loads(path.read_text())
     info["normalization"] = normalization
@@ -42,9 +51,11 @@ def make_member(run_dir, seed: int, normalization: dict, n_classes: int = 3, pat
 @pytest.fixture(scope="module")
 def members(tmp_path_factory):
     root = tmp_path_factory.mktemp("members")
-    return [make_member(root / "a", 0, {"mean": [100.0], "std": [50.0]}),
-            make_member(root / "b", 1, {"mean": [90.0], "std": [40.0], "clip": {"low": [10.0], "high": [220.0]}}),
-            make_member(root / "c", 2, {"mean": [120.0], "std": [60.0]})]
+    return [
+        make_member(root / "a", 0, {"mean": [100.0], "std": [50.0]}),
+        make_member(root / "b", 1, {"mean": [90.0], "std": [40.0], "clip": {"low": [10.0], "high": [220.0]}}),
+        make_member(root / "c", 2, {"mean": [120.0], "std": [60.0]}),
+    ]
 
 
 def _image(shape=(150, 170), seed=3):
@@ -77,8 +88,7 @@ def test_ensemble_probabilities_are_the_weighted_mean_of_the_members_streamed(me
     weights = [2.0, 1.0, 1.0]
     ens = write_ensemble(tmp_path / "ens", members, weights)
     image = _image((130, 200), seed=5)
-    probas = [StreamingPredictor.from_run(load_run(m, device="cpu"), tta="flips").predict_proba(image)
-              for m in members]
+    probas = [StreamingPredictor.from_run(load_run(m, device="cpu"), tta="flips").predict_proba(image) for m in members]
     got = StreamingPredictor.from_run(load_run(ens.root, device="cpu"), tta="flips").predict_proba(image)
     assert got.shape == (3, 130, 200)
     np.testing.assert_allclose(got, _weighted_mean(probas, weights), atol=1e-6)
@@ -119,8 +129,9 @@ def test_ensemble_folder_references_relative_paths_or_copies(members, tmp_path):
     assert [m["path"] for m in rows] == ["members/a", "members/b"] and rows[1]["weight"] == 0.75
     image = _image((70, 90))
     a, b = (load_run(p, device="cpu") for p in (ens.root, copied.root))
-    np.testing.assert_allclose(predict_proba_image(a, a.predictor(), image),
-                               predict_proba_image(b, b.predictor(), image), atol=1e-6)
+    np.testing.assert_allclose(
+        predict_proba_image(a, a.predictor(), image), predict_proba_image(b, b.predictor(), image), atol=1e-6
+    )
     with pytest.raises(UserError, match="not empty"):
         write_ensemble(tmp_path / "ens", members[:2])
 
@@ -144,8 +155,10 @@ def test_tune_postprocess_and_evaluate_accept_an_ensemble(synthetic_data, tmp_pa
     from biomedseg.workflows.tune_postprocess import tune_postprocess
 
     val = json.loads((synthetic_data / "dataset.json").read_text())["split"]["train"][:3]
-    runs = [make_member(tmp_path / name, seed, {"mean": [100.0], "std": [50.0]}, data=synthetic_data, val_ids=val)
-            for name, seed in (("a", 0), ("b", 1))]
+    runs = [
+        make_member(tmp_path / name, seed, {"mean": [100.0], "std": [50.0]}, data=synthetic_data, val_ids=val)
+        for name, seed in (("a", 0), ("b", 1))
+    ]
     ens = write_ensemble(tmp_path / "ens", runs)
     cfg = tune_postprocess(ens.root, split="val", device="cpu", gate=False)
     assert cfg.tuning["n_images"] == 3 and ens.paths.postprocess.is_file()

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from conftest import shared_dataset
 
 pytest.importorskip("onnxruntime")
@@ -31,8 +32,16 @@ gating: {min_classifier_probability: 0.3}
 """
 
 
-def make_run(root: Path, data: Path, arch: str, *, channels: int = 1, clip: bool = False,
-             postprocess: str | None = None, source: Path | None = None) -> Path:
+def make_run(
+    root: Path,
+    data: Path,
+    arch: str,
+    *,
+    channels: int = 1,
+    clip: bool = False,
+    postprocess: str | None = None,
+    source: Path | None = None,
+) -> Path:
     """A run folder holding a freshly initialised tiny network (3 classes) on ``data``."""
     from biomedseg.data.discovery import find_pairs
     from biomedseg.models import create_model
@@ -45,11 +54,25 @@ def make_run(root: Path, data: Path, arch: str, *, channels: int = 1, clip: bool
     norm = {"mean": [90.0 + 5 * c for c in range(channels)], "std": [40.0 + 3 * c for c in range(channels)]}
     if clip:
         norm["clip"] = {"low": [10.0 + c for c in range(channels)], "high": [200.0 - 7 * c for c in range(channels)]}
-    info = DatasetInfo(classes=["background", "cell", "filament"], background=0,
-                       palette={"values": [[0], [1], [2]]}, channels=channels, n_classes=3, normalization=norm,
-                       split={"train": ids[3:], "val": ids[:3]}, source=str((source or data).resolve()))
-    config = {"model": arch, "model_kwargs": kwargs, "patch_size": 32, "batch_size": 4, "device": "cpu",
-              "precision": "fp32", "num_threads": 1}
+    info = DatasetInfo(
+        classes=["background", "cell", "filament"],
+        background=0,
+        palette={"values": [[0], [1], [2]]},
+        channels=channels,
+        n_classes=3,
+        normalization=norm,
+        split={"train": ids[3:], "val": ids[:3]},
+        source=str((source or data).resolve()),
+    )
+    config = {
+        "model": arch,
+        "model_kwargs": kwargs,
+        "patch_size": 32,
+        "batch_size": 4,
+        "device": "cpu",
+        "precision": "fp32",
+        "num_threads": 1,
+    }
     run = write_run(root, config, info, {"model": model.state_dict()}).root
     if postprocess:
         (run / "postprocess.yaml").write_text(postprocess)
@@ -73,11 +96,14 @@ def unet_exports(unet_run, tmp_path_factory) -> dict:
     from biomedseg.export.writer import export_run
 
     out = tmp_path_factory.mktemp("exports")
-    return {fmt: export_run(unet_run, fmt, out / f"model{suffix}")
-            for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt"), ("bioimageio", ".zip"))}
+    return {
+        fmt: export_run(unet_run, fmt, out / f"model{suffix}")
+        for fmt, suffix in (("onnx", ".onnx"), ("torchscript", ".pt"), ("bioimageio", ".zip"))
+    }
 
 
 # ---------------------------------------------------------------- export and parity
+
 
 def _assert_passed(result, fmt):
     assert result.path.is_file()
@@ -131,8 +157,8 @@ def test_exported_graph_has_dynamic_batch_and_size(unet_exports, unet_run):
 
 @pytest.mark.slow
 def test_parity_failure_is_refused_and_leaves_nothing(unet_run, tmp_path, monkeypatch):
-    from biomedseg.inference.exported import engines as export_engines
     from biomedseg.export.writer import export_run
+    from biomedseg.inference.exported import engines as export_engines
 
     original = export_engines.OrtRunner.__call__
 
@@ -172,19 +198,23 @@ def test_parity_on_synthetic_images_when_data_is_gone(synthetic_data, tmp_path):
 
 # ---------------------------------------------------------------- metadata
 
+
 def test_metadata_round_trip(unet_run, unet_exports):
     from biomedseg.inference.exported.engines import open_exported
     from biomedseg.inference.exported.format import EXPORT_VERSION, metadata_json, parse_metadata
     from biomedseg.inference.run import load_run
 
     run = load_run(unet_run, device="cpu")
-    for fmt, result in unet_exports.items():
+    for result in unet_exports.values():
         exported = open_exported(result.path, device="cpu")
         doc = exported.metadata
         assert doc["version"] == EXPORT_VERSION and doc["format"] == "biomedseg.export"
         assert exported.info.classes == run.info.classes and exported.info.palette == run.info.palette
         assert exported.normalizer == run.normalizer
-        assert exported.settings.patch_size == run.settings.patch_size and exported.settings.overlap == run.settings.overlap
+        assert (
+            exported.settings.patch_size == run.settings.patch_size
+            and exported.settings.overlap == run.settings.overlap
+        )
         assert exported.predictor().batch_size == run.predictor().batch_size
         assert exported.postprocess() == run.postprocess() and exported.postprocess() is not None
         assert doc["sliding_window"]["blending"] == "gaussian"
@@ -212,6 +242,7 @@ def test_onnx_metadata_props_and_opset(unet_exports):
 
 # ---------------------------------------------------------------- bioimage.io
 
+
 def test_bioimageio_package_passes_bioimageio_core_test(unet_exports):
     pytest.importorskip("bioimageio.core")
     from bioimageio.core import test_model
@@ -219,8 +250,16 @@ def test_bioimageio_package_passes_bioimageio_core_test(unet_exports):
     path = unet_exports["bioimageio"].path
     with zipfile.ZipFile(path) as zf:
         names = set(zf.namelist())
-    assert {"rdf.yaml", "weights.onnx", "weights_torchscript.pt", "test_input.npy", "cover.png",
-            "README.md", "test_output_probabilities.npy", "test_output_image_logit.npy"} <= names
+    assert {
+        "rdf.yaml",
+        "weights.onnx",
+        "weights_torchscript.pt",
+        "test_input.npy",
+        "cover.png",
+        "README.md",
+        "test_output_probabilities.npy",
+        "test_output_image_logit.npy",
+    } <= names
     summary = test_model(path)
     failed = [(d.name, [e.msg for e in d.errors]) for d in summary.details if d.status != "passed"]
     assert summary.status == "passed", failed
@@ -240,6 +279,7 @@ def test_bioimageio_rdf_fields(unet_exports):
 
 # ---------------------------------------------------------------- predict from exports
 
+
 def test_predict_from_exports_equals_predict_run(unet_run, unet_exports, synthetic_data, tmp_path):
     from biomedseg.inference.predict.batch import predict
 
@@ -247,9 +287,13 @@ def test_predict_from_exports_equals_predict_run(unet_run, unet_exports, synthet
     predict(unet_run, images, tmp_path / "run", quiet=True, device="cpu")
     expected = masks_of(tmp_path / "run")
     assert len(expected) == 4
-    sources = [(unet_exports["onnx"].path, "auto"), (unet_exports["torchscript"].path, "auto"),
-               (unet_exports["bioimageio"].path, "onnxruntime"), (unet_exports["bioimageio"].path, "torch"),
-               (unet_run, "onnxruntime")]
+    sources = [
+        (unet_exports["onnx"].path, "auto"),
+        (unet_exports["torchscript"].path, "auto"),
+        (unet_exports["bioimageio"].path, "onnxruntime"),
+        (unet_exports["bioimageio"].path, "torch"),
+        (unet_run, "onnxruntime"),
+    ]
     for i, (source, engine) in enumerate(sources):
         s = predict(source, images, tmp_path / f"out{i}", quiet=True, device="cpu", engine=engine, instances=True)
         assert not s.failed
@@ -304,14 +348,17 @@ def test_cli_export_then_predict_from_the_file(unet_run, synthetic_data, tmp_pat
     r = run_cli("export", unet_run, "--format", "torchscript", "--out", tmp_path / "m.pt")
     assert r.returncode == 0, r.stderr
     assert "parity torch: max |p - p_torch|" in r.stdout and "m.pt.parity.json" in r.stdout
-    assert_user_error(run_cli("export", unet_run, "--format", "torchscript", "--out", tmp_path / "m.pt"),
-                      "already exists")
+    assert_user_error(
+        run_cli("export", unet_run, "--format", "torchscript", "--out", tmp_path / "m.pt"), "already exists"
+    )
     image = sorted((synthetic_data / "images").iterdir())[0]
     r = run_cli("predict", tmp_path / "m.pt", image, "--out", tmp_path / "p", "--no-overlays")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "p" / f"{image.stem}.png").is_file()
-    assert_user_error(run_cli("predict", tmp_path / "m.pt", image, "--out", tmp_path / "q", "--engine", "onnxruntime"),
-                      "runs in PyTorch")
+    assert_user_error(
+        run_cli("predict", tmp_path / "m.pt", image, "--out", tmp_path / "q", "--engine", "onnxruntime"),
+        "runs in PyTorch",
+    )
 
 
 def assert_masks_match(got: dict, expected: dict, run, images: dict) -> None:
@@ -341,9 +388,20 @@ def test_predict_onnx_equals_predict_run_on_shared_test_split(tmp_path):
     from biomedseg.training.api import train
 
     data = shared_dataset("isbi2012_em")
-    run = train(data, tmp_path / "run", epochs=1, seed=0, quiet=True, iterations_per_epoch=3, patch_size=64,
-                batch_size=4, num_threads=2, model="unet", precision="fp32",
-                model_kwargs={"depth": 3, "base_channels": 8, "num_res_units": 0})
+    run = train(
+        data,
+        tmp_path / "run",
+        epochs=1,
+        seed=0,
+        quiet=True,
+        iterations_per_epoch=3,
+        patch_size=64,
+        batch_size=4,
+        num_threads=2,
+        model="unet",
+        precision="fp32",
+        model_kwargs={"depth": 3, "base_channels": 8, "num_res_units": 0},
+    )
     result = export_run(run, "onnx", tmp_path / "model.onnx")
     assert all(r.passed for r in result.parity)
     test_ids = json.loads((data / "dataset.json").read_text())["split"]["test"]
@@ -366,5 +424,7 @@ def test_streamed_prediction_from_onnx_equals_run(unet_run, unet_exports, synthe
     for name, source in (("run", unet_run), ("onnx", unet_exports["onnx"].path)):
         s = predict(source, [image], tmp_path / name, quiet=True, device="cpu", stream=True, postprocess=False)
         assert s.streamed == [image]
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "onnx" / f"{image.stem}.tif"),
-                                  tifffile.imread(tmp_path / "run" / f"{image.stem}.tif"))
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "onnx" / f"{image.stem}.tif"),
+        tifffile.imread(tmp_path / "run" / f"{image.stem}.tif"),
+    )

@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 from PIL import Image
 
 import biomedseg.io.writers as writers
 from biomedseg.runs import load_checkpoint
+from conftest import TINY
 
 TINY_SET = [x for k, v in TINY.items() for x in ("--set", f"{k}={json.dumps(v)}")]
 
@@ -74,12 +74,30 @@ def leftovers(folder: Path) -> list[str]:
 
 # ---------------------------------------------------------------- kill -9, then resume / rerun
 
+
 @pytest.mark.slow
 def test_kill_9_during_training_then_resume(synthetic_data, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     log = open(tmp_path / "train.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "biomedseg.cli", "train", str(synthetic_data), "--out", str(run),
-                             "--epochs", "2", "--seed", "2", "--quiet", *TINY_SET], stdout=log, stderr=log)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "biomedseg.cli",
+            "train",
+            str(synthetic_data),
+            "--out",
+            str(run),
+            "--epochs",
+            "2",
+            "--seed",
+            "2",
+            "--quiet",
+            *TINY_SET,
+        ],
+        stdout=log,
+        stderr=log,
+    )
     wait_for(lambda: (run / "checkpoints" / "last.pt").is_file(), proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
@@ -101,15 +119,28 @@ def test_kill_9_during_folder_prediction_then_rerun(trained_run, tmp_path, monke
     for i in range(n):
         Image.fromarray(rng.integers(0, 255, (192, 192), dtype=np.uint8)).save(inputs / f"im{i:02d}.png")
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "biomedseg.cli", "predict", str(trained_run), str(inputs), "--out", str(out),
-            "--quiet", "--no-overlays", "--device", "cpu"]
+    args = [
+        sys.executable,
+        "-m",
+        "biomedseg.cli",
+        "predict",
+        str(trained_run),
+        str(inputs),
+        "--out",
+        str(out),
+        "--quiet",
+        "--no-overlays",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_for(lambda: out.is_dir() and any(out.glob("im*.png")), proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL
     assert len(list(out.glob("im*.png"))) < n
-    code, err = cli_here(monkeypatch, capsys, "predict", trained_run, inputs, "--out", out, "--quiet", "--no-overlays",
-                         "--device", "cpu")
+    code, err = cli_here(
+        monkeypatch, capsys, "predict", trained_run, inputs, "--out", out, "--quiet", "--no-overlays", "--device", "cpu"
+    )
     assert code == 0, err[-2000:]
     masks = sorted(out.glob("im*.png"))
     assert len(masks) == n
@@ -119,6 +150,7 @@ def test_kill_9_during_folder_prediction_then_rerun(trained_run, tmp_path, monke
 
 
 # ---------------------------------------------------------------- divergence
+
 
 def nan_loss_on(monkeypatch, steps) -> None:
     """Test hook: the training loss of the given step numbers (counted from 1 over the whole run) is NaN."""
@@ -192,8 +224,9 @@ def test_non_finite_weights_are_never_checkpointed(synthetic_data, tmp_path, mon
 
 def test_absurd_learning_rate_from_the_command_line(synthetic_data, tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
-    code, err = cli_here(monkeypatch, capsys, "train", synthetic_data, "--out", run, "--epochs", "2", "--lr", "1e9",
-                         "--quiet", *TINY_SET)
+    code, err = cli_here(
+        monkeypatch, capsys, "train", synthetic_data, "--out", run, "--epochs", "2", "--lr", "1e9", "--quiet", *TINY_SET
+    )
     assert_one_line(code, err, "training diverged", "--lr")
     for ck in (run / "checkpoints").glob("*.pt"):
         finite_checkpoint(ck)
@@ -210,8 +243,24 @@ def _tiny_trainer(precision="fp32"):
     model = create_model("unet", 1, 2, **TINY["model_kwargs"])
     cfg = TrainConfig(device="cpu", channels_last=False)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    return Trainer(cfg, model, build_loss("dice+ce", 2, None), opt, ProgressSchedule(opt, "poly", 1e-3), None, [],
-                   None, 2, ["background", "fg"], 0, ".", torch.device("cpu"), precision, 1, quiet=True)
+    return Trainer(
+        cfg,
+        model,
+        build_loss("dice+ce", 2, None),
+        opt,
+        ProgressSchedule(opt, "poly", 1e-3),
+        None,
+        [],
+        None,
+        2,
+        ["background", "fg"],
+        0,
+        ".",
+        torch.device("cpu"),
+        precision,
+        1,
+        quiet=True,
+    )
 
 
 def _batch():
@@ -259,9 +308,11 @@ def test_ranks_agree_on_a_flag_raised_by_one(tmp_path):
         "r = int(sys.argv[1])\n"
         f"dist.init_process_group('gloo', init_method='file://{tmp_path}/store', rank=r, world_size=2)\n"
         "print(any_rank(r == 1, DistInfo(r, 2)), any_rank(False, DistInfo(r, 2)))\n"
-        "dist.destroy_process_group()\n")
-    procs = [subprocess.Popen([sys.executable, "-c", script, str(r)], stdout=subprocess.PIPE, text=True)
-             for r in (0, 1)]
+        "dist.destroy_process_group()\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script, str(r)], stdout=subprocess.PIPE, text=True) for r in (0, 1)
+    ]
     outs = [p.communicate(timeout=120)[0].split() for p in procs]
     assert outs == [["True", "False"], ["True", "False"]]
 
@@ -333,6 +384,7 @@ def test_impossible_option_values_are_refused(args, needle, synthetic_data, tmp_
 
 # ---------------------------------------------------------------- unwritable outputs
 
+
 def _occupied(tmp: Path) -> Path:
     f = tmp / "some_file"
     f.write_text("keep me")
@@ -361,9 +413,11 @@ def test_output_path_that_cannot_be_a_folder_or_file(args, synthetic_data, tmp_p
 
 
 def _refused_as_read_only(folder: Path, data: Path, monkeypatch, capsys) -> None:
-    for args in (["train", data, "--out", folder / "run", "--epochs", "1"],
-                 ["predict", folder / "run", data / "images", "--out", folder / "pred"],
-                 ["split", folder]):
+    for args in (
+        ["train", data, "--out", folder / "run", "--epochs", "1"],
+        ["predict", folder / "run", data / "images", "--out", folder / "pred"],
+        ["split", folder],
+    ):
         assert_one_line(*cli_here(monkeypatch, capsys, *args), "not writable", str(folder))
     assert not (folder / "run").exists() and not (folder / "pred").exists()
 
@@ -384,8 +438,9 @@ def test_read_only_folder_is_refused_simulated(synthetic_data, tmp_path, monkeyp
     ro = tmp_path / "ro"
     ro.mkdir()
     real_access = os.access
-    monkeypatch.setattr(os, "access", lambda p, mode, **kw: not (Path(p) == ro and mode & os.W_OK)
-                        and real_access(p, mode, **kw))
+    monkeypatch.setattr(
+        os, "access", lambda p, mode, **kw: not (Path(p) == ro and mode & os.W_OK) and real_access(p, mode, **kw)
+    )
     _refused_as_read_only(ro, synthetic_data, monkeypatch, capsys)
 
 

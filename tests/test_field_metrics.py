@@ -28,7 +28,7 @@ from biomedseg.metrics.thin import cldice, rand_information_scores
 
 def _square(shape=(64, 64), top=10, left=10, side=20) -> np.ndarray:
     m = np.zeros(shape, np.uint8)
-    m[top:top + side, left:left + side] = 1
+    m[top : top + side, left : left + side] = 1
     return m
 
 
@@ -199,8 +199,19 @@ def test_object_hausdorff_of_a_shifted_object_and_of_an_unmatched_one():
 def test_perfect_and_empty_object_scores():
     truth, _ = _split_case()
     perfect = object_scores(truth, truth)
-    assert perfect == pytest.approx({"object_f1": 1, "object_dice": 1, "object_hausdorff": 0, "aji": 1,
-                                     "aji_plus": 1, "pq": 1, "sq": 1, "rq": 1, "ap": 1})
+    assert perfect == pytest.approx(
+        {
+            "object_f1": 1,
+            "object_dice": 1,
+            "object_hausdorff": 0,
+            "aji": 1,
+            "aji_plus": 1,
+            "pq": 1,
+            "sq": 1,
+            "rq": 1,
+            "ap": 1,
+        }
+    )
     empty = np.zeros_like(truth)
     assert object_scores(empty, empty) == pytest.approx({**perfect})
     for t, p in ((truth, empty), (empty, truth)):
@@ -341,8 +352,9 @@ def _run_cli(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "biomedseg.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "biomedseg.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def _one_line_error(result, *needles):
@@ -416,8 +428,19 @@ def test_truth_instances_missing_or_mismatching(trained_run, synthetic_data, tmp
         Image.fromarray(a).save(p)
     mask0 = np.asarray(Image.open(data / "masks" / f"{ids[1]}.png"))
     assert (mask0 if mask0.ndim == 2 else mask0[..., 0])[0, 0] == 0  # the edited pixel is background there
-    r = _run_cli("evaluate", trained_run, data, "--out", tmp_path / "bad", "--metrics", "aji", "--device", "cpu",
-                 "--no-overlays", "-q")
+    r = _run_cli(
+        "evaluate",
+        trained_run,
+        data,
+        "--out",
+        tmp_path / "bad",
+        "--metrics",
+        "aji",
+        "--device",
+        "cpu",
+        "--no-overlays",
+        "-q",
+    )
     # nothing can be computed: one warning naming each file, then one error line, exit 2
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
@@ -459,8 +482,15 @@ def test_compare_metric_evaluates_with_that_metric(trained_run, synthetic_data, 
 
     twin = tmp_path / "twin"
     shutil.copytree(trained_run, twin)
-    s = compare([trained_run, twin], tmp_path / "cmp", data=synthetic_data, metric="hd95", n_resamples=200,
-                device="cpu", quiet=True)
+    s = compare(
+        [trained_run, twin],
+        tmp_path / "cmp",
+        data=synthetic_data,
+        metric="hd95",
+        n_resamples=200,
+        device="cpu",
+        quiet=True,
+    )
     (c,) = s["comparisons"]
     assert s["score"] == "hd95" and c["direction"] == "lower" and c["mean_difference"] == 0.0
     assert "no difference" in c["sentence"] and "hd95" in c["sentence"]
@@ -474,13 +504,18 @@ def test_compare_metric_evaluates_with_that_metric(trained_run, synthetic_data, 
 @pytest.mark.slow
 def test_sweep_objective_ranks_trials_by_the_validation_metric(synthetic_data, tmp_path):
     pytest.importorskip("optuna")
+    from biomedseg.sweeps import run as sweeps
     from conftest import TINY
 
-    from biomedseg.workflows.sweep import run as sweeps
-
     out = tmp_path / "sweep"
-    s = sweeps.sweep(synthetic_data, out, ["lr=1e-3,1e-2"], prune=False, objective="hd95",
-                     **{**TINY, "epochs": 1, "seed": 0, "quiet": True, "num_threads": 1})
+    s = sweeps.sweep(
+        synthetic_data,
+        out,
+        ["lr=1e-3,1e-2"],
+        prune=False,
+        objective="hd95",
+        **{**TINY, "epochs": 1, "seed": 0, "quiet": True, "num_threads": 1},
+    )
     rows = s["rows"]
     assert len(rows) == 2 and all(r["val_hd95"] is not None for r in rows)
     assert rows[0]["val_hd95"] <= rows[1]["val_hd95"]  # lower is better: the best first
@@ -488,8 +523,13 @@ def test_sweep_objective_ranks_trials_by_the_validation_metric(synthetic_data, t
     assert (out / "evals" / f"{rows[0]['run']}_val" / "per_image.csv").is_file()
     assert "ranked by val_hd95 (lower is better)" in (out / "table.md").read_text()
     with pytest.raises(UserError, match="ranks trials by hd95, not val_dice"):
-        sweeps.sweep(synthetic_data, out, ["lr=1e-3,1e-2"], prune=False,
-                     **{**TINY, "epochs": 1, "seed": 0, "quiet": True, "num_threads": 1})
+        sweeps.sweep(
+            synthetic_data,
+            out,
+            ["lr=1e-3,1e-2"],
+            prune=False,
+            **{**TINY, "epochs": 1, "seed": 0, "quiet": True, "num_threads": 1},
+        )
 
 
 def test_predicted_instances_from_a_watershed_split_touching_objects():

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from biomedseg.audit.split import stratify_labels, write_split
-from biomedseg.data.group_split import read_exclude, split_with_groups
 from biomedseg.core.errors import UserError
+from biomedseg.data.group_split import read_exclude, split_with_groups
 
 
 def _random_groups(rng: random.Random, ids: list[str], n_groups: int) -> list[set[str]]:
@@ -20,7 +20,7 @@ def _random_groups(rng: random.Random, ids: list[str], n_groups: int) -> list[se
     groups, k = [], 0
     for _ in range(n_groups):
         size = rng.choice([2, 2, 3, 5, 9])
-        groups.append(set(pool[k:k + size]))
+        groups.append(set(pool[k : k + size]))
         k += size
     return groups
 
@@ -63,21 +63,33 @@ def test_stratified_split_spreads_a_rare_label():
 
 
 def _audit_dict(ids, groups, conflicts, classes=None) -> dict:
-    return {"inventory": {"pair_ids": ids},
-            "duplicates": {"groups": [{"members": sorted(g)} for g in groups], "conflict_ids": conflicts},
-            "masks": {"class_pixel_fraction": {"background": 0.9, "a": 0.09, "b": 0.01},
-                      "image_classes": classes or {}}}
+    return {
+        "inventory": {"pair_ids": ids},
+        "duplicates": {"groups": [{"members": sorted(g)} for g in groups], "conflict_ids": conflicts},
+        "masks": {"class_pixel_fraction": {"background": 0.9, "a": 0.09, "b": 0.01}, "image_classes": classes or {}},
+    }
 
 
 def test_write_split_updates_dataset_json_and_exclude(tmp_path):
     ids = [f"s{k:02d}" for k in range(40)]
-    meta = {"name": "x", "classes": ["background", "a", "b"], "notes": ["keep me"],
-            "split": {"train": ids[:30], "test": ids[30:]}}
+    meta = {
+        "name": "x",
+        "classes": ["background", "a", "b"],
+        "notes": ["keep me"],
+        "split": {"train": ids[:30], "test": ids[30:]},
+    }
     (tmp_path / "dataset.json").write_text(json.dumps(meta))
     groups = [{"s01", "s02", "s03"}, {"s10", "s35"}]
     classes = {i: (["b"] if k % 10 == 0 else ["a"] if k % 2 else []) for k, i in enumerate(ids)}
-    result = write_split(tmp_path, test_fraction=0.25, val_fraction=0.1, seed=1, stratify=True,
-                         audit=_audit_dict(ids, groups, ["s01", "s02"], classes), progress=False)
+    result = write_split(
+        tmp_path,
+        test_fraction=0.25,
+        val_fraction=0.1,
+        seed=1,
+        stratify=True,
+        audit=_audit_dict(ids, groups, ["s01", "s02"], classes),
+        progress=False,
+    )
     new = json.loads((tmp_path / "dataset.json").read_text())
     assert new["name"] == "x" and new["notes"] == ["keep me"] and new["classes"] == meta["classes"]
     split = new["split"]
@@ -102,7 +114,7 @@ def test_write_split_runs_the_audit(tmp_path):
         img = (rng.random((48, 64)) * 255).astype(np.uint8)
         img = np.asarray(Image.fromarray(img).resize((128, 96), Image.BICUBIC))
         mask = np.zeros((96, 128), np.uint8)
-        mask[10 + 3 * k:40 + 3 * k, 20:60] = 1
+        mask[10 + 3 * k : 40 + 3 * k, 20:60] = 1
         for name, m in ((f"m{k}", mask), (f"m{k}_copy", mask if k != 3 else np.zeros_like(mask))):
             if k >= 4 and name.endswith("copy"):
                 continue

@@ -6,13 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import shared_dataset
-from test_planner import assert_reasons_cite_their_inputs
 
-from biomedseg.workflows.evaluation import evaluate
 from biomedseg.io import read_image, read_mask
 from biomedseg.io.masks import Palette
 from biomedseg.training.api import train
+from biomedseg.workflows.evaluation import evaluate
+from conftest import shared_dataset
+from test_planner import assert_reasons_cite_their_inputs
 
 pytestmark = pytest.mark.shared
 
@@ -37,8 +37,18 @@ def test_isbi_short_training_beats_otsu(tmp_path):
     data = shared_dataset("isbi2012_em")
     test_ids = json.loads((data / "dataset.json").read_text())["split"]["test"]
     # a fixed number of steps (not a wall-clock budget): the same training on a fast or a busy machine
-    run = train(data, tmp_path / "run", epochs=2, iterations_per_epoch=20, seed=0, quiet=True, num_threads=2,
-                model_kwargs={"depth": 4, "base_channels": 16, "num_res_units": 1}, patch_size=256, batch_size=4)
+    run = train(
+        data,
+        tmp_path / "run",
+        epochs=2,
+        iterations_per_epoch=20,
+        seed=0,
+        quiet=True,
+        num_threads=2,
+        model_kwargs={"depth": 4, "base_channels": 16, "num_res_units": 1},
+        patch_size=256,
+        batch_size=4,
+    )
     m = evaluate(run, data, tmp_path / "eval", split="test", overlays=False, quiet=True)
     assert m["n_images"] == len(test_ids) == 6
     baseline = otsu_membrane_dice(data, test_ids)
@@ -63,8 +73,21 @@ def test_audit_class_shares_match_dataset_json(tmp_path):
 
 
 SHARED_NAMES = ["isbi2012_em", "drive_retina", "darkfield_bacteria", "dsb2018_nuclei", "monuseg_histology"]
-PLANNED = {"patch_size", "model_kwargs.depth", "model_kwargs.base_channels", "batch_size", "normalization",
-           "class_weights", "fg_oversample", "augment", "loss", "optimizer", "lr", "schedule", "iterations"}
+PLANNED = {
+    "patch_size",
+    "model_kwargs.depth",
+    "model_kwargs.base_channels",
+    "batch_size",
+    "normalization",
+    "class_weights",
+    "fg_oversample",
+    "augment",
+    "loss",
+    "optimizer",
+    "lr",
+    "schedule",
+    "iterations",
+}
 
 
 @pytest.mark.slow  # plan measures the step time by training a few steps
@@ -78,8 +101,9 @@ def test_plan_command_gives_every_value_a_reason(name, tmp_path):
     from biomedseg.cli import app
 
     data = shared_dataset(name)
-    res = CliRunner().invoke(app, ["plan", str(data), "--out", str(tmp_path / "plan.yaml"), "--time-budget", "30m",
-                                   "--device", "cpu"])
+    res = CliRunner().invoke(
+        app, ["plan", str(data), "--out", str(tmp_path / "plan.yaml"), "--time-budget", "30m", "--device", "cpu"]
+    )
     assert res.exit_code == 0, res.output
     plan = yaml.safe_load((tmp_path / "plan.yaml").read_text())
     entries = {k: v for k, v in plan.items() if isinstance(v, dict) and "value" in v}

@@ -235,7 +235,7 @@ def test_corrupt_png_data(tmp_path):
     Image.fromarray(_rgb(64, 64)).save(path)
     data = bytearray(path.read_bytes())
     start = data.index(b"IDAT") + 8
-    data[start:start + 200] = bytes(200)  # zeroed compressed data: bad CRC / zlib stream
+    data[start : start + 200] = bytes(200)  # zeroed compressed data: bad CRC / zlib stream
     path.write_bytes(bytes(data))
     _assert_one_line_error(path, "")
 
@@ -248,11 +248,10 @@ def test_corrupt_tiff(tmp_path):
 
 def _png_header_only(width, height):
     def chunk(kind, payload):
-        return (struct.pack(">I", len(payload)) + kind + payload
-                + struct.pack(">I", zlib.crc32(kind + payload)))
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
 
 
 def test_huge_image_header_is_not_refused(tmp_path):

@@ -22,7 +22,7 @@ def _blobs(seed, h=64, w=64, n_classes=2):
     for c in range(1, n_classes):
         for _ in range(2):
             y, x = rng.integers(0, h - 16), rng.integers(0, w - 16)
-            m[y:y + rng.integers(6, 16), x:x + rng.integers(6, 16)] = c
+            m[y : y + rng.integers(6, 16), x : x + rng.integers(6, 16)] = c
     return m
 
 
@@ -32,6 +32,7 @@ def _save(path, array, **kw):
 
 
 # --- Palette --------------------------------------------------------------------------
+
 
 def test_palette_identity_and_json_roundtrip():
     p = Palette.identity(3)
@@ -61,6 +62,7 @@ def test_palette_rejects_bad_values(values):
 
 # --- discover_palette -------------------------------------------------------------------
 
+
 def test_discover_binary_index(tmp_path):
     paths = [_save(tmp_path / f"{i}.png", _blobs(i)) for i in range(3)]
     assert discover_palette(paths) == Palette.identity(2)
@@ -72,9 +74,11 @@ def test_discover_binary_0_255(tmp_path):
 
 
 def test_discover_index_with_class_absent_from_some_files(tmp_path):
-    paths = [_save(tmp_path / "a.png", _blobs(0, n_classes=2)),  # only 0, 1
-             _save(tmp_path / "b.png", _blobs(1, n_classes=4)),  # 0..3
-             _save(tmp_path / "c.png", np.zeros((64, 64), np.uint8))]
+    paths = [
+        _save(tmp_path / "a.png", _blobs(0, n_classes=2)),  # only 0, 1
+        _save(tmp_path / "b.png", _blobs(1, n_classes=4)),  # 0..3
+        _save(tmp_path / "c.png", np.zeros((64, 64), np.uint8)),
+    ]
     assert discover_palette(paths) == Palette.identity(4)
 
 
@@ -89,7 +93,7 @@ def test_discover_grey_levels_with_antialiasing(tmp_path):
 
 def test_discover_rgb_black_first_then_frequency(tmp_path):
     m = np.zeros((64, 64, 3), np.uint8)
-    m[:10, :10] = (255, 0, 0)   # 100 px
+    m[:10, :10] = (255, 0, 0)  # 100 px
     m[20:40, 20:40] = (0, 255, 0)  # 400 px, more frequent
     path = _save(tmp_path / "c.png", m)
     assert discover_palette([path]).values == [(0, 0, 0), (0, 255, 0), (255, 0, 0)]
@@ -191,6 +195,7 @@ def test_discover_samples_a_limited_number_of_files(tmp_path, monkeypatch):
 
 # --- read_mask ----------------------------------------------------------------------------
 
+
 def test_read_mask_identity(tmp_path):
     m = _blobs(3, n_classes=3)
     path = _save(tmp_path / "m.png", m)
@@ -256,7 +261,7 @@ def test_discover_antialiased_rgb_mask(tmp_path):
         m = np.zeros((100, 100, 3), np.uint8)
         for col in colours:
             y, x = rng.integers(0, 70, 2)
-            m[y:y + 25, x:x + 25] = col
+            m[y : y + 25, x : x + 25] = col
         path = tmp_path / f"{i}.png"
         Image.fromarray(m).resize((217, 217), Image.BILINEAR).save(path)  # blended edges
         paths.append(path)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from conftest import write_fake_run
 from PIL import Image
 
 from biomedseg.core.errors import UserError
 from biomedseg.io import read_image, read_raw
 from biomedseg.io.sources import MAX_DECODE_PIXELS, open_source
+from conftest import write_fake_run
 
 RNG = np.random.default_rng(0)
 PILLOW_DEFAULT_LIMIT = int(1024 * 1024 * 1024 // 4 // 3)  # Pillow's documented default
@@ -44,6 +44,7 @@ def decodes(monkeypatch):
         def counted(*args, **kwargs):
             calls.append(1)
             return decode(*args, **kwargs)
+
         return counted
 
     monkeypatch.setattr(tifffile.TiffPage, "decode", property(counting))
@@ -83,9 +84,16 @@ def test_tiled_bigtiff_pyramid_is_read_window_by_window(tmp_path, decodes):
     img = _rgb(300, 260)
     path = tmp_path / "slide.tif"
     with tifffile.TiffWriter(path, bigtiff=True, ome=True) as tw:
-        tw.write(img, tile=(64, 64), compression="zlib", photometric="rgb", subifds=1,
-                 resolution=(1e4 / 0.5, 1e4 / 0.5), resolutionunit="CENTIMETER",
-                 metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
+        tw.write(
+            img,
+            tile=(64, 64),
+            compression="zlib",
+            photometric="rgb",
+            subifds=1,
+            resolution=(1e4 / 0.5, 1e4 / 0.5),
+            resolutionunit="CENTIMETER",
+            metadata={"axes": "YXS", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5},
+        )
         tw.write(img[::2, ::2], tile=(64, 64), compression="zlib", photometric="rgb", subfiletype=1)
     with open_source(path) as src:
         assert (src.kind, src.shape, src.levels, src.level_shapes) == ("tiff", (300, 260), 2, [(300, 260), (150, 130)])
@@ -132,8 +140,11 @@ def test_one_strip_compressed_tiff_is_decoded_once_and_cached(tmp_path, decodes,
     # above the decode cap the strip cannot be decoded within the limit: refused, with what to do
     with open_source(tmp_path / "one.tif", max_decode_pixels=100_000) as src:
         assert src.shape == (600, 500)  # the header is still readable
-        with pytest.raises(UserError, match=r"one\.tif: is stored in strips of 0.3 megapixels, above the "
-                                            r"0.1-megapixel.*tiled TIFF"):
+        with pytest.raises(
+            UserError,
+            match=r"one\.tif: is stored in strips of 0.3 megapixels, above the "
+            r"0.1-megapixel.*tiled TIFF",
+        ):
             src.read(0, 0, 10, 10)
 
 
@@ -188,7 +199,7 @@ def _tiles(out, shape):
     with open(out / "tiles.csv", newline="") as fh:
         for r in csv.DictReader(fh):
             x, y, w, h = (int(r[k]) for k in ("x", "y", "w", "h"))
-            rec[y:y + h, x:x + w] = read_image(out / "images" / r["file"])
+            rec[y : y + h, x : x + w] = read_image(out / "images" / r["file"])
     return rec
 
 
@@ -210,8 +221,16 @@ def threshold_run(tmp_path):
         return conv
 
     registry.register(name, multiple=1, description="test")(factory)
-    yield write_fake_run(tmp_path / "run", name, create_model(name, 1, 2).state_dict(), None, [], patch_size=32,
-                         batch_size=4, overlap=0.25)
+    yield write_fake_run(
+        tmp_path / "run",
+        name,
+        create_model(name, 1, 2).state_dict(),
+        None,
+        [],
+        patch_size=32,
+        batch_size=4,
+        overlap=0.25,
+    )
     registry._REGISTRY.pop(name, None)
 
 
@@ -229,10 +248,12 @@ def test_tile_streamed_predict_and_read_image_agree(make, tmp_path, threshold_ru
     assert np.array_equal(_tiles(tmp_path / "tiles", (150, 130)), whole)
     with stream_source(path) as src:
         assert np.array_equal(np.concatenate([src.read_rows(y, min(y + 32, 150)) for y in range(0, 150, 32)]), whole)
-    streamed = predict(threshold_run, [path], tmp_path / "streamed", stream=True, quiet=True, overlays=False,
-                       compile="off")
-    in_memory = predict(threshold_run, [path], tmp_path / "memory", stream=False, quiet=True, overlays=False,
-                        compile="off")
+    streamed = predict(
+        threshold_run, [path], tmp_path / "streamed", stream=True, quiet=True, overlays=False, compile="off"
+    )
+    in_memory = predict(
+        threshold_run, [path], tmp_path / "memory", stream=False, quiet=True, overlays=False, compile="off"
+    )
     assert streamed.streamed == [path] and in_memory.done == [path] and not in_memory.streamed
     a, b = tifffile.imread(tmp_path / "streamed" / "in.tif"), read_raw(tmp_path / "memory" / "in.png")
     assert a.any() and np.array_equal(a, b)
@@ -283,12 +304,19 @@ def test_zarr_windows_levels_and_cap(tmp_path):
     root = zarr.open_group(str(tmp_path / "z.zarr"), mode="w", zarr_format=2)
     root.create_array("0", data=img, chunks=(32, 32))
     root.create_array("1", data=img[::2, ::2], chunks=(32, 32))
-    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "y", "type": "space", "unit": "micrometer"},
-                                                              {"name": "x", "type": "space", "unit": "micrometer"}],
-                                  "datasets": [{"path": "0", "coordinateTransformations": [
-                                      {"type": "scale", "scale": [0.25, 0.25]}]},
-                                      {"path": "1", "coordinateTransformations": [
-                                          {"type": "scale", "scale": [0.5, 0.5]}]}]}]
+    root.attrs["multiscales"] = [
+        {
+            "version": "0.4",
+            "axes": [
+                {"name": "y", "type": "space", "unit": "micrometer"},
+                {"name": "x", "type": "space", "unit": "micrometer"},
+            ],
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [0.25, 0.25]}]},
+                {"path": "1", "coordinateTransformations": [{"type": "scale", "scale": [0.5, 0.5]}]},
+            ],
+        }
+    ]
     with open_source(tmp_path / "z.zarr", level=1) as src:
         assert src.kind == "zarr" and src.level_shapes == [(120, 100), (60, 50)] and src.tile == (32, 32)
         assert src.pixel_size == (0.5, 0.5)
@@ -336,8 +364,9 @@ def test_pillow_limit_unchanged_by_import_and_reading(tmp_path, bomb):
     assert Image.MAX_IMAGE_PIXELS == PILLOW_DEFAULT_LIMIT
 
 
-def test_bomb_in_predict_fails_alone_and_in_the_cli(bomb, tmp_path, threshold_run, monkeypatch, capsys, caplog,
-                                                    one_thread):
+def test_bomb_in_predict_fails_alone_and_in_the_cli(
+    bomb, tmp_path, threshold_run, monkeypatch, capsys, caplog, one_thread
+):
     from biomedseg.cli import main
     from biomedseg.inference.predict.batch import predict
 
@@ -349,8 +378,21 @@ def test_bomb_in_predict_fails_alone_and_in_the_cli(bomb, tmp_path, threshold_ru
     assert s.done == [inputs / "good.png"] and (tmp_path / "out" / "good.png").is_file()
     assert [p for p, _ in s.failed] == [inputs / "bomb.png"] and "900 megapixels" in s.failed[0][1]
     # the command line: one line per failure (logged), no traceback; `tile` of the bomb exits 2
-    monkeypatch.setattr(sys, "argv", ["biomedseg", "predict", str(threshold_run), str(inputs), "--out",
-                                      str(tmp_path / "cli"), "--quiet", "--compile", "off"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "biomedseg",
+            "predict",
+            str(threshold_run),
+            str(inputs),
+            "--out",
+            str(tmp_path / "cli"),
+            "--quiet",
+            "--compile",
+            "off",
+        ],
+    )
     caplog.clear()
     with pytest.raises(SystemExit) as exc:
         main()
@@ -359,8 +401,9 @@ def test_bomb_in_predict_fails_alone_and_in_the_cli(bomb, tmp_path, threshold_ru
     assert (tmp_path / "cli" / "good.png").is_file()
     lines = [r.getMessage() for r in caplog.records if "bomb.png" in r.getMessage()]
     assert len(lines) == 1 and "\n" not in lines[0]
-    assert lines[0].endswith("convert it to a tiled TIFF (e.g. `vips tiffsave in.png out.tif --tile --pyramid "
-                             "--compression deflate`)")
+    assert lines[0].endswith(
+        "convert it to a tiled TIFF (e.g. `vips tiffsave in.png out.tif --tile --pyramid --compression deflate`)"
+    )
     monkeypatch.setattr(sys, "argv", ["biomedseg", "tile", str(bomb), "--out", str(tmp_path / "tiles")])
     with pytest.raises(SystemExit) as exc:
         main()

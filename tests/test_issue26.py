@@ -12,14 +12,15 @@ from biomedseg.core.errors import UserError
 # ---------------------------------------------------------------- 4: export --checkpoint X
 def test_cli_export_unknown_checkpoint_is_one_line_user_error(synthetic_data, tmp_path):
     pytest.importorskip("onnxruntime")
-    from test_export import make_run
     from typer.testing import CliRunner
 
     from biomedseg.cli import app
+    from test_export import make_run
 
     run = make_run(tmp_path / "run", synthetic_data, "unet")
-    r = CliRunner().invoke(app, ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx"),
-                                 "--checkpoint", "epoch3"])
+    r = CliRunner().invoke(
+        app, ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "m.onnx"), "--checkpoint", "epoch3"]
+    )
     assert isinstance(r.exception, UserError), repr(r.exception)
     assert "--checkpoint epoch3" in str(r.exception) and "best" in str(r.exception)
     assert "\n" not in str(r.exception)
@@ -46,9 +47,8 @@ def package(synthetic_data, tmp_path_factory):
     pytest.importorskip("bioimageio.spec")
     import getpass
 
-    from test_export import POSTPROCESS, make_run
-
     from biomedseg.export.writer import export_run
+    from test_export import POSTPROCESS, make_run
 
     def no_passwd_entry():
         raise KeyError("getpwuid(): uid not found: 12345")
@@ -78,9 +78,12 @@ def test_export_metadata_names_no_local_path_nor_login(package, synthetic_data):
         login = None
     with zipfile.ZipFile(package.path) as zf:
         rdf = yaml.safe_load(zf.read("rdf.yaml"))
-    docs = {"rdf": rdf, "onnx": open_exported(package.path, engine="onnxruntime").metadata,
-            "torchscript": open_exported(package.path, engine="torch").metadata,
-            "parity": json.loads(package.parity_path.read_text())}
+    docs = {
+        "rdf": rdf,
+        "onnx": open_exported(package.path, engine="onnxruntime").metadata,
+        "torchscript": open_exported(package.path, engine="torch").metadata,
+        "parity": json.loads(package.parity_path.read_text()),
+    }
     root = package.path.parent
     for name, doc in docs.items():
         for s in _strings(doc):
@@ -94,8 +97,16 @@ def test_export_metadata_names_no_local_path_nor_login(package, synthetic_data):
 
 
 # ---------------------------------------------------------------- 8: malformed packages; ONNX preferred to TorchScript
-@pytest.mark.parametrize("rdf", ["- just\n- a list\n", "weights: {onnx: weights.onnx}\n",
-                                 "weights: [onnx]\n", "weights: {onnx: {source: [1]}}\n", "config: [1]\n"])
+@pytest.mark.parametrize(
+    "rdf",
+    [
+        "- just\n- a list\n",
+        "weights: {onnx: weights.onnx}\n",
+        "weights: [onnx]\n",
+        "weights: {onnx: {source: [1]}}\n",
+        "config: [1]\n",
+    ],
+)
 def test_malformed_package_is_a_user_error(rdf, tmp_path):
     import zipfile
 
@@ -208,8 +219,11 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp
     monkeypatch.setattr(os, "replace", replace)
     path = tmp_path / "sub" / "a.json"
     writers.write_json(path, {"a": 1})
-    assert events == [("fsync", "file", path.stat().st_ino), ("replace",),
-                      ("fsync", "folder", path.parent.stat().st_ino)]
+    assert events == [
+        ("fsync", "file", path.stat().st_ino),
+        ("replace",),
+        ("fsync", "folder", path.parent.stat().st_ino),
+    ]
     doc = " ".join(writers.__doc__.split())
     assert "power loss" in doc and "crash of the process" in doc
 
@@ -218,12 +232,12 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp
 def test_cli_ensemble_of_one_cv_folder_is_the_ensemble_of_its_folds(tmp_path):
     import json
 
-    from test_ensemble import make_member
     from typer.testing import CliRunner
 
     from biomedseg.cli import app
     from biomedseg.runs.cv import TRAINED, create_cv
     from biomedseg.runs.ensemble import write_ensemble_records
+    from test_ensemble import make_member
 
     cv = create_cv(tmp_path / "CV", folds=2)
     for i, mean in enumerate((100.0, 90.0)):
@@ -245,12 +259,11 @@ def test_cli_ensemble_of_one_cv_folder_is_the_ensemble_of_its_folds(tmp_path):
 def test_user_optimizer_without_lr_gets_its_own_default_not_the_planned_adamw_rate(from_file, tmp_path, monkeypatch):
     import torch
     import yaml
-    from test_planner import FP
 
-    from biomedseg.runs.config import build_config
-    from biomedseg.runs.config import DEFAULT_LR
     from biomedseg.planning import stage
     from biomedseg.planning.planner import make_plan
+    from biomedseg.runs.config import DEFAULT_LR, build_config
+    from test_planner import FP
 
     monkeypatch.setattr(stage, "fingerprint_of", lambda data: dict(FP))
     plan_file = None
@@ -277,9 +290,8 @@ def test_user_optimizer_without_lr_gets_its_own_default_not_the_planned_adamw_ra
 
 # -------------------------------------------------- 11: one noisy step measurement does not flip the width
 def test_one_outlier_step_measurement_does_not_flip_the_planned_width():
-    from test_planner import FP
-
     from biomedseg.planning.planner import make_plan
+    from test_planner import FP
 
     budget = 600  # 0.5 s per step at width 32: ~1000 steps fit, full width; 2.1 s: ~240, narrowed
 
@@ -359,13 +371,20 @@ def test_sweep_on_remote_workers_with_sqlite_study_is_refused_with_the_fix(synth
     pytest.importorskip("optuna")
     pytest.importorskip("distributed")
     from biomedseg.runtime import cluster
-    from biomedseg.workflows.sweep import run as sweeps
+    from biomedseg.sweeps import run as sweeps
 
     monkeypatch.setattr(cluster, "connect", _fake_connect(_FakeClient("127.0.0.1", "192.0.2.17")))
     out = tmp_path / "SWEEP"
     with pytest.raises(UserError, match=r"study\.db: .*192\.0\.2\.17.*--storage postgresql://"):
-        sweeps.sweep(synthetic_data, out, ["optimizer=adam,sgd"], scheduler="tcp://head:8786", auto_plan=False,
-                     epochs=1, quiet=True)
+        sweeps.sweep(
+            synthetic_data,
+            out,
+            ["optimizer=adam,sgd"],
+            scheduler="tcp://head:8786",
+            auto_plan=False,
+            epochs=1,
+            quiet=True,
+        )
     assert not out.exists()  # refused before anything was written
 
 
@@ -374,7 +393,7 @@ def test_sweep_storage_check_accepts_local_workers_and_a_database_server(tmp_pat
     import socket
 
     from biomedseg.runtime import cluster
-    from biomedseg.workflows.sweep.run import check_cluster_storage
+    from biomedseg.sweeps.run import check_cluster_storage
 
     monkeypatch.setattr(cluster, "connect", _fake_connect(_FakeClient("127.0.0.1", socket.gethostname())))
     check_cluster_storage("tcp://head:8786", None, tmp_path / "SWEEP")  # all workers here: SQLite is fine
@@ -418,8 +437,16 @@ def _parallel_folds(data, out, monkeypatch, k=2):
 
     def one(i):
         try:
-            crossval.cross_validate(data, out, folds=k, fold=i, audit={}, quiet=True, time_budget="2m",
-                                    **{"device": "cpu", "num_threads": 1})
+            crossval.cross_validate(
+                data,
+                out,
+                folds=k,
+                fold=i,
+                audit={},
+                quiet=True,
+                time_budget="2m",
+                **{"device": "cpu", "num_threads": 1},
+            )
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 

@@ -91,8 +91,10 @@ def test_bce_single_logit_and_multiclass():
     assert float(build_loss("bce", 3)(logits, target)) == pytest.approx(float(ref), rel=1e-5)
 
 
-@pytest.mark.parametrize("spec", ["dice", "jaccard", "tversky", "fbeta", "lovasz", "ce", "bce", "focal",
-                                  "dice:include_background=false", "dice+ce"])
+@pytest.mark.parametrize(
+    "spec",
+    ["dice", "jaccard", "tversky", "fbeta", "lovasz", "ce", "bce", "focal", "dice:include_background=false", "dice+ce"],
+)
 def test_perfect_prediction_is_minimal(spec):
     target = torch.tensor([[[0, 1, 1], [2, 2, 0]]])
     perfect = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 40.0
@@ -132,32 +134,33 @@ def test_every_registered_loss_is_covered():
     assert {"ce", "bce", "dice", "focal", "jaccard", "tversky", "fbeta", "lovasz"} <= set(list_losses())
 
 
-@pytest.mark.parametrize("spec,expected", [
-    ("dice+ce", [(1.0, "dice", {}), (1.0, "ce", {})]),
-    ("0.5*focal+dice", [(0.5, "focal", {}), (1.0, "dice", {})]),
-    ("tversky:alpha=0.3,beta=0.7", [(1.0, "tversky", {"alpha": "0.3", "beta": "0.7"})]),
-    ("0.5*focal:gamma=3+dice", [(0.5, "focal", {"gamma": "3"}), (1.0, "dice", {})]),
-    ("dice + 2*ce", [(1.0, "dice", {}), (2.0, "ce", {})]),
-    ("tversky:alpha=0.3,beta=0.7+0.5*ce", [(1.0, "tversky", {"alpha": "0.3", "beta": "0.7"}), (0.5, "ce", {})]),
-    ("dice:include_background=false+lovasz", [(1.0, "dice", {"include_background": "false"}),
-                                              (1.0, "lovasz", {})]),
-])
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("dice+ce", [(1.0, "dice", {}), (1.0, "ce", {})]),
+        ("0.5*focal+dice", [(0.5, "focal", {}), (1.0, "dice", {})]),
+        ("tversky:alpha=0.3,beta=0.7", [(1.0, "tversky", {"alpha": "0.3", "beta": "0.7"})]),
+        ("0.5*focal:gamma=3+dice", [(0.5, "focal", {"gamma": "3"}), (1.0, "dice", {})]),
+        ("dice + 2*ce", [(1.0, "dice", {}), (2.0, "ce", {})]),
+        ("tversky:alpha=0.3,beta=0.7+0.5*ce", [(1.0, "tversky", {"alpha": "0.3", "beta": "0.7"}), (0.5, "ce", {})]),
+        ("dice:include_background=false+lovasz", [(1.0, "dice", {"include_background": "false"}), (1.0, "lovasz", {})]),
+    ],
+)
 def test_parse_spec(spec, expected):
     assert parse_spec(spec) == expected
     assert torch.isfinite(build_loss(spec, 2)(LOGITS, TARGET))
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("dise", "unknown loss"),
-    ("tversky:gamma=2", "tversky"),
-    ("dice:smooth", "key=value"),
-])
+@pytest.mark.parametrize(
+    "spec,match", [("dise", "unknown loss"), ("tversky:gamma=2", "tversky"), ("dice:smooth", "key=value")]
+)
 def test_bad_specs(spec, match):
     with pytest.raises(UserError, match=match):
         build_loss(spec, 2)
 
 
 # -- learning-rate schedules (training/optim.py; kept here with the other objective tests) ------
+
 
 def _schedule(name, **kw):
     from biomedseg.training.optim import ProgressSchedule

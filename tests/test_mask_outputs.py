@@ -12,8 +12,8 @@ from scipy import ndimage as ndi
 
 from biomedseg.core.errors import UserError
 from biomedseg.io import Palette, read_mask, read_raw
-from biomedseg.vector.geojson import write_mask_geojson
 from biomedseg.io.mask_encoding import encode_mask, resolve_encoding, write_mask
+from biomedseg.vector.geojson import write_mask_geojson
 from biomedseg.vector.polygons import PolygonTracer, mask_polygons
 from conftest import TINY, write_fake_run
 
@@ -23,6 +23,7 @@ COLOURS = Palette([(0, 0, 0), (220, 40, 40), (40, 200, 90)])  # background, cell
 
 
 # ---------------------------------------------------------------- helpers
+
 
 def rasterise(geojson_path, shape, names: dict[str, int]) -> np.ndarray:
     """Class-index mask of a GeoJSON file: a pixel takes the class of the polygon holding its
@@ -34,7 +35,7 @@ def rasterise(geojson_path, shape, names: dict[str, int]) -> np.ndarray:
         geom = shapely.geometry.shape(f["geometry"])
         assert geom.is_valid, shapely.is_valid_reason(geom)
         x0, y0, x1, y1 = (int(np.floor(v)) for v in geom.bounds)  # test the pixels of its bounding box
-        yy, xx = np.mgrid[max(y0, 0):min(y1 + 1, shape[0]), max(x0, 0):min(x1 + 1, shape[1])]
+        yy, xx = np.mgrid[max(y0, 0) : min(y1 + 1, shape[0]), max(x0, 0) : min(x1 + 1, shape[1])]
         inside = shapely.contains_xy(geom, xx + 0.5, yy + 0.5)
         assert not out[yy[inside], xx[inside]].any(), "overlapping polygons"
         out[yy[inside], xx[inside]] = names[f["properties"]["classification"]["name"]]
@@ -53,6 +54,7 @@ def components(mask: np.ndarray, classes) -> int:
 
 # ---------------------------------------------------------------- encodings (pure functions)
 
+
 @pytest.mark.parametrize("fmt", ["index", "binary", "palette", "rgb", "auto"])
 @pytest.mark.parametrize("palette", [Palette([(0,), (255,)]), Palette([(0, 0, 0), (0, 0, 255)])])
 def test_every_encoding_reads_back_to_the_classes(fmt, palette, tmp_path):
@@ -63,10 +65,15 @@ def test_every_encoding_reads_back_to_the_classes(fmt, palette, tmp_path):
         back, snapped = read_mask(tmp_path / f"m{ext}", enc.read_palette())
         assert np.array_equal(back, mask) and snapped == 0
     raw = read_raw(tmp_path / "m.png")
-    expected = {"index": mask, "binary": mask * 255, "palette": mask,
-                "rgb": np.array(enc.colors, np.uint8)[mask],
-                "auto": np.array(palette.values, np.uint8)[mask].squeeze(-1) if palette.channels == 1
-                else np.array(palette.values, np.uint8)[mask]}[fmt]
+    expected = {
+        "index": mask,
+        "binary": mask * 255,
+        "palette": mask,
+        "rgb": np.array(enc.colors, np.uint8)[mask],
+        "auto": np.array(palette.values, np.uint8)[mask].squeeze(-1)
+        if palette.channels == 1
+        else np.array(palette.values, np.uint8)[mask],
+    }[fmt]
     assert np.array_equal(raw, expected)
 
 
@@ -103,6 +110,7 @@ def test_auto_is_the_training_encoding_and_binary_needs_two_classes():
 
 # ---------------------------------------------------------------- polygons
 
+
 def test_polygons_rebuild_random_masks_exactly_whole_or_in_bands(tmp_path):
     """Noise (many corner-only contacts) and blobs with holes: valid polygons, one per 4-connected
     region, that rasterise back to the mask; tracing in bands of 1-4 rows gives the same."""
@@ -120,16 +128,17 @@ def test_polygons_rebuild_random_masks_exactly_whole_or_in_bands(tmp_path):
         n = components(mask, (1, 2))
         assert len(mask_polygons(mask, (1, 2))) == n
         banded = []
-        tracer = PolygonTracer(w, (1, 2), lambda c, s, hs: banded.append((c, s, hs)))
+        tracer = PolygonTracer(w, (1, 2), lambda c, s, hs, out=banded: out.append((c, s, hs)))
         y = 0
         while y < h:
             step = int(rng.integers(1, 5))
-            tracer.add_rows(y, mask[y:y + step])
+            tracer.add_rows(y, mask[y : y + step])
             y = min(h, y + step)
         tracer.finish()
         assert len(banded) == n
         assert sorted((c, s.tolist(), [x.tolist() for x in hs]) for c, s, hs in banded) == sorted(
-            (c, s.tolist(), [x.tolist() for x in hs]) for c, s, hs in mask_polygons(mask, (1, 2)))
+            (c, s.tolist(), [x.tolist() for x in hs]) for c, s, hs in mask_polygons(mask, (1, 2))
+        )
 
 
 def test_holes_and_islands_are_kept():
@@ -148,6 +157,7 @@ def test_holes_and_islands_are_kept():
 
 
 # ---------------------------------------------------------------- predict end to end
+
 
 @pytest.fixture(scope="module")
 def colour_run(tmp_path_factory):
@@ -222,8 +232,16 @@ def threshold_run(tmp_path):
         return conv
 
     registry.register(name, multiple=1, description="test")(factory)
-    yield write_fake_run(tmp_path / "run", name, create_model(name, 1, 2).state_dict(), None, [], patch_size=32,
-                         batch_size=4, overlap=0.25)
+    yield write_fake_run(
+        tmp_path / "run",
+        name,
+        create_model(name, 1, 2).state_dict(),
+        None,
+        [],
+        patch_size=32,
+        batch_size=4,
+        overlap=0.25,
+    )
     registry._REGISTRY.pop(name, None)
 
 
@@ -243,8 +261,9 @@ def test_streamed_geojson_and_binary_mask(threshold_run, tmp_path):
     image = _blobs((230, 170), 1)
     tifffile.imwrite(tmp_path / "big.tif", image, tile=(64, 64))
     out = tmp_path / "out"
-    s = predict(threshold_run, [tmp_path / "big.tif"], out, stream=True, quiet=True, geojson="detection",
-                mask_format="binary")
+    s = predict(
+        threshold_run, [tmp_path / "big.tif"], out, stream=True, quiet=True, geojson="detection", mask_format="binary"
+    )
     assert s.streamed and (out / "big.geojson").is_file()
     mask = tifffile.imread(out / "big.tif")
     assert set(np.unique(mask).tolist()) == {0, 255} and np.array_equal(mask, np.where(image > 100, 255, 0))
@@ -254,6 +273,7 @@ def test_streamed_geojson_and_binary_mask(threshold_run, tmp_path):
     doc = json.loads((out / "big.geojson").read_text())
     assert len(doc["features"]) == components(index, [1])  # no object split in two
     assert {f["properties"]["objectType"] for f in doc["features"]} == {"detection"}
+
     def height(f):
         ys = [p[1] for p in f["geometry"]["coordinates"][0]]
         return max(ys) - min(ys)
@@ -291,13 +311,25 @@ def test_binary_mask_of_a_run_trained_on_0_255_masks(threshold_run, tmp_path):
     image = _blobs((80, 90), 3)
     Image.fromarray(image).save(tmp_path / "a.png")
     for fmt in ("auto", "binary"):
-        predict(threshold_run, [tmp_path / "a.png"], tmp_path / fmt, mask_format=fmt, quiet=True,
-                rle=tmp_path / f"{fmt}.csv")
+        predict(
+            threshold_run,
+            [tmp_path / "a.png"],
+            tmp_path / fmt,
+            mask_format=fmt,
+            quiet=True,
+            rle=tmp_path / f"{fmt}.csv",
+        )
         assert np.array_equal(read_raw(tmp_path / fmt / "a.png"), np.where(image > 100, 255, 0))
     predict(threshold_run, [tmp_path / "a.png"], tmp_path / "index", quiet=True, rle=tmp_path / "index.csv")
     # a resumed run reads the 0/255 mask back for the RLE file: the same rows as class indices
-    predict(threshold_run, [tmp_path / "a.png"], tmp_path / "binary", mask_format="binary", quiet=True,
-            rle=tmp_path / "again.csv")
+    predict(
+        threshold_run,
+        [tmp_path / "a.png"],
+        tmp_path / "binary",
+        mask_format="binary",
+        quiet=True,
+        rle=tmp_path / "again.csv",
+    )
     assert (tmp_path / "again.csv").read_text() == (tmp_path / "index.csv").read_text()
     assert (tmp_path / "binary.csv").read_text() == (tmp_path / "index.csv").read_text()
 
@@ -308,13 +340,35 @@ def test_cli_predict_mask_format_and_geojson(threshold_run, tmp_path):
     from biomedseg.cli import app
 
     Image.fromarray(_blobs((70, 80), 4)).save(tmp_path / "a.png")
-    r = CliRunner().invoke(app, ["predict", str(threshold_run), str(tmp_path / "a.png"), "--out",
-                                 str(tmp_path / "out"), "--mask-format", "rgb", "--geojson", "--no-overlays"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(threshold_run),
+            str(tmp_path / "a.png"),
+            "--out",
+            str(tmp_path / "out"),
+            "--mask-format",
+            "rgb",
+            "--geojson",
+            "--no-overlays",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert read_raw(tmp_path / "out" / "a.png").shape == (70, 80, 3)
     assert json.loads((tmp_path / "out" / "a.geojson").read_text())["features"]
-    r = CliRunner().invoke(app, ["predict", str(threshold_run), str(tmp_path / "a.png"), "--out",
-                                 str(tmp_path / "o2"), "--mask-format", "jpeg"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(threshold_run),
+            str(tmp_path / "a.png"),
+            "--out",
+            str(tmp_path / "o2"),
+            "--mask-format",
+            "jpeg",
+        ],
+    )
     assert isinstance(r.exception, UserError) and "--mask-format jpeg: choose one of" in str(r.exception)
     assert not (tmp_path / "o2" / "a.png").exists()  # refused before anything is written
 
@@ -334,13 +388,17 @@ def test_level_0_of_a_compressed_pyramid_tiff_streams(threshold_run, tmp_path):
 
 def test_distributed_rle_reads_the_written_encoding_back(threshold_run, tmp_path):
     """Workers write masks; the client's RLE file reads them back in their --mask-format."""
-    from biomedseg.inference.predict.distributed import _write_rle_from_outputs
     from biomedseg.inference.predict.batch import predict
+    from biomedseg.inference.predict.distributed import _write_rle_from_outputs
     from biomedseg.inference.predict.options import PredictOptions
 
     Image.fromarray(_blobs((60, 70), 6)).save(tmp_path / "a.png")
     predict(threshold_run, [tmp_path / "a.png"], tmp_path / "idx", quiet=True, rle=tmp_path / "index.csv")
     predict(threshold_run, [tmp_path / "a.png"], tmp_path / "rgb", quiet=True, mask_format="rgb")
-    rle = _write_rle_from_outputs(PredictOptions(rle=tmp_path / "rgb.csv", mask_format="rgb"), str(threshold_run),
-                                  [tmp_path / "a.png"], tmp_path / "rgb")
+    rle = _write_rle_from_outputs(
+        PredictOptions(rle=tmp_path / "rgb.csv", mask_format="rgb"),
+        str(threshold_run),
+        [tmp_path / "a.png"],
+        tmp_path / "rgb",
+    )
     assert rle.read_text() == (tmp_path / "index.csv").read_text()

@@ -7,12 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from biomedseg.metrics.pixel import (
-    MetricAccumulator,
-    confusion_matrix,
-    image_dice,
-    scores_from_confusion,
-)
+from biomedseg.metrics.pixel import MetricAccumulator, confusion_matrix, image_dice, scores_from_confusion
 
 # Binary: target [[0,1],[1,1]], pred [[1,1],[0,1]] -> cm [[0,1],[1,2]]
 BIN_T = np.array([[0, 1], [1, 1]], dtype=np.uint8)
@@ -130,9 +125,7 @@ def test_image_dice_kaggle_empty_convention():
     assert image_dice(BIN_P, BIN_T, 2) == pytest.approx(4 / 6)
     # 3 classes: mean of per-class Dice of this image
     assert image_dice(TRI_P, TRI_T, 3) == pytest.approx((0.8 + 2 / 3) / 2)
-    assert image_dice(TRI_P, TRI_T, 3, background=None) == pytest.approx(
-        (2 * 1 / 4 + 0.8 + 2 / 3) / 3
-    )
+    assert image_dice(TRI_P, TRI_T, 3, background=None) == pytest.approx((2 * 1 / 4 + 0.8 + 2 / 3) / 3)
 
 
 def test_accumulator_pools_and_keeps_rows():

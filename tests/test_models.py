@@ -31,8 +31,15 @@ SMALL = {
     "resnet34-unet": {"width": 4},
     "resnet50-unet": {"width": 4},
 }
-UNET_FAMILY = ["unet-classic", "resunet", "attention-unet", "inception-unet", "vgg16-unet", "resnet34-unet",
-               "resnet50-unet"]
+UNET_FAMILY = [
+    "unet-classic",
+    "resunet",
+    "attention-unet",
+    "inception-unet",
+    "vgg16-unet",
+    "resnet34-unet",
+    "resnet50-unet",
+]
 
 
 @pytest.fixture(autouse=True)
@@ -178,6 +185,7 @@ def test_classifier_head():
 
 # -- pretrained weights ------------------------------------------------------------------------
 
+
 def _torchvision_style(name: str, **kw) -> dict[str, torch.Tensor]:
     """A state dict with torchvision key names and an RGB first conv, made from our encoder."""
     net = create_model(name, 3, 2, **kw).net
@@ -187,18 +195,21 @@ def _torchvision_style(name: str, **kw) -> dict[str, torch.Tensor]:
         sd["fc.bias"] = torch.randn(10)
     else:
         sd["classifier.0.weight"] = torch.randn(10, 10)
-    for k, v in sd.items():
+    for v in sd.values():
         if v.is_floating_point():
             v.copy_(torch.randn_like(v))
     return sd
 
 
-@pytest.mark.parametrize("name,kw,first", [
-    ("resnet34-unet", {"width": 4}, "conv1.weight"),
-    ("resnet50-unet", {"width": 4}, "conv1.weight"),
-    ("vgg16-unet", {"width": 4}, "features.0.weight"),
-    ("vgg16-unet", {"width": 4, "batch_norm": True}, "features.0.weight"),
-])
+@pytest.mark.parametrize(
+    "name,kw,first",
+    [
+        ("resnet34-unet", {"width": 4}, "conv1.weight"),
+        ("resnet50-unet", {"width": 4}, "conv1.weight"),
+        ("vgg16-unet", {"width": 4}, "features.0.weight"),
+        ("vgg16-unet", {"width": 4, "batch_norm": True}, "features.0.weight"),
+    ],
+)
 def test_pretrained_from_local_file(tmp_path, name, kw, first):
     sd = _torchvision_style(name, **kw)
     path = tmp_path / "weights.pth"
@@ -293,9 +304,11 @@ def test_pretrained_imagenet_download_with_checksum(tmp_path, monkeypatch, http_
 
 # -- summary -----------------------------------------------------------------------------------
 
+
 def test_flop_counting_by_hand():
-    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ConvTranspose2d(4, 2, 2, stride=2), nn.Flatten(),
-                        nn.Linear(2 * 16 * 16, 5))
+    net = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ConvTranspose2d(4, 2, 2, stride=2), nn.Flatten(), nn.Linear(2 * 16 * 16, 5)
+    )
     x = torch.zeros(1, 1, 8, 8)
     conv = 2 * (4 * 8 * 8) * (1 * 9)
     deconv = 2 * (4 * 8 * 8) * (2 * 4)

@@ -28,8 +28,9 @@ def ome_physical_size(path) -> tuple[float, float]:
 def write_zarr_image(path, array, axes="yx", pixel_size_um=None, chunks=32):
     """A one-level OME-Zarr (NGFF 0.4, zarr format 2) holding ``array``."""
     g = zarr.open_group(str(path), mode="w", zarr_format=2)
-    g.create_array("0", shape=array.shape, chunks=(1,) * (array.ndim - 2) + (chunks, chunks),
-                   dtype=array.dtype)[:] = array
+    g.create_array("0", shape=array.shape, chunks=(1,) * (array.ndim - 2) + (chunks, chunks), dtype=array.dtype)[:] = (
+        array
+    )
     g.attrs["multiscales"] = ngff_multiscales(path.stem, axes, 1, pixel_size_um)
     return path
 
@@ -37,8 +38,12 @@ def write_zarr_image(path, array, axes="yx", pixel_size_um=None, chunks=32):
 # ----------------------------------------------------------------------------- reading the pixel size
 def test_pixel_size_from_ome_xml_resolution_tags_and_imagej(tmp_path):
     img = np.zeros((20, 30), np.uint8)
-    tifffile.imwrite(tmp_path / "ome.tif", img, ome=True,
-                     metadata={"axes": "YX", "PhysicalSizeX": 500, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 0.25})
+    tifffile.imwrite(
+        tmp_path / "ome.tif",
+        img,
+        ome=True,
+        metadata={"axes": "YX", "PhysicalSizeX": 500, "PhysicalSizeXUnit": "nm", "PhysicalSizeY": 0.25},
+    )
     tifffile.imwrite(tmp_path / "cm.tif", img, resolution=(1e4 / 0.5, 1e4 / 0.25), resolutionunit="CENTIMETER")
     tifffile.imwrite(tmp_path / "ij.tif", img, imagej=True, resolution=(1 / 0.5, 1 / 0.25), metadata={"unit": "micron"})
     tifffile.imwrite(tmp_path / "dpi.tif", img, resolution=(72, 72), resolutionunit="INCH")  # a print setting
@@ -106,15 +111,25 @@ def _fake_run(tmp_path):
     torch.manual_seed(0)
     kw = {"depth": 3, "base_channels": 8, "num_res_units": 1}
     model = create_model("unet", 1, 2, **kw)
-    return write_fake_run(tmp_path / "run", "unet", model.state_dict(), None, [], patch_size=64, batch_size=4,
-                          model_kwargs=kw, n_classes=2, overlap=0.25)
+    return write_fake_run(
+        tmp_path / "run",
+        "unet",
+        model.state_dict(),
+        None,
+        [],
+        patch_size=64,
+        batch_size=4,
+        model_kwargs=kw,
+        n_classes=2,
+        overlap=0.25,
+    )
 
 
 def test_streamed_outputs_have_pyramids_and_the_pixel_size(tmp_path):
     import torch
 
-    from biomedseg.stream.predictor import StreamingPredictor
     from biomedseg.models import create_model
+    from biomedseg.stream.predictor import StreamingPredictor
     from biomedseg.transforms.normalize import Normalizer
 
     torch.manual_seed(0)
@@ -158,8 +173,9 @@ def test_predict_copies_the_input_pixel_size(tmp_path, monkeypatch):
     img = np.random.default_rng(2).integers(0, 255, (200, 160), dtype=np.uint8)
     tifffile.imwrite(src / "a.tif", img, ome=True, metadata={"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5})
     monkeypatch.setattr(ome, "PYRAMID_ABOVE_PIXELS", 10_000)
-    s = predict(run, src, tmp_path / "tif", output_format="tiff", overlays=False, probabilities=True,
-                quiet=True, device="cpu")
+    s = predict(
+        run, src, tmp_path / "tif", output_format="tiff", overlays=False, probabilities=True, quiet=True, device="cpu"
+    )
     assert not s.failed
     assert ome_physical_size(tmp_path / "tif" / "a.tif") == (0.5, 0.5)
     with tifffile.TiffFile(tmp_path / "tif" / "a.tif") as tf:
@@ -219,7 +235,7 @@ def _zarr_dataset(root, n=4, size=64):
     for i in range(n):
         img = rng.integers(0, 120, (size, size), dtype=np.uint8)
         mask = np.zeros((size, size), np.uint8)
-        mask[8 + i:40 + i, 12:44] = 1
+        mask[8 + i : 40 + i, 12:44] = 1
         img[mask == 1] += 120
         write_zarr_image(root / "images" / f"z{i}.zarr", img, pixel_size_um=(0.5, 0.5))
         write_zarr_image(root / "masks" / f"z{i}.zarr", mask)

@@ -97,11 +97,13 @@ def test_a_faint_consistent_gradient_does_not_forbid_flips(amplitude, invariant)
 
 def test_inputs_of_any_kind_and_subsampling():
     rng = np.random.default_rng(3)
-    images = [(_blobs(rng, 120, 90) * 1000 + 30000).astype(np.uint16)[:, :, None],
-              np.repeat(_to_uint8(_blobs(rng, 100, 140)), 3, axis=2),
-              _blobs(rng, 70, 70).astype(np.float32),  # (H, W)
-              np.zeros((50, 60, 1), np.uint8),  # constant
-              np.zeros((1, 60, 1), np.uint8)]  # a single row
+    images = [
+        (_blobs(rng, 120, 90) * 1000 + 30000).astype(np.uint16)[:, :, None],
+        np.repeat(_to_uint8(_blobs(rng, 100, 140)), 3, axis=2),
+        _blobs(rng, 70, 70).astype(np.float32),  # (H, W)
+        np.zeros((50, 60, 1), np.uint8),  # constant
+        np.zeros((1, 60, 1), np.uint8),
+    ]  # a single row
     ev = O.orientation_evidence(images)
     assert ev["n_images"] == 5 and all(ev[n]["invariant"] for n in O.TRANSFORMS)
     assert O.orientation_evidence([])["n_images"] == 0
@@ -119,6 +121,7 @@ def test_area_averaging_is_exact():
 
 # -- intensity variation -----------------------------------------------------------------------
 
+
 def test_uniform_data_gets_the_floors():
     img = _to_uint8(_blobs(np.random.default_rng(0), 64, 64))
     grey = IV.intensity_variation([img] * 10, 1)
@@ -134,8 +137,10 @@ def test_uniform_data_gets_the_floors():
 
 def test_wildly_varying_data_gets_the_caps():
     rng = np.random.default_rng(1)
-    images = [(rng.random((40, 40, 3)) * rng.uniform(5, 250, size=3) + rng.uniform(0, 100, size=3)).astype(np.float32)
-              for _ in range(30)]
+    images = [
+        (rng.random((40, 40, 3)) * rng.uniform(5, 250, size=3) + rng.uniform(0, 100, size=3)).astype(np.float32)
+        for _ in range(30)
+    ]
     v = IV.intensity_variation(images, 3)
     assert v["ranges"]["brightness"] == IV.BRIGHTNESS_DELTA[1]
     assert v["ranges"]["contrast"][1] == round(math.exp(IV.CONTRAST_LOG[1]), 3)

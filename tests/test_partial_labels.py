@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,6 @@ from biomedseg.io.masks import Palette, discover_palette, infer_ignore_value, re
 from biomedseg.losses.build import build_loss
 from biomedseg.losses.registry import list_losses
 from biomedseg.metrics.pixel import confusion_matrix, image_dice, scores_from_confusion
-
 from conftest import TINY
 
 
@@ -89,12 +88,13 @@ def test_read_mask_maps_the_ignore_value_and_discovery_leaves_it_out(tmp_path):
     assert snapped == 0 and (mask[0] == IGNORE_INDEX).all() and mask[2, 2] == 1 and mask[6, 6] == 2
 
 
-@pytest.mark.parametrize("values,expected", [((0, 255), None), ((0, 128, 255), None), ((0, 1, 255), (255,)),
-                                             ((0, 1, 2), None)])
+@pytest.mark.parametrize(
+    "values,expected", [((0, 255), None), ((0, 128, 255), None), ((0, 1, 255), (255,)), ((0, 1, 2), None)]
+)
 def test_ignore_is_inferred_only_where_unambiguous(tmp_path, values, expected):
     m = np.zeros((4, 12), np.uint8)
     for i, v in enumerate(values):
-        m[:, 4 * i: 4 * i + 4] = v
+        m[:, 4 * i : 4 * i + 4] = v
     assert infer_ignore_value([_save(tmp_path / "m.png", m)]) == expected
 
 
@@ -115,8 +115,9 @@ def test_random_windows_of_a_partial_image_hold_labelled_pixels():
     mask = np.full((512, 512), IGNORE_INDEX, np.uint8)
     mask[400:410, 30:60] = 0
     mask[100:104, 300:340] = 1
-    s = CachedSample("a", np.zeros((512, 512, 1), np.uint8), mask,
-                     index_class_pixels(mask, 2, np.random.default_rng(0)))
+    s = CachedSample(
+        "a", np.zeros((512, 512, 1), np.uint8), mask, index_class_pixels(mask, 2, np.random.default_rng(0))
+    )
     sampler = PatchSampler([s], 64, 2, Normalizer([0.0], [1.0]), lambda x, y, rng: (x, y), fg_oversample=0.0)
     labelled = [(sampler.patch_pair()[1] != IGNORE_INDEX).any() for _ in range(50)]
     assert all(labelled)
@@ -127,14 +128,15 @@ def _partial_data(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     for p in sorted((dst / "masks").glob("*.png")):
         m = np.array(Image.open(p))
-        m[:, 2 * m.shape[1] // 3:] = IGNORE_INDEX
+        m[:, 2 * m.shape[1] // 3 :] = IGNORE_INDEX
         Image.fromarray(m).save(p)
     return dst
 
 
 def _cli(*args):
-    r = subprocess.run([sys.executable, "-m", "biomedseg.cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "biomedseg.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
     r.output, r.exit_code = r.stdout + r.stderr, r.returncode
     return r
 
@@ -152,8 +154,11 @@ def test_training_on_partial_labels_reports_the_ignore_value(synthetic_data, tmp
     assert json.loads((run / "dataset.json").read_text())["palette"]["ignore"] == [255]
     m = evaluate(run, data, tmp_path / "eval", split="test")
     total = sum(m["per_class"][c]["tp"] + m["per_class"][c]["fn"] for c in m["per_class"])
-    n_pixels = sum(np.array(Image.open(p)).size for p in (data / "masks").glob("*.png")
-                   if p.stem in json.loads((data / "dataset.json").read_text())["split"]["test"])
+    n_pixels = sum(
+        np.array(Image.open(p)).size
+        for p in (data / "masks").glob("*.png")
+        if p.stem in json.loads((data / "dataset.json").read_text())["split"]["test"]
+    )
     assert total < 0.7 * n_pixels  # the unlabelled third is in no count
 
 
@@ -172,8 +177,8 @@ def test_bad_partial_label_inputs_are_one_line_errors(synthetic_data, tmp_path):
 
 
 def test_colliding_ignore_value_is_refused_for_configured_classes(tmp_path):
-    from biomedseg.training.data_setup import _classes_and_palette
     from biomedseg.runs.config import TrainConfig
+    from biomedseg.training.data_setup import _classes_and_palette
 
     p = _save(tmp_path / "m.png", np.array([[0, 1], [2, 2]]))
     with pytest.raises(UserError, match="also a class value .*'cell'"):
@@ -199,8 +204,8 @@ def test_audit_reports_the_unlabelled_value_and_what_is_labelled(synthetic_data,
 
 
 def test_missing_masks_are_unlabelled_only_when_allowed(synthetic_data, tmp_path):
-    from biomedseg.training.data_setup import prepare_data
     from biomedseg.runs.config import TrainConfig
+    from biomedseg.training.data_setup import prepare_data
 
     data = tmp_path / "mixed"
     shutil.copytree(synthetic_data, data)

@@ -11,25 +11,42 @@ import pytest
 import yaml
 
 from biomedseg.core.errors import UserError
-from biomedseg.runs import read_plan
-from biomedseg.runs.config import TrainConfig, build_config
 from biomedseg.planning.augment import FLIP_P, augment_fingerprint, plan_augment
 from biomedseg.planning.planner import apply_plan
+from biomedseg.runs import read_plan
+from biomedseg.runs.config import TrainConfig, build_config
 from biomedseg.transforms import augment as A
 from biomedseg.transforms.basic import build_augmenter
 
 
 def _orientation(lr=True, ud=True, rot=True, n=40):
     def entry(invariant, ratio):
-        return {"score": 0.5 if not invariant else 0.05, "floor": 0.1, "ratio": ratio, "invariant": invariant,
-                "statistic": "mean_image", "reason": "..."}
-    return {"n_images": n, "anisotropy": 1.0, "lr_flip": entry(lr, 1.1 if lr else 4.0),
-            "ud_flip": entry(ud, 1.2 if ud else 5.1), "rot90": entry(rot, 1.3 if rot else 6.0)}
+        return {
+            "score": 0.5 if not invariant else 0.05,
+            "floor": 0.1,
+            "ratio": ratio,
+            "invariant": invariant,
+            "statistic": "mean_image",
+            "reason": "...",
+        }
+
+    return {
+        "n_images": n,
+        "anisotropy": 1.0,
+        "lr_flip": entry(lr, 1.1 if lr else 4.0),
+        "ud_flip": entry(ud, 1.2 if ud else 5.1),
+        "rot90": entry(rot, 1.3 if rot else 6.0),
+    }
 
 
 def _variation(rgb=False):
-    v = {"n_images": 40, "channels": 3 if rgb else 1, "brightness_spread": 0.2, "contrast_spread": 0.1,
-         "ranges": {"brightness": 0.35, "contrast": [0.84, 1.19]}}
+    v = {
+        "n_images": 40,
+        "channels": 3 if rgb else 1,
+        "brightness_spread": 0.2,
+        "contrast_spread": 0.1,
+        "ranges": {"brightness": 0.35, "contrast": [0.84, 1.19]},
+    }
     if rgb:
         v.update(colour_shift_spread=0.1, colour_scale_spread=0.05)
         v["ranges"].update(channel_shift=0.17, channel_scale=[0.92, 1.09])
@@ -100,8 +117,16 @@ def test_intensity_ranges_and_colour_come_from_the_measurement():
         assert _entry(value, name) == default[name]
     assert A.DEFAULT_AUGMENT[3]["delta"] == 0.2  # the preset itself is not modified
     kinds = [type(t).__name__ for t in build_augmenter(value).transforms]
-    assert kinds == ["FlipRot90", "Spatial", "Brightness", "Contrast", "ChannelJitter", "Gamma", "GaussianNoise",
-                     "GaussianBlur"]
+    assert kinds == [
+        "FlipRot90",
+        "Spatial",
+        "Brightness",
+        "Contrast",
+        "ChannelJitter",
+        "Gamma",
+        "GaussianNoise",
+        "GaussianBlur",
+    ]
 
 
 def test_missing_measurements_fall_back_to_the_default_preset():
@@ -124,6 +149,7 @@ def test_fingerprint_of_samples_is_plain_data_and_plans():
 
 # -- channel jitter --------------------------------------------------------------------------
 
+
 def test_channel_jitter_acts_per_channel_and_keeps_the_mask():
     rng = np.random.default_rng(0)
     img = rng.standard_normal((3, 32, 40)).astype(np.float32)
@@ -143,14 +169,18 @@ def test_channel_jitter_acts_per_channel_and_keeps_the_mask():
 
 # -- a config list through the config, build_augmenter and plan.yaml ---------------------------
 
+
 def test_config_accepts_a_preset_or_a_list():
     spec = [{"name": "flip", "p": 0.5, "vertical": False}, {"name": "channel_jitter", "p": 0.3}, "blur"]
     cfg = TrainConfig(augment=spec)
     assert cfg.augment == spec and TrainConfig().augment == "default"
     again = build_config(yaml.safe_load(cfg.to_yaml()))
     assert again.augment == spec
-    assert [type(t).__name__ for t in build_augmenter(again.augment).transforms] == ["Flip", "ChannelJitter",
-                                                                                     "GaussianBlur"]
+    assert [type(t).__name__ for t in build_augmenter(again.augment).transforms] == [
+        "Flip",
+        "ChannelJitter",
+        "GaussianBlur",
+    ]
     with pytest.raises(UserError, match="augment"):
         build_config({"augment": 3})
     with pytest.raises(UserError, match="unknown transform"):
@@ -158,8 +188,11 @@ def test_config_accepts_a_preset_or_a_list():
 
 
 def test_plan_yaml_round_trips_a_list(tmp_path):
-    planned = {"augment": plan_augment({"orientation": _orientation(ud=False, rot=False),
-                                        "intensity_variation": _variation(rgb=True)})}
+    planned = {
+        "augment": plan_augment(
+            {"orientation": _orientation(ud=False, rot=False), "intensity_variation": _variation(rgb=True)}
+        )
+    }
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(planned, sort_keys=False))
     back = read_plan(path)

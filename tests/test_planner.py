@@ -8,9 +8,18 @@ import yaml
 
 from biomedseg.planning.planner import MIN_STEPS_FULL_WIDTH, apply_plan, make_plan
 
-FP = {"n_images": 20, "median_shape": [512, 512], "min_shape": [512, 512], "channels": 1, "bit_depth": 8,
-      "class_names": ["background", "cell", "rare"], "background": 0, "class_share": [0.8, 0.19, 0.01],
-      "image_share": [1.0, 1.0, 0.5], "object_diameter_p90": {"cell": 20.0, "rare": 5.0}}
+FP = {
+    "n_images": 20,
+    "median_shape": [512, 512],
+    "min_shape": [512, 512],
+    "channels": 1,
+    "bit_depth": 8,
+    "class_names": ["background", "cell", "rare"],
+    "background": 0,
+    "class_share": [0.8, 0.19, 0.01],
+    "image_share": [1.0, 1.0, 0.5],
+    "object_diameter_p90": {"cell": 20.0, "rare": 5.0},
+}
 
 
 def assert_reasons_cite_their_inputs(plan: dict, fp: dict, budget_s: int) -> None:
@@ -40,8 +49,14 @@ def test_every_value_has_a_reason():
         assert set(entry) == {"value", "reason"}, key
     assert_reasons_cite_their_inputs(plan, FP, 600)
     assert "images 512x512, 90th-percentile object diameter 20px" in plan["patch_size"]["reason"]
-    other = dict(FP, median_shape=[300, 400], min_shape=[300, 400], bit_depth=16, class_share=[0.5, 0.3, 0.2],
-                 object_diameter_p90={"cell": 40.0, "rare": 12.0})
+    other = dict(
+        FP,
+        median_shape=[300, 400],
+        min_shape=[300, 400],
+        bit_depth=16,
+        class_share=[0.5, 0.3, 0.2],
+        object_diameter_p90={"cell": 40.0, "rare": 12.0},
+    )
     plan = make_plan(other, 1800, "cpu", step_time=lambda *a: 0.5)
     assert_reasons_cite_their_inputs(plan, other, 1800)
     assert "images 300x400, 90th-percentile object diameter 40px" in plan["patch_size"]["reason"]
@@ -103,16 +118,20 @@ def test_other_architectures_are_narrowed_only_when_the_budget_is_short():
         calls.append(width)
         return budget / 40 * (width / 64) ** 2
 
-    plan = make_plan(FP, budget, "cpu", step_time=step_time, model="unet-classic",
-                     width_option=("base_channels", 64))
+    plan = make_plan(FP, budget, "cpu", step_time=step_time, model="unet-classic", width_option=("base_channels", 64))
     assert plan["model_kwargs.base_channels"]["value"] == 16  # 64 -> 32 (~160 steps) -> 16 (~640)
     assert calls == [64, 64, 32, 32]  # measured the published width and the intermediate one (twice each)
     assert "base_channels=64" in plan["model_kwargs.base_channels"]["reason"]
-    roomy = make_plan(FP, budget, "cpu", step_time=lambda *a: budget / 4000, model="vgg16-unet",
-                      width_option=("width", 64))
+    roomy = make_plan(
+        FP, budget, "cpu", step_time=lambda *a: budget / 4000, model="vgg16-unet", width_option=("width", 64)
+    )
     assert roomy["model_kwargs.width"]["value"] == 64 and "model_kwargs.base_channels" not in roomy
-    assert make_plan(FP, None, "cpu", model="segnet", width_option=("base_channels", 64))[
-        "model_kwargs.base_channels"]["value"] == 64
+    assert (
+        make_plan(FP, None, "cpu", model="segnet", width_option=("base_channels", 64))["model_kwargs.base_channels"][
+            "value"
+        ]
+        == 64
+    )
 
 
 def test_plan_entries_apply_to_the_architecture_that_takes_them():
@@ -167,18 +186,31 @@ def test_plan_file_carries_its_architecture_and_width(synthetic_data, tmp_path):
     from biomedseg.training.api import train
 
     plan_file = tmp_path / "plan.yaml"
-    plan_file.write_text(yaml.safe_dump({
-        "model": {"value": "segnet", "reason": "planned for segnet"},
-        "model_kwargs.base_channels": {"value": 4, "reason": "tiny for the test"},
-        "patch_size": {"value": 32, "reason": "tiny"},
-    }))
+    plan_file.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"value": "segnet", "reason": "planned for segnet"},
+                "model_kwargs.base_channels": {"value": 4, "reason": "tiny for the test"},
+                "patch_size": {"value": 32, "reason": "tiny"},
+            }
+        )
+    )
     tiny = {"batch_size": 2, "iterations_per_epoch": 2, "num_threads": 1}
-    run = train(synthetic_data, tmp_path / "a", epochs=1, quiet=True, plan=plan_file,
-                model_kwargs={"stages": 3}, **tiny)
+    run = train(
+        synthetic_data, tmp_path / "a", epochs=1, quiet=True, plan=plan_file, model_kwargs={"stages": 3}, **tiny
+    )
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model"] == "segnet" and cfg["model_kwargs"]["base_channels"] == 4 and cfg["patch_size"] == 32
-    run = train(synthetic_data, tmp_path / "b", epochs=1, quiet=True, plan=plan_file, model="unet",
-                model_kwargs={"depth": 3, "num_res_units": 0}, **tiny)
+    run = train(
+        synthetic_data,
+        tmp_path / "b",
+        epochs=1,
+        quiet=True,
+        plan=plan_file,
+        model="unet",
+        model_kwargs={"depth": 3, "num_res_units": 0},
+        **tiny,
+    )
     cfg = yaml.safe_load((run / "config.yaml").read_text())
     assert cfg["model"] == "unet" and cfg["patch_size"] == 32  # options that are not sizes still apply
     assert cfg["model_kwargs"].get("base_channels", 32) == 32  # segnet's planned width did not carry over
@@ -218,7 +250,9 @@ def test_fingerprint_measures_structure_width():
 
 def test_compile_is_planned_for_long_cpu_budgets_with_a_compiler():
     assert make_plan(FP, 600, "cpu", can_compile=True)["compile"]["value"] is True
-    assert make_plan(FP, 300, "cpu", can_compile=True)["compile"]["value"] is False  # a minute of compiling would not pay
+    assert (
+        make_plan(FP, 300, "cpu", can_compile=True)["compile"]["value"] is False
+    )  # a minute of compiling would not pay
     assert make_plan(FP, None, "cpu", can_compile=True)["compile"]["value"] is False
     no_cc = make_plan(FP, 1800, "cpu", can_compile=False)["compile"]
     assert no_cc["value"] is False and "compiler" in no_cc["reason"]
@@ -235,10 +269,15 @@ def test_thin_structures_get_a_full_resolution_level_when_affordable():
     assert make_plan(thin, None, "cuda")[key]["value"] == 8
     blobs = dict(FP, structure_width={"cell": 14.0, "rare": 9.5})
     assert make_plan(blobs, 1800, "cpu", can_compile=True)[key]["value"] == 0
-    assert make_plan(dict(thin, background=None, class_names=["bg", "cell", "rare"]), 1800, "cpu",
-                     can_compile=True)[key]["value"] == 8
-    assert key not in make_plan(thin, 1800, "cpu", can_compile=True, model="segnet",
-                                width_option=("base_channels", 64))  # only the U-Net has the option
+    assert (
+        make_plan(dict(thin, background=None, class_names=["bg", "cell", "rare"]), 1800, "cpu", can_compile=True)[key][
+            "value"
+        ]
+        == 8
+    )
+    assert key not in make_plan(
+        thin, 1800, "cpu", can_compile=True, model="segnet", width_option=("base_channels", 64)
+    )  # only the U-Net has the option
 
 
 @pytest.mark.slow

@@ -5,8 +5,6 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import write_fake_run
-
 from biomedseg.postprocess.ops import (
     ClassSteps,
     GatingConfig,
@@ -23,6 +21,7 @@ from biomedseg.postprocess.ops import (
     save_postprocess,
     watershed_split,
 )
+from conftest import write_fake_run
 
 
 def two_discs(shape=(100, 150), r=25, gap=1.8):
@@ -108,8 +107,10 @@ def test_gating_and_chain():
 
 
 def test_config_yaml_round_trip(tmp_path):
-    cfg = PostprocessConfig(classes={"cell": ClassSteps(threshold=0.3, closing_radius=2, fill_holes_area=-1)},
-                            gating=GatingConfig(min_total_area=50))
+    cfg = PostprocessConfig(
+        classes={"cell": ClassSteps(threshold=0.3, closing_radius=2, fill_holes_area=-1)},
+        gating=GatingConfig(min_total_area=50),
+    )
     path = save_postprocess(cfg, tmp_path)
     assert path.name == "postprocess.yaml"
     assert load_postprocess(tmp_path) == cfg
@@ -153,24 +154,25 @@ def affine_run(tmp_path):
         mask = np.zeros((64, 64), np.uint8)
         if i < 4:
             y, x = rng.integers(5, 35, size=2)
-            img[y:y + 20, x:x + 20] = 150
-            mask[y:y + 20, x:x + 20] = 1
+            img[y : y + 20, x : x + 20] = 150
+            mask[y : y + 20, x : x + 20] = 1
         for _ in range(3):  # bright specks: false positives
             y, x = rng.integers(0, 62, size=2)
-            if not mask[max(0, y - 2):y + 4, max(0, x - 2):x + 4].any():
-                img[y:y + 2, x:x + 2] = 200
+            if not mask[max(0, y - 2) : y + 4, max(0, x - 2) : x + 4].any():
+                img[y : y + 2, x : x + 2] = 200
         Image.fromarray(img).save(data / "images" / f"s{i}.png")
         Image.fromarray(mask).save(data / "masks" / f"s{i}.png")
         ids.append(f"s{i}")
-    run = write_fake_run(tmp_path / "run", AFFINE, create_model(AFFINE, 1, 2).state_dict(), data, ids,
-                         patch_size=64, batch_size=2)
+    run = write_fake_run(
+        tmp_path / "run", AFFINE, create_model(AFFINE, 1, 2).state_dict(), data, ids, patch_size=64, batch_size=2
+    )
     yield run, data
     registry._REGISTRY.pop(AFFINE, None)
 
 
 def test_tuning_improves_dice_and_is_applied(affine_run, tmp_path):
-    from biomedseg.workflows.evaluation import evaluate
     from biomedseg.inference.predict.batch import predict
+    from biomedseg.workflows.evaluation import evaluate
     from biomedseg.workflows.tune_postprocess import tune_postprocess
 
     run, data = affine_run
@@ -191,8 +193,9 @@ def test_tuning_improves_dice_and_is_applied(affine_run, tmp_path):
     assert with_pp["postprocess"]["classes"]["cell"]["threshold"] == steps.threshold
     assert without["postprocess"] is None
 
-    s = predict(run, [data / "images"], tmp_path / "pred", overlays=False, rle=tmp_path / "sub.csv",
-                instances=True, quiet=True)
+    s = predict(
+        run, [data / "images"], tmp_path / "pred", overlays=False, rle=tmp_path / "sub.csv", instances=True, quiet=True
+    )
     assert len(s.done) == 6
     assert (tmp_path / "pred" / "s0_instances.tif").is_file()
     lines = (tmp_path / "sub.csv").read_text().splitlines()

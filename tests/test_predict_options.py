@@ -20,8 +20,17 @@ def make_run(run_dir, **config):
 
     torch.manual_seed(0)
     kw = {"depth": 3, "base_channels": 8, "num_res_units": 1}
-    return write_fake_run(run_dir, "unet", create_model("unet", 1, 2, **kw).state_dict(), None, [],
-                          patch_size=64, batch_size=6, model_kwargs=kw, **config)
+    return write_fake_run(
+        run_dir,
+        "unet",
+        create_model("unet", 1, 2, **kw).state_dict(),
+        None,
+        [],
+        patch_size=64,
+        batch_size=6,
+        model_kwargs=kw,
+        **config,
+    )
 
 
 def write_pngs(folder, names, shape=(70, 60), value=None):
@@ -61,12 +70,15 @@ def test_settings_read_once_from_the_run(tmp_path, monkeypatch):
 def test_exported_settings_take_the_written_batch_size(tmp_path):
     from biomedseg.inference.exported.format import exported_run
 
-    doc = {"network": {"architecture": "unet"}, "input": {"channels": 1},
-           "normalization": {"mean": [0.0], "std": [1.0]},
-           "sliding_window": {"patch_size": 96, "overlap": 0.25, "batch_size": 3},
-           "classes": {"names": ["bg", "fg"], "background": 0, "palette": {"values": [[0], [1]]}},
-           "dataset": {"n_classes": 2},
-           "source": {"train_batch_size": 10}}  # written by older versions: not inverted any more
+    doc = {
+        "network": {"architecture": "unet"},
+        "input": {"channels": 1},
+        "normalization": {"mean": [0.0], "std": [1.0]},
+        "sliding_window": {"patch_size": 96, "overlap": 0.25, "batch_size": 3},
+        "classes": {"names": ["bg", "fg"], "background": 0, "palette": {"values": [[0], [1]]}},
+        "dataset": {"n_classes": 2},
+        "source": {"train_batch_size": 10},
+    }  # written by older versions: not inverted any more
     loaded = exported_run(doc, torch.nn.Identity(), tmp_path / "m.pt", torch.device("cpu"), "torch")
     assert loaded.settings.batch_size == 3 and loaded.predictor().batch_size == 3
     assert loaded.tile_size == 96 and loaded.channels_last is False
@@ -82,8 +94,10 @@ def test_keywords_and_options_object_give_the_same_call(tmp_path):
     s2 = predict(run, [images], tmp_path / "obj", PredictOptions(overlays=False, quiet=True, threads=1))
     assert len(s1.done) == len(s2.done) == 2 and not (tmp_path / "kw" / "a_overlay.png").exists()
     for name in ("a", "b"):
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "kw" / f"{name}.png")),
-                              np.asarray(Image.open(tmp_path / "obj" / f"{name}.png")))
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "kw" / f"{name}.png")),
+            np.asarray(Image.open(tmp_path / "obj" / f"{name}.png")),
+        )
     with pytest.raises(TypeError, match="overlay"):
         predict(run, [images], tmp_path / "bad", overlay=False)
     assert PredictOptions.of(PredictOptions(tta="flips"), quiet=True).tta == "flips"
@@ -127,8 +141,7 @@ class FailsOnBrightTiles(torch.nn.Module):
         return self.net(x)
 
 
-def test_any_failed_input_is_reported_in_one_line_and_the_batch_goes_on(tmp_path, monkeypatch, caplog,
-                                                                        restore_threads):
+def test_any_failed_input_is_reported_in_one_line_and_the_batch_goes_on(tmp_path, monkeypatch, caplog, restore_threads):
     import biomedseg.io.mask_encoding as mask_encoding
     from biomedseg import predict
     from biomedseg.inference.run import load_run
@@ -171,7 +184,7 @@ def test_a_truncated_uncompressed_tiff_is_reported_and_skipped(tmp_path, restore
 
     run = make_run(tmp_path / "run")
     images = write_pngs(tmp_path / "images", ["good"])
-    side = int(STREAM_ABOVE_PIXELS ** 0.5) + 16  # streamed, rows read by file offset: the read fails there
+    side = int(STREAM_ABOVE_PIXELS**0.5) + 16  # streamed, rows read by file offset: the read fails there
     bad = images / "cut.tif"
     tifffile.imwrite(bad, np.full((side, side), 7, np.uint8))  # uncompressed, contiguous
     with open(bad, "r+b") as f:

@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from biomedseg.core.errors import UserError
-from biomedseg.metrics.pixel import MetricAccumulator
 from biomedseg.core.render import (
     ERROR_COLORS,
     class_colors,
@@ -21,6 +20,7 @@ from biomedseg.core.render import (
     overlay_panel,
     to_display_rgb,
 )
+from biomedseg.metrics.pixel import MetricAccumulator
 
 
 def _blend(grey: float, color, alpha: float = 0.5) -> np.ndarray:

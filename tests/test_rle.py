@@ -36,8 +36,14 @@ def test_edge_cases(case):
     elif case == "single_middle":
         m[3, 2] = 1
     text = rle_encode(m)
-    expected = {"empty": "", "full": "1 35", "first": "1 1", "last": "35 1", "single_middle": f"{2 * 7 + 3 + 1} 1",
-                "one_pixel_image": "1 1"}[case]
+    expected = {
+        "empty": "",
+        "full": "1 35",
+        "first": "1 1",
+        "last": "35 1",
+        "single_middle": f"{2 * 7 + 3 + 1} 1",
+        "one_pixel_image": "1 1",
+    }[case]
     assert text == expected
     assert np.array_equal(rle_decode(text, shape), m)
 

@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from biomedseg.core.errors import UserError
-from biomedseg.runs import RUN_FORMAT_VERSION, DatasetInfo, RunFolder, create_run, open_run
-from biomedseg.runs import layout
+from biomedseg.runs import RUN_FORMAT_VERSION, DatasetInfo, RunFolder, create_run, layout, open_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run_format_v1"
 SRC = Path(__file__).resolve().parents[1] / "src" / "biomedseg"
@@ -32,8 +31,9 @@ def test_run_written_before_run_json_predicts_the_masks_it_predicted_then(tmp_pa
 
     run = tmp_path / "run"
     shutil.copytree(FIXTURE / "run", run)  # a read-only checkout must not matter
-    summary = predict(run, [str(FIXTURE / "input" / "syn_006.png")], tmp_path / "pred", quiet=True,
-                      overlays=False, device="cpu")
+    summary = predict(
+        run, [str(FIXTURE / "input" / "syn_006.png")], tmp_path / "pred", quiet=True, overlays=False, device="cpu"
+    )
     assert not summary.failed
     got = np.asarray(Image.open(tmp_path / "pred" / "syn_006.png"))
     want = np.asarray(Image.open(FIXTURE / "expected" / "syn_006.png"))
@@ -102,8 +102,20 @@ def _non_docstring_constants(tree):
 
 
 def test_run_folder_file_names_are_spelled_in_the_runs_package_only():
-    names = {layout.RUN_JSON, layout.CONFIG, layout.PLAN, layout.CHECKPOINTS, layout.METRICS, layout.CURVES,
-             layout.TENSORBOARD, layout.POSTPROCESS, layout.DDP, layout.TRUST, "best.pt", "last.pt"}
+    names = {
+        layout.RUN_JSON,
+        layout.CONFIG,
+        layout.PLAN,
+        layout.CHECKPOINTS,
+        layout.METRICS,
+        layout.CURVES,
+        layout.TENSORBOARD,
+        layout.POSTPROCESS,
+        layout.DDP,
+        layout.TRUST,
+        "best.pt",
+        "last.pt",
+    }
     found = []
     for path in SRC.rglob("*.py"):
         if path.parent.name == "runs":

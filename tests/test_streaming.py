@@ -1,6 +1,5 @@
 """Streaming (band-by-band) prediction equals the in-memory sliding window; files, resume."""
 
-
 import numpy as np
 import pytest
 import tifffile
@@ -16,7 +15,6 @@ from biomedseg.engine.sliding_window import (
 from biomedseg.stream.predictor import StreamingPredictor, open_source, partial_path
 from biomedseg.transforms.normalize import Normalizer
 from conftest import write_fake_run
-
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -36,16 +34,32 @@ def make_run(run_dir, n_classes=2, patch=64):
     torch.manual_seed(0)
     kw = {"depth": 3, "base_channels": 8, "num_res_units": 1}
     model = create_model("unet", 1, n_classes, **kw)
-    return write_fake_run(run_dir, "unet", model.state_dict(), None, [], patch_size=patch, batch_size=4,
-                          model_kwargs=kw, n_classes=n_classes, overlap=0.25)
+    return write_fake_run(
+        run_dir,
+        "unet",
+        model.state_dict(),
+        None,
+        [],
+        patch_size=patch,
+        batch_size=4,
+        model_kwargs=kw,
+        n_classes=n_classes,
+        overlap=0.25,
+    )
 
 
 def test_grid_matches_monai():
     from monai.data.utils import dense_patch_slices
     from monai.inferers.utils import _get_scan_interval
 
-    for size, tile, ov in [(512, 128, 0.25), (384, 128, 0.5), (1000, 256, 0.25), (128, 128, 0.25), (129, 128, 0.9),
-                           (300, 64, 0.0)]:
+    for size, tile, ov in [
+        (512, 128, 0.25),
+        (384, 128, 0.5),
+        (1000, 256, 0.25),
+        (128, 128, 0.25),
+        (129, 128, 0.9),
+        (300, 64, 0.0),
+    ]:
         interval = _get_scan_interval((size,), (tile,), 1, (ov,))
         ref = sorted({s[0].start for s in dense_patch_slices((size,), (tile,), interval)})
         assert tile_starts(size, tile, ov) == ref
@@ -57,7 +71,9 @@ def test_tta_modes():
     assert normalize_tta(False) == "none" and normalize_tta(True) == "flips"
     assert normalize_tta("flips+rot90") == "flips+rot90" and len(tta_transforms("flips+rot90")) == 8
     assert len(tta_transforms("flips")) == 4 and len(tta_transforms(None)) == 1
-    with pytest.raises(Exception):
+    from biomedseg.core.errors import UserError
+
+    with pytest.raises(UserError):
         normalize_tta("sideways")
 
 
@@ -154,8 +170,9 @@ def test_zarr_output_input_and_pyramid_level(model, tmp_path):
     # an OME-Zarr as input
     zimg = zarr.open_group(str(tmp_path / "img.zarr"), mode="w", zarr_format=2)
     zimg.create_array("0", shape=img.shape, chunks=(64, 64), dtype=np.uint8)[:] = img
-    zimg.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": "y"}, {"name": "x"}],
-                                  "datasets": [{"path": "0"}]}]
+    zimg.attrs["multiscales"] = [
+        {"version": "0.4", "axes": [{"name": "y"}, {"name": "x"}], "datasets": [{"path": "0"}]}
+    ]
     np.testing.assert_allclose(sp.predict_proba(tmp_path / "img.zarr"), ref, atol=1e-4)
     # pyramid TIFF: level 1 is predicted at its own size
     with tifffile.TiffWriter(tmp_path / "pyr.tif") as tw:
@@ -180,8 +197,8 @@ def test_blank_tiles_are_skipped(model):
 
 
 def test_interrupted_run_leaves_no_finished_file_and_resumes(tmp_path):
-    from biomedseg.inference.predict.outputs import existing_mask
     from biomedseg.inference.predict.batch import predict
+    from biomedseg.inference.predict.outputs import existing_mask
 
     run = make_run(tmp_path / "run")
     src = tmp_path / "in"

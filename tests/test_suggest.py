@@ -46,8 +46,9 @@ def pool(synthetic_data, tmp_path_factory):
     return folder
 
 
-def test_suggest_skips_training_images_and_identical_pairs(trained_run, synthetic_data, pool, tmp_path,
-                                                            monkeypatch, capsys, caplog):
+def test_suggest_skips_training_images_and_identical_pairs(
+    trained_run, synthetic_data, pool, tmp_path, monkeypatch, capsys, caplog
+):
     out = tmp_path / "s" / "suggest.csv"
     code, _, err = _cli(monkeypatch, capsys, "suggest", trained_run, pool, "--n", 50, "--out", out)
     assert code == 0, err
@@ -61,7 +62,7 @@ def test_suggest_skips_training_images_and_identical_pairs(trained_run, syntheti
     chosen = [read_image(f) for f in files]
     for i, a in enumerate(chosen):
         assert not any(a.shape == t.shape and np.array_equal(a, t) for t in train_arrays)
-        assert not any(np.array_equal(a, b) for b in chosen[i + 1:])
+        assert not any(np.array_equal(a, b) for b in chosen[i + 1 :])
     uncertainty = [float(r["uncertainty"]) for r in rows]
     assert uncertainty[0] == max(uncertainty)  # the most uncertain image comes first
     assert all(r["why"] for r in rows) and rows[1]["nearest_pick"]
@@ -98,9 +99,27 @@ def test_bad_input_is_one_line_and_exit_2(case, trained_run, synthetic_data, tmp
             shutil.copy(p, pool / p.name)
     src = str(Path(__file__).resolve().parents[1] / "src")
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "biomedseg.cli", "suggest", str(trained_run), str(pool), "--n", str(n),
-                        "--out", str(tmp_path / "s.csv"), "--device", "cpu"], capture_output=True, text=True,
-                       env=env, timeout=300, check=False)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "biomedseg.cli",
+            "suggest",
+            str(trained_run),
+            str(pool),
+            "--n",
+            str(n),
+            "--out",
+            str(tmp_path / "s.csv"),
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert r.returncode == 2, r.stderr
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr

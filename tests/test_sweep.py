@@ -11,26 +11,40 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from biomedseg.core.errors import UserError
+from biomedseg.runs.config import build_config
+from biomedseg.runs.sweep import SweepPaths
+from biomedseg.sweeps.space import check_params, grid_of, parse_param, parse_params
 from conftest import TINY
 from test_cli import assert_user_error, run_cli
 
-from biomedseg.core.errors import UserError
-from biomedseg.runs.sweep import SweepPaths
-from biomedseg.runs.config import build_config
-from biomedseg.workflows.sweep.space import check_params, grid_of, parse_param, parse_params
-
 optuna = pytest.importorskip("optuna")
 
-from biomedseg.workflows.sweep import run as sweeps  # noqa: E402  (after the skip: sweeps needs optuna at run time)
-from biomedseg.workflows.sweep import study as sweep_study  # noqa: E402
+from biomedseg.sweeps import run as sweeps  # noqa: E402  (after the skip: sweeps needs optuna at run time)
+from biomedseg.sweeps import study as sweep_study  # noqa: E402
 
 # one short epoch per trial, no pruning unless a test asks for it
 FAST = {**TINY, "epochs": 1, "seed": 0, "quiet": True}
 # the same on the command line
-FAST_ARGS = ["--epochs", "1", "--quiet", *(a for k, v in (("model_kwargs.depth", 3), ("model_kwargs.base_channels", 8),
-                                                         ("model_kwargs.num_res_units", 0), ("patch_size", 64),
-                                                         ("batch_size", 4), ("iterations_per_epoch", 6),
-                                                         ("num_threads", 1)) for a in ("--set", f"{k}={v}"))]
+FAST_ARGS = [
+    "--epochs",
+    "1",
+    "--quiet",
+    *(
+        a
+        for k, v in (
+            ("model_kwargs.depth", 3),
+            ("model_kwargs.base_channels", 8),
+            ("model_kwargs.num_res_units", 0),
+            ("patch_size", 64),
+            ("batch_size", 4),
+            ("iterations_per_epoch", 6),
+            ("num_threads", 1),
+        )
+        for a in ("--set", f"{k}={v}")
+    ),
+]
 
 
 def _rows(sweep_dir: Path) -> list[dict]:
@@ -39,8 +53,9 @@ def _rows(sweep_dir: Path) -> list[dict]:
 
 def _files(folder: Path) -> dict[str, tuple[int, bytes]]:
     """Every file of ``folder``: its modification time and content (to prove it was left alone)."""
-    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*")
-            if p.is_file()}
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.read_bytes()) for p in folder.rglob("*") if p.is_file()
+    }
 
 
 # ----------------------------------------------------------------------------------- --param forms
@@ -57,17 +72,29 @@ def test_param_forms():
     assert parse_param("lr=1:2.5").low == 1.0 and not parse_param("lr=1:2.5").is_int
     for text in ("lr=1e-4:1e-1:log", "optimizer=adam,sgd", "model_kwargs.depth=3:5"):
         assert parse_param(parse_param(text).spec()) == parse_param(text)
-    assert grid_of(parse_params(["optimizer=adam,sgd", "lr=1e-3,1e-2"])) == {"optimizer": ["adam", "sgd"],
-                                                                              "lr": [1e-3, 1e-2]}
+    assert grid_of(parse_params(["optimizer=adam,sgd", "lr=1e-3,1e-2"])) == {
+        "optimizer": ["adam", "sgd"],
+        "lr": [1e-3, 1e-2],
+    }
     assert grid_of(parse_params(["optimizer=adam,sgd", "lr=1e-3:1e-2"])) is None
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("lr", "expected NAME=a,b,c"), ("lr=", "expected NAME=a,b,c"), ("lr=1:", "not a number"),
-    ("lr=1:2:linear", "expected NAME=a,b,c"), ("lr=2:1", "low bound"), ("lr=0:1:log", "above 0"),
-    ("lr=1,,2", "empty value"), ("nosuch=1,2", "not a training option"), ("seed.x=1,2", "no sub-options"),
-    ("lr=1:2,3", "expected NAME=a,b,c"), ("lr=1,1", "twice"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("lr", "expected NAME=a,b,c"),
+        ("lr=", "expected NAME=a,b,c"),
+        ("lr=1:", "not a number"),
+        ("lr=1:2:linear", "expected NAME=a,b,c"),
+        ("lr=2:1", "low bound"),
+        ("lr=0:1:log", "above 0"),
+        ("lr=1,,2", "empty value"),
+        ("nosuch=1,2", "not a training option"),
+        ("seed.x=1,2", "no sub-options"),
+        ("lr=1:2,3", "expected NAME=a,b,c"),
+        ("lr=1,1", "twice"),
+    ],
+)
 def test_malformed_params_are_refused(text, needle):
     with pytest.raises(UserError, match=needle):
         parse_param(text)
@@ -86,10 +113,15 @@ def test_values_are_checked_against_the_config():
 
 
 @pytest.mark.slow  # a process per case
-@pytest.mark.parametrize("param, needle", [
-    ("lr=1:", "not a number"), ("optimizer=adam,adamm", "adamm"), ("lr", "expected NAME=a,b,c"),
-    ("nosuch=1:2", "not a training option"),
-])
+@pytest.mark.parametrize(
+    "param, needle",
+    [
+        ("lr=1:", "not a number"),
+        ("optimizer=adam,adamm", "adamm"),
+        ("lr", "expected NAME=a,b,c"),
+        ("nosuch=1:2", "not a training option"),
+    ],
+)
 def test_cli_refuses_malformed_params(tmp_path, synthetic_data, param, needle):
     out = tmp_path / "sweep"
     assert_user_error(run_cli("sweep", synthetic_data, "--out", out, "--param", param, "--epochs", "1"), needle)
@@ -97,8 +129,10 @@ def test_cli_refuses_malformed_params(tmp_path, synthetic_data, param, needle):
 
 
 def test_cli_refuses_zero_trials(tmp_path, synthetic_data):
-    assert_user_error(run_cli("sweep", synthetic_data, "--out", tmp_path / "s", "--param", "lr=1e-3,1e-2",
-                              "--trials", "0"), "--trials")
+    assert_user_error(
+        run_cli("sweep", synthetic_data, "--out", tmp_path / "s", "--param", "lr=1e-3,1e-2", "--trials", "0"),
+        "--trials",
+    )
 
 
 # ----------------------------------------------------------------------------------- the study
@@ -119,8 +153,7 @@ def test_lists_make_a_grid_ranges_make_tpe(tmp_path):
 
 
 def test_tpe_values_stay_inside_their_bounds(tmp_path):
-    study, space = _study(tmp_path, ["lr=1e-4:1e-1:log", "model_kwargs.depth=2:4", "optimizer=adam,sgd"],
-                          target=16)
+    study, space = _study(tmp_path, ["lr=1e-4:1e-1:log", "model_kwargs.depth=2:4", "optimizer=adam,sgd"], target=16)
     seen = []
 
     def objective(trial):
@@ -140,11 +173,19 @@ def test_a_study_of_other_params_or_options_is_not_continued(tmp_path):
     with pytest.raises(UserError, match="sweeps optimizer=adam,sgd"):
         _study(tmp_path, ["optimizer=adam,adamw"])
     with pytest.raises(UserError, match="options"):
-        sweep_study.open_study(optuna, SweepPaths(tmp_path).storage_url(), "s", parse_params(["optimizer=adam,sgd"]),
-                               {"epochs": 2}, 0, 2)
+        sweep_study.open_study(
+            optuna, SweepPaths(tmp_path).storage_url(), "s", parse_params(["optimizer=adam,sgd"]), {"epochs": 2}, 0, 2
+        )
     # where a trial runs is not what it trains: a process on a GPU may join a study begun on a CPU
-    sweep_study.open_study(optuna, SweepPaths(tmp_path).storage_url(), "s", parse_params(["optimizer=adam,sgd"]),
-                           {"epochs": 1, "device": "cuda"}, 0, 2)
+    sweep_study.open_study(
+        optuna,
+        SweepPaths(tmp_path).storage_url(),
+        "s",
+        parse_params(["optimizer=adam,sgd"]),
+        {"epochs": 1, "device": "cuda"},
+        0,
+        2,
+    )
 
 
 def _dead_pid() -> int:
@@ -177,8 +218,9 @@ def test_a_trial_whose_process_died_is_failed_and_queued_again(tmp_path):
 
 # ----------------------------------------------------------------------------------- pruning
 def test_the_epoch_reporter_prunes_a_bad_trial():
-    study = optuna.create_study(direction="maximize",
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1))
+    study = optuna.create_study(
+        direction="maximize", pruner=optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=1)
+    )
     good = study.ask()
     for epoch in (1, 2, 3):
         good.report(0.8, epoch)
@@ -196,8 +238,15 @@ def test_on_epoch_true_stops_training_cleanly(synthetic_data, tmp_path):
     from biomedseg.training.api import train
 
     seen = []
-    run = train(synthetic_data, tmp_path / "run", epochs=3, seed=0, quiet=True,
-                on_epoch=lambda epoch, row: seen.append((epoch, row["val_dice"])) or True, **TINY)
+    run = train(
+        synthetic_data,
+        tmp_path / "run",
+        epochs=3,
+        seed=0,
+        quiet=True,
+        on_epoch=lambda epoch, row: seen.append((epoch, row["val_dice"])) or True,
+        **TINY,
+    )
     assert [e for e, _ in seen] == [1]
     folder = open_run(run)
     rows = list(csv.DictReader(open(folder.paths.metrics)))
@@ -254,8 +303,9 @@ def test_grid_sweep_stops_resumes_and_ranks(synthetic_data, tmp_path):
 @pytest.mark.slow
 def test_cli_range_sweep_with_test_scores(synthetic_data, tmp_path):
     out = tmp_path / "sweep"
-    r = run_cli("sweep", synthetic_data, "--out", out, "--param", "lr=1e-3:1e-2:log", "--trials", "1", "--test",
-                *FAST_ARGS)
+    r = run_cli(
+        "sweep", synthetic_data, "--out", out, "--param", "lr=1e-3:1e-2:log", "--trials", "1", "--test", *FAST_ARGS
+    )
     assert r.returncode == 0, r.stderr
     assert "1 of 1 trials finished" in r.stdout
     [row] = _rows(out)
@@ -270,8 +320,15 @@ def test_cli_range_sweep_with_test_scores(synthetic_data, tmp_path):
 def test_two_processes_share_one_study(synthetic_data, tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", synthetic_data, "--out", out, "--param", "optimizer=adam,sgd", "--no-prune", *FAST_ARGS]
-    procs = [subprocess.Popen([sys.executable, "-m", "biomedseg.cli", *map(str, args)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "biomedseg.cli", *map(str, args)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err
@@ -313,10 +370,24 @@ def test_a_sweep_killed_during_a_trial_retrains_that_trial_only(synthetic_data, 
 
     out = tmp_path / "sweep"
     held = tmp_path / "epoch1-written"
-    args = ["sweep", synthetic_data, "--out", out, "--param", "optimizer=adam,sgd", "--no-prune",
-            *FAST_ARGS, "--epochs", "3"]
-    proc = subprocess.Popen([sys.executable, "-c", _HOLD_AFTER_EPOCH_1, str(held), *map(str, args)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        "sweep",
+        synthetic_data,
+        "--out",
+        out,
+        "--param",
+        "optimizer=adam,sgd",
+        "--no-prune",
+        *FAST_ARGS,
+        "--epochs",
+        "3",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_AFTER_EPOCH_1, str(held), *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 300
     while not held.is_file():  # trial 0 is held after epoch 1 of 3: no race with its end
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else "timeout"

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from biomedseg.data.synthetic import CLASSES, make_synthetic_dataset, render_sample
 from biomedseg.core.errors import UserError
+from biomedseg.data.synthetic import CLASSES, make_synthetic_dataset, render_sample
 
 
 def _samples(n, seed=0, size=(256, 256), n_channels=1):
@@ -23,8 +23,7 @@ def samples():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return make_synthetic_dataset(tmp_path_factory.mktemp("syn"), n_train=4, n_test=2,
-                                  size=(96, 128), seed=3)
+    return make_synthetic_dataset(tmp_path_factory.mktemp("syn"), n_train=4, n_test=2, size=(96, 128), seed=3)
 
 
 def _file_bytes(root):
@@ -57,9 +56,9 @@ def test_class_fractions_in_range(samples):
 
 
 def test_render_sample_deterministic():
-    (a_img, a_mask), = _samples(1, seed=5)
-    (b_img, b_mask), = _samples(1, seed=5)
-    (c_img, c_mask), = _samples(1, seed=6)
+    ((a_img, a_mask),) = _samples(1, seed=5)
+    ((b_img, b_mask),) = _samples(1, seed=5)
+    ((c_img, c_mask),) = _samples(1, seed=6)
     assert np.array_equal(a_img, b_img) and np.array_equal(a_mask, b_mask)
     assert not np.array_equal(a_img, c_img) and not np.array_equal(a_mask, c_mask)
 
@@ -131,10 +130,13 @@ def test_dataset_deterministic(tmp_path, dataset):
 def test_dataset_rgb_and_overwrite(tmp_path):
     out = make_synthetic_dataset(tmp_path / "d", n_train=3, n_test=2, size=(64, 64), seed=1)
     (out / "images" / "notes.txt").write_text("keep me")
-    out = make_synthetic_dataset(tmp_path / "d", n_train=2, n_test=1, size=(64, 64), seed=1,
-                                 n_channels=3)
+    out = make_synthetic_dataset(tmp_path / "d", n_train=2, n_test=1, size=(64, 64), seed=1, n_channels=3)
     assert sorted(p.name for p in (out / "images").iterdir()) == [
-        "notes.txt", "syn_000.png", "syn_001.png", "syn_002.png"]
+        "notes.txt",
+        "syn_000.png",
+        "syn_001.png",
+        "syn_002.png",
+    ]
     assert sorted(p.stem for p in (out / "masks").iterdir()) == ["syn_000", "syn_001", "syn_002"]
     image = np.asarray(Image.open(out / "images" / "syn_000.png"))
     assert image.shape == (64, 64, 3)

@@ -11,8 +11,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from biomedseg.data.tiling.dataset import tile_dataset, tissue_fraction, window_starts
 from biomedseg.core.errors import UserError
+from biomedseg.data.tiling.dataset import tile_dataset, tissue_fraction, window_starts
 from biomedseg.io import read_image, read_raw
 from biomedseg.io.sources import open_source
 
@@ -22,7 +22,7 @@ def _pair(rng, h: int, w: int, blobs: int = 3) -> tuple[np.ndarray, np.ndarray]:
     mask = np.zeros((h, w), np.uint8)
     for k in range(blobs):
         y, x = int(rng.integers(0, h - 30)), int(rng.integers(0, w - 30))
-        mask[y:y + 25, x:x + 25] = 1 + k % 2
+        mask[y : y + 25, x : x + 25] = 1 + k % 2
     return img, mask
 
 
@@ -39,9 +39,9 @@ def _reassemble(out: Path, shape, channels=3):
         x, y, w, h = (int(r[k]) for k in ("x", "y", "w", "h"))
         tile = read_image(out / "images" / r["file"])
         assert tile.shape[:2] == (h, w)
-        img[y:y + h, x:x + w] = tile if channels > 1 else tile[:, :, 0]
-        mask[y:y + h, x:x + w] = read_raw(out / "masks" / f"{r['tile_id']}.png")
-        covered[y:y + h, x:x + w] = True
+        img[y : y + h, x : x + w] = tile if channels > 1 else tile[:, :, 0]
+        mask[y : y + h, x : x + w] = read_raw(out / "masks" / f"{r['tile_id']}.png")
+        covered[y : y + h, x : x + w] = True
     return img, mask, covered
 
 
@@ -67,8 +67,9 @@ def test_png_folder_reassembles_exactly_with_provenance(tmp_path):
         (src / "masks").mkdir(exist_ok=True)
         Image.fromarray(img).save(src / "images" / f"{sid}.png")
         Image.fromarray(mask).save(src / "masks" / f"{sid}.png")
-    (src / "dataset.json").write_text(json.dumps({"name": "src", "classes": ["background", "a", "b"],
-                                                  "split": {"train": ["s1"], "test": ["s2"]}}))
+    (src / "dataset.json").write_text(
+        json.dumps({"name": "src", "classes": ["background", "a", "b"], "split": {"train": ["s1"], "test": ["s2"]}})
+    )
     out = tmp_path / "tiles"
     summary = tile_dataset(src, out, size=128, keep_empty=1.0, progress=False)
     assert summary["n_tiles"] == 3 * 4 + 2 * 2
@@ -101,8 +102,7 @@ def test_background_filter_keeps_its_fraction(tmp_path):
     Image.fromarray(img).save(tmp_path / "big.png")
     Image.fromarray(mask).save(tmp_path / "big_mask.png")
     n_windows = 10 * 10
-    labelled = {(y, x) for y in range(0, 640, 64) for x in range(0, 640, 64)
-                if mask[y:y + 64, x:x + 64].any()}
+    labelled = {(y, x) for y in range(0, 640, 64) for x in range(0, 640, 64) if mask[y : y + 64, x : x + 64].any()}
     n_empty = n_windows - len(labelled)
     kept = {}
     for seed, frac in ((0, 0.25), (1, 0.25), (0, 0.0)):
@@ -116,8 +116,7 @@ def test_background_filter_keeps_its_fraction(tmp_path):
         kept[(seed, frac)] = {r["tile_id"] for r in rows if r["empty"] == "1"}
         assert json.loads((out / "dataset.json").read_text())["tiling"]["seed"] == seed
     assert kept[(0, 0.25)] != kept[(1, 0.25)]  # the seed picks the empty tiles
-    again = tile_dataset(tmp_path / "big.png", tmp_path / "again", size=64, keep_empty=0.25, seed=0,
-                         progress=False)
+    again = tile_dataset(tmp_path / "big.png", tmp_path / "again", size=64, keep_empty=0.25, seed=0, progress=False)
     assert {r["tile_id"] for r in _rows(tmp_path / "again") if r["empty"] == "1"} == kept[(0, 0.25)]
     assert again["n_tiles"] == len(labelled) + round(0.25 * n_empty)
 
@@ -174,8 +173,7 @@ def test_tissue_threshold_drops_blank_background(tmp_path):
     mask = np.zeros((h, w), np.uint8)
     Image.fromarray(img).save(tmp_path / "s.png")
     Image.fromarray(mask).save(tmp_path / "s_mask.png")
-    s = tile_dataset(tmp_path / "s.png", tmp_path / "o", size=128, keep_empty=1.0, tissue_threshold=0.5,
-                     progress=False)
+    s = tile_dataset(tmp_path / "s.png", tmp_path / "o", size=128, keep_empty=1.0, tissue_threshold=0.5, progress=False)
     assert s["n_blank_dropped"] == 4 and s["n_tiles"] == 4
     assert {int(r["x"]) for r in _rows(tmp_path / "o")} == {256, 384}
     assert tissue_fraction(img[:, :256]) == 0.0 and tissue_fraction(img[:, 256:]) == 1.0
@@ -203,8 +201,8 @@ def test_overwrite_never_deletes_the_source(tmp_path):
     import pytest
     from PIL import Image
 
-    from biomedseg.data.tiling.dataset import tile_dataset
     from biomedseg.core.errors import UserError
+    from biomedseg.data.tiling.dataset import tile_dataset
 
     data = tmp_path / "d"
     (data / "images").mkdir(parents=True)

@@ -9,19 +9,26 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY
 from PIL import Image
 
 from biomedseg.core.errors import UserError
-from biomedseg.workflows.evaluation import evaluate
 from biomedseg.inference.predict.batch import predict
-from biomedseg.training.api import train
 from biomedseg.runs import load_checkpoint
+from biomedseg.training.api import train
+from biomedseg.workflows.evaluation import evaluate
+from conftest import TINY
 
 
 def test_run_folder_layout(trained_run):
-    for name in ("config.yaml", "plan.yaml", "dataset.json", "metrics.csv", "curves.png",
-                 "checkpoints/best.pt", "checkpoints/last.pt"):
+    for name in (
+        "config.yaml",
+        "plan.yaml",
+        "dataset.json",
+        "metrics.csv",
+        "curves.png",
+        "checkpoints/best.pt",
+        "checkpoints/last.pt",
+    ):
         assert (trained_run / name).is_file(), name
     assert any((trained_run / "tensorboard").iterdir())
     info = json.loads((trained_run / "dataset.json").read_text())
@@ -196,7 +203,9 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(synthetic_data,
     wc = load_checkpoint(compiled / "checkpoints" / "last.pt")["model"]
     assert list(wc) == list(we)  # no "_orig_mod." prefix: the checkpoint loads into a plain model
     assert max(float((we[k].float() - wc[k].float()).abs().max()) for k in we) < 1e-4
-    losses = [[float(r["train_cls_loss"]) for r in csv.DictReader(open(run / "metrics.csv"))] for run in (eager, compiled)]
+    losses = [
+        [float(r["train_cls_loss"]) for r in csv.DictReader(open(run / "metrics.csv"))] for run in (eager, compiled)
+    ]
     assert losses[1] == pytest.approx(losses[0], abs=1e-4)  # the head's loss reached the compiled step
     plan = yaml.safe_load((compiled / "plan.yaml").read_text())
     assert plan["compile"]["value"] == "aot_eager" and plan["compile"]["reason"] == "set by the user"
@@ -214,9 +223,18 @@ def test_training_goes_on_uncompiled_when_compiling_fails(synthetic_data, tmp_pa
     torch._dynamo.reset()
     eager = train(synthetic_data, tmp_path / "eager", epochs=1, seed=4, quiet=True, **TINY)
     with caplog.at_level("WARNING", logger="biomedseg"):
-        run = train(synthetic_data, tmp_path / "fallback", epochs=1, seed=4, quiet=True,
-                    compile="biomedseg_test_failing_backend", **TINY)
-    assert any("torch.compile failed" in r.getMessage() and "InvalidCxxCompiler" in r.getMessage() for r in caplog.records)
+        run = train(
+            synthetic_data,
+            tmp_path / "fallback",
+            epochs=1,
+            seed=4,
+            quiet=True,
+            compile="biomedseg_test_failing_backend",
+            **TINY,
+        )
+    assert any(
+        "torch.compile failed" in r.getMessage() and "InvalidCxxCompiler" in r.getMessage() for r in caplog.records
+    )
     we = load_checkpoint(eager / "checkpoints" / "last.pt")["model"]
     wf = load_checkpoint(run / "checkpoints" / "last.pt")["model"]
     assert max(float((we[k].float() - wf[k].float()).abs().max()) for k in we) < 1e-5  # the same steps, eagerly
@@ -224,8 +242,8 @@ def test_training_goes_on_uncompiled_when_compiling_fails(synthetic_data, tmp_pa
 
 @pytest.mark.slow
 def test_compile_false_from_the_user_plans_as_without_a_compiler(synthetic_data, tmp_path, monkeypatch):
-    import biomedseg.runtime.device
     import biomedseg.planning.planner as planner
+    import biomedseg.runtime.device
 
     monkeypatch.setattr(biomedseg.runtime.device, "cpp_compiler_available", lambda: True)
     monkeypatch.setattr(planner, "COMPILE_MIN_BUDGET_S", 1)  # a "long" budget the test can afford

@@ -94,8 +94,9 @@ def test_prediction_row_counts_and_scores():
     mask[15:18, 20:28] = 2
     proba = np.full((3, 20, 30), 0.05)
     np.put_along_axis(proba, mask[None], 0.9, axis=0)
-    row = prediction_row(proba, ["background", "cell", "filament"], 0,
-                         ood={"score": 2.0, "flag": True, "reasons": ["a", "b"]})
+    row = prediction_row(
+        proba, ["background", "cell", "filament"], 0, ood={"score": 2.0, "flag": True, "reasons": ["a", "b"]}
+    )
     assert (row["area_cell"], row["objects_cell"], row["area_filament"], row["objects_filament"]) == (32, 2, 24, 1)
     assert "area_background" not in row and row["mean_foreground_probability"] == pytest.approx(0.9)
     assert row["ood_flag"] is True and row["ood_reasons"] == "a; b" and row["uncertainty"] > 0

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,6 @@ from PIL import Image
 from biomedseg.models import create_model
 from biomedseg.models.adapt import adapt_state_dict, match_classes, varying_dims
 from biomedseg.training.warm_start import file_sha256
-
 from conftest import TINY
 
 KW = {"depth": 3, "base_channels": 8, "num_res_units": 1}
@@ -126,8 +125,15 @@ def test_adding_a_class_starts_the_shared_class_where_the_source_left_it(synthet
     two = _two_class(synthetic_data, tmp_path / "two")
     source = train(two, tmp_path / "src", epochs=6, seed=0, quiet=True, **TINY)
     src_cell = max(float(r["val_dice_cell"]) for r in _rows(source))
-    child = train(synthetic_data, tmp_path / "child", epochs=4, seed=0, quiet=True, init=source,
-                  **{k: v for k, v in TINY.items() if k != "model_kwargs"})
+    child = train(
+        synthetic_data,
+        tmp_path / "child",
+        epochs=4,
+        seed=0,
+        quiet=True,
+        init=source,
+        **{k: v for k, v in TINY.items() if k != "model_kwargs"},
+    )
     rows = _rows(child)
     assert abs(float(rows[0]["val_dice_cell"]) - src_cell) <= 0.05, (rows[0]["val_dice_cell"], src_cell)
     filament = [float(r["val_dice_filament"]) for r in rows]
@@ -141,13 +147,15 @@ def test_adding_a_class_starts_the_shared_class_where_the_source_left_it(synthet
     src_cfg = yaml.safe_load((source / "config.yaml").read_text())
     cfg = yaml.safe_load((child / "config.yaml").read_text())
     assert cfg["model_kwargs"] == src_cfg["model_kwargs"] and plan["model_kwargs.base_channels"]["reason"].startswith(
-        "kept from the --init run")
+        "kept from the --init run"
+    )
     assert cfg["lr"] == pytest.approx(src_cfg["lr"] * 0.2)
 
 
 def _cli(*args):
-    r = subprocess.run([sys.executable, "-m", "biomedseg.cli", *map(str, args)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "biomedseg.cli", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
     r.output, r.exit_code = r.stdout + r.stderr, r.returncode
     return r
 
@@ -174,8 +182,9 @@ def test_init_bad_sources_are_one_line_errors(synthetic_data, trained_run, tmp_p
 
 
 def test_init_refuses_another_architecture_and_resume_together(synthetic_data, trained_run, tmp_path):
-    r = _cli("train", synthetic_data, "--out", tmp_path / "a", "--epochs", "1", "--init", trained_run,
-             "--model", "segnet")
+    r = _cli(
+        "train", synthetic_data, "--out", tmp_path / "a", "--epochs", "1", "--init", trained_run, "--model", "segnet"
+    )
     assert r.exit_code == 2 and "cannot start a segnet" in r.output
     r = _cli("train", synthetic_data, "--out", tmp_path / "b", "--epochs", "1", "--init", trained_run, "--resume")
     assert r.exit_code == 2 and "use one of them" in r.output
@@ -190,10 +199,17 @@ def test_compare_shows_the_parent_of_a_fine_tune(trained_run, tmp_path):
     child = tmp_path / "child"
     shutil.copytree(trained_run, child)
     info = json.loads((child / "run.json").read_text())
-    info["parent"] = {"run": trained_run.name, "path": str(Path(trained_run).resolve()), "checkpoint": "best.pt",
-                      "sha256": "ab" * 32, "origin": "run"}
+    info["parent"] = {
+        "run": trained_run.name,
+        "path": str(Path(trained_run).resolve()),
+        "checkpoint": "best.pt",
+        "sha256": "ab" * 32,
+        "origin": "run",
+    }
     (child / "run.json").write_text(json.dumps(info))
-    members = [SimpleNamespace(run=RunFolder(trained_run), name="parent"), SimpleNamespace(run=RunFolder(child),
-                                                                                           name="child")]
+    members = [
+        SimpleNamespace(run=RunFolder(trained_run), name="parent"),
+        SimpleNamespace(run=RunFolder(child), name="child"),
+    ]
     assert lineage_rows(members) == [("started from (--init)", [None, "parent (compared here)"])]
     assert lineage_rows(members[:1]) == []

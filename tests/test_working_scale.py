@@ -7,17 +7,30 @@ import pytest
 import torch
 
 from biomedseg.engine.scaled import ScaledNet, at_scale, native_tile
-from biomedseg.planning.scale import plan_working_scale
 from biomedseg.planning.planner import make_plan
+from biomedseg.planning.scale import plan_working_scale
 from biomedseg.transforms.resample import resample_image, resample_mask, scaled_shape
 
-BASE = {"n_images": 20, "channels": 1, "bit_depth": 8, "class_names": ["background", "fg"], "background": 0,
-        "class_share": [0.7, 0.3], "image_share": [1.0, 1.0]}
+BASE = {
+    "n_images": 20,
+    "channels": 1,
+    "bit_depth": 8,
+    "class_names": ["background", "fg"],
+    "background": 0,
+    "class_share": [0.7, 0.3],
+    "image_share": [1.0, 1.0],
+}
 
 
 def fingerprint(shape, p90, p10, width):
-    return dict(BASE, median_shape=list(shape), min_shape=list(shape), object_diameter_p90={"fg": p90},
-                object_diameter_p10={"fg": p10}, structure_width={"fg": width})
+    return dict(
+        BASE,
+        median_shape=list(shape),
+        min_shape=list(shape),
+        object_diameter_p90={"fg": p90},
+        object_diameter_p10={"fg": p10},
+        structure_width={"fg": width},
+    )
 
 
 def test_large_objects_get_a_smaller_scale_and_whole_images():
@@ -54,8 +67,8 @@ def test_scale_is_snapped_to_whole_native_tiles_and_respects_the_floor():
 def test_mask_resampling_keeps_a_two_pixel_line_and_a_three_pixel_object():
     for offset in (0, 1):  # the line aligned with the new pixel grid, and straddling it
         m = np.zeros((64, 64), np.uint8)
-        m[20 + offset:22 + offset, :] = 1  # a 2-px horizontal line
-        m[40 + offset:43 + offset, 30 + offset:33 + offset] = 2  # a 3x3 object
+        m[20 + offset : 22 + offset, :] = 1  # a 2-px horizontal line
+        m[40 + offset : 43 + offset, 30 + offset : 33 + offset] = 2  # a 3x3 object
         out = resample_mask(m, (32, 32), 3, 0)
         assert out.shape == (32, 32)
         assert (out == 1).any(axis=0).all(), offset  # the line is unbroken across the image
@@ -102,11 +115,18 @@ def test_scaled_net_returns_native_size_logits():
 
 @pytest.fixture(scope="module")
 def scaled_run(synthetic_data, tmp_path_factory):
-    from biomedseg.training.api import train
     from tests.conftest import TINY
 
-    return train(synthetic_data, tmp_path_factory.mktemp("scaled") / "run", epochs=1, seed=0, quiet=True,
-                 **{**TINY, "patch_size": 32, "working_scale": 0.5})
+    from biomedseg.training.api import train
+
+    return train(
+        synthetic_data,
+        tmp_path_factory.mktemp("scaled") / "run",
+        epochs=1,
+        seed=0,
+        quiet=True,
+        **{**TINY, "patch_size": 32, "working_scale": 0.5},
+    )
 
 
 def test_training_at_a_working_scale_predicts_at_native_resolution(scaled_run, synthetic_data):
@@ -150,7 +170,9 @@ def test_mixed_pixel_sizes_are_brought_to_the_reference_grid():
     assert pixel_size_factor([0.5, 0.5], (1.0, 0.25)) == (2.0, 0.5)
     assert pixel_size_factor(None, (1.0, 1.0)) is None
     fine = CachedSample("fine", np.zeros((80, 80, 1), np.uint8), np.zeros((80, 80), np.uint8), pixel_size=(0.5, 0.5))
-    coarse = CachedSample("coarse", np.zeros((40, 40, 1), np.uint8), np.zeros((40, 40), np.uint8), pixel_size=(1.0, 1.0))
+    coarse = CachedSample(
+        "coarse", np.zeros((40, 40, 1), np.uint8), np.zeros((40, 40), np.uint8), pixel_size=(1.0, 1.0)
+    )
     coarse.mask[10:20, 10:20] = 1
     setup = DataSetup(None, [], ["background", "fg"], None, True, 0, 1, {})
     data = TrainingData(setup, [fine, coarse], [])

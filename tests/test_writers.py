@@ -21,11 +21,14 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 
-@pytest.mark.parametrize("array", [
-    RNG.integers(0, 256, (9, 13)).astype(np.uint8),
-    RNG.integers(0, 65536, (9, 13)).astype(np.uint16),
-    RNG.integers(0, 256, (9, 13, 3)).astype(np.uint8),
-])
+@pytest.mark.parametrize(
+    "array",
+    [
+        RNG.integers(0, 256, (9, 13)).astype(np.uint8),
+        RNG.integers(0, 65536, (9, 13)).astype(np.uint16),
+        RNG.integers(0, 256, (9, 13, 3)).astype(np.uint8),
+    ],
+)
 def test_write_png_roundtrip(tmp_path, array):
     path = tmp_path / "out.png"
     write_png(path, array)
@@ -41,8 +44,15 @@ def test_write_png_single_channel_and_parent_creation(tmp_path):
     assert np.asarray(Image.open(path)).shape == (4, 5)
 
 
-@pytest.mark.parametrize("array", [np.zeros((4, 4), np.float32), np.zeros((4, 4, 3), np.uint16),
-                                   np.zeros((4, 4, 2), np.uint8), np.zeros(4, np.uint8)])
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.zeros((4, 4), np.float32),
+        np.zeros((4, 4, 3), np.uint16),
+        np.zeros((4, 4, 2), np.uint8),
+        np.zeros(4, np.uint8),
+    ],
+)
 def test_write_png_rejects_unsupported(tmp_path, array):
     with pytest.raises(ValueError):
         write_png(tmp_path / "x.png", array)
@@ -114,13 +124,18 @@ def test_write_png_failure_mid_write(tmp_path, monkeypatch):
 
 
 def test_write_json_converts_numpy_paths_and_nan(tmp_path):
-    obj = {"a": np.float32(0.5), "b": np.arange(3), "c": Path("x/y.png"), "d": math.nan,
-           "e": (1, np.int64(2)), 3: {"f": float("inf")}}
+    obj = {
+        "a": np.float32(0.5),
+        "b": np.arange(3),
+        "c": Path("x/y.png"),
+        "d": math.nan,
+        "e": (1, np.int64(2)),
+        3: {"f": float("inf")},
+    }
     write_json(tmp_path / "m.json", obj)
     text = (tmp_path / "m.json").read_text()
     assert text.endswith("\n")
-    assert json.loads(text) == {"a": 0.5, "b": [0, 1, 2], "c": "x/y.png", "d": None,
-                                "e": [1, 2], "3": {"f": None}}
+    assert json.loads(text) == {"a": 0.5, "b": [0, 1, 2], "c": "x/y.png", "d": None, "e": [1, 2], "3": {"f": None}}
 
 
 def test_write_text_utf8(tmp_path):

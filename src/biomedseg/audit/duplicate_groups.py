@@ -17,10 +17,10 @@ import numpy as np
 
 from biomedseg.audit import duplicates as dup
 from biomedseg.audit.image_measurements import THUMB
+from biomedseg.core.errors import UserError
 from biomedseg.data.discovery import natural_key
 from biomedseg.data.inventory import Scan, ScanItem
 from biomedseg.data.progress import ProgressBar
-from biomedseg.core.errors import UserError
 from biomedseg.io.images import read_image
 from biomedseg.io.masks import read_mask
 from biomedseg.metrics.pixel import image_dice
@@ -67,7 +67,7 @@ def _overlap(a: np.ndarray, b: np.ndarray, dy: int, dx: int):
     x0, x1 = max(dx, 0), w + min(dx, 0)
     if y1 <= y0 or x1 <= x0:
         return None, None
-    return a[y0:y1, x0:x1], b[y0 - dy:y1 - dy, x0 - dx:x1 - dx]
+    return a[y0:y1, x0:x1], b[y0 - dy : y1 - dy, x0 - dx : x1 - dx]
 
 
 def _resize_nearest(arr: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -152,9 +152,19 @@ class PairJudge:
     def judge(self, p: dup.Pair) -> dict:
         """The audit.json row of one pair: ids, distance, shift, Dice, emptiness, conflict."""
         ea, eb = self._empty(p.i), self._empty(p.j)
-        out = {"a": self.items[p.i].id, "b": self.items[p.j].id, "distance": round(1.0 - p.ncc, 5),
-               "ncc": p.ncc, "exact": p.exact, "flip": p.flip or None, "shift_px": [0, 0],
-               "dice": None, "empty_a": ea, "empty_b": eb, "conflict": False}
+        out = {
+            "a": self.items[p.i].id,
+            "b": self.items[p.j].id,
+            "distance": round(1.0 - p.ncc, 5),
+            "ncc": p.ncc,
+            "exact": p.exact,
+            "flip": p.flip or None,
+            "shift_px": [0, 0],
+            "dice": None,
+            "empty_a": ea,
+            "empty_b": eb,
+            "conflict": False,
+        }
         if ea is None or eb is None:
             return out
         if ea and eb:
@@ -227,12 +237,18 @@ def find_duplicate_groups(scan: Scan, res: dict, pal: dict, check_flips: bool, p
         by_group.setdefault(member_group[p.i], []).append((p, judge.judge(p)))
         bar.update()
     bar.close()
-    out_groups = [_group_summary([scan.items[m].id for m in members], by_group.get(g, []), sides)
-                  for g, members in enumerate(groups)]
-    out_groups.sort(key=lambda g: (not g["conflict"], not g["leak"],
-                                   g["min_dice"] if g["min_dice"] is not None else 2.0,
-                                   natural_key(g["members"][0])))
+    out_groups = [
+        _group_summary([scan.items[m].id for m in members], by_group.get(g, []), sides)
+        for g, members in enumerate(groups)
+    ]
+    out_groups.sort(
+        key=lambda g: (
+            not g["conflict"],
+            not g["leak"],
+            g["min_dice"] if g["min_dice"] is not None else 2.0,
+            natural_key(g["members"][0]),
+        )
+    )
     for i, g in enumerate(out_groups, 1):
         g["id"] = i
-    return {"groups": out_groups, "judge": judge, "search_seconds": round(t_search, 2),
-            "n_pairs": len(pairs), **search}
+    return {"groups": out_groups, "judge": judge, "search_seconds": round(t_search, 2), "n_pairs": len(pairs), **search}

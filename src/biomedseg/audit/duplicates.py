@@ -78,12 +78,12 @@ def descriptors(thumbs: np.ndarray) -> np.ndarray:
     f = t // GRID
     out = np.empty((n, GRID * GRID), np.float32)
     for s in range(0, n, 512):
-        block = thumbs[s:s + 512].astype(np.float32).reshape(-1, GRID, f, GRID, f).mean(axis=(2, 4))
+        block = thumbs[s : s + 512].astype(np.float32).reshape(-1, GRID, f, GRID, f).mean(axis=(2, 4))
         block = ndimage.gaussian_filter(block, sigma=(0, 0.75, 0.75), mode="nearest")
         block = block.reshape(len(block), -1)
         block -= block.mean(axis=1, keepdims=True)
         norm = np.linalg.norm(block, axis=1, keepdims=True)
-        out[s:s + 512] = block / np.maximum(norm, 1e-6)
+        out[s : s + 512] = block / np.maximum(norm, 1e-6)
     return out
 
 
@@ -112,9 +112,14 @@ def _flip_descriptors(desc: np.ndarray, flip: str) -> np.ndarray:
     return np.ascontiguousarray(grid.reshape(len(desc), -1))
 
 
-def candidate_pairs(desc: np.ndarray, valid: np.ndarray, check_flips: bool = False,
-                    candidate: float = CANDIDATE, k: int = TOP_K,
-                    block: int = 1024) -> list[tuple[int, int, str, float]]:
+def candidate_pairs(
+    desc: np.ndarray,
+    valid: np.ndarray,
+    check_flips: bool = False,
+    candidate: float = CANDIDATE,
+    k: int = TOP_K,
+    block: int = 1024,
+) -> list[tuple[int, int, str, float]]:
     """Pairs ``(i, j, flip, similarity)`` (``i < j``) worth verifying."""
     n = len(desc)
     idx = np.flatnonzero(valid)
@@ -127,7 +132,7 @@ def candidate_pairs(desc: np.ndarray, valid: np.ndarray, check_flips: bool = Fal
     kk = min(k, m - 1)
     for flip, query in variants:
         for s in range(0, m, block):
-            sims = query[s:s + block] @ base.T  # (b, m)
+            sims = query[s : s + block] @ base.T  # (b, m)
             rows = np.arange(s, min(s + block, m))
             sims[np.arange(len(rows)), rows] = -2.0  # never pair an image with itself
             if kk < m - 1:
@@ -179,7 +184,7 @@ def _ncc_at(a: np.ndarray, b: np.ndarray, dy: float, dx: float) -> float:
     if ay1 - ay0 < 4 or ax1 - ax0 < 4:
         return -1.0
     pa = a[ay0:ay1, ax0:ax1]
-    pb = b[ay0 - iy0:ay1 - iy0, ax0 - ix0:ax1 - ix0]
+    pb = b[ay0 - iy0 : ay1 - iy0, ax0 - ix0 : ax1 - ix0]
     pa = pa - pa.mean()
     pb = pb - pb.mean()
     den = float(np.sqrt((pa * pa).sum() * (pb * pb).sum()))
@@ -201,16 +206,17 @@ def _parabola(m1: float, c: float, p1: float) -> float:
     return 0.0 if den >= 0 else float(np.clip(0.5 * (m1 - p1) / den, -0.5, 0.5))
 
 
-def _score(prepared: np.ndarray, pos: dict, pairs, max_shift: int = MAX_SHIFT,
-           chunk: int = 256) -> list[tuple[float, tuple[float, float]]]:
+def _score(
+    prepared: np.ndarray, pos: dict, pairs, max_shift: int = MAX_SHIFT, chunk: int = 256
+) -> list[tuple[float, tuple[float, float]]]:
     """Aligned NCC and shift of each ``(i, j, flip, ...)`` pair of prepared thumbnails."""
     out: list[tuple[float, tuple[float, float]]] = []
     for s in range(0, len(pairs), chunk):
-        part = pairs[s:s + chunk]
+        part = pairs[s : s + chunk]
         a = np.stack([prepared[pos[c[0]]] for c in part])
         b = np.stack([np.ascontiguousarray(flip_array(prepared[pos[c[1]]], c[2])) for c in part])
         corr = np.roll(phase_correlation(a, b), (max_shift, max_shift), axis=(1, 2))
-        corr = corr[:, :2 * max_shift + 1, :2 * max_shift + 1]
+        corr = corr[:, : 2 * max_shift + 1, : 2 * max_shift + 1]
         for r in range(len(part)):
             c = corr[r]
             py, px = np.unravel_index(int(np.argmax(c)), c.shape)
@@ -259,8 +265,9 @@ def effective_threshold(threshold: float, base: float | None) -> float:
     return float(max(threshold, 1.0 - BASELINE_FACTOR * base))
 
 
-def verify_pairs(thumbs: np.ndarray, cands, threshold: float = THRESHOLD,
-                 valid: np.ndarray | None = None) -> tuple[list[Pair], dict]:
+def verify_pairs(
+    thumbs: np.ndarray, cands, threshold: float = THRESHOLD, valid: np.ndarray | None = None
+) -> tuple[list[Pair], dict]:
     """Verify candidate pairs at thumbnail resolution (see the module docstring).
 
     Returns ``(pairs, info)`` with ``info`` = ``{"baseline_distance", "threshold"}``.
@@ -274,8 +281,7 @@ def verify_pairs(thumbs: np.ndarray, cands, threshold: float = THRESHOLD,
         return [], info
     pos = {int(v): k for k, v in enumerate(idx)}
     scores = _score(prepared_all, pos, cands)
-    out = [Pair(i, j, round(s, 5), shift, flip)
-           for (i, j, flip, _), (s, shift) in zip(cands, scores) if s >= thr]
+    out = [Pair(i, j, round(s, 5), shift, flip) for (i, j, flip, _), (s, shift) in zip(cands, scores) if s >= thr]
     return out, info
 
 
@@ -293,8 +299,13 @@ def exact_pairs(digests: list[str | None]) -> list[Pair]:
     return out
 
 
-def find_pairs(thumbs: np.ndarray, valid: np.ndarray, digests: list[str | None],
-               check_flips: bool = False, threshold: float = THRESHOLD) -> tuple[list[Pair], dict]:
+def find_pairs(
+    thumbs: np.ndarray,
+    valid: np.ndarray,
+    digests: list[str | None],
+    check_flips: bool = False,
+    threshold: float = THRESHOLD,
+) -> tuple[list[Pair], dict]:
     """All near-duplicate pairs (exact digests plus verified descriptor candidates) and
     ``info`` (``baseline_distance``, effective ``threshold``, ``candidates``)."""
     exact = exact_pairs(digests)
@@ -308,8 +319,11 @@ def find_pairs(thumbs: np.ndarray, valid: np.ndarray, digests: list[str | None],
     best: dict[tuple[int, int], Pair] = {}
     for p in verified:
         key = (p.i, p.j)
-        if key not in best or (p.flip == "" and best[key].flip != "") or (
-                (p.flip != "") == (best[key].flip != "") and p.ncc > best[key].ncc):
+        if (
+            key not in best
+            or (p.flip == "" and best[key].flip != "")
+            or ((p.flip != "") == (best[key].flip != "") and p.ncc > best[key].ncc)
+        ):
             best[key] = p
     return exact + [best[k] for k in sorted(best)], info
 

@@ -25,11 +25,9 @@ def object_summary(areas: np.ndarray, n_images: int) -> dict:
     ``areas``: ``(N,)`` object areas in pixels (integers) pooled over ``n_images`` masks.
     """
     areas = np.asarray(areas, np.int64)
-    out: dict = {"count": int(areas.size),
-                 "per_image_mean": float(areas.size / n_images) if n_images else 0.0}
+    out: dict = {"count": int(areas.size), "per_image_mean": float(areas.size / n_images) if n_images else 0.0}
     if areas.size == 0:
-        out.update(percentiles={}, histogram={"edges": [], "counts": []},
-                   recommended_min_area=None, specks=0)
+        out.update(percentiles={}, histogram={"edges": [], "counts": []}, recommended_min_area=None, specks=0)
         return out
     pct = np.percentile(areas, AREA_PERCENTILES)
     top = int(np.ceil(np.log2(areas.max() + 1))) + 1
@@ -37,7 +35,9 @@ def object_summary(areas: np.ndarray, n_images: int) -> dict:
     counts = np.histogram(areas, bins=np.array(edges) + 0.5)[0]
     out.update(
         percentiles={str(p): float(v) for p, v in zip(AREA_PERCENTILES, pct)},
-        mean=float(areas.mean()), max=int(areas.max()), min=int(areas.min()),
+        mean=float(areas.mean()),
+        max=int(areas.max()),
+        min=int(areas.min()),
         histogram={"edges": [e + 1 for e in edges[:-1]], "counts": counts.tolist()},
         recommended_min_area=(max(1, int(0.5 * pct[0])) if areas.size >= 10 else None),
         specks=int(np.count_nonzero(areas <= SPECK_AREA)),

@@ -98,8 +98,7 @@ def measure_image(path, rng: np.random.Generator) -> tuple[ImageRecord, np.ndarr
     """
     img = read_image(path)
     h, w, c = img.shape
-    grey_rgb = c == 3 and bool(np.array_equal(img[..., 0], img[..., 1])
-                               and np.array_equal(img[..., 0], img[..., 2]))
+    grey_rgb = c == 3 and bool(np.array_equal(img[..., 0], img[..., 1]) and np.array_equal(img[..., 0], img[..., 2]))
     grey = _grey(img, grey_rgb)
     digest = hashlib.blake2b(img.tobytes(), digest_size=16)
     digest.update(f"{img.shape}{img.dtype}".encode())
@@ -130,9 +129,24 @@ def measure_image(path, rng: np.random.Generator) -> tuple[ImageRecord, np.ndarr
         finite = np.isfinite(img)
         vals = img[finite] if not finite.all() else img
         vmin, vmax = (float(vals.min()), float(vals.max())) if vals.size else (0.0, 0.0)
-    rec = ImageRecord((h, w), c, str(img.dtype), grey_rgb, c == 3 and not grey_rgb,
-                      digest.hexdigest(), constant, sums, sumsq, stats[3][0], stats[3][1], n,
-                      vmin, vmax, hist, sample)
+    rec = ImageRecord(
+        (h, w),
+        c,
+        str(img.dtype),
+        grey_rgb,
+        c == 3 and not grey_rgb,
+        digest.hexdigest(),
+        constant,
+        sums,
+        sumsq,
+        stats[3][0],
+        stats[3][1],
+        n,
+        vmin,
+        vmax,
+        hist,
+        sample,
+    )
     return rec, thumb
 
 
@@ -165,9 +179,9 @@ class IntensityAccumulator:
             if self.hist is None or self.hist.shape[1] < rec.hist.shape[1]:
                 grown = np.zeros((4, rec.hist.shape[1]), np.int64)
                 if self.hist is not None:
-                    grown[:, :self.hist.shape[1]] += self.hist
+                    grown[:, : self.hist.shape[1]] += self.hist
                 self.hist = grown
-            self.hist[:, :rec.hist.shape[1]] += rec.hist
+            self.hist[:, : rec.hist.shape[1]] += rec.hist
         if rec.sample is not None and len(rec.sample):
             self.samples.append(rec.sample)
 
@@ -211,8 +225,7 @@ class IntensityAccumulator:
             top = max(top, 2)
             edges = np.linspace(0, top, bins + 1)
             which = np.clip(np.searchsorted(edges, np.arange(top), side="right") - 1, 0, bins - 1)
-            counts = np.stack([np.bincount(which, weights=self.hist[i, :top], minlength=bins)
-                               for i in idx])
+            counts = np.stack([np.bincount(which, weights=self.hist[i, :top], minlength=bins) for i in idx])
             return edges, counts
         if not self.samples:
             return None

@@ -77,8 +77,7 @@ def _dist(a, b) -> float:
     return float(np.sqrt(sum((x - y) ** 2 for x, y in zip(a, b))))
 
 
-def off_palette(table: ValueTable, palette: Palette, strict_k: int | None = None,
-                lossy: bool = False) -> dict:
+def off_palette(table: ValueTable, palette: Palette, strict_k: int | None = None, lossy: bool = False) -> dict:
     """Values of ``table`` not in ``palette``.
 
     Returns ``{"pixels": n, "values": [[value, count], ...] (top 5), "unknown": [...]}`` where
@@ -87,8 +86,10 @@ def off_palette(table: ValueTable, palette: Palette, strict_k: int | None = None
     """
     pal = {tuple(v) for v in palette.values}
     colour_pal = palette.channels == 3
+
     def key(v):
         return v * 3 if colour_pal and len(v) == 1 else v
+
     off = [(v, c) for v, c in zip(table.values, table.counts) if key(v) not in pal]
     off.sort(key=lambda t: -t[1])
     tol = (RGB_TOLERANCE if colour_pal else GREY_TOLERANCE) * (1.5 if lossy else 1.0)
@@ -103,10 +104,11 @@ def off_palette(table: ValueTable, palette: Palette, strict_k: int | None = None
             unknown.append(k)
         elif min(_dist(k, p) for p in pal) > tol:
             unknown.append(k)
-    return {"pixels": int(sum(c for _, c in off)),
-            "values": [[list(v) if len(v) > 1 else v[0], int(c)] for v, c in off[:5]],
-            "unknown": [list(v) if len(v) > 1 else v[0] for v in unknown]}
-
+    return {
+        "pixels": int(sum(c for _, c in off)),
+        "values": [[list(v) if len(v) > 1 else v[0], int(c)] for v, c in off[:5]],
+        "unknown": [list(v) if len(v) > 1 else v[0] for v in unknown],
+    }
 
 
 @dataclass
@@ -124,8 +126,9 @@ class MaskRecord:
         return self.class_counts > 0
 
 
-def measure_mask(index_mask: np.ndarray, n_classes: int, n_snapped: int,
-                 object_classes: list[int], counts: np.ndarray | None = None) -> MaskRecord:
+def measure_mask(
+    index_mask: np.ndarray, n_classes: int, n_snapped: int, object_classes: list[int], counts: np.ndarray | None = None
+) -> MaskRecord:
     """Class pixel counts (given or counted) and connected objects (8-connectivity) of the
     listed classes."""
     if counts is None:
@@ -136,10 +139,9 @@ def measure_mask(index_mask: np.ndarray, n_classes: int, n_snapped: int,
             fg = index_mask == c
             rows = np.flatnonzero(fg.any(axis=1))
             cols = np.flatnonzero(fg.any(axis=0))
-            fg = fg[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # label the bounding box only
+            fg = fg[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # label the bounding box only
             labels, n = ndimage.label(fg, structure=_EIGHT)
             areas[c] = np.bincount(labels.ravel(), minlength=n + 1)[1:].astype(np.int64)
         else:
             areas[c] = np.zeros(0, dtype=np.int64)
     return MaskRecord(index_mask.shape[:2], counts, int(n_snapped), areas)
-

@@ -20,13 +20,18 @@ import numpy as np
 from biomedseg.audit.findings import finding
 from biomedseg.audit.image_measurements import THUMB, ImageRecord, IntensityAccumulator, measure_image
 from biomedseg.audit.mask_measurements import MaskRecord, classify_encoding, mask_levels, measure_mask, off_palette
-from biomedseg.data.class_palette import add_foreground_class, default_class_names, palette_from_meta
-from biomedseg.data.inventory import Scan, ScanItem
-from biomedseg.data.class_palette import resolve_ignore
-from biomedseg.data.mask_values import (MaskConverter, ValueTable, grey_or_colour, labelled_table, mask_value_table,
-                                        value_table)
-from biomedseg.data.progress import ProgressBar
 from biomedseg.core.errors import UserError
+from biomedseg.data.class_palette import add_foreground_class, default_class_names, palette_from_meta, resolve_ignore
+from biomedseg.data.inventory import Scan, ScanItem
+from biomedseg.data.mask_values import (
+    MaskConverter,
+    ValueTable,
+    grey_or_colour,
+    labelled_table,
+    mask_value_table,
+    value_table,
+)
+from biomedseg.data.progress import ProgressBar
 from biomedseg.io.images import read_raw
 from biomedseg.io.masks import Palette, discover_palette, evenly_spaced
 from biomedseg.io.pixel_size import pixel_size, resolve_pixel_size
@@ -70,8 +75,11 @@ def _background(names: list[str], given: bool) -> int | None:
 
 def _sample_encodings(tables: dict, ignore=None) -> dict[Path, str]:
     """Encoding of each readable sampled mask (its unlabelled value ``ignore`` left out)."""
-    return {path: classify_encoding(mask_levels(labelled_table(t, ignore), is_lossy(path)))
-            for path, t in tables.items() if not isinstance(t, str)}
+    return {
+        path: classify_encoding(mask_levels(labelled_table(t, ignore), is_lossy(path)))
+        for path, t in tables.items()
+        if not isinstance(t, str)
+    }
 
 
 def _discover_majority_palette(enc: dict[Path, str], majority: str, ignore=None) -> Palette:
@@ -84,21 +92,25 @@ def _discover_majority_palette(enc: dict[Path, str], majority: str, ignore=None)
     return discover_palette(use, ignore=ignore)
 
 
-def _name_classes(meta: dict, palette: Palette, majority: str, info: dict,
-                  findings: list) -> tuple[Palette, list[str], bool]:
+def _name_classes(
+    meta: dict, palette: Palette, majority: str, info: dict, findings: list
+) -> tuple[Palette, list[str], bool]:
     """``(palette, class names, names given in dataset.json)``: with class names and index masks
     the identity palette of K classes (``info["strict_k"]``), as training uses it."""
     names, given = _class_names(meta, palette.n_classes)
-    if given and palette.channels == 1 and all(v[0] < 32 for v in palette.values) \
-            and majority in ("index", "empty"):
+    if given and palette.channels == 1 and all(v[0] < 32 for v in palette.values) and majority in ("index", "empty"):
         # index masks with configured classes: training uses identity(K) and rejects values >= K
         info["strict_k"] = len(names)
         palette = Palette.identity(len(names))
     elif given and len(names) != palette.n_classes:
-        findings.append(finding(
-            "error", "class_count_mismatch",
-            f"dataset.json names {len(names)} classes ({', '.join(names)}) but the masks use "
-            f"{palette.n_classes} values ({palette.describe()}); training will refuse this"))
+        findings.append(
+            finding(
+                "error",
+                "class_count_mismatch",
+                f"dataset.json names {len(names)} classes ({', '.join(names)}) but the masks use "
+                f"{palette.n_classes} values ({palette.describe()}); training will refuse this",
+            )
+        )
         names, given = _class_names(None, palette.n_classes)
     if palette.n_classes < 2 and not given:
         names = ["background", "foreground"]
@@ -121,8 +133,14 @@ def choose_palette(scan: Scan, tables: dict, findings: list) -> dict:
     enc = _sample_encodings(tables, ignore)
     counts = Counter(e for e in enc.values() if e != "empty")
     majority = counts.most_common(1)[0][0] if counts else ("empty" if enc else None)
-    info: dict = {"encoding": majority, "palette": None, "strict_k": None, "palette_source": None,
-                  "ignore": ignore, "ignore_reason": ignore_reason}
+    info: dict = {
+        "encoding": majority,
+        "palette": None,
+        "strict_k": None,
+        "palette_source": None,
+        "ignore": ignore,
+        "ignore_reason": ignore_reason,
+    }
     if majority is None:
         return info
     palette = palette_from_meta(meta)
@@ -133,17 +151,26 @@ def choose_palette(scan: Scan, tables: dict, findings: list) -> dict:
             palette = _discover_majority_palette(enc, majority, ignore)
             info["palette_source"] = "discovered"
         except UserError as exc:
-            findings.append(finding(
-                "error", "masks_not_class_masks",
-                f"masks could not be read as class masks: {exc}; class statistics are skipped"))
+            findings.append(
+                finding(
+                    "error",
+                    "masks_not_class_masks",
+                    f"masks could not be read as class masks: {exc}; class statistics are skipped",
+                )
+            )
             return info
     palette, names, given = _name_classes(meta, palette, majority, info, findings)
     if ignore is not None:
         try:
             palette = Palette(palette.values, ignore=ignore)
         except ValueError:
-            findings.append(finding("error", "ignore_value_is_a_class",
-                                    f"the unlabelled value {ignore} is also a class value; training will refuse this"))
+            findings.append(
+                finding(
+                    "error",
+                    "ignore_value_is_a_class",
+                    f"the unlabelled value {ignore} is also a class value; training will refuse this",
+                )
+            )
             info["ignore"] = None
     info.update(palette=palette, names=names, names_given=given, background=_background(names, given))
     return info
@@ -155,8 +182,11 @@ def mask_info(table: ValueTable, path: Path, palette: Palette | None, strict_k: 
     (see :func:`off_palette`) and ``"total"`` (pixels)."""
     table = labelled_table(table, palette.ignore if palette is not None else None)
     levels = mask_levels(table, is_lossy(path))
-    info = {"shape": tuple(table.shape), "encoding": classify_encoding(levels),
-            "levels": [list(v) if len(v) > 1 else v[0] for v in levels[:8]]}
+    info = {
+        "shape": tuple(table.shape),
+        "encoding": classify_encoding(levels),
+        "levels": [list(v) if len(v) > 1 else v[0] for v in levels[:8]],
+    }
     if palette is not None:
         info["off"] = off_palette(table, palette, strict_k, is_lossy(path))
         info["total"] = table.total
@@ -218,8 +248,9 @@ class _MaskPass:
         return {c: (np.concatenate(a) if a else np.zeros(0, np.int64)) for c, a in self.areas.items()}
 
 
-def _measure_image_into(path: Path, rng: np.random.Generator, thumb_out: np.ndarray,
-                        acc: IntensityAccumulator, errors: dict) -> ImageRecord | None:
+def _measure_image_into(
+    path: Path, rng: np.random.Generator, thumb_out: np.ndarray, acc: IntensityAccumulator, errors: dict
+) -> ImageRecord | None:
     """Measure one image, write its thumbnail into ``thumb_out`` (THUMB x THUMB uint8), pool
     its intensities into ``acc``; return the slimmed record (``None`` if unreadable)."""
     try:
@@ -257,8 +288,15 @@ def measure_dataset(scan: Scan, pal: dict, progress: bool) -> dict:
         mrecs[idx] = masks.measure_item(it, errors)
         bar.update()
     bar.close()
-    return {"thumbs": thumbs, "recs": recs, "mrecs": mrecs, "errors": errors, "acc": acc,
-            "minfo": masks.minfo, "areas": masks.pooled_areas()}
+    return {
+        "thumbs": thumbs,
+        "recs": recs,
+        "mrecs": mrecs,
+        "errors": errors,
+        "acc": acc,
+        "minfo": masks.minfo,
+        "areas": masks.pooled_areas(),
+    }
 
 
 def measure_pixel_sizes(scan: Scan) -> dict:

@@ -69,9 +69,19 @@ from biomedseg.data.inventory import Scan, scan_data
 from biomedseg.io.writers import write_json
 
 __all__ = [
-    "AUDIT_VERSION", "CONFLICT_DICE", "EMPTY_WARNING", "MAX_PAIRS_PER_GROUP", "MAX_PAIR_PICTURES",
-    "PALETTE_SAMPLE", "RARE_CLASS", "SEVERITY_ORDER", "AuditRun", "audit_dataset", "format_audit_summary",
-    "run_audit", "save_audit",
+    "AUDIT_VERSION",
+    "CONFLICT_DICE",
+    "EMPTY_WARNING",
+    "MAX_PAIRS_PER_GROUP",
+    "MAX_PAIR_PICTURES",
+    "PALETTE_SAMPLE",
+    "RARE_CLASS",
+    "SEVERITY_ORDER",
+    "AuditRun",
+    "audit_dataset",
+    "format_audit_summary",
+    "run_audit",
+    "save_audit",
 ]
 
 log = logging.getLogger("biomedseg")
@@ -99,8 +109,7 @@ class AuditRun:
         return _public(self.audit)
 
 
-def audit_dataset(data=None, images=None, masks=None, check_flips: bool = False,
-                  progress: bool = True) -> AuditRun:
+def audit_dataset(data=None, images=None, masks=None, check_flips: bool = False, progress: bool = True) -> AuditRun:
     """Measure a data set (see :func:`run_audit`); nothing is written."""
     t_start = time.perf_counter()
     scan = scan_data(data, images, masks)
@@ -114,11 +123,18 @@ def audit_dataset(data=None, images=None, masks=None, check_flips: bool = False,
     t_dups = time.perf_counter()
     audit: dict = {
         "version": AUDIT_VERSION,
-        "data": {"root": str(scan.root), "images": str(scan.images_dir),
-                 "masks": str(scan.masks_dir) if scan.masks_dir else None,
-                 "dataset_json": scan.meta is not None},
-        "settings": {"check_flips": bool(check_flips), "conflict_dice": CONFLICT_DICE,
-                     "duplicate_threshold": dup.THRESHOLD, "thumbnail": THUMB},
+        "data": {
+            "root": str(scan.root),
+            "images": str(scan.images_dir),
+            "masks": str(scan.masks_dir) if scan.masks_dir else None,
+            "dataset_json": scan.meta is not None,
+        },
+        "settings": {
+            "check_flips": bool(check_flips),
+            "conflict_dice": CONFLICT_DICE,
+            "duplicate_threshold": dup.THRESHOLD,
+            "thumbnail": THUMB,
+        },
         "inventory": inventory_section(scan, res),
         "masks": masks_section(scan, res, pal),
         "intensity": intensity_section(res),
@@ -127,8 +143,11 @@ def audit_dataset(data=None, images=None, masks=None, check_flips: bool = False,
     }
     audit["findings"] = audit_findings(audit, scan)
     audit["fingerprint"] = fingerprint_section(audit)
-    audit["timing"] = {"palette_s": round(t_masks - t_start, 2), "images_s": round(t_images - t_masks, 2),
-                       "duplicates_s": round(t_dups - t_images, 2)}
+    audit["timing"] = {
+        "palette_s": round(t_masks - t_start, 2),
+        "images_s": round(t_images - t_masks, 2),
+        "duplicates_s": round(t_dups - t_images, 2),
+    }
     return AuditRun(audit, scan, res, dups, pal, t_start)
 
 
@@ -141,8 +160,7 @@ def save_audit(out, run: AuditRun, pictures: dict | None = None) -> dict:
     return result
 
 
-def run_audit(data=None, out=None, images=None, masks=None, check_flips: bool = False,
-              progress: bool = True) -> dict:
+def run_audit(data=None, out=None, images=None, masks=None, check_flips: bool = False, progress: bool = True) -> dict:
     """Audit a data set; write ``out/audit.json`` when ``out`` is given.
 
     The HTML page and its pictures are drawn by
@@ -179,15 +197,23 @@ def _public(audit: dict) -> dict:
 def format_audit_summary(audit: dict, limit: int = 12) -> str:
     """A short text summary: what was found, then the problems, most serious first."""
     inv, masks, it = audit["inventory"], audit.get("masks", {}), audit.get("intensity", {})
-    lines = [f"audit of {audit['data']['root']}: {inv['n_image_ids']} images, {inv['n_masks']} masks, "
-             f"{inv['n_pairs']} pairs"]
+    lines = [
+        f"audit of {audit['data']['root']}: {inv['n_image_ids']} images, {inv['n_masks']} masks, {inv['n_pairs']} pairs"
+    ]
     if masks.get("classes"):
         shares = ", ".join(f"{c} {v:.3f}" for c, v in masks["class_pixel_fraction"].items())
-        lines.append(f"  masks: {masks.get('encoding')} ({masks.get('palette_description')}); "
-                     f"pixel share {shares}; empty masks {100 * masks.get('empty_mask_fraction', 0):.1f}%")
+        lines.append(
+            f"  masks: {masks.get('encoding')} ({masks.get('palette_description')}); "
+            f"pixel share {shares}; empty masks {100 * masks.get('empty_mask_fraction', 0):.1f}%"
+        )
     if it:
-        lines.append("  intensity: mean " + ", ".join(f"{v:.4g}" for v in it["mean"]) + "; std "
-                     + ", ".join(f"{v:.4g}" for v in it["std"]) + f" ({', '.join(it['channel_names'])})")
+        lines.append(
+            "  intensity: mean "
+            + ", ".join(f"{v:.4g}" for v in it["mean"])
+            + "; std "
+            + ", ".join(f"{v:.4g}" for v in it["std"])
+            + f" ({', '.join(it['channel_names'])})"
+        )
     if inv.get("pixel_size", {}).get("known"):
         lines.append(f"  pixel size: {describe_pixel_sizes(inv['pixel_size'])}")
     if masks.get("recommended_min_object_area"):

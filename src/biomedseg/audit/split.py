@@ -13,14 +13,16 @@ from datetime import datetime
 from pathlib import Path
 
 from biomedseg.audit.run import run_audit
+from biomedseg.core.errors import UserError
 from biomedseg.data.discovery import DATA_META, natural_key
 from biomedseg.data.group_split import EXCLUDE_NAME, split_with_groups
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
-from biomedseg.core.errors import UserError
 from biomedseg.io.writers import write_json, write_text
 
-_EXCLUDE_HEADER = ("# Image ids left out of training: their masks conflict with a near-duplicate copy\n"
-                   "# (written by `biomedseg split`; one id per line, '#' starts a comment).\n")
+_EXCLUDE_HEADER = (
+    "# Image ids left out of training: their masks conflict with a near-duplicate copy\n"
+    "# (written by `biomedseg split`; one id per line, '#' starts a comment).\n"
+)
 
 
 def _load_audit(data_dir: Path, audit, check_flips: bool, progress: bool) -> dict:
@@ -47,8 +49,9 @@ def stratify_labels(audit: dict) -> dict[str, str]:
     return out
 
 
-def duplicate_groups(data_dir, audit=None, check_flips: bool = False, progress: bool = True,
-                     stratify: bool = False) -> tuple[list[set[str]], dict[str, str] | None]:
+def duplicate_groups(
+    data_dir, audit=None, check_flips: bool = False, progress: bool = True, stratify: bool = False
+) -> tuple[list[set[str]], dict[str, str] | None]:
     """``(near-duplicate groups, stratification labels or None)`` of DATA: from ``audit`` (a dict,
     an ``audit.json`` or its folder) or an audit run now in memory; labels as :func:`stratify_labels`."""
     result = _load_audit(Path(data_dir), audit, check_flips, progress)
@@ -56,9 +59,17 @@ def duplicate_groups(data_dir, audit=None, check_flips: bool = False, progress: 
     return groups, (stratify_labels(result) if stratify else None)
 
 
-def write_split(data_dir, test_fraction: float = DEFAULT_TEST_FRACTION, val_fraction: float = DEFAULT_VAL_FRACTION,
-                seed: int = 0, stratify: bool = False, exclude_conflicts: bool = True, audit=None,
-                check_flips: bool = False, progress: bool = True) -> dict:
+def write_split(
+    data_dir,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = 0,
+    stratify: bool = False,
+    exclude_conflicts: bool = True,
+    audit=None,
+    check_flips: bool = False,
+    progress: bool = True,
+) -> dict:
     """Write a group-aware split into ``DATA/dataset.json`` and conflicts into ``DATA/exclude.txt``.
 
     Args:
@@ -86,8 +97,10 @@ def write_split(data_dir, test_fraction: float = DEFAULT_TEST_FRACTION, val_frac
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise UserError(f"{meta_path}: cannot read dataset description "
-                            f"({' '.join(str(exc).split())}); fix it before writing a split") from None
+            raise UserError(
+                f"{meta_path}: cannot read dataset description "
+                f"({' '.join(str(exc).split())}); fix it before writing a split"
+            ) from None
         if not isinstance(meta, dict):
             raise UserError(f"{meta_path}: dataset description must be a JSON object")
     result = _load_audit(data_dir, audit, check_flips, progress)
@@ -100,20 +113,29 @@ def write_split(data_dir, test_fraction: float = DEFAULT_TEST_FRACTION, val_frac
     pool = [i for i in ids if i not in set(excluded)]
     labels = stratify_labels(result) if stratify else None
     split = split_with_groups(pool, groups, test_fraction, val_fraction, seed, labels)
-    how = (f"group-aware random split (biomedseg split): near-duplicate groups kept on one side; "
-           f"seed {seed}, test {test_fraction}, val {val_fraction}"
-           + ("; stratified by the rarest class present" if stratify else "")
-           + (f"; {len(excluded)} images with conflicting duplicate masks excluded (exclude.txt)"
-              if excluded else ""))
+    how = (
+        f"group-aware random split (biomedseg split): near-duplicate groups kept on one side; "
+        f"seed {seed}, test {test_fraction}, val {val_fraction}"
+        + ("; stratified by the rarest class present" if stratify else "")
+        + (f"; {len(excluded)} images with conflicting duplicate masks excluded (exclude.txt)" if excluded else "")
+    )
     meta["split"] = split
     meta["split_method"] = how
-    meta["split_groups"] = {"groups": len(groups), "images": sum(len(g) for g in groups),
-                            "written": datetime.now().isoformat(timespec="seconds")}
+    meta["split_groups"] = {
+        "groups": len(groups),
+        "images": sum(len(g) for g in groups),
+        "written": datetime.now().isoformat(timespec="seconds"),
+    }
     write_json(meta_path, meta)
     exclude_path = data_dir / EXCLUDE_NAME
     if exclude_conflicts or exclude_path.exists():
         write_text(exclude_path, _EXCLUDE_HEADER + "".join(f"{i}\n" for i in excluded))
-    return {"split": {k: len(v) for k, v in split.items()}, "groups": len(groups),
-            "grouped_images": sum(len(g) for g in groups), "excluded": len(excluded),
-            "dataset_json": str(meta_path), "exclude_txt": str(exclude_path) if exclude_path.exists() else None,
-            "split_ids": split}
+    return {
+        "split": {k: len(v) for k, v in split.items()},
+        "groups": len(groups),
+        "grouped_images": sum(len(g) for g in groups),
+        "excluded": len(excluded),
+        "dataset_json": str(meta_path),
+        "exclude_txt": str(exclude_path) if exclude_path.exists() else None,
+        "split_ids": split,
+    }

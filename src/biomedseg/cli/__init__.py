@@ -13,11 +13,13 @@ import sys
 import typer
 
 # the command modules register their commands on ``app`` when imported (in the order of --help)
-from biomedseg.cli import data_commands  # noqa: F401, I001
-from biomedseg.cli import train_commands  # noqa: F401
-from biomedseg.cli import run_commands  # noqa: F401
-from biomedseg.cli import compare_commands  # noqa: F401
-from biomedseg.cli import trust_commands  # noqa: F401
+from biomedseg.cli import (
+    compare_commands,  # noqa: F401
+    data_commands,  # noqa: F401, I001
+    run_commands,  # noqa: F401
+    train_commands,  # noqa: F401
+    trust_commands,  # noqa: F401
+)
 from biomedseg.cli.app import _setup_logging, app
 from biomedseg.core.errors import UserError
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
+
 import typer
+
+from biomedseg.cli.app import DataArg, ImagesOpt, MasksOpt, _within, app
 from biomedseg.data.discovery import DATA_META
 from biomedseg.data.splits import DEFAULT_TEST_FRACTION, DEFAULT_VAL_FRACTION
 from biomedseg.io.sources import MAX_DECODE_PIXELS
 from biomedseg.io.writers import check_output_dir, check_output_file
-
-from biomedseg.cli.app import app, DataArg, ImagesOpt, MasksOpt, _within
 
 
 @app.command()
@@ -44,9 +45,13 @@ def split(
     seed: int = typer.Option(0, "--seed", help="random seed"),
     stratify: bool = typer.Option(False, "--stratify", help="spread the rarest class present in each image evenly"),
     exclude_conflicts: bool = typer.Option(
-        True, "--exclude-conflicts/--keep-conflicts",
-        help="leave out (and list in DATA/exclude.txt) images whose mask conflicts with a near-duplicate copy"),
-    audit: Optional[Path] = typer.Option(None, "--audit", help="reuse this audit.json (or its folder) instead of auditing"),
+        True,
+        "--exclude-conflicts/--keep-conflicts",
+        help="leave out (and list in DATA/exclude.txt) images whose mask conflicts with a near-duplicate copy",
+    ),
+    audit: Optional[Path] = typer.Option(
+        None, "--audit", help="reuse this audit.json (or its folder) instead of auditing"
+    ),
     check_flips: bool = typer.Option(False, "--check-flips", help="also group mirrored copies (when auditing)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
 ):
@@ -56,8 +61,17 @@ def split(
     _within(0, 1, high_open=True, test_fraction=test_fraction, val_fraction=val_fraction)
     _within(0, seed=seed)
     check_output_file(Path(data) / DATA_META)
-    r = write_split(data, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, stratify=stratify,
-                    exclude_conflicts=exclude_conflicts, audit=audit, check_flips=check_flips, progress=not quiet)
+    r = write_split(
+        data,
+        test_fraction=test_fraction,
+        val_fraction=val_fraction,
+        seed=seed,
+        stratify=stratify,
+        exclude_conflicts=exclude_conflicts,
+        audit=audit,
+        check_flips=check_flips,
+        progress=not quiet,
+    )
     sides = ", ".join(f"{k} {v}" for k, v in r["split"].items())
     typer.echo(f"split: {sides} ({r['groups']} near-duplicate groups of {r['grouped_images']} images kept together)")
     if exclude_conflicts:
@@ -71,14 +85,18 @@ def tile(
     out: Path = typer.Option(..., "--out", "-o", help="DATA folder to write: images/, masks/, tiles.csv, dataset.json"),
     size: int = typer.Option(512, "--size", help="tile side in pixels"),
     stride: Optional[int] = typer.Option(None, "--stride", help="step between tiles (default: --size, no overlap)"),
-    keep_empty: float = typer.Option(0.1, "--keep-empty", help="fraction of background-only tiles kept (random, --seed)"),
+    keep_empty: float = typer.Option(
+        0.1, "--keep-empty", help="fraction of background-only tiles kept (random, --seed)"
+    ),
     tissue_threshold: Optional[float] = typer.Option(
-        None, "--tissue-threshold", help="drop background-only tiles with a smaller share of tissue pixels (0..1)"),
+        None, "--tissue-threshold", help="drop background-only tiles with a smaller share of tissue pixels (0..1)"
+    ),
     level: int = typer.Option(0, "--level", help="pyramid level of TIFF slides (0 = full resolution)"),
     seed: int = typer.Option(0, "--seed", help="seed of the choice of background-only tiles"),
     masks: Optional[Path] = typer.Option(None, "--masks", help="mask folder (with DATA) or mask file (with one image)"),
     max_decode_megapixels: float = typer.Option(
-        MAX_DECODE_PIXELS / 1e6, "--max-decode-megapixels", help="largest PNG/JPEG (or TIFF strip) decoded whole"),
+        MAX_DECODE_PIXELS / 1e6, "--max-decode-megapixels", help="largest PNG/JPEG (or TIFF strip) decoded whole"
+    ),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace tiles already in --out"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ):
@@ -90,11 +108,24 @@ def tile(
     _within(0, level=level, seed=seed)
     _within(0, low_open=True, max_decode_megapixels=max_decode_megapixels)
     check_output_dir(out)
-    s = tile_dataset(src, out, size=size, stride=stride, keep_empty=keep_empty, tissue_threshold=tissue_threshold,
-                     level=level, seed=seed, max_decode_pixels=int(max_decode_megapixels * 1e6), masks=masks,
-                     overwrite=overwrite, progress=not quiet)
-    typer.echo(f"{s['n_tiles']} tiles from {s['n_sources']} images: {s['n_labelled']} labelled, "
-               f"{s['n_empty_kept']} of {s['n_empty']} background-only kept, {s['n_blank_dropped']} blank dropped")
+    s = tile_dataset(
+        src,
+        out,
+        size=size,
+        stride=stride,
+        keep_empty=keep_empty,
+        tissue_threshold=tissue_threshold,
+        level=level,
+        seed=seed,
+        max_decode_pixels=int(max_decode_megapixels * 1e6),
+        masks=masks,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    typer.echo(
+        f"{s['n_tiles']} tiles from {s['n_sources']} images: {s['n_labelled']} labelled, "
+        f"{s['n_empty_kept']} of {s['n_empty']} background-only kept, {s['n_blank_dropped']} blank dropped"
+    )
     typer.echo(f"wrote {out}/images, {out}/masks, {out}/tiles.csv, {out}/dataset.json")
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import List, Optional
-import typer
-from biomedseg.engine.defaults import COMPILE_MIN_TILES, DEFAULT_COMPILE
-from biomedseg.vector.geojson import DEFAULT_OBJECT_TYPE
-from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT
-from biomedseg.inference.exported.options import DEFAULT_ENGINE, DEFAULT_EXPORT_ENGINE, DEFAULT_LICENSE
-from biomedseg.io.writers import check_output_dir, check_output_file
 
-from biomedseg.cli.app import app, DataArg, ImagesOpt, MasksOpt, SchedulerOpt, _within
+import typer
+
+from biomedseg.cli.app import DataArg, ImagesOpt, MasksOpt, SchedulerOpt, _within, app
+from biomedseg.engine.defaults import COMPILE_MIN_TILES, DEFAULT_COMPILE
+from biomedseg.inference.exported.options import DEFAULT_ENGINE, DEFAULT_EXPORT_ENGINE, DEFAULT_LICENSE
+from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT
+from biomedseg.io.writers import check_output_dir, check_output_file
+from biomedseg.vector.geojson import DEFAULT_OBJECT_TYPE
 
 
 @app.command()
@@ -24,13 +25,22 @@ def evaluate(
     masks: Optional[Path] = MasksOpt,
     tta: str = typer.Option("none", "--tta", help="test-time augmentation: none | flips | flips+rot90"),
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="ignore RUN/postprocess.yaml (plain argmax)"),
-    valid_dir: Optional[Path] = typer.Option(None, "--valid-masks", help="count only pixels inside these masks (e.g. DRIVE fov/)"),
+    valid_dir: Optional[Path] = typer.Option(
+        None, "--valid-masks", help="count only pixels inside these masks (e.g. DRIVE fov/)"
+    ),
     no_overlays: bool = typer.Option(False, "--no-overlays"),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="field metrics: groups or names, comma-separated "
-                                          "(boundary, object, instance, thin, shape, all; aji, pq, hd95, ...); "
-                                          "default: dataset.json's \"metrics\" or the data's fingerprint"),
-    nsd_tolerance_um: Optional[float] = typer.Option(None, "--nsd-tolerance-um", help="normalised surface Dice "
-                                                     "tolerance in µm where the pixel size is known (default 2 px)"),
+    metrics: Optional[str] = typer.Option(
+        None,
+        "--metrics",
+        help="field metrics: groups or names, comma-separated "
+        "(boundary, object, instance, thin, shape, all; aji, pq, hd95, ...); "
+        "default: dataset.json's \"metrics\" or the data's fingerprint",
+    ),
+    nsd_tolerance_um: Optional[float] = typer.Option(
+        None,
+        "--nsd-tolerance-um",
+        help="normalised surface Dice tolerance in µm where the pixel size is known (default 2 px)",
+    ),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -40,17 +50,33 @@ def evaluate(
     from biomedseg.workflows.evaluation import format_metrics
 
     check_output_dir(out)
-    m = run_eval(run, data, out, images=images, masks=masks, split=split, tta=tta, overlays=not no_overlays,
-                 valid_dir=valid_dir, device=device, quiet=quiet, postprocess=not no_postprocess, metrics=metrics,
-                 nsd_tolerance_um=nsd_tolerance_um)
+    m = run_eval(
+        run,
+        data,
+        out,
+        images=images,
+        masks=masks,
+        split=split,
+        tta=tta,
+        overlays=not no_overlays,
+        valid_dir=valid_dir,
+        device=device,
+        quiet=quiet,
+        postprocess=not no_postprocess,
+        metrics=metrics,
+        nsd_tolerance_um=nsd_tolerance_um,
+    )
     typer.echo(format_metrics(m))
     typer.echo(f"wrote {out}/metrics.json, per_image.csv, per_object.csv, overlays/, report.html")
 
 
 @app.command()
 def predict(
-    run: Path = typer.Argument(..., help="run folder (`train`), CV folder (`cv`), ensemble (`ensemble`), or a "
-                               "file written by `export` (.onnx, TorchScript .pt, bioimage.io .zip)"),
+    run: Path = typer.Argument(
+        ...,
+        help="run folder (`train`), CV folder (`cv`), ensemble (`ensemble`), or a "
+        "file written by `export` (.onnx, TorchScript .pt, bioimage.io .zip)",
+    ),
     inputs: List[str] = typer.Argument(..., help="image files, folders, glob patterns or .zarr folders"),
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     tta: str = typer.Option("none", "--tta", help="test-time augmentation: none | flips | flips+rot90"),
@@ -60,27 +86,49 @@ def predict(
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="ignore RUN/postprocess.yaml (plain argmax)"),
     rle: Optional[Path] = typer.Option(None, "--rle", help="also write a Kaggle run-length CSV (img,pixels) here"),
     instances: bool = typer.Option(False, "--instances", help="also write <name>_instances.tif (int32 object labels)"),
-    output_format: Optional[str] = typer.Option(None, "--format", help="mask format: png | tiff | zarr "
-                                                "(default png; huge inputs: tiled tiff)"),
+    output_format: Optional[str] = typer.Option(
+        None, "--format", help="mask format: png | tiff | zarr (default png; huge inputs: tiled tiff)"
+    ),
     level: int = typer.Option(0, "--level", help="pyramid level of TIFF/OME-Zarr inputs (0 = full resolution)"),
-    skip_blank: Optional[float] = typer.Option(None, "--skip-blank", help="huge inputs: skip tiles whose normalised "
-                                               "std is below this (predicted background)"),
+    skip_blank: Optional[float] = typer.Option(
+        None, "--skip-blank", help="huge inputs: skip tiles whose normalised std is below this (predicted background)"
+    ),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="tiles per forward pass"),
-    mask_format: str = typer.Option(DEFAULT_MASK_FORMAT, "--mask-format",
-                                    help="mask values: index (class indices) | binary (0/255) | palette (PNG palette "
-                                    "with the class colours) | rgb (class colours) | auto (as the training masks)"),
-    geojson: bool = typer.Option(False, "--geojson", help="also write <name>.geojson: a polygon per object, "
-                                 "QuPath classification (name, colour), full-resolution pixel coordinates"),
-    geojson_objects: str = typer.Option(DEFAULT_OBJECT_TYPE, "--geojson-objects",
-                                        help="QuPath object type of the GeoJSON features: annotation | detection"),
-    engine: Optional[str] = typer.Option(None, "--engine", help=f"network runtime: torch | onnxruntime | auto "
-                                         f"(the faster on one tile batch); default {DEFAULT_ENGINE} for a run "
-                                         f"folder, {DEFAULT_EXPORT_ENGINE} for an exported file"),
-    compile_mode: str = typer.Option(DEFAULT_COMPILE, "--compile", help="torch.compile the network: auto | on | "
-                                     f"off (auto: CPU jobs of {COMPILE_MIN_TILES}+ tile forwards)"),
+    mask_format: str = typer.Option(
+        DEFAULT_MASK_FORMAT,
+        "--mask-format",
+        help="mask values: index (class indices) | binary (0/255) | palette (PNG palette "
+        "with the class colours) | rgb (class colours) | auto (as the training masks)",
+    ),
+    geojson: bool = typer.Option(
+        False,
+        "--geojson",
+        help="also write <name>.geojson: a polygon per object, "
+        "QuPath classification (name, colour), full-resolution pixel coordinates",
+    ),
+    geojson_objects: str = typer.Option(
+        DEFAULT_OBJECT_TYPE,
+        "--geojson-objects",
+        help="QuPath object type of the GeoJSON features: annotation | detection",
+    ),
+    engine: Optional[str] = typer.Option(
+        None,
+        "--engine",
+        help=f"network runtime: torch | onnxruntime | auto "
+        f"(the faster on one tile batch); default {DEFAULT_ENGINE} for a run "
+        f"folder, {DEFAULT_EXPORT_ENGINE} for an exported file",
+    ),
+    compile_mode: str = typer.Option(
+        DEFAULT_COMPILE,
+        "--compile",
+        help=f"torch.compile the network: auto | on | off (auto: CPU jobs of {COMPILE_MIN_TILES}+ tile forwards)",
+    ),
     device: str = typer.Option("auto"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch threads (default: the machine's cores; "
-                                          "with --scheduler: each task's share of its worker's cores)"),
+    threads: Optional[int] = typer.Option(
+        None,
+        "--threads",
+        help="torch threads (default: the machine's cores; with --scheduler: each task's share of its worker's cores)",
+    ),
     scheduler: Optional[str] = SchedulerOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -94,19 +142,36 @@ def predict(
     check_output_dir(out)
     if rle is not None:
         check_output_file(rle)
-    options = PredictOptions(tta=tta, overlays=not no_overlays, probabilities=probabilities, overwrite=overwrite,
-                             device=device, quiet=quiet, postprocess=not no_postprocess, rle=rle, instances=instances,
-                             output_format=output_format, level=level, batch_size=batch_size,
-                             skip_blank_std=skip_blank, mask_format=mask_format,
-                             geojson=geojson and geojson_objects, engine=engine, compile=compile_mode, threads=threads)
+    options = PredictOptions(
+        tta=tta,
+        overlays=not no_overlays,
+        probabilities=probabilities,
+        overwrite=overwrite,
+        device=device,
+        quiet=quiet,
+        postprocess=not no_postprocess,
+        rle=rle,
+        instances=instances,
+        output_format=output_format,
+        level=level,
+        batch_size=batch_size,
+        skip_blank_std=skip_blank,
+        mask_format=mask_format,
+        geojson=geojson and geojson_objects,
+        engine=engine,
+        compile=compile_mode,
+        threads=threads,
+    )
     if scheduler is None:
         s = run_predict(run, inputs, out, options)
     else:  # one job per file on the cluster
         from biomedseg.inference.predict.distributed import predict_distributed
 
         s = predict_distributed(run, inputs, out, options, address=scheduler)
-    typer.echo(f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
-               f"{len(s.failed)} failed -> {out}")
+    typer.echo(
+        f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
+        f"{len(s.failed)} failed -> {out}"
+    )
     if s.rle is not None:
         typer.echo(f"wrote {s.rle}")
     if s.failed:  # each failure was logged once, as it happened
@@ -127,27 +192,36 @@ def tune_postprocess(
 ):
     """Tune post-processing (per-class thresholds, minimum object area, empty-mask gate) on a split;
     writes RUN/postprocess.yaml, which predict and evaluate then apply."""
-    from biomedseg.workflows.tune_postprocess import tune_postprocess as run_tune
     from biomedseg.runs import RunPaths
+    from biomedseg.workflows.tune_postprocess import tune_postprocess as run_tune
 
     check_output_file(RunPaths(run).postprocess)
-    cfg = run_tune(run, data, split=split, images=images, masks=masks, tta=tta, gate=not no_gating, device=device,
-                   quiet=quiet)
+    cfg = run_tune(
+        run, data, split=split, images=images, masks=masks, tta=tta, gate=not no_gating, device=device, quiet=quiet
+    )
     t = cfg.tuning
-    typer.echo(f"{t['n_images']} {t['split']} images: dice {t['dice_argmax']:.4f} (argmax) -> {t['dice_tuned']:.4f} "
-               f"(tuned); image_dice {t['image_dice_without_gating']:.4f} without gating, "
-               f"{t['image_dice_with_gating']:.4f} with gating ({'adopted' if t['gating_adopted'] else 'not adopted'})")
+    typer.echo(
+        f"{t['n_images']} {t['split']} images: dice {t['dice_argmax']:.4f} (argmax) -> {t['dice_tuned']:.4f} "
+        f"(tuned); image_dice {t['image_dice_without_gating']:.4f} without gating, "
+        f"{t['image_dice_with_gating']:.4f} with gating ({'adopted' if t['gating_adopted'] else 'not adopted'})"
+    )
     for name, steps in cfg.classes.items():
-        typer.echo(f"  {name:16s} threshold {steps.threshold if steps.threshold is not None else 'argmax'}  "
-                   f"min_object_area {steps.min_object_area}")
+        typer.echo(
+            f"  {name:16s} threshold {steps.threshold if steps.threshold is not None else 'argmax'}  "
+            f"min_object_area {steps.min_object_area}"
+        )
     if t.get("classifier_head"):
-        typer.echo(f"  classifier gate (threshold {t['classifier_gate_threshold']}): image_dice "
-                   f"{t['image_dice_without_gating']:.4f} without, {t['image_dice_with_classifier_gate']:.4f} with "
-                   f"({'adopted' if t['adopted'].get('classifier_gating') else 'not adopted'})")
+        typer.echo(
+            f"  classifier gate (threshold {t['classifier_gate_threshold']}): image_dice "
+            f"{t['image_dice_without_gating']:.4f} without, {t['image_dice_with_classifier_gate']:.4f} with "
+            f"({'adopted' if t['adopted'].get('classifier_gating') else 'not adopted'})"
+        )
     if cfg.gating.active:
-        typer.echo(f"  gate: min_total_area {cfg.gating.min_total_area}  "
-                   f"min_max_probability {cfg.gating.min_max_probability}  "
-                   f"min_classifier_probability {cfg.gating.min_classifier_probability}")
+        typer.echo(
+            f"  gate: min_total_area {cfg.gating.min_total_area}  "
+            f"min_max_probability {cfg.gating.min_max_probability}  "
+            f"min_classifier_probability {cfg.gating.min_classifier_probability}"
+        )
     typer.echo(f"wrote {RunPaths(run).postprocess}")
 
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import List, Optional
-import typer
-from biomedseg.data.folds import DEFAULT_FOLDS
-from biomedseg.workflows.demo import DEMO_TIME_BUDGET
-from biomedseg.runs.layout import PLAN
-from biomedseg.workflows.sweep.run import DEFAULT_STUDY_NAME, DEFAULT_TRIALS
-from biomedseg.io.writers import check_output_dir, check_output_file
 
-from biomedseg.cli.app import app, DataArg, ImagesOpt, MasksOpt, SchedulerOpt, _within
+import typer
+
+from biomedseg.cli.app import DataArg, ImagesOpt, MasksOpt, SchedulerOpt, _within, app
+from biomedseg.data.folds import DEFAULT_FOLDS
+from biomedseg.io.writers import check_output_dir, check_output_file
+from biomedseg.runs.layout import PLAN
+from biomedseg.sweeps.run import DEFAULT_STUDY_NAME, DEFAULT_TRIALS
+from biomedseg.workflows.demo import DEMO_TIME_BUDGET
 
 
 @app.command()
@@ -27,13 +28,22 @@ def plan(
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="config option key=value (repeatable)"),
 ):
     """Fingerprint DATA and write plan.yaml: every automatic training choice with its reason."""
-    from biomedseg.training.api import plan_data
     from biomedseg.runs.config import build_config, parse_overrides
+    from biomedseg.training.api import plan_data
 
     build_config({k: v for k, v in {"epochs": epochs, "time_budget": time_budget}.items() if v is not None}, "options")
     check_output_file(out)
-    result = plan_data(data, out, images=images, masks=masks, time_budget=time_budget, epochs=epochs, device=device,
-                       config=config, **parse_overrides(set_))
+    result = plan_data(
+        data,
+        out,
+        images=images,
+        masks=masks,
+        time_budget=time_budget,
+        epochs=epochs,
+        device=device,
+        config=config,
+        **parse_overrides(set_),
+    )
     for key, entry in result.items():
         if isinstance(entry, dict) and "value" in entry:
             typer.echo(f"{key:28s} {entry['value']!s:>8s}  {entry['reason']}")
@@ -66,34 +76,66 @@ def train(
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="any config option: key=value (repeatable)"),
     plan: Optional[Path] = typer.Option(None, "--plan", help="plan.yaml from `biomedseg plan` (default: plan now)"),
     init: Optional[Path] = typer.Option(
-        None, "--init", help="start from the weights of a trained run folder (or the best fold of a CV folder): a "
+        None,
+        "--init",
+        help="start from the weights of a trained run folder (or the best fold of a CV folder): a "
         "fine-tune on new or more data, classes matched by name; not an exported .onnx/.pt/.zip (a prediction graph). "
-        "--resume continues the same run instead"),
+        "--resume continues the same run instead",
+    ),
     allow_unlabelled: bool = typer.Option(
-        False, "--allow-unlabelled", help="images without a mask file are not labelled: left out instead of an "
-        "error (an empty mask file still means 'nothing here'); = --set allow_unlabelled=true"),
+        False,
+        "--allow-unlabelled",
+        help="images without a mask file are not labelled: left out instead of an "
+        "error (an empty mask file still means 'nothing here'); = --set allow_unlabelled=true",
+    ),
     classifier_head: bool = typer.Option(
-        False, "--classifier-head", help="add an image-level 'contains foreground' head (= --set "
-        "model_kwargs.classifier_head=true); tune-postprocess can then gate empty masks with it"),
+        False,
+        "--classifier-head",
+        help="add an image-level 'contains foreground' head (= --set "
+        "model_kwargs.classifier_head=true); tune-postprocess can then gate empty masks with it",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train a model on DATA and write the run folder --out."""
-    from biomedseg.training.api import train as run_train
     from biomedseg.runs.config import merge, parse_overrides
+    from biomedseg.training.api import train as run_train
 
     check_output_dir(out)
-    flags = {"epochs": epochs, "time_budget": time_budget, "model": model, "loss": loss, "seed": seed,
-             "device": device, "batch_size": batch_size, "patch_size": patch_size, "lr": lr, "optimizer": optimizer,
-             "schedule": schedule, "class_weights": class_weights, "augment": augment, "val_fraction": val_fraction,
-             "precision": precision}
+    flags = {
+        "epochs": epochs,
+        "time_budget": time_budget,
+        "model": model,
+        "loss": loss,
+        "seed": seed,
+        "device": device,
+        "batch_size": batch_size,
+        "patch_size": patch_size,
+        "lr": lr,
+        "optimizer": optimizer,
+        "schedule": schedule,
+        "class_weights": class_weights,
+        "augment": augment,
+        "val_fraction": val_fraction,
+        "precision": precision,
+    }
     flags = {k: v for k, v in flags.items() if v is not None}  # unset flags: an explicit --set key=null still wins
     overrides = merge(parse_overrides(set_), flags)
     if classifier_head:
         overrides = merge(overrides, {"model_kwargs": {"classifier_head": True}})
     if allow_unlabelled:
         overrides = merge(overrides, {"allow_unlabelled": True})
-    run_dir = run_train(data, out, images=images, masks=masks, config=config, resume=resume, quiet=quiet, plan=plan,
-                        init=init, **overrides)
+    run_dir = run_train(
+        data,
+        out,
+        images=images,
+        masks=masks,
+        config=config,
+        resume=resume,
+        quiet=quiet,
+        plan=plan,
+        init=init,
+        **overrides,
+    )
     typer.echo(f"run folder: {run_dir}")
 
 
@@ -104,11 +146,13 @@ def cross_validate(
     folds: int = typer.Option(DEFAULT_FOLDS, "--folds", "-k", help="number of folds"),
     fold: Optional[int] = typer.Option(None, "--fold", help="do this fold only (0-based; e.g. one process per GPU)"),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="training time of all folds, e.g. 30m"),
-    budget_per_fold: Optional[str] = typer.Option(None, "--budget-per-fold", help="training time of each fold "
-                                                  "(instead of --time-budget / folds)"),
+    budget_per_fold: Optional[str] = typer.Option(
+        None, "--budget-per-fold", help="training time of each fold (instead of --time-budget / folds)"
+    ),
     stratify: bool = typer.Option(False, "--stratify", help="spread the rarest class present in each image evenly"),
-    audit_json: Optional[Path] = typer.Option(None, "--audit", help="reuse this audit.json (or its folder) for the "
-                                              "near-duplicate groups instead of auditing"),
+    audit_json: Optional[Path] = typer.Option(
+        None, "--audit", help="reuse this audit.json (or its folder) for the near-duplicate groups instead of auditing"
+    ),
     prepare: bool = typer.Option(False, "--prepare", help="write the folds and the shared plan, train nothing"),
     tta: str = typer.Option("none", "--tta", help="test-time augmentation of the out-of-fold predictions"),
     model: Optional[str] = typer.Option(None, help="architecture (see `biomedseg models`)"),
@@ -123,16 +167,32 @@ def cross_validate(
 ):
     """Cross-validate on the training pool: k folds (near duplicates kept together), one shared plan,
     out-of-fold predictions, per-fold and pooled scores; the CV folder is the ensemble of its folds."""
+    from biomedseg.runs.config import merge, parse_overrides
     from biomedseg.workflows.crossval import cross_validate as run_cv
     from biomedseg.workflows.crossval import format_summary
-    from biomedseg.runs.config import merge, parse_overrides
 
     check_output_dir(out)
-    flags = {k: v for k, v in {"model": model, "epochs": epochs, "seed": seed, "device": device}.items() if v is not None}
+    flags = {
+        k: v for k, v in {"model": model, "epochs": epochs, "seed": seed, "device": device}.items() if v is not None
+    }
     overrides = merge(parse_overrides(set_), flags)
-    s = run_cv(data, out, folds=folds, fold=fold, time_budget=time_budget, budget_per_fold=budget_per_fold,
-               stratify=stratify, audit=audit_json, config=config, plan=plan, tta=tta, prepare=prepare,
-               scheduler=scheduler, quiet=quiet, **overrides)
+    s = run_cv(
+        data,
+        out,
+        folds=folds,
+        fold=fold,
+        time_budget=time_budget,
+        budget_per_fold=budget_per_fold,
+        stratify=stratify,
+        audit=audit_json,
+        config=config,
+        plan=plan,
+        tta=tta,
+        prepare=prepare,
+        scheduler=scheduler,
+        quiet=quiet,
+        **overrides,
+    )
     for label, message in s.get("failed", []):
         typer.echo(f"{label} failed: {message}", err=True)
     if s.get("missing"):
@@ -145,25 +205,50 @@ def cross_validate(
 @app.command()
 def sweep(
     data: Path = typer.Argument(..., help="DATA folder with images/ and masks/ (and optional dataset.json)"),
-    out: Path = typer.Option(..., "--out", "-o", help="sweep folder: study.db, plan.yaml, trial_NNN/ run folders, "
-                             "table.md, table.csv, best_config.yaml"),
-    param: List[str] = typer.Option(..., "--param", "-p", help="swept option (repeatable): NAME=a,b,c (a list), "
-                                    "NAME=LOW:HIGH, NAME=LOW:HIGH:log (a range; integers when both bounds are)"),
-    trials: Optional[int] = typer.Option(None, "--trials", help="finished trials the study should hold (default: "
-                                         f"every grid point; {DEFAULT_TRIALS} with ranges)"),
-    time_budget_per_trial: Optional[str] = typer.Option(None, "--time-budget-per-trial", help="training time of "
-                                                        "each trial, e.g. 3m"),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        "-o",
+        help="sweep folder: study.db, plan.yaml, trial_NNN/ run folders, table.md, table.csv, best_config.yaml",
+    ),
+    param: List[str] = typer.Option(
+        ...,
+        "--param",
+        "-p",
+        help="swept option (repeatable): NAME=a,b,c (a list), "
+        "NAME=LOW:HIGH, NAME=LOW:HIGH:log (a range; integers when both bounds are)",
+    ),
+    trials: Optional[int] = typer.Option(
+        None,
+        "--trials",
+        help=f"finished trials the study should hold (default: every grid point; {DEFAULT_TRIALS} with ranges)",
+    ),
+    time_budget_per_trial: Optional[str] = typer.Option(
+        None, "--time-budget-per-trial", help="training time of each trial, e.g. 3m"
+    ),
     test: bool = typer.Option(False, "--test", help="also evaluate each finished trial on the test split"),
-    objective: Optional[str] = typer.Option(None, "--objective", help="rank trials by this field metric on the "
-                                            "validation images (aji, pq, ap, hd95, nsd, rand, cldice, ...; "
-                                            "default: validation Dice)"),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL shared by several sweep "
-                                          "processes, e.g. postgresql://host/db (default: sqlite:///OUT/study.db)"),
+    objective: Optional[str] = typer.Option(
+        None,
+        "--objective",
+        help="rank trials by this field metric on the "
+        "validation images (aji, pq, ap, hd95, nsd, rand, cldice, ...; "
+        "default: validation Dice)",
+    ),
+    storage: Optional[str] = typer.Option(
+        None,
+        "--storage",
+        help="Optuna storage URL shared by several sweep "
+        "processes, e.g. postgresql://host/db (default: sqlite:///OUT/study.db)",
+    ),
     study_name: str = typer.Option(DEFAULT_STUDY_NAME, "--study-name", help="the study's name in --storage"),
-    prune: bool = typer.Option(True, "--prune/--no-prune", help="stop a trial whose validation Dice is below the "
-                               "median of the finished trials at the same epoch"),
-    plan: Optional[Path] = typer.Option(None, "--plan", help="plan.yaml shared by the trials (default: plan once, "
-                                        "into OUT/plan.yaml)"),
+    prune: bool = typer.Option(
+        True,
+        "--prune/--no-prune",
+        help="stop a trial whose validation Dice is below the median of the finished trials at the same epoch",
+    ),
+    plan: Optional[Path] = typer.Option(
+        None, "--plan", help="plan.yaml shared by the trials (default: plan once, into OUT/plan.yaml)"
+    ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file (options of every trial)"),
     set_: Optional[List[str]] = typer.Option(None, "--set", "-s", help="any config option: key=value (repeatable)"),
     epochs: Optional[int] = typer.Option(None, help="epochs of each trial"),
@@ -176,18 +261,34 @@ def sweep(
 ):
     """Train one run per setting of the swept options (Optuna: grid or TPE, median pruning) and rank
     them by validation Dice; run again to resume, or start more processes on the same study."""
-    from biomedseg.workflows.sweep.run import sweep as run_sweep
     from biomedseg.runs.config import merge, parse_overrides
+    from biomedseg.sweeps.run import sweep as run_sweep
 
     _within(1, trials=trials)
     check_output_dir(out)
     given = {"epochs": epochs, "model": model, "loss": loss, "seed": seed, "device": device}
     overrides = merge(parse_overrides(set_), {k: v for k, v in given.items() if v is not None})
-    s = run_sweep(data, out, param, trials=trials, time_budget_per_trial=time_budget_per_trial, test=test,
-                  storage=storage, study_name=study_name, prune=prune, plan=plan, config=config,
-                  scheduler=scheduler, quiet=quiet, objective=objective, **overrides)
-    typer.echo(f"{s['finished']} of {s['target']} trials finished; best: "
-               + (f"trial {s['best']}" if s["best"] is not None else "none yet"))
+    s = run_sweep(
+        data,
+        out,
+        param,
+        trials=trials,
+        time_budget_per_trial=time_budget_per_trial,
+        test=test,
+        storage=storage,
+        study_name=study_name,
+        prune=prune,
+        plan=plan,
+        config=config,
+        scheduler=scheduler,
+        quiet=quiet,
+        objective=objective,
+        **overrides,
+    )
+    typer.echo(
+        f"{s['finished']} of {s['target']} trials finished; best: "
+        + (f"trial {s['best']}" if s["best"] is not None else "none yet")
+    )
     typer.echo(f"wrote {s['table']}, {s['csv']}" + (f", {s['best_config']}" if s["best_config"] else ""))
 
 

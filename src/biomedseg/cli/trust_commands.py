@@ -16,11 +16,19 @@ def suggest(
     run: Path = typer.Argument(..., help="run, CV or ensemble folder"),
     pool: List[str] = typer.Argument(..., help="unlabelled images: files, folders, glob patterns, .zarr"),
     n: int = typer.Option(DEFAULT_N, "--n", help="images to suggest"),
-    out: Path = typer.Option(Path("suggest.csv"), "--out", "-o", help="ranked CSV; the contact sheet is written "
-                             "beside it with the suffix .html"),
-    exclude: Optional[List[Path]] = typer.Option(None, "--exclude", help="labelled DATA folder whose images (and "
-                                                 "near duplicates) are never suggested (repeatable; the run's "
-                                                 "training data always is)"),
+    out: Path = typer.Option(
+        Path("suggest.csv"),
+        "--out",
+        "-o",
+        help="ranked CSV; the contact sheet is written beside it with the suffix .html",
+    ),
+    exclude: Optional[List[Path]] = typer.Option(
+        None,
+        "--exclude",
+        help="labelled DATA folder whose images (and "
+        "near duplicates) are never suggested (repeatable; the run's "
+        "training data always is)",
+    ),
     tta: bool = typer.Option(False, "--tta", help="test-time augmentation (flips) for the probabilities"),
     device: str = typer.Option("auto", help="cpu | cuda | auto"),
     checkpoint: str = typer.Option("best", help="checkpoint of the run: best | last"),
@@ -34,8 +42,11 @@ def suggest(
     _within(1, n=n)
     check_output_file(out)
     check_output_file(out.with_suffix(".html"))
-    result = run_suggest(run, pool, SuggestOptions(n=n, out=out, exclude=list(exclude or []), device=device,
-                                                   checkpoint=checkpoint, tta=tta))
+    result = run_suggest(
+        run,
+        pool,
+        SuggestOptions(n=n, out=out, exclude=list(exclude or []), device=device, checkpoint=checkpoint, tta=tta),
+    )
     for row in result["rows"]:
         typer.echo(f"{row['rank']:>3}  {row['uncertainty']:.3f}  {row['file']}")
     if result["skipped"]:

@@ -29,11 +29,7 @@ __all__ = [
 #: Colours of the error overlay (RGB), also used for the legend of the HTML report.
 #: Green / red / blue stay distinguishable for the common red-green colour blindness by
 #: brightness (FN is a light blue, FP a saturated red).
-ERROR_COLORS: dict[str, tuple[int, int, int]] = {
-    "TP": (0, 200, 0),
-    "FP": (230, 0, 0),
-    "FN": (30, 100, 255),
-}
+ERROR_COLORS: dict[str, tuple[int, int, int]] = {"TP": (0, 200, 0), "FP": (230, 0, 0), "FN": (30, 100, 255)}
 
 #: Human-readable meaning of each overlay colour.
 ERROR_LABELS: dict[str, str] = {
@@ -185,9 +181,7 @@ def colorize_mask(mask, colors: Sequence[tuple[int, int, int]] | None = None) ->
     if mask.ndim != 2:
         raise ValueError(f"expected an (H, W) index mask, got shape {mask.shape}")
     n = int(mask.max()) + 1 if mask.size else 1
-    lut = np.array(
-        [c if c is not None else (0, 0, 0) for c in _palette(colors, n)], dtype=np.uint8
-    ).reshape(-1, 3)
+    lut = np.array([c if c is not None else (0, 0, 0) for c in _palette(colors, n)], dtype=np.uint8).reshape(-1, 3)
     return lut[mask.astype(np.intp)]
 
 

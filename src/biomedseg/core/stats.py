@@ -44,8 +44,9 @@ def _mean_difference(a, b, axis=-1):
     return np.mean(b, axis=axis) - np.mean(a, axis=axis)
 
 
-def paired_interval(data: tuple, statistic, n_resamples: int, seed: int, confidence: float,
-                    alternative: str = "two-sided") -> tuple[float, float, np.ndarray]:
+def paired_interval(
+    data: tuple, statistic, n_resamples: int, seed: int, confidence: float, alternative: str = "two-sided"
+) -> tuple[float, float, np.ndarray]:
     """``scipy.stats.bootstrap`` of ``statistic`` over paired samples ``data`` (image indices
     resampled, the same for every sample) with the BCa interval: ``(low, high, resampled values)``.
 
@@ -56,14 +57,26 @@ def paired_interval(data: tuple, statistic, n_resamples: int, seed: int, confide
         raise ValueError(f"n_resamples must be >= 1, got {n_resamples}")
     if len(data[0]) < 2:  # one image: every resample is that image
         value = float(statistic(*(np.moveaxis(np.asarray(x), 0, -1) for x in data), axis=-1))
-        return (-np.inf if alternative == "less" else value), (np.inf if alternative == "greater" else value), \
-            np.full(1, value)
+        return (
+            (-np.inf if alternative == "less" else value),
+            (np.inf if alternative == "greater" else value),
+            np.full(1, value),
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", stats.DegenerateDataWarning)
         with np.errstate(invalid="ignore", divide="ignore"):
-            res = stats.bootstrap(data, statistic, n_resamples=n_resamples, batch=_BATCH, vectorized=True,
-                                  paired=True, confidence_level=confidence, alternative=alternative,
-                                  method=METHOD, rng=np.random.default_rng(seed))
+            res = stats.bootstrap(
+                data,
+                statistic,
+                n_resamples=n_resamples,
+                batch=_BATCH,
+                vectorized=True,
+                paired=True,
+                confidence_level=confidence,
+                alternative=alternative,
+                method=METHOD,
+                rng=np.random.default_rng(seed),
+            )
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     values = np.asarray(res.bootstrap_distribution, dtype=np.float64)
     if np.isnan(low) or np.isnan(high):
@@ -75,8 +88,9 @@ def paired_interval(data: tuple, statistic, n_resamples: int, seed: int, confide
     return low, high, values
 
 
-def paired_bootstrap(a, b, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-                     confidence: float = DEFAULT_CONFIDENCE) -> dict:
+def paired_bootstrap(
+    a, b, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED, confidence: float = DEFAULT_CONFIDENCE
+) -> dict:
     """Paired bootstrap over images of the mean difference ``b - a`` (:func:`paired_interval`).
 
     Returns a dict: ``mean_difference`` (observed mean of ``b - a``), ``low``/``high`` (BCa interval
@@ -94,9 +108,17 @@ def paired_bootstrap(a, b, n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEF
     else:
         low, high, means = paired_interval((a, b), _mean_difference, n_resamples, seed, confidence)
     p_value = min(1.0, 2.0 * min(float((means <= 0).mean()), float((means >= 0).mean())))
-    return {"mean_difference": float(d.mean()), "low": low, "high": high, "p_value": p_value,
-            "n": int(d.size), "n_resamples": int(n_resamples), "seed": int(seed), "confidence": float(confidence),
-            "method": METHOD}
+    return {
+        "mean_difference": float(d.mean()),
+        "low": low,
+        "high": high,
+        "p_value": p_value,
+        "n": int(d.size),
+        "n_resamples": int(n_resamples),
+        "seed": int(seed),
+        "confidence": float(confidence),
+        "method": METHOD,
+    }
 
 
 def verdict(result: dict) -> str:
@@ -108,8 +130,9 @@ def verdict(result: dict) -> str:
     return "none"
 
 
-def difference_sentence(result: dict, name_a: str = "A", name_b: str = "B", metric: str = "Dice",
-                        digits: int = 3) -> str:
+def difference_sentence(
+    result: dict, name_a: str = "A", name_b: str = "B", metric: str = "Dice", digits: int = 3
+) -> str:
     """A plain sentence for a :func:`paired_bootstrap` result of ``b - a``, e.g.
 
     ``"B is better than A by 0.012 Dice (95% CI 0.004 to 0.020, 40 images)"`` or
@@ -121,13 +144,19 @@ def difference_sentence(result: dict, name_a: str = "A", name_b: str = "B", metr
     rough = ", too few for a reliable interval" if n < FEW_IMAGES else ""
     side = verdict(result)
     if side == "b":
-        text = f"{name_b} is better than {name_a} by {m:.{digits}f} {metric} ({ci} {low:.{digits}f} to {high:.{digits}f}"
+        text = (
+            f"{name_b} is better than {name_a} by {m:.{digits}f} {metric} ({ci} {low:.{digits}f} to {high:.{digits}f}"
+        )
     elif side == "a":
-        text = (f"{name_a} is better than {name_b} by {-m:.{digits}f} {metric} "
-                f"({ci} {-high:.{digits}f} to {-low:.{digits}f}")
+        text = (
+            f"{name_a} is better than {name_b} by {-m:.{digits}f} {metric} "
+            f"({ci} {-high:.{digits}f} to {-low:.{digits}f}"
+        )
     elif low == high == m == 0:
         return f"no difference between {name_a} and {name_b}: the same {metric} on each of the {images}"
     else:
-        text = (f"no detectable difference between {name_a} and {name_b}: {name_b} - {name_a} = {m:+.{digits}f} "
-                f"{metric} ({ci} {low:+.{digits}f} to {high:+.{digits}f}")
+        text = (
+            f"no detectable difference between {name_a} and {name_b}: {name_b} - {name_a} = {m:+.{digits}f} "
+            f"{metric} ({ci} {low:+.{digits}f} to {high:+.{digits}f}"
+        )
     return f"{text}, {images}{rough})"

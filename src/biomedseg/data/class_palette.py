@@ -41,8 +41,10 @@ def resolve_ignore(configured, meta: dict | None, mask_paths) -> tuple[tuple[int
 
     from biomedseg.io.masks import infer_ignore_value
 
-    for value, where in ((configured, "config ignore_value"), ((meta or {}).get("ignore_value"),
-                                                              "dataset.json ignore_value")):
+    for value, where in (
+        (configured, "config ignore_value"),
+        ((meta or {}).get("ignore_value"), "dataset.json ignore_value"),
+    ):
         if isinstance(value, str) and value.lower() == "none":
             return None, f"none: set by {where}"
         if value is not None:
@@ -50,5 +52,7 @@ def resolve_ignore(configured, meta: dict | None, mask_paths) -> tuple[tuple[int
     found = infer_ignore_value(mask_paths)
     if found is None:
         return None, None
-    return found, ("inferred: the masks hold class indices 0..m and 255, which can only mean unlabelled here "
-                   "(set ignore_value: none in the config or dataset.json if 255 is a class)")
+    return found, (
+        "inferred: the masks hold class indices 0..m and 255, which can only mean unlabelled here "
+        "(set ignore_value: none in the config or dataset.json if 255 is a class)"
+    )

@@ -66,8 +66,10 @@ def load_sample(sample, palette, channels: int, strict_index: bool, n_classes: i
     mask, n_snapped = read_mask(sample.mask, palette, strict_index=strict_index)
     if palette.ignore is not None and not (mask != IGNORE_INDEX).any():
         value = palette.ignore[0] if len(set(palette.ignore)) == 1 else list(palette.ignore)
-        raise UserError(f"{sample.mask}: every pixel is unlabelled (value {value}): nothing to learn from; label "
-                        "some pixels or leave the image out")
+        raise UserError(
+            f"{sample.mask}: every pixel is unlabelled (value {value}): nothing to learn from; label "
+            "some pixels or leave the image out"
+        )
     return CachedSample(sample.id, image, mask, index_class_pixels(mask, n_classes, rng)), n_snapped
 
 
@@ -109,8 +111,17 @@ class PatchSampler:
     instead). Windows leaving small images are mirror-padded.
     """
 
-    def __init__(self, samples, patch_size, n_classes, normalizer: Normalizer, augmenter,
-                 fg_oversample=0.33, background: int | None = 0, seed=0):
+    def __init__(
+        self,
+        samples,
+        patch_size,
+        n_classes,
+        normalizer: Normalizer,
+        augmenter,
+        fg_oversample=0.33,
+        background: int | None = 0,
+        seed=0,
+    ):
         self.samples = samples
         self.patch = int(patch_size)
         self.normalizer = normalizer
@@ -220,8 +231,8 @@ class Prefetcher:
             except queue.Empty:
                 if not self.thread.is_alive() and self.q.empty():
                     if self._error is not None:
-                        raise self._error
-                    raise RuntimeError("the batch thread has stopped (the Prefetcher was closed)")
+                        raise self._error from None
+                    raise RuntimeError("the batch thread has stopped (the Prefetcher was closed)") from None
         if isinstance(item, Exception):
             raise item
         return item

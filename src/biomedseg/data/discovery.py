@@ -24,8 +24,7 @@ from biomedseg.io.zarr_images import is_zarr
 #: the DATA folder's optional metadata file (classes, split, source, licence)
 DATA_META = "dataset.json"
 
-MASK_SUFFIXES: tuple[str, ...] = (
-    "_mask", "-mask", "_label", "_labels", "-label", "_seg", "_gt")
+MASK_SUFFIXES: tuple[str, ...] = ("_mask", "-mask", "_label", "_labels", "-label", "_seg", "_gt")
 MAX_NAMES = 5
 #: ``x_mask_1``, ``x_mask-2``, ``x_mask (3)``, ``x_mask1``: a numbered extra mask of ``x``.
 _NUMBERED = re.compile(r"^(?P<base>.+?)(?:[ _\-]?\(\d+\)|[ _\-]\d+|(?<=[a-zA-Z])\d+)$")
@@ -52,8 +51,7 @@ class DataSource:
 
 def natural_key(text: str) -> tuple:
     """Sort key that orders ``"2"`` before ``"10"``."""
-    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t)
-                 for t in re.split(r"(\d+)", text) if t)
+    return tuple((0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", text) if t)
 
 
 def mask_base(stem: str) -> str | None:
@@ -120,13 +118,17 @@ def _match_masks(ids: dict[str, Path], masks: list[Path]) -> tuple[dict, list[Pa
             unused.append(mask)
         else:
             candidates.setdefault(key, []).append(mask)
-    problems = [f"{len(ms)} masks match image {ids[k].name} ({name_list([m.name for m in ms])})"
-                for k, ms in candidates.items() if len(ms) > 1]
+    problems = [
+        f"{len(ms)} masks match image {ids[k].name} ({name_list([m.name for m in ms])})"
+        for k, ms in candidates.items()
+        if len(ms) > 1
+    ]
     return {k: ms[0] for k, ms in candidates.items()}, unused, problems
 
 
-def only_images(files: list[Path], images_dir: Path, masks_dir: Path | None,
-                is_mask=is_mask_name) -> tuple[list[Path], bool]:
+def only_images(
+    files: list[Path], images_dir: Path, masks_dir: Path | None, is_mask=is_mask_name
+) -> tuple[list[Path], bool]:
     """``(image files, masks share the image folder)``: ``files`` of ``images_dir`` without the
     mask files (``is_mask(stem)``) when the masks sit next to the images. ``UserError`` when no
     image is left."""
@@ -138,8 +140,9 @@ def only_images(files: list[Path], images_dir: Path, masks_dir: Path | None,
     return images, same
 
 
-def find_pairs(images_dir: str | os.PathLike,
-               masks_dir: str | os.PathLike | None, allow_unlabelled: bool = False) -> list[Sample]:
+def find_pairs(
+    images_dir: str | os.PathLike, masks_dir: str | os.PathLike | None, allow_unlabelled: bool = False
+) -> list[Sample]:
     """Pair every image in ``images_dir`` with its mask in ``masks_dir``.
 
     ``masks_dir`` may equal ``images_dir`` (masks carry a suffix and are then not images) or
@@ -158,8 +161,7 @@ def find_pairs(images_dir: str | os.PathLike,
     ids: dict[str, Path] = {}
     for path in images:
         if path.stem in ids:
-            problems.append(f"{images_dir}: 2 images share the id {path.stem} "
-                            f"({ids[path.stem].name}, {path.name})")
+            problems.append(f"{images_dir}: 2 images share the id {path.stem} ({ids[path.stem].name}, {path.name})")
         ids.setdefault(path.stem, path)
     if masks_dir is None:
         if problems:
@@ -172,11 +174,14 @@ def find_pairs(images_dir: str | os.PathLike,
     if not masks:
         problems.append(f"{masks_dir}: no masks found")
     elif lonely and not allow_unlabelled:
-        problems.append(f"{masks_dir}: {_plural(len(lonely), 'image has', 'images have')} "
-                        f"no mask ({name_list(lonely)})")
+        problems.append(
+            f"{masks_dir}: {_plural(len(lonely), 'image has', 'images have')} no mask ({name_list(lonely)})"
+        )
     if unused:
-        problems.append(f"{masks_dir}: {_plural(len(unused), 'mask has', 'masks have')} "
-                        f"no image ({name_list([p.name for p in unused])})")
+        problems.append(
+            f"{masks_dir}: {_plural(len(unused), 'mask has', 'masks have')} "
+            f"no image ({name_list([p.name for p in unused])})"
+        )
     if problems:
         raise UserError("; ".join(problems))
     return [Sample(i, ids[i], matched.get(i)) for i in sorted(ids, key=natural_key)]
@@ -195,9 +200,11 @@ def read_meta(path: Path) -> tuple[dict | None, str | None]:
     return meta, None
 
 
-def resolve_folders(data: str | os.PathLike | None = None,
-                    images: str | os.PathLike | None = None,
-                    masks: str | os.PathLike | None = None) -> tuple[Path, Path, Path | None]:
+def resolve_folders(
+    data: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    masks: str | os.PathLike | None = None,
+) -> tuple[Path, Path, Path | None]:
     """``(root, images_dir, masks_dir or None)``: where a data set's files are.
 
     ``data``: a folder with ``images/`` and ``masks/`` (or mask files such as ``*_mask`` inside
@@ -231,9 +238,11 @@ def resolve_folders(data: str | os.PathLike | None = None,
     return (root if root is not None else images_dir.parent), images_dir, masks_dir
 
 
-def resolve_data(data: str | os.PathLike | None = None,
-                 images: str | os.PathLike | None = None,
-                 masks: str | os.PathLike | None = None) -> DataSource:
+def resolve_data(
+    data: str | os.PathLike | None = None,
+    images: str | os.PathLike | None = None,
+    masks: str | os.PathLike | None = None,
+) -> DataSource:
     """Locate image and mask folders (:func:`resolve_folders`) and read ``dataset.json``.
 
     Unlike :func:`resolve_folders` a data set without any mask folder or mask files is a
@@ -241,11 +250,9 @@ def resolve_data(data: str | os.PathLike | None = None,
     """
     root, images_dir, masks_dir = resolve_folders(data, images, masks)
     if masks_dir is None and data is not None:
-        raise UserError(f"{root / 'masks'}: folder not found (and no *_mask files in "
-                        f"{images_dir})")
+        raise UserError(f"{root / 'masks'}: folder not found (and no *_mask files in {images_dir})")
     if masks_dir is None:
-        raise UserError(f"{images_dir}: no masks given; pass --masks (no *_mask files "
-                        "next to the images)")
+        raise UserError(f"{images_dir}: no masks given; pass --masks (no *_mask files next to the images)")
     meta, problem = read_meta(root / DATA_META) if data is not None else (None, None)
     if problem:
         raise UserError(problem)
@@ -296,12 +303,12 @@ def list_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
                 raise UserError(f"{path}: no images found in this folder")
         elif path.is_file():
             if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise UserError(f"{path}: not an image file (expected "
-                                f"{', '.join(sorted(IMAGE_EXTENSIONS))})")
+                raise UserError(f"{path}: not an image file (expected {', '.join(sorted(IMAGE_EXTENSIONS))})")
             files = [path]
         elif any(c in str(item) for c in "*?["):
-            files = sorted((Path(p) for p in glob.glob(str(item)) if is_image_path(p)),
-                           key=lambda p: natural_key(str(p)))
+            files = sorted(
+                (Path(p) for p in glob.glob(str(item)) if is_image_path(p)), key=lambda p: natural_key(str(p))
+            )
             if not files:
                 raise UserError(f"{item}: pattern matches no image files")
         else:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 
+from biomedseg.core.errors import UserError
 from biomedseg.data.discovery import natural_key
 from biomedseg.data.group_split import group_units, unit_labels
-from biomedseg.core.errors import UserError
 
 #: folds of ``biomedseg cv`` unless ``--folds`` says otherwise
 DEFAULT_FOLDS = 5

@@ -63,9 +63,14 @@ def unit_labels(pool: list[str], units: list[list[str]], stratify: dict | None):
     return lab, label_total, labels
 
 
-def split_with_groups(ids, groups, test_fraction: float = DEFAULT_TEST_FRACTION,
-                      val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = 0,
-                      stratify: dict | None = None) -> dict[str, list[str]]:
+def split_with_groups(
+    ids,
+    groups,
+    test_fraction: float = DEFAULT_TEST_FRACTION,
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    seed: int = 0,
+    stratify: dict | None = None,
+) -> dict[str, list[str]]:
     """Split ``ids`` into ``{"train", "val"(, "test")}`` keeping each group on one side.
 
     Args:

@@ -104,10 +104,16 @@ def scan_data(data=None, images=None, masks=None) -> Scan:
     meta, meta_problem = (None, None)
     if data is not None:
         meta, meta_problem = read_meta(root / DATA_META)
-    scan = Scan(root=root, images_dir=images_dir, masks_dir=masks_dir, meta=meta,
-                items=sorted(by_id.values(), key=lambda it: natural_key(it.id)),
-                duplicate_ids=sorted(dup.items(), key=lambda t: natural_key(t[0])),
-                meta_problem=meta_problem, ignored_files=ignored)
+    scan = Scan(
+        root=root,
+        images_dir=images_dir,
+        masks_dir=masks_dir,
+        meta=meta,
+        items=sorted(by_id.values(), key=lambda it: natural_key(it.id)),
+        duplicate_ids=sorted(dup.items(), key=lambda t: natural_key(t[0])),
+        meta_problem=meta_problem,
+        ignored_files=ignored,
+    )
     if masks_dir is None:
         return scan
     if same:

@@ -115,8 +115,9 @@ class MaskConverter:
 
     def unlabelled_pixels(self, table: ValueTable) -> int:
         """Pixels of ``table`` holding the unlabelled value (0 without one)."""
-        vals = np.array([v * 3 if self.palette.channels == 3 and len(v) == 1 else v
-                         for v in table.values], dtype=np.float64).reshape(len(table.values), -1)
+        vals = np.array(
+            [v * 3 if self.palette.channels == 3 and len(v) == 1 else v for v in table.values], dtype=np.float64
+        ).reshape(len(table.values), -1)
         if vals.shape[1] != self._pal.shape[1]:
             return 0
         return int(np.asarray(table.counts, np.int64)[self._unlabelled(vals)].sum())
@@ -124,12 +125,12 @@ class MaskConverter:
     def class_counts(self, table: ValueTable) -> tuple[np.ndarray, int]:
         """``(pixels per class (K,), n_snapped)`` straight from a :class:`ValueTable`."""
         k = self.palette.n_classes
-        vals = np.array([v * 3 if self.palette.channels == 3 and len(v) == 1 else v
-                         for v in table.values], dtype=np.float64).reshape(len(table.values), -1)
+        vals = np.array(
+            [v * 3 if self.palette.channels == 3 and len(v) == 1 else v for v in table.values], dtype=np.float64
+        ).reshape(len(table.values), -1)
         counts = np.asarray(table.counts, dtype=np.int64)
         if vals.shape[1] != self._pal.shape[1]:
-            raise UserError("mask is a colour (RGB) image but the classes are "
-                            f"{self.palette.describe()}")
+            raise UserError(f"mask is a colour (RGB) image but the classes are {self.palette.describe()}")
         d = ((vals[:, None, :] - self._pal[None, :, :]) ** 2).sum(axis=2)
         labelled = ~self._unlabelled(vals)
         per_class = np.bincount(d.argmin(axis=1)[labelled], weights=counts[labelled], minlength=k).astype(np.int64)
@@ -141,8 +142,7 @@ class MaskConverter:
         Raises ``UserError`` for a colour mask with a grey palette."""
         values = grey_or_colour(np.asarray(values))
         if values.ndim == 3 and self.palette.channels == 1:
-            raise UserError(f"{where}: mask is a colour (RGB) image but the classes are "
-                            f"{self.palette.describe()}")
+            raise UserError(f"{where}: mask is a colour (RGB) image but the classes are {self.palette.describe()}")
         if values.ndim == 2 and values.dtype in (np.uint8, np.uint16):
             lut, exact = self._lut(255 if values.dtype == np.uint8 else 65535)
             out = np.take(lut, values)

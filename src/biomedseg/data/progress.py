@@ -16,15 +16,21 @@ class ProgressBar:
         dynamic_ncols: follow the terminal width.
     """
 
-    def __init__(self, enabled: bool, total: int, desc: str, unit: str = "file",
-                 dynamic_ncols: bool = True) -> None:
+    def __init__(self, enabled: bool, total: int, desc: str, unit: str = "file", dynamic_ncols: bool = True) -> None:
         self.bar = None
         if enabled and total > 0:
             try:
                 from tqdm import tqdm
 
-                self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
-                                mininterval=0.5, dynamic_ncols=dynamic_ncols)
+                self.bar = tqdm(
+                    total=total,
+                    desc=desc,
+                    unit=unit,
+                    leave=False,
+                    file=sys.stderr,
+                    mininterval=0.5,
+                    dynamic_ncols=dynamic_ncols,
+                )
             except ImportError:  # pragma: no cover
                 self.bar = None
 

@@ -39,8 +39,7 @@ def side_counts(n: int, val_fraction: float, test_fraction: float = 0.0) -> tupl
     return n_val, n_test
 
 
-def make_split(ids: list[str], val_fraction: float, seed: int,
-               test_fraction: float = 0.0) -> dict[str, list[str]]:
+def make_split(ids: list[str], val_fraction: float, seed: int, test_fraction: float = 0.0) -> dict[str, list[str]]:
     """Split ids into ``{"train": [...], "val": [...]}`` (plus ``"test"`` if requested).
 
     The sorted, de-duplicated ids are shuffled with ``random.Random(seed)`` (same result on
@@ -50,12 +49,9 @@ def make_split(ids: list[str], val_fraction: float, seed: int,
     pool = sorted(set(ids))
     n_val, n_test = side_counts(len(pool), val_fraction, test_fraction)
     random.Random(seed).shuffle(pool)
-    split = {
-        "train": sorted(pool[n_val + n_test:]),
-        "val": sorted(pool[:n_val]),
-    }
+    split = {"train": sorted(pool[n_val + n_test :]), "val": sorted(pool[:n_val])}
     if test_fraction > 0:
-        split["test"] = sorted(pool[n_val:n_val + n_test])
+        split["test"] = sorted(pool[n_val : n_val + n_test])
     return split
 
 

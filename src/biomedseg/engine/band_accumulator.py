@@ -86,9 +86,17 @@ class BandAccumulator:
     :func:`~biomedseg.engine.sliding_window.probabilities_of`).
     """
 
-    def __init__(self, grid: TileGrid, weights: torch.Tensor, device: torch.device, on_rows: Callable,
-                 on_start: Callable | None = None, fill_empty: bool = False, blank_class: int = 0,
-                 to_proba: Callable | None = None):
+    def __init__(
+        self,
+        grid: TileGrid,
+        weights: torch.Tensor,
+        device: torch.device,
+        on_rows: Callable,
+        on_start: Callable | None = None,
+        fill_empty: bool = False,
+        blank_class: int = 0,
+        to_proba: Callable | None = None,
+    ):
         self.to_proba = to_proba or probabilities_of(None)
         self.n_out = 0  # classes of the probabilities (known once allocated)
         self.grid = grid
@@ -124,8 +132,8 @@ class BandAccumulator:
         if y > self.base:
             self.emit(y - self.base)
         R = self.grid.tile
-        self.acc[:, :, x:x + R] += logits * self.weights
-        self.wsum[:, :, x:x + R] += self.weights
+        self.acc[:, :, x : x + R] += logits * self.weights
+        self.wsum[:, :, x : x + R] += self.weights
 
     def finish(self) -> None:
         """Emit every remaining row (call after the last tile; needs :meth:`allocate` if no tile)."""
@@ -145,8 +153,8 @@ class BandAccumulator:
         H, W = self.grid.height, self.grid.width
         lo, hi = max(self.base, pt), min(self.base + m, pt + H)
         if hi > lo:
-            a = self.acc[:, lo - self.base:hi - self.base, pl:pl + W]
-            w = self.wsum[:, lo - self.base:hi - self.base, pl:pl + W]
+            a = self.acc[:, lo - self.base : hi - self.base, pl : pl + W]
+            w = self.wsum[:, lo - self.base : hi - self.base, pl : pl + W]
             logits = self._blend(a, w)
             self.on_rows(lo - pt, self.to_proba(logits).float().cpu())
         self._shift(m)
@@ -160,7 +168,7 @@ class BandAccumulator:
         logits = a / torch.where(empty, torch.ones_like(w), w)
         if bool(empty.any()):
             fill = torch.full((a.shape[0], 1, 1), -_BLANK_LOGIT, device=a.device)
-            fill[min(self.blank_class, self.n_out - 1)::self.n_out] = _BLANK_LOGIT  # each member's blank class
+            fill[min(self.blank_class, self.n_out - 1) :: self.n_out] = _BLANK_LOGIT  # each member's blank class
             logits = torch.where(empty, fill, logits)
         return logits
 
@@ -171,7 +179,7 @@ class BandAccumulator:
             self.acc.zero_()
             self.wsum.zero_()
         else:
-            self.acc[:, :R - m] = self.acc[:, m:].clone()
-            self.acc[:, R - m:] = 0
-            self.wsum[:, :R - m] = self.wsum[:, m:].clone()
-            self.wsum[:, R - m:] = 0
+            self.acc[:, : R - m] = self.acc[:, m:].clone()
+            self.acc[:, R - m :] = 0
+            self.wsum[:, : R - m] = self.wsum[:, m:].clone()
+            self.wsum[:, R - m :] = 0

@@ -20,8 +20,8 @@ import logging
 import torch
 from torch import nn
 
-from biomedseg.engine.defaults import COMPILE_MIN_TILES, COMPILE_MODES
 from biomedseg.core.errors import UserError
+from biomedseg.engine.defaults import COMPILE_MIN_TILES, COMPILE_MODES
 from biomedseg.models.heads import find_classifier
 
 log = logging.getLogger("biomedseg")
@@ -93,8 +93,16 @@ def normalize_compile(mode) -> str | bool:
     if mode is None or isinstance(mode, bool):
         return "auto" if mode is None else mode
     key = str(mode).strip().lower()
-    aliases = {"auto": "auto", "on": True, "true": True, "yes": True, "inductor": True,
-               "off": False, "false": False, "no": False}
+    aliases = {
+        "auto": "auto",
+        "on": True,
+        "true": True,
+        "yes": True,
+        "inductor": True,
+        "off": False,
+        "false": False,
+        "no": False,
+    }
     if key in aliases:
         return aliases[key]
     from torch._dynamo import list_backends

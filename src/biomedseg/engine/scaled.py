@@ -45,8 +45,10 @@ class ScaledNet(nn.Module):
         (integer arithmetic only, so traced and exported graphs keep the size dynamic; inputs are
         expected to be at least ``multiple / scale`` pixels, as sliding-window tiles are)."""
         q = 2 * self.den * self.multiple
-        return ((2 * h * self.num + self.den * self.multiple) // q * self.multiple,
-                (2 * w * self.num + self.den * self.multiple) // q * self.multiple)
+        return (
+            (2 * h * self.num + self.den * self.multiple) // q * self.multiple,
+            (2 * w * self.num + self.den * self.multiple) // q * self.multiple,
+        )
 
     def forward(self, x: torch.Tensor):
         h, w = x.shape[-2], x.shape[-1]

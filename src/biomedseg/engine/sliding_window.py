@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biomedseg.core.errors import UserError
 from biomedseg.engine.compiled import CompiledForward
 from biomedseg.engine.defaults import DEFAULT_OVERLAP
-from biomedseg.core.errors import UserError
 from biomedseg.models.heads import find_classifier
 
 log = logging.getLogger("biomedseg")
@@ -62,10 +62,22 @@ def normalize_tta(tta) -> str:
     if tta is True:
         return "flips"
     key = str(tta).strip().lower().replace(" ", "")
-    aliases = {"": "none", "none": "none", "off": "none", "false": "none", "no": "none",
-               "flips": "flips", "flip": "flips", "true": "flips", "on": "flips",
-               "flips+rot90": "flips+rot90", "rot90": "flips+rot90", "d4": "flips+rot90", "all": "flips+rot90",
-               "flips+rot": "flips+rot90"}
+    aliases = {
+        "": "none",
+        "none": "none",
+        "off": "none",
+        "false": "none",
+        "no": "none",
+        "flips": "flips",
+        "flip": "flips",
+        "true": "flips",
+        "on": "flips",
+        "flips+rot90": "flips+rot90",
+        "rot90": "flips+rot90",
+        "d4": "flips+rot90",
+        "all": "flips+rot90",
+        "flips+rot": "flips+rot90",
+    }
     if key not in aliases:
         raise UserError(f"--tta {tta!r}: choose one of {', '.join(TTA_MODES)}")
     return aliases[key]
@@ -87,8 +99,15 @@ def _inverse_t(y: torch.Tensor, k: int, dims: tuple[int, ...]) -> torch.Tensor:
     return torch.flip(y, dims) if dims else y
 
 
-def tta_forward(model, x: torch.Tensor, transforms, device: torch.device, precision: str,
-                channels_last: bool = True, class_logits: list | None = None) -> torch.Tensor:
+def tta_forward(
+    model,
+    x: torch.Tensor,
+    transforms,
+    device: torch.device,
+    precision: str,
+    channels_last: bool = True,
+    class_logits: list | None = None,
+) -> torch.Tensor:
     """Mean logits ``(N, K, h, w) float32`` of ``model`` over ``transforms`` of the tiles ``x``.
 
     90-degree rotations need square tiles (``h == w``); the tiles of both predictors are square.
@@ -123,6 +142,7 @@ def probabilities_of(model):
 
 # ---------------------------------------------------------------- tile grid (MONAI's)
 
+
 def scan_interval(size: int, tile: int, overlap: float) -> int:
     """Step between tile starts along one axis (``monai.inferers.utils._get_scan_interval``).
 
@@ -150,8 +170,9 @@ def tile_starts(size: int, tile: int, overlap: float) -> list[int]:
 def count_tile_forwards(shapes, tile: int, overlap: float, tta=False) -> int:
     """Network forwards of one tile that predicting images of ``shapes`` ``(H, W)`` takes
     (tiles of the padded images x TTA transforms)."""
-    n = sum(len(tile_starts(max(h, tile), tile, overlap)) * len(tile_starts(max(w, tile), tile, overlap))
-            for h, w in shapes)
+    n = sum(
+        len(tile_starts(max(h, tile), tile, overlap)) * len(tile_starts(max(w, tile), tile, overlap)) for h, w in shapes
+    )
     return n * len(tta_transforms(tta))
 
 
@@ -176,11 +197,11 @@ def importance_map(tile: int, device: torch.device | str = "cpu") -> torch.Tenso
     """MONAI's Gaussian importance map ``(tile, tile) float32`` (``sigma_scale=0.125``)."""
     from monai.data.utils import compute_importance_map
 
-    return compute_importance_map((tile, tile), mode="gaussian", sigma_scale=0.125, device=device,
-                                  dtype=torch.float32)
+    return compute_importance_map((tile, tile), mode="gaussian", sigma_scale=0.125, device=device, dtype=torch.float32)
 
 
 # ---------------------------------------------------------------- inference-time model
+
 
 class InstanceNormAsGroupNorm(nn.Module):
     """``InstanceNorm2d`` without running statistics, computed as ``group_norm`` with one group
@@ -212,8 +233,13 @@ def _swap_instance_norms(module: nn.Module) -> int:
     return n
 
 
-def optimize_for_inference(model: nn.Module, device: torch.device | str = "cpu", channels_last: bool = True,
-                           compile: bool | str = False, batch_size: int | None = None) -> nn.Module:
+def optimize_for_inference(
+    model: nn.Module,
+    device: torch.device | str = "cpu",
+    channels_last: bool = True,
+    compile: bool | str = False,
+    batch_size: int | None = None,
+) -> nn.Module:
     """An eval-mode copy of ``model`` for fast inference (the original is left untouched).
 
     On CPU, instance norms become the equivalent group norms (:class:`InstanceNormAsGroupNorm`),
@@ -241,6 +267,7 @@ def optimize_for_inference(model: nn.Module, device: torch.device | str = "cpu",
 
 # ---------------------------------------------------------------- in-memory predictor
 
+
 class SlidingWindowPredictor:
     """Predict class probabilities of whole images with a trained model.
 
@@ -264,13 +291,24 @@ class SlidingWindowPredictor:
     It is ``None`` for networks without a head.
     """
 
-    def __init__(self, model, patch_size: int, overlap: float = DEFAULT_OVERLAP, batch_size: int = 4,
-                 device: str | torch.device = "cpu", precision: str = "fp32", tta: bool | str = False,
-                 channels_last: bool = True, optimize: bool = True, compile: bool | str = False):
+    def __init__(
+        self,
+        model,
+        patch_size: int,
+        overlap: float = DEFAULT_OVERLAP,
+        batch_size: int = 4,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        tta: bool | str = False,
+        channels_last: bool = True,
+        optimize: bool = True,
+        compile: bool | str = False,
+    ):
         from monai.inferers import SlidingWindowInferer
 
-        self.model = (optimize_for_inference(model, device, channels_last, compile, batch_size)
-                      if optimize or compile else model)
+        self.model = (
+            optimize_for_inference(model, device, channels_last, compile, batch_size) if optimize or compile else model
+        )
         self.to_proba = probabilities_of(model)
         self.device = torch.device(device)
         self.precision = precision
@@ -296,8 +334,15 @@ class SlidingWindowPredictor:
         )
 
     def _net(self, x: torch.Tensor) -> torch.Tensor:
-        return tta_forward(self.model, x, self.transforms, self.device, self.precision, self.channels_last,
-                           class_logits=self._tile_class_logits if self.has_head else None)
+        return tta_forward(
+            self.model,
+            x,
+            self.transforms,
+            self.device,
+            self.precision,
+            self.channels_last,
+            class_logits=self._tile_class_logits if self.has_head else None,
+        )
 
     @torch.inference_mode()
     def predict_logits(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -315,7 +360,7 @@ class SlidingWindowPredictor:
         if self._tile_class_logits:
             self.last_image_probability = float(torch.sigmoid(torch.cat(self._tile_class_logits)).max())
         self._tile_class_logits = []
-        return y[:, top:top + h, left:left + w]
+        return y[:, top : top + h, left : left + w]
 
     def predict_proba(self, image: np.ndarray | torch.Tensor) -> np.ndarray:
         """``(C, H, W) float32`` normalised image -> ``(K, H, W) float32`` softmax probabilities

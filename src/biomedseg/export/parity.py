@@ -48,13 +48,18 @@ class ParityReport:
         return self.max_abs_diff <= MAX_ABS_DIFF and self.argmax_agreement >= MIN_AGREEMENT
 
     def summary(self) -> str:
-        return (f"{self.engine}: max |p - p_torch| {self.max_abs_diff:.2e} (<= {MAX_ABS_DIFF:g}), argmax agreement "
-                f"{100 * self.argmax_agreement:.4f}% (>= {100 * MIN_AGREEMENT:g}%) on {len(self.ids)} {self.inputs} "
-                f"({self.pixels} pixels)")
+        return (
+            f"{self.engine}: max |p - p_torch| {self.max_abs_diff:.2e} (<= {MAX_ABS_DIFF:g}), argmax agreement "
+            f"{100 * self.argmax_agreement:.4f}% (>= {100 * MIN_AGREEMENT:g}%) on {len(self.ids)} {self.inputs} "
+            f"({self.pixels} pixels)"
+        )
 
     def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "passed": self.passed,
-                "thresholds": {"max_abs_diff": MAX_ABS_DIFF, "min_argmax_agreement": MIN_AGREEMENT}}
+        return {
+            **dataclasses.asdict(self),
+            "passed": self.passed,
+            "thresholds": {"max_abs_diff": MAX_ABS_DIFF, "min_argmax_agreement": MIN_AGREEMENT},
+        }
 
 
 def validation_images(loaded, max_images: int = MAX_IMAGES) -> tuple[list[tuple[str, np.ndarray]], str]:
@@ -82,8 +87,10 @@ def synthetic_images(loaded, seed: int = SYNTHETIC_SEED) -> list[tuple[str, np.n
     mean = np.asarray(loaded.normalizer.mean, np.float32)
     std = np.asarray(loaded.normalizer.std, np.float32)
     shapes = [(p + p // 2 + 7, 2 * p + 3), (max(p // 2 + 5, 8), max(p // 2 + 9, 8))]
-    return [(f"synthetic_{h}x{w}", (rng.standard_normal((h, w, len(mean))) * std + mean).astype(np.float32))
-            for h, w in shapes]
+    return [
+        (f"synthetic_{h}x{w}", (rng.standard_normal((h, w, len(mean))) * std + mean).astype(np.float32))
+        for h, w in shapes
+    ]
 
 
 def check_parity(reference, exported, images: list[tuple[str, np.ndarray]], description: str) -> ParityReport:

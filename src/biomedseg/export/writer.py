@@ -89,11 +89,19 @@ def _write(fmt: str, loaded, post, part: Path, images, options: dict) -> dict:
     return doc
 
 
-def export_run(run, fmt: str, out, *, checkpoint: str = "best", overwrite: bool = False,
-               license: str = DEFAULT_LICENSE, authors: list[str] | None = None) -> ExportResult:
+def export_run(
+    run,
+    fmt: str,
+    out,
+    *,
+    checkpoint: str = "best",
+    overwrite: bool = False,
+    license: str = DEFAULT_LICENSE,
+    authors: list[str] | None = None,
+) -> ExportResult:
     """Export ``run`` as ``fmt`` to ``out`` with the built-in parity check (module docstring)."""
-    from biomedseg.inference.exported.engines import open_exported
     from biomedseg.export.parity import check_parity, validation_images
+    from biomedseg.inference.exported.engines import open_exported
     from biomedseg.inference.run import load_run
     from biomedseg.io.writers import write_json
 
@@ -103,10 +111,13 @@ def export_run(run, fmt: str, out, *, checkpoint: str = "best", overwrite: bool 
     images, description = validation_images(loaded)
     part = out.with_name(f"{out.stem}.partial{out.suffix}")
     try:
-        doc = _write(fmt, loaded, post, part, images,
-                     {"checkpoint": checkpoint, "license": license, "authors": authors or []})
-        reports = [check_parity(loaded, open_exported(part, device="cpu", engine=engine), images, description)
-                   for engine in PARITY_ENGINES[fmt]]
+        doc = _write(
+            fmt, loaded, post, part, images, {"checkpoint": checkpoint, "license": license, "authors": authors or []}
+        )
+        reports = [
+            check_parity(loaded, open_exported(part, device="cpu", engine=engine), images, description)
+            for engine in PARITY_ENGINES[fmt]
+        ]
         failed = [r for r in reports if not r.passed]
         if failed:
             raise UserError(f"{out}: parity check failed, nothing written ({failed[0].summary()})")
@@ -114,6 +125,14 @@ def export_run(run, fmt: str, out, *, checkpoint: str = "best", overwrite: bool 
     finally:
         part.unlink(missing_ok=True)
     result = ExportResult(out, fmt, parity_path(out), reports, doc)
-    write_json(result.parity_path, {"export": out.name, "format": fmt, "run": doc["source"]["run"],
-                                    "checkpoint": checkpoint, "reports": [r.to_json() for r in reports]})
+    write_json(
+        result.parity_path,
+        {
+            "export": out.name,
+            "format": fmt,
+            "run": doc["source"]["run"],
+            "checkpoint": checkpoint,
+            "reports": [r.to_json() for r in reports],
+        },
+    )
     return result

@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from biomedseg.inference.settings import InferenceSettings, read_run_config
-from biomedseg.runtime.device import inference_channels_last
 from biomedseg.runs import DatasetInfo, RunFolder, load_checkpoint, open_run
+from biomedseg.runtime.device import inference_channels_last
 from biomedseg.transforms.normalize import Normalizer
 
 
@@ -55,15 +55,27 @@ class LoadedRun:
 
         return load_postprocess(self.run_dir)
 
-    def predictor(self, tta: bool = False, overlap: float | None = None, batch_size: int | None = None,
-                  compile: bool | str = False):
+    def predictor(
+        self,
+        tta: bool = False,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        compile: bool | str = False,
+    ):
         from biomedseg.engine.sliding_window import SlidingWindowPredictor
 
         s = self.settings
-        return SlidingWindowPredictor(self.model, self.tile_size, overlap=s.overlap if overlap is None else overlap,
-                                      batch_size=batch_size or s.batch_size, device=self.device,
-                                      precision=self.precision, tta=tta, channels_last=self.channels_last,
-                                      compile=compile)
+        return SlidingWindowPredictor(
+            self.model,
+            self.tile_size,
+            overlap=s.overlap if overlap is None else overlap,
+            batch_size=batch_size or s.batch_size,
+            device=self.device,
+            precision=self.precision,
+            tta=tta,
+            channels_last=self.channels_last,
+            compile=compile,
+        )
 
 
 def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision: str | None = None) -> LoadedRun:
@@ -95,8 +107,9 @@ def load_run(run_dir, checkpoint: str = "best", device: str = "auto", precision:
     return LoadedRun(run, model, settings, info, Normalizer.from_json(info.normalization), dev, precision)
 
 
-def load_ensemble(folder: RunFolder, checkpoint: str = "best", device: str = "auto",
-                  precision: str | None = None) -> LoadedRun:
+def load_ensemble(
+    folder: RunFolder, checkpoint: str = "best", device: str = "auto", precision: str | None = None
+) -> LoadedRun:
     """The ensemble of an ensemble or CV folder as a :class:`LoadedRun`.
 
     Its ``model`` is an :class:`~biomedseg.engine.ensemble_model.EnsembleModel` of the leaf runs
@@ -118,12 +131,22 @@ def load_ensemble(folder: RunFolder, checkpoint: str = "best", device: str = "au
     # members scale their own input (ScaledNet): the ensemble predicts native tiles of the largest member's
     settings = dataclasses.replace(settings, patch_size=sizes[-1], working_scale=1.0)
     if len(sizes) > 1:
-        logging.getLogger("biomedseg").warning("%s: members trained on tiles of %s pixels; the ensemble predicts "
-                                               "tiles of %d", folder.root, sizes, settings.patch_size)
+        logging.getLogger("biomedseg").warning(
+            "%s: members trained on tiles of %s pixels; the ensemble predicts tiles of %d",
+            folder.root,
+            sizes,
+            settings.patch_size,
+        )
     info = ensemble_dataset_info([leaf for leaf, _ in leaves])
     dev = resolve_device(device)
-    model = EnsembleModel([m.model for m in members], [m.normalizer for m in members], [w for _, w in leaves],
-                          info.n_classes).to(dev).eval()
+    model = (
+        EnsembleModel(
+            [m.model for m in members], [m.normalizer for m in members], [w for _, w in leaves], info.n_classes
+        )
+        .to(dev)
+        .eval()
+    )
     identity = Normalizer(mean=[0.0] * info.channels, std=[1.0] * info.channels)
-    return LoadedRun(folder, model, settings, info, identity, dev,
-                     resolve_precision(precision or settings.precision, dev))
+    return LoadedRun(
+        folder, model, settings, info, identity, dev, resolve_precision(precision or settings.precision, dev)
+    )

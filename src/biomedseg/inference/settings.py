@@ -27,7 +27,8 @@ class InferenceSettings:
     batch_size: int
     #: as configured (``auto`` | ``fp32`` | ``bf16`` | ``fp16``); the loaded run holds the resolved one
     precision: str = "auto"
-    #: channels-last tensors: ``None`` = the measured default (:func:`~biomedseg.runtime.device.inference_channels_last`)
+    #: channels-last tensors: ``None`` = the measured default
+    #: (:func:`~biomedseg.runtime.device.inference_channels_last`)
     channels_last: bool | None = None
     #: the run's working scale (< 1: tiles shrunk before the network)
     working_scale: float = 1.0
@@ -51,9 +52,14 @@ def read_run_config(values: dict, source: str) -> tuple[InferenceSettings, dict]
     from biomedseg.runs.config import build_config
 
     cfg = build_config(values, source=source)
-    settings = InferenceSettings(patch_size=cfg.patch_size, overlap=cfg.overlap,
-                                 batch_size=inference_batch_size(cfg.batch_size), precision=cfg.precision,
-                                 channels_last=cfg.channels_last, working_scale=cfg.working_scale,
-                                 pixel_size=tuple(cfg.pixel_size) if cfg.pixel_size else None,
-                                 architecture=cfg.model)
+    settings = InferenceSettings(
+        patch_size=cfg.patch_size,
+        overlap=cfg.overlap,
+        batch_size=inference_batch_size(cfg.batch_size),
+        precision=cfg.precision,
+        channels_last=cfg.channels_last,
+        working_scale=cfg.working_scale,
+        pixel_size=tuple(cfg.pixel_size) if cfg.pixel_size else None,
+        architecture=cfg.model,
+    )
     return settings, dict(cfg.model_kwargs)

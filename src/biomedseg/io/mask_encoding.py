@@ -30,8 +30,15 @@ from biomedseg.io.images import read_raw
 from biomedseg.io.masks import Palette, read_mask
 from biomedseg.io.writers import TILE_PIXELS, atomic_path, write_png, write_tiff
 
-__all__ = ["DEFAULT_MASK_FORMAT", "MASK_FORMATS", "MaskEncoding", "encode_mask", "read_written_mask",
-           "resolve_encoding", "write_mask"]
+__all__ = [
+    "DEFAULT_MASK_FORMAT",
+    "MASK_FORMATS",
+    "MaskEncoding",
+    "encode_mask",
+    "read_written_mask",
+    "resolve_encoding",
+    "write_mask",
+]
 
 MASK_FORMATS = ("index", "binary", "palette", "rgb", "auto")
 #: class indices: what evaluate, resumed runs and the RLE writer read back (see module docstring)
@@ -78,8 +85,9 @@ def index_encoding(n_classes: int, colors: Sequence) -> MaskEncoding:
     return MaskEncoding("index", np.arange(n_classes, dtype=np.uint8), tuple(map(tuple, colors)))
 
 
-def resolve_encoding(fmt: str, palette: Palette, background: int | None,
-                     colors: Sequence[tuple[int, int, int]]) -> MaskEncoding:
+def resolve_encoding(
+    fmt: str, palette: Palette, background: int | None, colors: Sequence[tuple[int, int, int]]
+) -> MaskEncoding:
     """The :class:`MaskEncoding` of ``--mask-format fmt`` for a run whose training masks had
     ``palette``; ``colors``: RGB per class where the palette has no colours. ``UserError``
     for an unknown format or ``binary`` with more than two classes."""
@@ -99,8 +107,10 @@ def resolve_encoding(fmt: str, palette: Palette, background: int | None,
             return MaskEncoding("levels", grey.astype(np.uint8 if grey.max() <= 255 else np.uint16), colors)
     if fmt == "binary":
         if k != 2:
-            raise UserError(f"--mask-format binary: the run has {k} classes; 0/255 masks hold one foreground "
-                            "class (use index, palette or rgb)")
+            raise UserError(
+                f"--mask-format binary: the run has {k} classes; 0/255 masks hold one foreground "
+                "class (use index, palette or rgb)"
+            )
         values = np.full(2, 255, np.uint8)
         values[background or 0] = 0
         return MaskEncoding("binary", values, colors)
@@ -109,8 +119,13 @@ def resolve_encoding(fmt: str, palette: Palette, background: int | None,
     return index_encoding(k, colors)
 
 
-def encode_mask(mask: np.ndarray, palette: Palette, fmt: str, background: int | None = 0,
-                colors: Sequence[tuple[int, int, int]] | None = None):
+def encode_mask(
+    mask: np.ndarray,
+    palette: Palette,
+    fmt: str,
+    background: int | None = 0,
+    colors: Sequence[tuple[int, int, int]] | None = None,
+):
     """``(H, W)`` class indices in the encoding ``fmt``: an array, or for ``palette`` a PIL
     "P" image with the class colours (``colors``: RGB per class where ``palette`` has no
     colours; default its grey levels as grey colours)."""
@@ -143,10 +158,17 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray, encoding: MaskEncoding
     import tifffile
 
     colormap = np.zeros((3, 256), np.uint16)
-    colormap[:, :len(encoding.colors)] = np.array(encoding.colors, np.uint16).T * 257
+    colormap[:, : len(encoding.colors)] = np.array(encoding.colors, np.uint16).T * 257
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, np.ascontiguousarray(mask, np.uint8), photometric="palette", colormap=colormap,
-                         compression="zlib", metadata=None, tile=(256, 256) if mask.size > TILE_PIXELS else None)
+        tifffile.imwrite(
+            tmp,
+            np.ascontiguousarray(mask, np.uint8),
+            photometric="palette",
+            colormap=colormap,
+            compression="zlib",
+            metadata=None,
+            tile=(256, 256) if mask.size > TILE_PIXELS else None,
+        )
 
 
 def read_written_mask(path: str | os.PathLike, encoding: MaskEncoding | None = None) -> np.ndarray:

@@ -181,15 +181,16 @@ def _is_blend(key: tuple[int, ...], levels: dict, tol: float) -> bool:
     v = np.array(key, dtype=np.float64)
     points = [np.array(u, dtype=np.float64) for u in levels]
     for i, a in enumerate(points):
-        for b in points[i + 1:]:
+        for b in points[i + 1 :]:
             t = float(np.dot(v - a, b - a) / np.dot(b - a, b - a))
             if 0.0 < t < 1.0 and np.linalg.norm(v - (a + t * (b - a))) <= tol:
                 return True
     return False
 
 
-def _cluster(totals: dict, fractions: dict, tol: float, max_classes: int, where,
-             blend_tol: float | None = None) -> dict:
+def _cluster(
+    totals: dict, fractions: dict, tol: float, max_classes: int, where, blend_tol: float | None = None
+) -> dict:
     """Greedy mode-seeking: frequent values become levels; rare ones close to a level (or,
     with ``blend_tol``, close to a mix of two levels) are damage.
 
@@ -210,7 +211,8 @@ def _cluster(totals: dict, fractions: dict, tol: float, max_classes: int, where,
         if len(levels) > max_classes:
             raise UserError(
                 f"{where}: masks hold more than {max_classes} distinct values or colours; "
-                "expected class masks (binary, class indices, a few grey levels or colours)")
+                "expected class masks (binary, class indices, a few grey levels or colours)"
+            )
     return levels
 
 
@@ -228,8 +230,9 @@ def _tally(paths: list[Path]) -> tuple[dict, dict, int]:
     return fractions, totals, n_pixels
 
 
-def discover_palette(paths: Iterable[str | os.PathLike], max_classes: int = 32,
-                     ignore: tuple[int, ...] | None = None) -> Palette:
+def discover_palette(
+    paths: Iterable[str | os.PathLike], max_classes: int = 32, ignore: tuple[int, ...] | None = None
+) -> Palette:
     """Find the class palette of a set of mask files.
 
     At most ``MAX_SAMPLE_FILES`` files (evenly spread) and ``MAX_SAMPLE_PIXELS`` pixels per
@@ -278,8 +281,7 @@ def _discover(paths, max_classes: int, ignore) -> Palette:
         levels = _cluster(totals, fractions, GREY_TOLERANCE * scale, max_classes, where)
         _check_coverage(levels, totals, n_pixels, where)
         return Palette(sorted(levels))
-    levels = _cluster(totals, fractions, RGB_TOLERANCE * scale, max_classes, where,
-                      blend_tol=BLEND_TOLERANCE * scale)
+    levels = _cluster(totals, fractions, RGB_TOLERANCE * scale, max_classes, where, blend_tol=BLEND_TOLERANCE * scale)
     _check_coverage(levels, totals, n_pixels, where)
     ordered = sorted(levels, key=lambda k: (k != (0, 0, 0), -levels[k], k))
     return Palette(ordered)
@@ -293,7 +295,8 @@ def _check_coverage(levels: dict, totals: dict, n_pixels: int, where) -> None:
         raise UserError(
             f"{where}: masks do not look like class masks (their values are spread out like "
             f"an intensity image; only {100 * exact / n_pixels:.0f}% of the pixels hold one of "
-            f"{len(levels)} frequent values)")
+            f"{len(levels)} frequent values)"
+        )
 
 
 def _widen(table: dict, combine) -> dict:
@@ -310,15 +313,14 @@ def _nearest(uniq: np.ndarray, palette: np.ndarray) -> tuple[np.ndarray, np.ndar
     exact = np.empty(len(uniq), dtype=bool)
     pal = palette.astype(np.float64)
     for start in range(0, len(uniq), 4096):
-        block = uniq[start:start + 4096].astype(np.float64)
+        block = uniq[start : start + 4096].astype(np.float64)
         d = ((block[:, None, :] - pal[None, :, :]) ** 2).sum(axis=2)
-        index[start:start + 4096] = d.argmin(axis=1)
-        exact[start:start + 4096] = d.min(axis=1) == 0
+        index[start : start + 4096] = d.argmin(axis=1)
+        exact[start : start + 4096] = d.min(axis=1) == 0
     return index, exact
 
 
-def read_mask(path: str | os.PathLike, palette: Palette,
-              strict_index: bool = False) -> tuple[np.ndarray, int]:
+def read_mask(path: str | os.PathLike, palette: Palette, strict_index: bool = False) -> tuple[np.ndarray, int]:
     """Read a mask as class indices: ``(mask (H, W) uint8, n_snapped)``.
 
     Values not in ``palette`` are snapped to the nearest entry; ``n_snapped`` counts those
@@ -329,8 +331,7 @@ def read_mask(path: str | os.PathLike, palette: Palette,
     h, w = values.shape[:2]
     k = palette.n_classes
     if values.ndim == 3 and palette.channels == 1:
-        raise UserError(f"{path}: mask is a colour (RGB) image but the classes are "
-                        f"{palette.describe()}")
+        raise UserError(f"{path}: mask is a colour (RGB) image but the classes are {palette.describe()}")
     flat = values.reshape(h * w, -1)
     uniq, inverse, counts = _unique_rows(flat)
     if palette.channels == 3 and uniq.shape[1] == 1:
@@ -339,8 +340,9 @@ def read_mask(path: str | os.PathLike, palette: Palette,
     if strict_index and palette.channels == 1:
         bad = uniq[((uniq[:, 0] < 0) | (uniq[:, 0] >= k)) & ~unlabelled, 0]
         if bad.size:
-            raise UserError(f"{path}: mask value {int(bad.max())} is outside the {k} configured "
-                            f"classes (values must be 0..{k - 1})")
+            raise UserError(
+                f"{path}: mask value {int(bad.max())} is outside the {k} configured classes (values must be 0..{k - 1})"
+            )
     index, exact = _nearest(uniq, np.array(palette.values))
     index[unlabelled] = IGNORE_INDEX
     n_snapped = int(counts[~exact & ~unlabelled].sum())

@@ -71,14 +71,18 @@ def array_tiles(array, tile: int) -> Iterator[np.ndarray]:
         for y in range(0, h, tile):
             strip = np.asarray(array[lead + (slice(y, y + tile), slice(None))])
             for x in range(0, w, tile):
-                yield np.ascontiguousarray(strip[:, x:x + tile])
+                yield np.ascontiguousarray(strip[:, x : x + tile])
 
 
 def _ome_metadata(axes: str, pixel_size: PixelSize | None) -> dict:
     meta: dict = {"axes": axes}
     if pixel_size is not None:
-        meta.update(PhysicalSizeY=float(pixel_size[0]), PhysicalSizeYUnit="µm",
-                    PhysicalSizeX=float(pixel_size[1]), PhysicalSizeXUnit="µm")
+        meta.update(
+            PhysicalSizeY=float(pixel_size[0]),
+            PhysicalSizeYUnit="µm",
+            PhysicalSizeX=float(pixel_size[1]),
+            PhysicalSizeXUnit="µm",
+        )
     return meta
 
 
@@ -86,13 +90,23 @@ def _resolution(pixel_size: PixelSize | None, factor: int) -> dict:
     """TIFF resolution tags (pixels per centimetre) of a level ``factor`` times smaller."""
     if pixel_size is None:
         return {}
-    return {"resolution": (1e4 / (pixel_size[1] * factor), 1e4 / (pixel_size[0] * factor)),
-            "resolutionunit": "CENTIMETER"}
+    return {
+        "resolution": (1e4 / (pixel_size[1] * factor), 1e4 / (pixel_size[0] * factor)),
+        "resolutionunit": "CENTIMETER",
+    }
 
 
-def write_ome_levels(path: str | os.PathLike, levels: list[tuple[tuple[int, ...], Iterable | np.ndarray]], *,
-                     dtype, axes: str, tile: int | None, pixel_size: PixelSize | None = None,
-                     compression: str | None = "zlib", bigtiff: bool = False) -> None:
+def write_ome_levels(
+    path: str | os.PathLike,
+    levels: list[tuple[tuple[int, ...], Iterable | np.ndarray]],
+    *,
+    dtype,
+    axes: str,
+    tile: int | None,
+    pixel_size: PixelSize | None = None,
+    compression: str | None = "zlib",
+    bigtiff: bool = False,
+) -> None:
     """Write an OME-TIFF at ``path`` (not atomically) from ``levels``: ``[(shape, data)]``, level 0
     first, ``data`` an array or an iterator of ``(tile, tile)`` tiles (then ``tile`` is needed).
     ``axes``: ``"YX"``, ``"CYX"`` (one page per channel) or ``"YXS"`` (RGB)."""
@@ -102,20 +116,29 @@ def write_ome_levels(path: str | os.PathLike, levels: list[tuple[tuple[int, ...]
     ome = np.dtype(dtype) != np.float16  # OME-XML has no half-float pixel type
     with tifffile.TiffWriter(path, bigtiff=bigtiff, ome=ome) as tw:
         for i, (shape, data) in enumerate(levels):
-            kw = dict(dtype=np.dtype(dtype), compression=compression, photometric=photometric,
-                      tile=(tile, tile) if tile else None, **_resolution(pixel_size, 2 ** i))
+            kw = dict(
+                dtype=np.dtype(dtype),
+                compression=compression,
+                photometric=photometric,
+                tile=(tile, tile) if tile else None,
+                **_resolution(pixel_size, 2**i),
+            )
             if not isinstance(data, np.ndarray):
                 kw.update(shape=tuple(shape), maxworkers=1)  # tiles pulled one at a time
             if i == 0:
-                tw.write(data, subifds=len(levels) - 1, metadata=_ome_metadata(axes, pixel_size) if ome else None,
-                         **kw)
+                tw.write(data, subifds=len(levels) - 1, metadata=_ome_metadata(axes, pixel_size) if ome else None, **kw)
             else:
                 tw.write(data, subfiletype=1, **kw)
 
 
-def write_ome_tiff(path: str | os.PathLike, array: np.ndarray, pixel_size: PixelSize | None = None,
-                   axes: str | None = None, compression: str | None = "zlib",
-                   pyramid_above: int | None = None) -> None:
+def write_ome_tiff(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    pixel_size: PixelSize | None = None,
+    axes: str | None = None,
+    compression: str | None = "zlib",
+    pyramid_above: int | None = None,
+) -> None:
     """Write an in-memory ``(H, W)``, ``(K, H, W)`` (axes ``"CYX"``) or ``(H, W, 3)`` (pass
     ``axes="YXS"``) array as an OME-TIFF, atomically; tiled (``OME_TILE``) above ``TILE_PIXELS``
     pixels or with sub-resolutions (above ``pyramid_above``, see :func:`pyramid_shapes`)."""
@@ -128,12 +151,20 @@ def write_ome_tiff(path: str | os.PathLike, array: np.ndarray, pixel_size: Pixel
     tile = OME_TILE if len(shapes) > 1 or yx[0] * yx[1] > TILE_PIXELS else None
     levels = []
     for i, _ in enumerate(shapes):
-        f = 2 ** i
+        f = 2**i
         level = arr[::f, ::f] if axes == "YXS" else arr[..., ::f, ::f]
         levels.append((level.shape, np.ascontiguousarray(level)))
     with atomic_path(path) as tmp:
-        write_ome_levels(tmp, levels, dtype=arr.dtype, axes=axes, tile=tile, pixel_size=pixel_size,
-                         compression=compression, bigtiff=arr.nbytes > BIGTIFF_BYTES)
+        write_ome_levels(
+            tmp,
+            levels,
+            dtype=arr.dtype,
+            axes=axes,
+            tile=tile,
+            pixel_size=pixel_size,
+            compression=compression,
+            bigtiff=arr.nbytes > BIGTIFF_BYTES,
+        )
 
 
 def ngff_multiscales(name: str, axes: str, n_levels: int, pixel_size: PixelSize | None = None) -> list[dict]:
@@ -148,8 +179,22 @@ def ngff_multiscales(name: str, axes: str, n_levels: int, pixel_size: PixelSize 
         if a in "yx" and pixel_size is not None:
             entry["unit"] = "micrometer"
         out_axes.append(entry)
-    datasets = [{"path": str(i), "coordinateTransformations": [
-        {"type": "scale", "scale": [float(spacing[a]) * 2 ** i if a in "yx" else 1.0 for a in axes]}]}
-        for i in range(n_levels)]
-    return [{"version": NGFF_VERSION, "name": name, "axes": out_axes, "datasets": datasets,
-             "type": "nearest", "metadata": {"method": "every 2nd row and column (nearest neighbour)"}}]
+    datasets = [
+        {
+            "path": str(i),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [float(spacing[a]) * 2**i if a in "yx" else 1.0 for a in axes]}
+            ],
+        }
+        for i in range(n_levels)
+    ]
+    return [
+        {
+            "version": NGFF_VERSION,
+            "name": name,
+            "axes": out_axes,
+            "datasets": datasets,
+            "type": "nearest",
+            "metadata": {"method": "every 2nd row and column (nearest neighbour)"},
+        }
+    ]

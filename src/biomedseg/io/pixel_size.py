@@ -48,10 +48,30 @@ PIXEL_SIZE_TOLERANCE = 0.01
 
 #: micrometres per unit (OME, OME-NGFF, ImageJ and TIFF unit names, lower case)
 UNIT_UM = {
-    "pm": 1e-6, "picometer": 1e-6, "å": 1e-4, "angstrom": 1e-4, "nm": 1e-3, "nanometer": 1e-3,
-    "µm": 1.0, "μm": 1.0, "um": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0, "micrometre": 1.0,
-    "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3, "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4,
-    "m": 1e6, "meter": 1e6, "metre": 1e6, "in": 25400.0, "inch": 25400.0,
+    "pm": 1e-6,
+    "picometer": 1e-6,
+    "å": 1e-4,
+    "angstrom": 1e-4,
+    "nm": 1e-3,
+    "nanometer": 1e-3,
+    "µm": 1.0,
+    "μm": 1.0,
+    "um": 1.0,
+    "micron": 1.0,
+    "microns": 1.0,
+    "micrometer": 1.0,
+    "micrometre": 1.0,
+    "mm": 1e3,
+    "millimeter": 1e3,
+    "millimetre": 1e3,
+    "cm": 1e4,
+    "centimeter": 1e4,
+    "centimetre": 1e4,
+    "m": 1e6,
+    "meter": 1e6,
+    "metre": 1e6,
+    "in": 25400.0,
+    "inch": 25400.0,
 }
 _RESUNIT_UM = {3: 1e4, 4: 1e3, 5: 1.0}  # TIFF ResolutionUnit: centimetre, millimetre, micrometre
 
@@ -187,12 +207,10 @@ def _meta_value(value, where: str) -> PixelSize:
         pair = _pair(*(_um(v, "µm") if not isinstance(v, bool) else None for v in value))
         if pair is not None:
             return pair
-    raise UserError(f"{where}: {META_KEY} must be a positive number of micrometres or [y, x] "
-                    f"(got {value!r})")
+    raise UserError(f"{where}: {META_KEY} must be a positive number of micrometres or [y, x] (got {value!r})")
 
 
-def pixel_size_from_meta(meta: dict | None, image_id: str | None = None,
-                         name: str | None = None) -> PixelSize | None:
+def pixel_size_from_meta(meta: dict | None, image_id: str | None = None, name: str | None = None) -> PixelSize | None:
     """The pixel size ``dataset.json`` states for an image (id or file name), or ``None``.
     A malformed value raises ``UserError("dataset.json: pixel_size ...")``."""
     value = (meta or {}).get(META_KEY)
@@ -206,8 +224,9 @@ def pixel_size_from_meta(meta: dict | None, image_id: str | None = None,
     return None
 
 
-def resolve_pixel_size(path: str | os.PathLike, meta: dict | None = None,
-                       image_id: str | None = None) -> tuple[PixelSize | None, str | None]:
+def resolve_pixel_size(
+    path: str | os.PathLike, meta: dict | None = None, image_id: str | None = None
+) -> tuple[PixelSize | None, str | None]:
     """``(pixel size, where it came from: "dataset.json" | "file" | None)`` of one image of a
     data set: ``dataset.json`` first, then the file's metadata."""
     stated = pixel_size_from_meta(meta, image_id, Path(path).name)
@@ -240,5 +259,4 @@ def summarize_pixel_sizes(sizes: list[PixelSize | None]) -> dict:
     if known:
         arr = np.array(known)
         mixed = bool((arr.max(axis=0) / arr.min(axis=0) > 1 + PIXEL_SIZE_TOLERANCE).any())
-    return {"known": len(known), "unknown": len(sizes) - len(known), "values": values, "median": median,
-            "mixed": mixed}
+    return {"known": len(known), "unknown": len(sizes) - len(known), "values": values, "median": median, "mixed": mixed}

@@ -125,17 +125,18 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     ok = (arr.ndim == 2 and arr.dtype in (np.uint8, np.uint16)) or (
-        arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8)
+        arr.ndim == 3 and arr.shape[2] == 3 and arr.dtype == np.uint8
+    )
     if not ok:
-        raise ValueError(f"write_png takes (H, W) uint8/uint16 or (H, W, 3) uint8, "
-                         f"got {arr.shape} {arr.dtype}")
+        raise ValueError(f"write_png takes (H, W) uint8/uint16 or (H, W, 3) uint8, got {arr.shape} {arr.dtype}")
     image = Image.fromarray(np.ascontiguousarray(arr))
     with atomic_path(path) as tmp:
         image.save(tmp, format="PNG")
 
 
-def write_tiff(path: str | os.PathLike, array: np.ndarray,
-               tile: tuple[int, int] | None = None, compression: str | None = "zlib") -> None:
+def write_tiff(
+    path: str | os.PathLike, array: np.ndarray, tile: tuple[int, int] | None = None, compression: str | None = "zlib"
+) -> None:
     """Write ``(H, W)`` or ``(H, W, 3)`` (any numeric dtype) as a compressed TIFF.
 
     ``tile=None`` tiles with 256x256 when the image exceeds ``TILE_PIXELS`` pixels (tile
@@ -150,9 +151,15 @@ def write_tiff(path: str | os.PathLike, array: np.ndarray,
         tile = (256, 256)
     photometric = "rgb" if arr.ndim == 3 and arr.shape[2] == 3 else "minisblack"
     with atomic_path(path) as tmp:
-        tifffile.imwrite(tmp, arr, tile=tile, compression=compression,
-                         photometric=photometric, bigtiff=arr.nbytes > BIGTIFF_BYTES,
-                         metadata=None)
+        tifffile.imwrite(
+            tmp,
+            arr,
+            tile=tile,
+            compression=compression,
+            photometric=photometric,
+            bigtiff=arr.nbytes > BIGTIFF_BYTES,
+            metadata=None,
+        )
 
 
 def _jsonable(obj: Any) -> Any:

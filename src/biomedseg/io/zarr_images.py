@@ -85,8 +85,9 @@ def open_level(path: str | os.PathLike, level: int = 0) -> ZarrLevel:
     if not paths:
         arrays = sorted(name for name, _ in node.arrays())
         if len(arrays) != 1:
-            raise UserError(f"{path}: zarr group without OME multiscales metadata and "
-                            f"{len(arrays)} arrays; pass the array itself")
+            raise UserError(
+                f"{path}: zarr group without OME multiscales metadata and {len(arrays)} arrays; pass the array itself"
+            )
         paths = arrays
     if not 0 <= level < len(paths):
         raise UserError(f"{path}: --level {level} does not exist (levels 0..{len(paths) - 1})")

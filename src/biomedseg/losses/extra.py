@@ -71,18 +71,42 @@ def _bce(n_classes, class_weights=None, pos_weight: float | None = None):
 def _jaccard(n_classes, class_weights=None, include_background: str | bool = True, smooth: float = 1e-5):
     from monai.losses import DiceLoss
 
-    return _OneHotLoss(DiceLoss(include_background=_as_bool(include_background), to_onehot_y=True, softmax=True,
-                                jaccard=True, smooth_nr=smooth, smooth_dr=smooth, batch=True))
+    return _OneHotLoss(
+        DiceLoss(
+            include_background=_as_bool(include_background),
+            to_onehot_y=True,
+            softmax=True,
+            jaccard=True,
+            smooth_nr=smooth,
+            smooth_dr=smooth,
+            batch=True,
+        )
+    )
 
 
 @register_loss("tversky")
-def _tversky(n_classes, class_weights=None, alpha: float = 0.3, beta: float = 0.7,
-             include_background: str | bool = True, smooth: float = 1e-5):
+def _tversky(
+    n_classes,
+    class_weights=None,
+    alpha: float = 0.3,
+    beta: float = 0.7,
+    include_background: str | bool = True,
+    smooth: float = 1e-5,
+):
     from monai.losses import TverskyLoss
 
-    return _OneHotLoss(TverskyLoss(include_background=_as_bool(include_background), to_onehot_y=True, softmax=True,
-                                   alpha=float(alpha), beta=float(beta), smooth_nr=smooth, smooth_dr=smooth,
-                                   batch=True))
+    return _OneHotLoss(
+        TverskyLoss(
+            include_background=_as_bool(include_background),
+            to_onehot_y=True,
+            softmax=True,
+            alpha=float(alpha),
+            beta=float(beta),
+            smooth_nr=smooth,
+            smooth_dr=smooth,
+            batch=True,
+        )
+    )
 
 
 class SoftFBeta(nn.Module):
@@ -109,8 +133,9 @@ class SoftFBeta(nn.Module):
 
 
 @register_loss("fbeta")
-def _fbeta(n_classes, class_weights=None, beta: float = 2.0, include_background: str | bool = True,
-           smooth: float = 1e-5):
+def _fbeta(
+    n_classes, class_weights=None, beta: float = 2.0, include_background: str | bool = True, smooth: float = 1e-5
+):
     return SoftFBeta(beta, _as_bool(include_background), smooth)
 
 

@@ -70,8 +70,10 @@ def _directed(a: np.ndarray, b: np.ndarray, sampling) -> tuple[np.ndarray, np.nd
 
 def _scores(d_ab: np.ndarray, d_ba: np.ndarray, tol: float | None) -> dict[str, float]:
     """hd95, assd (and nsd at ``tol``) of two non-empty directed distance sets."""
-    out = {"hd95": float(max(np.percentile(d_ab, HD_PERCENTILE), np.percentile(d_ba, HD_PERCENTILE))),
-           "assd": float((d_ab.sum() + d_ba.sum()) / (d_ab.size + d_ba.size))}
+    out = {
+        "hd95": float(max(np.percentile(d_ab, HD_PERCENTILE), np.percentile(d_ba, HD_PERCENTILE))),
+        "assd": float((d_ab.sum() + d_ba.sum()) / (d_ab.size + d_ba.size)),
+    }
     if tol is not None:
         out["nsd"] = float((np.count_nonzero(d_ab <= tol) + np.count_nonzero(d_ba <= tol)) / (d_ab.size + d_ba.size))
     return out
@@ -95,8 +97,9 @@ def _class_scores(p: np.ndarray, t: np.ndarray, pixel_size, tol: float, worst: f
     return out
 
 
-def boundary_scores(pred, target, classes: Sequence[int], pixel_size=None,
-                    options: BoundaryOptions = BoundaryOptions()) -> dict[int, dict[str, float]]:
+def boundary_scores(
+    pred, target, classes: Sequence[int], pixel_size=None, options: BoundaryOptions = BoundaryOptions()
+) -> dict[int, dict[str, float]]:
     """``{class: {"hd95", "assd", "nsd" (pixels) [, "hd95_um", "assd_um"]}}`` for each of ``classes``.
 
     ``pred``/``target``: ``(H, W)`` index masks; ``pixel_size``: ``(y, x)`` µm or ``None`` (then no

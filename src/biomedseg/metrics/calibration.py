@@ -38,8 +38,9 @@ def _flat_proba(proba: np.ndarray) -> np.ndarray:
     return p.reshape(p.shape[0], -1)
 
 
-def expected_calibration_error(proba, labels, n_bins: int = ECE_BINS, max_pixels: int = MAX_PIXELS,
-                               seed: int = 0) -> float:
+def expected_calibration_error(
+    proba, labels, n_bins: int = ECE_BINS, max_pixels: int = MAX_PIXELS, seed: int = 0
+) -> float:
     """Top-label ECE of ``proba`` (``(K, N)`` or ``(K, H, W)``, class axis first) against integer
     ``labels`` (``(N,)`` or ``(H, W)``). Returns a value in ``[0, 1]`` (0: calibrated)."""
     p = _flat_proba(proba)
@@ -80,8 +81,9 @@ def _nll(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
     return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
 
 
-def fit_temperature(logits, labels, max_pixels: int = MAX_PIXELS, seed: int = 0,
-                    bounds: tuple[float, float] = TEMPERATURE_BOUNDS) -> float:
+def fit_temperature(
+    logits, labels, max_pixels: int = MAX_PIXELS, seed: int = 0, bounds: tuple[float, float] = TEMPERATURE_BOUNDS
+) -> float:
     """Temperature ``T`` minimising the NLL of ``softmax(logits / T)``.
 
     ``logits``: ``(N, K)`` (pixels as rows, e.g. ``logits.reshape(K, -1).T`` of a map);
@@ -99,8 +101,9 @@ def fit_temperature(logits, labels, max_pixels: int = MAX_PIXELS, seed: int = 0,
     keep = _subsample(y.size, max_pixels, seed)
     z, y = z[keep], y[keep]
     lo, hi = np.log(bounds[0]), np.log(bounds[1])
-    res = minimize_scalar(lambda t: _nll(z, y, float(np.exp(t))), bounds=(lo, hi), method="bounded",
-                          options={"xatol": 1e-4})
+    res = minimize_scalar(
+        lambda t: _nll(z, y, float(np.exp(t))), bounds=(lo, hi), method="bounded", options={"xatol": 1e-4}
+    )
     return float(np.exp(res.x))
 
 

@@ -83,8 +83,10 @@ def parse_metric_names(names, where: str = "--metrics") -> tuple[str, ...]:
             continue
         group = name if name in GROUPS else next((g for g, keys in GROUPS.items() if name in keys), None)
         if group is None:
-            raise UserError(f"{where}: unknown metric {raw!r} (groups: {', '.join(GROUPS)}, all; or a metric name "
-                            f"such as aji, pq, hd95)")
+            raise UserError(
+                f"{where}: unknown metric {raw!r} (groups: {', '.join(GROUPS)}, all; or a metric name "
+                f"such as aji, pq, hd95)"
+            )
         wanted.add(group)
     return tuple(g for g in ORDER if g in wanted)
 
@@ -122,22 +124,32 @@ def fingerprint(masks, background: int | None = 0) -> dict:
     def med(v):
         return float(np.median(v)) if v else float("nan")
 
-    return {"objects_per_image": med(counts), "object_fraction": med(fractions), "foreground_width_px": med(fg_w),
-            "background_width_px": med(bg_w), "foreground_fraction": float(np.mean(fg_frac)) if fg_frac else 0.0}
+    return {
+        "objects_per_image": med(counts),
+        "object_fraction": med(fractions),
+        "foreground_width_px": med(fg_w),
+        "background_width_px": med(bg_w),
+        "foreground_fraction": float(np.mean(fg_frac)) if fg_frac else 0.0,
+    }
 
 
 def _from_fingerprint(fp: dict) -> tuple[tuple[str, ...], str]:
     n, frac = fp["objects_per_image"], fp["object_fraction"]
     if fp["foreground_width_px"] <= THIN_WIDTH_PX:
-        return ("boundary", "thin"), (f"thin structures: the foreground is {fp['foreground_width_px']:.1f} px wide on "
-                                      f"median (<= {THIN_WIDTH_PX:g})")
+        return ("boundary", "thin"), (
+            f"thin structures: the foreground is {fp['foreground_width_px']:.1f} px wide on "
+            f"median (<= {THIN_WIDTH_PX:g})"
+        )
     if fp["foreground_fraction"] > 0.5 and fp["background_width_px"] * 3 <= fp["foreground_width_px"]:
-        return ("boundary", "thin"), (f"thin structures: a membrane map, the background between segments is "
-                                      f"{fp['background_width_px']:.1f} px wide on median, under a third of the "
-                                      f"segments' {fp['foreground_width_px']:.1f} px")
+        return ("boundary", "thin"), (
+            f"thin structures: a membrane map, the background between segments is "
+            f"{fp['background_width_px']:.1f} px wide on median, under a third of the "
+            f"segments' {fp['foreground_width_px']:.1f} px"
+        )
     if n >= MANY_OBJECTS and frac < SMALL_OBJECT_FRACTION:
-        return ("boundary", "object", "instance"), (f"many small objects: {n:g} objects per image on median, each "
-                                                    f"{100 * frac:.2f}% of the image")
+        return ("boundary", "object", "instance"), (
+            f"many small objects: {n:g} objects per image on median, each {100 * frac:.2f}% of the image"
+        )
     if n == 1 and frac >= LARGE_OBJECT_FRACTION:
         return ("boundary", "shape"), f"one large object per image ({100 * frac:.1f}% of the image on median)"
     return ("boundary",), f"no special structure ({n:g} objects per image on median): boundary metrics only"
@@ -152,8 +164,9 @@ def choose_metrics(requested=None, meta: dict | None = None, masks=None, backgro
     if listed:
         if isinstance(listed, str):
             listed = [listed]
-        return MetricChoice(parse_metric_names(listed, "dataset.json: metrics"), "listed in dataset.json",
-                            "dataset.json")
+        return MetricChoice(
+            parse_metric_names(listed, "dataset.json: metrics"), "listed in dataset.json", "dataset.json"
+        )
     fp = fingerprint(masks or [], background)
     groups, reason = _from_fingerprint(fp)
     return MetricChoice(("pixel",) + groups, reason, "fingerprint", fp)

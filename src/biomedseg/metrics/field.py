@@ -35,8 +35,19 @@ __all__ = ["FieldOptions", "ImagePair", "FieldAccumulator", "EIGHT", "FOUR"]
 EIGHT = np.ones((3, 3), bool)
 FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 #: keys that are better when lower (the others are better when higher)
-LOWER_IS_BETTER = ("hd95", "assd", "hd95_um", "assd_um", "object_hausdorff", "vi", "hc_error_px", "hc_error_rel",
-                   "hc_error_mm", "hc_px", "hc_true_px")
+LOWER_IS_BETTER = (
+    "hd95",
+    "assd",
+    "hd95_um",
+    "assd_um",
+    "object_hausdorff",
+    "vi",
+    "hc_error_px",
+    "hc_error_rel",
+    "hc_error_mm",
+    "hc_px",
+    "hc_true_px",
+)
 
 
 @dataclass(frozen=True)
@@ -149,12 +160,21 @@ class FieldAccumulator:
     def _add_objects(self, pair: ImagePair, c: int, t_lab: np.ndarray, p_lab: np.ndarray, m) -> None:
         """Rows of ``per_object.csv`` for class ``c``: each true and predicted object with its best IoU."""
         iou = m.iou
-        best = {"truth": iou.max(axis=1) if m.n_pred else np.zeros(m.n_true),
-                "prediction": iou.max(axis=0) if m.n_true else np.zeros(m.n_pred)}
+        best = {
+            "truth": iou.max(axis=1) if m.n_pred else np.zeros(m.n_true),
+            "prediction": iou.max(axis=0) if m.n_true else np.zeros(m.n_pred),
+        }
         for source, lab in (("truth", t_lab), ("prediction", p_lab)):
             for i, r in enumerate(object_table(lab, pair.pixel_size)):
-                self.objects.append({"id": pair.image_id, "class": self.class_names[c], "source": source, **r,
-                                     "best_iou": round(float(best[source][i]), 4)})
+                self.objects.append(
+                    {
+                        "id": pair.image_id,
+                        "class": self.class_names[c],
+                        "source": source,
+                        **r,
+                        "best_iou": round(float(best[source][i]), 4),
+                    }
+                )
 
     def summary(self) -> dict[str, Any]:
         """``{key: mean over images (NaN-skipping)}`` for every score key, plus ``n_scored`` per key."""

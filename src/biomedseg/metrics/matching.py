@@ -27,8 +27,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ObjectMatch", "match_objects", "pairs_above", "best_partner", "one_to_one", "relabel", "label_surface",
-           "surface_points", "perimeters"]
+__all__ = [
+    "ObjectMatch",
+    "match_objects",
+    "pairs_above",
+    "best_partner",
+    "one_to_one",
+    "relabel",
+    "label_surface",
+    "surface_points",
+    "perimeters",
+]
 
 
 def relabel(labels) -> np.ndarray:
@@ -103,8 +112,9 @@ def match_objects(true_labels, pred_labels, valid=None) -> ObjectMatch:
     p_area = table.sum(axis=0)
     t_keep = true_ids != 0
     p_keep = pred_ids != 0
-    return ObjectMatch(true_ids[t_keep], pred_ids[p_keep], table[np.ix_(t_keep, p_keep)],
-                       t_area[t_keep], p_area[p_keep])
+    return ObjectMatch(
+        true_ids[t_keep], pred_ids[p_keep], table[np.ix_(t_keep, p_keep)], t_area[t_keep], p_area[p_keep]
+    )
 
 
 #: table cells counted with one ``np.bincount`` (beyond: ``np.unique`` over the pixel pairs)
@@ -151,7 +161,7 @@ def best_partner(match: ObjectMatch, side: str = "true", by: str = "intersection
     if score.shape[1] == 0:
         return np.full(score.shape[0], -1, np.int64)
     best = np.argmax(score, axis=1)
-    overlaps = (match.intersection.T if side == "pred" else match.intersection)
+    overlaps = match.intersection.T if side == "pred" else match.intersection
     best[overlaps[np.arange(score.shape[0]), best] == 0] = -1
     return best.astype(np.int64)
 
@@ -173,8 +183,9 @@ def _shifted(a: np.ndarray, dy: int, dx: int, fill=0) -> np.ndarray:
     """``out[y, x] = a[y + dy, x + dx]`` (``fill`` outside)."""
     out = np.full_like(a, fill)
     h, w = a.shape
-    out[max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)] = a[max(dy, 0):h + min(dy, 0),
-                                                                  max(dx, 0):w + min(dx, 0)]
+    out[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)] = a[
+        max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)
+    ]
     return out
 
 

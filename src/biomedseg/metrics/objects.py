@@ -35,8 +35,19 @@ import numpy as np
 
 from biomedseg.metrics.matching import ObjectMatch, best_partner, match_objects, one_to_one, pairs_above, surface_points
 
-__all__ = ["DSB_THRESHOLDS", "object_scores", "object_f1", "object_dice", "object_hausdorff", "aji", "aji_plus",
-           "panoptic_quality", "dsb_average_precision", "OBJECT_KEYS", "INSTANCE_KEYS"]
+__all__ = [
+    "DSB_THRESHOLDS",
+    "object_scores",
+    "object_f1",
+    "object_dice",
+    "object_hausdorff",
+    "aji",
+    "aji_plus",
+    "panoptic_quality",
+    "dsb_average_precision",
+    "OBJECT_KEYS",
+    "INSTANCE_KEYS",
+]
 
 #: IoU thresholds of the 2018 Data Science Bowl score (0.50, 0.55, ..., 0.95)
 DSB_THRESHOLDS = tuple(round(0.5 + 0.05 * i, 2) for i in range(10))
@@ -200,8 +211,9 @@ def dsb_average_precision(match: ObjectMatch, thresholds=DSB_THRESHOLDS) -> floa
     return float(np.mean(scores))
 
 
-def object_scores(true_labels, pred_labels, groups=("object", "instance"), valid=None,
-                  match: ObjectMatch | None = None) -> dict[str, float]:
+def object_scores(
+    true_labels, pred_labels, groups=("object", "instance"), valid=None, match: ObjectMatch | None = None
+) -> dict[str, float]:
     """The object (``OBJECT_KEYS``) and/or instance (``INSTANCE_KEYS``) scores of two label images
     (``match``: their :func:`match_objects`, when already computed)."""
     t = np.asarray(true_labels)
@@ -213,8 +225,9 @@ def object_scores(true_labels, pred_labels, groups=("object", "instance"), valid
     match = match if match is not None else match_objects(t, p)
     out: dict[str, float] = {}
     if "object" in groups:
-        out.update(object_f1=object_f1(match), object_dice=object_dice(match),
-                   object_hausdorff=object_hausdorff(match, t, p))
+        out.update(
+            object_f1=object_f1(match), object_dice=object_dice(match), object_hausdorff=object_hausdorff(match, t, p)
+        )
     if "instance" in groups:
         out.update(aji=aji(match), aji_plus=aji_plus(match), **panoptic_quality(match), ap=dsb_average_precision(match))
     return out

@@ -36,13 +36,7 @@ import numpy as np
 
 from biomedseg.core.labels import IGNORE_INDEX
 
-__all__ = [
-    "confusion_matrix",
-    "scores_from_confusion",
-    "image_dice",
-    "foreground_classes",
-    "MetricAccumulator",
-]
+__all__ = ["confusion_matrix", "scores_from_confusion", "image_dice", "foreground_classes", "MetricAccumulator"]
 
 SCORE_KEYS = ("dice", "iou", "precision", "recall", "f1")
 
@@ -141,9 +135,7 @@ def _default_names(n_classes: int) -> list[str]:
     return [f"class_{i}" for i in range(n_classes)]
 
 
-def scores_from_confusion(
-    cm, class_names: Sequence[str] | None = None, background: int | None = 0
-) -> dict[str, Any]:
+def scores_from_confusion(cm, class_names: Sequence[str] | None = None, background: int | None = 0) -> dict[str, Any]:
     """Scores of a (pooled) confusion matrix.
 
     Args:
@@ -216,16 +208,9 @@ class MetricAccumulator:
     >>> acc.summary()["dice"], acc.per_image_rows()[0]["image_dice"]  # doctest: +SKIP
     """
 
-    def __init__(
-        self,
-        n_classes: int,
-        class_names: Sequence[str] | None = None,
-        background: int | None = 0,
-    ) -> None:
+    def __init__(self, n_classes: int, class_names: Sequence[str] | None = None, background: int | None = 0) -> None:
         self.n_classes = int(n_classes)
-        self.class_names = (
-            [str(n) for n in class_names] if class_names is not None else _default_names(n_classes)
-        )
+        self.class_names = [str(n) for n in class_names] if class_names is not None else _default_names(n_classes)
         if len(self.class_names) != self.n_classes:
             raise ValueError(f"{len(self.class_names)} class names for {self.n_classes} classes")
         if background is not None and not 0 <= background < self.n_classes:
@@ -269,9 +254,7 @@ class MetricAccumulator:
         """:func:`scores_from_confusion` of the pooled matrix plus ``image_dice`` (mean of the
         per-image Dice; NaN if no image was added) and ``n_images``."""
         out = scores_from_confusion(self.cm, self.class_names, self.background)
-        out["image_dice"] = (
-            float(np.mean([r["image_dice"] for r in self._rows])) if self._rows else float("nan")
-        )
+        out["image_dice"] = float(np.mean([r["image_dice"] for r in self._rows])) if self._rows else float("nan")
         out["n_images"] = len(self._rows)
         return out
 

@@ -74,8 +74,12 @@ def head_circumference_error(pred, target, pixel_size=None) -> dict[str, float]:
     """HC18's measure for one binary prediction/truth pair (module docstring); ``pixel_size`` in µm."""
     hc, true_hc = _circumference(pred), _circumference(target)
     err = abs(hc - true_hc)
-    out = {"hc_px": hc, "hc_true_px": true_hc, "hc_error_px": err,
-           "hc_error_rel": err / true_hc if true_hc > 0 else (0.0 if hc == 0 else float("nan"))}
+    out = {
+        "hc_px": hc,
+        "hc_true_px": true_hc,
+        "hc_error_px": err,
+        "hc_error_rel": err / true_hc if true_hc > 0 else (0.0 if hc == 0 else float("nan")),
+    }
     if pixel_size is not None:
         out["hc_error_mm"] = err * float(np.mean(pixel_size)) / 1000.0
     return out
@@ -96,13 +100,19 @@ def object_table(labels, pixel_size=None) -> list[dict]:
     perim = perimeters(lab, ids)
     yy, xx = np.indices(lab.shape)
     flat = lab.ravel()
-    centroids = np.column_stack([np.bincount(flat, weights=yy.ravel())[ids] / area[ids],
-                                 np.bincount(flat, weights=xx.ravel())[ids] / area[ids]])
+    centroids = np.column_stack(
+        [np.bincount(flat, weights=yy.ravel())[ids] / area[ids], np.bincount(flat, weights=xx.ravel())[ids] / area[ids]]
+    )
     scale = float(np.mean(pixel_size)) if pixel_size is not None else None
     rows = []
     for i, oid in enumerate(ids):
-        row = {"object": int(oid), "area_px": int(area[oid]), "perimeter_px": round(float(perim[i]), 3),
-               "centroid_y": round(float(centroids[i, 0]), 2), "centroid_x": round(float(centroids[i, 1]), 2)}
+        row = {
+            "object": int(oid),
+            "area_px": int(area[oid]),
+            "perimeter_px": round(float(perim[i]), 3),
+            "centroid_y": round(float(centroids[i, 0]), 2),
+            "centroid_x": round(float(centroids[i, 1]), 2),
+        }
         if scale is not None:
             row["area_um2"] = round(float(area[oid]) * float(np.prod(pixel_size)), 4)
             row["perimeter_um"] = round(float(perim[i]) * scale, 4)

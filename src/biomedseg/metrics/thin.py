@@ -53,8 +53,8 @@ def rand_information_scores(true_segments, pred_segments) -> dict[str, float]:
     m = match_objects(np.where(fg, t, 0), np.where(fg, p.astype(np.int64) + 1, 0))
     joint = m.intersection / float(fg.sum())
     ti, sj = joint.sum(axis=1), joint.sum(axis=0)
-    sum_p2 = float((joint ** 2).sum())
-    rand = sum_p2 / (0.5 * float((ti ** 2).sum()) + 0.5 * float((sj ** 2).sum()))
+    sum_p2 = float((joint**2).sum())
+    rand = sum_p2 / (0.5 * float((ti**2).sum()) + 0.5 * float((sj**2).sum()))
     h_t, h_s, h_ts = _entropy(ti), _entropy(sj), _entropy(joint.ravel())
     mutual = h_t + h_s - h_ts
     vi_score = 2.0 * mutual / (h_t + h_s) if h_t + h_s > 0 else 1.0

@@ -167,12 +167,18 @@ def risk_coverage(scores, dice, percents=REVIEW_PERCENTS) -> dict:
     for pct in percents:
         keep = max(1, n - round(n * pct / 100.0))
         dice_kept[int(pct)] = float(d[order[:keep]].mean())
-    return {"aurc": aurc(order), "aurc_random": float(1.0 - d.mean()), "aurc_oracle": aurc(np.argsort(-d, kind="stable")),
-            "dice_kept": dice_kept, "dice_all": float(d.mean())}
+    return {
+        "aurc": aurc(order),
+        "aurc_random": float(1.0 - d.mean()),
+        "aurc_oracle": aurc(np.argsort(-d, kind="stable")),
+        "dice_kept": dice_kept,
+        "dice_all": float(d.mean()),
+    }
 
 
 def uncertainty_ranking(scores: dict[str, list[float]], dice: list[float]) -> dict[str, dict]:
     """For each named per-image score: ``{"spearman", **risk_coverage}`` against ``dice`` (one value
     per image, the same order); the block ``evaluate`` reports."""
-    return {name: {"spearman": spearman(values, dice), **risk_coverage(values, dice)}
-            for name, values in scores.items()}
+    return {
+        name: {"spearman": spearman(values, dice), **risk_coverage(values, dice)} for name, values in scores.items()
+    }

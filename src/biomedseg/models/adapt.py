@@ -47,8 +47,10 @@ def _adapt_channels(t: np.ndarray, dim: int, c_src: int, c_new: int, where: str)
         return np.repeat(t, c_new, axis=dim) / c_new
     if c_new == 1:
         return t.sum(axis=dim, keepdims=True)
-    raise UserError(f"{where}: trained on {c_src} input channels; its first layer cannot take {c_new} "
-                    "(only grey <-> colour is adapted)")
+    raise UserError(
+        f"{where}: trained on {c_src} input channels; its first layer cannot take {c_new} "
+        "(only grey <-> colour is adapted)"
+    )
 
 
 def _map_classes(src: np.ndarray, fresh: np.ndarray, dims: list[int], pairs) -> np.ndarray:
@@ -61,8 +63,9 @@ def _map_classes(src: np.ndarray, fresh: np.ndarray, dims: list[int], pairs) -> 
     return out
 
 
-def adapt_state_dict(src_state: dict, fresh_state: dict, dims: tuple[dict, dict], pairs, sizes: dict,
-                     where: str) -> dict:
+def adapt_state_dict(
+    src_state: dict, fresh_state: dict, dims: tuple[dict, dict], pairs, sizes: dict, where: str
+) -> dict:
     """The state dict for the new network: ``src_state`` (the trained one) carried into the shapes of
     ``fresh_state`` (a new network's), class dims through ``pairs``, channel dims as the module says.
     ``dims``: :func:`varying_dims` of the new network; ``sizes``: ``{"classes": (source, new), "channels":
@@ -79,8 +82,11 @@ def adapt_state_dict(src_state: dict, fresh_state: dict, dims: tuple[dict, dict]
         if key not in src_state:
             raise UserError(f"{where}: the source network has no {key!r}; it is another architecture")
         src = src_state[key]
-        if tuple(src.shape) == tuple(fresh.shape) and (same_classes or not class_dims[key]) \
-                and (channels[0] == channels[1] or not channel_dims[key]):
+        if (
+            tuple(src.shape) == tuple(fresh.shape)
+            and (same_classes or not class_dims[key])
+            and (channels[0] == channels[1] or not channel_dims[key])
+        ):
             out[key] = src.clone()
             continue
         arr = src.detach().cpu().numpy()
@@ -88,8 +94,10 @@ def adapt_state_dict(src_state: dict, fresh_state: dict, dims: tuple[dict, dict]
             arr = _adapt_channels(arr, channel_dims[key][0], channels[0], channels[1], where).astype(arr.dtype)
         other = [d for d in range(arr.ndim) if d not in class_dims[key]]
         if arr.ndim != fresh.ndim or any(arr.shape[d] != fresh.shape[d] for d in other):
-            raise UserError(f"{where}: {key} has shape {tuple(src.shape)} in the source and {tuple(fresh.shape)} "
-                            "here: another width or depth")
+            raise UserError(
+                f"{where}: {key} has shape {tuple(src.shape)} in the source and {tuple(fresh.shape)} "
+                "here: another width or depth"
+            )
         if class_dims[key]:
             arr = _map_classes(arr, fresh.detach().cpu().numpy(), class_dims[key], pairs)
         out[key] = torch.from_numpy(np.ascontiguousarray(arr)).to(fresh.dtype)

@@ -20,6 +20,9 @@ def _gate(gating_channels: int, skip_channels: int) -> nn.Module:
 
 
 build_attention_unet = register_unet2d(
-    "attention-unet", DoubleConv, gate=_gate,
+    "attention-unet",
+    DoubleConv,
+    gate=_gate,
     description="attention U-Net (Oktay 2018): MONAI attention gates on the skip connections",
-    doc="Double-conv U-Net whose skip features are multiplied by a sigmoid attention map.")
+    doc="Double-conv U-Net whose skip features are multiplied by a sigmoid attention map.",
+)

@@ -114,8 +114,15 @@ class UNetDecoder(nn.Module):
         deep_supervision: see :func:`n_heads`.
     """
 
-    def __init__(self, in_channels: int, levels: Sequence[tuple[int, int]], n_classes: int, block: Block,
-                 gate: Callable[[int, int], nn.Module] | None = None, deep_supervision: bool | int = False):
+    def __init__(
+        self,
+        in_channels: int,
+        levels: Sequence[tuple[int, int]],
+        n_classes: int,
+        block: Block,
+        gate: Callable[[int, int], nn.Module] | None = None,
+        deep_supervision: bool | int = False,
+    ):
         super().__init__()
         self.ups, self.gates, self.blocks = nn.ModuleList(), nn.ModuleList(), nn.ModuleList()
         self.has_skip: list[bool] = []
@@ -163,9 +170,18 @@ class UNet2d(EncoderDecoder):
         gate: attention gate for the skips (see :class:`UNetDecoder`).
     """
 
-    def __init__(self, in_channels: int, n_classes: int, block: Block, depth: int = 5, base_channels: int = 64,
-                 max_channels: int | None = None, down: str | Callable[[int, int], nn.Module] = "pool",
-                 gate=None, deep_supervision: bool | int = False):
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        block: Block,
+        depth: int = 5,
+        base_channels: int = 64,
+        max_channels: int | None = None,
+        down: str | Callable[[int, int], nn.Module] = "pool",
+        gate=None,
+        deep_supervision: bool | int = False,
+    ):
         super().__init__()
         if depth < 2:
             raise ValueError("depth (resolution levels) must be >= 2")

@@ -201,8 +201,10 @@ def check_classifier_support(model_name: str) -> None:
 
     if not supports_classifier_head(model_name):
         able = [n for n in list_models() if supports_classifier_head(n)]
-        raise UserError(f"model {model_name!r} cannot take a classifier head (--classifier-head); "
-                        f"models that can: {', '.join(able)}")
+        raise UserError(
+            f"model {model_name!r} cannot take a classifier head (--classifier-head); "
+            f"models that can: {', '.join(able)}"
+        )
 
 
 def foreground_present(target: torch.Tensor, background: int | None) -> torch.Tensor:

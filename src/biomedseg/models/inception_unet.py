@@ -29,6 +29,8 @@ class InceptionBlock(nn.Module):
 
 
 build_inception_unet = register_unet2d(
-    "inception-unet", InceptionBlock,
+    "inception-unet",
+    InceptionBlock,
     description="U-Net with inception blocks (parallel 1x1 / 3x3 / double-3x3 / pool branches)",
-    doc="U-Net (max pooling, transposed-conv upsampling) with one inception block per level.")
+    doc="U-Net (max pooling, transposed-conv upsampling) with one inception block per level.",
+)

@@ -61,8 +61,10 @@ def hash_prefix(url: str) -> str:
     :class:`UserError` when it has none of at least 8 digits (the download could not be checked)."""
     match = torch.hub.HASH_REGEX.search(url.rstrip("/").rsplit("/", 1)[-1])
     if not match or len(match.group(1)) < 8:
-        raise UserError(f"{url}: the file name carries no SHA-256 prefix (<name>-<8+ hex digits>.pth), so a "
-                        f"download could not be checked; download it by hand and pass pretrained=/path/to/file.pth")
+        raise UserError(
+            f"{url}: the file name carries no SHA-256 prefix (<name>-<8+ hex digits>.pth), so a "
+            f"download could not be checked; download it by hand and pass pretrained=/path/to/file.pth"
+        )
     return match.group(1)
 
 
@@ -79,15 +81,17 @@ def download_state_dict(url: str, folder: Path | None = None) -> dict[str, torch
     if cached.is_file() and not sha256_of(cached).startswith(prefix):
         cached.unlink()  # damaged or replaced: fetch again
     try:
-        sd = torch.hub.load_state_dict_from_url(url, model_dir=str(folder), map_location="cpu", progress=False,
-                                                check_hash=True, weights_only=True)
+        sd = torch.hub.load_state_dict_from_url(
+            url, model_dir=str(folder), map_location="cpu", progress=False, check_hash=True, weights_only=True
+        )
     except RuntimeError as exc:
         if "invalid hash value" not in str(exc):
             raise UserError(f"{cached}: cannot read pretrained weights ({str(exc).splitlines()[0]})") from None
         raise UserError(f"{url}: SHA-256 mismatch ({exc}); the file was not kept") from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise UserError(f"{url}: download failed ({exc}); download it by hand and pass "
-                        f"pretrained=/path/to/file.pth") from None
+        raise UserError(
+            f"{url}: download failed ({exc}); download it by hand and pass pretrained=/path/to/file.pth"
+        ) from None
     return _unwrap(sd, url)
 
 
@@ -97,7 +101,7 @@ def _unwrap(sd, source) -> dict[str, torch.Tensor]:
             sd = sd[key]
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise UserError(f"{source}: not a state dict of tensors")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in sd.items()}
+    return {k[len("module.") :] if k.startswith("module.") else k: v for k, v in sd.items()}
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -123,8 +127,9 @@ def adapt_first_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return mean.repeat(1, in_channels, 1, 1) * (c / in_channels)
 
 
-def torchvision_to_encoder(sd: dict[str, torch.Tensor], keep_prefixes: tuple[str, ...],
-                           first_conv: str, in_channels: int) -> dict[str, torch.Tensor]:
+def torchvision_to_encoder(
+    sd: dict[str, torch.Tensor], keep_prefixes: tuple[str, ...], first_conv: str, in_channels: int
+) -> dict[str, torch.Tensor]:
     """Key mapping torchvision -> our encoder: keep the feature layers (``keep_prefixes``, e.g.
     ``features.`` or ``conv1. bn1. layer1. ...``), drop the classifier, adapt the first conv.
 
@@ -134,7 +139,7 @@ def torchvision_to_encoder(sd: dict[str, torch.Tensor], keep_prefixes: tuple[str
     out = {}
     for key, value in sd.items():
         if key.startswith("encoder."):
-            key = key[len("encoder."):]
+            key = key[len("encoder.") :]
         if key.startswith(keep_prefixes):
             out[key] = value
     if first_conv in out:
@@ -142,8 +147,9 @@ def torchvision_to_encoder(sd: dict[str, torch.Tensor], keep_prefixes: tuple[str
     return out
 
 
-def load_encoder_weights(encoder: nn.Module, pretrained: str, arch: str, keep_prefixes: tuple[str, ...],
-                         first_conv: str, in_channels: int) -> None:
+def load_encoder_weights(
+    encoder: nn.Module, pretrained: str, arch: str, keep_prefixes: tuple[str, ...], first_conv: str, in_channels: int
+) -> None:
     """Load ``pretrained`` (``"imagenet"`` or a file path) into ``encoder`` (strict on its keys)."""
     if pretrained == "imagenet":
         path, sd = PRETRAINED_URLS[arch], download_state_dict(PRETRAINED_URLS[arch])
@@ -153,8 +159,11 @@ def load_encoder_weights(encoder: nn.Module, pretrained: str, arch: str, keep_pr
     own = encoder.state_dict()
     missing = [k for k in own if k not in mapped and not k.endswith("num_batches_tracked")]
     unexpected = [k for k in mapped if k not in own]
-    wrong = [f"{k} {tuple(mapped[k].shape)} vs {tuple(own[k].shape)}" for k in own
-             if k in mapped and mapped[k].shape != own[k].shape]
+    wrong = [
+        f"{k} {tuple(mapped[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in mapped and mapped[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -163,6 +172,8 @@ def load_encoder_weights(encoder: nn.Module, pretrained: str, arch: str, keep_pr
             parts.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
         if wrong:
             parts.append(f"shape mismatch: {'; '.join(wrong[:3])}")
-        raise UserError(f"{path}: does not fit the {arch} encoder ({', '.join(parts)}); pretrained weights need "
-                        f"the default width (64) and matching batch_norm")
+        raise UserError(
+            f"{path}: does not fit the {arch} encoder ({', '.join(parts)}); pretrained weights need "
+            f"the default width (64) and matching batch_norm"
+        )
     encoder.load_state_dict(mapped, strict=False)

@@ -37,7 +37,9 @@ def register(name: str, multiple: int | Callable[..., int], description: str = "
     """
 
     def deco(factory):
-        _REGISTRY[name] = ModelEntry(name, factory, multiple, description or (factory.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = ModelEntry(
+            name, factory, multiple, description or (factory.__doc__ or "").strip().split("\n")[0]
+        )
         return factory
 
     return deco

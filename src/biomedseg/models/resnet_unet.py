@@ -103,8 +103,16 @@ _RESNET_KEYS = ("conv1.", "bn1.", "layer1.", "layer2.", "layer3.", "layer4.")
 
 
 class ResNetUNet(EncoderDecoder):
-    def __init__(self, in_channels: int, n_classes: int, block, layers, width: int = 64,
-                 decoder_channels: tuple[int, ...] | None = None, deep_supervision: bool | int = False):
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        block,
+        layers,
+        width: int = 64,
+        decoder_channels: tuple[int, ...] | None = None,
+        deep_supervision: bool | int = False,
+    ):
         super().__init__()
         self.encoder = ResNetEncoder(block, layers, in_channels, width)
         ch = self.encoder.channels  # [1/2, 1/4, 1/8, 1/16, 1/32]
@@ -127,11 +135,24 @@ def _register_resnet_unet(name: str, arch: str, block, layers: tuple[int, ...], 
     """Register ``name``: a :class:`ResNetUNet` with encoder ``arch`` (``block`` x ``layers``);
     returns the factory (docstring ``doc``)."""
 
-    def build(in_channels: int, n_classes: int, width: int = 64, pretrained: str | None = None,
-              decoder_channels: list[int] | None = None, deep_supervision: bool | int = False,
-              classifier_head: bool = False) -> nn.Module:
-        net = ResNetUNet(in_channels, n_classes, block, layers, width,
-                         tuple(decoder_channels) if decoder_channels else None, deep_supervision)
+    def build(
+        in_channels: int,
+        n_classes: int,
+        width: int = 64,
+        pretrained: str | None = None,
+        decoder_channels: list[int] | None = None,
+        deep_supervision: bool | int = False,
+        classifier_head: bool = False,
+    ) -> nn.Module:
+        net = ResNetUNet(
+            in_channels,
+            n_classes,
+            block,
+            layers,
+            width,
+            tuple(decoder_channels) if decoder_channels else None,
+            deep_supervision,
+        )
         if pretrained:
             from biomedseg.models.pretrained import load_encoder_weights
 
@@ -148,12 +169,19 @@ _PRETRAINED_DOC = """
     ``pretrained``: ``"imagenet"`` or a torchvision-style ``.pth`` file (needs ``width=64``)."""
 
 build_resnet34_unet = _register_resnet_unet(
-    "resnet34-unet", "resnet34", BasicBlock, (3, 4, 6, 3),
+    "resnet34-unet",
+    "resnet34",
+    BasicBlock,
+    (3, 4, 6, 3),
     description="U-Net with a ResNet-34 encoder (basic blocks, optional ImageNet weights)",
-    doc="ResNet-34 encoder (3, 4, 6, 3 basic blocks); decoder 256..16 channels (scaled by width/64)."
-        + _PRETRAINED_DOC)
+    doc="ResNet-34 encoder (3, 4, 6, 3 basic blocks); decoder 256..16 channels (scaled by width/64)." + _PRETRAINED_DOC,
+)
 
 build_resnet50_unet = _register_resnet_unet(
-    "resnet50-unet", "resnet50", Bottleneck, (3, 4, 6, 3),
+    "resnet50-unet",
+    "resnet50",
+    Bottleneck,
+    (3, 4, 6, 3),
     description="U-Net with a ResNet-50 encoder (bottleneck blocks, optional ImageNet weights)",
-    doc="ResNet-50 encoder (3, 4, 6, 3 bottleneck blocks, 2048 channels at 1/32)." + _PRETRAINED_DOC)
+    doc="ResNet-50 encoder (3, 4, 6, 3 bottleneck blocks, 2048 channels at 1/32)." + _PRETRAINED_DOC,
+)

@@ -15,9 +15,11 @@ class ResidualUnit(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int = 1):
         super().__init__()
         self.body = nn.Sequential(
-            nn.BatchNorm2d(cin), nn.ReLU(inplace=False),
+            nn.BatchNorm2d(cin),
+            nn.ReLU(inplace=False),
             nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-            nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, 3, padding=1, bias=False),
         )
         self.shortcut = nn.Identity()
@@ -33,6 +35,9 @@ def _down(cin: int, cout: int) -> nn.Module:
 
 
 build_resunet = register_unet2d(
-    "resunet", ResidualUnit, down=_down,
+    "resunet",
+    ResidualUnit,
+    down=_down,
     description="residual U-Net (Zhang 2018): pre-activation residual units, strided downsampling",
-    doc="Every encoder/decoder block is a residual unit; downsampling by stride-2 residual units.")
+    doc="Every encoder/decoder block is a residual unit; downsampling by stride-2 residual units.",
+)

@@ -68,9 +68,13 @@ def _multiple(stages: int = 4, **_) -> int:
     return 2**stages
 
 
-@register("segnet", multiple=_multiple,
-          description="SegNet (Badrinarayanan 2017): max-unpooling with encoder indices, no skips, 3-5 stages")
-def build_segnet(in_channels: int, n_classes: int, stages: int = 4, base_channels: int = 64,
-                 classifier_head: bool = False) -> nn.Module:
+@register(
+    "segnet",
+    multiple=_multiple,
+    description="SegNet (Badrinarayanan 2017): max-unpooling with encoder indices, no skips, 3-5 stages",
+)
+def build_segnet(
+    in_channels: int, n_classes: int, stages: int = 4, base_channels: int = 64, classifier_head: bool = False
+) -> nn.Module:
     """VGG-style encoder (2, 2, 3, 3 convs per stage), batch norm, mirrored decoder."""
     return maybe_with_classifier(SegNet(in_channels, n_classes, stages, base_channels), classifier_head)

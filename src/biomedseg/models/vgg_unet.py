@@ -49,14 +49,21 @@ class VGG16Encoder(nn.Module):
 
 
 class VGG16UNet(EncoderDecoder):
-    def __init__(self, in_channels: int, n_classes: int, width: int = 64, batch_norm: bool = False,
-                 deep_supervision: bool | int = False):
+    def __init__(
+        self,
+        in_channels: int,
+        n_classes: int,
+        width: int = 64,
+        batch_norm: bool = False,
+        deep_supervision: bool | int = False,
+    ):
         super().__init__()
         self.encoder = VGG16Encoder(in_channels, width, batch_norm)
         skips = self.encoder.channels  # full, 1/2, 1/4, 1/8
         levels = [(s, s) for s in reversed(skips)]
-        self.decoder = UNetDecoder(self.encoder.out_channels, levels, n_classes, DoubleConv,
-                                   deep_supervision=deep_supervision)
+        self.decoder = UNetDecoder(
+            self.encoder.out_channels, levels, n_classes, DoubleConv, deep_supervision=deep_supervision
+        )
         self.bottleneck_channels = self.encoder.out_channels
 
     def encode(self, x):
@@ -67,17 +74,30 @@ class VGG16UNet(EncoderDecoder):
         return self.decoder(bottleneck, context, size)
 
 
-@register("vgg16-unet", multiple=16,
-          description="U-Net with a VGG-16 encoder (batch_norm option, optional ImageNet weights)")
-def build_vgg16_unet(in_channels: int, n_classes: int, batch_norm: bool = False, width: int = 64,
-                     pretrained: str | None = None, deep_supervision: bool | int = False,
-                     classifier_head: bool = False) -> nn.Module:
+@register(
+    "vgg16-unet", multiple=16, description="U-Net with a VGG-16 encoder (batch_norm option, optional ImageNet weights)"
+)
+def build_vgg16_unet(
+    in_channels: int,
+    n_classes: int,
+    batch_norm: bool = False,
+    width: int = 64,
+    pretrained: str | None = None,
+    deep_supervision: bool | int = False,
+    classifier_head: bool = False,
+) -> nn.Module:
     """``pretrained``: ``"imagenet"`` (torchvision ``vgg16`` / ``vgg16_bn``, downloaded once) or a
     path to a torchvision-style ``.pth`` state dict (needs ``width=64``)."""
     net = VGG16UNet(in_channels, n_classes, width, batch_norm, deep_supervision)
     if pretrained:
         from biomedseg.models.pretrained import load_encoder_weights
 
-        load_encoder_weights(net.encoder, str(pretrained), "vgg16_bn" if batch_norm else "vgg16",
-                             ("features.",), "features.0.weight", in_channels)
+        load_encoder_weights(
+            net.encoder,
+            str(pretrained),
+            "vgg16_bn" if batch_norm else "vgg16",
+            ("features.",),
+            "features.0.weight",
+            in_channels,
+        )
     return maybe_with_classifier(net, classifier_head)

@@ -29,18 +29,30 @@ def plan_ensemble(steps: int | None, budget_s: float | None, folds: int = DEFAUL
     """The plan's ``ensemble`` entry for ``steps`` planned training steps in ``budget_s`` seconds:
     ``{"value": "single" | "cv", "reason": ...}`` (the budget a CV ensemble needs, when it is not this one)."""
     if not steps:
-        return {"value": "single", "reason": "one run (steps not estimated; a cross-validation ensemble pays off "
-                f"once each of its {folds} folds gets ~{MIN_STEPS_PER_FOLD} steps)"}
+        return {
+            "value": "single",
+            "reason": "one run (steps not estimated; a cross-validation ensemble pays off "
+            f"once each of its {folds} folds gets ~{MIN_STEPS_PER_FOLD} steps)",
+        }
     per_fold = steps // folds
     if per_fold >= MIN_STEPS_PER_FOLD:
-        return {"value": "cv", "reason": f"{folds} folds would train ~{per_fold} steps each (>= "
-                f"{MIN_STEPS_PER_FOLD}): a {folds}-fold CV ensemble (`biomedseg cv`) is expected to beat one "
-                "run of this budget"}
-    need = f"a budget of ~{_duration(budget_s * folds * MIN_STEPS_PER_FOLD / steps)} here" if budget_s else \
-        f"~{folds * MIN_STEPS_PER_FOLD} steps in all"
-    return {"value": "single", "reason": f"one run: {folds} folds would train only ~{per_fold} steps each (< "
-            f"{MIN_STEPS_PER_FOLD}, where members are still improving); a {folds}-fold CV ensemble is expected to "
-            f"win from {need}"}
+        return {
+            "value": "cv",
+            "reason": f"{folds} folds would train ~{per_fold} steps each (>= "
+            f"{MIN_STEPS_PER_FOLD}): a {folds}-fold CV ensemble (`biomedseg cv`) is expected to beat one "
+            "run of this budget",
+        }
+    need = (
+        f"a budget of ~{_duration(budget_s * folds * MIN_STEPS_PER_FOLD / steps)} here"
+        if budget_s
+        else f"~{folds * MIN_STEPS_PER_FOLD} steps in all"
+    )
+    return {
+        "value": "single",
+        "reason": f"one run: {folds} folds would train only ~{per_fold} steps each (< "
+        f"{MIN_STEPS_PER_FOLD}, where members are still improving); a {folds}-fold CV ensemble is expected to "
+        f"win from {need}",
+    }
 
 
 def fold_advice(steps_per_fold: int | None, budget_per_fold_s: float | None) -> str | None:
@@ -48,11 +60,16 @@ def fold_advice(steps_per_fold: int | None, budget_per_fold_s: float | None) -> 
     warning, or the steps are not known)."""
     if not steps_per_fold or steps_per_fold >= MIN_STEPS_PER_FOLD:
         return None
-    more = f" (--budget-per-fold ~{_duration(budget_per_fold_s * MIN_STEPS_PER_FOLD / steps_per_fold)})" \
-        if budget_per_fold_s else ""
-    return (f"each fold trains only ~{steps_per_fold} steps: below ~{MIN_STEPS_PER_FOLD} steps per fold{more}, one "
-            "`biomedseg train` run of the whole budget is expected to beat this CV ensemble (the CV still gives "
-            "honest out-of-fold scores)")
+    more = (
+        f" (--budget-per-fold ~{_duration(budget_per_fold_s * MIN_STEPS_PER_FOLD / steps_per_fold)})"
+        if budget_per_fold_s
+        else ""
+    )
+    return (
+        f"each fold trains only ~{steps_per_fold} steps: below ~{MIN_STEPS_PER_FOLD} steps per fold{more}, one "
+        "`biomedseg train` run of the whole budget is expected to beat this CV ensemble (the CV still gives "
+        "honest out-of-fold scores)"
+    )
 
 
 def cv_plan_entry(steps_per_fold: int | None, budget_per_fold_s: float | None) -> dict:
@@ -61,8 +78,11 @@ def cv_plan_entry(steps_per_fold: int | None, budget_per_fold_s: float | None) -
     if advice:
         return {"value": "cv", "reason": advice}
     if steps_per_fold:
-        return {"value": "cv", "reason": f"each fold trains ~{steps_per_fold} steps (>= {MIN_STEPS_PER_FOLD}): the CV "
-                "ensemble is expected to beat one run of the whole budget"}
+        return {
+            "value": "cv",
+            "reason": f"each fold trains ~{steps_per_fold} steps (>= {MIN_STEPS_PER_FOLD}): the CV "
+            "ensemble is expected to beat one run of the whole budget",
+        }
     return {"value": "cv", "reason": "steps per fold not estimated"}
 
 

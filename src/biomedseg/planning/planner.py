@@ -37,8 +37,9 @@ COMPILE_MIN_BUDGET_S = 600
 FULL_RES_MIN_BUDGET_S = 1800
 
 
-def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], background, channels: int,
-                             dtype_max: int = 255, pixel_size=None) -> dict:
+def fingerprint_from_samples(
+    samples, n_classes: int, class_names: list[str], background, channels: int, dtype_max: int = 255, pixel_size=None
+) -> dict:
     """Data fingerprint of cached training samples (``image (H, W, C)``, ``mask (H, W) uint8``).
 
     Keys: ``n_images``, ``median_shape`` (h, w), ``min_shape``, ``channels``, ``bit_depth``,
@@ -89,26 +90,59 @@ def fingerprint_from_samples(samples, n_classes: int, class_names: list[str], ba
         "image_share": (holders / max(len(samples), 1)).round(4).tolist(),
         "object_diameter_p90": {class_names[c]: float(np.percentile(v, 90)) for c, v in diam.items() if v},
         "object_diameter_p10": {class_names[c]: float(np.percentile(v, 10)) for c, v in diam.items() if v},
-        "structure_width": {class_names[c]: round(float(whole[c] / skeleton[c]), 2)
-                            for c in range(n_classes) if skeleton[c]},
+        "structure_width": {
+            class_names[c]: round(float(whole[c] / skeleton[c]), 2) for c in range(n_classes) if skeleton[c]
+        },
     }
     if pixel_size is not None:
         fp["pixel_size"] = [float(v) for v in pixel_size]
     return fp
 
 
-
 def steps_per_pass(area: float, patch_size: int, batch_size: int) -> int:
     """Steps of ``batch_size`` patches covering ``area`` training pixels once, clamped to [25, 250]."""
     return int(np.clip(round(area / (patch_size**2 * batch_size)), 25, 250))
+
 
 def _pow2_floor(x: float) -> int:
     return 2 ** int(math.floor(math.log2(max(x, 1))))
 
 
-def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs: int | None = None,
-              step_time=None, model: str = "unet", width_option: tuple[str, int] | None = None,
-              can_compile: bool = False) -> dict:
+def _plan_scale_and_patch(fp: dict, gpu: bool, cap: int, plan: dict) -> tuple[int, float]:
+    """The ``pixel_size``, ``working_scale`` and ``patch_size`` entries of ``plan``; returns ``(patch, scale)``."""
+    h, w = fp["median_shape"]
+    if fp.get("pixel_size"):
+        plan["pixel_size"] = {
+            "value": fp["pixel_size"],
+            "reason": "median pixel size (y, x µm) of the training "
+            "images: images of another pixel size are resampled to it (training and prediction)",
+        }
+    scaled_patch = 512 if gpu else 256  # the patch a shrunk image must fit: 8 per CPU step, 16 per GPU step
+    plan["working_scale"] = plan_working_scale(fp, scaled_patch)
+    scale = plan["working_scale"]["value"]
+    if scale < 1:  # the context did not fit at native resolution: the patch holds it at this scale
+        patch = scaled_patch
+        whole = max(h, w) * scale <= patch
+        why = (
+            f"{'whole images' if whole else 'patches'} of {h * scale:.0f}x{w * scale:.0f}px at working scale "
+            f"{scale:.3g}" + (" (mirror-padded to the patch: no crop throws context away)" if whole else "")
+        )
+    else:
+        patch, why = _native_patch(fp, cap, gpu)
+    plan["patch_size"] = {"value": int(patch), "reason": why}
+    return int(patch), scale
+
+
+def make_plan(
+    fp: dict,
+    budget_s: float | None,
+    device_type: str = "cpu",
+    epochs: int | None = None,
+    step_time=None,
+    model: str = "unet",
+    width_option: tuple[str, int] | None = None,
+    can_compile: bool = False,
+) -> dict:
     """Choose patch size, network size, batch, sampling, loss and schedule for ``fp``.
 
     ``step_time(patch, batch, depth, width) -> seconds`` measures a training step here (see
@@ -133,28 +167,20 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     fg = [i for i in range(len(fp["class_share"])) if i != fp.get("background")]
     rare = min((fp["class_share"][i] for i in fg), default=1.0)
     cap = 512 if gpu or rare >= RARE_CLASS_SHARE else 256
-    if fp.get("pixel_size"):
-        plan["pixel_size"] = {"value": fp["pixel_size"], "reason": "median pixel size (y, x µm) of the training "
-                              "images: images of another pixel size are resampled to it (training and prediction)"}
-    scaled_patch = 512 if gpu else 256  # the patch a shrunk image must fit: 8 per CPU step, 16 per GPU step
-    plan["working_scale"] = plan_working_scale(fp, scaled_patch)
-    scale = plan["working_scale"]["value"]
-    if scale < 1:  # the context did not fit at native resolution: the patch holds it at this scale
-        patch = scaled_patch
-        whole = max(h, w) * scale <= patch
-        why = (f"{'whole images' if whole else 'patches'} of {h * scale:.0f}x{w * scale:.0f}px at working scale "
-               f"{scale:.3g}" + (" (mirror-padded to the patch: no crop throws context away)" if whole else ""))
-    else:
-        patch, why = _native_patch(fp, cap, gpu)
-    plan["patch_size"] = {"value": int(patch), "reason": why}
+    patch, scale = _plan_scale_and_patch(fp, gpu, cap, plan)
     depth = int(min(5, max(3, math.log2(patch / 8) + 1)))
-    plan["model_kwargs.depth"] = {"value": depth, "reason": f"bottleneck of {patch // 2 ** (depth - 1)}px on a {patch}px patch"}
+    plan["model_kwargs.depth"] = {
+        "value": depth,
+        "reason": f"bottleneck of {patch // 2 ** (depth - 1)}px on a {patch}px patch",
+    }
     if gpu:
         batch, batch_why = 16, "16 patches of 512px fit a 16 GB GPU in mixed precision"
     else:
         batch = max(2, min(8, CPU_STEP_PIXELS // (patch * patch)))
-        batch_why = (f"{batch} patches of {patch}px per step on CPU ({batch * patch * patch // 1024}k pixels, "
-                     f"at most {CPU_STEP_PIXELS // 1024}k): the step time the width is planned for")
+        batch_why = (
+            f"{batch} patches of {patch}px per step on CPU ({batch * patch * patch // 1024}k pixels, "
+            f"at most {CPU_STEP_PIXELS // 1024}k): the step time the width is planned for"
+        )
     key, full = width_option if width_option is not None else ("base_channels", 32)
     width, why, step_s = _plan_width(model, key, full, patch, batch, depth, budget_s, gpu, step_time)
     plan[f"model_kwargs.{key}"] = {"value": width, "reason": why}
@@ -166,23 +192,36 @@ def make_plan(fp: dict, budget_s: float | None, device_type: str = "cpu", epochs
     if model == "unet":
         plan["model_kwargs.full_res_channels"] = _plan_full_res(fp, gpu, plan["compile"]["value"], budget_s)
     over = 0.5 if rare < RARE_CLASS_SHARE else 0.33
-    plan["fg_oversample"] = {"value": over, "reason": f"rarest foreground class holds {rare:.2%} of the pixels"
-                             + (f" (< {RARE_CLASS_SHARE:.0%}): half the patches centred on foreground" if over == 0.5 else "")}
-    plan["class_weights"] = {"value": "none", "reason": "the Dice term of dice+ce already weighs every class "
-                             "equally; foreground oversampling handles the rest"}
+    plan["fg_oversample"] = {
+        "value": over,
+        "reason": f"rarest foreground class holds {rare:.2%} of the pixels"
+        + (f" (< {RARE_CLASS_SHARE:.0%}): half the patches centred on foreground" if over == 0.5 else ""),
+    }
+    plan["class_weights"] = {
+        "value": "none",
+        "reason": "the Dice term of dice+ce already weighs every class "
+        "equally; foreground oversampling handles the rest",
+    }
     plan["loss"] = {"value": "dice+ce", "reason": "robust default for thin and rare structures (nnU-Net's choice)"}
     plan["augment"] = plan_augment(fp.get("augment", {}))
-    plan["optimizer"] = {"value": "adamw", "reason": "adaptive steps converge in few epochs; nnU-Net's SGD schedule "
-                         "assumes ~1000 epochs"}
+    plan["optimizer"] = {
+        "value": "adamw",
+        "reason": "adaptive steps converge in few epochs; nnU-Net's SGD schedule assumes ~1000 epochs",
+    }
     plan["lr"] = {"value": _default_lr("adamw"), "reason": "AdamW with poly decay to 0 over the budget"}
     plan["schedule"] = {"value": "poly", "reason": "decays to zero exactly when the epochs or the time budget end"}
     if fp.get("bit_depth", 8) > 8:  # the same rule as normalization "auto" (normalize.normalization_for)
         lo, hi = CLIP_PERCENTILES
-        plan["normalization"] = {"value": "clip_zscore", "reason": f"{fp['bit_depth']}-bit data: each channel clipped at its "
-                                 f"{lo}/{hi} training percentiles (hot pixels, saturation), then z-scored"}
+        plan["normalization"] = {
+            "value": "clip_zscore",
+            "reason": f"{fp['bit_depth']}-bit data: each channel clipped at its "
+            f"{lo}/{hi} training percentiles (hot pixels, saturation), then z-scored",
+        }
     else:
-        plan["normalization"] = {"value": "zscore", "reason": "8-bit data: z-score per channel with the training "
-                                 "images' mean and standard deviation"}
+        plan["normalization"] = {
+            "value": "zscore",
+            "reason": "8-bit data: z-score per channel with the training images' mean and standard deviation",
+        }
     return plan
 
 
@@ -195,9 +234,11 @@ def _native_patch(fp: dict, cap: int, gpu: bool) -> tuple[int, str]:
     fit = _pow2_floor(small_side) if small_side >= 64 else 64
     if gpu:  # context is nearly free on a GPU: the largest patch the images allow
         return min(cap, fit), f"images {h}x{w}: largest power-of-two patch up to {cap} (GPU memory)"
-    why = (f"images {h}x{w}, 90th-percentile object diameter {obj:.0f}px: >= {CONTEXT_DIAMETERS} object diameters "
-           f"of context, at most {cap} and the image size"
-           + (f" (256 with a class under {RARE_CLASS_SHARE:.0%}: more patches centred on it)" if cap == 256 else ""))
+    why = (
+        f"images {h}x{w}, 90th-percentile object diameter {obj:.0f}px: >= {CONTEXT_DIAMETERS} object diameters "
+        f"of context, at most {cap} and the image size"
+        + (f" (256 with a class under {RARE_CLASS_SHARE:.0%}: more patches centred on it)" if cap == 256 else "")
+    )
     return min(cap, max(want, 128), fit), why
 
 
@@ -214,33 +255,54 @@ def _plan_compile(budget_s, gpu: bool, can_compile: bool) -> dict:
     if gpu:
         return {"value": False, "reason": "GPU: not measured here yet (--set compile=true to try)"}
     if budget_s is None or budget_s < COMPILE_MIN_BUDGET_S:
-        return {"value": False, "reason": f"no CPU time budget of {COMPILE_MIN_BUDGET_S // 60} min or more: "
-                "compiling first (about a minute) would not pay back"}
+        return {
+            "value": False,
+            "reason": f"no CPU time budget of {COMPILE_MIN_BUDGET_S // 60} min or more: "
+            "compiling first (about a minute) would not pay back",
+        }
     if not can_compile:
-        return {"value": False, "reason": "compile=false set by the user, or no C++ compiler found (torch.compile "
-                "needs one on CPU)"}
-    return {"value": True, "reason": "CPU budget of 10 min or more: about a minute of compiling buys 1.3-1.6x "
-            "faster steps (fused norms and activations)"}
+        return {
+            "value": False,
+            "reason": "compile=false set by the user, or no C++ compiler found (torch.compile needs one on CPU)",
+        }
+    return {
+        "value": True,
+        "reason": "CPU budget of 10 min or more: about a minute of compiling buys 1.3-1.6x "
+        "faster steps (fused norms and activations)",
+    }
 
 
 def _plan_full_res(fp: dict, gpu: bool, compiled: bool, budget_s) -> dict:
     """A full-resolution U-Net level for thin structures, where its cost is affordable (§9)."""
-    widths = {c: w for c, w in fp.get("structure_width", {}).items()
-              if fp["class_names"].index(c) != fp.get("background")}
+    widths = {
+        c: w for c, w in fp.get("structure_width", {}).items() if fp["class_names"].index(c) != fp.get("background")
+    }
     if not widths:
         return {"value": 0, "reason": "no foreground structures measured"}
     name, thinnest = min(widths.items(), key=lambda kv: kv[1])
     if thinnest > THIN_STRUCTURE_WIDTH:
-        return {"value": 0, "reason": f"thinnest class {name} is {thinnest:.1f}px wide (> {THIN_STRUCTURE_WIDTH:.0f}): "
-                "half-resolution features resolve it"}
+        return {
+            "value": 0,
+            "reason": f"thinnest class {name} is {thinnest:.1f}px wide (> {THIN_STRUCTURE_WIDTH:.0f}): "
+            "half-resolution features resolve it",
+        }
     if not gpu and not compiled:
-        return {"value": 0, "reason": f"{name} is {thinnest:.1f}px wide, but an eager full-resolution level halves "
-                "the CPU step rate (it lost at 10 min, experiments §6)"}
+        return {
+            "value": 0,
+            "reason": f"{name} is {thinnest:.1f}px wide, but an eager full-resolution level halves "
+            "the CPU step rate (it lost at 10 min, experiments §6)",
+        }
     if not gpu and (budget_s or 0) < FULL_RES_MIN_BUDGET_S:
-        return {"value": 0, "reason": f"{name} is {thinnest:.1f}px wide, but on CPU budgets under "
-                f"{FULL_RES_MIN_BUDGET_S // 60} min a full-resolution level did not pay (experiments §9)"}
-    return {"value": 8, "reason": f"{name} is {thinnest:.1f}px wide (<= {THIN_STRUCTURE_WIDTH:.0f}): an 8-channel "
-            "stride-1 level places its edges at full resolution" + ("" if gpu else " (+0.004-0.005 at 30 CPU-min)")}
+        return {
+            "value": 0,
+            "reason": f"{name} is {thinnest:.1f}px wide, but on CPU budgets under "
+            f"{FULL_RES_MIN_BUDGET_S // 60} min a full-resolution level did not pay (experiments §9)",
+        }
+    return {
+        "value": 8,
+        "reason": f"{name} is {thinnest:.1f}px wide (<= {THIN_STRUCTURE_WIDTH:.0f}): an 8-channel "
+        "stride-1 level places its edges at full resolution" + ("" if gpu else " (+0.004-0.005 at 30 CPU-min)"),
+    }
 
 
 def _plan_val_every(fp: dict, patch: int, batch: int, step_s, scale: float) -> dict:
@@ -258,9 +320,12 @@ def _plan_val_every(fp: dict, patch: int, batch: int, step_s, scale: float) -> d
     val_s = tiles * step_s / batch / 3
     epoch_s = steps_per_pass(fp["n_images"] * h * w * scale**2, patch, batch) * step_s
     every = max(1, math.ceil(val_s / (MAX_VAL_SHARE * epoch_s)))
-    return {"value": every, "reason": f"one validation pass (~{tiles} tile forwards, ~{val_s:.0f}s) against "
-            f"~{epoch_s:.0f}s of training per epoch: every {every} epoch(s) keeps validation under "
-            f"{MAX_VAL_SHARE:.0%} of the time"}
+    return {
+        "value": every,
+        "reason": f"one validation pass (~{tiles} tile forwards, ~{val_s:.0f}s) against "
+        f"~{epoch_s:.0f}s of training per epoch: every {every} epoch(s) keeps validation under "
+        f"{MAX_VAL_SHARE:.0%} of the time",
+    }
 
 
 def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s, scale: float = 1.0) -> dict:
@@ -269,14 +334,19 @@ def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s,
     For information (the loop stops on the clock or the epoch count, not on this number).
     """
     if budget_s is not None and step_s:
-        return {"value": int(0.85 * budget_s / step_s), "reason": f"85% of the {budget_s:.0f}s budget over "
-                f"{step_s:.2f}s per measured step; validation and checkpoints take the rest"}
+        return {
+            "value": int(0.85 * budget_s / step_s),
+            "reason": f"85% of the {budget_s:.0f}s budget over "
+            f"{step_s:.2f}s per measured step; validation and checkpoints take the rest",
+        }
 
     h, w = fp["median_shape"]
     ipe = steps_per_pass(fp["n_images"] * h * w * scale**2, patch, batch)
     if epochs:
-        return {"value": epochs * ipe, "reason": f"{epochs} epochs x {ipe} steps, one epoch being about one "
-                "pass over the training pixels"}
+        return {
+            "value": epochs * ipe,
+            "reason": f"{epochs} epochs x {ipe} steps, one epoch being about one pass over the training pixels",
+        }
     if budget_s is not None:
         return {"value": None, "reason": "as many as the budget allows (step time not measured)"}
     from biomedseg.runs.config import DEFAULT_EPOCHS
@@ -284,8 +354,9 @@ def _plan_iterations(fp: dict, budget_s, epochs, patch: int, batch: int, step_s,
     return {"value": DEFAULT_EPOCHS * ipe, "reason": f"no budget or epochs: {DEFAULT_EPOCHS} epochs x {ipe} steps"}
 
 
-def _plan_width(model: str, key: str, full: int, patch: int, batch: int, depth: int, budget_s, gpu: bool,
-                step_time) -> tuple[int, str, float | None]:
+def _plan_width(
+    model: str, key: str, full: int, patch: int, batch: int, depth: int, budget_s, gpu: bool, step_time
+) -> tuple[int, str, float | None]:
     """Width (value of option ``key``, published ``full``), its reason and the seconds per step at
     that width (``None`` when not measured); see :func:`make_plan`."""
     name = "U-Net (32..512 channels)" if model == "unet" else f"{model} ({key}={full})"
@@ -295,8 +366,11 @@ def _plan_width(model: str, key: str, full: int, patch: int, batch: int, depth: 
         return full, f"published width of the {name}: best final Dice when it gets enough steps", t
     if step_time is None:
         if budget_s < 20 * 60:
-            return max(MIN_WIDTH, full // 2), ("CPU budget under 20 min: a 4x cheaper network takes ~4x more "
-                                               "steps, which wins there"), None
+            return (
+                max(MIN_WIDTH, full // 2),
+                ("CPU budget under 20 min: a 4x cheaper network takes ~4x more steps, which wins there"),
+                None,
+            )
         return full, f"published width of the {name}", None
     width, (t, spread) = full, measure_robustly(step_time, patch, batch, depth, full)
     steps = int(0.85 * budget_s / t)
@@ -310,8 +384,14 @@ def _plan_width(model: str, key: str, full: int, patch: int, batch: int, depth: 
         else:
             t = t / 4  # channels halved: about 4x fewer FLOPs
         steps = int(0.85 * budget_s / t)
-    return width, (f"{first} (< {MIN_STEPS_FULL_WIDTH}); {key}={width} is ~{(full // width) ** 2}x cheaper "
-                   f"and takes ~{steps} steps, which wins on short budgets"), t
+    return (
+        width,
+        (
+            f"{first} (< {MIN_STEPS_FULL_WIDTH}); {key}={width} is ~{(full // width) ** 2}x cheaper "
+            f"and takes ~{steps} steps, which wins on short budgets"
+        ),
+        t,
+    )
 
 
 def _default_lr(optimizer: str) -> float:
@@ -332,8 +412,14 @@ def plan_for_optimizer(plan: dict, explicit: dict) -> dict:
     if chosen not in DEFAULT_LR:  # an unknown name: the config check names it
         return plan
     lr = DEFAULT_LR[chosen]
-    return {**plan, "lr": {"value": lr, "reason": f"optimizer {chosen} set by the user: its own default rate {lr:g} "
-                           f"(the planned {plan['lr']['value']:g} is {planned}'s)"}}
+    return {
+        **plan,
+        "lr": {
+            "value": lr,
+            "reason": f"optimizer {chosen} set by the user: its own default rate {lr:g} "
+            f"(the planned {plan['lr']['value']:g} is {planned}'s)",
+        },
+    }
 
 
 def apply_plan(values: dict, plan: dict, explicit: dict) -> dict:

@@ -56,23 +56,34 @@ def plan_working_scale(fp: dict, cap: int) -> dict:
     side = max(h, w)
     large = max(_foreground(fp, "object_diameter_p90").values(), default=0.0)
     context = min(float(side), CONTEXT_DIAMETERS * large)
-    what = (f"the whole {h}x{w} image" if context >= side else
-            f"{CONTEXT_DIAMETERS} typical objects ({large:.0f}px, 90th percentile)")
+    what = (
+        f"the whole {h}x{w} image"
+        if context >= side
+        else f"{CONTEXT_DIAMETERS} typical objects ({large:.0f}px, 90th percentile)"
+    )
     if context <= cap:
         return {"value": 1.0, "reason": f"{what} fits a {cap}px patch at native resolution"}
     if not _foreground(fp, "structure_width") or not _foreground(fp, "object_diameter_p10"):
         return {"value": 1.0, "reason": "structure widths and small-object sizes not measured: native resolution"}
     floor, floor_why = scale_floor(fp)
     if floor >= MAX_USEFUL_SCALE:
-        return {"value": 1.0, "reason": f"{what} needs {context:.0f}px of context, more than a {cap}px patch, "
-                f"but shrinking below {floor:.2f} loses detail ({floor_why})"}
+        return {
+            "value": 1.0,
+            "reason": f"{what} needs {context:.0f}px of context, more than a {cap}px patch, "
+            f"but shrinking below {floor:.2f} loses detail ({floor_why})",
+        }
     scale = max(cap / context, floor)
     if scale >= MAX_USEFUL_SCALE:
-        return {"value": 1.0, "reason": f"{what} needs {context:.0f}px of context, a little more than a {cap}px "
-                f"patch: shrinking to {scale:.2f} is not worth the resampling"}
+        return {
+            "value": 1.0,
+            "reason": f"{what} needs {context:.0f}px of context, a little more than a {cap}px "
+            f"patch: shrinking to {scale:.2f} is not worth the resampling",
+        }
     scale = cap / round(cap / scale)  # a cap-pixel patch spans a whole number of native pixels
-    reason = (f"{what} ({context:.0f}px) fits a {cap}px patch at scale {scale:.3g}: the network sees more "
-              f"context and the budget more epochs (fewer pixels)")
+    reason = (
+        f"{what} ({context:.0f}px) fits a {cap}px patch at scale {scale:.3g}: the network sees more "
+        f"context and the budget more epochs (fewer pixels)"
+    )
     if floor_why:
         reason += f"; the floor is {floor:.2f} ({floor_why})"
     return {"value": round(scale, 6), "reason": reason}

@@ -8,11 +8,17 @@ entries the chosen architecture takes, and applies every entry the user did not 
 from __future__ import annotations
 
 from biomedseg.models.registry import width_option
+from biomedseg.planning.augment import augment_fingerprint
+from biomedseg.planning.planner import (
+    apply_plan,
+    compile_possible,
+    fingerprint_from_samples,
+    make_plan,
+    plan_for_optimizer,
+    step_timer,
+)
 from biomedseg.runs import read_plan
 from biomedseg.runs.config import TrainConfig, build_config
-from biomedseg.planning.augment import augment_fingerprint
-from biomedseg.planning.planner import (apply_plan, compile_possible, fingerprint_from_samples, make_plan,
-                                             plan_for_optimizer, step_timer)
 
 USER_REASON = "set by the user"
 
@@ -35,15 +41,19 @@ def plan_applies(key: str, model_name: str, model_kwargs: dict) -> bool:
 def width_is_planned(cfg: TrainConfig, explicit: dict) -> bool:
     """Whether the network width is the plan's to choose (not set by the user, no pretrained weights)."""
     option = width_option(cfg.model)
-    return (option is not None and option[0] not in (explicit.get("model_kwargs") or {})
-            and not cfg.model_kwargs.get("pretrained"))
+    return (
+        option is not None
+        and option[0] not in (explicit.get("model_kwargs") or {})
+        and not cfg.model_kwargs.get("pretrained")
+    )
 
 
 def fingerprint_of(data) -> dict:
     """The planner's fingerprint of the training samples of a :class:`~biomedseg.training.data_setup.TrainingData`."""
     s = data.setup
-    fp = fingerprint_from_samples(data.train, data.n_classes, s.classes, s.background, s.channels,
-                                  pixel_size=training_pixel_size(data.train))
+    fp = fingerprint_from_samples(
+        data.train, data.n_classes, s.classes, s.background, s.channels, pixel_size=training_pixel_size(data.train)
+    )
     fp["n_val_images"] = len(s.split.get("val", []))
     fp["augment"] = augment_fingerprint(data.train, s.channels)  # native images: before any working scale
     return fp
@@ -57,8 +67,15 @@ def training_pixel_size(samples) -> list[float] | None:
     return summarize_pixel_sizes([s.pixel_size for s in samples])["median"]
 
 
-def plan_now(cfg: TrainConfig, explicit: dict, fingerprint: dict, device, n_classes: int, channels: int,
-             measure: bool | None = None) -> dict:
+def plan_now(
+    cfg: TrainConfig,
+    explicit: dict,
+    fingerprint: dict,
+    device,
+    n_classes: int,
+    channels: int,
+    measure: bool | None = None,
+) -> dict:
     """Plan entries for ``cfg.model`` on ``device`` within ``cfg.time_budget`` / ``cfg.epochs``.
 
     A training step is measured on ``device`` when ``measure`` is true, or (``None``) when the
@@ -66,8 +83,16 @@ def plan_now(cfg: TrainConfig, explicit: dict, fingerprint: dict, device, n_clas
     """
     measure = width_is_planned(cfg, explicit) if measure is None else measure
     timer = step_timer(channels, n_classes, str(device), model=cfg.model) if measure else None
-    plan = make_plan(fingerprint, cfg.time_budget, device.type, cfg.epochs, step_time=timer, model=cfg.model,
-                     width_option=width_option(cfg.model), can_compile=compile_possible(explicit))
+    plan = make_plan(
+        fingerprint,
+        cfg.time_budget,
+        device.type,
+        cfg.epochs,
+        step_time=timer,
+        model=cfg.model,
+        width_option=width_option(cfg.model),
+        can_compile=compile_possible(explicit),
+    )
     return plan_for_optimizer(plan, explicit)
 
 

@@ -29,8 +29,18 @@ class StepBench:
     The first step warms up allocators and kernels and is not timed.
     """
 
-    def __init__(self, channels: int, n_classes: int, patch: int, batch: int, depth: int | None = None,
-                 base: int | None = None, device: str = "cpu", model: str = "unet", probe_batch: int | None = None):
+    def __init__(
+        self,
+        channels: int,
+        n_classes: int,
+        patch: int,
+        batch: int,
+        depth: int | None = None,
+        base: int | None = None,
+        device: str = "cpu",
+        model: str = "unet",
+        probe_batch: int | None = None,
+    ):
         import torch
 
         from biomedseg.models import create_model
@@ -71,9 +81,18 @@ class StepBench:
         return float(np.median([self._step() for _ in range(repeats)])) * self.scale
 
 
-def measure_step_time(channels: int, n_classes: int, patch: int, batch: int, depth: int | None = None,
-                      base: int | None = None, device: str = "cpu", repeats: int = 1, model: str = "unet",
-                      probe_batch: int | None = None) -> float:
+def measure_step_time(
+    channels: int,
+    n_classes: int,
+    patch: int,
+    batch: int,
+    depth: int | None = None,
+    base: int | None = None,
+    device: str = "cpu",
+    repeats: int = 1,
+    model: str = "unet",
+    probe_batch: int | None = None,
+) -> float:
     """Seconds of one training step of ``model`` measured here: a warm-up step, then the median of
     ``repeats`` timed ones (:class:`StepBench`)."""
     return StepBench(channels, n_classes, patch, batch, depth, base, device, model, probe_batch).seconds(repeats)
@@ -110,8 +129,9 @@ def step_timer(channels: int, n_classes: int, device: str, model: str = "unet"):
             if model == "unet":
                 benches[key] = StepBench(channels, n_classes, patch, batch, depth, width, device)
             else:
-                benches[key] = StepBench(channels, n_classes, patch, batch, None, width, device, model=model,
-                                         probe_batch=2)
+                benches[key] = StepBench(
+                    channels, n_classes, patch, batch, None, width, device, model=model, probe_batch=2
+                )
         return benches[key].seconds(STEPS_PER_MEASUREMENT)
 
     return measure

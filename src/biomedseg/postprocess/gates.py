@@ -116,14 +116,22 @@ def tune_gating(cache, masks, fg, bg, adopted: dict) -> tuple[GatingConfig, dict
             adopted["classifier_gating"] = _adopt(base, _apply(masks, cache, trial, fg, bg), cache, fg)
             if adopted["classifier_gating"]:
                 gating = trial
-        report.update({"classifier_head": True, "classifier_gate_threshold": thr,
-                       "image_dice_without_classifier_gate": round(cls_without, 6),
-                       "image_dice_with_classifier_gate": round(cls_with, 6)})
+        report.update(
+            {
+                "classifier_head": True,
+                "classifier_gate_threshold": thr,
+                "image_dice_without_classifier_gate": round(cls_without, 6),
+                "image_dice_with_classifier_gate": round(cls_with, 6),
+            }
+        )
     final = _apply(masks, cache, gating, fg, bg)
-    report.update({
-        "image_dice_without_gating": round(imd_without, 6),
-        "image_dice_with_gating": round(float(np.mean([_image_dice(m, it.target, fg)
-                                                       for m, it in zip(final, cache)])), 6),
-        "dice_with_gating": round(_pooled_dice(final, cache, fg)[0], 6),
-    })
+    report.update(
+        {
+            "image_dice_without_gating": round(imd_without, 6),
+            "image_dice_with_gating": round(
+                float(np.mean([_image_dice(m, it.target, fg) for m, it in zip(final, cache)])), 6
+            ),
+            "dice_with_gating": round(_pooled_dice(final, cache, fg)[0], 6),
+        }
+    )
     return gating, report

@@ -34,10 +34,16 @@ import numpy as np
 from biomedseg.core.errors import UserError
 from biomedseg.runs.layout import POSTPROCESS as FILENAME  # messages name the file
 from biomedseg.runs.postprocess import (  # noqa: F401  (the chain's records, re-exported)
-    ClassSteps, GatingConfig, PostprocessConfig, WatershedConfig, load_postprocess, save_postprocess)
-
+    ClassSteps,
+    GatingConfig,
+    PostprocessConfig,
+    WatershedConfig,
+    load_postprocess,
+    save_postprocess,
+)
 
 # ---------------------------------------------------------------- class resolution
+
 
 def class_index(key: str, n_classes: int, class_names: list[str] | None = None) -> int:
     """Index of a config key (a class name, or an index as text); unknown keys raise UserError."""
@@ -50,8 +56,9 @@ def class_index(key: str, n_classes: int, class_names: list[str] | None = None) 
     raise UserError(f"{FILENAME}: class {key!r} is not one of {', '.join(names)}")
 
 
-def resolve_classes(cfg: PostprocessConfig, n_classes: int,
-                    class_names: list[str] | None = None) -> dict[int, ClassSteps]:
+def resolve_classes(
+    cfg: PostprocessConfig, n_classes: int, class_names: list[str] | None = None
+) -> dict[int, ClassSteps]:
     """Config keys (class names or indices) -> ``{class index: steps}``; unknown keys raise UserError."""
     return {class_index(key, n_classes, class_names): steps for key, steps in cfg.classes.items()}
 
@@ -62,6 +69,7 @@ def foreground(n_classes: int, background: int | None) -> list[int]:
 
 
 # ---------------------------------------------------------------- steps (pure functions)
+
 
 def class_scales(thresholds: dict[int, float], n_classes: int) -> np.ndarray:
     """``(K,)`` multipliers ``(1 - t) / t`` for classes with a threshold, 1 elsewhere."""
@@ -174,8 +182,9 @@ def keep_largest(mask: np.ndarray) -> np.ndarray:
     return lab == int(areas.argmax())
 
 
-def watershed_split(mask: np.ndarray, marker_threshold: float = 0.5, min_marker_area: int = 1,
-                    compactness: float = 0.0) -> np.ndarray:
+def watershed_split(
+    mask: np.ndarray, marker_threshold: float = 0.5, min_marker_area: int = 1, compactness: float = 0.0
+) -> np.ndarray:
     """Instance labels ``(H, W) int32`` of ``mask`` with touching objects split (step 6)."""
     from scipy import ndimage as ndi
     from skimage.segmentation import watershed
@@ -224,6 +233,7 @@ def combine_instances(instances: dict[int, np.ndarray], shape: tuple[int, int]) 
 
 # ---------------------------------------------------------------- the chain
 
+
 def class_mask_steps(binary: np.ndarray, steps: ClassSteps, scale: float = 1.0) -> np.ndarray:
     """Steps 2-5 on one class's boolean mask. ``scale`` (< 1 on downsampled images) scales radii
     linearly and areas quadratically."""
@@ -231,8 +241,12 @@ def class_mask_steps(binary: np.ndarray, steps: ClassSteps, scale: float = 1.0) 
     m = binary_open(m, int(round(steps.opening_radius * scale)))
     m = binary_close(m, int(round(steps.closing_radius * scale)))
     if steps.fill_holes_area:
-        m = fill_holes(m, steps.fill_holes_area if steps.fill_holes_area < 0
-                       else max(1, int(round(steps.fill_holes_area * scale * scale))))
+        m = fill_holes(
+            m,
+            steps.fill_holes_area
+            if steps.fill_holes_area < 0
+            else max(1, int(round(steps.fill_holes_area * scale * scale))),
+        )
     if steps.min_object_area:
         m = remove_small_objects(m, max(1, int(round(steps.min_object_area * scale * scale))))
     if steps.keep_largest:
@@ -240,8 +254,13 @@ def class_mask_steps(binary: np.ndarray, steps: ClassSteps, scale: float = 1.0) 
     return m
 
 
-def is_gated(gating: GatingConfig, area: float, max_probability: float, image_probability: float | None = None,
-             scale: float = 1.0) -> bool:
+def is_gated(
+    gating: GatingConfig,
+    area: float,
+    max_probability: float,
+    image_probability: float | None = None,
+    scale: float = 1.0,
+) -> bool:
     """Whether an image is judged negative (step 7): ``area`` foreground pixels after steps 1-6,
     largest foreground probability ``max_probability``, the head's ``image_probability`` (``None``:
     no head, criterion skipped); ``scale`` as in :func:`class_mask_steps`."""
@@ -249,14 +268,22 @@ def is_gated(gating: GatingConfig, area: float, max_probability: float, image_pr
         return True
     if gating.min_max_probability and max_probability < gating.min_max_probability:
         return True
-    return bool(gating.uses_classifier and image_probability is not None
-                and image_probability < gating.min_classifier_probability)
+    return bool(
+        gating.uses_classifier
+        and image_probability is not None
+        and image_probability < gating.min_classifier_probability
+    )
 
 
-def apply_postprocess(proba: np.ndarray, cfg: PostprocessConfig | None, class_names: list[str] | None = None,
-                      background: int | None = 0, instances: bool | None = None, scale: float = 1.0,
-                      image_probability: float | None = None,
-                      ) -> tuple[np.ndarray, dict[int, np.ndarray] | None]:
+def apply_postprocess(
+    proba: np.ndarray,
+    cfg: PostprocessConfig | None,
+    class_names: list[str] | None = None,
+    background: int | None = 0,
+    instances: bool | None = None,
+    scale: float = 1.0,
+    image_probability: float | None = None,
+) -> tuple[np.ndarray, dict[int, np.ndarray] | None]:
     """``(K, H, W)`` float probabilities -> ``(mask (H, W) uint8, instances)``.
 
     ``instances``: ``{class index: (H, W) int32 labels}`` for every foreground class when

@@ -21,9 +21,11 @@ BOOTSTRAP_SAMPLES = 500
 MIN_WIN_SHARE = 0.9  # confidence of the one-sided BCa interval (over the val images) that the stage helps
 MIN_MEAN_GAIN = 0.002
 #: recorded in ``postprocess.yaml`` ``tuning.adoption_rule``
-ADOPTION_RULE = (f"a stage is kept when the one-sided {MIN_WIN_SHARE:.0%} BCa bootstrap interval of its validation "
-                 f"Dice gain ({BOOTSTRAP_SAMPLES} resamples of the images) lies above 0 and the gain is >= "
-                 f"{MIN_MEAN_GAIN}")
+ADOPTION_RULE = (
+    f"a stage is kept when the one-sided {MIN_WIN_SHARE:.0%} BCa bootstrap interval of its validation "
+    f"Dice gain ({BOOTSTRAP_SAMPLES} resamples of the images) lies above 0 and the gain is >= "
+    f"{MIN_MEAN_GAIN}"
+)
 
 
 @dataclass

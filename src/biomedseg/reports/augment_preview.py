@@ -35,18 +35,19 @@ def _crop(array: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
         array = np.pad(array, pad, mode="symmetric")
         h, w = array.shape[:2]
     y0, x0 = int(rng.integers(0, h - size + 1)), int(rng.integers(0, w - size + 1))
-    return array[y0:y0 + size, x0:x0 + size]
+    return array[y0 : y0 + size, x0 : x0 + size]
 
 
-def augment_preview(data_dir, out_png, preset: str = "default", n: int = 8, seed: int = 0,
-                    patch_size: int = 256) -> Path:
+def augment_preview(
+    data_dir, out_png, preset: str = "default", n: int = 8, seed: int = 0, patch_size: int = 256
+) -> Path:
     """Write a grid of ``n`` augmented image/mask pairs of DATA folder ``data_dir`` to ``out_png``.
 
     Returns the path written. Unknown presets raise :class:`UserError`.
     """
+    from biomedseg.core.render import class_colors, class_overlay
     from biomedseg.data.discovery import find_pairs, resolve_data
     from biomedseg.io import conform_channels, discover_palette, read_image, read_mask, write_png
-    from biomedseg.core.render import class_colors, class_overlay
     from biomedseg.transforms.basic import build_augmenter
     from biomedseg.transforms.normalize import Normalizer
 
@@ -89,14 +90,14 @@ def augment_preview(data_dir, out_png, preset: str = "default", n: int = 8, seed
         row = []
         for p in panels:  # a padding transform may change the augmented size
             canvas = np.full((h, p.shape[1], 3), 255, np.uint8)
-            canvas[:p.shape[0]] = p
+            canvas[: p.shape[0]] = p
             row.extend([canvas, np.full((h, gap, 3), 255, np.uint8)])
         rows.append(np.concatenate(row[:-1], axis=1))
     width = max(r.shape[1] for r in rows)
     grid = []
     for r in rows:
         canvas = np.full((r.shape[0], width, 3), 255, np.uint8)
-        canvas[:, :r.shape[1]] = r
+        canvas[:, : r.shape[1]] = r
         grid.extend([canvas, np.full((gap, width, 3), 255, np.uint8)])
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)

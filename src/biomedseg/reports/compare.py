@@ -30,15 +30,24 @@ CURVES_NAME = "training_curves.png"
 PER_IMAGE_NAME = "per_image_dice.png"
 
 # rows of the metrics table: (key of evaluate's metrics.json, label)
-_METRICS = [("image_dice", "Dice (mean over images)"), ("dice", "Dice (pooled pixels)"), ("iou", "IoU"),
-            ("precision", "precision"), ("recall", "recall"), ("pixel_accuracy", "pixel accuracy")]
+_METRICS = [
+    ("image_dice", "Dice (mean over images)"),
+    ("dice", "Dice (pooled pixels)"),
+    ("iou", "IoU"),
+    ("precision", "precision"),
+    ("recall", "recall"),
+    ("pixel_accuracy", "pixel accuracy"),
+]
 _CLASS_METRICS = [("dice", "Dice"), ("iou", "IoU")]
-_TRAINING = [("seconds", "training time (s)"), ("steps", "steps"), ("epochs", "epochs"),
-             ("best_val_dice", "best validation Dice")]
+_TRAINING = [
+    ("seconds", "training time (s)"),
+    ("steps", "steps"),
+    ("epochs", "epochs"),
+    ("best_val_dice", "best validation Dice"),
+]
 _SECONDS_DIGITS = 1
 # panels of the overlaid curves: (column of metrics.csv, title)
 _CURVE_PANELS = [("train_loss", "training loss"), ("val_dice", "validation Dice")]
-
 
 
 @dataclass
@@ -97,22 +106,51 @@ def _blocks(report: CompareReport, pictures: dict[str, Path]) -> list[tuple]:
     names = [r.name for r in report.runs]
     blocks: list[tuple] = [
         ("h1", report.title),
-        ("p", (f"{len(names)} runs evaluated on the {report.split!r} split of {report.data} "
-               f"({len(report.image_ids)} images).")),
+        (
+            "p",
+            (
+                f"{len(names)} runs evaluated on the {report.split!r} split of {report.data} "
+                f"({len(report.image_ids)} images)."
+            ),
+        ),
         ("table", ["run", "run folder", "evaluation"], [[r.name, r.path, r.eval_dir] for r in report.runs]),
         ("h2", "Significance"),
         ("list", [c.sentence for c in report.comparisons]),
-        ("table", ["A", "B", "images", "mean A - B" if any(c.result.get("direction") == "lower"
-                                                           for c in report.comparisons) else "mean B - A",
-                   "low", "high", "p"],
-         [[c.a, c.b, c.result["n"], c.result["mean_difference"], c.result["low"], c.result["high"],
-           _p_text(c.result)] for c in report.comparisons]),
+        (
+            "table",
+            [
+                "A",
+                "B",
+                "images",
+                "mean A - B" if any(c.result.get("direction") == "lower" for c in report.comparisons) else "mean B - A",
+                "low",
+                "high",
+                "p",
+            ],
+            [
+                [
+                    c.a,
+                    c.b,
+                    c.result["n"],
+                    c.result["mean_difference"],
+                    c.result["low"],
+                    c.result["high"],
+                    _p_text(c.result),
+                ]
+                for c in report.comparisons
+            ],
+        ),
         ("note", report.method),
         ("h2", "Settings that differ"),
     ]
     if report.settings:
-        blocks.append(("table", ["setting", *names],
-                       [[key, *(_setting_text(v) for v in values)] for key, values in report.settings]))
+        blocks.append(
+            (
+                "table",
+                ["setting", *names],
+                [[key, *(_setting_text(v) for v in values)] for key, values in report.settings],
+            )
+        )
     else:
         blocks.append(("p", "The runs' resolved configs are identical."))
     blocks += [("h2", "Metrics"), ("table", ["metric", *names], _metric_rows(report.runs))]
@@ -202,9 +240,12 @@ def _html(blocks: list[tuple], title: str) -> str:
         elif kind == "img":
             data = base64.b64encode(Path(rest[0]).read_bytes()).decode("ascii")
             parts.append(f'<p><img src="data:image/png;base64,{data}" alt="{html.escape(rest[1])}"></p>')
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(parts) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(parts)
+        + "\n</body>\n</html>\n"
+    )
 
 
 # -------------------------------------------------------------------------------------- pictures
@@ -225,8 +266,13 @@ def plot_overlaid_curves(runs: list[RunColumn], out_png) -> Path | None:
             xs = steps if steps and not all(math.isnan(s) for s in steps) else curves.get("epoch", [])
             pts = [(x, y) for x, y in zip(xs, curves.get(column, [])) if not (math.isnan(x) or math.isnan(y))]
             if pts:
-                ax.plot(*zip(*pts), marker="o" if len(pts) <= 30 else None, markersize=3, color=f"C{i % 10}",
-                        label=plain_text(run.name))
+                ax.plot(
+                    *zip(*pts),
+                    marker="o" if len(pts) <= 30 else None,
+                    markersize=3,
+                    color=f"C{i % 10}",
+                    label=plain_text(run.name),
+                )
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(True, alpha=0.3)

@@ -2,7 +2,8 @@
 
 The page has no external CSS/JS; pictures are linked by paths relative to the report folder,
 so the folder can be zipped and moved. A picture from outside the folder (the run's training
-curves) is copied in first: the report never points outside its own folder. Every piece of text is escaped with ``html.escape``.
+curves) is copied in first: the report never points outside its own folder. Every piece of text is escaped
+with ``html.escape``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from urllib.parse import quote
 
-from biomedseg.io.writers import atomic_path
 from biomedseg.core.render import ERROR_COLORS, ERROR_LABELS
+from biomedseg.io.writers import atomic_path
 from biomedseg.reports.curves import plot_class_bars
 from biomedseg.reports.style import CSS as _CSS
 
@@ -52,7 +53,6 @@ _CLASS_COLUMNS = [
     ("fn", "FN pixels"),
     ("support", "True pixels"),
 ]
-
 
 
 def _esc(value: Any) -> str:
@@ -129,16 +129,18 @@ def _field_section(field: Mapping[str, Any]) -> list[str]:
     items = "".join(f"<li><b>{_esc(g)}</b>: {_esc(text)}</li>" for g, text in (field.get("conventions") or {}).items())
     tol = field.get("nsd_tolerance_um")
     tol_text = f"{tol:g} µm where the pixel size is known, else " if tol is not None else ""
-    return ["<h2>Field metrics</h2>",
-            f"<p>Computed: {_esc(', '.join(field.get('groups', [])))}. Why: {_esc(field.get('reason', ''))} "
-            f"(from {_esc(field.get('source', ''))}). Distances in pixels (<code>_um</code>: micrometres); "
-            f"normalised surface Dice tolerance {_esc(tol_text)}{field.get('nsd_tolerance_px', 2):g} px. "
-            "Means over images; per-object areas and perimeters in <code>per_object.csv</code>.</p>",
-            f"<p>Empty cases:</p><ul>{items}</ul>" if items else ""]
+    return [
+        "<h2>Field metrics</h2>",
+        f"<p>Computed: {_esc(', '.join(field.get('groups', [])))}. Why: {_esc(field.get('reason', ''))} "
+        f"(from {_esc(field.get('source', ''))}). Distances in pixels (<code>_um</code>: micrometres); "
+        f"normalised surface Dice tolerance {_esc(tol_text)}{field.get('nsd_tolerance_px', 2):g} px. "
+        "Means over images; per-object areas and perimeters in <code>per_object.csv</code>.</p>",
+        f"<p>Empty cases:</p><ul>{items}</ul>" if items else "",
+    ]
 
 
 def _class_table(per_class: Mapping[str, Mapping[str, Any]]) -> str:
-    head = "<tr><th>Class</th>" + "".join(f"<th>{_esc(l)}</th>" for _, l in _CLASS_COLUMNS) + "</tr>"
+    head = "<tr><th>Class</th>" + "".join(f"<th>{_esc(label)}</th>" for _, label in _CLASS_COLUMNS) + "</tr>"
     rows = [
         f"<tr><td>{_esc(name)}</td>" + "".join(_cell(scores.get(k)) for k, _ in _CLASS_COLUMNS) + "</tr>"
         for name, scores in per_class.items()
@@ -156,7 +158,7 @@ def _image_table(per_image_rows: Sequence[Mapping[str, Any]]) -> str:
     body = []
     for i, row in enumerate(sorted(per_image_rows, key=_sort_key), 1):
         cells = "".join(_cell(row.get(c)) if c != "id" else f"<td>{_esc(row.get(c, ''))}</td>" for c in columns)
-        body.append(f"<tr><td class=\"num\">{i}</td>{cells}</tr>")
+        body.append(f'<tr><td class="num">{i}</td>{cells}</tr>')
     return "<table>\n" + head + "\n" + "\n".join(body) + "\n</table>"
 
 
@@ -210,8 +212,8 @@ def write_evaluation_report(
     sections = [
         f"<h1>{_esc(title)}</h1>",
         f'<p class="note">Written {_esc(datetime.now().strftime("%Y-%m-%d %H:%M"))}. '
-        "Means are over the foreground classes (all classes but the background, if one is set); pooled scores count every pixel of every "
-        "image, &ldquo;mean over images&rdquo; weighs each image equally.</p>",
+        "Means are over the foreground classes (all classes but the background, if one is set); "
+        "pooled scores count every pixel of every image, &ldquo;mean over images&rdquo; weighs each image equally.</p>",
         "<h2>Summary</h2>",
         _summary_table(metrics),
     ]
@@ -237,7 +239,7 @@ def write_evaluation_report(
         _image_table(per_image_rows) if per_image_rows else '<p class="note">No images.</p>',
     ]
     page = (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
         + "\n".join(sections)
         + "\n</body>\n</html>\n"

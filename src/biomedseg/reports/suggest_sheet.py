@@ -47,20 +47,26 @@ def _fmt(value) -> str:
 
 def suggest_html(rows: list[dict], pictures: list[dict], title: str, score_columns: list[str]) -> str:
     """The page: one table row per suggestion with its pictures, scores and why it was picked."""
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in
-                   ["#", "image", "prediction", "uncertainty", "file", *score_columns, "why"])
+    head = "".join(
+        f"<th>{html.escape(c)}</th>" for c in ["#", "image", "prediction", "uncertainty", "file", *score_columns, "why"]
+    )
     body = []
     for row, pics in zip(rows, pictures):
-        imgs = "".join(f'<td><img alt="{k}" src="{png_data_uri(pics[k])}"></td>'
-                       for k in ("thumbnail", "overlay", "uncertainty"))
+        imgs = "".join(
+            f'<td><img alt="{k}" src="{png_data_uri(pics[k])}"></td>' for k in ("thumbnail", "overlay", "uncertainty")
+        )
         scores = "".join(f'<td class="num">{_fmt(row.get(c))}</td>' for c in score_columns)
-        body.append(f"<tr><td>{row['rank']}</td>{imgs}<td>{html.escape(str(row['file']))}</td>{scores}"
-                    f"<td class=\"why\">{html.escape(row['why'])}</td></tr>")
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
-            f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
-            "<p>Images to label next, best first: uncertain predictions that differ from the images picked "
-            "before them. Prediction: classes over the image; uncertainty: per-pixel entropy (dark = sure).</p>"
-            f"<table><tr>{head}</tr>{''.join(body)}</table></body></html>\n")
+        body.append(
+            f"<tr><td>{row['rank']}</td>{imgs}<td>{html.escape(str(row['file']))}</td>{scores}"
+            f'<td class="why">{html.escape(row["why"])}</td></tr>'
+        )
+    return (
+        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"
+        "<p>Images to label next, best first: uncertain predictions that differ from the images picked "
+        "before them. Prediction: classes over the image; uncertainty: per-pixel entropy (dark = sure).</p>"
+        f"<table><tr>{head}</tr>{''.join(body)}</table></body></html>\n"
+    )
 
 
 def write_suggest_sheet(path, rows: list[dict], pictures: list[dict], title: str, score_columns: list[str]) -> Path:

@@ -15,8 +15,9 @@ from biomedseg.io.writers import write_text
 from biomedseg.reports.compare import _markdown
 
 
-def write_sweep_table(rows: Sequence[dict], columns: Sequence[str], md_path, csv_path, title: str,
-                      notes: Sequence[str] = ()) -> tuple[Path, Path]:
+def write_sweep_table(
+    rows: Sequence[dict], columns: Sequence[str], md_path, csv_path, title: str, notes: Sequence[str] = ()
+) -> tuple[Path, Path]:
     """Write ``rows`` (missing cells empty in the CSV, ``n/a`` in the Markdown) to both files."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")

@@ -10,5 +10,17 @@ from biomedseg.runs.folder import RunFolder, create_run, open_run, write_run
 from biomedseg.runs.layout import RUN_FORMAT_VERSION, RunPaths
 from biomedseg.runs.records import DatasetInfo, PlanEntry, RunInfo, read_plan
 
-__all__ = ["RUN_FORMAT_VERSION", "DatasetInfo", "PlanEntry", "RunFolder", "RunInfo", "RunPaths", "create_run",
-           "load_checkpoint", "open_run", "read_plan", "save_checkpoint", "write_run"]
+__all__ = [
+    "RUN_FORMAT_VERSION",
+    "DatasetInfo",
+    "PlanEntry",
+    "RunFolder",
+    "RunInfo",
+    "RunPaths",
+    "create_run",
+    "load_checkpoint",
+    "open_run",
+    "read_plan",
+    "save_checkpoint",
+    "write_run",
+]

@@ -14,9 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from biomedseg.core.errors import UserError
 from biomedseg.data.splits import DEFAULT_VAL_FRACTION
 from biomedseg.engine.defaults import DEFAULT_OVERLAP
-from biomedseg.core.errors import UserError
 
 #: epochs trained when neither ``epochs`` nor ``time_budget`` is given
 DEFAULT_EPOCHS = 50

@@ -48,8 +48,10 @@ def ensemble_members(folder: RunFolder, _seen: tuple = ()) -> list[tuple[RunFold
         k = cv.n_folds()
         missing = [i for i in range(k) if cv.fold_state(i) not in (TRAINED, DONE)]
         if missing:
-            raise UserError(f"{folder.root}: folds {', '.join(map(str, missing))} of {k} are not trained yet; "
-                            "run `biomedseg cv` again to finish them")
+            raise UserError(
+                f"{folder.root}: folds {', '.join(map(str, missing))} of {k} are not trained yet; "
+                "run `biomedseg cv` again to finish them"
+            )
         parts = [(cv.fold(i), 1.0) for i in range(k)]
     else:
         parts = [(open_run(folder.root / m["path"]), float(m.get("weight", 1.0))) for m in member_entries(folder)]
@@ -73,11 +75,16 @@ def check_members(runs: list[RunFolder]) -> None:
     first = runs[0].dataset()
     for run in runs[1:]:
         info = run.dataset()
-        for what, a, b in (("classes", info.classes, first.classes), ("background", info.background, first.background),
-                           ("input channels", info.channels, first.channels)):
+        for what, a, b in (
+            ("classes", info.classes, first.classes),
+            ("background", info.background, first.background),
+            ("input channels", info.channels, first.channels),
+        ):
             if a != b:
-                raise UserError(f"{run.root}: {what} {a} differ from {runs[0].root}'s {b}; ensemble members must "
-                                "agree on classes and input channels")
+                raise UserError(
+                    f"{run.root}: {what} {a} differ from {runs[0].root}'s {b}; ensemble members must "
+                    "agree on classes and input channels"
+                )
 
 
 def parse_weights(text: str | None, n: int) -> list[float]:
@@ -111,8 +118,14 @@ def ensemble_dataset_info(leaves: list[RunFolder]) -> DatasetInfo:
     infos = [leaf.dataset() for leaf in leaves]
     first = infos[0]
     split = {side: ids for side, ids in first.split.items() if all(i.split.get(side) == ids for i in infos[1:])}
-    return first.model_copy(update={"normalization": {"mean": [0.0] * first.channels, "std": [1.0] * first.channels},
-                                    "split": split, "class_pixel_counts": None, "class_weights": None})
+    return first.model_copy(
+        update={
+            "normalization": {"mean": [0.0] * first.channels, "std": [1.0] * first.channels},
+            "split": split,
+            "class_pixel_counts": None,
+            "class_weights": None,
+        }
+    )
 
 
 def write_ensemble_records(folder: RunFolder, leaves: list[RunFolder]) -> None:
@@ -167,8 +180,10 @@ def write_ensemble(out, members: list, weights: list[float] | None = None, copy:
     total = sum(weights)
     leaves = [(leaf, w * lw / total) for f, w in zip(folders, weights) for leaf, lw in ensemble_members(f)]
     if len(leaves) < 2:
-        raise UserError(f"{folders[0].root}: one run is no ensemble; give at least 2 runs, or one CV or ensemble "
-                        "folder (a CV folder already is the ensemble of its folds)")
+        raise UserError(
+            f"{folders[0].root}: one run is no ensemble; give at least 2 runs, or one CV or ensemble "
+            "folder (a CV folder already is the ensemble of its folds)"
+        )
     check_members([leaf for leaf, _ in leaves])
     ens = RunFolder(out)
     if ens.root.exists() and any(ens.root.iterdir()):

@@ -103,14 +103,18 @@ def open_run(path, kind: RunKind | None = None) -> RunFolder:
         raise UserError(f"{run.root}: no such run folder")
     info = run.info()
     if info.format_version > RUN_FORMAT_VERSION:
-        raise UserError(f"{run.root}: run folder of format {info.format_version}, newer than this biomedseg "
-                        f"reads ({RUN_FORMAT_VERSION}); upgrade biomedseg")
+        raise UserError(
+            f"{run.root}: run folder of format {info.format_version}, newer than this biomedseg "
+            f"reads ({RUN_FORMAT_VERSION}); upgrade biomedseg"
+        )
     if kind is not None and info.kind != kind:
         raise UserError(f"{run.root}: a {info.kind} folder, not a {kind}")
     for path_ in (run.paths.config, run.paths.dataset):
         if not path_.is_file() and info.kind == "cv":
-            raise UserError(f"{run.root}: a cross-validation folder whose folds are not all finished (no {path_.name}); "
-                            "run `biomedseg cv` again to finish them")
+            raise UserError(
+                f"{run.root}: a cross-validation folder whose folds are not all finished (no {path_.name}); "
+                "run `biomedseg cv` again to finish them"
+            )
         if not path_.is_file():
             raise UserError(f"{run.root}: not a biomedseg run folder (no {path_.name})")
     return run

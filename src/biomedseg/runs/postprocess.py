@@ -42,8 +42,14 @@ class ClassSteps(BaseModel):
     @property
     def shapes(self) -> bool:
         """True when any step beyond the threshold is active."""
-        return bool(self.opening_radius or self.closing_radius or self.fill_holes_area or self.min_object_area
-                    or self.keep_largest or (self.watershed is not None and self.watershed.enabled))
+        return bool(
+            self.opening_radius
+            or self.closing_radius
+            or self.fill_holes_area
+            or self.min_object_area
+            or self.keep_largest
+            or (self.watershed is not None and self.watershed.enabled)
+        )
 
 
 class GatingConfig(BaseModel):
@@ -86,8 +92,11 @@ class PostprocessConfig(BaseModel):
     @property
     def needs_whole_image(self) -> bool:
         """True when a step looks at objects/whole images (not possible on streamed images)."""
-        return (self.gating.min_total_area > 0 or self.gating.uses_classifier
-                or any(s.shapes for s in self.classes.values()))
+        return (
+            self.gating.min_total_area > 0
+            or self.gating.uses_classifier
+            or any(s.shapes for s in self.classes.values())
+        )
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -119,6 +128,7 @@ def load_postprocess(run_dir) -> PostprocessConfig | None:
 def save_postprocess(cfg: PostprocessConfig, run_dir) -> Path:
     """Write ``cfg`` to ``RUN/postprocess.yaml`` (atomically); returns the path."""
     path = RunPaths(run_dir).postprocess
-    write_text(path, "# biomedseg post-processing (applied by predict/evaluate; --no-postprocess to skip)\n"
-               + cfg.to_yaml())
+    write_text(
+        path, "# biomedseg post-processing (applied by predict/evaluate; --no-postprocess to skip)\n" + cfg.to_yaml()
+    )
     return path

@@ -39,8 +39,12 @@ class RunInfo(BaseModel):
     def new(cls, kind: RunKind = "run", parent: dict | None = None) -> "RunInfo":
         from biomedseg import __version__
 
-        return cls(kind=kind, created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                   biomedseg_version=__version__, parent=parent)
+        return cls(
+            kind=kind,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            biomedseg_version=__version__,
+            parent=parent,
+        )
 
 
 class DatasetInfo(BaseModel):
@@ -93,8 +97,7 @@ def read_plan(path) -> dict[str, dict]:
     """
     p = Path(path)
     data = read_yaml_mapping(p, "plan file", "not a plan (expected option: {value, reason} entries)")
-    return {k: validated(PlanEntry, v, p).model_dump() for k, v in data.items()
-            if isinstance(v, dict) and "value" in v}
+    return {k: validated(PlanEntry, v, p).model_dump() for k, v in data.items() if isinstance(v, dict) and "value" in v}
 
 
 def read_yaml_mapping(path, kind: str, not_mapping: str) -> dict:

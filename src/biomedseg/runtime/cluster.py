@@ -61,8 +61,9 @@ def local_cluster(n_workers: int = DEFAULT_LOCAL_WORKERS, threads_per_worker: in
                 get_mp_context().set_forkserver_preload(PRELOAD)  # after dask sets its own list
             except Exception:  # pragma: no cover - internal API moved: workers import on their own
                 pass
-        return distributed.LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                                        **kwargs)
+        return distributed.LocalCluster(
+            n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True, **kwargs
+        )
 
 
 def parse_local(scheduler: str) -> int | None:
@@ -98,8 +99,9 @@ def connect(scheduler, threads_per_worker: int = 1):
         elif "://" in text or ":" in text:
             client = stack.enter_context(_client(distributed, text))
         else:
-            raise UserError(f"--scheduler {text}: not a scheduler address (tcp://host:port), a scheduler file, "
-                            "or local[:N]")
+            raise UserError(
+                f"--scheduler {text}: not a scheduler address (tcp://host:port), a scheduler file, or local[:N]"
+            )
         yield client
 
 

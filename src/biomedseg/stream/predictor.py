@@ -44,6 +44,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from biomedseg.core.errors import UserError
 from biomedseg.engine.band_accumulator import BandAccumulator, TileGrid, argmax0
 from biomedseg.engine.defaults import DEFAULT_OVERLAP
 from biomedseg.engine.sliding_window import (
@@ -55,8 +56,8 @@ from biomedseg.engine.sliding_window import (
     tta_forward,
     tta_transforms,
 )
-from biomedseg.core.errors import UserError
 from biomedseg.stream.queues import END, Failure, get_unless_stopped, put_unless_stopped
+from biomedseg.stream.sources import ArraySource, TileSource, open_source
 from biomedseg.stream.writers import (  # noqa: F401  (BIGTIFF_BYTES re-exported)
     BIGTIFF_BYTES,
     StripWriter,
@@ -65,7 +66,6 @@ from biomedseg.stream.writers import (  # noqa: F401  (BIGTIFF_BYTES re-exported
     partial_path,
     remove_output,
 )
-from biomedseg.stream.sources import ArraySource, TileSource, open_source
 
 # names this module defined before it was split (``predict`` imports the private ones)
 _Writer, _ZarrArrayWriter, _finish, _remove = StripWriter, ZarrArrayWriter, finish_output, remove_output
@@ -86,7 +86,6 @@ class StreamResult:
     @property
     def mpix_per_s(self) -> float:
         return self.shape[0] * self.shape[1] / 1e6 / max(self.seconds, 1e-9)
-
 
 
 class StreamingPredictor:
@@ -113,17 +112,35 @@ class StreamingPredictor:
             ``batch_size`` so that one shape is compiled, eager if compiling fails).
     """
 
-    def __init__(self, model, patch_size: int, overlap: float = DEFAULT_OVERLAP, batch_size: int = 4,
-                 device: str | torch.device = "cpu", precision: str = "fp32", tta: bool | str = False,
-                 normalizer=None, channels: int | None = None, channels_last: bool = True, prefetch: int = 2,
-                 skip_blank_std: float | None = None, blank_class: int = 0,
-                 decide: Callable[[np.ndarray], np.ndarray] | None = None, out_tile: int = DEFAULT_OUT_TILE,
-                 compression: str | None = "zlib", progress: bool = False, optimize: bool = True,
-                 compile: bool | str = False):
+    def __init__(
+        self,
+        model,
+        patch_size: int,
+        overlap: float = DEFAULT_OVERLAP,
+        batch_size: int = 4,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+        tta: bool | str = False,
+        normalizer=None,
+        channels: int | None = None,
+        channels_last: bool = True,
+        prefetch: int = 2,
+        skip_blank_std: float | None = None,
+        blank_class: int = 0,
+        decide: Callable[[np.ndarray], np.ndarray] | None = None,
+        out_tile: int = DEFAULT_OUT_TILE,
+        compression: str | None = "zlib",
+        progress: bool = False,
+        optimize: bool = True,
+        compile: bool | str = False,
+    ):
         if not 0 <= overlap < 1:
             raise ValueError(f"overlap must be >= 0 and < 1, got {overlap}")
-        self.model = (optimize_for_inference(model, device, channels_last, compile, max(1, int(batch_size)))
-                      if optimize or compile else model)
+        self.model = (
+            optimize_for_inference(model, device, channels_last, compile, max(1, int(batch_size)))
+            if optimize or compile
+            else model
+        )
         self.to_proba = probabilities_of(model)
         self.patch_size = int(patch_size)
         self.overlap = float(overlap)
@@ -145,17 +162,34 @@ class StreamingPredictor:
         self._weights = importance_map(self.patch_size, self.device)
 
     @classmethod
-    def from_run(cls, run, tta: bool | str = False, overlap: float | None = None, batch_size: int | None = None,
-                 model=None, **kwargs) -> "StreamingPredictor":
+    def from_run(
+        cls,
+        run,
+        tta: bool | str = False,
+        overlap: float | None = None,
+        batch_size: int | None = None,
+        model=None,
+        **kwargs,
+    ) -> "StreamingPredictor":
         """Predictor with the settings of a :class:`~biomedseg.inference.run.LoadedRun`; ``model``:
         an inference copy to use as it is (another predictor's ``.model``), else one of the run's."""
         s = run.settings
         kwargs.setdefault("blank_class", run.background or 0)
         if model is not None:
             kwargs["optimize"] = False
-        return cls(run.model if model is None else model, run.tile_size, overlap=s.overlap if overlap is None else overlap,
-                   batch_size=batch_size or s.batch_size, device=run.device, precision=run.precision, tta=tta,
-                   normalizer=run.normalizer, channels=run.info.channels, channels_last=run.channels_last, **kwargs)
+        return cls(
+            run.model if model is None else model,
+            run.tile_size,
+            overlap=s.overlap if overlap is None else overlap,
+            batch_size=batch_size or s.batch_size,
+            device=run.device,
+            precision=run.precision,
+            tta=tta,
+            normalizer=run.normalizer,
+            channels=run.info.channels,
+            channels_last=run.channels_last,
+            **kwargs,
+        )
 
     # ------------------------------------------------------------------ source handling
     def _open(self, source, level: int) -> TileSource:
@@ -199,8 +233,9 @@ class StreamingPredictor:
         result = StreamResult((grid.height, grid.width))
         stop = threading.Event()
         bands: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        thread = threading.Thread(target=self._read_bands, args=(src, grid, bands, stop), daemon=True,
-                                  name="biomedseg-reader")
+        thread = threading.Thread(
+            target=self._read_bands, args=(src, grid, bands, stop), daemon=True, name="biomedseg-reader"
+        )
         thread.start()
         try:
             self._consume(bands, stop, grid, on_rows, on_start, result)
@@ -234,7 +269,7 @@ class StreamingPredictor:
         blank = None
         if self.skip_blank_std is not None:
             t = torch.from_numpy(x)
-            blank = [bool(t[:, :, xx:xx + R].std() < self.skip_blank_std) for xx in grid.xs]
+            blank = [bool(t[:, :, xx : xx + R].std() < self.skip_blank_std) for xx in grid.xs]
         return y, torch.from_numpy(x), blank
 
     def _tiles(self, bands, stop, xs):
@@ -248,7 +283,7 @@ class StreamingPredictor:
                 raise item.exc
             y, band, blank = item
             for j, x in enumerate(xs):
-                yield y, x, (None if blank is not None and blank[j] else band[:, :, x:x + R])
+                yield y, x, (None if blank is not None and blank[j] else band[:, :, x : x + R])
 
     @torch.inference_mode()
     def _consume(self, bands, stop, grid: TileGrid, on_rows, on_start, result: StreamResult) -> None:
@@ -256,9 +291,16 @@ class StreamingPredictor:
         from tqdm.auto import tqdm
 
         self.model.eval()
-        accumulator = BandAccumulator(grid, self._weights, self.device, on_rows, on_start,
-                                      fill_empty=self.skip_blank_std is not None, blank_class=self.blank_class,
-                                      to_proba=self.to_proba)
+        accumulator = BandAccumulator(
+            grid,
+            self._weights,
+            self.device,
+            on_rows,
+            on_start,
+            fill_empty=self.skip_blank_std is not None,
+            blank_class=self.blank_class,
+            to_proba=self.to_proba,
+        )
         bar = tqdm(total=grid.n_tiles, desc="tiles", unit="tile", disable=not self.progress, leave=False)
         batch, where = [], []
         for y, x, tile in self._tiles(bands, stop, grid.xs):
@@ -308,7 +350,7 @@ class StreamingPredictor:
             out["p"] = np.zeros((k, *shape), np.float32)
 
         def rows(y0, p):
-            out["p"][:, y0:y0 + p.shape[1]] = p.numpy()
+            out["p"][:, y0 : y0 + p.shape[1]] = p.numpy()
 
         self.run(source, rows, level=level, on_start=start)
         return out["p"]
@@ -318,11 +360,19 @@ class StreamingPredictor:
             return np.asarray(self.decide(proba.numpy()), dtype=np.uint8)
         return argmax0(proba).numpy()
 
-    def predict_to_files(self, source, mask_path: str | os.PathLike, proba_path: str | os.PathLike | None = None,
-                         fmt: str = "tiff", level: int = 0, out_tile: int | None = None, pixel_size=None,
-                         pyramid_above: int | None = None,
-                         mask_encoder: Callable[[np.ndarray], np.ndarray] | None = None,
-                         mask_sink=None) -> StreamResult:
+    def predict_to_files(
+        self,
+        source,
+        mask_path: str | os.PathLike,
+        proba_path: str | os.PathLike | None = None,
+        fmt: str = "tiff",
+        level: int = 0,
+        out_tile: int | None = None,
+        pixel_size=None,
+        pyramid_above: int | None = None,
+        mask_encoder: Callable[[np.ndarray], np.ndarray] | None = None,
+        mask_sink=None,
+    ) -> StreamResult:
         """Predict ``source`` and write the class-index mask (and float16 probabilities) progressively.
 
         ``fmt``: ``"tiff"`` (tiled TIFF, BigTIFF when large; probabilities ``(K, H, W)`` as K pages)
@@ -347,8 +397,20 @@ class StreamingPredictor:
         tile = self._output_tile(out_tile)
 
         def start(shape, k):
-            state["writer"] = StripWriter(shape, k, tile, mask_part, fmt, proba_part, fmt, self.compression, stop,
-                                          self.prefetch, pixel_size=pixel_size, pyramid_above=pyramid_above)
+            state["writer"] = StripWriter(
+                shape,
+                k,
+                tile,
+                mask_part,
+                fmt,
+                proba_part,
+                fmt,
+                self.compression,
+                stop,
+                self.prefetch,
+                pixel_size=pixel_size,
+                pyramid_above=pyramid_above,
+            )
             state["writer"].start()
 
         def rows(y0, p):

@@ -24,14 +24,15 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.stream.queues import END, get_unless_stopped
 from biomedseg.io.ome import array_tiles, level_rows, ngff_multiscales, pyramid_shapes, write_ome_levels
 from biomedseg.io.writers import BIGTIFF_BYTES
+from biomedseg.stream.queues import END, get_unless_stopped
 
 __all__ = ["BIGTIFF_BYTES", "StripWriter", "ZarrArrayWriter", "finish_output", "partial_path", "remove_output"]
 
 
 # ====================================================================== partial files
+
 
 def partial_path(path: Path) -> Path:
     """``out/x.tif`` -> ``out/x.partial.tif``: where an output is written until it is complete."""
@@ -56,6 +57,7 @@ def finish_output(partial: Path, final: Path) -> None:
 
 # ====================================================================== OME-Zarr
 
+
 class ZarrArrayWriter:
     """A multiscale OME-Zarr (NGFF 0.4, zarr format 2) image written strip by strip.
 
@@ -66,8 +68,17 @@ class ZarrArrayWriter:
     :attr:`array` is level 0, :attr:`arrays` every stored level by index.
     """
 
-    def __init__(self, path: Path, shape: tuple[int, ...], dtype, tile: int, axes: str, pixel_size=None,
-                 pyramid_above: int | None = None, keep_level0: bool = True):
+    def __init__(
+        self,
+        path: Path,
+        shape: tuple[int, ...],
+        dtype,
+        tile: int,
+        axes: str,
+        pixel_size=None,
+        pyramid_above: int | None = None,
+        keep_level0: bool = True,
+    ):
         import zarr
 
         remove_output(path)
@@ -79,22 +90,25 @@ class ZarrArrayWriter:
         except (TypeError, AttributeError):  # zarr 2
             self.group = zarr.open_group(str(path), mode="w")
             create = self.group.create_dataset
-        self.arrays = {i: create(str(i), shape=tuple(shape[:-2]) + hw, chunks=chunks, dtype=dtype, fill_value=0)
-                       for i, hw in enumerate(self.shapes) if i or keep_level0}
+        self.arrays = {
+            i: create(str(i), shape=tuple(shape[:-2]) + hw, chunks=chunks, dtype=dtype, fill_value=0)
+            for i, hw in enumerate(self.shapes)
+            if i or keep_level0
+        }
         self.array = self.arrays.get(0)
-        self.group.attrs["multiscales"] = ngff_multiscales(path.name.split(".")[0], axes, len(self.shapes),
-                                                           pixel_size)
+        self.group.attrs["multiscales"] = ngff_multiscales(path.name.split(".")[0], axes, len(self.shapes), pixel_size)
 
     def write(self, y0: int, block: np.ndarray) -> None:
         """Store ``block`` (``(..., n, W)``) at rows ``[y0, y0 + n)`` of level 0 (and its rows of
         the sub-resolutions)."""
         for i, arr in self.arrays.items():
-            ly, rows = level_rows(y0, block, 2 ** i)
+            ly, rows = level_rows(y0, block, 2**i)
             if rows.shape[-2]:
-                arr[..., ly:ly + rows.shape[-2], :] = rows
+                arr[..., ly : ly + rows.shape[-2], :] = rows
 
 
 # ====================================================================== writer thread
+
 
 class StripWriter(threading.Thread):
     """Assembles finalised rows into strips ``tile`` rows high and writes them: the mask as a tiled
@@ -106,8 +120,21 @@ class StripWriter(threading.Thread):
     stored in :attr:`error` (and ``stop`` set) for the feeding thread to raise.
     """
 
-    def __init__(self, shape, n_classes, tile, mask_path, mask_fmt, proba_path, proba_fmt, compression, stop,
-                 prefetch=2, pixel_size=None, pyramid_above: int | None = None):
+    def __init__(
+        self,
+        shape,
+        n_classes,
+        tile,
+        mask_path,
+        mask_fmt,
+        proba_path,
+        proba_fmt,
+        compression,
+        stop,
+        prefetch=2,
+        pixel_size=None,
+        pyramid_above: int | None = None,
+    ):
         super().__init__(daemon=True, name="biomedseg-writer")
         self.h, self.w = shape
         self.k = n_classes
@@ -143,9 +170,9 @@ class StripWriter(threading.Thread):
             n, off = mask.shape[0], 0
             while off < n:
                 take = min(t - filled, n - off)
-                mbuf[filled:filled + take] = mask[off:off + take]
+                mbuf[filled : filled + take] = mask[off : off + take]
                 if pbuf is not None:
-                    pbuf[:, filled:filled + take] = proba[:, off:off + take]
+                    pbuf[:, filled : filled + take] = proba[:, off : off + take]
                 filled += take
                 off += take
                 if filled == t or strip_y + filled == self.h:
@@ -171,7 +198,7 @@ class StripWriter(threading.Thread):
         t = self.tile
         for _, mask in strips:
             for x in range(0, self.w, t):
-                yield mask[:, x:x + t].copy()
+                yield mask[:, x : x + t].copy()
 
     # --- thread body
     def run(self):
@@ -180,8 +207,9 @@ class StripWriter(threading.Thread):
                 self._open_proba_store()
             strips = self._push_sinks(self._strips())
             if self.mask_fmt == "zarr":
-                self.mask_store = ZarrArrayWriter(self.mask_path, (self.h, self.w), np.uint8, self.tile, "yx",
-                                                  self.pixel_size, self.pyramid_above)
+                self.mask_store = ZarrArrayWriter(
+                    self.mask_path, (self.h, self.w), np.uint8, self.tile, "yx", self.pixel_size, self.pyramid_above
+                )
                 for _ in strips:
                     pass
             else:
@@ -198,8 +226,9 @@ class StripWriter(threading.Thread):
             target = self.proba_path
         else:
             target = self._tmp_proba = self.proba_path.with_name(self.proba_path.name + ".tmp.zarr")
-        self.proba_store = ZarrArrayWriter(target, (self.k, self.h, self.w), np.float16, self.tile, "cyx",
-                                           self.pixel_size, self.pyramid_above)
+        self.proba_store = ZarrArrayWriter(
+            target, (self.k, self.h, self.w), np.float16, self.tile, "cyx", self.pixel_size, self.pyramid_above
+        )
 
     def _write_mask_tiff(self, strips):
         """Tiled ``(H, W) uint8`` OME-TIFF (BigTIFF when large) from the strips; its sub-resolutions
@@ -207,8 +236,15 @@ class StripWriter(threading.Thread):
         remove_output(self.mask_path)
         if len(pyramid_shapes((self.h, self.w), self.pyramid_above)) > 1:
             self._tmp_levels = self.mask_path.with_name(self.mask_path.name + ".levels.tmp.zarr")
-            self.levels_store = ZarrArrayWriter(self._tmp_levels, (self.h, self.w), np.uint8, self.tile, "yx",
-                                                pyramid_above=self.pyramid_above, keep_level0=False)
+            self.levels_store = ZarrArrayWriter(
+                self._tmp_levels,
+                (self.h, self.w),
+                np.uint8,
+                self.tile,
+                "yx",
+                pyramid_above=self.pyramid_above,
+                keep_level0=False,
+            )
         self._write_tiff(self.mask_path, self._mask_tiles(strips), self.levels_store, (self.h, self.w), np.uint8)
         if self._tmp_levels is not None:
             shutil.rmtree(self._tmp_levels, ignore_errors=True)
@@ -218,20 +254,30 @@ class StripWriter(threading.Thread):
         t = self.tile
         levels = [(shape, level0)]
         if store is not None:
-            levels += [(tuple(shape[:-2]) + hw, array_tiles(store.arrays[i], t))
-                       for i, hw in enumerate(store.shapes) if i]
+            levels += [
+                (tuple(shape[:-2]) + hw, array_tiles(store.arrays[i], t)) for i, hw in enumerate(store.shapes) if i
+            ]
         big = int(np.prod(shape)) * np.dtype(dtype).itemsize > BIGTIFF_BYTES
         # maxworkers=1 (write_ome_levels): tiles are pulled one at a time; with a pool, tifffile
         # reads up to hundreds of MB of tiles ahead of encoding them
-        write_ome_levels(path, levels, dtype=dtype, axes="YX" if len(shape) == 2 else "CYX", tile=t,
-                         pixel_size=self.pixel_size, compression=self.compression, bigtiff=big)
+        write_ome_levels(
+            path,
+            levels,
+            dtype=dtype,
+            axes="YX" if len(shape) == 2 else "CYX",
+            tile=t,
+            pixel_size=self.pixel_size,
+            compression=self.compression,
+            bigtiff=big,
+        )
 
     def _proba_to_tiff(self):
         """Temporary ``(K, H, W)`` zarr -> tiled float16 TIFF with K pages (and sub-resolutions)."""
         store = self.proba_store
         remove_output(self.proba_path)
-        self._write_tiff(self.proba_path, array_tiles(store.array, self.tile), store, (self.k, self.h, self.w),
-                         np.float16)
+        self._write_tiff(
+            self.proba_path, array_tiles(store.array, self.tile), store, (self.k, self.h, self.w), np.float16
+        )
         shutil.rmtree(self._tmp_proba, ignore_errors=True)
 
     def cleanup(self):

@@ -18,30 +18,45 @@ import yaml
 
 from biomedseg.core.errors import UserError
 from biomedseg.io.writers import write_text
-from biomedseg.runs import RunFolder, create_run
-from biomedseg.training import stages
-from biomedseg.runs.config import DEFAULT_EPOCHS, TrainConfig, build_config, load_config_file, merge
-from biomedseg.training.data_setup import at_working_scale, load_training_data
 from biomedseg.planning.stage import fingerprint_of, plan_config, plan_now, training_pixel_size
+from biomedseg.runs import RunFolder, create_run
+from biomedseg.runs.config import DEFAULT_EPOCHS, TrainConfig, build_config, load_config_file, merge
+from biomedseg.training import stages
+from biomedseg.training.data_setup import at_working_scale, load_training_data
 from biomedseg.training.warm_start import init_settings, resolve_init
 
 
 def resolve_config(config_file=None, overrides: dict | None = None, resume_run: RunFolder | None = None) -> TrainConfig:
     """Defaults < config file < overrides (command line). On resume the run's own config is the base."""
     base = resume_run.config_values() if resume_run is not None and resume_run.paths.config.is_file() else {}
-    return build_config(merge(base, load_config_file(config_file), overrides or {}),
-                        source=str(config_file or "options"))
+    return build_config(
+        merge(base, load_config_file(config_file), overrides or {}), source=str(config_file or "options")
+    )
 
 
-def resolve_settings(config_file=None, overrides: dict | None = None,
-                     resume_run: RunFolder | None = None) -> tuple[TrainConfig, dict]:
+def resolve_settings(
+    config_file=None, overrides: dict | None = None, resume_run: RunFolder | None = None
+) -> tuple[TrainConfig, dict]:
     """The settings stage: ``(resolved config, what the user set)``; the plan keeps off the latter."""
     cfg = resolve_config(config_file, overrides, resume_run)
     return cfg, merge(load_config_file(config_file), overrides or {})
 
 
-def train(data=None, out=None, *, images=None, masks=None, config=None, resume: bool = False,
-          quiet: bool = False, plan=None, split: dict | None = None, on_epoch=None, init=None, **overrides) -> Path:
+def train(
+    data=None,
+    out=None,
+    *,
+    images=None,
+    masks=None,
+    config=None,
+    resume: bool = False,
+    quiet: bool = False,
+    plan=None,
+    split: dict | None = None,
+    on_epoch=None,
+    init=None,
+    **overrides,
+) -> Path:
     """Train a model on ``data`` (a DATA folder) and write the run folder ``out``.
 
     ``overrides`` are config fields (see :class:`~biomedseg.runs.config.TrainConfig`), e.g.
@@ -73,9 +88,14 @@ def train(data=None, out=None, *, images=None, masks=None, config=None, resume: 
     data_ = at_working_scale(data_, cfg.working_scale, cfg.seed, rt.quiet, cfg.pixel_size)
     parts = stages.build(cfg, data_, rt, init=source)
     if rt.dist.is_main:
-        stages.write_artifacts(run, cfg, stages.dataset_info(data_, parts),
-                               stages.runtime_entries(cfg, rt, data_, parts, planned, explicit), resume,
-                               parent=source.lineage() if source is not None else None)
+        stages.write_artifacts(
+            run,
+            cfg,
+            stages.dataset_info(data_, parts),
+            stages.runtime_entries(cfg, rt, data_, parts, planned, explicit),
+            resume,
+            parent=source.lineage() if source is not None else None,
+        )
     trainer = stages.make_trainer(run, cfg, data_, parts, rt, on_epoch)
     started = time.perf_counter()
     state = stages.fit(run, trainer, rt, resume)
@@ -93,9 +113,20 @@ def apply_init(cfg: TrainConfig, explicit: dict, source, data) -> tuple[TrainCon
     return build_config(merge(cfg.model_dump(), values), source="--init"), merge(explicit, values), entries
 
 
-def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None, epochs=None,
-              device: str | None = None, config=None, quiet: bool = False, split: dict | None = None,
-              **overrides) -> dict:
+def plan_data(
+    data=None,
+    out=None,
+    *,
+    images=None,
+    masks=None,
+    time_budget=None,
+    epochs=None,
+    device: str | None = None,
+    config=None,
+    quiet: bool = False,
+    split: dict | None = None,
+    **overrides,
+) -> dict:
     """``biomedseg plan``: fingerprint the training split of ``data`` and write ``plan.yaml``.
 
     ``time_budget``, ``epochs`` and ``device`` may also come from the ``config`` file or
@@ -105,14 +136,20 @@ def plan_data(data=None, out=None, *, images=None, masks=None, time_budget=None,
     """
     from biomedseg.runtime.device import resolve_device
 
-    given = {k: v for k, v in {"time_budget": time_budget, "epochs": epochs, "device": device}.items()
-             if v is not None}  # unset: an explicit None would win the merge (and is no valid device)
+    given = {
+        k: v for k, v in {"time_budget": time_budget, "epochs": epochs, "device": device}.items() if v is not None
+    }  # unset: an explicit None would win the merge (and is no valid device)
     cfg, explicit = resolve_settings(config, merge(overrides, given))
     dev = resolve_device(cfg.device)
     data_ = load_training_data(cfg, data, images, masks, with_val=False, quiet=quiet, split=split)
     fp = fingerprint_of(data_)
-    plan = {"model": {"value": cfg.model, "reason": "architecture the sizes below are planned for "
-                      "(set with --set model=NAME; see `biomedseg models`)"}}
+    plan = {
+        "model": {
+            "value": cfg.model,
+            "reason": "architecture the sizes below are planned for "
+            "(set with --set model=NAME; see `biomedseg models`)",
+        }
+    }
     plan.update(plan_now(cfg, explicit, fp, dev, data_.n_classes, data_.setup.channels, measure=True))
     result = {"fingerprint": fp, "time_budget_s": cfg.time_budget, "device": dev.type, **plan}
     if out is not None:

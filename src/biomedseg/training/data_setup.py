@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
-from biomedseg.data.splits import make_split
 from biomedseg.core.errors import UserError
 from biomedseg.data.class_palette import resolve_ignore
+from biomedseg.data.discovery import check_pairs, find_pairs, resolve_data
+from biomedseg.data.splits import make_split
 from biomedseg.io import Palette, discover_palette, is_grey_rgb, read_image
 
 log = logging.getLogger("biomedseg")
@@ -38,8 +38,10 @@ def _palette(values, ignore, classes=None) -> Palette:
         return Palette(values, ignore=ignore)
     except ValueError:
         named = f" (class {classes[ignore[0]]!r})" if classes and len(ignore) == 1 and ignore[0] < len(classes) else ""
-        raise UserError(f"config: ignore_value {list(ignore) if len(ignore) > 1 else ignore[0]} is also a class "
-                        f"value{named}; unlabelled pixels need a value of their own (e.g. 255)") from None
+        raise UserError(
+            f"config: ignore_value {list(ignore) if len(ignore) > 1 else ignore[0]} is also a class "
+            f"value{named}; unlabelled pixels need a value of their own (e.g. 255)"
+        ) from None
 
 
 def _classes_and_palette(cfg, meta: dict | None, mask_paths, ignore=None) -> tuple[list[str], Palette, bool]:
@@ -65,8 +67,10 @@ def _classes_and_palette_of(cfg, meta: dict | None, mask_paths, ignore) -> tuple
             # index masks with configured classes: values >= K are errors, not damage
             return list(classes), Palette.identity(len(classes)), True
         if len(classes) != k:
-            raise UserError(f"the masks use {k} values {[v if len(v) > 1 else v[0] for v in palette.values]} "
-                            f"but {len(classes)} classes are configured ({', '.join(classes)})")
+            raise UserError(
+                f"the masks use {k} values {[v if len(v) > 1 else v[0] for v in palette.values]} "
+                f"but {len(classes)} classes are configured ({', '.join(classes)})"
+            )
         return list(classes), palette, False
     if k <= 2:
         names = ["background", "foreground"][:k] if k == 2 else ["background"]
@@ -118,12 +122,15 @@ def given_split(split: dict, ids: list[str], given: dict, root) -> dict[str, lis
     for side, members in out.items():
         missing = [i for i in members if i not in known]
         if missing:
-            raise UserError(f"{root}: the given {side} split names {len(missing)} ids with no image/mask pair "
-                            f"({', '.join(missing[:5])})")
+            raise UserError(
+                f"{root}: the given {side} split names {len(missing)} ids with no image/mask pair "
+                f"({', '.join(missing[:5])})"
+            )
         leaked = [i for i in members if i in test]
         if leaked:
-            raise UserError(f"{root}: the given {side} split holds {len(leaked)} ids of the test split "
-                            f"({', '.join(leaked[:5])})")
+            raise UserError(
+                f"{root}: the given {side} split holds {len(leaked)} ids of the test split ({', '.join(leaked[:5])})"
+            )
     out["test"] = sorted(i for i in test if i in known)
     return out
 
@@ -137,8 +144,11 @@ def prepare_data(cfg, data=None, images=None, masks=None, split: dict | None = N
     samples = find_pairs(source.images_dir, source.masks_dir, allow_unlabelled=cfg.allow_unlabelled)
     unlabelled = [s.id for s in samples if s.mask is None]  # not labelled: like an exclusion below
     if unlabelled:  # --allow-unlabelled: images without a mask file are not labelled, so not trained on
-        log.info("%d images have no mask file and are left out (--allow-unlabelled): %s", len(unlabelled),
-                 ", ".join(unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else ""))
+        log.info(
+            "%d images have no mask file and are left out (--allow-unlabelled): %s",
+            len(unlabelled),
+            ", ".join(unlabelled[:5]) + (" ..." if len(unlabelled) > 5 else ""),
+        )
         samples = [s for s in samples if s.mask is not None]
     check_pairs(samples)
     from biomedseg.data.group_split import read_exclude
@@ -158,8 +168,10 @@ def prepare_data(cfg, data=None, images=None, masks=None, split: dict | None = N
         train_pool = [i for i in given["train"] if i in set(ids)]
         missing = sorted(set(given["train"]) - set(ids) - excluded)
         if missing:
-            raise UserError(f"{source.root}/dataset.json: split names {len(missing)} ids with no image/mask pair "
-                            f"({', '.join(missing[:5])})")
+            raise UserError(
+                f"{source.root}/dataset.json: split names {len(missing)} ids with no image/mask pair "
+                f"({', '.join(missing[:5])})"
+            )
         if given.get("val"):  # a given validation split (e.g. duplicate-aware, from `biomedseg split`)
             split = {"train": train_pool, "val": [i for i in given["val"] if i in set(ids)]}
         else:
@@ -167,8 +179,17 @@ def prepare_data(cfg, data=None, images=None, masks=None, split: dict | None = N
         split["test"] = sorted(i for i in given.get("test", []) if i in set(ids))
     else:
         split = make_split(ids, cfg.val_fraction, cfg.seed)
-    return DataSetup(source, samples, classes, palette, strict, _background_index(cfg, classes),
-                     _channels(cfg, [s.image for s in samples]), split, ignore_reason)
+    return DataSetup(
+        source,
+        samples,
+        classes,
+        palette,
+        strict,
+        _background_index(cfg, classes),
+        _channels(cfg, [s.image for s in samples]),
+        split,
+        ignore_reason,
+    )
 
 
 def auto_iterations_per_epoch(cfg, train_shapes) -> int:
@@ -203,8 +224,9 @@ class TrainingData:
         return len(self.setup.classes)
 
 
-def load_training_data(cfg, data=None, images=None, masks=None, with_val: bool = True,
-                       quiet: bool = False, split: dict | None = None) -> TrainingData:
+def load_training_data(
+    cfg, data=None, images=None, masks=None, with_val: bool = True, quiet: bool = False, split: dict | None = None
+) -> TrainingData:
     """:func:`prepare_data` (``split``: an explicit train/val split), then decode the training (and
     validation) images into memory once."""
     from tqdm.auto import tqdm
@@ -217,14 +239,15 @@ def load_training_data(cfg, data=None, images=None, masks=None, with_val: bool =
     rng = np.random.default_rng(cfg.seed)
     wanted = setup.split["train"] + (setup.split.get("val", []) if with_val else [])
     cache, snapped = {}, 0
-    for sid in tqdm(wanted, desc="loading images", disable=True if (quiet or len(wanted) < 20) else None,
-                    leave=False):
+    for sid in tqdm(wanted, desc="loading images", disable=True if (quiet or len(wanted) < 20) else None, leave=False):
         cache[sid], n = load_sample(by_id[sid], setup.palette, setup.channels, setup.strict_index, n_classes, rng)
         snapped += n
     _attach_pixel_sizes(cache, by_id, setup.source)
     if snapped:
-        log.warning("%d mask pixels were off the palette (anti-aliasing/JPEG damage) and were snapped "
-                    "to the nearest class", snapped)
+        log.warning(
+            "%d mask pixels were off the palette (anti-aliasing/JPEG damage) and were snapped to the nearest class",
+            snapped,
+        )
     train = [cache[i] for i in setup.split["train"]]
     if not train:
         raise UserError(f"{setup.source.root}: the training split is empty")
@@ -232,8 +255,9 @@ def load_training_data(cfg, data=None, images=None, masks=None, with_val: bool =
     return TrainingData(setup, train, val)
 
 
-def at_working_scale(data: TrainingData, scale: float, seed: int = 0, quiet: bool = False,
-                     pixel_size=None) -> TrainingData:
+def at_working_scale(
+    data: TrainingData, scale: float, seed: int = 0, quiet: bool = False, pixel_size=None
+) -> TrainingData:
     """``data`` with its training images shrunk by ``scale`` (anti-aliased) and their masks resampled
     so thin and small classes survive (:func:`~biomedseg.transforms.resample.resample_mask`);
     images whose pixel size differs from ``pixel_size`` (the reference ``(y, x)`` µm) are first
@@ -254,10 +278,15 @@ def at_working_scale(data: TrainingData, scale: float, seed: int = 0, quiet: boo
     rng = np.random.default_rng(seed)
     k, bg = data.n_classes, data.setup.background
     train = []
-    for s, (fy, fx) in tqdm(list(zip(data.train, factors)), desc=f"resampling to scale {scale:g}", leave=False,
-                            disable=True if (quiet or len(data.train) < 20) else None):
+    for s, (fy, fx) in tqdm(
+        list(zip(data.train, factors)),
+        desc=f"resampling to scale {scale:g}",
+        leave=False,
+        disable=True if (quiet or len(data.train) < 20) else None,
+    ):
         shape = (max(1, round(s.shape[0] * scale * fy)), max(1, round(s.shape[1] * scale * fx)))
         mask = resample_mask(s.mask, shape, k, bg)
-        train.append(CachedSample(s.id, resample_image(s.image, shape), mask, index_class_pixels(mask, k, rng),
-                                  s.pixel_size))
+        train.append(
+            CachedSample(s.id, resample_image(s.image, shape), mask, index_class_pixels(mask, k, rng), s.pixel_size)
+        )
     return TrainingData(data.setup, train, data.val)

@@ -66,8 +66,11 @@ def any_rank(flag: bool, info: DistInfo) -> bool:
     if not info.enabled:
         return flag
     nccl = dist.get_backend() == "nccl"  # NCCL reduces CUDA tensors only
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32,
-                     device=torch.device("cuda", torch.cuda.current_device()) if nccl else None)
+    t = torch.tensor(
+        [1 if flag else 0],
+        dtype=torch.int32,
+        device=torch.device("cuda", torch.cuda.current_device()) if nccl else None,
+    )
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 

@@ -8,8 +8,21 @@ import os
 from pathlib import Path
 
 COLUMNS = [
-    "epoch", "iteration", "train_loss", "val_loss", "val_dice", "val_iou", "val_precision",
-    "val_recall", "val_f1", "val_fp", "val_fn", "lr", "seconds", "images_per_s", "data_wait_share",
+    "epoch",
+    "iteration",
+    "train_loss",
+    "val_loss",
+    "val_dice",
+    "val_iou",
+    "val_precision",
+    "val_recall",
+    "val_f1",
+    "val_fp",
+    "val_fn",
+    "lr",
+    "seconds",
+    "images_per_s",
+    "data_wait_share",
 ]
 
 

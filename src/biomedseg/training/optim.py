@@ -23,7 +23,6 @@ import torch
 from biomedseg.core.errors import UserError
 from biomedseg.runs.config import DEFAULT_LR  # noqa: F401  (re-exported: the optimisers' defaults)
 
-
 OPTIMIZERS: dict[str, Callable] = {
     "adam": lambda params, cfg: torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
     "adamw": lambda params, cfg: torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay),
@@ -54,7 +53,11 @@ def _step(p: float) -> float:
 
 #: progress -> factor; ``plateau`` is ``constant`` here, its decay comes from ``observe``.
 SCHEDULES: dict[str, Callable[[float], float]] = {
-    "poly": _poly, "cosine": _cosine, "constant": _constant, "step": _step, "plateau": _constant,
+    "poly": _poly,
+    "cosine": _cosine,
+    "constant": _constant,
+    "step": _step,
+    "plateau": _constant,
 }
 
 
@@ -72,9 +75,18 @@ class ProgressSchedule:
     than ``min_delta`` (``mode="max"``: higher is better, e.g. Dice; ``"min"`` for a loss).
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, name: str, base_lr: float, warmup_fraction: float = 0.0,
-                 patience: int = 3, factor: float = 0.5, mode: str = "max", min_delta: float = 1e-4,
-                 min_factor: float = 1e-3):
+    def __init__(
+        self,
+        optimizer: torch.optim.Optimizer,
+        name: str,
+        base_lr: float,
+        warmup_fraction: float = 0.0,
+        patience: int = 3,
+        factor: float = 0.5,
+        mode: str = "max",
+        min_delta: float = 1e-4,
+        min_factor: float = 1e-3,
+    ):
         if name not in SCHEDULES:
             raise UserError(f"unknown schedule {name!r}; choose from {', '.join(SCHEDULES)}")
         if mode not in ("max", "min"):
@@ -106,8 +118,9 @@ class ProgressSchedule:
         """Report a validation score; returns the current plateau factor (1 unless ``plateau``)."""
         if self.name != "plateau" or metric is None or metric != metric:  # NaN: ignore
             return self.plateau_factor
-        better = self.best is None or (metric > self.best + self.min_delta if self.mode == "max"
-                                       else metric < self.best - self.min_delta)
+        better = self.best is None or (
+            metric > self.best + self.min_delta if self.mode == "max" else metric < self.best - self.min_delta
+        )
         if better:
             self.best, self.bad = float(metric), 0
         else:

@@ -80,8 +80,9 @@ def start_runtime(cfg: TrainConfig, quiet: bool = False) -> Runtime:
     dist = init_distributed(device.type)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
-    return Runtime(device, resolve_precision(cfg.precision, device), threads, deterministic, dist,
-                   quiet or not dist.is_main)
+    return Runtime(
+        device, resolve_precision(cfg.precision, device), threads, deterministic, dist, quiet or not dist.is_main
+    )
 
 
 def build(cfg: TrainConfig, data, rt: Runtime, init=None) -> Parts:
@@ -91,9 +92,9 @@ def build(cfg: TrainConfig, data, rt: Runtime, init=None) -> Parts:
     import torch
 
     from biomedseg.data.datasets import class_pixel_counts
-    from biomedseg.runtime.device import use_channels_last
     from biomedseg.losses.build import build_loss, class_weights_from_counts
     from biomedseg.models import create_model
+    from biomedseg.runtime.device import use_channels_last
     from biomedseg.training.data_setup import auto_iterations_per_epoch
     from biomedseg.training.optim import ProgressSchedule, build_optimizer
     from biomedseg.transforms.basic import build_augmenter
@@ -108,8 +109,7 @@ def build(cfg: TrainConfig, data, rt: Runtime, init=None) -> Parts:
         from biomedseg.training.warm_start import choose_normalizer, load_init_weights
 
         normalizer, why = choose_normalizer(init, normalizer, data.setup.channels)
-        notes["init_normalization"] = {"value": "source" if "re-estimated" not in why else "new images",
-                                       "reason": why}
+        notes["init_normalization"] = {"value": "source" if "re-estimated" not in why else "new images", "reason": why}
         notes["init_classes"] = load_init_weights(model, init, cfg, data.setup.classes, data.setup.channels)
     model = model.to(rt.device)
     if use_channels_last(cfg.channels_last, rt.device):
@@ -118,18 +118,36 @@ def build(cfg: TrainConfig, data, rt: Runtime, init=None) -> Parts:
     optimizer = build_optimizer(model, cfg)
     schedule = ProgressSchedule(optimizer, cfg.schedule, cfg.lr, cfg.warmup_fraction)
     ipe = auto_iterations_per_epoch(cfg, [s.shape for s in data.train])
-    return Parts(normalizer, counts, weights, model, loss_fn.to(rt.device), optimizer, schedule, ipe,
-                 build_augmenter(cfg.augment), notes)
+    return Parts(
+        normalizer,
+        counts,
+        weights,
+        model,
+        loss_fn.to(rt.device),
+        optimizer,
+        schedule,
+        ipe,
+        build_augmenter(cfg.augment),
+        notes,
+    )
 
 
 def dataset_info(data, parts: Parts) -> DatasetInfo:
     """``RUN/dataset.json``: what prediction needs to know about the training data."""
     s = data.setup
     return DatasetInfo(
-        classes=s.classes, background=s.background, palette=s.palette.to_json(), strict_index=s.strict_index,
-        channels=s.channels, n_classes=data.n_classes, normalization=parts.normalizer.to_json(), split=s.split,
-        source=str(Path(s.source.root).resolve()), class_pixel_counts=parts.counts.tolist(),
-        class_weights=parts.weights.tolist() if parts.weights is not None else None)
+        classes=s.classes,
+        background=s.background,
+        palette=s.palette.to_json(),
+        strict_index=s.strict_index,
+        channels=s.channels,
+        n_classes=data.n_classes,
+        normalization=parts.normalizer.to_json(),
+        split=s.split,
+        source=str(Path(s.source.root).resolve()),
+        class_pixel_counts=parts.counts.tolist(),
+        class_weights=parts.weights.tolist() if parts.weights is not None else None,
+    )
 
 
 def runtime_entries(cfg: TrainConfig, rt: Runtime, data, parts: Parts, planned: dict, explicit: dict) -> dict:
@@ -142,34 +160,59 @@ def runtime_entries(cfg: TrainConfig, rt: Runtime, data, parts: Parts, planned: 
         **planned,
         **parts.notes,
         "device": {"value": str(rt.device), "reason": "CUDA when present" if cuda else "no GPU visible"},
-        "precision": {"value": rt.precision, "reason": "native bf16/fp16 support" if rt.precision != "fp32"
-                      else "no native bf16 on this CPU: emulated bf16 is slower than fp32"},
+        "precision": {
+            "value": rt.precision,
+            "reason": "native bf16/fp16 support"
+            if rt.precision != "fp32"
+            else "no native bf16 on this CPU: emulated bf16 is slower than fp32",
+        },
         "threads": {"value": rt.threads, "reason": "cores available to this process"},
-        "deterministic": {"value": rt.deterministic, "reason": USER_REASON if cfg.deterministic is not None
-                          else ("CUDA: cuDNN benchmarks its kernels (fastest, not bitwise reproducible)"
-                                if cuda else "CPU: the same seed gives the same weights")},
-        "channels": {"value": data.setup.channels, "reason": "colour found in the images"
-                     if data.setup.channels == 3 else "all images grey (or grey stored as RGB)"},
-        "iterations_per_epoch": {"value": parts.iterations_per_epoch,
-                                 "reason": "about one pass over the training pixels, in [25, 250]"},
-        "parameters": {"value": count_parameters(parts.model),
-                       "reason": f"{cfg.model} {cfg.model_kwargs or ''}".strip()},
+        "deterministic": {
+            "value": rt.deterministic,
+            "reason": USER_REASON
+            if cfg.deterministic is not None
+            else (
+                "CUDA: cuDNN benchmarks its kernels (fastest, not bitwise reproducible)"
+                if cuda
+                else "CPU: the same seed gives the same weights"
+            ),
+        },
+        "channels": {
+            "value": data.setup.channels,
+            "reason": "colour found in the images"
+            if data.setup.channels == 3
+            else "all images grey (or grey stored as RGB)",
+        },
+        "iterations_per_epoch": {
+            "value": parts.iterations_per_epoch,
+            "reason": "about one pass over the training pixels, in [25, 250]",
+        },
+        "parameters": {
+            "value": count_parameters(parts.model),
+            "reason": f"{cfg.model} {cfg.model_kwargs or ''}".strip(),
+        },
     }
     if "compile" not in planned:  # planned entries already say "set by the user" where the user did
-        entries["compile"] = {"value": cfg.compile, "reason": USER_REASON if "compile" in explicit
-                              else "off unless planned: about a minute of compiling first (--set compile=true)"}
+        entries["compile"] = {
+            "value": cfg.compile,
+            "reason": USER_REASON
+            if "compile" in explicit
+            else "off unless planned: about a minute of compiling first (--set compile=true)",
+        }
     if data.setup.ignore_reason:
         ignore = data.setup.palette.ignore
-        entries["ignore_value"] = {"value": None if ignore is None else (ignore[0] if len(set(ignore)) == 1
-                                                                         else list(ignore)),
-                                   "reason": data.setup.ignore_reason}
+        entries["ignore_value"] = {
+            "value": None if ignore is None else (ignore[0] if len(set(ignore)) == 1 else list(ignore)),
+            "reason": data.setup.ignore_reason,
+        }
     if rt.dist.enabled:
         entries["world_size"] = {"value": rt.dist.world_size, "reason": "torchrun processes (DDP)"}
     return entries
 
 
-def write_artifacts(run: RunFolder, cfg: TrainConfig, info: DatasetInfo, plan: dict, resume: bool,
-                    parent: dict | None = None) -> None:
+def write_artifacts(
+    run: RunFolder, cfg: TrainConfig, info: DatasetInfo, plan: dict, resume: bool, parent: dict | None = None
+) -> None:
     """``run.json`` (kept on resume; ``parent``: the ``--init`` lineage), ``config.yaml``, ``dataset.json``
     and ``plan.yaml``."""
     run.root.mkdir(parents=True, exist_ok=True)
@@ -190,16 +233,41 @@ def make_trainer(run: RunFolder, cfg: TrainConfig, data, parts: Parts, rt: Runti
     from biomedseg.training.trainer import Trainer
 
     def make_sampler(epoch: int) -> PatchSampler:
-        return PatchSampler(data.train, cfg.patch_size, data.n_classes, parts.normalizer, parts.augmenter,
-                            cfg.fg_oversample, data.setup.background, seed=[cfg.seed, epoch, rt.dist.rank])
+        return PatchSampler(
+            data.train,
+            cfg.patch_size,
+            data.n_classes,
+            parts.normalizer,
+            parts.augmenter,
+            cfg.fg_oversample,
+            data.setup.background,
+            seed=[cfg.seed, epoch, rt.dist.rank],
+        )
 
     train_model = wrap_model(parts.model, rt.dist, rt.device)
     if cfg.compile:  # after DDP, as PyTorch recommends; checkpoints and validation use the plain module
         train_model = torch.compile(train_model, **({} if cfg.compile is True else {"backend": cfg.compile}))
     s = data.setup
-    return Trainer(cfg, train_model, parts.loss_fn, parts.optimizer, parts.schedule, make_sampler, data.val,
-                   parts.normalizer, data.n_classes, s.classes, s.background, run.root, rt.device, rt.precision,
-                   parts.iterations_per_epoch, dist_info=rt.dist, quiet=rt.quiet, on_epoch=on_epoch)
+    return Trainer(
+        cfg,
+        train_model,
+        parts.loss_fn,
+        parts.optimizer,
+        parts.schedule,
+        make_sampler,
+        data.val,
+        parts.normalizer,
+        data.n_classes,
+        s.classes,
+        s.background,
+        run.root,
+        rt.device,
+        rt.precision,
+        parts.iterations_per_epoch,
+        dist_info=rt.dist,
+        quiet=rt.quiet,
+        on_epoch=on_epoch,
+    )
 
 
 def fit(run: RunFolder, trainer, rt: Runtime, resume: bool):
@@ -226,8 +294,14 @@ def finish_distributed(run: RunFolder, trainer, rt: Runtime) -> None:
 
     from biomedseg.training.distributed import gather_objects, parameter_checksum, shutdown
 
-    report = gather_objects({"rank": rt.dist.rank, "checksum": parameter_checksum(trainer.net),
-                             "checkpoints_written": trainer.checkpoints_written}, rt.dist)
+    report = gather_objects(
+        {
+            "rank": rt.dist.rank,
+            "checksum": parameter_checksum(trainer.net),
+            "checkpoints_written": trainer.checkpoints_written,
+        },
+        rt.dist,
+    )
     if rt.dist.is_main:
         run.write_ddp_report({"world_size": rt.dist.world_size, "ranks": report})
     # free the DDP wrapper (its reducer holds the process group) before destroying the group:
@@ -244,5 +318,12 @@ def finish(run: RunFolder, state, rt: Runtime, started: float) -> None:
     if run.paths.metrics.is_file():
         plot_curves(run.paths.metrics, run.paths.curves)
     if not rt.quiet:
-        log.info("trained %d epochs (%d steps) in %.0fs; best val Dice %.4f at epoch %d; run: %s", state.epoch,
-                 state.iteration, time.perf_counter() - started, state.best_score, state.best_epoch, run.root)
+        log.info(
+            "trained %d epochs (%d steps) in %.0fs; best val Dice %.4f at epoch %d; run: %s",
+            state.epoch,
+            state.iteration,
+            time.perf_counter() - started,
+            state.best_score,
+            state.best_epoch,
+            run.root,
+        )

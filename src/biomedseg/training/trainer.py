@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from biomedseg.core.errors import UserError
 from biomedseg.data.datasets import Prefetcher
 from biomedseg.engine.sliding_window import autocast_context
-from biomedseg.core.errors import UserError
 from biomedseg.models.heads import find_classifier, foreground_present
 from biomedseg.runs import RunPaths, save_checkpoint
 from biomedseg.training.distributed import DistInfo, any_rank, barrier, broadcast_flag
@@ -61,8 +61,11 @@ def plain_module(model: torch.nn.Module) -> torch.nn.Module:
 
 def weights_finite(module: torch.nn.Module) -> bool:
     """Every floating-point parameter and buffer of ``module`` is finite."""
-    return all(bool(torch.isfinite(t).all()) for t in module.state_dict().values()
-               if torch.is_tensor(t) and t.is_floating_point())
+    return all(
+        bool(torch.isfinite(t).all())
+        for t in module.state_dict().values()
+        if torch.is_tensor(t) and t.is_floating_point()
+    )
 
 
 class Trainer:
@@ -85,10 +88,27 @@ class Trainer:
     e.g. a sweep pruning an unpromising trial.
     """
 
-    def __init__(self, cfg, model, loss_fn, optimizer, schedule, make_sampler, val_samples,
-                 normalizer, n_classes, class_names, background, run_dir: Path, device, precision,
-                 iterations_per_epoch: int, dist_info: DistInfo | None = None, quiet: bool = False,
-                 on_epoch=None):
+    def __init__(
+        self,
+        cfg,
+        model,
+        loss_fn,
+        optimizer,
+        schedule,
+        make_sampler,
+        val_samples,
+        normalizer,
+        n_classes,
+        class_names,
+        background,
+        run_dir: Path,
+        device,
+        precision,
+        iterations_per_epoch: int,
+        dist_info: DistInfo | None = None,
+        quiet: bool = False,
+        on_epoch=None,
+    ):
         self.cfg, self.model, self.loss_fn = cfg, model, loss_fn
         self.optimizer, self.schedule = optimizer, schedule
         self.make_sampler = make_sampler
@@ -158,7 +178,7 @@ class Trainer:
             logits = self.model(x)
         if isinstance(logits, (list, tuple)):  # deep supervision: weighted heads, full-res first
             weights = [0.5**i for i in range(len(logits))]
-            loss = sum(w * self.loss_fn(l.float(), y) for w, l in zip(weights, logits)) / sum(weights)
+            loss = sum(w * self.loss_fn(head.float(), y) for w, head in zip(weights, logits)) / sum(weights)
         else:
             loss = self.loss_fn(logits.float(), y)
         terms = {"seg_loss": loss.detach()}
@@ -200,9 +220,13 @@ class Trainer:
         self.nonfinite_run += 1
         where = f"epoch {state.epoch + 1}, step {step}"
         if self.nonfinite_run >= MAX_NONFINITE_STEPS:
-            raise TrainingDiverged(self._diverged_message(f"{self.nonfinite_run} non-finite losses in a row "
-                                                          f"(the last at {where}) although the learning rate was "
-                                                          f"halved after each"))
+            raise TrainingDiverged(
+                self._diverged_message(
+                    f"{self.nonfinite_run} non-finite losses in a row "
+                    f"(the last at {where}) although the learning rate was "
+                    f"halved after each"
+                )
+            )
         self.schedule.back_off(LR_BACKOFF)
         lr = self.schedule.step(self.progress(state))
         if self.is_main:
@@ -212,15 +236,29 @@ class Trainer:
         fix = f"lower the learning rate (--lr, set to {self.cfg.lr:g})"
         if self.precision != "fp32":
             fix += f" or train in fp32 (--precision fp32 instead of {self.precision})"
-        kept = (f"checkpoints/last.pt of epoch {self.saved_epoch} is the last good checkpoint"
-                if self.saved_epoch else "no checkpoint was written")
+        kept = (
+            f"checkpoints/last.pt of epoch {self.saved_epoch} is the last good checkpoint"
+            if self.saved_epoch
+            else "no checkpoint was written"
+        )
         return f"{self.run_dir}: training diverged: {what}; {fix}; {kept}"
 
     # -- validation on whole images -------------------------------------------------------
     def validate(self) -> dict:
         net = self.ema.module if self.ema is not None else self.net  # the moving average when there is one
-        return validate_images(net, self.cfg, self.val_samples, self.normalizer, self.loss_fn, self.n_classes,
-                               self.class_names, self.background, self.device, self.precision, self.channels_last)
+        return validate_images(
+            net,
+            self.cfg,
+            self.val_samples,
+            self.normalizer,
+            self.loss_fn,
+            self.n_classes,
+            self.class_names,
+            self.background,
+            self.device,
+            self.precision,
+            self.channels_last,
+        )
 
     # -- checkpoints ----------------------------------------------------------------------
     def checkpoint_state(self, state: TrainState) -> dict:
@@ -248,9 +286,14 @@ class Trainer:
             self.scaler.load_state_dict(ck["scaler"])
         torch.set_rng_state(ck["torch_rng"])
         self.saved_epoch = ck["epoch"]
-        return TrainState(epoch=ck["epoch"], iteration=ck["iteration"], elapsed=ck["elapsed"],
-                          best_score=ck["best_score"], best_epoch=ck["best_epoch"],
-                          val_scores=list(ck.get("val_scores", [])))
+        return TrainState(
+            epoch=ck["epoch"],
+            iteration=ck["iteration"],
+            elapsed=ck["elapsed"],
+            best_score=ck["best_score"],
+            best_epoch=ck["best_epoch"],
+            val_scores=list(ck.get("val_scores", [])),
+        )
 
     def _save(self, name: str, state: TrainState) -> None:
         path = RunPaths(self.run_dir).checkpoint(name)
@@ -304,15 +347,22 @@ class Trainer:
         from tqdm.auto import tqdm
 
         total = self.total_iters if self.total_iters else int(self.budget or 0)
-        return tqdm(total=total, initial=min(total, state.iteration if self.total_iters else int(state.elapsed)),
-                    unit="it" if self.total_iters else "s", disable=True if (self.quiet or not self.is_main) else None,
-                    dynamic_ncols=True, leave=False, file=sys.stderr)
+        return tqdm(
+            total=total,
+            initial=min(total, state.iteration if self.total_iters else int(state.elapsed)),
+            unit="it" if self.total_iters else "s",
+            disable=True if (self.quiet or not self.is_main) else None,
+            dynamic_ncols=True,
+            leave=False,
+            file=sys.stderr,
+        )
 
     def _train_epoch(self, state: TrainState, clock: Clock, bar) -> EpochTally:
         """The steps of one epoch (fewer when the time budget runs out)."""
         ep = EpochTally()
-        prefetch = Prefetcher(self.make_sampler(state.epoch), self.cfg.batch_size,
-                              pin_memory=self.device.type == "cuda")
+        prefetch = Prefetcher(
+            self.make_sampler(state.epoch), self.cfg.batch_size, pin_memory=self.device.type == "cuda"
+        )
         try:
             for i in range(self.ipe):
                 if self.budget:  # rank 0's clock decides for every rank
@@ -326,8 +376,10 @@ class Trainer:
                 state.iteration += 1
                 clock.tick(state)
                 bar.update(1 if self.total_iters else int(state.elapsed) - bar.n)
-                bar.set_postfix(loss=f"{ep.losses[-1] if ep.losses else math.nan:.3f}",
-                                val_dice=f"{self.last_val.get('dice', math.nan):.3f}")
+                bar.set_postfix(
+                    loss=f"{ep.losses[-1] if ep.losses else math.nan:.3f}",
+                    val_dice=f"{self.last_val.get('dice', math.nan):.3f}",
+                )
         finally:
             prefetch.close()
         return ep
@@ -356,12 +408,23 @@ class Trainer:
     def _epoch_row(self, state: TrainState, ep: EpochTally, clock: Clock) -> tuple[dict, bool]:
         """The epoch's ``metrics.csv`` row (validating when due) and whether it validated."""
         train_seconds = time.perf_counter() - ep.start
-        validate = self.is_main and bool(self.val_samples) and (
-            state.epoch % self.cfg.val_every == 0 or ep.stop or bool(self.cfg.epochs and state.epoch >= self.cfg.epochs))
-        row = {"epoch": state.epoch, "iteration": state.iteration,
-               "train_loss": float(np.mean(ep.losses)) if ep.losses else math.nan,
-               "lr": ep.lr, "images_per_s": ep.n_images / max(train_seconds, 1e-9),
-               "data_wait_share": ep.data_wait / max(train_seconds, 1e-9)}
+        validate = (
+            self.is_main
+            and bool(self.val_samples)
+            and (
+                state.epoch % self.cfg.val_every == 0
+                or ep.stop
+                or bool(self.cfg.epochs and state.epoch >= self.cfg.epochs)
+            )
+        )
+        row = {
+            "epoch": state.epoch,
+            "iteration": state.iteration,
+            "train_loss": float(np.mean(ep.losses)) if ep.losses else math.nan,
+            "lr": ep.lr,
+            "images_per_s": ep.n_images / max(train_seconds, 1e-9),
+            "data_wait_share": ep.data_wait / max(train_seconds, 1e-9),
+        }
         if ep.cls_losses:
             row["train_cls_loss"] = float(np.mean(ep.cls_losses))
         if ep.skipped:

@@ -63,8 +63,13 @@ class InitSource:
 
     def lineage(self) -> dict:
         """The ``parent`` entry of ``run.json``."""
-        return {"run": self.name, "path": str(self.run.root.resolve()), "origin": self.origin,
-                "checkpoint": self.checkpoint.name, "sha256": self.sha256}
+        return {
+            "run": self.name,
+            "path": str(self.run.root.resolve()),
+            "origin": self.origin,
+            "checkpoint": self.checkpoint.name,
+            "sha256": self.sha256,
+        }
 
 
 def file_sha256(path: Path) -> str:
@@ -100,8 +105,10 @@ def resolve_init(path) -> InitSource:
 
     p = Path(path)
     if p.is_file() and p.suffix.lower() in EXPORT_SUFFIXES:
-        raise UserError(f"{p}: an exported file holds a graph for prediction, not training weights; --init takes "
-                        "the run folder (or CV folder) it was exported from")
+        raise UserError(
+            f"{p}: an exported file holds a graph for prediction, not training weights; --init takes "
+            "the run folder (or CV folder) it was exported from"
+        )
     if not p.is_dir():
         raise UserError(f"{p}: no such run folder (--init takes a run folder or a cross-validation folder)")
     if is_cv(p):
@@ -127,13 +134,17 @@ def _same_pixel_size(a, b) -> bool:
 def _check_user_choice(source: InitSource, explicit: dict) -> None:
     model = source.config.get("model", "unet")
     if "model" in explicit and explicit["model"] != model:
-        raise UserError(f"--init {source.run.root}: a {model} run cannot start a {explicit['model']}; leave --model "
-                        "out (the architecture comes from the source) or train from scratch")
+        raise UserError(
+            f"--init {source.run.root}: a {model} run cannot start a {explicit['model']}; leave --model "
+            "out (the architecture comes from the source) or train from scratch"
+        )
     src_kw = source.config.get("model_kwargs") or {}
     for key, value in (explicit.get("model_kwargs") or {}).items():
         if key in src_kw and src_kw[key] != value and key != "pretrained":
-            raise UserError(f"--init {source.run.root}: model_kwargs.{key} is {src_kw[key]!r} in the source; "
-                            f"{value!r} would change the network's shape")
+            raise UserError(
+                f"--init {source.run.root}: model_kwargs.{key} is {src_kw[key]!r} in the source; "
+                f"{value!r} would change the network's shape"
+            )
 
 
 def init_settings(source: InitSource, explicit: dict, pixel_size) -> tuple[dict, dict]:
@@ -146,9 +157,13 @@ def init_settings(source: InitSource, explicit: dict, pixel_size) -> tuple[dict,
     kwargs = {k: v for k, v in (src.get("model_kwargs") or {}).items() if k != "pretrained"}
     values = {"model": src.get("model", "unet"), "model_kwargs": kwargs}
     why = f"{INIT_REASON} {source.name}"
-    entries = {"init": {"value": source.name, "reason": f"weights of {source.origin}, {source.checkpoint.name} "
-                        f"(sha256 {source.sha256[:12]})"},
-               "model": {"value": values["model"], "reason": why}}
+    entries = {
+        "init": {
+            "value": source.name,
+            "reason": f"weights of {source.origin}, {source.checkpoint.name} (sha256 {source.sha256[:12]})",
+        },
+        "model": {"value": values["model"], "reason": why},
+    }
     entries.update({f"model_kwargs.{k}": {"value": v, "reason": why} for k, v in kwargs.items()})
     src_lr = float(src.get("lr", 2e-3))
     if "lr" not in explicit:
@@ -156,13 +171,17 @@ def init_settings(source: InitSource, explicit: dict, pixel_size) -> tuple[dict,
         entries["lr"] = {"value": values["lr"], "reason": f"fine-tune: the source's {src_lr:g} x {FINETUNE_LR_FACTOR}"}
     if "warmup_fraction" not in explicit:
         values["warmup_fraction"] = max(float(src.get("warmup_fraction", 0.0)), FINETUNE_WARMUP_FRACTION)
-        entries["warmup_fraction"] = {"value": values["warmup_fraction"],
-                                      "reason": "fine-tune: new output channels and a fresh optimiser warm up first"}
+        entries["warmup_fraction"] = {
+            "value": values["warmup_fraction"],
+            "reason": "fine-tune: new output channels and a fresh optimiser warm up first",
+        }
     if "working_scale" not in explicit and _same_pixel_size(src.get("pixel_size"), pixel_size):
         values["working_scale"] = src.get("working_scale", 1.0)
         values["pixel_size"] = src.get("pixel_size")
-        entries["working_scale"] = {"value": values["working_scale"],
-                                    "reason": f"{why}: the same pixel size ({pixel_size or 'not stated'})"}
+        entries["working_scale"] = {
+            "value": values["working_scale"],
+            "reason": f"{why}: the same pixel size ({pixel_size or 'not stated'})",
+        }
     return values, entries
 
 
@@ -180,10 +199,13 @@ def choose_normalizer(source: InitSource, fitted, channels: int):
     ratio = np.maximum(np.asarray(fitted.std) / sd_old, sd_old / np.asarray(fitted.std))
     if shift.max() > NORM_MEAN_SHIFT or ratio.max() > NORM_STD_RATIO:
         c = int(np.argmax(np.maximum(shift / NORM_MEAN_SHIFT, ratio / NORM_STD_RATIO)))
-        return fitted, (f"re-estimated: the new images differ (channel {c}: mean {fitted.mean[c]:.4g} sd "
-                        f"{fitted.std[c]:.4g} vs {mean_old[c]:.4g} sd {sd_old[c]:.4g} in the source)")
-    return old, (f"{INIT_REASON} {source.name}: the new images' intensities match it "
-                 f"(largest mean shift {shift.max():.2f} sd)")
+        return fitted, (
+            f"re-estimated: the new images differ (channel {c}: mean {fitted.mean[c]:.4g} sd "
+            f"{fitted.std[c]:.4g} vs {mean_old[c]:.4g} sd {sd_old[c]:.4g} in the source)"
+        )
+    return old, (
+        f"{INIT_REASON} {source.name}: the new images' intensities match it (largest mean shift {shift.max():.2f} sd)"
+    )
 
 
 def load_init_weights(model, source: InitSource, cfg, classes: list[str], channels: int) -> dict:
@@ -201,19 +223,29 @@ def load_init_weights(model, source: InitSource, cfg, classes: list[str], channe
     pairs = match_classes(src_classes, classes)
     state = load_checkpoint(source.checkpoint)["model"]
     sizes = {"classes": (len(src_classes), len(classes)), "channels": (source.info.channels, channels)}
-    new_state = adapt_state_dict(state, model.state_dict(), varying_dims(build, channels, len(classes)), pairs, sizes,
-                                 str(source.checkpoint))
+    new_state = adapt_state_dict(
+        state, model.state_dict(), varying_dims(build, channels, len(classes)), pairs, sizes, str(source.checkpoint)
+    )
     model.load_state_dict(new_state)
     kept = [classes[j] for j, _ in pairs]
     fresh = [c for j, c in enumerate(classes) if j not in {j for j, _ in pairs}]
     dropped = [c for i, c in enumerate(src_classes) if i not in {s for _, s in pairs}]
     if source.info.channels != channels:
-        log.warning("--init %s: trained on %d input channels, the data has %d: first layer adapted (%s)", source.name,
-                    source.info.channels, channels,
-                    "grey weights repeated over the channels / %d" % channels if source.info.channels == 1
-                    else "colour weights summed")
+        log.warning(
+            "--init %s: trained on %d input channels, the data has %d: first layer adapted (%s)",
+            source.name,
+            source.info.channels,
+            channels,
+            "grey weights repeated over the channels / %d" % channels
+            if source.info.channels == 1
+            else "colour weights summed",
+        )
     if not pairs:
-        log.warning("--init %s: no class name in common (%s vs %s): every output channel starts fresh", source.name,
-                    ", ".join(src_classes), ", ".join(classes))
+        log.warning(
+            "--init %s: no class name in common (%s vs %s): every output channel starts fresh",
+            source.name,
+            ", ".join(src_classes),
+            ", ".join(classes),
+        )
     reason = f"kept: {', '.join(kept) or 'none'}; new (fresh output weights): {', '.join(fresh) or 'none'}"
     return {"value": kept, "reason": reason + (f"; dropped: {', '.join(dropped)}" if dropped else "")}

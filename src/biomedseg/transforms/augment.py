@@ -43,19 +43,49 @@ from typing import Any, Sequence
 
 from biomedseg.core.errors import UserError
 from biomedseg.transforms.augment_base import Compose
-from biomedseg.transforms.intensity import (Brightness, ChannelJitter, Contrast, Gamma, GaussianBlur, GaussianNoise,
-                                            UniformNoise)
-from biomedseg.transforms.spatial import Flip, FlipRot90, Pad, RandomCrop, Rot90, Spatial
-from biomedseg.transforms.spatial import warp  # noqa: F401  (re-exported: was defined here)
+from biomedseg.transforms.intensity import (
+    Brightness,
+    ChannelJitter,
+    Contrast,
+    Gamma,
+    GaussianBlur,
+    GaussianNoise,
+    UniformNoise,
+)
+from biomedseg.transforms.spatial import (
+    Flip,
+    FlipRot90,
+    Pad,
+    RandomCrop,
+    Rot90,
+    Spatial,
+    warp,  # noqa: F401  (re-exported: was defined here)
+)
 
 __all__ = [
-    "Brightness", "ChannelJitter", "Contrast", "Flip", "FlipRot90", "Gamma", "GaussianBlur", "GaussianNoise",
-    "Pad", "RandomCrop", "Rot90", "Spatial", "UniformNoise", "DEFAULT_AUGMENT", "PRESETS", "TRANSFORMS",
-    "build_augmentations", "build_preset",
+    "Brightness",
+    "ChannelJitter",
+    "Contrast",
+    "Flip",
+    "FlipRot90",
+    "Gamma",
+    "GaussianBlur",
+    "GaussianNoise",
+    "Pad",
+    "RandomCrop",
+    "Rot90",
+    "Spatial",
+    "UniformNoise",
+    "DEFAULT_AUGMENT",
+    "PRESETS",
+    "TRANSFORMS",
+    "build_augmentations",
+    "build_preset",
 ]
 
 
 # -- registry, presets, config lists ---------------------------------------------------------
+
 
 def _rotate(p: float = 0.5, degrees: float = 15.0, mode: str = "symmetric") -> Spatial:
     return Spatial(rotate_p=p, degrees=degrees, mode=mode)
@@ -71,12 +101,26 @@ def _elastic(p: float = 0.3, sigma: float = 20.0, magnitude: float = 4.0, mode: 
 
 #: name -> factory(**params) for :func:`build_augmentations`.
 TRANSFORMS: dict[str, Any] = {
-    "flip": Flip, "rot90": Rot90, "flip_rot90": FlipRot90, "flips": FlipRot90,
-    "rotate": _rotate, "scale": _scale, "elastic": _elastic, "spatial": Spatial,
-    "gaussian_noise": GaussianNoise, "noise": GaussianNoise, "uniform_noise": UniformNoise,
-    "brightness": Brightness, "contrast": Contrast, "channel_jitter": ChannelJitter, "gamma": Gamma,
-    "blur": GaussianBlur, "gaussian_blur": GaussianBlur,
-    "crop": RandomCrop, "random_crop": RandomCrop, "pad": Pad,
+    "flip": Flip,
+    "rot90": Rot90,
+    "flip_rot90": FlipRot90,
+    "flips": FlipRot90,
+    "rotate": _rotate,
+    "scale": _scale,
+    "elastic": _elastic,
+    "spatial": Spatial,
+    "gaussian_noise": GaussianNoise,
+    "noise": GaussianNoise,
+    "uniform_noise": UniformNoise,
+    "brightness": Brightness,
+    "contrast": Contrast,
+    "channel_jitter": ChannelJitter,
+    "gamma": Gamma,
+    "blur": GaussianBlur,
+    "gaussian_blur": GaussianBlur,
+    "crop": RandomCrop,
+    "random_crop": RandomCrop,
+    "pad": Pad,
 }
 
 
@@ -89,8 +133,9 @@ def _transform_from_entry(i: int, entry) -> Any:
     params = dict(entry)
     name = str(params.pop("name")).lower()
     if name not in TRANSFORMS:
-        raise UserError(f"augment entry {i + 1}: unknown transform {name!r}; choose from "
-                        f"{', '.join(sorted(TRANSFORMS))}")
+        raise UserError(
+            f"augment entry {i + 1}: unknown transform {name!r}; choose from {', '.join(sorted(TRANSFORMS))}"
+        )
     try:
         return TRANSFORMS[name](**params)
     except (TypeError, ValueError) as exc:
@@ -137,24 +182,21 @@ def _default() -> Compose:
 
 
 def _strong() -> Compose:
-    return Compose([
-        FlipRot90(),
-        Spatial(rotate_p=0.5, degrees=45, scale_p=0.5, scale=(0.7, 1.4), elastic_p=0.3, sigma=20, magnitude=5),
-        Brightness(p=0.5, delta=0.3),
-        Contrast(p=0.5, factor=(0.65, 1.5)),
-        Gamma(p=0.5, gamma=(0.6, 1.6)),
-        GaussianNoise(p=0.3, std=(0.0, 0.15)),
-        GaussianBlur(p=0.25, sigma=(0.5, 1.5)),
-    ])
+    return Compose(
+        [
+            FlipRot90(),
+            Spatial(rotate_p=0.5, degrees=45, scale_p=0.5, scale=(0.7, 1.4), elastic_p=0.3, sigma=20, magnitude=5),
+            Brightness(p=0.5, delta=0.3),
+            Contrast(p=0.5, factor=(0.65, 1.5)),
+            Gamma(p=0.5, gamma=(0.6, 1.6)),
+            GaussianNoise(p=0.3, std=(0.0, 0.15)),
+            GaussianBlur(p=0.25, sigma=(0.5, 1.5)),
+        ]
+    )
 
 
 #: preset name -> pipeline factory.
-PRESETS = {
-    "none": lambda: Compose([]),
-    "flips": lambda: Compose([FlipRot90()]),
-    "default": _default,
-    "strong": _strong,
-}
+PRESETS = {"none": lambda: Compose([]), "flips": lambda: Compose([FlipRot90()]), "default": _default, "strong": _strong}
 
 
 def build_preset(name: str) -> Compose | None:

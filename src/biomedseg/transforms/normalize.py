@@ -38,8 +38,9 @@ class Normalizer:
         """``(H, W, C)`` any dtype -> ``(C, H, W) float32``."""
         x = np.moveaxis(np.asarray(image), -1, 0).astype(np.float32)
         if self.low is not None:
-            x = np.clip(x, np.asarray(self.low, np.float32)[:, None, None],
-                        np.asarray(self.high, np.float32)[:, None, None])
+            x = np.clip(
+                x, np.asarray(self.low, np.float32)[:, None, None], np.asarray(self.high, np.float32)[:, None, None]
+            )
         mean = np.asarray(self.mean, np.float32)[:, None, None]
         std = np.asarray(self.std, np.float32)[:, None, None]
         return (x - mean) / std
@@ -53,8 +54,12 @@ class Normalizer:
     @classmethod
     def from_json(cls, d: dict) -> "Normalizer":
         clip = d.get("clip")  # absent in runs written before clipping existed
-        return cls(mean=list(d["mean"]), std=list(d["std"]),
-                   low=list(clip["low"]) if clip else None, high=list(clip["high"]) if clip else None)
+        return cls(
+            mean=list(d["mean"]),
+            std=list(d["std"]),
+            low=list(clip["low"]) if clip else None,
+            high=list(clip["high"]) if clip else None,
+        )
 
     @classmethod
     def fit(cls, images, mode: str = "zscore", seed: int = 0) -> "Normalizer":
@@ -92,5 +97,9 @@ class Normalizer:
         mean = total[0] / total[2]
         var = np.maximum(total[1] / total[2] - mean**2, 0.0)
         std = np.maximum(np.sqrt(var), 1e-6)
-        return cls(mean=mean.tolist(), std=std.tolist(), low=None if low is None else low.tolist(),
-                   high=None if high is None else high.tolist())
+        return cls(
+            mean=mean.tolist(),
+            std=std.tolist(),
+            low=None if low is None else low.tolist(),
+            high=None if high is None else high.tolist(),
+        )

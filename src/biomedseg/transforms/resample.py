@@ -59,8 +59,9 @@ def class_fractions(mask: np.ndarray, shape: tuple[int, int], n_classes: int) ->
     return out
 
 
-def resample_mask(mask: np.ndarray, shape: tuple[int, int], n_classes: int | None = None,
-                  background: int | None = 0) -> np.ndarray:
+def resample_mask(
+    mask: np.ndarray, shape: tuple[int, int], n_classes: int | None = None, background: int | None = 0
+) -> np.ndarray:
     """``(H, W)`` class-index mask -> ``(*shape) uint8``, keeping thin and small classes.
 
     Each working-scale pixel takes the class covering most of it, ties going to foreground

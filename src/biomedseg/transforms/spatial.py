@@ -30,6 +30,7 @@ __all__ = ["Flip", "FlipRot90", "Pad", "RandomCrop", "Rot90", "Spatial", "pad_im
 
 # -- flips and 90-degree rotations -------------------------------------------------------------
 
+
 class Flip(RandomTransform):
     """Mirror left-right and (independently) up-down, each with probability ``p``."""
 
@@ -77,13 +78,15 @@ class FlipRot90(RandomTransform):
 
 # -- rotation, scaling, elastic deformation in one resampling --------------------------------
 
+
 def warp(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, mode: str = "symmetric", cval: float = 0.0):
     """Resample image (order 1) and mask (order 0, nearest) at ``coords`` ``(2, H', W')`` (y, x)."""
     nd_mode = NDIMAGE_MODE[mode]
     out = np.empty((image.shape[0],) + coords.shape[1:], np.float32)
     for c in range(image.shape[0]):
-        ndimage.map_coordinates(np.asarray(image[c], np.float32), coords, output=out[c], order=1,
-                                mode=nd_mode, cval=cval, prefilter=False)
+        ndimage.map_coordinates(
+            np.asarray(image[c], np.float32), coords, output=out[c], order=1, mode=nd_mode, cval=cval, prefilter=False
+        )
     m = ndimage.map_coordinates(np.asarray(mask), coords, order=0, mode=nd_mode, cval=0, prefilter=False)
     return out, m.astype(np.int64, copy=False)
 
@@ -116,9 +119,17 @@ class Spatial:
         mode: boundary handling, a ``numpy.pad`` mode: ``symmetric`` | ``reflect`` | ``constant``.
     """
 
-    def __init__(self, rotate_p: float = 0.0, degrees: float = 15.0, scale_p: float = 0.0,
-                 scale: Sequence[float] = (0.85, 1.15), elastic_p: float = 0.0, sigma: float = 20.0,
-                 magnitude: float = 4.0, mode: str = "symmetric"):
+    def __init__(
+        self,
+        rotate_p: float = 0.0,
+        degrees: float = 15.0,
+        scale_p: float = 0.0,
+        scale: Sequence[float] = (0.85, 1.15),
+        elastic_p: float = 0.0,
+        sigma: float = 20.0,
+        magnitude: float = 4.0,
+        mode: str = "symmetric",
+    ):
         self.rotate_p, self.degrees = check_probability(rotate_p), float(degrees)
         self.scale_p, self.scale = check_probability(scale_p), parse_range(scale, "scale")
         if self.scale[0] <= 0:
@@ -135,8 +146,11 @@ class Spatial:
         if self.parts() & other.parts() or self.mode != other.mode:
             return None
         kw = dict(vars(self))
-        for part, keys in (("rotate", ("rotate_p", "degrees")), ("scale", ("scale_p", "scale")),
-                           ("elastic", ("elastic_p", "sigma", "magnitude"))):
+        for part, keys in (
+            ("rotate", ("rotate_p", "degrees")),
+            ("scale", ("scale_p", "scale")),
+            ("elastic", ("elastic_p", "sigma", "magnitude")),
+        ):
             if part in other.parts():
                 kw.update({k: getattr(other, k) for k in keys})
         return Spatial(**kw)
@@ -151,8 +165,9 @@ class Spatial:
         h, w = shape
         step = max(1, int(self.sigma // 8))
         ch, cw = h // step + 2, w // step + 2
-        field = ndimage.gaussian_filter(rng.standard_normal((2, ch, cw)), (0, self.sigma / step, self.sigma / step),
-                                        mode="wrap")
+        field = ndimage.gaussian_filter(
+            rng.standard_normal((2, ch, cw)), (0, self.sigma / step, self.sigma / step), mode="wrap"
+        )
         if step > 1:
             field = _upsample_linear(field.astype(np.float32), h, w, step)
         field = field[:, :h, :w]
@@ -183,12 +198,14 @@ class Spatial:
 
 # -- crop and pad -----------------------------------------------------------------------------
 
+
 class RandomCrop(RandomTransform):
     """Crop a random window of ``scale`` x the side (uniform in the range), then either resize it
     back to the input size (``resize=True``; a zoom-in) or pad it back with ``mode``."""
 
-    def __init__(self, p: float = 0.5, scale: Sequence[float] = (0.6, 1.0), resize: bool = True,
-                 mode: str = "symmetric"):
+    def __init__(
+        self, p: float = 0.5, scale: Sequence[float] = (0.6, 1.0), resize: bool = True, mode: str = "symmetric"
+    ):
         self.p, self.scale, self.resize = check_probability(p), parse_range(scale, "scale"), bool(resize)
         if not 0 < self.scale[0] <= self.scale[1] <= 1:
             raise ValueError("crop scale must lie in (0, 1]")
@@ -204,7 +221,7 @@ class RandomCrop(RandomTransform):
             xs = x0 + (np.arange(w, dtype=np.float32) + 0.5) * (cw / w) - 0.5
             coords = np.stack(np.meshgrid(ys, xs, indexing="ij"))
             return warp(image, mask, coords, "symmetric")
-        image, mask = image[:, y0:y0 + ch, x0:x0 + cw], mask[y0:y0 + ch, x0:x0 + cw]
+        image, mask = image[:, y0 : y0 + ch, x0 : x0 + cw], mask[y0 : y0 + ch, x0 : x0 + cw]
         top, left = (h - ch) // 2, (w - cw) // 2
         return pad_image_and_mask(image, mask, ((top, h - ch - top), (left, w - cw - left)), self.mode, 0.0)
 
@@ -229,8 +246,9 @@ class Pad(RandomTransform):
     centred. ``mode``: ``symmetric`` (mirror with the edge pixel), ``reflect`` (mirror without
     it) or ``constant`` (image ``value``, mask class 0)."""
 
-    def __init__(self, pad: int = 16, mode: str = "symmetric", value: float = 0.0, size: int | None = None,
-                 p: float = 1.0):
+    def __init__(
+        self, pad: int = 16, mode: str = "symmetric", value: float = 0.0, size: int | None = None, p: float = 1.0
+    ):
         check_pad_mode(mode)
         self.pad, self.mode, self.value, self.size, self.p = int(pad), mode, float(value), size, check_probability(p)
 

@@ -18,7 +18,8 @@
   ``components (r, D)`` with their ``variances (r,)`` and one ``residual_variance`` for the
   remaining ``D - r`` directions (each variance shrunk towards the average variance by
   ``SHRINKAGE``), ``n`` images and ``dim`` D; ``None`` when the architecture's bottleneck is
-  unknown or there are fewer than ``MIN_FEATURE_IMAGES`` training images. Size: ``(r + 2) * D`` numbers, whatever the number of training images. The
+  unknown or there are fewer than ``MIN_FEATURE_IMAGES`` training images. Size: ``(r + 2) * D`` numbers,
+  whatever the number of training images. The
   Mahalanobis distance under this covariance is :func:`feature_distance`;
 - ``held_out``: the training images' intensity distance to the nearest *other* prototype and
   feature distance under a Gaussian fitted without them (``HELD_OUT_FOLDS`` folds): one number per
@@ -88,14 +89,20 @@ def fit_feature_gaussian(features: np.ndarray, max_rank: int = MAX_RANK, shrinka
     scale = np.maximum(sd, 1e-3 * max(float(np.median(sd)), 1e-6))
     z = (x - mean) / scale
     _, s, vt = np.linalg.svd(z, full_matrices=False)
-    var = s ** 2 / max(n - 1, 1)
-    total = float((z ** 2).sum() / max(n - 1, 1))
+    var = s**2 / max(n - 1, 1)
+    total = float((z**2).sum() / max(n - 1, 1))
     avg = max(total / d, 1e-8)
     r = int(min(max_rank, max(n - 1, 0), d))
     rest = max(total - float(var[:r].sum()), 0.0) / max(d - r, 1)
-    return {"n": n, "dim": d, "mean": mean.tolist(), "scale": scale.tolist(), "components": vt[:r].tolist(),
-            "variances": ((1 - shrinkage) * var[:r] + shrinkage * avg).tolist(),
-            "residual_variance": (1 - shrinkage) * rest + shrinkage * avg}
+    return {
+        "n": n,
+        "dim": d,
+        "mean": mean.tolist(),
+        "scale": scale.tolist(),
+        "components": vt[:r].tolist(),
+        "variances": ((1 - shrinkage) * var[:r] + shrinkage * avg).tolist(),
+        "residual_variance": (1 - shrinkage) * rest + shrinkage * avg,
+    }
 
 
 def feature_distance(gaussian: dict, vector: np.ndarray) -> float:
@@ -104,7 +111,7 @@ def feature_distance(gaussian: dict, vector: np.ndarray) -> float:
     d = (np.asarray(vector, dtype=np.float64) - np.asarray(gaussian["mean"])) / np.asarray(gaussian["scale"])
     comps = np.asarray(gaussian["components"], dtype=np.float64).reshape(-1, d.size)
     proj = comps @ d
-    inside = float((proj ** 2 / np.asarray(gaussian["variances"], dtype=np.float64)).sum()) if proj.size else 0.0
+    inside = float((proj**2 / np.asarray(gaussian["variances"], dtype=np.float64)).sum()) if proj.size else 0.0
     residual = max(float(d @ d) - float(proj @ proj), 0.0) / float(gaussian["residual_variance"])
     return (inside + residual) / d.size
 
@@ -162,20 +169,30 @@ def _intensity(images: list[np.ndarray], channels: int) -> tuple[dict, list[floa
 
     rng = np.random.default_rng(0)
     conformed = [conform_channels(img, channels) for img in images]
-    sample = np.concatenate([x.reshape(-1, channels)[rng.integers(0, x.shape[0] * x.shape[1],
-                                                                  size=SAMPLE_PER_IMAGE)] for x in conformed])
+    sample = np.concatenate(
+        [x.reshape(-1, channels)[rng.integers(0, x.shape[0] * x.shape[1], size=SAMPLE_PER_IMAGE)] for x in conformed]
+    )
     low, high = np.percentile(sample.astype(np.float64), INTENSITY_BOUNDS, axis=0)
     hists = np.array([channel_histogram(x, low, high) for x in conformed])
     keep = _every(list(range(len(hists))), MAX_PROTOTYPES)
     protos = hists[keep]
-    held_out = [nearest_histogram_distance(h, protos, skip=keep.index(i) if i in keep else None)
-                for i, h in enumerate(hists)] if len(protos) > 1 else []
-    return {"bins": INTENSITY_BINS, "low": low.tolist(), "high": high.tolist(), "histogram": hists.mean(0).tolist(),
-            "prototypes": protos.tolist()}, held_out
+    held_out = (
+        [nearest_histogram_distance(h, protos, skip=keep.index(i) if i in keep else None) for i, h in enumerate(hists)]
+        if len(protos) > 1
+        else []
+    )
+    return {
+        "bins": INTENSITY_BINS,
+        "low": low.tolist(),
+        "high": high.tolist(),
+        "histogram": hists.mean(0).tolist(),
+        "prototypes": protos.tolist(),
+    }, held_out
 
 
-def describe_training_data(loaded_run, images: Iterable[np.ndarray], pixel_sizes, predictor=None,
-                           max_images: int = MAX_IMAGES) -> dict:
+def describe_training_data(
+    loaded_run, images: Iterable[np.ndarray], pixel_sizes, predictor=None, max_images: int = MAX_IMAGES
+) -> dict:
     """Describe the training images (``(H, W, C)`` raw arrays, with their ``(y, x)`` µm pixel sizes
     or ``None``) as the module docstring says; the network runs once over each image (through
     ``predictor``, by default ``loaded_run.predictor()``) for the features. ``held_out``: the
@@ -192,11 +209,20 @@ def describe_training_data(loaded_run, images: Iterable[np.ndarray], pixel_sizes
     vectors = [predict_with_features(loaded_run, predictor, img, size)[1] for img, size in pairs]
     intensity, held_intensity = _intensity([img for img, _ in pairs], channels)
     feats = np.stack(vectors) if all(v is not None for v in vectors) and len(vectors) >= MIN_FEATURE_IMAGES else None
-    return {"version": 1, "channels": channels, "colour": any(colour), "grey": not all(colour),
-            "pixel_size": _pixel_sizes([s for _, s in pairs]), "image_sizes": _sizes([i.shape[:2] for i, _ in pairs]),
-            "intensity": intensity, "features": None if feats is None else fit_feature_gaussian(feats),
-            "held_out": {"intensity": held_intensity,
-                         "features": [] if feats is None else held_out_feature_distances(feats)}}
+    return {
+        "version": 1,
+        "channels": channels,
+        "colour": any(colour),
+        "grey": not all(colour),
+        "pixel_size": _pixel_sizes([s for _, s in pairs]),
+        "image_sizes": _sizes([i.shape[:2] for i, _ in pairs]),
+        "intensity": intensity,
+        "features": None if feats is None else fit_feature_gaussian(feats),
+        "held_out": {
+            "intensity": held_intensity,
+            "features": [] if feats is None else held_out_feature_distances(feats),
+        },
+    }
 
 
 def write_description(run_dir, description: dict) -> Path:

@@ -2,7 +2,8 @@
 
 A forward hook on the network's bottleneck keeps, for every tile the sliding-window predictor
 runs (every TTA transform included), each bottleneck channel's mean and standard deviation over
-its spatial positions (level and texture). The image's feature vector is the mean over its tiles, so memory is ``tiles x channels`` floats
+its spatial positions (level and texture). The image's feature vector is the mean over its tiles, so memory is
+``tiles x channels`` floats
 whatever the image size, and no second forward pass is needed: :func:`predict_with_features`
 returns the probabilities of :func:`~biomedseg.inference.predict.core.predict_proba_image` and
 the features of that same pass.
@@ -39,8 +40,9 @@ def _bare(model: nn.Module) -> nn.Module:
 
     m = model
     for _ in range(8):
-        if isinstance(m, EncoderDecoder) or (hasattr(m, "channels") and isinstance(getattr(m, "model", None),
-                                                                                   nn.Sequential)):
+        if isinstance(m, EncoderDecoder) or (
+            hasattr(m, "channels") and isinstance(getattr(m, "model", None), nn.Sequential)
+        ):
             return m
         inner = next((getattr(m, a) for a in _WRAPPER_ATTRS if isinstance(getattr(m, a, None), nn.Module)), None)
         if inner is None:
@@ -60,8 +62,9 @@ def bottleneck_sites(model: nn.Module) -> list[tuple[nn.Module, str]]:
     for _ in range(4):  # an ensemble may sit inside compile/optimisation wrappers
         if isinstance(inner, EnsembleModel):
             return [site for member in inner.members for site in bottleneck_sites(member)]
-        inner = next((getattr(inner, a) for a in ("_orig_mod", "module") if isinstance(getattr(inner, a, None),
-                                                                                      nn.Module)), None)
+        inner = next(
+            (getattr(inner, a) for a in ("_orig_mod", "module") if isinstance(getattr(inner, a, None), nn.Module)), None
+        )
         if inner is None:
             break
     net = _bare(model)
@@ -96,13 +99,15 @@ class FeatureTap:
             if isinstance(t, torch.Tensor) and t.dim() == 4:
                 t = t.detach().float()
                 self.pooled[i].append(torch.cat([t.mean(dim=(2, 3)), t.std(dim=(2, 3), correction=0)], 1).cpu())
+
         return keep
 
     def __enter__(self) -> FeatureTap:
         for i, (module, where) in enumerate(self.sites):
             hook = self._hook(i, where)
-            self._handles.append(module.register_forward_pre_hook(hook) if where == "input"
-                                 else module.register_forward_hook(hook))
+            self._handles.append(
+                module.register_forward_pre_hook(hook) if where == "input" else module.register_forward_hook(hook)
+            )
         return self
 
     def __exit__(self, *exc) -> None:

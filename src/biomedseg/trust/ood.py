@@ -46,8 +46,8 @@ def pixel_size_part(description: dict, pixel_size) -> float | None:
 def image_parts(description: dict, image: np.ndarray, pixel_size=None, features=None) -> dict:
     """``{"pixel_size", "intensity", "features"}`` of one raw ``(H, W, C)`` image (see module);
     ``features``: its pooled bottleneck vector (:mod:`.features`) or ``None``."""
-    from biomedseg.trust.descriptor import channel_histogram, feature_distance, nearest_histogram_distance
     from biomedseg.io import conform_channels
+    from biomedseg.trust.descriptor import channel_histogram, feature_distance, nearest_histogram_distance
 
     parts: dict[str, float | None] = {p: None for p in PARTS}
     parts["pixel_size"] = pixel_size_part(description, pixel_size)
@@ -91,8 +91,9 @@ def _reasons(description: dict, image: np.ndarray, ratios: dict, pixel_size) -> 
     return reasons
 
 
-def ood_scores(loaded_run, description: dict, image: np.ndarray, pixel_size=None, features=None,
-               predictor=None) -> dict:
+def ood_scores(
+    loaded_run, description: dict, image: np.ndarray, pixel_size=None, features=None, predictor=None
+) -> dict:
     """``{"score", "flag", "reasons": [...], "parts": {...}}`` of one raw ``(H, W, C)`` image.
 
     ``features``: the image's pooled bottleneck features when the caller already has them
@@ -113,8 +114,9 @@ def ood_scores(loaded_run, description: dict, image: np.ndarray, pixel_size=None
     return {"score": score, "flag": bool(reasons), "reasons": reasons, "parts": parts}
 
 
-def build_description(loaded_run, train_images: list, train_pixel_sizes: list, val_images: list,
-                      val_pixel_sizes: list, predictor=None) -> dict:
+def build_description(
+    loaded_run, train_images: list, train_pixel_sizes: list, val_images: list, val_pixel_sizes: list, predictor=None
+) -> dict:
     """:func:`~.descriptor.describe_training_data` of the training images with ``thresholds``
     (:func:`calibrate_thresholds`) over the validation images and the training images' held-out
     distances (``held_out``: each measured without the image itself), so that even a small
@@ -124,12 +126,15 @@ def build_description(loaded_run, train_images: list, train_pixel_sizes: list, v
 
     predictor = predictor or loaded_run.predictor()
     description = describe_training_data(loaded_run, train_images, train_pixel_sizes, predictor)
-    parts = [image_parts(description, img, size, predict_with_features(loaded_run, predictor, img, size)[1])
-             for img, size in zip(val_images, val_pixel_sizes)]
+    parts = [
+        image_parts(description, img, size, predict_with_features(loaded_run, predictor, img, size)[1])
+        for img, size in zip(val_images, val_pixel_sizes)
+    ]
     held = description["held_out"]
     parts += [{"intensity": v} for v in held["intensity"]] + [{"features": v} for v in held["features"]]
     parts += [{"pixel_size": pixel_size_part(description, size)} for size in train_pixel_sizes]
     description["thresholds"] = calibrate_thresholds(parts)
-    description["thresholds_from"] = f"{len(val_images)} validation images + {len(held['features'] or held['intensity'])} " \
-                                     "training images held out"
+    description["thresholds_from"] = (
+        f"{len(val_images)} validation images + {len(held['features'] or held['intensity'])} training images held out"
+    )
     return description

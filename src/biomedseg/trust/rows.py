@@ -24,8 +24,9 @@ def _objects(mask: np.ndarray, c: int) -> int:
     return int(ndimage.label(mask == c, structure=np.ones((3, 3), bool))[1])
 
 
-def prediction_row(proba, classes: list[str], background: int | None, mask=None, ood: dict | None = None,
-                   score: str | None = None) -> dict:
+def prediction_row(
+    proba, classes: list[str], background: int | None, mask=None, ood: dict | None = None, score: str | None = None
+) -> dict:
     """``{"height", "width", "area_<class>", "objects_<class>" (8-connected), "mean_foreground_probability",
     "uncertainty", "ood_score", "ood_flag", "ood_reasons"}`` of one image.
 

@@ -76,8 +76,9 @@ def labelled_images(loaded, exclude) -> list[Path]:
         if source and Path(source).is_dir():
             found += _data_images(source)
         else:
-            log.warning("%s: the training data folder %r is gone; only --exclude images are skipped",
-                        loaded.run_dir, source)
+            log.warning(
+                "%s: the training data folder %r is gone; only --exclude images are skipped", loaded.run_dir, source
+            )
     for folder in exclude:
         found += _data_images(folder)
     return list(dict.fromkeys(found))
@@ -152,17 +153,19 @@ def _pictures(loaded, image: np.ndarray, proba: np.ndarray) -> dict:
     from biomedseg.reports.suggest_sheet import uncertainty_colours
 
     mask = proba.argmax(0).astype(np.uint8)
-    return {"thumbnail": _shrink(to_display_rgb(image)),
-            "overlay": _shrink(class_overlay(image, mask, background=loaded.background)),
-            "uncertainty": _shrink(uncertainty_colours(entropy_map(proba)))}
+    return {
+        "thumbnail": _shrink(to_display_rgb(image)),
+        "overlay": _shrink(class_overlay(image, mask, background=loaded.background)),
+        "uncertainty": _shrink(uncertainty_colours(entropy_map(proba))),
+    }
 
 
 def score_image(loaded, predictor, path: Path) -> tuple[dict, np.ndarray | None, dict]:
     """One pool image -> (its scores, pooled features or ``None``, contact-sheet pictures)."""
-    from biomedseg.trust.features import member_samples, predict_with_features
     from biomedseg.io import read_image
     from biomedseg.io.pixel_size import pixel_size
     from biomedseg.metrics.uncertainty import DEFAULT_SCORE, image_scores, mutual_information_map
+    from biomedseg.trust.features import member_samples, predict_with_features
 
     image = read_image(path)
     try:
@@ -173,8 +176,7 @@ def score_image(loaded, predictor, path: Path) -> tuple[dict, np.ndarray | None,
     scores = {"uncertainty": 0.0, **image_scores(proba, loaded.background)}
     scores["uncertainty"] = scores[DEFAULT_SCORE]
     samples = member_samples(loaded, predictor, image) if size is None else None
-    scores["member_disagreement"] = (float(mutual_information_map(samples).mean()) if samples is not None
-                                     else None)
+    scores["member_disagreement"] = float(mutual_information_map(samples).mean()) if samples is not None else None
     fg = proba.argmax(0) != (loaded.background if loaded.background is not None else -1)
     scores["foreground_fraction"] = float(fg.mean())
     return scores, features, _pictures(loaded, image, proba)
@@ -225,8 +227,19 @@ def _feature_matrix(features: list, thumbs: np.ndarray) -> tuple[np.ndarray, str
 
 
 #: Columns of the CSV, in order.
-CSV_COLUMNS = ["rank", "file", "uncertainty", "mean_entropy", "boundary_entropy", "expected_dice_loss",
-               "member_disagreement", "foreground_fraction", "distance_to_nearest_pick", "nearest_pick", "why"]
+CSV_COLUMNS = [
+    "rank",
+    "file",
+    "uncertainty",
+    "mean_entropy",
+    "boundary_entropy",
+    "expected_dice_loss",
+    "member_disagreement",
+    "foreground_fraction",
+    "distance_to_nearest_pick",
+    "nearest_pick",
+    "why",
+]
 #: Score columns shown on the contact sheet.
 SHEET_COLUMNS = ["uncertainty", "boundary_entropy", "mean_entropy", "member_disagreement", "foreground_fraction"]
 
@@ -265,8 +278,12 @@ def _rank(rows: list[dict], matrix: np.ndarray, n: int) -> list[tuple[dict, int]
     order = {rows[i]["file"]: k + 1 for k, i in enumerate(np.argsort(-u, kind="stable"))}
     ranked = []
     for rank, (i, distance, near) in enumerate(greedy_core_set(u, matrix, n), start=1):
-        row = dict(rows[i], rank=rank, distance_to_nearest_pick=None if near is None else distance,
-                   nearest_pick=None if near is None else rows[near]["file"])
+        row = dict(
+            rows[i],
+            rank=rank,
+            distance_to_nearest_pick=None if near is None else distance,
+            nearest_pick=None if near is None else rows[near]["file"],
+        )
         row["why"] = _why(row, len(rows), order, row["nearest_pick"], distance)
         ranked.append((row, i))
     return ranked
@@ -290,8 +307,10 @@ def suggest(run_dir, pool, options: SuggestOptions | None = None) -> dict:
     loaded = load_run(run_dir, opts.checkpoint, opts.device)
     keep, skipped, thumbs = drop_known(files, labelled_images(loaded, opts.exclude))
     if not keep:
-        raise UserError(f"{', '.join(map(str, pool))}: nothing to suggest: every image is unreadable, in the "
-                        "training data or a near duplicate of it")
+        raise UserError(
+            f"{', '.join(map(str, pool))}: nothing to suggest: every image is unreadable, in the "
+            "training data or a near duplicate of it"
+        )
     for name, reason in skipped.items():
         log.debug("not suggested: %s: %s", name, reason)
     scored, rows, feats, pictures = _score_pool(loaded, files, keep, opts.tta)
@@ -304,6 +323,11 @@ def suggest(run_dir, pool, options: SuggestOptions | None = None) -> dict:
     out = Path(opts.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     write_suggest_csv(out, [r for r, _ in ranked])
-    html = write_suggest_sheet(out.with_suffix(".html"), [r for r, _ in ranked], [pictures[i] for _, i in ranked],
-                               f"biomedseg suggest: {len(ranked)} of {len(files)} images", SHEET_COLUMNS)
+    html = write_suggest_sheet(
+        out.with_suffix(".html"),
+        [r for r, _ in ranked],
+        [pictures[i] for _, i in ranked],
+        f"biomedseg suggest: {len(ranked)} of {len(files)} images",
+        SHEET_COLUMNS,
+    )
     return {"rows": [r for r, _ in ranked], "csv": out, "html": html, "skipped": skipped, "features": kind}

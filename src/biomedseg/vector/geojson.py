@@ -24,8 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from biomedseg.core.errors import UserError
-from biomedseg.vector.polygons import PolygonTracer
 from biomedseg.io.writers import atomic_path
+from biomedseg.vector.polygons import PolygonTracer
 
 __all__ = ["DEFAULT_OBJECT_TYPE", "OBJECT_TYPES", "GeoJSONMaskWriter", "write_mask_geojson"]
 
@@ -49,14 +49,19 @@ def _ring(coords: np.ndarray, scale: tuple[float, float]) -> list:
     return ring
 
 
-def polygon_feature(shell: np.ndarray, holes: list[np.ndarray], name: str, color: Sequence[int],
-                    object_type: str = DEFAULT_OBJECT_TYPE, scale: tuple[float, float] = (1.0, 1.0)) -> dict:
+def polygon_feature(
+    shell: np.ndarray,
+    holes: list[np.ndarray],
+    name: str,
+    color: Sequence[int],
+    object_type: str = DEFAULT_OBJECT_TYPE,
+    scale: tuple[float, float] = (1.0, 1.0),
+) -> dict:
     """A GeoJSON ``Feature`` (QuPath properties) of one polygon ``(shell, holes)``."""
     return {
         "type": "Feature",
         "geometry": {"type": "Polygon", "coordinates": [_ring(r, scale) for r in (shell, *holes)]},
-        "properties": {"objectType": object_type,
-                       "classification": {"name": name, "color": [int(v) for v in color]}},
+        "properties": {"objectType": object_type, "classification": {"name": name, "color": [int(v) for v in color]}},
     }
 
 
@@ -73,8 +78,14 @@ class GeoJSONMaskWriter:
     Use as a context manager: :meth:`add_rows` top to bottom, then :meth:`finish`.
     """
 
-    def __init__(self, path: str | os.PathLike, width: int, classes: dict[int, tuple[str, Sequence[int]]],
-                 object_type: str = DEFAULT_OBJECT_TYPE, scale: tuple[float, float] = (1.0, 1.0)):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        width: int,
+        classes: dict[int, tuple[str, Sequence[int]]],
+        object_type: str = DEFAULT_OBJECT_TYPE,
+        scale: tuple[float, float] = (1.0, 1.0),
+    ):
         self.path = Path(path)
         self.classes = classes
         self.object_type = check_object_type(object_type)
@@ -110,8 +121,13 @@ class GeoJSONMaskWriter:
         self._stack.close()
 
 
-def write_mask_geojson(path: str | os.PathLike, mask: np.ndarray, classes: dict[int, tuple[str, Sequence[int]]],
-                       object_type: str = DEFAULT_OBJECT_TYPE, scale: tuple[float, float] = (1.0, 1.0)) -> Path:
+def write_mask_geojson(
+    path: str | os.PathLike,
+    mask: np.ndarray,
+    classes: dict[int, tuple[str, Sequence[int]]],
+    object_type: str = DEFAULT_OBJECT_TYPE,
+    scale: tuple[float, float] = (1.0, 1.0),
+) -> Path:
     """Write the polygons of the ``(H, W)`` class-index ``mask`` (see :class:`GeoJSONMaskWriter`)."""
     with GeoJSONMaskWriter(path, mask.shape[1], classes, object_type, scale) as writer:
         writer.add_rows(0, mask)

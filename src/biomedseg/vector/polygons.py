@@ -44,8 +44,12 @@ def _unit_edges(prev: np.ndarray, rows: np.ndarray, y0: int) -> tuple[np.ndarray
     parts = []
     # (where, x offset, y offset, direction): top sides run +x, bottom sides of the row above
     # run -x, left sides -y (from the lower corner), right sides +y
-    for where, ox, oy, d in ((rows & ~above, 0, 0, 0), (above & ~rows, 1, 0, 2),
-                             (rows & ~left, 0, 1, 3), (rows & ~right, 1, 0, 1)):
+    for where, ox, oy, d in (
+        (rows & ~above, 0, 0, 0),
+        (above & ~rows, 1, 0, 2),
+        (rows & ~left, 0, 1, 3),
+        (rows & ~right, 1, 0, 1),
+    ):
         r, c = np.nonzero(where)
         parts.append((c + ox, r + y0 + oy, np.full(r.size, d)))
     x, y, d = (np.concatenate([p[i] for p in parts]).astype(np.int64) for i in range(3))
@@ -171,8 +175,15 @@ def _corner_rings(parts: list[np.ndarray], stride: int) -> list[_Ring]:
     x, y = rotated % stride, rotated // stride
     _, _, nxt, _ = _ring_positions(lengths)
     area2 = np.add.reduceat(x * y[nxt] - x[nxt] * y, first)
-    boxes = np.stack([np.minimum.reduceat(x, first), np.minimum.reduceat(y, first),
-                      np.maximum.reduceat(x, first), np.maximum.reduceat(y, first)], 1).tolist()
+    boxes = np.stack(
+        [
+            np.minimum.reduceat(x, first),
+            np.minimum.reduceat(y, first),
+            np.maximum.reduceat(x, first),
+            np.maximum.reduceat(y, first),
+        ],
+        1,
+    ).tolist()
     sorted_keys, sorted_ring = keys[order], ring[order]
     twice = np.zeros(lengths.size, bool)
     twice[sorted_ring[1:][(sorted_keys[1:] == sorted_keys[:-1]) & (sorted_ring[1:] == sorted_ring[:-1])]] = True
@@ -194,9 +205,9 @@ def _simple_loops(x: np.ndarray, y: np.ndarray) -> list[tuple[np.ndarray, np.nda
         if p in where:
             i = where[p]
             loops.append(stack[i:])
-            for q in stack[i + 1:]:
+            for q in stack[i + 1 :]:
                 del where[q]
-            del stack[i + 1:]
+            del stack[i + 1 :]
         else:
             where[p] = len(stack)
             stack.append(p)
@@ -257,12 +268,16 @@ class _ClassTracer:
         paths, cycles = _walks(_successors(start, end, first, last, limit))
         n_old = c.start.size
         self.chains = _Chains(
-            np.array([start[p[0]] for p in paths], np.int64), np.array([end[p[-1]] for p in paths], np.int64),
-            np.array([first[p[0]] for p in paths], np.int64), np.array([last[p[-1]] for p in paths], np.int64),
-            [_gather_keys(p, n_old, c.keys, keys) for p in paths])
+            np.array([start[p[0]] for p in paths], np.int64),
+            np.array([end[p[-1]] for p in paths], np.int64),
+            np.array([first[p[0]] for p in paths], np.int64),
+            np.array([last[p[-1]] for p in paths], np.int64),
+            [_gather_keys(p, n_old, c.keys, keys) for p in paths],
+        )
         if cycles:
-            self._close(_corner_rings([np.concatenate(_gather_keys(cyc, n_old, c.keys, keys)) for cyc in cycles],
-                                      self.stride))
+            self._close(
+                _corner_rings([np.concatenate(_gather_keys(cyc, n_old, c.keys, keys)) for cyc in cycles], self.stride)
+            )
 
     def _close(self, rings: list[_Ring]) -> None:
         """New holes wait; new shells (smallest first) take the waiting holes inside them."""
@@ -285,9 +300,9 @@ class _ClassTracer:
         boxes = np.array([shells[i].bbox for i in big])
         step = max(1, 2**22 // len(self.holes))  # shells per block: bounded pair matrices
         for i in range(0, len(big), step):
-            b = boxes[i:i + step, None, :]
+            b = boxes[i : i + step, None, :]
             inside = ((self.boxes[None, :, :2] >= b[..., :2]) & (self.boxes[None, :, 2:] <= b[..., 2:])).all(2)
-            maybe[big[i:i + step]] = inside.any(1)
+            maybe[big[i : i + step]] = inside.any(1)
         return maybe
 
     def _claim(self, shell: _Ring) -> list[np.ndarray]:

@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from biomedseg.core.errors import UserError
-from biomedseg.io.writers import write_text
-from biomedseg.runs import RunFolder, open_run
 from biomedseg.core.stats import (
     DEFAULT_CONFIDENCE,
     DEFAULT_RESAMPLES,
@@ -42,6 +40,8 @@ from biomedseg.core.stats import (
     difference_sentence,
     paired_bootstrap,
 )
+from biomedseg.io.writers import write_text
+from biomedseg.runs import RunFolder, open_run
 
 log = logging.getLogger("biomedseg")
 
@@ -88,8 +88,10 @@ def open_members(paths: Sequence) -> list[RunFolder]:
     for run in runs[1:]:
         classes = run.dataset().classes
         if classes != first:
-            raise UserError(f"{run.root}: classes {classes} differ from {runs[0].root}'s {first}; "
-                            "only runs with the same classes can be compared")
+            raise UserError(
+                f"{run.root}: classes {classes} differ from {runs[0].root}'s {first}; "
+                "only runs with the same classes can be compared"
+            )
     return runs
 
 
@@ -163,8 +165,9 @@ def _checkpoints(run: RunFolder) -> list[Path]:
     return [leaf.checkpoint_path("best") for leaf, _ in ensemble_members(run)]
 
 
-def evaluation_of(run: RunFolder, name: str, out: Path, split: str, data, given, device, quiet,
-                  score: str = SCORE) -> Path:
+def evaluation_of(
+    run: RunFolder, name: str, out: Path, split: str, data, given, device, quiet, score: str = SCORE
+) -> Path:
     """The evaluation folder of ``run``: ``given``, a current ``OUT/evals/<name>`` holding ``score``,
     or a new one (with ``score``'s metric group when it is a field metric)."""
     if given is not None:
@@ -195,8 +198,10 @@ def metric_group(score: str) -> str:
     hits = [(k, g) for g, keys in GROUPS.items() for k in keys if score == k or score.startswith(k + "_")]
     hits += [(k, "boundary") for k in ("hd95_um", "assd_um") if score.startswith(k)]
     if not hits:
-        raise UserError(f"--metric {score}: not a per-image metric (image_dice, dice_<class>, or one of "
-                        f"{', '.join(k for keys in list(GROUPS.values())[1:] for k in keys)})")
+        raise UserError(
+            f"--metric {score}: not a per-image metric (image_dice, dice_<class>, or one of "
+            f"{', '.join(k for keys in list(GROUPS.values())[1:] for k in keys)})"
+        )
     return max(hits, key=lambda h: len(h[0]))[1]
 
 
@@ -206,12 +211,16 @@ def common_images(members: Sequence[Member]) -> list[str]:
     first = members[0]
     for m in members[1:]:
         if not _same_path(m.metrics.get("data"), first.metrics.get("data")):
-            raise UserError(f"{m.eval_dir}: evaluated on {m.metrics.get('data')}, {first.name} on "
-                            f"{first.metrics.get('data')}; compare needs one data folder (--data DATA)")
+            raise UserError(
+                f"{m.eval_dir}: evaluated on {m.metrics.get('data')}, {first.name} on "
+                f"{first.metrics.get('data')}; compare needs one data folder (--data DATA)"
+            )
         if set(m.scores) != set(first.scores):
             common = len(set(m.scores) & set(first.scores))
-            raise UserError(f"{m.eval_dir}: {len(m.scores)} images, {first.name}'s evaluation {len(first.scores)} "
-                            f"({common} in common); compare needs the same images (same --data and --split)")
+            raise UserError(
+                f"{m.eval_dir}: {len(m.scores)} images, {first.name}'s evaluation {len(first.scores)} "
+                f"({common} in common); compare needs the same images (same --data and --split)"
+            )
     return list(first.scores)
 
 
@@ -255,8 +264,11 @@ def lineage_rows(members: Sequence[Member]) -> list[tuple[str, list]]:
             cells.append(None)
             continue
         here = roots.get(str(p.get("path")))
-        cells.append(f"{here} (compared here)" if here else f"{p.get('run')} ({p.get('checkpoint')}, "
-                     f"sha256 {str(p.get('sha256'))[:12]})")
+        cells.append(
+            f"{here} (compared here)"
+            if here
+            else f"{p.get('run')} ({p.get('checkpoint')}, sha256 {str(p.get('sha256'))[:12]})"
+        )
     return [("started from (--init)", cells)]
 
 
@@ -278,9 +290,12 @@ def training_summary(run: RunFolder) -> tuple[dict, dict | None]:
 
     dice = [v for v in curves.get("val_dice", []) if not math.isnan(v)]
     steps, epochs = last("iteration"), last("epoch")
-    return {"seconds": last("seconds"), "steps": int(steps) if steps is not None else None,
-            "epochs": int(epochs) if epochs is not None else None,
-            "best_val_dice": max(dice) if dice else None}, curves
+    return {
+        "seconds": last("seconds"),
+        "steps": int(steps) if steps is not None else None,
+        "epochs": int(epochs) if epochs is not None else None,
+        "best_val_dice": max(dice) if dice else None,
+    }, curves
 
 
 def _members_summary(folder: RunFolder) -> dict:
@@ -309,28 +324,52 @@ def method_note(n: int, n_resamples: int, seed: int, confidence: float, n_pairs:
     from biomedseg.metrics.field import metric_direction
 
     alpha = 1.0 - confidence
-    what = (f"per-image Dice ({SCORE}: the mean Dice over the foreground classes of one image; pooled Dice in the "
-            "metrics table can rank runs differently)") if score == SCORE else (
-        f"per-image {score} (lower is better: the difference is taken A - B, so positive favours B)"
-        if metric_direction(score) == "lower" else f"per-image {score}")
-    text = (f"Paired bootstrap over the {n} images: image indices drawn with replacement {n_resamples} times "
-            f"(seed {seed}), the same images for both runs; the interval is the {confidence * 100:g}% BCa "
-            f"interval of the mean difference of {what}; p is the two-sided "
-            "bootstrap p-value. The interval covers the image-to-image noise of these images, not the randomness "
-            "of training: two seeds of one configuration differ too.")
+    what = (
+        (
+            f"per-image Dice ({SCORE}: the mean Dice over the foreground classes of one image; pooled Dice in the "
+            "metrics table can rank runs differently)"
+        )
+        if score == SCORE
+        else (
+            f"per-image {score} (lower is better: the difference is taken A - B, so positive favours B)"
+            if metric_direction(score) == "lower"
+            else f"per-image {score}"
+        )
+    )
+    text = (
+        f"Paired bootstrap over the {n} images: image indices drawn with replacement {n_resamples} times "
+        f"(seed {seed}), the same images for both runs; the interval is the {confidence * 100:g}% BCa "
+        f"interval of the mean difference of {what}; p is the two-sided "
+        "bootstrap p-value. The interval covers the image-to-image noise of these images, not the randomness "
+        "of training: two seeds of one configuration differ too."
+    )
     if n_pairs > 1:
-        text += (f" Each interval excludes 0 by chance {alpha * 100:g}% of the time when two runs do not differ: "
-                 f"over {n_pairs} comparisons expect about {n_pairs * alpha:.2g} such false alarms.")
+        text += (
+            f" Each interval excludes 0 by chance {alpha * 100:g}% of the time when two runs do not differ: "
+            f"over {n_pairs} comparisons expect about {n_pairs * alpha:.2g} such false alarms."
+        )
     if n < FEW_IMAGES:
         text += f" With fewer than {FEW_IMAGES} images a bootstrap interval is too narrow: read it with care."
     return text
 
 
 # ------------------------------------------------------------------------------------ compare
-def compare(runs: Sequence, out, *, data=None, split: str = DEFAULT_SPLIT, evaluations: Mapping | None = None,
-            baseline=None, pairs: str = PAIRS[0], n_resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
-            confidence: float = DEFAULT_CONFIDENCE, device: str | None = None, quiet: bool = False,
-            metric: str = SCORE) -> dict:
+def compare(
+    runs: Sequence,
+    out,
+    *,
+    data=None,
+    split: str = DEFAULT_SPLIT,
+    evaluations: Mapping | None = None,
+    baseline=None,
+    pairs: str = PAIRS[0],
+    n_resamples: int = DEFAULT_RESAMPLES,
+    seed: int = DEFAULT_SEED,
+    confidence: float = DEFAULT_CONFIDENCE,
+    device: str | None = None,
+    quiet: bool = False,
+    metric: str = SCORE,
+) -> dict:
     """Compare run folders ``runs`` on ``split`` of ``data`` (default: each run's training data).
 
     ``evaluations``: ``{run path or name: evaluation folder}`` to reuse; the others are evaluated
@@ -356,14 +395,21 @@ def compare(runs: Sequence, out, *, data=None, split: str = DEFAULT_SPLIT, evalu
         eval_dir = evaluation_of(run, name, out, split, data, given.get(i), device, quiet, metric)
         members.append(Member(name, run, eval_dir, *read_evaluation(eval_dir, metric)))
     ids = common_images(members)
-    comparisons = [_compare_pair(members[a], members[b], ids, metric, n_resamples, seed, confidence)
-                   for a, b in index_pairs]
-    summary = {"split": split, "data": members[0].metrics.get("data"), "n_images": len(ids), "score": metric,
-               "baseline": names[base] if pairs == "baseline" else None,
-               "runs": [{"name": m.name, "run": str(m.run.root), "evaluation": str(m.eval_dir)} for m in members],
-               "comparisons": comparisons}
-    md, page = _write_report(out, members, ids, summary, method_note(len(ids), n_resamples, seed, confidence,
-                                                                     len(comparisons), metric))
+    comparisons = [
+        _compare_pair(members[a], members[b], ids, metric, n_resamples, seed, confidence) for a, b in index_pairs
+    ]
+    summary = {
+        "split": split,
+        "data": members[0].metrics.get("data"),
+        "n_images": len(ids),
+        "score": metric,
+        "baseline": names[base] if pairs == "baseline" else None,
+        "runs": [{"name": m.name, "run": str(m.run.root), "evaluation": str(m.eval_dir)} for m in members],
+        "comparisons": comparisons,
+    }
+    md, page = _write_report(
+        out, members, ids, summary, method_note(len(ids), n_resamples, seed, confidence, len(comparisons), metric)
+    )
     summary.update({"markdown": str(md), "html": str(page)})
     write_text(out / RESULT_NAME, json.dumps(summary, indent=2, allow_nan=False) + "\n")
     return summary
@@ -375,21 +421,26 @@ def _compare_pair(ma: Member, mb: Member, ids, metric: str, n_resamples: int, se
     from biomedseg.metrics.field import metric_direction
 
     sign = -1.0 if metric_direction(metric) == "lower" else 1.0
-    result = paired_bootstrap([sign * ma.scores[i] for i in ids], [sign * mb.scores[i] for i in ids],
-                              n_resamples=n_resamples, seed=seed, confidence=confidence)
+    result = paired_bootstrap(
+        [sign * ma.scores[i] for i in ids],
+        [sign * mb.scores[i] for i in ids],
+        n_resamples=n_resamples,
+        seed=seed,
+        confidence=confidence,
+    )
     label = "Dice" if metric == SCORE else (metric + (" (lower is better)" if sign < 0 else ""))
-    return {"a": ma.name, "b": mb.name, **result, "direction": "lower" if sign < 0 else "higher",
-            "sentence": difference_sentence(result, ma.name, mb.name, metric=label)}
+    return {
+        "a": ma.name,
+        "b": mb.name,
+        **result,
+        "direction": "lower" if sign < 0 else "higher",
+        "sentence": difference_sentence(result, ma.name, mb.name, metric=label),
+    }
 
 
 def _write_report(out: Path, members: Sequence[Member], ids: Sequence[str], summary: dict, method: str):
     """Build the plain data of :class:`~biomedseg.reports.compare.CompareReport` and write it."""
-    from biomedseg.reports.compare import (
-        CompareReport,
-        Comparison,
-        RunColumn,
-        write_compare_report,
-    )
+    from biomedseg.reports.compare import CompareReport, Comparison, RunColumn, write_compare_report
 
     columns = []
     for m in members:
@@ -397,9 +448,14 @@ def _write_report(out: Path, members: Sequence[Member], ids: Sequence[str], summ
         columns.append(RunColumn(m.name, str(m.run.root), str(m.eval_dir), m.metrics, training, curves))
     report = CompareReport(
         title=f"biomedseg comparison: {', '.join(m.name for m in members)}",
-        split=summary["split"], data=str(summary["data"]), runs=columns,
+        split=summary["split"],
+        data=str(summary["data"]),
+        runs=columns,
         settings=lineage_rows(members) + differing_settings([m.run.config_values() for m in members]),
-        image_ids=list(ids), image_dice={m.name: [m.scores[i] for i in ids] for m in members}, score=summary["score"],
+        image_ids=list(ids),
+        image_dice={m.name: [m.scores[i] for i in ids] for m in members},
+        score=summary["score"],
         comparisons=[Comparison(c["a"], c["b"], c, c["sentence"]) for c in summary["comparisons"]],
-        method=method)
+        method=method,
+    )
     return write_compare_report(out, report)

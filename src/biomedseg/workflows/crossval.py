@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from biomedseg.data.folds import DEFAULT_FOLDS, fold_splits, make_folds
 from biomedseg.core.errors import UserError
+from biomedseg.data.folds import DEFAULT_FOLDS, fold_splits, make_folds
 from biomedseg.io.writers import write_text
 from biomedseg.runs.cv import DONE, TRAINED, CVFolder, create_cv, preparing
 
@@ -43,10 +43,25 @@ log = logging.getLogger("biomedseg")
 SUMMARY_SCORES = ("dice", "iou", "precision", "recall", "image_dice")
 
 
-def cross_validate(data, out, *, folds: int = DEFAULT_FOLDS, fold: int | None = None, time_budget=None,
-                   budget_per_fold=None, stratify: bool = False, audit=None, check_flips: bool = False, config=None,
-                   plan=None, tta: str = "none", prepare: bool = False, scheduler=None, quiet: bool = False,
-                   **overrides) -> dict:
+def cross_validate(
+    data,
+    out,
+    *,
+    folds: int = DEFAULT_FOLDS,
+    fold: int | None = None,
+    time_budget=None,
+    budget_per_fold=None,
+    stratify: bool = False,
+    audit=None,
+    check_flips: bool = False,
+    config=None,
+    plan=None,
+    tta: str = "none",
+    prepare: bool = False,
+    scheduler=None,
+    quiet: bool = False,
+    **overrides,
+) -> dict:
     """Cross-validate on the DATA folder ``data`` into the CV folder ``out`` (see the module docstring).
 
     ``overrides`` are training options as for :func:`biomedseg.training.api.train`. ``time_budget``:
@@ -56,12 +71,15 @@ def cross_validate(data, out, *, folds: int = DEFAULT_FOLDS, fold: int | None = 
     as jobs on a Dask cluster (any form of :func:`biomedseg.runtime.cluster.connect`). Returns the summary
     (``{"missing": [folds]}`` while folds are unfinished).
     """
-    from biomedseg.training.api import resolve_settings
     from biomedseg.runs.config import parse_duration
+    from biomedseg.training.api import resolve_settings
 
     cfg, _ = resolve_settings(config, {**overrides, **({"time_budget": time_budget} if time_budget else {})})
-    per_fold = parse_duration(budget_per_fold) if budget_per_fold is not None else (
-        cfg.time_budget / folds if cfg.time_budget else None)
+    per_fold = (
+        parse_duration(budget_per_fold)
+        if budget_per_fold is not None
+        else (cfg.time_budget / folds if cfg.time_budget else None)
+    )
     if fold is not None and not 0 <= fold < folds:
         raise UserError(f"--fold {fold}: expected 0..{folds - 1}")
     fold_options = {**overrides, **({"time_budget": per_fold} if per_fold else {})}
@@ -89,33 +107,50 @@ def assign_folds(cv: CVFolder, cfg, data, k: int, stratify: bool, audit, check_f
     if cv.folds_json.is_file():
         record = cv.folds()
         if (record.get("seed"), record.get("stratified")) != (cfg.seed, stratify):
-            log.warning("%s: keeps its folds (seed %s, stratified %s) made when the CV started", cv.folds_json,
-                        record.get("seed"), record.get("stratified"))
+            log.warning(
+                "%s: keeps its folds (seed %s, stratified %s) made when the CV started",
+                cv.folds_json,
+                record.get("seed"),
+                record.get("stratified"),
+            )
         return record
     setup = prepare_data(cfg, data)
     pool = sorted(setup.split["train"] + setup.split.get("val", []))
     groups, labels = duplicate_groups(setup.source.root, audit, check_flips, progress=not quiet, stratify=stratify)
     folds = make_folds(pool, groups, k, cfg.seed, labels)
     grouped = [g for g in groups if len(g & set(pool)) > 1]
-    record = {"k": k, "seed": cfg.seed, "stratified": stratify, "data": str(Path(setup.source.root).resolve()),
-              "pool": pool, "test": setup.split.get("test", []), "duplicate_groups": len(grouped),
-              "folds": fold_splits(folds)}
+    record = {
+        "k": k,
+        "seed": cfg.seed,
+        "stratified": stratify,
+        "data": str(Path(setup.source.root).resolve()),
+        "pool": pool,
+        "test": setup.split.get("test", []),
+        "duplicate_groups": len(grouped),
+        "folds": fold_splits(folds),
+    }
     cv.write_folds(record)
-    log.info("%d folds over %d training-pool images (%d near-duplicate groups kept in one fold; %d test images "
-             "left out)", k, len(pool), len(grouped), len(record["test"]))
+    log.info(
+        "%d folds over %d training-pool images (%d near-duplicate groups kept in one fold; %d test images left out)",
+        k,
+        len(pool),
+        len(grouped),
+        len(record["test"]),
+    )
     return record
 
 
 def shared_plan(cv: CVFolder, data, config, plan, assignment: dict, fold_options: dict, quiet: bool) -> None:
     """``CV/plan.yaml``: the given plan file, or a plan of the whole pool for one fold's budget."""
-    from biomedseg.training.api import plan_data
     from biomedseg.planning.ensemble import cv_plan_entry, fold_advice
+    from biomedseg.training.api import plan_data
 
     if plan is not None:
         write_text(cv.paths.plan, Path(plan).read_text())
         return
-    result = plan_data(data, None, config=config, quiet=quiet, split={"train": assignment["pool"], "val": []},
-                       **fold_options)
+    result = plan_data(
+        data, None, config=config, quiet=quiet, split={"train": assignment["pool"], "val": []}, **fold_options
+    )
     steps = (result.get("iterations") or {}).get("value")
     result["ensemble"] = cv_plan_entry(steps, fold_options.get("time_budget"))
     write_text(cv.paths.plan, yaml.safe_dump(result, sort_keys=False))
@@ -123,11 +158,12 @@ def shared_plan(cv: CVFolder, data, config, plan, assignment: dict, fold_options
         log.warning("%s", result["ensemble"]["reason"])
 
 
-def run_fold(cv: CVFolder, i: int, data, split: dict, config, fold_options: dict, tta: str, device: str,
-             quiet: bool) -> None:
+def run_fold(
+    cv: CVFolder, i: int, data, split: dict, config, fold_options: dict, tta: str, device: str, quiet: bool
+) -> None:
     """Train fold ``i`` (resuming its ``last.pt``) unless trained, then predict its out-of-fold images."""
-    from biomedseg.workflows.oof import predict_fold_oof
     from biomedseg.training.api import train
+    from biomedseg.workflows.oof import predict_fold_oof
 
     state = cv.fold_state(i)
     if state == DONE:
@@ -135,17 +171,31 @@ def run_fold(cv: CVFolder, i: int, data, split: dict, config, fold_options: dict
         return
     if state is None:
         resume = cv.fold(i).has_checkpoint("last")
-        log.info("fold %d: %s (%d training, %d validation images)", i, "resuming" if resume else "training",
-                 len(split["train"]), len(split["val"]))
+        log.info(
+            "fold %d: %s (%d training, %d validation images)",
+            i,
+            "resuming" if resume else "training",
+            len(split["train"]),
+            len(split["val"]),
+        )
         plan = cv.paths.plan if cv.paths.plan.is_file() else None
-        train(data, cv.fold_dir(i), config=config, resume=resume, quiet=quiet, plan=plan,
-              split={"train": split["train"], "val": split["val"]}, **fold_options)
+        train(
+            data,
+            cv.fold_dir(i),
+            config=config,
+            resume=resume,
+            quiet=quiet,
+            plan=plan,
+            split={"train": split["train"], "val": split["val"]},
+            **fold_options,
+        )
         cv.write_fold_record(i, {"status": TRAINED})
     cv.write_fold_record(i, predict_fold_oof(cv, i, tta, device, quiet))
 
 
-def folds_on_cluster(cv: CVFolder, scheduler, data, stratify: bool, config, fold_options: dict, tta: str,
-                     quiet: bool) -> dict:
+def folds_on_cluster(
+    cv: CVFolder, scheduler, data, stratify: bool, config, fold_options: dict, tta: str, quiet: bool
+) -> dict:
     """Each unfinished fold as one job (``cross_validate(fold=i)`` in a worker process, the folds
     and plan already written), then the summary here; a failed fold is reported, the others go on.
     The summary gains ``workers`` (the process ids that trained) and ``failed``."""
@@ -154,8 +204,23 @@ def folds_on_cluster(cv: CVFolder, scheduler, data, stratify: bool, config, fold
     todo = [i for i in range(cv.n_folds()) if cv.fold_state(i) != DONE]
     options = dict(fold_options)
     per_fold = options.pop("time_budget", None)
-    jobs = [(f"cv-fold-{i}", (str(Path(data).resolve()), str(cv.root.resolve()), cv.n_folds(), i, stratify,
-                              str(Path(config).resolve()) if config else None, per_fold, options, tta)) for i in todo]
+    jobs = [
+        (
+            f"cv-fold-{i}",
+            (
+                str(Path(data).resolve()),
+                str(cv.root.resolve()),
+                cv.n_folds(),
+                i,
+                stratify,
+                str(Path(config).resolve()) if config else None,
+                per_fold,
+                options,
+                tta,
+            ),
+        )
+        for i in todo
+    ]
     with connect(scheduler) as client:
         log.info("%d folds to train on the cluster (%d finished)", len(todo), cv.n_folds() - len(todo))
         results, failed = run_jobs(client, _fold_job, jobs, quiet=quiet, what="folds")
@@ -170,8 +235,18 @@ def _fold_job(data: str, out: str, k: int, i: int, stratify: bool, config, per_f
 
     from biomedseg.runtime.cluster import with_worker_threads
 
-    cross_validate(data, out, folds=k, fold=i, budget_per_fold=per_fold, stratify=stratify, config=config, tta=tta,
-                   quiet=True, **with_worker_threads(options))
+    cross_validate(
+        data,
+        out,
+        folds=k,
+        fold=i,
+        budget_per_fold=per_fold,
+        stratify=stratify,
+        config=config,
+        tta=tta,
+        quiet=True,
+        **with_worker_threads(options),
+    )
     return os.getpid()
 
 
@@ -182,8 +257,9 @@ def finish(cv: CVFolder) -> dict:
     k = cv.n_folds()
     missing = [i for i in range(k) if cv.fold_state(i) != DONE]
     if missing:
-        log.info("folds %s not finished yet: run `biomedseg cv` again (or --fold K for each)",
-                 ", ".join(map(str, missing)))
+        log.info(
+            "folds %s not finished yet: run `biomedseg cv` again (or --fold K for each)", ", ".join(map(str, missing))
+        )
         return {"missing": missing}
     write_ensemble_records(cv, [cv.fold(i) for i in range(k)])
     summary = summarize(cv)
@@ -193,25 +269,41 @@ def finish(cv: CVFolder) -> dict:
 
 def summarize(cv: CVFolder) -> dict:
     """Per-fold validation scores, their mean and sd, and the pooled out-of-fold scores."""
-    from biomedseg.workflows.comparison import training_summary
     from biomedseg.metrics.pixel import scores_from_confusion
+    from biomedseg.workflows.comparison import training_summary
 
     info = cv.fold(0).dataset()
     records = [cv.fold_record(i) for i in range(cv.n_folds())]
     rows = []
     for i, rec in enumerate(records):
         training, _ = training_summary(cv.fold(i))
-        rows.append({"fold": i, "n_images": len(rec["ids"]), **{s: rec["scores"].get(s) for s in SUMMARY_SCORES},
-                     "per_class": rec["scores"].get("per_class"), **training})
+        rows.append(
+            {
+                "fold": i,
+                "n_images": len(rec["ids"]),
+                **{s: rec["scores"].get(s) for s in SUMMARY_SCORES},
+                "per_class": rec["scores"].get("per_class"),
+                **training,
+            }
+        )
     mean = {s: _mean_sd([r[s] for r in rows]) for s in SUMMARY_SCORES}
-    pooled = scores_from_confusion(np.sum([np.asarray(r["confusion"]) for r in records], axis=0), info.classes,
-                                   info.background)
+    pooled = scores_from_confusion(
+        np.sum([np.asarray(r["confusion"]) for r in records], axis=0), info.classes, info.background
+    )
     image_dice = [row["image_dice"] for r in records for row in r["rows"]]
     pooled.update({"image_dice": float(np.mean(image_dice)), "n_images": len(image_dice)})
     folds = cv.folds()
-    out = {"k": len(records), "data": folds.get("data"), "n_pool": len(folds["pool"]), "n_test": len(folds["test"]),
-           "tta": records[0].get("tta"), "folds": rows, "mean": {s: v[0] for s, v in mean.items()},
-           "sd": {s: v[1] for s, v in mean.items()}, "out_of_fold": pooled}
+    out = {
+        "k": len(records),
+        "data": folds.get("data"),
+        "n_pool": len(folds["pool"]),
+        "n_test": len(folds["test"]),
+        "tta": records[0].get("tta"),
+        "folds": rows,
+        "mean": {s: v[0] for s, v in mean.items()},
+        "sd": {s: v[1] for s, v in mean.items()},
+        "out_of_fold": pooled,
+    }
     out.update(_field_summary(records, rows))
     return out
 
@@ -226,9 +318,14 @@ def _field_summary(records: list[dict], rows: list[dict]) -> dict:
         row.update({k: rec["scores"].get(k) for k in keys})
     per_image = {k: [row.get(k) for r in records for row in r["rows"]] for k in keys}
     ms = {k: _mean_sd([r[k] for r in rows]) for k in keys}
-    return {"field": records[0]["field"], "field_scores": {
-        "mean": {k: v[0] for k, v in ms.items()}, "sd": {k: v[1] for k, v in ms.items()},
-        "out_of_fold": {k: _mean_sd(v)[0] for k, v in per_image.items()}}}
+    return {
+        "field": records[0]["field"],
+        "field_scores": {
+            "mean": {k: v[0] for k, v in ms.items()},
+            "sd": {k: v[1] for k, v in ms.items()},
+            "out_of_fold": {k: _mean_sd(v)[0] for k, v in per_image.items()},
+        },
+    }
 
 
 def _field_keys(record: dict) -> list[str]:
@@ -252,17 +349,25 @@ def format_summary(summary: dict) -> str:
     lines = [f"{'fold':>6s} {'images':>7s} " + " ".join(s.rjust(w) for s in SUMMARY_SCORES)]
     for r in summary["folds"]:
         lines.append(f"{r['fold']:>6d} {r['n_images']:>7d} " + " ".join(_num(r[s]).rjust(w) for s in SUMMARY_SCORES))
-    lines.append(f"{'mean':>6s} {'+/- sd':>7s} " + " ".join(
-        f"{_num(summary['mean'][s], 3)}+/-{_num(summary['sd'][s], 3)}".rjust(w) for s in SUMMARY_SCORES))
+    lines.append(
+        f"{'mean':>6s} {'+/- sd':>7s} "
+        + " ".join(f"{_num(summary['mean'][s], 3)}+/-{_num(summary['sd'][s], 3)}".rjust(w) for s in SUMMARY_SCORES)
+    )
     o = summary["out_of_fold"]
-    lines.append(f"out-of-fold, pooled over {o['n_images']} training-pool images: "
-                 + "  ".join(f"{s} {_num(o.get(s))}" for s in SUMMARY_SCORES))
+    lines.append(
+        f"out-of-fold, pooled over {o['n_images']} training-pool images: "
+        + "  ".join(f"{s} {_num(o.get(s))}" for s in SUMMARY_SCORES)
+    )
     f = summary.get("field_scores")
     if f:
-        lines.append(f"field metrics ({', '.join(summary['field']['groups'])}: {summary['field']['reason']}), "
-                     "mean +/- sd over folds [out of fold]:")
-        lines += [f"  {k:18s} {_num(f['mean'][k], 3)}+/-{_num(f['sd'][k], 3)}  [{_num(f['out_of_fold'][k])}]"
-                  for k in f["mean"]]
+        lines.append(
+            f"field metrics ({', '.join(summary['field']['groups'])}: {summary['field']['reason']}), "
+            "mean +/- sd over folds [out of fold]:"
+        )
+        lines += [
+            f"  {k:18s} {_num(f['mean'][k], 3)}+/-{_num(f['sd'][k], 3)}  [{_num(f['out_of_fold'][k])}]"
+            for k in f["mean"]
+        ]
     return "\n".join(lines)
 
 

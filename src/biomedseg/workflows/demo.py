@@ -31,10 +31,10 @@ def run_demo(out="biomedseg_demo", time_budget: str = DEMO_TIME_BUDGET, seed: in
     """Run generate -> train -> evaluate -> predict in ``out``; returns the test metrics."""
     from biomedseg.data.discovery import DATA_META
     from biomedseg.data.synthetic import make_synthetic_dataset
-    from biomedseg.workflows.evaluation import evaluate, format_metrics
     from biomedseg.inference.predict.batch import predict
     from biomedseg.runs import RunFolder, RunPaths
     from biomedseg.training.api import train
+    from biomedseg.workflows.evaluation import evaluate, format_metrics
 
     out = Path(out)
     t0 = time.perf_counter()
@@ -57,12 +57,19 @@ def run_demo(out="biomedseg_demo", time_budget: str = DEMO_TIME_BUDGET, seed: in
     test_files = [str(data / "images" / f"{i}.png") for i in test_ids]
     predict(run, test_files, out / "predictions", overwrite=True, quiet=quiet)
     print(format_metrics(metrics))
-    print(f"test Dice (mean over cell and filament): {metrics['dice']:.4f}   total time {time.perf_counter() - t0:.0f}s")
+    print(
+        f"test Dice (mean over cell and filament): {metrics['dice']:.4f}   total time {time.perf_counter() - t0:.0f}s"
+    )
     print("wrote:")
-    for label, path in [("data", data), ("run folder", run), ("training curves", RunPaths(run).curves),
-                        ("metrics", out / "evaluation" / "metrics.json"),
-                        ("per-image metrics", out / "evaluation" / "per_image.csv"),
-                        ("overlays", out / "evaluation" / "overlays"), ("report", out / "evaluation" / "report.html"),
-                        ("predictions", out / "predictions")]:
+    for label, path in [
+        ("data", data),
+        ("run folder", run),
+        ("training curves", RunPaths(run).curves),
+        ("metrics", out / "evaluation" / "metrics.json"),
+        ("per-image metrics", out / "evaluation" / "per_image.csv"),
+        ("overlays", out / "evaluation" / "overlays"),
+        ("report", out / "evaluation" / "report.html"),
+        ("predictions", out / "predictions"),
+    ]:
         print(f"  {label:18s} {path}")
     return metrics

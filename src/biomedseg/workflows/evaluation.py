@@ -22,17 +22,31 @@ from pathlib import Path
 
 import numpy as np
 
-from biomedseg.data.splits import select_split
 from biomedseg.core.errors import UserError
+from biomedseg.data.splits import select_split
 from biomedseg.metrics.choice import GROUPS, parse_metric_names
 from biomedseg.workflows.field_metrics import FieldScorer, write_per_object
 
 log = logging.getLogger("biomedseg")
 
 
-def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = "test", tta: bool | str = False,
-             overlays: bool = True, valid_dir: str | None = None, device: str = "auto", quiet: bool = False,
-             postprocess: bool = True, metrics=None, nsd_tolerance_um: float | None = None) -> dict:
+def evaluate(
+    run,
+    data=None,
+    out=None,
+    *,
+    images=None,
+    masks=None,
+    split: str = "test",
+    tta: bool | str = False,
+    overlays: bool = True,
+    valid_dir: str | None = None,
+    device: str = "auto",
+    quiet: bool = False,
+    postprocess: bool = True,
+    metrics=None,
+    nsd_tolerance_um: float | None = None,
+) -> dict:
     """Evaluate run folder ``run`` on ``data``; returns the metrics dict also written to ``metrics.json``.
 
     ``valid_dir``: optional folder of ``<id>.png`` masks (non-zero = counted), e.g. DRIVE's
@@ -58,21 +72,37 @@ def evaluate(run, data=None, out=None, *, images=None, masks=None, split: str = 
     acc = MetricAccumulator(len(classes), classes, bg)
     samples = [by_id[sid] for sid in ids]
     field = FieldScorer.for_data(metrics, source, samples, loaded.info, nsd_tolerance_um)
-    ungated_dice, overlay_paths = _score_images(loaded, predictor, samples, acc, post, ungated,
-                                                valid_dir, out / "overlays" if overlays else None, quiet, field)
+    ungated_dice, overlay_paths = _score_images(
+        loaded, predictor, samples, acc, post, ungated, valid_dir, out / "overlays" if overlays else None, quiet, field
+    )
     field.instances.finish()
     metrics = acc.summary()
     metrics.update(field.acc.summary())
     metrics["field"] = field.summary()
     if ungated is not None:
         metrics["image_dice_without_gating"] = float(np.mean(ungated_dice)) if ungated_dice else float("nan")
-    metrics.update({"split": split, "n_images": len(ids), "run": str(loaded.run_dir), "data": str(source.root),
-                    "tta": tta, "classes": classes, "background": classes[bg] if bg is not None else None,
-                    "postprocess": post.model_dump(mode="json", exclude={"tuning"}) if post is not None else None})
+    metrics.update(
+        {
+            "split": split,
+            "n_images": len(ids),
+            "run": str(loaded.run_dir),
+            "data": str(source.root),
+            "tta": tta,
+            "classes": classes,
+            "background": classes[bg] if bg is not None else None,
+            "postprocess": post.model_dump(mode="json", exclude={"tuning"}) if post is not None else None,
+        }
+    )
     rows = [{**r, **{k: v for k, v in f.items() if k != "id"}} for r, f in zip(acc.per_image_rows(), field.acc.rows)]
     write_per_object(out, field.acc.object_rows())
-    _write_results(out, metrics, rows, overlay_paths, loaded.run.paths.curves,
-                   title=f"biomedseg evaluation: {Path(source.root).name} ({split})")
+    _write_results(
+        out,
+        metrics,
+        rows,
+        overlay_paths,
+        loaded.run.paths.curves,
+        title=f"biomedseg evaluation: {Path(source.root).name} ({split})",
+    )
     return metrics
 
 
@@ -82,23 +112,30 @@ def _predicted_instances(field: FieldScorer, loaded, post, predictor, proba):
         return None
     from biomedseg.postprocess.ops import apply_postprocess
 
-    _, inst = apply_postprocess(proba, post, loaded.classes, loaded.background, instances=None,
-                                image_probability=getattr(predictor, "last_image_probability", None))
+    _, inst = apply_postprocess(
+        proba,
+        post,
+        loaded.classes,
+        loaded.background,
+        instances=None,
+        image_probability=getattr(predictor, "last_image_probability", None),
+    )
     return inst
 
 
 def _postprocess_chains(loaded, predictor, postprocess: bool):
     """``(post, ungated)``: the run's post-processing (``None`` when off or a no-op) and, when it
     has an empty-mask gate, the same chain without the gate (to report what gating is worth)."""
-    from biomedseg.postprocess.ops import load_postprocess
     from biomedseg.inference.predict.core import warn_if_classifier_gate_unusable
+    from biomedseg.postprocess.ops import load_postprocess
 
     post = load_postprocess(loaded.run_dir) if postprocess else None
     if post is not None and post.is_identity:
         post = None
     warn_if_classifier_gate_unusable(post, predictor)
-    ungated = post.model_copy(update={"gating": type(post.gating)()}) if post is not None and post.gating.active \
-        else None
+    ungated = (
+        post.model_copy(update={"gating": type(post.gating)()}) if post is not None and post.gating.active else None
+    )
     return post, ungated
 
 
@@ -107,10 +144,10 @@ def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, ove
     ``ungated``), overlay paths written in ``overlay_dir`` (when not ``None``))``."""
     from tqdm.auto import tqdm
 
+    from biomedseg.core.render import overlay_panel
     from biomedseg.inference.predict.core import predict_image
     from biomedseg.io import Palette, read_image, read_mask, write_png
     from biomedseg.io.pixel_size import pixel_size
-    from biomedseg.core.render import overlay_panel
 
     palette = Palette.from_json(loaded.info.palette)
     classes, bg = loaded.classes, loaded.background
@@ -124,8 +161,8 @@ def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, ove
         acc.update(pred, target, valid=valid, image_id=s.id)
         field.score(s, pred, target, valid, _predicted_instances(field, loaded, post, predictor, proba))
         if ungated is not None:  # the same chain without the gate: what gating is worth
-            from biomedseg.postprocess.ops import apply_postprocess
             from biomedseg.metrics.pixel import image_dice
+            from biomedseg.postprocess.ops import apply_postprocess
 
             plain, _ = apply_postprocess(proba, ungated, classes, bg)
             ungated_dice.append(image_dice(plain, target, len(classes), bg, valid=valid))
@@ -166,23 +203,28 @@ def _write_results(out: Path, metrics: dict, rows: list[dict], overlay_paths, cu
         w.writeheader()
         w.writerows(rows)
         write_text(out / "per_image.csv", buf.getvalue())
-    write_evaluation_report(out, metrics, rows, overlay_paths, title=title,
-                            curves_png=curves if curves.is_file() else None)
+    write_evaluation_report(
+        out, metrics, rows, overlay_paths, title=title, curves_png=curves if curves.is_file() else None
+    )
 
 
 def format_metrics(m: dict) -> str:
     """The metrics dict of :func:`evaluate` as text: pooled scores, then one line per class."""
-    lines = [f"dice {m['dice']:.4f}  iou {m['iou']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
-             f"pixel_accuracy {m['pixel_accuracy']:.4f}  image_dice {m.get('image_dice', float('nan')):.4f}"]
+    lines = [
+        f"dice {m['dice']:.4f}  iou {m['iou']:.4f}  precision {m['precision']:.4f}  recall {m['recall']:.4f}  "
+        f"pixel_accuracy {m['pixel_accuracy']:.4f}  image_dice {m.get('image_dice', float('nan')):.4f}"
+    ]
     for name, d in m["per_class"].items():
-        lines.append(f"  {name:16s} dice {d['dice']:.4f}  iou {d['iou']:.4f}  precision {d['precision']:.4f}  "
-                     f"recall {d['recall']:.4f}  fp {d['fp']}  fn {d['fn']}")
+        lines.append(
+            f"  {name:16s} dice {d['dice']:.4f}  iou {d['iou']:.4f}  precision {d['precision']:.4f}  "
+            f"recall {d['recall']:.4f}  fp {d['fp']}  fn {d['fn']}"
+        )
     f = m.get("field")
     if f:
         lines.append(f"field metrics ({', '.join(f['groups'])}): {f['reason']}")
         keys = [k for g in f["groups"] if g != "pixel" for k in GROUPS[g] if isinstance(m.get(k), float)]
         for i in range(0, len(keys), 6):
-            lines.append("  " + "  ".join(f"{k} {m[k]:.4f}" for k in keys[i:i + 6]))
+            lines.append("  " + "  ".join(f"{k} {m[k]:.4f}" for k in keys[i : i + 6]))
         for name in m.get("classes", []):  # per-class values exist with several foreground classes
             own = [k for k in keys if isinstance(m.get(f"{k}_{name}"), float)]
             if own:

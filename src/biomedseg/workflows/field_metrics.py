@@ -34,9 +34,9 @@ INSTANCE_SUFFIXES = (".png", ".tif", ".tiff")
 #: what the empty cases score, as the report states it
 CONVENTIONS = {
     "boundary": "a class absent from prediction and truth: hd95 = assd = 0, nsd = 1; present in only one: "
-                "hd95 = assd = the image diagonal (worst distance), nsd = 0",
+    "hd95 = assd = the image diagonal (worst distance), nsd = 0",
     "object": "no object on either side: object_f1 = object_dice = 1, object_hausdorff = 0; objects on one "
-              "side only: 0 and the image diagonal",
+    "side only: 0 and the image diagonal",
     "instance": "no object on either side: aji, aji_plus, pq, sq, rq, ap = 1; objects on one side only: 0",
     "thin": "no truth foreground: rand = vi_score = 1, vi = 0; clDice: both empty 1, one empty 0",
     "shape": "an empty prediction has circumference 0 (error = the true circumference); both empty: error 0",
@@ -49,8 +49,9 @@ def choose_for_split(requested, source, samples, palette, strict_index: bool, ba
 
     listed = (source.meta or {}).get("metrics")
     if listed and not requested:  # a bad name there: one line naming the file
-        parse_metric_names([listed] if isinstance(listed, str) else listed,
-                           f"{Path(source.root) / 'dataset.json'}: \"metrics\"")
+        parse_metric_names(
+            [listed] if isinstance(listed, str) else listed, f'{Path(source.root) / "dataset.json"}: "metrics"'
+        )
     if requested or listed:
         return choose_metrics(requested, source.meta)
     step = max(1, len(samples) // FINGERPRINT_IMAGES)
@@ -75,8 +76,10 @@ class InstanceCheck:
         """``(instance ids or None, whether object scores can be computed for this image)``."""
         if self.folder is None:
             return None, True
-        path = next((self.folder / f"{image_id}{s}" for s in INSTANCE_SUFFIXES
-                     if (self.folder / f"{image_id}{s}").is_file()), None)
+        path = next(
+            (self.folder / f"{image_id}{s}" for s in INSTANCE_SUFFIXES if (self.folder / f"{image_id}{s}").is_file()),
+            None,
+        )
         problem = None
         if path is None:
             problem = f"{self.folder / image_id}.png: instance mask missing"
@@ -111,17 +114,24 @@ def _checked(path: Path, target: np.ndarray, background) -> tuple[np.ndarray | N
     outside = int(np.count_nonzero((inst > 0) & ~fg))
     missing = int(np.count_nonzero((inst == 0) & fg))
     if outside or missing:
-        return None, (f"{path}: instance ids do not match the semantic mask ({outside} object pixels on background, "
-                      f"{missing} foreground pixels without an id)")
+        return None, (
+            f"{path}: instance ids do not match the semantic mask ({outside} object pixels on background, "
+            f"{missing} foreground pixels without an id)"
+        )
     return inst, None
 
 
 def field_summary(choice: MetricChoice, options) -> dict:
     """The ``metrics.json`` ``field`` entry."""
-    return {"groups": list(choice.groups), "source": choice.source, "reason": choice.reason,
-            "fingerprint": choice.fingerprint, "nsd_tolerance_px": options.boundary.nsd_tolerance_px,
-            "nsd_tolerance_um": options.boundary.nsd_tolerance_um,
-            "conventions": {g: CONVENTIONS[g] for g in choice.groups if g in CONVENTIONS}}
+    return {
+        "groups": list(choice.groups),
+        "source": choice.source,
+        "reason": choice.reason,
+        "fingerprint": choice.fingerprint,
+        "nsd_tolerance_px": options.boundary.nsd_tolerance_px,
+        "nsd_tolerance_um": options.boundary.nsd_tolerance_um,
+        "conventions": {g: CONVENTIONS[g] for g in choice.groups if g in CONVENTIONS},
+    }
 
 
 def write_per_object(out: Path, rows: list[dict]) -> Path | None:
@@ -156,11 +166,13 @@ class FieldScorer:
         """``info``: the run's dataset record (``classes``, ``background``, ``palette``, ``strict_index``)."""
         from biomedseg.io import Palette
 
-        choice = choose_for_split(requested, source, samples, Palette.from_json(info.palette), info.strict_index,
-                                  info.background)
+        choice = choose_for_split(
+            requested, source, samples, Palette.from_json(info.palette), info.strict_index, info.background
+        )
         options = FieldOptions(choice.groups, BoundaryOptions(nsd_tolerance_um=nsd_tolerance_um))
-        return cls(choice, FieldAccumulator(info.classes, info.background, options), InstanceCheck.of(source),
-                   source.meta)
+        return cls(
+            choice, FieldAccumulator(info.classes, info.background, options), InstanceCheck.of(source), source.meta
+        )
 
     @property
     def wants_objects(self) -> bool:
@@ -176,8 +188,18 @@ class FieldScorer:
             return
         true_inst, ok = self.instances.read(sample.id, target, self.acc.background)
         size = resolve_pixel_size(sample.image, self.meta, sample.id)[0]
-        self.acc.update(ImagePair(sample.id, pred, target, valid=valid, pixel_size=size, true_instances=true_inst,
-                                  pred_instances=pred_instances if ok else None, score_objects=ok))
+        self.acc.update(
+            ImagePair(
+                sample.id,
+                pred,
+                target,
+                valid=valid,
+                pixel_size=size,
+                true_instances=true_inst,
+                pred_instances=pred_instances if ok else None,
+                score_objects=ok,
+            )
+        )
 
     def summary(self) -> dict:
         return field_summary(self.choice, self.acc.options)

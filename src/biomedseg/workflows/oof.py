@@ -18,8 +18,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from biomedseg.engine.sliding_window import normalize_tta
 from biomedseg.core.errors import UserError
+from biomedseg.engine.sliding_window import normalize_tta
 from biomedseg.runs.cv import DONE, CVFolder
 
 log = logging.getLogger("biomedseg")
@@ -51,9 +51,12 @@ def _predict_fold(cv: CVFolder, i: int, tta: str, device: str, quiet: bool, samp
     ids = cv.folds()["folds"][i]["val"]
     missing = [sid for sid in ids if sid not in samples]
     if missing:
-        raise UserError(f"{cv.folds_json}: fold {i} names images that are gone from the data ({', '.join(missing[:5])})")
-    for sid in tqdm(ids, desc=f"fold {i}: out-of-fold", unit="img", disable=True if (quiet or len(ids) < 2) else None,
-                    leave=False):
+        raise UserError(
+            f"{cv.folds_json}: fold {i} names images that are gone from the data ({', '.join(missing[:5])})"
+        )
+    for sid in tqdm(
+        ids, desc=f"fold {i}: out-of-fold", unit="img", disable=True if (quiet or len(ids) < 2) else None, leave=False
+    ):
         s = samples[sid]
         proba = predict_proba_image(loaded, predictor, read_image(s.image), pixel_size(s.image))
         yield s, proba, predictor.last_image_probability
@@ -83,9 +86,16 @@ def predict_fold_oof(cv: CVFolder, i: int, tta: str = "none", device: str = "aut
         image_probability[s.id] = p_image
     field.instances.finish()
     rows = [{**r, **{k: v for k, v in f.items() if k != "id"}} for r, f in zip(acc.per_image_rows(), field.acc.rows)]
-    return {"status": DONE, "tta": tta, "ids": [r["id"] for r in rows], "confusion": acc.cm.tolist(),
-            "rows": rows, "image_probability": image_probability, "scores": {**acc.summary(), **field.acc.summary()},
-            "field": field.summary()}
+    return {
+        "status": DONE,
+        "tta": tta,
+        "ids": [r["id"] for r in rows],
+        "confusion": acc.cm.tolist(),
+        "rows": rows,
+        "image_probability": image_probability,
+        "scores": {**acc.summary(), **field.acc.summary()},
+        "field": field.summary(),
+    }
 
 
 def out_of_fold(cv: CVFolder, tta: str = "none", device: str = "auto", quiet: bool = True) -> Iterator[tuple]:
@@ -97,12 +107,17 @@ def out_of_fold(cv: CVFolder, tta: str = "none", device: str = "auto", quiet: bo
     for i in range(cv.n_folds()):
         record = cv.fold_record(i)
         if record.get("status") != DONE:
-            raise UserError(f"{cv.root}: fold {i} has no out-of-fold predictions yet; run `biomedseg cv` again to "
-                            "finish the CV")
+            raise UserError(
+                f"{cv.root}: fold {i} has no out-of-fold predictions yet; run `biomedseg cv` again to finish the CV"
+            )
         if record.get("tta") == tta:
             for sid in record["ids"]:
                 yield samples[sid], cv.load_oof(sid), record["image_probability"].get(sid)
         else:
-            log.info("fold %d: out-of-fold predictions were stored with TTA %s; predicting with %s", i,
-                     record.get("tta"), tta)
+            log.info(
+                "fold %d: out-of-fold predictions were stored with TTA %s; predicting with %s",
+                i,
+                record.get("tta"),
+                tta,
+            )
             yield from _predict_fold(cv, i, tta, device, quiet, samples)

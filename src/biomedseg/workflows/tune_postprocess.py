@@ -74,16 +74,17 @@ def _downsample(proba: np.ndarray, target: np.ndarray, max_pixels: int) -> tuple
     if f == 1:
         return proba.astype(np.float16), target.astype(np.uint8), 1
     hh, ww = h // f, w // f
-    p = proba[:, :hh * f, :ww * f].reshape(k, hh, f, ww, f).mean(axis=(2, 4))
-    t = target[f // 2:hh * f:f, f // 2:ww * f:f][:hh, :ww]
+    p = proba[:, : hh * f, : ww * f].reshape(k, hh, f, ww, f).mean(axis=(2, 4))
+    t = target[f // 2 : hh * f : f, f // 2 : ww * f : f][:hh, :ww]
     return p.astype(np.float16), t.astype(np.uint8), f
 
 
 def _search_steps(per_class: dict[int, ClassSteps], c: int) -> ClassSteps:
     """The class's configured shape steps without the ones being tuned (and the watershed,
     which does not change the semantic mask)."""
-    return per_class.get(c, ClassSteps()).model_copy(update={"min_object_area": 0, "watershed": None,
-                                                             "threshold": None})
+    return per_class.get(c, ClassSteps()).model_copy(
+        update={"min_object_area": 0, "watershed": None, "threshold": None}
+    )
 
 
 def _predict_masks(cache, thresholds, per_class, fg, bg, min_areas=None):
@@ -154,9 +155,23 @@ def _tune_min_area(cache, masks, c) -> tuple[int, float, float]:
     return 0, before, before
 
 
-def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, masks=None, tta: bool | str = False,
-                     device: str = "auto", max_pixels: int = 512 * 512, thresholds=THRESHOLDS, tune_area: bool = True,
-                     gate: bool = True, write: bool = True, quiet: bool = True, loaded=None) -> PostprocessConfig:
+def tune_postprocess(
+    run_dir,
+    data=None,
+    split: str = "val",
+    *,
+    images=None,
+    masks=None,
+    tta: bool | str = False,
+    device: str = "auto",
+    max_pixels: int = 512 * 512,
+    thresholds=THRESHOLDS,
+    tune_area: bool = True,
+    gate: bool = True,
+    write: bool = True,
+    quiet: bool = True,
+    loaded=None,
+) -> PostprocessConfig:
     """Tune per-class thresholds, minimum object areas and the empty-mask gate on ``split``.
 
     ``data``: the labelled data folder (default: the run's training data, ``dataset.json``
@@ -167,8 +182,9 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
     predictions of its whole training pool (``tuning.split`` is ``"out-of-fold"``); its
     ``postprocess.yaml`` then applies to the ensemble of its folds.
     """
-    run_dir, source_root, classes, bg, cache, split = _tuning_inputs(run_dir, data, split, images, masks, tta,
-                                                                     device, max_pixels, quiet, loaded)
+    run_dir, source_root, classes, bg, cache, split = _tuning_inputs(
+        run_dir, data, split, images, masks, tta, device, max_pixels, quiet, loaded
+    )
     k = len(classes)
     fg = foreground(k, bg)
     base = load_postprocess(run_dir) or PostprocessConfig()
@@ -177,8 +193,10 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
 
     # 0. plain argmax, and the base config's own thresholds
     argmax_masks = [it.proba.astype(np.float32).argmax(0).astype(np.uint8) for it in cache]
-    scores = {"dice_argmax": _pooled_dice(argmax_masks, cache, fg)[0],
-              "image_dice_argmax": _mean_image_dice(argmax_masks, cache, fg)}
+    scores = {
+        "dice_argmax": _pooled_dice(argmax_masks, cache, fg)[0],
+        "image_dice_argmax": _mean_image_dice(argmax_masks, cache, fg),
+    }
     adopted: dict = {}
     # 1. thresholds, 2. minimum object areas (cache pixels)
     thr, masks_, scores["dice_thresholds"] = _threshold_stage(cache, per_class, fg, bg, list(thresholds), adopted)
@@ -192,14 +210,30 @@ def tune_postprocess(run_dir, data=None, split: str = "val", *, images=None, mas
     # assemble the config at full resolution
     new_classes = _full_resolution_classes(base, classes, fg, thr, min_area if tune_area else None, factor)
     full_gate = gating.model_copy(update={"min_total_area": int(gating.min_total_area * factor * factor)})
-    tuning = {"split": split, "n_images": len(cache), "data": str(source_root), "downsample": factor, "tta": str(tta),
-              **{key: round(v, 6) for key, v in scores.items()}, **gate_report,
-              "gating_adopted": bool(gating.active), "adopted": adopted, "adoption_rule": ADOPTION_RULE}
+    tuning = {
+        "split": split,
+        "n_images": len(cache),
+        "data": str(source_root),
+        "downsample": factor,
+        "tta": str(tta),
+        **{key: round(v, 6) for key, v in scores.items()},
+        **gate_report,
+        "gating_adopted": bool(gating.active),
+        "adopted": adopted,
+        "adoption_rule": ADOPTION_RULE,
+    }
     cfg = PostprocessConfig(classes=new_classes, gating=full_gate, tuning=tuning)
-    log.info("post-processing tuned on %d %s images: dice %.4f (argmax) -> %.4f; image_dice %.4f without gating, "
-             "%.4f with gating%s", len(cache), split, scores["dice_argmax"], scores["dice_tuned"],
-             gate_report["image_dice_without_gating"], gate_report["image_dice_with_gating"],
-             "" if gating.active else " (gate not adopted)")
+    log.info(
+        "post-processing tuned on %d %s images: dice %.4f (argmax) -> %.4f; image_dice %.4f without gating, "
+        "%.4f with gating%s",
+        len(cache),
+        split,
+        scores["dice_argmax"],
+        scores["dice_tuned"],
+        gate_report["image_dice_without_gating"],
+        gate_report["image_dice_with_gating"],
+        "" if gating.active else " (gate not adopted)",
+    )
     if write:
         save_postprocess(cfg, run_dir)
     return cfg
@@ -224,17 +258,21 @@ def _tuning_inputs(run_dir, data, split, images, masks, tta, device, max_pixels,
 def _oof_cache(cv, data, images, masks, tta, device, max_pixels: int, quiet: bool):
     """``(data root, classes, background, cache)`` of the out-of-fold predictions of ``cv``."""
     from biomedseg.core.errors import UserError
-    from biomedseg.workflows.oof import out_of_fold
     from biomedseg.io import Palette
+    from biomedseg.workflows.oof import out_of_fold
 
     root = cv.folds()["data"]
     if images is not None or masks is not None or (data is not None and Path(data).resolve() != Path(root)):
-        raise UserError(f"{cv.root}: a CV folder is tuned on the out-of-fold predictions of its own data ({root}); "
-                        "leave DATA out, or tune the CV ensemble on another --split")
+        raise UserError(
+            f"{cv.root}: a CV folder is tuned on the out-of-fold predictions of its own data ({root}); "
+            "leave DATA out, or tune the CV ensemble on another --split"
+        )
     info = cv.fold(0).dataset()
     palette = Palette.from_json(info.palette)
-    cache = [_cached(s, proba, palette, info.strict_index, max_pixels, p_image)
-             for s, proba, p_image in out_of_fold(cv, tta, device, quiet)]
+    cache = [
+        _cached(s, proba, palette, info.strict_index, max_pixels, p_image)
+        for s, proba, p_image in out_of_fold(cv, tta, device, quiet)
+    ]
     log.info("%s: tuning on the out-of-fold predictions of %d training-pool images", cv.root, len(cache))
     return root, info.classes, info.background, cache
 
@@ -271,13 +309,15 @@ def _predict_cache(loaded, predictor, samples, max_pixels: int, quiet: bool) -> 
 def _threshold_stage(cache, per_class, fg, bg, grid, adopted: dict):
     """Stage 1: per-class thresholds, kept over the base config's when a reliable gain
     (``adopted["thresholds"]``). Returns ``(thresholds, masks, pooled dice)``."""
-    base_thr = {c: (per_class[c].threshold if c in per_class and per_class[c].threshold is not None else 0.5)
-                for c in fg}
+    base_thr = {
+        c: (per_class[c].threshold if c in per_class and per_class[c].threshold is not None else 0.5) for c in fg
+    }
     thr, dice_thr = _tune_thresholds(cache, base_thr, per_class, fg, bg, grid)
     base_masks = _predict_masks(cache, base_thr, per_class, fg, bg)
     masks_ = _predict_masks(cache, thr, per_class, fg, bg)
-    adopted["thresholds"] = reliable_gain(_per_image_counts(base_masks, cache, fg),
-                                          _per_image_counts(masks_, cache, fg))
+    adopted["thresholds"] = reliable_gain(
+        _per_image_counts(base_masks, cache, fg), _per_image_counts(masks_, cache, fg)
+    )
     if not adopted["thresholds"]:
         thr, masks_ = dict(base_thr), base_masks
         dice_thr = _pooled_dice(masks_, cache, fg)[0]
@@ -289,8 +329,9 @@ def _min_area_stage(cache, masks_, thr, per_class, fg, bg, adopted: dict):
     (``adopted["min_object_area"]``). Returns ``(areas, masks)``."""
     min_area = {c: _tune_min_area(cache, masks_, c)[0] for c in fg}
     trial = _predict_masks(cache, thr, per_class, fg, bg, min_area)
-    adopted["min_object_area"] = reliable_gain(_per_image_counts(masks_, cache, fg),
-                                               _per_image_counts(trial, cache, fg))
+    adopted["min_object_area"] = reliable_gain(
+        _per_image_counts(masks_, cache, fg), _per_image_counts(trial, cache, fg)
+    )
     if adopted["min_object_area"]:
         return min_area, trial
     return {c: 0 for c in fg}, masks_
@@ -301,8 +342,11 @@ def _gate_stage(cache, masks_, fg, bg, adopted: dict, gate: bool, dice_tuned: fl
     if gate:
         return tune_gating(cache, masks_, fg, bg, adopted)
     imd = round(_mean_image_dice(masks_, cache, fg), 6)
-    return GatingConfig(), {"image_dice_without_gating": imd, "image_dice_with_gating": imd,
-                            "dice_with_gating": round(dice_tuned, 6)}
+    return GatingConfig(), {
+        "image_dice_without_gating": imd,
+        "image_dice_with_gating": imd,
+        "dice_with_gating": round(dice_tuned, 6),
+    }
 
 
 def _full_resolution_classes(base: PostprocessConfig, classes, fg, thr, min_area, factor: int) -> dict:

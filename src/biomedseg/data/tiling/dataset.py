@@ -42,6 +42,7 @@ import logging
 import shutil
 from pathlib import Path
 
+from biomedseg.core.errors import UserError
 from biomedseg.data.mask_values import MaskConverter
 from biomedseg.data.tiling.planning import (
     TISSUE_GREY,
@@ -55,13 +56,19 @@ from biomedseg.data.tiling.planning import (
 from biomedseg.data.tiling.reading import BAND_BYTES, PALETTE_WINDOWS, mask_palette, window_starts
 from biomedseg.data.tiling.sources import Source, find_sources
 from biomedseg.data.tiling.writing import TileSummary, write_tiles, write_tiles_csv, write_tiles_meta
-from biomedseg.core.errors import UserError
 from biomedseg.io.masks import Palette
 from biomedseg.io.sources import MAX_DECODE_PIXELS
 
 __all__ = [
-    "BAND_BYTES", "PALETTE_WINDOWS", "TISSUE_GREY", "TISSUE_SATURATION", "Source", "TileSummary",
-    "tile_dataset", "tissue_fraction", "window_starts",
+    "BAND_BYTES",
+    "PALETTE_WINDOWS",
+    "TISSUE_GREY",
+    "TISSUE_SATURATION",
+    "Source",
+    "TileSummary",
+    "tile_dataset",
+    "tissue_fraction",
+    "window_starts",
 ]
 
 log = logging.getLogger("biomedseg")
@@ -97,22 +104,51 @@ def _clear_output(out: Path, overwrite: bool, src_dir: Path | None, sources: lis
             shutil.rmtree(folder)
 
 
-def _summarise(out: Path, sources: list[Source], tiles: list[TileWindow], blank: list[TileWindow],
-               labelled: bool, opts: TileOptions, classes: list[str], written: tuple) -> TileSummary:
+def _summarise(
+    out: Path,
+    sources: list[Source],
+    tiles: list[TileWindow],
+    blank: list[TileWindow],
+    labelled: bool,
+    opts: TileOptions,
+    classes: list[str],
+    written: tuple,
+) -> TileSummary:
     """The :class:`TileSummary` of a run (``written``: :func:`write_tiles` result)."""
     rows, per_source, snapped = written
-    return TileSummary(out=out, n_sources=len(sources), n_tiles=len(rows),
-                       n_labelled=sum(1 for t in tiles if t.keep and not t.empty) if labelled else 0,
-                       n_empty=sum(t.empty for t in tiles),
-                       n_empty_kept=sum(1 for t in tiles if t.keep and t.empty),
-                       n_blank_dropped=len(blank), size=opts.size, stride=opts.stride, level=opts.level,
-                       seed=opts.seed, classes=classes, snapped_pixels=snapped, per_source=per_source)
+    return TileSummary(
+        out=out,
+        n_sources=len(sources),
+        n_tiles=len(rows),
+        n_labelled=sum(1 for t in tiles if t.keep and not t.empty) if labelled else 0,
+        n_empty=sum(t.empty for t in tiles),
+        n_empty_kept=sum(1 for t in tiles if t.keep and t.empty),
+        n_blank_dropped=len(blank),
+        size=opts.size,
+        stride=opts.stride,
+        level=opts.level,
+        seed=opts.seed,
+        classes=classes,
+        snapped_pixels=snapped,
+        per_source=per_source,
+    )
 
 
-def tile_dataset(src, out, size: int = 512, stride: int | None = None, keep_empty: float = 0.1,
-                 tissue_threshold: float | None = None, level: int = 0, seed: int = 0,
-                 max_decode_pixels: int = MAX_DECODE_PIXELS, masks=None, palette: Palette | None = None,
-                 overwrite: bool = False, progress: bool = True) -> dict:
+def tile_dataset(
+    src,
+    out,
+    size: int = 512,
+    stride: int | None = None,
+    keep_empty: float = 0.1,
+    tissue_threshold: float | None = None,
+    level: int = 0,
+    seed: int = 0,
+    max_decode_pixels: int = MAX_DECODE_PIXELS,
+    masks=None,
+    palette: Palette | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
     """Cut images (and masks) into aligned ``size`` x ``size`` patches; write a DATA folder.
 
     Args:
@@ -147,8 +183,15 @@ def tile_dataset(src, out, size: int = 512, stride: int | None = None, keep_empt
     if labelled:
         pal, classes, bg = mask_palette(sources, meta, level, size, max_decode_pixels, palette)
         converter = MaskConverter(pal)
-    opts = TileOptions(size=size, stride=stride, keep_empty=keep_empty, tissue_threshold=tissue_threshold,
-                       level=level, seed=seed, max_decode_pixels=max_decode_pixels)
+    opts = TileOptions(
+        size=size,
+        stride=stride,
+        keep_empty=keep_empty,
+        tissue_threshold=tissue_threshold,
+        level=level,
+        seed=seed,
+        max_decode_pixels=max_decode_pixels,
+    )
     tiles, shapes = plan_windows(sources, opts, converter, bg)
     blank = select_windows(tiles, labelled, opts)
     written = write_tiles(out, sources, tiles, shapes, opts, converter, progress)

@@ -66,8 +66,9 @@ def tissue_fraction(window: np.ndarray) -> float:
     return float(np.count_nonzero(grey < TISSUE_GREY * top)) / max(grey.size, 1)
 
 
-def _empty_flags(s: Source, img: ImageSource, ys, xs, opts: TileOptions,
-                 converter: MaskConverter | None, bg: int) -> dict[tuple[int, int], bool]:
+def _empty_flags(
+    s: Source, img: ImageSource, ys, xs, opts: TileOptions, converter: MaskConverter | None, bg: int
+) -> dict[tuple[int, int], bool]:
     """``{(y, x): background only?}`` per window (all ``False`` without masks)."""
     if converter is None:
         return {(y, x): False for y in ys for x in xs}
@@ -83,8 +84,9 @@ def _empty_flags(s: Source, img: ImageSource, ys, xs, opts: TileOptions,
     return empty
 
 
-def _tissue_fractions(img: ImageSource, ys, xs, empty: dict, labelled: bool,
-                      opts: TileOptions) -> dict[tuple[int, int], float]:
+def _tissue_fractions(
+    img: ImageSource, ys, xs, empty: dict, labelled: bool, opts: TileOptions
+) -> dict[tuple[int, int], float]:
     """Tissue share of the windows that may be dropped as blank (empty, or all if unlabelled)."""
     if opts.tissue_threshold is None:
         return {}
@@ -94,12 +96,12 @@ def _tissue_fractions(img: ImageSource, ys, xs, empty: dict, labelled: bool,
         if e or not labelled:
             need.setdefault(y, []).append(x)
     row_bytes = img.channels * img.dtype.itemsize
-    return {(y, x): tissue_fraction(win)
-            for y, x, win in read_windows(img, ys, xs, opts.size, H, W, row_bytes, need)}
+    return {(y, x): tissue_fraction(win) for y, x, win in read_windows(img, ys, xs, opts.size, H, W, row_bytes, need)}
 
 
-def plan_windows(sources: list[Source], opts: TileOptions, converter: MaskConverter | None,
-                 bg: int) -> tuple[list[TileWindow], list[dict]]:
+def plan_windows(
+    sources: list[Source], opts: TileOptions, converter: MaskConverter | None, bg: int
+) -> tuple[list[TileWindow], list[dict]]:
     """Pass 1: every window of every source, flagged empty (and with its tissue share).
 
     Returns ``(windows, shapes)``; ``shapes[i]``: ``{"id", "height", "width", "downsample",
@@ -111,8 +113,16 @@ def plan_windows(sources: list[Source], opts: TileOptions, converter: MaskConver
         with open_source(s.image, opts.level, max_decode_pixels=opts.max_decode_pixels) as img:
             img.check_readable()  # a file too large to decode is refused before any tile is written
             H, W = img.shape
-            shapes.append({"id": s.id, "height": H, "width": W, "downsample": img.downsample,
-                           "channels": img.channels, "dtype": str(img.dtype)})
+            shapes.append(
+                {
+                    "id": s.id,
+                    "height": H,
+                    "width": W,
+                    "downsample": img.downsample,
+                    "channels": img.channels,
+                    "dtype": str(img.dtype),
+                }
+            )
             ys, xs = window_starts(H, opts.size, opts.stride), window_starts(W, opts.size, opts.stride)
             th, tw = min(opts.size, H), min(opts.size, W)
             empty = _empty_flags(s, img, ys, xs, opts, converter, bg)
@@ -127,8 +137,11 @@ def select_windows(tiles: list[TileWindow], labelled: bool, opts: TileOptions) -
     """Set ``keep`` on every window: blank ones dropped, a random ``keep_empty`` share of the
     empty ones kept. Returns the blank (dropped) windows."""
     threshold = opts.tissue_threshold
-    blank = [t for t in tiles if (t.empty or not labelled) and threshold is not None
-             and t.tissue is not None and t.tissue < threshold]
+    blank = [
+        t
+        for t in tiles
+        if (t.empty or not labelled) and threshold is not None and t.tissue is not None and t.tissue < threshold
+    ]
     for t in blank:
         t.keep = False
     rng = np.random.default_rng(opts.seed)

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from biomedseg.core.errors import UserError
 from biomedseg.data.class_palette import add_foreground_class, default_class_names, palette_from_meta
 from biomedseg.data.tiling.sources import Source
-from biomedseg.core.errors import UserError
 from biomedseg.io.masks import Palette, discover_palette
 from biomedseg.io.sources import ImageSource, open_source
 from biomedseg.io.writers import write_png
@@ -71,7 +71,7 @@ def read_windows(reader, ys, xs, size, height, width, row_bytes, rows_needed=Non
             x0, x1 = chunk[0], min(chunk[-1] + w, width)
             band = reader.read(y, x0, h, x1 - x0)
             for x in chunk:
-                yield y, x, band[:, x - x0:x - x0 + w]
+                yield y, x, band[:, x - x0 : x - x0 + w]
 
 
 # ----------------------------------------------------------------------------- masks
@@ -90,12 +90,16 @@ class MaskWindows:
             # masks rarely have pyramids: sample the level-0 mask at the level's resolution
             self.reader = open_source(path, 0, raw=True, max_decode_pixels=max_decode_pixels)
             if self.reader.shape != image.level_shapes[0]:
-                raise UserError(f"{path}: mask is {self.reader.shape[1]}x{self.reader.shape[0]} but its image "
-                                f"is {image.level_shapes[0][1]}x{image.level_shapes[0][0]}") from None
+                raise UserError(
+                    f"{path}: mask is {self.reader.shape[1]}x{self.reader.shape[0]} but its image "
+                    f"is {image.level_shapes[0][1]}x{image.level_shapes[0][0]}"
+                ) from None
             self.factor = image.downsample
         if self.factor == (1.0, 1.0) and self.reader.shape != image.shape:
-            raise UserError(f"{path}: mask is {self.reader.shape[1]}x{self.reader.shape[0]} but its image "
-                            f"is {image.shape[1]}x{image.shape[0]} (level {level})")
+            raise UserError(
+                f"{path}: mask is {self.reader.shape[1]}x{self.reader.shape[0]} but its image "
+                f"is {image.shape[1]}x{image.shape[0]} (level {level})"
+            )
 
     @property
     def row_bytes(self) -> int:
@@ -155,8 +159,9 @@ def _discover_window_palette(sources: list[Source], level: int, size: int, max_d
         return discover_palette(paths)
 
 
-def mask_palette(sources: list[Source], meta: dict, level: int, size: int, max_decode_pixels: int,
-                 palette: Palette | None) -> tuple[Palette, list[str], int]:
+def mask_palette(
+    sources: list[Source], meta: dict, level: int, size: int, max_decode_pixels: int, palette: Palette | None
+) -> tuple[Palette, list[str], int]:
     """``(palette, class names, background index)`` of the masks: the given palette, else the
     ``dataset.json`` one, else discovered from sampled windows (index masks with named classes:
     identity of K classes). Raises ``UserError`` if dataset.json names another class count."""
@@ -165,13 +170,13 @@ def mask_palette(sources: list[Source], meta: dict, level: int, size: int, max_d
         palette = palette_from_meta(meta)
     if palette is None:
         palette = _discover_window_palette(sources, level, size, max_decode_pixels)
-        if classes and palette.channels == 1 and all(v[0] < 32 for v in palette.values) \
-                and palette.is_identity:
+        if classes and palette.channels == 1 and all(v[0] < 32 for v in palette.values) and palette.is_identity:
             palette = Palette.identity(len(classes))
     k = palette.n_classes
     if classes and len(classes) != k:
-        raise UserError(f"dataset.json names {len(classes)} classes but the masks use {k} values "
-                        f"({palette.describe()})")
+        raise UserError(
+            f"dataset.json names {len(classes)} classes but the masks use {k} values ({palette.describe()})"
+        )
     if not classes:
         classes = default_class_names(k)
         if k < 2:

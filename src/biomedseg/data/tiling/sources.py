@@ -60,14 +60,14 @@ def _scan_problems(scan) -> list[str]:
         problems.append(scan.meta_problem)
     if scan.multi_masks:
         it = scan.multi_masks[0]
-        problems.append(f"{len(scan.multi_masks)} images have several masks (e.g. {it.id}: "
-                        f"{', '.join(p.name for p in [it.mask] + it.extra_masks)}); merge them first")
+        problems.append(
+            f"{len(scan.multi_masks)} images have several masks (e.g. {it.id}: "
+            f"{', '.join(p.name for p in [it.mask] + it.extra_masks)}); merge them first"
+        )
     if scan.unpaired_masks:
-        problems.append(f"{len(scan.unpaired_masks)} masks have no image "
-                        f"(e.g. {scan.unpaired_masks[0].name})")
+        problems.append(f"{len(scan.unpaired_masks)} masks have no image (e.g. {scan.unpaired_masks[0].name})")
     if scan.masks_dir is not None and scan.unpaired_images:
-        problems.append(f"{len(scan.unpaired_images)} images have no mask "
-                        f"(e.g. {scan.unpaired_images[0].image.name})")
+        problems.append(f"{len(scan.unpaired_images)} images have no mask (e.g. {scan.unpaired_images[0].image.name})")
     if scan.duplicate_ids:
         problems.append(f"2 images share the id {scan.duplicate_ids[0][0]}")
     return problems

@@ -16,19 +16,31 @@ from pathlib import Path
 
 import numpy as np
 
+from biomedseg.core.errors import UserError
 from biomedseg.data.discovery import DATA_META, natural_key
 from biomedseg.data.mask_values import MaskConverter
 from biomedseg.data.progress import ProgressBar
 from biomedseg.data.tiling.planning import TileOptions, TileWindow
 from biomedseg.data.tiling.reading import MaskWindows, read_windows
 from biomedseg.data.tiling.sources import Source
-from biomedseg.core.errors import UserError
 from biomedseg.io.masks import Palette
 from biomedseg.io.sources import open_source
 from biomedseg.io.writers import write_json, write_png, write_text, write_tiff
 
-TILES_CSV_HEADER = ["tile_id", "source_image", "source_mask", "x", "y", "w", "h", "level",
-                    "downsample_y", "downsample_x", "empty", "file"]
+TILES_CSV_HEADER = [
+    "tile_id",
+    "source_image",
+    "source_mask",
+    "x",
+    "y",
+    "w",
+    "h",
+    "level",
+    "downsample_y",
+    "downsample_x",
+    "empty",
+    "file",
+]
 
 
 @dataclass
@@ -69,14 +81,15 @@ def write_image_tile(path_stem: Path, win: np.ndarray) -> str:
     return path.name
 
 
-def _write_source_tiles(out: Path, s: Source, mine: dict, opts: TileOptions,
-                        converter: MaskConverter | None, bar: ProgressBar, rows: list) -> int:
+def _write_source_tiles(
+    out: Path, s: Source, mine: dict, opts: TileOptions, converter: MaskConverter | None, bar: ProgressBar, rows: list
+) -> int:
     """Write the kept windows ``mine`` (``{(y, x): TileWindow}``) of one source; append their
     ``tiles.csv`` rows to ``rows``; return the mask pixels snapped to the palette."""
     level = opts.level
     snapped = 0
     need: dict[int, list[int]] = {}
-    for (y, x) in mine:
+    for y, x in mine:
         need.setdefault(y, []).append(x)
     with open_source(s.image, level, max_decode_pixels=opts.max_decode_pixels) as img:
         H, W = img.shape
@@ -84,8 +97,7 @@ def _write_source_tiles(out: Path, s: Source, mine: dict, opts: TileOptions,
         mw = MaskWindows(s.mask, level, img, opts.max_decode_pixels) if converter is not None else None
         try:
             row_bytes = img.channels * img.dtype.itemsize
-            mask_iter = (read_windows(mw, ys, None, opts.size, H, W, mw.row_bytes, need)
-                         if mw is not None else None)
+            mask_iter = read_windows(mw, ys, None, opts.size, H, W, mw.row_bytes, need) if mw is not None else None
             for y, x, win in read_windows(img, ys, None, opts.size, H, W, row_bytes, need):
                 t = mine[(y, x)]
                 tid = f"{s.id}_L{level}_x{x}_y{y}" if level else f"{s.id}_x{x}_y{y}"
@@ -97,8 +109,22 @@ def _write_source_tiles(out: Path, s: Source, mine: dict, opts: TileOptions,
                     snapped += n
                     write_png(out / "masks" / f"{tid}.png", idx)
                 ds = img.downsample
-                rows.append([tid, str(s.image), str(s.mask) if s.mask else "", x, y, t.w, t.h, level,
-                             f"{ds[0]:.6g}", f"{ds[1]:.6g}", int(t.empty), name])
+                rows.append(
+                    [
+                        tid,
+                        str(s.image),
+                        str(s.mask) if s.mask else "",
+                        x,
+                        y,
+                        t.w,
+                        t.h,
+                        level,
+                        f"{ds[0]:.6g}",
+                        f"{ds[1]:.6g}",
+                        int(t.empty),
+                        name,
+                    ]
+                )
                 bar.update()
         finally:
             if mw is not None:
@@ -106,9 +132,15 @@ def _write_source_tiles(out: Path, s: Source, mine: dict, opts: TileOptions,
     return snapped
 
 
-def write_tiles(out: Path, sources: list[Source], tiles: list[TileWindow], shapes: list[dict],
-                opts: TileOptions, converter: MaskConverter | None,
-                progress: bool) -> tuple[list[list], list[dict], int]:
+def write_tiles(
+    out: Path,
+    sources: list[Source],
+    tiles: list[TileWindow],
+    shapes: list[dict],
+    opts: TileOptions,
+    converter: MaskConverter | None,
+    progress: bool,
+) -> tuple[list[list], list[dict], int]:
     """Pass 2: write the kept tiles to ``out/images`` (and class-index masks, uint8 PNG, to
     ``out/masks``). Returns ``(tiles.csv rows, per-source summaries, snapped mask pixels)``."""
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -174,23 +206,41 @@ def _tiles_pixel_size(meta: dict, sources: list[Source], rows: list[list], level
     return {r[0]: by_source[r[1]] for r in rows if by_source.get(r[1]) is not None}
 
 
-def write_tiles_meta(out: Path, meta: dict, summary: TileSummary, sources: list[Source], src,
-                     pal: Palette | None, keep_empty: float, tissue_threshold: float | None,
-                     rows: list[list]) -> None:
+def write_tiles_meta(
+    out: Path,
+    meta: dict,
+    summary: TileSummary,
+    sources: list[Source],
+    src,
+    pal: Palette | None,
+    keep_empty: float,
+    tissue_threshold: float | None,
+    rows: list[list],
+) -> None:
     """``out/dataset.json`` of the tiles: classes, tiling settings and counts, the source
     palette, kept metadata of the source data set and the split carried over to the tiles."""
     info: dict = {
         "name": f"{meta.get('name') or (Path(str(src)).stem if isinstance(src, (str, Path)) else 'slides')}_tiles",
         "classes": summary.classes,
         "generated_by": "biomedseg tile",
-        "layout": {"images": "images/<tile_id>.png (or .tif)", "masks": "masks/<tile_id>.png (class index)",
-                   "provenance": "tiles.csv"},
+        "layout": {
+            "images": "images/<tile_id>.png (or .tif)",
+            "masks": "masks/<tile_id>.png (class index)",
+            "provenance": "tiles.csv",
+        },
         "tiling": {
             "source": [str(s) for s in src] if isinstance(src, (list, tuple)) else str(src),
-            "size": summary.size, "stride": summary.stride, "level": summary.level,
-            "keep_empty": keep_empty, "seed": summary.seed, "tissue_threshold": tissue_threshold,
-            "n_sources": summary.n_sources, "n_tiles": summary.n_tiles, "n_empty": summary.n_empty,
-            "n_empty_kept": summary.n_empty_kept, "n_blank_dropped": summary.n_blank_dropped,
+            "size": summary.size,
+            "stride": summary.stride,
+            "level": summary.level,
+            "keep_empty": keep_empty,
+            "seed": summary.seed,
+            "tissue_threshold": tissue_threshold,
+            "n_sources": summary.n_sources,
+            "n_tiles": summary.n_tiles,
+            "n_empty": summary.n_empty,
+            "n_empty_kept": summary.n_empty_kept,
+            "n_blank_dropped": summary.n_blank_dropped,
             "last_window": "aligned to the image border (overlaps its neighbour); never padded",
             "source_palette": pal.to_json() if pal is not None else None,
             "snapped_pixels": summary.snapped_pixels,

@@ -95,6 +95,7 @@ def network(runner, engine: str, has_head: bool) -> ExportedNetwork:
 
 # ---------------------------------------------------------------- ONNX Runtime
 
+
 def ort_session(model, threads: int | None = None):
     """An ONNX Runtime CPU session of ``model`` (a file path or serialised bytes), with as many
     intra-op threads as PyTorch uses (``configure_threads``), all graph optimisations on."""
@@ -112,8 +113,10 @@ def ort_session(model, threads: int | None = None):
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-        raise UserError(f"{model if not isinstance(model, bytes) else 'ONNX model'}: ONNX Runtime cannot load it "
-                        f"({str(exc).splitlines()[0][:160]})") from None
+        raise UserError(
+            f"{model if not isinstance(model, bytes) else 'ONNX model'}: ONNX Runtime cannot load it "
+            f"({str(exc).splitlines()[0][:160]})"
+        ) from None
 
 
 def ort_network(model) -> ExportedNetwork:
@@ -148,6 +151,7 @@ def _script_outputs(meta: str | None) -> list[str]:
 
 # ---------------------------------------------------------------- opening what predict is given
 
+
 def check_engine(engine: str) -> str:
     if engine not in ENGINES:
         raise UserError(f"--engine {engine}: choose one of {', '.join(ENGINES)}")
@@ -178,8 +182,8 @@ def open_model_source(source, device: str = "auto", engine: str | None = None, c
 
 def open_exported(path, device: str = "auto", engine: str = "auto"):
     """An exported ``.onnx`` / TorchScript ``.pt`` / bioimage.io ``.zip`` as an ExportedRun."""
-    from biomedseg.runtime.device import resolve_device
     from biomedseg.inference.exported.format import exported_run, parse_metadata
+    from biomedseg.runtime.device import resolve_device
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -237,8 +241,8 @@ def open_package(path, device: str = "auto", engine: str = "auto"):
     weights. ``auto`` takes the ONNX weights when ONNX Runtime is installed: loading a TorchScript
     file runs code from it (unlike ONNX or a ``weights_only`` checkpoint), so it is loaded only
     when asked for (``torch``) or when it is the only way to run the package."""
-    from biomedseg.runtime.device import resolve_device
     from biomedseg.inference.exported.format import exported_run
+    from biomedseg.runtime.device import resolve_device
 
     doc, weights = _read_package(path)
     dev = resolve_device(device)
@@ -264,6 +268,7 @@ def _has_onnxruntime(export: bool = False) -> bool:
 
 # ---------------------------------------------------------------- --engine for runs
 
+
 def with_engine(loaded, engine: str):
     """``loaded`` (a run) with its network on ``engine``: ``torch`` as it is; ``onnxruntime``
     exported to ONNX in memory and run in ONNX Runtime (fp32, CPU); ``auto`` the faster of the
@@ -274,9 +279,13 @@ def with_engine(loaded, engine: str):
 
     t0 = time.perf_counter()
     proto, _ = onnx_model(loaded.model, loaded.info.channels, loaded.tile_size)
-    ort_loaded = dataclasses.replace(loaded, model=ort_network(proto.SerializeToString()), device=torch.device("cpu"),
-                                     precision="fp32",
-                                     settings=dataclasses.replace(loaded.settings, channels_last=False))
+    ort_loaded = dataclasses.replace(
+        loaded,
+        model=ort_network(proto.SerializeToString()),
+        device=torch.device("cpu"),
+        precision="fp32",
+        settings=dataclasses.replace(loaded.settings, channels_last=False),
+    )
     log.info("exported the network to ONNX for ONNX Runtime in %.1f s", time.perf_counter() - t0)
     if engine == "onnxruntime":
         return ort_loaded
@@ -298,8 +307,14 @@ def _time_batch(loaded_or_model, template) -> float:
     with torch.inference_mode():
         for _ in range(2):
             t0 = time.perf_counter()
-            tta_forward(predictor.model, x.to(predictor.device), predictor.transforms[:1], predictor.device,
-                        predictor.precision, predictor.channels_last)
+            tta_forward(
+                predictor.model,
+                x.to(predictor.device),
+                predictor.transforms[:1],
+                predictor.device,
+                predictor.precision,
+                predictor.channels_last,
+            )
             best = min(best, time.perf_counter() - t0)
     return best
 
@@ -308,6 +323,7 @@ def pick_faster(template, candidates: dict) -> str:
     """The name of the fastest of ``candidates`` (loaded runs or networks) on one tile batch."""
     seconds = {name: _time_batch(c, template) for name, c in candidates.items()}
     name = min(seconds, key=seconds.get)
-    log.info("--engine auto: %s (one tile batch: %s)", name,
-             ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in seconds.items()))
+    log.info(
+        "--engine auto: %s (one tile batch: %s)", name, ", ".join(f"{k} {v * 1000:.1f} ms" for k, v in seconds.items())
+    )
     return name

@@ -37,10 +37,14 @@ from biomedseg.inference.run import LoadedRun
 
 EXPORT_FORMAT = "biomedseg.export"
 EXPORT_VERSION = 1
-CONFORM_RULE = ("(H, W[, C]) raw image -> channels: grey -> RGB repeats the grey channel; RGB -> grey takes "
-                "channel 0 when R == G == B, else the ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B (rounded for "
-                "integer images); an alpha channel is dropped")
-NORMALIZATION_FORMULA = "x' = (clip(x, clip.low[c], clip.high[c]) - mean[c]) / std[c] in raw units (no clipping without clip)"
+CONFORM_RULE = (
+    "(H, W[, C]) raw image -> channels: grey -> RGB repeats the grey channel; RGB -> grey takes "
+    "channel 0 when R == G == B, else the ITU-R 601 luma 0.299 R + 0.587 G + 0.114 B (rounded for "
+    "integer images); an alpha channel is dropped"
+)
+NORMALIZATION_FORMULA = (
+    "x' = (clip(x, clip.low[c], clip.high[c]) - mean[c]) / std[c] in raw units (no clipping without clip)"
+)
 DEEP_SUPERVISION = "dropped: auxiliary heads run only in training; the graph is traced in eval mode"
 
 
@@ -52,11 +56,16 @@ def _tta_tuned_with(post) -> str | None:
 def _sliding_window(loaded: LoadedRun) -> dict:
     predictor = loaded.predictor()
     inferer = getattr(predictor, "inferer", None)
-    return {"patch_size": int(predictor.patch_size), "overlap": float(predictor.overlap),
-            "batch_size": int(predictor.batch_size), "blending": getattr(inferer, "mode", "gaussian"),
-            "sigma_scale": getattr(inferer, "sigma_scale", None), "padding": getattr(inferer, "padding_mode", None),
-            "grid": "MONAI dense_patch_slices (step int(patch * (1 - overlap)), last tile flush with the border)",
-            "small_images": "reflect-padded symmetrically to one patch and cropped back"}
+    return {
+        "patch_size": int(predictor.patch_size),
+        "overlap": float(predictor.overlap),
+        "batch_size": int(predictor.batch_size),
+        "blending": getattr(inferer, "mode", "gaussian"),
+        "sigma_scale": getattr(inferer, "sigma_scale", None),
+        "padding": getattr(inferer, "padding_mode", None),
+        "grid": "MONAI dense_patch_slices (step int(patch * (1 - overlap)), last tile flush with the border)",
+        "small_images": "reflect-padded symmetrically to one patch and cropped back",
+    }
 
 
 def weights_sha256(model) -> str:
@@ -84,10 +93,14 @@ def provenance(loaded: LoadedRun, checkpoint: str) -> dict:
     """``source`` of the metadata: names and content hashes only (module docstring)."""
     info = loaded.info
     described = info.model_dump(mode="json", exclude={"source"})
-    return {"run": Path(loaded.run_dir).name, "checkpoint": checkpoint, "weights_sha256": weights_sha256(loaded.model),
-            "data": Path(info.source).name if info.source else None,
-            "dataset_sha256": hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest(),
-            "parent": _parent(loaded)}
+    return {
+        "run": Path(loaded.run_dir).name,
+        "checkpoint": checkpoint,
+        "weights_sha256": weights_sha256(loaded.model),
+        "data": Path(info.source).name if info.source else None,
+        "dataset_sha256": hashlib.sha256(json.dumps(described, sort_keys=True).encode()).hexdigest(),
+        "parent": _parent(loaded),
+    }
 
 
 def _parent(loaded: LoadedRun) -> dict | None:
@@ -109,7 +122,9 @@ def build_metadata(loaded: LoadedRun, post, network: dict, checkpoint: str = "be
 
     info, settings = loaded.info, loaded.settings
     return {
-        "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "biomedseg_version": __version__,
+        "format": EXPORT_FORMAT,
+        "version": EXPORT_VERSION,
+        "biomedseg_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "source": provenance(loaded, checkpoint),
         "network": {"architecture": settings.architecture, "deep_supervision": DEEP_SUPERVISION, **network},
@@ -117,11 +132,18 @@ def build_metadata(loaded: LoadedRun, post, network: dict, checkpoint: str = "be
         "normalization": {**loaded.normalizer.to_json(), "formula": NORMALIZATION_FORMULA},
         "sliding_window": _sliding_window(loaded),
         "tta": {"default": "none", "modes": list(TTA_MODES), "tuned_with": _tta_tuned_with(post)},
-        "classes": {"names": list(info.classes), "background": info.background, "palette": info.palette,
-                    "strict_index": info.strict_index},
+        "classes": {
+            "names": list(info.classes),
+            "background": info.background,
+            "palette": info.palette,
+            "strict_index": info.strict_index,
+        },
         "postprocess": _portable(post.model_dump(mode="json")) if post is not None else None,
-        "dataset": {"n_classes": info.n_classes, "class_pixel_counts": info.class_pixel_counts,
-                    "class_weights": info.class_weights},
+        "dataset": {
+            "n_classes": info.n_classes,
+            "class_pixel_counts": info.class_pixel_counts,
+            "class_weights": info.class_weights,
+        },
     }
 
 
@@ -138,10 +160,15 @@ def parse_metadata(text: str | dict | None, source) -> dict:
     except ValueError as exc:
         raise UserError(f"{source}: biomedseg metadata is not valid JSON ({exc})") from None
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{source}: not a biomedseg export (metadata format {doc.get('format') if isinstance(doc, dict) else '?'!r})")
+        raise UserError(
+            f"{source}: not a biomedseg export "
+            f"(metadata format {doc.get('format') if isinstance(doc, dict) else '?'!r})"
+        )
     if int(doc.get("version", 0)) > EXPORT_VERSION:
-        raise UserError(f"{source}: export format {doc['version']}, newer than this biomedseg reads "
-                        f"({EXPORT_VERSION}); upgrade biomedseg")
+        raise UserError(
+            f"{source}: export format {doc['version']}, newer than this biomedseg reads "
+            f"({EXPORT_VERSION}); upgrade biomedseg"
+        )
     for key in ("network", "input", "normalization", "sliding_window", "classes", "dataset"):
         if not isinstance(doc.get(key), dict):
             raise UserError(f"{source}: biomedseg metadata has no {key!r} section")
@@ -175,14 +202,34 @@ def exported_run(doc: dict, model, path, device, engine: str) -> ExportedRun:
     from biomedseg.transforms.normalize import Normalizer
 
     sw, classes = doc["sliding_window"], doc["classes"]
-    settings = InferenceSettings(patch_size=int(sw["patch_size"]), overlap=float(sw["overlap"]),
-                                 batch_size=max(1, int(sw["batch_size"])), precision="fp32", channels_last=False,
-                                 architecture=doc["network"].get("architecture", "unet"))
-    info = DatasetInfo(classes=classes["names"], background=classes.get("background"), palette=classes["palette"],
-                       strict_index=classes.get("strict_index", False), channels=doc["input"]["channels"],
-                       n_classes=doc["dataset"]["n_classes"], normalization=doc["normalization"],
-                       class_pixel_counts=doc["dataset"].get("class_pixel_counts"),
-                       class_weights=doc["dataset"].get("class_weights"))
-    return ExportedRun(run=None, model=model, settings=settings, info=info,
-                       normalizer=Normalizer.from_json(doc["normalization"]), device=device, precision="fp32",
-                       path=Path(path), metadata=doc, engine=engine)
+    settings = InferenceSettings(
+        patch_size=int(sw["patch_size"]),
+        overlap=float(sw["overlap"]),
+        batch_size=max(1, int(sw["batch_size"])),
+        precision="fp32",
+        channels_last=False,
+        architecture=doc["network"].get("architecture", "unet"),
+    )
+    info = DatasetInfo(
+        classes=classes["names"],
+        background=classes.get("background"),
+        palette=classes["palette"],
+        strict_index=classes.get("strict_index", False),
+        channels=doc["input"]["channels"],
+        n_classes=doc["dataset"]["n_classes"],
+        normalization=doc["normalization"],
+        class_pixel_counts=doc["dataset"].get("class_pixel_counts"),
+        class_weights=doc["dataset"].get("class_weights"),
+    )
+    return ExportedRun(
+        run=None,
+        model=model,
+        settings=settings,
+        info=info,
+        normalizer=Normalizer.from_json(doc["normalization"]),
+        device=device,
+        precision="fp32",
+        path=Path(path),
+        metadata=doc,
+        engine=engine,
+    )

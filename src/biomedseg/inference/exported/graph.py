@@ -136,6 +136,7 @@ def quiet_exporters():
 
 # ---------------------------------------------------------------- ONNX
 
+
 def ort_max_opset() -> int:
     """Newest ONNX opset the installed ONNX Runtime runs (probed with a one-node model)."""
     import onnx
@@ -172,13 +173,21 @@ def network_section(model: nn.Module, multiple: int, head: bool, **extra) -> dic
     """The ``network`` section of the metadata document for a graph made here."""
     from biomedseg.models.registry import count_parameters
 
-    return {"parameters": count_parameters(model), "input": INPUT_NAME, "outputs": output_names(head),
-            "layout": "NCHW", "dtype": "float32", "dynamic_axes": ["batch", "height", "width"],
-            "size_multiple": multiple, "min_size": multiple,
-            "padding": "reflect (bottom/right) to a multiple of size_multiple inside the graph, output cropped back",
-            "classifier_head": ("exported: output image_logit (N, 1), the 'contains foreground' logit of the same pass"
-                                if head else "none"),
-            **extra}
+    return {
+        "parameters": count_parameters(model),
+        "input": INPUT_NAME,
+        "outputs": output_names(head),
+        "layout": "NCHW",
+        "dtype": "float32",
+        "dynamic_axes": ["batch", "height", "width"],
+        "size_multiple": multiple,
+        "min_size": multiple,
+        "padding": "reflect (bottom/right) to a multiple of size_multiple inside the graph, output cropped back",
+        "classifier_head": (
+            "exported: output image_logit (N, 1), the 'contains foreground' logit of the same pass" if head else "none"
+        ),
+        **extra,
+    }
 
 
 def onnx_model(model: nn.Module, channels: int, size: int, opset: int | None = None):
@@ -192,8 +201,15 @@ def onnx_model(model: nn.Module, channels: int, size: int, opset: int | None = N
     opset = opset or choose_opset()
     with quiet_exporters(), torch.no_grad():
         program = torch.export.export(net, (x,), dynamic_shapes={"x": {0: dim, 2: dim, 3: dim}}, strict=False)
-        onnx_program = torch.onnx.export(program, (x,), dynamo=True, input_names=[INPUT_NAME],
-                                         output_names=output_names(head), opset_version=opset, verbose=False)
+        onnx_program = torch.onnx.export(
+            program,
+            (x,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=output_names(head),
+            opset_version=opset,
+            verbose=False,
+        )
     proto = onnx_program.model_proto
     proto.producer_name = "biomedseg"
     return proto, network_section(model, multiple, head, onnx_opset=opset)
@@ -213,12 +229,16 @@ def onnx_metadata(proto_or_path) -> str | None:
     """The metadata document stored in an ONNX model (``ModelProto`` or file), or ``None``."""
     import onnx
 
-    proto = proto_or_path if hasattr(proto_or_path, "metadata_props") else onnx.load(
-        str(proto_or_path), load_external_data=False)
+    proto = (
+        proto_or_path
+        if hasattr(proto_or_path, "metadata_props")
+        else onnx.load(str(proto_or_path), load_external_data=False)
+    )
     return next((p.value for p in proto.metadata_props if p.key == METADATA_KEY), None)
 
 
 # ---------------------------------------------------------------- TorchScript
+
 
 def torchscript_module(model: nn.Module, channels: int, size: int) -> tuple[torch.jit.ScriptModule, dict]:
     """``(TorchScript module, network section)`` of the run's network: the bare network traced at
@@ -276,8 +296,9 @@ def load_torchscript(path, device: torch.device | str = "cpu") -> tuple[torch.ji
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            module = torch.jit.load(path if hasattr(path, "read") else str(path),
-                                    map_location=torch.device(device), _extra_files=extra)
+            module = torch.jit.load(
+                path if hasattr(path, "read") else str(path), map_location=torch.device(device), _extra_files=extra
+            )
     except Exception as exc:  # noqa: BLE001 - a checkpoint or another file: torch says why
         raise UserError(f"{path}: not a TorchScript model ({str(exc).splitlines()[0][:160]})") from None
     text = extra[TORCHSCRIPT_EXTRA_FILE]

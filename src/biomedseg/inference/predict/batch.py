@@ -36,13 +36,21 @@ import numpy as np
 from biomedseg.core.errors import UserError
 from biomedseg.inference.predict.core import predict_proba_image, warn_if_classifier_gate_unusable
 from biomedseg.inference.predict.options import PredictOptions
-from biomedseg.inference.predict.outputs import (OUTPUT_FORMATS, STREAM_ABOVE_PIXELS, TILED_STREAM_ABOVE_PIXELS,
-                                                 check_not_input, collect_inputs, existing_mask, mask_path_for,
-                                                 output_stem, remove_other_formats, write_zarr_mask)
+from biomedseg.inference.predict.outputs import (
+    OUTPUT_FORMATS,
+    STREAM_ABOVE_PIXELS,
+    TILED_STREAM_ABOVE_PIXELS,
+    check_not_input,
+    collect_inputs,
+    existing_mask,
+    mask_path_for,
+    output_stem,
+    remove_other_formats,
+    write_zarr_mask,
+)
 from biomedseg.inference.predict.rle import rle_rows_for, rle_rows_from_outputs, write_rle
 
 log = logging.getLogger("biomedseg")
-
 
 
 @dataclass
@@ -121,9 +129,11 @@ def predict(run, inputs, out, options: PredictOptions | None = None, **keywords)
         raise UserError(f"--format {options.output_format}: choose one of {', '.join(OUTPUT_FORMATS)}")
     files = collect_inputs(inputs)
     configure_threads(options.threads)  # before an ONNX Runtime session takes torch's count
-    loaded = run if isinstance(run, LoadedRun) else open_model_source(run, device=options.device,
-                                                                      engine=options.engine,
-                                                                      checkpoint=options.checkpoint)
+    loaded = (
+        run
+        if isinstance(run, LoadedRun)
+        else open_model_source(run, device=options.device, engine=options.engine, checkpoint=options.checkpoint)
+    )
     out = Path(out)
     prepared = prepare(loaded, options, files, out)
     return predict_files(prepared, files, out)
@@ -252,9 +262,14 @@ def _predict_one(prepared: Prepared, path: Path, out: Path, summary: PredictSumm
     if prepared.post is not None or options.instances:
         from biomedseg.postprocess.ops import apply_postprocess
 
-        mask, inst = apply_postprocess(proba, prepared.post, run.classes, run.background,
-                                       instances=options.instances or None,
-                                       image_probability=getattr(predictor, "last_image_probability", None))
+        mask, inst = apply_postprocess(
+            proba,
+            prepared.post,
+            run.classes,
+            run.background,
+            instances=options.instances or None,
+            image_probability=getattr(predictor, "last_image_probability", None),
+        )
     else:
         mask, inst = proba.argmax(0).astype(np.uint8), None
     labels = _write_extras(prepared, path, out, stem, image, proba, mask, inst, px, written)
@@ -265,8 +280,9 @@ def _predict_one(prepared: Prepared, path: Path, out: Path, summary: PredictSumm
     return rows
 
 
-def _write_extras(prepared: Prepared, path: Path, out: Path, stem: str, image, proba, mask, inst, px,
-                  written: list[Path]):
+def _write_extras(
+    prepared: Prepared, path: Path, out: Path, stem: str, image, proba, mask, inst, px, written: list[Path]
+):
     """The overlay, probabilities, instances and GeoJSON of one input (as asked); returns the
     instance labels (``None`` without ``instances``)."""
     from biomedseg.inference.predict.mask_outputs import write_geojson
@@ -325,8 +341,11 @@ def _streamed_decider(prepared: Prepared, path: Path):
     if post is None:
         return None
     if post.needs_whole_image:
-        log.warning("%s: streamed (large input): only the per-class thresholds of postprocess.yaml apply "
-                    "(object and gating steps need the whole image)", path)
+        log.warning(
+            "%s: streamed (large input): only the per-class thresholds of postprocess.yaml apply "
+            "(object and gating steps need the whole image)",
+            path,
+        )
     thr = {c: s.threshold for c, s in resolve_classes(post, len(run.classes), run.classes).items()}
     if not any(t is not None for t in thr.values()):
         return None
@@ -347,27 +366,50 @@ def _predict_streamed(prepared: Prepared, path: Path, out: Path, summary: Predic
     fmt = "zarr" if o.output_format == "zarr" else "tiff"
     if o.output_format == "png":
         log.info("%s: streamed (large input); writing a tiled TIFF instead of PNG", path)
-    skipped = [name for name, on in (("overlay", o.overlays), ("instances", o.instances), ("RLE", o.rle is not None))
-               if on]
+    skipped = [
+        name for name, on in (("overlay", o.overlays), ("instances", o.instances), ("RLE", o.rle is not None)) if on
+    ]
     if skipped:
         log.info("%s: streamed (large input): no %s", path, ", ".join(skipped))
-    sp = StreamingPredictor.from_run(run, tta=o.tta, batch_size=o.batch_size, skip_blank_std=o.skip_blank_std,
-                                     decide=_streamed_decider(prepared, path),
-                                     model=prepared.predictor.model)  # the inference copy, compiled or not
+    sp = StreamingPredictor.from_run(
+        run,
+        tta=o.tta,
+        batch_size=o.batch_size,
+        skip_blank_std=o.skip_blank_std,
+        decide=_streamed_decider(prepared, path),
+        model=prepared.predictor.model,
+    )  # the inference copy, compiled or not
     with open_source(path, o.level) as src:  # the output keeps the input's tiling when it has one
         tile = src.tile[-1] if src.tile and src.tile[-1] % 16 == 0 and 64 <= src.tile[-1] <= 2048 else None
         ext = ".zarr" if fmt == "zarr" else ".tif"
         mask_path = out / f"{stem}{ext}"
         check_not_input(mask_path, path)
         proba_path = out / f"{stem}_proba{ext}" if o.probabilities else None
-        with streamed_extras(run, path, out / f"{stem}.geojson", src, o.level, prepared.encoding,
-                             prepared.object_type) as extras:
-            res = sp.predict_to_files(src, mask_path, proba_path, fmt=fmt, level=o.level, out_tile=tile,
-                                      pixel_size=src.pixel_size,
-                                      mask_encoder=extras.encoder, mask_sink=extras.sink)
+        with streamed_extras(
+            run, path, out / f"{stem}.geojson", src, o.level, prepared.encoding, prepared.object_type
+        ) as extras:
+            res = sp.predict_to_files(
+                src,
+                mask_path,
+                proba_path,
+                fmt=fmt,
+                level=o.level,
+                out_tile=tile,
+                pixel_size=src.pixel_size,
+                mask_encoder=extras.encoder,
+                mask_sink=extras.sink,
+            )
     remove_other_formats(out, stem, mask_path, path)
-    log.info("%s: %dx%d streamed in %.1f s (%.2f MPix/s, %d tiles, %d blank)", path, res.shape[1], res.shape[0],
-             res.seconds, res.mpix_per_s, res.n_tiles, res.n_skipped)
+    log.info(
+        "%s: %dx%d streamed in %.1f s (%.2f MPix/s, %d tiles, %d blank)",
+        path,
+        res.shape[1],
+        res.shape[0],
+        res.seconds,
+        res.mpix_per_s,
+        res.n_tiles,
+        res.n_skipped,
+    )
     summary.done.append(path)
     summary.streamed.append(path)
     return res.outputs

@@ -28,7 +28,9 @@ def predict_proba_image(run, predictor, image: np.ndarray, pixel_size=None) -> n
     return predictor.to_proba(logits_at_pixel_size(predictor, x, factor)).numpy()
 
 
-def predict_image(run, predictor, image: np.ndarray, postprocess=None, pixel_size=None) -> tuple[np.ndarray, np.ndarray]:
+def predict_image(
+    run, predictor, image: np.ndarray, postprocess=None, pixel_size=None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(H, W, C)`` raw image -> (``(H, W) uint8`` index mask, ``(K, H, W) float32`` probabilities).
 
     ``postprocess``: a :class:`~biomedseg.postprocess.ops.PostprocessConfig` (``None``: argmax);
@@ -39,13 +41,20 @@ def predict_image(run, predictor, image: np.ndarray, postprocess=None, pixel_siz
         return proba.argmax(0).astype(np.uint8), proba
     from biomedseg.postprocess.ops import apply_postprocess
 
-    mask, _ = apply_postprocess(proba, postprocess, run.classes, run.background,
-                                image_probability=getattr(predictor, "last_image_probability", None))
+    mask, _ = apply_postprocess(
+        proba,
+        postprocess,
+        run.classes,
+        run.background,
+        image_probability=getattr(predictor, "last_image_probability", None),
+    )
     return mask, proba
 
 
 def warn_if_classifier_gate_unusable(post, predictor) -> None:
     """Log once when ``postprocess.yaml`` gates by the classifier head but the model has none."""
     if post is not None and post.gating.uses_classifier and not getattr(predictor, "has_head", False):
-        log.warning("postprocess.yaml: gating.min_classifier_probability is set but the model has no classifier "
-                    "head (train --classifier-head); that criterion is skipped")
+        log.warning(
+            "postprocess.yaml: gating.min_classifier_probability is set but the model has no classifier "
+            "head (train --classifier-head); that criterion is skipped"
+        )

@@ -24,13 +24,12 @@ import logging
 import threading
 from pathlib import Path
 
-from biomedseg.runtime.cluster import (connect, local_cluster, run_jobs,  # noqa: F401 (local_cluster: API)
-                                       task_threads, task_threads_by_worker)
 from biomedseg.core.errors import UserError
-from biomedseg.runs import open_run
+from biomedseg.inference.predict.batch import PredictSummary
 from biomedseg.inference.predict.options import PredictOptions
 from biomedseg.inference.predict.outputs import output_stem
-from biomedseg.inference.predict.batch import PredictSummary
+from biomedseg.runs import open_run
+from biomedseg.runtime.cluster import connect, local_cluster, run_jobs, task_threads, task_threads_by_worker  # noqa: F401 (local_cluster: API)
 
 log = logging.getLogger("biomedseg")
 
@@ -49,8 +48,9 @@ def _worker_prepared(source: str, options: PredictOptions, files: list[Path], ou
     key = (run_key, options.replace(overwrite=False, quiet=True, threads=None), threading.get_ident())
     with _LOCK:
         if run_key not in _RUNS:
-            _RUNS[run_key] = open_model_source(source, device=options.device, engine=options.engine,
-                                               checkpoint=options.checkpoint)
+            _RUNS[run_key] = open_model_source(
+                source, device=options.device, engine=options.engine, checkpoint=options.checkpoint
+            )
         if key not in _PREPARED:  # one per worker thread: a predictor keeps per-image state
             _PREPARED[key] = prepare(_RUNS[run_key], options, files, out)
         return _PREPARED[key]
@@ -66,8 +66,9 @@ def prepared_predictors() -> int:
     return len(_PREPARED)
 
 
-def _task(source: str, path: str, out: str, options: PredictOptions,
-          plan: dict[str, int]) -> tuple[PredictSummary, int, int, str]:
+def _task(
+    source: str, path: str, out: str, options: PredictOptions, plan: dict[str, int]
+) -> tuple[PredictSummary, int, int, str]:
     """One file in a worker: ``(summary, pid, torch threads, engine)``."""
     import os
 
@@ -86,8 +87,18 @@ def _engine_of(loaded) -> str:
     return loaded.model.engine if isinstance(loaded.model, ExportedNetwork) else "torch"
 
 
-def predict_distributed(run, inputs, out, options: PredictOptions | None = None, *, client=None, address=None,
-                        n_workers: int = 2, threads_per_worker: int = 1, **keywords) -> PredictSummary:
+def predict_distributed(
+    run,
+    inputs,
+    out,
+    options: PredictOptions | None = None,
+    *,
+    client=None,
+    address=None,
+    n_workers: int = 2,
+    threads_per_worker: int = 1,
+    **keywords,
+) -> PredictSummary:
     """Predict ``inputs`` (files, folders, globs) with ``run`` (a run, CV or ensemble folder, or an
     exported ``.onnx``/``.pt``/``.zip`` file) on a Dask cluster.
 
@@ -120,16 +131,24 @@ def predict_distributed(run, inputs, out, options: PredictOptions | None = None,
     task_options = options.replace(rle=None, quiet=True)  # the client writes the RLE CSV
     with _cluster(client, address, n_workers, threads_per_worker) as c:
         plan = task_threads_by_worker(c) if options.threads is None and todo else {}
-        jobs = [(f"predict-{i}-{f.name}", (source, str(f.resolve()), str(out), task_options, plan))
-                for i, f in enumerate(todo)]
+        jobs = [
+            (f"predict-{i}-{f.name}", (source, str(f.resolve()), str(out), task_options, plan))
+            for i, f in enumerate(todo)
+        ]
         results, failed = run_jobs(c, _task, jobs, quiet=options.quiet, what="files")
     _merge(summary, jobs, todo, results, failed)
     if options.rle is not None:
         summary.rle = _write_rle_from_outputs(options, source, files, out)
     if not options.quiet:
-        log.info("%d predicted on %d workers (%s; torch threads per task: %s), %d skipped, %d failed",
-                 len(summary.done), len(summary.workers), ", ".join(summary.engines) or "-",
-                 ", ".join(map(str, summary.task_threads)) or "-", len(summary.skipped), len(summary.failed))
+        log.info(
+            "%d predicted on %d workers (%s; torch threads per task: %s), %d skipped, %d failed",
+            len(summary.done),
+            len(summary.workers),
+            ", ".join(summary.engines) or "-",
+            ", ".join(map(str, summary.task_threads)) or "-",
+            len(summary.skipped),
+            len(summary.failed),
+        )
     return summary
 
 

@@ -22,14 +22,23 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from biomedseg.vector.geojson import DEFAULT_OBJECT_TYPE, GeoJSONMaskWriter, check_object_type, write_mask_geojson
 from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT, MaskEncoding, resolve_encoding
 from biomedseg.io.masks import Palette
+from biomedseg.vector.geojson import DEFAULT_OBJECT_TYPE, GeoJSONMaskWriter, check_object_type, write_mask_geojson
 
 log = logging.getLogger("biomedseg")
 
-__all__ = ["DEFAULT_MASK_FORMAT", "class_colors_of", "geojson_classes", "geojson_object_type", "level_scale",
-           "mask_encoding_for", "one_channel", "streamed_extras", "write_geojson"]
+__all__ = [
+    "DEFAULT_MASK_FORMAT",
+    "class_colors_of",
+    "geojson_classes",
+    "geojson_object_type",
+    "level_scale",
+    "mask_encoding_for",
+    "one_channel",
+    "streamed_extras",
+    "write_geojson",
+]
 
 
 def class_colors_of(run) -> list[tuple[int, int, int]]:
@@ -44,15 +53,20 @@ def class_colors_of(run) -> list[tuple[int, int, int]]:
 
 def mask_encoding_for(run, fmt: str | None) -> MaskEncoding:
     """The :class:`~biomedseg.io.mask_encoding.MaskEncoding` of ``--mask-format fmt`` for ``run``."""
-    return resolve_encoding(fmt or DEFAULT_MASK_FORMAT, Palette.from_json(run.info.palette), run.background,
-                            class_colors_of(run))
+    return resolve_encoding(
+        fmt or DEFAULT_MASK_FORMAT, Palette.from_json(run.info.palette), run.background, class_colors_of(run)
+    )
 
 
 def one_channel(encoding: MaskEncoding, where, why: str) -> MaskEncoding:
     """``encoding`` where one 8-bit channel holds it, else class indices (logged)."""
     if not encoding.one_channel:
-        log.warning("%s: %s masks hold one 8-bit value per pixel: class indices written instead of %s",
-                    where, why, encoding.kind)
+        log.warning(
+            "%s: %s masks hold one 8-bit value per pixel: class indices written instead of %s",
+            where,
+            why,
+            encoding.kind,
+        )
     return encoding.with_one_channel()
 
 
@@ -90,8 +104,9 @@ class StreamExtras(NamedTuple):
 
 
 @contextmanager
-def streamed_extras(run, path: Path, geojson_path: Path, src, level: int, encoding: MaskEncoding,
-                    object_type: str | None):
+def streamed_extras(
+    run, path: Path, geojson_path: Path, src, level: int, encoding: MaskEncoding, object_type: str | None
+):
     """Yield the :class:`StreamExtras` of one streamed image, for
     :meth:`~biomedseg.stream.predictor.StreamingPredictor.predict_to_files` (``mask_encoder``,
     ``mask_sink``); the GeoJSON's temporary file is removed on failure."""

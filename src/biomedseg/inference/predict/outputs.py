@@ -16,6 +16,7 @@ OUTPUT_FORMATS = ("png", "tiff", "zarr")
 STREAM_ABOVE_PIXELS = 4096 * 4096  # larger inputs are predicted band by band (bounded memory)
 TILED_STREAM_ABOVE_PIXELS = 2048 * 2048  # tiled TIFF inputs above this are streamed too
 
+
 def collect_inputs(inputs) -> list[Path]:
     """Files, folders, globs (``list_inputs``) plus ``.zarr`` folders given directly."""
     from biomedseg.data.discovery import list_inputs
@@ -54,8 +55,14 @@ def mask_path_for(out: Path, path: Path, n_pixels: int, output_format: str | Non
         return out / f"{stem}.zarr"
     if output_format == "tiff":
         return out / f"{stem}.tif"
-    return out / (stem + (".tif" if n_pixels > TIFF_ABOVE_PIXELS or path.suffix.lower() in (".tif", ".tiff")
-                          and n_pixels > 4096 * 4096 else ".png"))
+    return out / (
+        stem
+        + (
+            ".tif"
+            if n_pixels > TIFF_ABOVE_PIXELS or path.suffix.lower() in (".tif", ".tiff") and n_pixels > 4096 * 4096
+            else ".png"
+        )
+    )
 
 
 def check_not_input(mask_path: Path, path: Path) -> None:

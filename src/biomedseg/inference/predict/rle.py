@@ -13,18 +13,25 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-from typing import Iterable, Sequence
-
 import logging
+import os
 from pathlib import Path
+from typing import Iterable, Sequence
 
 import numpy as np
 
 log = logging.getLogger("biomedseg")
 
-__all__ = ["rle_encode", "rle_decode", "write_rle_csv", "instance_rle_rows", "read_rle_csv", "rle_rows_for",
-           "rle_rows_from_outputs", "write_rle"]
+__all__ = [
+    "rle_encode",
+    "rle_decode",
+    "write_rle_csv",
+    "instance_rle_rows",
+    "read_rle_csv",
+    "rle_rows_for",
+    "rle_rows_from_outputs",
+    "write_rle",
+]
 
 
 def rle_encode(mask: np.ndarray) -> str:
@@ -83,8 +90,7 @@ def instance_rle_rows(image_id: str, labels: np.ndarray) -> list[tuple[str, str]
     return [(image_id, rle_encode(lab == i)) for i in ids]
 
 
-def write_rle_csv(rows: Iterable[Sequence], path: str | os.PathLike,
-                  header: Sequence[str] = ("img", "pixels")) -> None:
+def write_rle_csv(rows: Iterable[Sequence], path: str | os.PathLike, header: Sequence[str] = ("img", "pixels")) -> None:
     """Write ``rows`` (tuples matching ``header``) as a CSV, atomically."""
     from biomedseg.io.writers import write_text
 
@@ -104,6 +110,7 @@ def read_rle_csv(path: str | os.PathLike) -> tuple[list[str], list[list[str]]]:
 
 
 # ---------------------------------------------------------------- rows of a predicted run
+
 
 def _rle_kind(run, instances: bool) -> str:
     from biomedseg.postprocess.ops import foreground
@@ -157,7 +164,10 @@ def rle_rows_from_outputs(out: Path, stem: str, run, instances: bool, encoding=N
 
 def write_rle(path, rows: list[tuple], run, instances: bool) -> Path:
     """Write the RLE CSV with the header matching the rows' layout."""
-    header = {"instances": ("ImageId", "EncodedPixels"), "binary": ("img", "pixels"),
-              "multiclass": ("img", "class", "pixels")}[_rle_kind(run, instances)]
+    header = {
+        "instances": ("ImageId", "EncodedPixels"),
+        "binary": ("img", "pixels"),
+        "multiclass": ("img", "class", "pixels"),
+    }[_rle_kind(run, instances)]
     write_rle_csv(rows, path, header=header)
     return Path(path)

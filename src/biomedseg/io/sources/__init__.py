@@ -48,8 +48,9 @@ def read_head(path: Path, n: int = 26) -> bytes:
     return head
 
 
-def open_source(path: str | os.PathLike, level: int = 0, *, raw: bool = False,
-                max_decode_pixels: int = MAX_DECODE_PIXELS) -> ImageSource:
+def open_source(
+    path: str | os.PathLike, level: int = 0, *, raw: bool = False, max_decode_pixels: int = MAX_DECODE_PIXELS
+) -> ImageSource:
     """Open the image at ``path`` once (a context manager; nothing decoded yet).
 
     ``level``: pyramid level the windows come from (TIFF, OME-Zarr; ``UserError`` when absent);

@@ -153,8 +153,10 @@ class ImageSource:
 
     def no_level(self, level: int) -> UserError:
         n = self.levels
-        return UserError(f"{self.path}: has no level {level} (it has {n} resolution level{'s' if n != 1 else ''}"
-                         f"{': 0..' + str(n - 1) if n > 1 else ''})")
+        return UserError(
+            f"{self.path}: has no level {level} (it has {n} resolution level{'s' if n != 1 else ''}"
+            f"{': 0..' + str(n - 1) if n > 1 else ''})"
+        )
 
     # ------------------------------------------------------------------ reading
     def _read_stored(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:  # pragma: no cover - interface
@@ -187,7 +189,8 @@ class ImageSource:
         if h * w > self.max_decode_pixels:
             raise UserError(
                 f"{self.path}: is {w}x{h} ({megapixels(h * w)} megapixels), above the "
-                f"{megapixels(self.max_decode_pixels)}-megapixel limit for {what}; {self._too_large_hint()}")
+                f"{megapixels(self.max_decode_pixels)}-megapixel limit for {what}; {self._too_large_hint()}"
+            )
 
     def _too_large_hint(self) -> str:
         return "cut it into tiles with `biomedseg tile` (predict reads it window by window)"
@@ -244,8 +247,9 @@ class PlannedSource(ImageSource):
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - corrupt chunk or tile data
-            raise UserError(f"{self.path}: cannot read window {x0},{y0} {x1 - x0}x{y1 - y0} "
-                            f"({reason_of(exc)})"[:400]) from None
+            raise UserError(
+                f"{self.path}: cannot read window {x0},{y0} {x1 - x0}x{y1 - y0} ({reason_of(exc)})"[:400]
+            ) from None
         kept = [i for i in range(len(idx)) if not isinstance(idx[i], int)]  # remaining axes, in order
         order = [kept.index(self._y), kept.index(self._x)] + ([kept.index(self._c)] if self._c is not None else [])
         return np.transpose(block, order)

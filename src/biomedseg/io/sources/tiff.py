@@ -26,14 +26,7 @@ from contextlib import suppress
 import numpy as np
 
 from biomedseg.core.errors import UserError
-from biomedseg.io.sources.base import (
-    CONVERT_HINT,
-    PlannedSource,
-    fail,
-    megapixels,
-    quiet_tifffile,
-    reason_of,
-)
+from biomedseg.io.sources.base import CONVERT_HINT, PlannedSource, fail, megapixels, quiet_tifffile, reason_of
 
 #: Compressed chunks above this many pixels are not re-decoded per window (see the module docstring).
 LARGE_CHUNK_PIXELS = 4_000_000
@@ -99,16 +92,22 @@ class TiffSource(PlannedSource):
     # ------------------------------------------------------------------ how to read
     def _memmappable(self) -> bool:
         p = self._page
-        return (len(self._lev.pages) == 1 and bool(p.is_contiguous) and p.compression == 1 and not p.is_tiled
-                and p.bitspersample in (8, 16, 32, 64))
+        return (
+            len(self._lev.pages) == 1
+            and bool(p.is_contiguous)
+            and p.compression == 1
+            and not p.is_tiled
+            and p.bitspersample in (8, 16, 32, 64)
+        )
 
     def _open_reader(self):
         """The array windows are read from: a memory map, the whole level (cached) or the zarr store."""
         if self._memmappable():
             try:
                 dtype = self._lev.dtype.newbyteorder(self._tif.byteorder)
-                return np.memmap(self._fh, dtype=dtype, mode="r", offset=int(self._page.dataoffsets[0]),
-                                 shape=tuple(self._lev.shape))
+                return np.memmap(
+                    self._fh, dtype=dtype, mode="r", offset=int(self._page.dataoffsets[0]), shape=tuple(self._lev.shape)
+                )
             except (ValueError, OSError):
                 pass  # fall back to the zarr store
         import zarr
@@ -124,7 +123,8 @@ class TiffSource(PlannedSource):
             raise UserError(
                 f"{self.path}: is stored in {kind}s of {megapixels(chunk_px)} megapixels, above the "
                 f"{megapixels(self.max_decode_pixels)}-megapixel decoding limit; re-save it as a tiled TIFF "
-                f"(e.g. {CONVERT_HINT.replace('in.png', 'in.tif')}) or raise the limit")
+                f"(e.g. {CONVERT_HINT.replace('in.png', 'in.tif')}) or raise the limit"
+            )
         h, w = self.shape
         self._cache_level = chunk_px > LARGE_CHUNK_PIXELS and h * w <= self.max_decode_pixels
         return arr

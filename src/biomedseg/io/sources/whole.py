@@ -40,8 +40,11 @@ def _pillow_open(fh, kind: str):
     """Open the header with Pillow; PNG/JPEG/BMP by their plugin (no process-wide limit involved)."""
     from PIL import BmpImagePlugin, Image, JpegImagePlugin, PngImagePlugin
 
-    factory = {"png": PngImagePlugin.PngImageFile, "jpeg": JpegImagePlugin.jpeg_factory,
-               "bmp": BmpImagePlugin.BmpImageFile}.get(kind)
+    factory = {
+        "png": PngImagePlugin.PngImageFile,
+        "jpeg": JpegImagePlugin.jpeg_factory,
+        "bmp": BmpImagePlugin.BmpImageFile,
+    }.get(kind)
     return Image.open(fh) if factory is None else factory(fh)
 
 
@@ -71,13 +74,16 @@ class WholeSource(ImageSource):
         self.level_shapes = [(int(h), int(w))]
         if self.level != 0:
             self.close()
-            raise UserError(f"{self.path}: has no level {self.level} (only TIFF and zarr images hold "
-                            "resolution levels)")
+            raise UserError(
+                f"{self.path}: has no level {self.level} (only TIFF and zarr images hold resolution levels)"
+            )
 
     def _too_large_hint(self) -> str:
         fmt = self.kind.replace("png16", "png").upper()
-        return (f"{fmt if fmt != 'IMAGE' else 'this format'} is decoded whole, it has no windows: convert it to "
-                f"a tiled TIFF (e.g. {CONVERT_HINT})")
+        return (
+            f"{fmt if fmt != 'IMAGE' else 'this format'} is decoded whole, it has no windows: convert it to "
+            f"a tiled TIFF (e.g. {CONVERT_HINT})"
+        )
 
     def check_readable(self) -> None:
         self.check_decodable()

@@ -32,9 +32,11 @@ class ZarrSource(PlannedSource):
         if not self._checked:
             chunk_px = self.tile[0] * self.tile[1] if self.tile else self.shape[0] * self.shape[1]
             if chunk_px > self.max_decode_pixels:
-                raise UserError(f"{self.path}: is stored in zarr chunks of {megapixels(chunk_px)} megapixels, above "
-                                f"the {megapixels(self.max_decode_pixels)}-megapixel decoding limit; re-chunk it "
-                                "(e.g. 1024x1024) or raise the limit")
+                raise UserError(
+                    f"{self.path}: is stored in zarr chunks of {megapixels(chunk_px)} megapixels, above "
+                    f"the {megapixels(self.max_decode_pixels)}-megapixel decoding limit; re-chunk it "
+                    "(e.g. 1024x1024) or raise the limit"
+                )
             self._checked = True
 
     def _find_pixel_size(self):

@@ -19,11 +19,25 @@ def register_unet2d(name: str, block: Block, description: str, doc: str, **unet_
     """Register ``name`` as a :class:`UNet2d` of conv block ``block`` (``unet_kwargs``: its
     ``down`` or ``gate``) with the family's options, and return the factory (docstring ``doc``)."""
 
-    def build(in_channels: int, n_classes: int, base_channels: int = 32, depth: int = 5,
-              max_channels: int = 512, deep_supervision: bool | int = False,
-              classifier_head: bool = False) -> nn.Module:
-        net = UNet2d(in_channels, n_classes, block, depth=depth, base_channels=base_channels,
-                     max_channels=max_channels, deep_supervision=deep_supervision, **unet_kwargs)
+    def build(
+        in_channels: int,
+        n_classes: int,
+        base_channels: int = 32,
+        depth: int = 5,
+        max_channels: int = 512,
+        deep_supervision: bool | int = False,
+        classifier_head: bool = False,
+    ) -> nn.Module:
+        net = UNet2d(
+            in_channels,
+            n_classes,
+            block,
+            depth=depth,
+            base_channels=base_channels,
+            max_channels=max_channels,
+            deep_supervision=deep_supervision,
+            **unet_kwargs,
+        )
         return maybe_with_classifier(net, classifier_head)
 
     build.__doc__ = doc

@@ -71,7 +71,7 @@ def _disagreement(ma: np.ndarray, mb: np.ndarray, dy: int, dx: int, bg: int | No
     bgc = 0 if bg is None else bg
     if y1 > y0 and x1 > x0:
         b_in[y0:y1, x0:x1] = True
-        fb[y0:y1, x0:x1] = mb[y0 - dy:y1 - dy, x0 - dx:x1 - dx] != bgc
+        fb[y0:y1, x0:x1] = mb[y0 - dy : y1 - dy, x0 - dx : x1 - dx] != bgc
     fa = ma != bgc
     out[b_in] = (0, 0, 0)
     out[fa & fb] = (255, 255, 255)
@@ -83,8 +83,8 @@ def _disagreement(ma: np.ndarray, mb: np.ndarray, dy: int, dx: int, bg: int | No
 def _pair_picture(path: Path, judge, pair, row: dict, names: list[str]) -> bool:
     """Image A, image B, mask A, mask B and their disagreement; ``False`` if unreadable."""
     from biomedseg.audit.duplicates import flip_array
-    from biomedseg.io.images import read_image
     from biomedseg.core.render import class_overlay, to_display_rgb
+    from biomedseg.io.images import read_image
 
     items = judge.items
     try:
@@ -110,9 +110,9 @@ def _pair_picture(path: Path, judge, pair, row: dict, names: list[str]) -> bool:
 
 def _mask_picture(path: Path, image_path: Path | None, mask_paths: list[Path], palette, title: str) -> bool:
     """The image, its masks as stored (and as classes); ``False`` if nothing could be drawn."""
+    from biomedseg.core.render import colorize_mask, to_display_rgb
     from biomedseg.io.images import read_image, read_raw
     from biomedseg.io.masks import read_mask
-    from biomedseg.core.render import colorize_mask, to_display_rgb
 
     panels = []
     try:
@@ -137,7 +137,6 @@ def _mask_picture(path: Path, image_path: Path | None, mask_paths: list[Path], p
         return False
     write_png(path, _row(panels))
     return True
-
 
 
 def _draw_plots(folder: Path, audit: dict, res: dict) -> dict[str, str]:

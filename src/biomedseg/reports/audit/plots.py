@@ -46,8 +46,9 @@ def plot_classes(path: Path, masks: dict) -> None:
 
     names = list(masks["class_pixel_fraction"])
     fig = Figure(figsize=(min(16, 3 + 1.6 * len(names)), 3.6), layout="constrained")
-    for k, (key, title) in enumerate((("class_pixel_fraction", "share of pixels"),
-                                      ("class_image_fraction", "share of images containing the class"))):
+    for k, (key, title) in enumerate(
+        (("class_pixel_fraction", "share of pixels"), ("class_image_fraction", "share of images containing the class"))
+    ):
         ax = fig.add_subplot(1, 2, k + 1)
         vals = [masks[key][n] for n in names]
         bars = ax.bar(range(len(names)), vals, color="#4a90d9")
@@ -74,8 +75,11 @@ def plot_objects(path: Path, objects: dict) -> bool:
         ax.bar(range(len(counts)), counts, color="#60a060")
         ax.set_xticks(range(len(counts)), [str(e) for e in edges], rotation=60, fontsize=7)
         rec = o.get("recommended_min_area")
-        ax.set_title(f"{c}: {o['count']} objects, median {o['percentiles'].get('50', 0):.0f} px"
-                     + (f", recommended min area {rec} px" if rec else ""), fontsize=9)
+        ax.set_title(
+            f"{c}: {o['count']} objects, median {o['percentiles'].get('50', 0):.0f} px"
+            + (f", recommended min area {rec} px" if rec else ""),
+            fontsize=9,
+        )
         ax.set_ylabel("objects", fontsize=8)
     fig.supxlabel("object area (px, bins start at)", fontsize=8)
     _save_fig(fig, path)
@@ -106,4 +110,3 @@ def plot_intensity(path: Path, acc, colour: bool, intensity: dict) -> bool:
     ax.legend(fontsize=8)
     _save_fig(fig, path)
     return True
-

@@ -55,8 +55,9 @@ def _area_matrix(n: int, m: int) -> sparse.csr_matrix:
     exact area averaging, symmetric under reversal, and single-threaded (BLAS threads crawl on a
     busy CPU)."""
     edges = np.arange(m + 1) * (n / m)
-    overlap = np.clip(np.minimum(edges[1:, None], np.arange(1, n + 1)) - np.maximum(edges[:-1, None], np.arange(n)),
-                      0.0, None)
+    overlap = np.clip(
+        np.minimum(edges[1:, None], np.arange(1, n + 1)) - np.maximum(edges[:-1, None], np.arange(n)), 0.0, None
+    )
     return sparse.csr_matrix((overlap / (n / m)).astype(np.float32))
 
 
@@ -66,7 +67,7 @@ def _block_mean(a: np.ndarray, f: int) -> np.ndarray:
     if f <= 1:
         return a
     (h, rh), (w, rw) = divmod(a.shape[0], f), divmod(a.shape[1], f)
-    a = a[rh // 2:rh // 2 + h * f, rw // 2:rw // 2 + w * f]
+    a = a[rh // 2 : rh // 2 + h * f, rw // 2 : rw // 2 + w * f]
     rest = a.shape[2:]
     cols = a.reshape(h * f, w, f, *rest).sum(axis=2, dtype=np.float32)
     return cols.reshape(h, f, w, *rest).sum(axis=1) / np.float32(f * f)
@@ -125,8 +126,7 @@ def _reason(name: str, stats: dict, worst: str, n: int) -> str:
     if s["changed"]:
         return f"{TRANSFORMS[name]} changes the data: {numbers}"
     if s["ratio"] >= NOISE_FACTOR:
-        return (f"{TRANSFORMS[name]} keeps the data: {numbers}, below the {MIN_ASYMMETRY} std that "
-                "would matter")
+        return f"{TRANSFORMS[name]} keeps the data: {numbers}, below the {MIN_ASYMMETRY} std that would matter"
     return f"{TRANSFORMS[name]} keeps the data: {numbers}, within {NOISE_FACTOR:g}x of noise"
 
 
@@ -148,10 +148,18 @@ def orientation_evidence(images) -> dict:
     out: dict = {"n_images": n, "anisotropy": round(float(grad[0] / grad[1]) if grad[1] > 0 else 1.0, 3)}
     for name in TRANSFORMS:
         d = maps - _apply(name, maps) if n else np.zeros((1, 3, GRID, GRID), np.float32)
-        stats = {"mean_image": _statistic(d[:, 0].reshape(len(d), -1)),
-                 "gradients": _statistic(d[:, 1:].reshape(len(d), -1))}
+        stats = {
+            "mean_image": _statistic(d[:, 0].reshape(len(d), -1)),
+            "gradients": _statistic(d[:, 1:].reshape(len(d), -1)),
+        }
         worst = max(stats, key=lambda k: (stats[k]["changed"], stats[k]["ratio"]))
-        out[name] = {"score": stats[worst]["score"], "floor": stats[worst]["floor"], "ratio": stats[worst]["ratio"],
-                     "statistic": worst, "invariant": not any(s["changed"] for s in stats.values()),
-                     "reason": _reason(name, stats, worst, n), "statistics": stats}
+        out[name] = {
+            "score": stats[worst]["score"],
+            "floor": stats[worst]["floor"],
+            "ratio": stats[worst]["ratio"],
+            "statistic": worst,
+            "invariant": not any(s["changed"] for s in stats.values()),
+            "reason": _reason(name, stats, worst, n),
+            "statistics": stats,
+        }
     return out

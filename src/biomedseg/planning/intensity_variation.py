@@ -26,8 +26,7 @@ import numpy as np
 
 from biomedseg.io.images import conform_channels
 
-__all__ = ["BRIGHTNESS_DELTA", "CHANNEL_SCALE", "CHANNEL_SHIFT", "CONTRAST_LOG", "SPREAD_FACTOR",
-           "intensity_variation"]
+__all__ = ["BRIGHTNESS_DELTA", "CHANNEL_SCALE", "CHANNEL_SHIFT", "CONTRAST_LOG", "SPREAD_FACTOR", "intensity_variation"]
 
 #: an augmentation range ``[-d, d]`` has ``d`` this many times the spread measured between the
 #: images: the standard deviation of a uniform draw then equals the measured spread
@@ -70,8 +69,10 @@ def _spreads(z_mean: np.ndarray, log_std: np.ndarray) -> dict:
 def _ranges(spreads: dict) -> dict:
     """Augmentation ranges from the spreads (see the module docstring)."""
     c = _bounded(spreads["contrast_spread"], CONTRAST_LOG)
-    out = {"brightness": round(_bounded(spreads["brightness_spread"], BRIGHTNESS_DELTA), 3),
-           "contrast": [round(math.exp(-c), 3), round(math.exp(c), 3)]}
+    out = {
+        "brightness": round(_bounded(spreads["brightness_spread"], BRIGHTNESS_DELTA), 3),
+        "contrast": [round(math.exp(-c), 3), round(math.exp(c), 3)],
+    }
     if "colour_shift_spread" in spreads:
         s = _bounded(spreads["colour_scale_spread"], CHANNEL_SCALE)
         out["channel_shift"] = round(_bounded(spreads["colour_shift_spread"], CHANNEL_SHIFT), 3)
@@ -99,7 +100,13 @@ def intensity_variation(images, channels: int) -> dict:
     z_mean = (means - means.mean(axis=0)) / pooled
     log_std = np.log(np.maximum(stds, 0.01 * pooled) / pooled)  # a blank image counts as 1% contrast
     spreads = _spreads(z_mean, log_std)
-    return {"n_images": len(stats), "channels": channels,
-            "per_channel": {"mean_spread": [round(float(v), 4) for v in z_mean.std(axis=0)],
-                            "log_std_spread": [round(float(v), 4) for v in log_std.std(axis=0)]},
-            **{k: round(v, 4) for k, v in spreads.items()}, "ranges": _ranges(spreads)}
+    return {
+        "n_images": len(stats),
+        "channels": channels,
+        "per_channel": {
+            "mean_spread": [round(float(v), 4) for v in z_mean.std(axis=0)],
+            "log_std_spread": [round(float(v), 4) for v in log_std.std(axis=0)],
+        },
+        **{k: round(v, 4) for k, v in spreads.items()},
+        "ranges": _ranges(spreads),
+    }

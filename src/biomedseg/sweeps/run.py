@@ -38,10 +38,10 @@ import yaml
 
 from biomedseg.core.errors import UserError
 from biomedseg.io.writers import write_text
-from biomedseg.runs.sweep import SweepPaths, create_sweep
 from biomedseg.runs.config import load_config_file, merge
-from biomedseg.workflows.sweep.space import Param, check_params, grid_of, grid_size, parse_params
-from biomedseg.workflows.sweep.study import (
+from biomedseg.runs.sweep import SweepPaths, create_sweep
+from biomedseg.sweeps.space import Param, check_params, grid_of, grid_size, parse_params
+from biomedseg.sweeps.study import (
     SCORE,
     EpochReporter,
     load_optuna,
@@ -86,9 +86,24 @@ class _Sweep:
         return bool(self.objective) and metric_direction(self.objective) == "lower"
 
 
-def sweep(data, out, params, *, trials: int | None = None, time_budget_per_trial=None, test: bool = False,
-          storage: str | None = None, study_name: str = DEFAULT_STUDY_NAME, prune: bool = True, plan=None,
-          config=None, scheduler=None, quiet: bool = False, objective: str | None = None, **overrides) -> dict:
+def sweep(
+    data,
+    out,
+    params,
+    *,
+    trials: int | None = None,
+    time_budget_per_trial=None,
+    test: bool = False,
+    storage: str | None = None,
+    study_name: str = DEFAULT_STUDY_NAME,
+    prune: bool = True,
+    plan=None,
+    config=None,
+    scheduler=None,
+    quiet: bool = False,
+    objective: str | None = None,
+    **overrides,
+) -> dict:
     """Run (or continue) the sweep of ``params`` (``--param`` texts or :class:`Param`) on ``data``
     into the sweep folder ``out``; ``overrides`` are training options shared by every trial.
 
@@ -115,20 +130,40 @@ def sweep(data, out, params, *, trials: int | None = None, time_budget_per_trial
         check_cluster_storage(scheduler, storage, out)
     optuna = load_optuna()
     paths = create_sweep(out)
-    study = open_study(optuna, storage or paths.storage_url(), study_name, space, cfg.model_dump(mode="json"),
-                       cfg.seed, target, prune)
+    study = open_study(
+        optuna, storage or paths.storage_url(), study_name, space, cfg.model_dump(mode="json"), cfg.seed, target, prune
+    )
     shared_plan = _shared_plan(paths, plan, data, config, overrides, space, quiet) if cfg.auto_plan else None
     _same_objective(study, storage or paths.storage_url(), objective)
-    sw = _Sweep(Path(data), paths, space, overrides, Path(config) if config else None, shared_plan, test, cfg.device,
-                target, quiet, objective)
+    sw = _Sweep(
+        Path(data),
+        paths,
+        space,
+        overrides,
+        Path(config) if config else None,
+        shared_plan,
+        test,
+        cfg.device,
+        target,
+        quiet,
+        objective,
+    )
     retry_interrupted(optuna, study)
     if scheduler is None:
         _optimize(optuna, study, sw)
     else:
-        job = dict(params=[p.spec() for p in space], trials=target, storage=storage or paths.storage_url(),
-                   study_name=study_name, prune=prune, test=test, overrides=overrides, objective=objective,
-                   plan=str(Path(shared_plan or plan).resolve()) if (shared_plan or plan) else None,
-                   config=str(Path(config).resolve()) if config else None)
+        job = dict(
+            params=[p.spec() for p in space],
+            trials=target,
+            storage=storage or paths.storage_url(),
+            study_name=study_name,
+            prune=prune,
+            test=test,
+            overrides=overrides,
+            objective=objective,
+            plan=str(Path(shared_plan or plan).resolve()) if (shared_plan or plan) else None,
+            config=str(Path(config).resolve()) if config else None,
+        )
         _on_cluster(optuna, study, sw, scheduler, job)
     return write_results(optuna, study, sw)
 
@@ -151,11 +186,18 @@ def check_cluster_storage(scheduler, storage: str | None, out) -> None:
     fix = "give every process one database server: --storage postgresql://user:pass@host/db"
     remote = sorted(hosts - _this_machine())
     if remote:
-        raise UserError(f"{url.split(':///', 1)[-1]}: a SQLite study shared with workers on other machines "
-                        f"({', '.join(remote)}) is unsafe on a network file system; {fix}")
+        raise UserError(
+            f"{url.split(':///', 1)[-1]}: a SQLite study shared with workers on other machines "
+            f"({', '.join(remote)}) is unsafe on a network file system; {fix}"
+        )
     if not hosts:
-        log.warning("--scheduler %s: no worker connected yet; if workers join from other machines, the SQLite "
-                    "study %s is unsafe on a network file system: %s", scheduler, url, fix)
+        log.warning(
+            "--scheduler %s: no worker connected yet; if workers join from other machines, the SQLite "
+            "study %s is unsafe on a network file system: %s",
+            scheduler,
+            url,
+            fix,
+        )
 
 
 def _this_machine() -> set[str]:
@@ -195,9 +237,21 @@ def _sweep_job(data: str, out: str, job: dict) -> int:
     from biomedseg.runtime.cluster import with_worker_threads
 
     overrides = with_worker_threads(job["overrides"])
-    sweep(data, out, job["params"], trials=job["trials"], storage=job["storage"], study_name=job["study_name"],
-          prune=job["prune"], test=job["test"], plan=job["plan"], config=job["config"], quiet=True,
-          objective=job.get("objective"), **overrides)
+    sweep(
+        data,
+        out,
+        job["params"],
+        trials=job["trials"],
+        storage=job["storage"],
+        study_name=job["study_name"],
+        prune=job["prune"],
+        test=job["test"],
+        plan=job["plan"],
+        config=job["config"],
+        quiet=True,
+        objective=job.get("objective"),
+        **overrides,
+    )
     return os.getpid()
 
 
@@ -215,8 +269,11 @@ def _shared_plan(paths: SweepPaths, plan, data, config, overrides: dict, space: 
     planned = read_plan(paths.plan)
     for p in space:
         if p.name.split(".")[0] in planned:
-            log.info("%s is swept: each trial's value replaces the plan's (%s); the rest of the plan stays",
-                     p.name, planned[p.name.split(".")[0]]["value"])
+            log.info(
+                "%s is swept: each trial's value replaces the plan's (%s); the rest of the plan stays",
+                p.name,
+                planned[p.name.split(".")[0]]["value"],
+            )
     return paths.plan
 
 
@@ -226,8 +283,7 @@ def _optimize(optuna, study, sw: _Sweep) -> None:
     processes are training count: each trial is trained by one process)."""
     claimed = n_finished(optuna, study, running=True)
     if claimed >= sw.target:
-        log.info("the study holds %d finished or running trials (target %d): nothing to train here", claimed,
-                 sw.target)
+        log.info("the study holds %d finished or running trials (target %d): nothing to train here", claimed, sw.target)
         return
 
     def after_trial(study_, trial) -> None:
@@ -253,8 +309,15 @@ def _objective(optuna, trial, sw: _Sweep) -> float:
     layers = [p.overrides(values[p.name]) for p in sw.space]
     started = time.perf_counter()
     try:
-        train(sw.data, run_dir, config=sw.config, plan=sw.plan, quiet=sw.quiet, on_epoch=reporter,
-              **merge(sw.overrides, *layers))
+        train(
+            sw.data,
+            run_dir,
+            config=sw.config,
+            plan=sw.plan,
+            quiet=sw.quiet,
+            on_epoch=reporter,
+            **merge(sw.overrides, *layers),
+        )
     except TrainingDiverged as exc:
         _record(trial, reporter, started, error=str(exc))
         return float("nan")  # a failed trial, counted as finished (its settings diverge)
@@ -290,8 +353,10 @@ def _same_objective(study, url: str, objective: str | None) -> None:
     if before is None and not study.get_trials(deepcopy=False):
         study.set_user_attr("objective", name)
     elif (before or SCORE) != name:
-        raise UserError(f"{url}: study {study.study_name!r} ranks trials by {before or SCORE}, not {name}; "
-                        "use another --out or --study-name")
+        raise UserError(
+            f"{url}: study {study.study_name!r} ranks trials by {before or SCORE}, not {name}; "
+            "use another --out or --study-name"
+        )
 
 
 def _validation_objective(run_dir: Path, sw: _Sweep, number: int) -> float:
@@ -300,8 +365,16 @@ def _validation_objective(run_dir: Path, sw: _Sweep, number: int) -> float:
     from biomedseg.workflows.evaluation import evaluate
 
     out = sw.paths.evaluation(number).with_name(f"{sw.paths.evaluation(number).name}_val")
-    m = evaluate(run_dir, sw.data, out, split="val", overlays=False, quiet=True, device=sw.device,
-                 metrics=metric_group(sw.objective))
+    m = evaluate(
+        run_dir,
+        sw.data,
+        out,
+        split="val",
+        overlays=False,
+        quiet=True,
+        device=sw.device,
+        metrics=metric_group(sw.objective),
+    )
     value = m.get(sw.objective)
     if not isinstance(value, float) or not math.isfinite(value):
         raise UserError(f"{out}: no {sw.objective} on the validation images")
@@ -309,8 +382,13 @@ def _validation_objective(run_dir: Path, sw: _Sweep, number: int) -> float:
 
 
 def _record(trial, reporter: EpochReporter, started: float, **extra) -> None:
-    attrs = {SCORE: reporter.best if math.isfinite(reporter.best) else None, "best_epoch": reporter.best_epoch,
-             **reporter.last, "seconds": round(time.perf_counter() - started), **extra}
+    attrs = {
+        SCORE: reporter.best if math.isfinite(reporter.best) else None,
+        "best_epoch": reporter.best_epoch,
+        **reporter.last,
+        "seconds": round(time.perf_counter() - started),
+        **extra,
+    }
     if reporter.pruned_at is not None:
         attrs["pruned_at"] = reporter.pruned_at
     for key, value in attrs.items():
@@ -327,8 +405,9 @@ def _test_scores(run_dir: Path, sw: _Sweep, number: int) -> dict:
     """Dice (mean and per class) and pixel accuracy of the trial on the test split."""
     from biomedseg.workflows.evaluation import evaluate
 
-    m = evaluate(run_dir, sw.data, sw.paths.evaluation(number), split="test", overlays=False, quiet=True,
-                 device=sw.device)
+    m = evaluate(
+        run_dir, sw.data, sw.paths.evaluation(number), split="test", overlays=False, quiet=True, device=sw.device
+    )
     scores = {"test_dice": m["dice"]}
     scores.update({f"test_dice_{name}": c["dice"] for name, c in m["per_class"].items()})
     scores["test_pixel_accuracy"] = m["pixel_accuracy"]
@@ -352,16 +431,37 @@ def trial_rows(optuna, study, space: list[Param], sw: _Sweep | None = None) -> t
     extra = [rank] if rank != SCORE else []
     for t in study.get_trials(deepcopy=False):
         a = t.user_attrs
-        row = {"trial": t.number, **{p.name: _param_text(t.params.get(p.name)) for p in space},
-               "state": t.state.name.lower(), SCORE: a.get(SCORE), **{k: a.get(k) for k in extra},
-               **(a.get("test") or {}),
-               "best_epoch": a.get("best_epoch"), "epochs": a.get("epochs"), "steps": a.get("steps"),
-               "seconds": a.get("seconds"), "run": a.get("run"), "note": _note(t)}
+        row = {
+            "trial": t.number,
+            **{p.name: _param_text(t.params.get(p.name)) for p in space},
+            "state": t.state.name.lower(),
+            SCORE: a.get(SCORE),
+            **{k: a.get(k) for k in extra},
+            **(a.get("test") or {}),
+            "best_epoch": a.get("best_epoch"),
+            "epochs": a.get("epochs"),
+            "steps": a.get("steps"),
+            "seconds": a.get("seconds"),
+            "run": a.get("run"),
+            "note": _note(t),
+        }
         test_cols += [k for k in (a.get("test") or {}) if k not in test_cols]
         rows.append(row)
     rows.sort(key=lambda r: (r[rank] is None, -sign * (r[rank] or 0.0), r["trial"]))
-    columns = ["trial", *(p.name for p in space), "state", SCORE, *extra, *test_cols, "best_epoch", "epochs", "steps",
-               "seconds", "run", "note"]
+    columns = [
+        "trial",
+        *(p.name for p in space),
+        "state",
+        SCORE,
+        *extra,
+        *test_cols,
+        "best_epoch",
+        "epochs",
+        "steps",
+        "seconds",
+        "run",
+        "note",
+    ]
     return rows, columns
 
 
@@ -386,17 +486,30 @@ def write_results(optuna, study, sw: _Sweep) -> dict:
 
     rows, columns = trial_rows(optuna, study, sw.space, sw)
     rank, sign = sw.rank_column, (-1.0 if sw.lower_is_better else 1.0)
-    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-                if t.user_attrs.get("config") and t.user_attrs.get(rank) is not None]
+    complete = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if t.user_attrs.get("config") and t.user_attrs.get(rank) is not None
+    ]
     best = max(complete, key=lambda t: (sign * t.user_attrs[rank], -t.number), default=None)
     order = " (lower is better)" if sign < 0 else ""
     notes = [f"trials share {sw.paths.plan.name} (planned once) and the seed unless swept; ranked by {rank}{order}"]
     if best is not None:
         write_text(sw.paths.best_config, yaml.safe_dump(best.user_attrs["config"], sort_keys=False))
-        notes.append(f"best: {best.user_attrs.get('run')} ({rank} {best.user_attrs[rank]:.4f}); its config: "
-                     f"{sw.paths.best_config.name} (biomedseg train DATA --config {sw.paths.best_config} --out RUN)")
-    md, csv_path = write_sweep_table(rows, columns, sw.paths.table_md, sw.paths.table_csv,
-                                     title=f"biomedseg sweep: {sw.data.name}", notes=notes)
-    return {"rows": rows, "columns": columns, "best": best.number if best is not None else None, "table": md,
-            "csv": csv_path, "best_config": sw.paths.best_config if best is not None else None,
-            "finished": n_finished(optuna, study), "target": sw.target}
+        notes.append(
+            f"best: {best.user_attrs.get('run')} ({rank} {best.user_attrs[rank]:.4f}); its config: "
+            f"{sw.paths.best_config.name} (biomedseg train DATA --config {sw.paths.best_config} --out RUN)"
+        )
+    md, csv_path = write_sweep_table(
+        rows, columns, sw.paths.table_md, sw.paths.table_csv, title=f"biomedseg sweep: {sw.data.name}", notes=notes
+    )
+    return {
+        "rows": rows,
+        "columns": columns,
+        "best": best.number if best is not None else None,
+        "table": md,
+        "csv": csv_path,
+        "best_config": sw.paths.best_config if best is not None else None,
+        "finished": n_finished(optuna, study),
+        "target": sw.target,
+    }

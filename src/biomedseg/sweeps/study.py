@@ -18,7 +18,7 @@ import time
 import warnings
 
 from biomedseg.core.errors import UserError
-from biomedseg.workflows.sweep.space import Param, grid_of
+from biomedseg.sweeps.space import Param, grid_of
 
 log = logging.getLogger("biomedseg")
 
@@ -55,8 +55,9 @@ def load_optuna():
     return optuna
 
 
-def open_study(optuna, url: str, name: str, space: list[Param], options: dict, seed: int, target: int,
-               prune: bool = True):
+def open_study(
+    optuna, url: str, name: str, space: list[Param], options: dict, seed: int, target: int, prune: bool = True
+):
     """Create or load the study ``name`` in the database ``url``: a grid sampler when every parameter is
     a list, else TPE; median pruning (or none); ``target``: trials the sweep aims for. A loaded study
     must sweep the same parameters with the same ``options`` (the resolved config values; those of
@@ -66,12 +67,17 @@ def open_study(optuna, url: str, name: str, space: list[Param], options: dict, s
     if grid is not None:
         sampler = optuna.samplers.GridSampler(grid, seed=seed)
     else:  # a per-process seed: processes started together must not all draw the same first trials
-        sampler = optuna.samplers.TPESampler(seed=(seed * 1_000_003 + os.getpid()) % 2**32,
-                                             n_startup_trials=max(1, min(TPE_STARTUP_MAX, target // 4)))
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=PRUNE_FROM_EPOCH)
-              if prune else optuna.pruners.NopPruner())
-    study = optuna.create_study(storage=rdb, study_name=name, direction="maximize", sampler=sampler, pruner=pruner,
-                                load_if_exists=True)
+        sampler = optuna.samplers.TPESampler(
+            seed=(seed * 1_000_003 + os.getpid()) % 2**32, n_startup_trials=max(1, min(TPE_STARTUP_MAX, target // 4))
+        )
+    pruner = (
+        optuna.pruners.MedianPruner(n_startup_trials=PRUNE_STARTUP_TRIALS, n_warmup_steps=PRUNE_FROM_EPOCH)
+        if prune
+        else optuna.pruners.NopPruner()
+    )
+    study = optuna.create_study(
+        storage=rdb, study_name=name, direction="maximize", sampler=sampler, pruner=pruner, load_if_exists=True
+    )
     recorded = {k: v for k, v in options.items() if k not in RUNTIME_OPTIONS}
     _check_same_sweep(study, url, [p.spec() for p in space], json.loads(json.dumps(recorded, default=str)))
     return study
@@ -84,8 +90,13 @@ def _storage(optuna, url: str):
     retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
     for attempt in range(1, STORAGE_ATTEMPTS + 1):
         try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, heartbeat_interval=HEARTBEAT_S,
-                                              grace_period=GRACE_S, heartbeat_stale_trial_callback=retry)
+            return optuna.storages.RDBStorage(
+                url,
+                engine_kwargs=kwargs,
+                heartbeat_interval=HEARTBEAT_S,
+                grace_period=GRACE_S,
+                heartbeat_stale_trial_callback=retry,
+            )
         except Exception as exc:  # noqa: BLE001 - a bad URL, a missing driver, an unreachable server, a race
             racing = type(exc).__name__ in ("OperationalError", "IntegrityError")
             if not racing or attempt == STORAGE_ATTEMPTS:
@@ -101,14 +112,21 @@ def _check_same_sweep(study, url: str, specs: list[str], options: dict) -> None:
         study.set_user_attr("options", options)
         return
     if sorted(attrs["params"]) != sorted(specs):
-        raise UserError(f"{url}: study {study.study_name!r} sweeps {' '.join(attrs['params'])}, not "
-                        f"{' '.join(specs)}; use another --out or --study-name")
+        raise UserError(
+            f"{url}: study {study.study_name!r} sweeps {' '.join(attrs['params'])}, not "
+            f"{' '.join(specs)}; use another --out or --study-name"
+        )
     old = attrs.get("options") or {}
-    differ = [f"{k} {old.get(k)!r} there, {options.get(k)!r} now" for k in sorted(set(old) | set(options))
-              if old.get(k) != options.get(k)]
+    differ = [
+        f"{k} {old.get(k)!r} there, {options.get(k)!r} now"
+        for k in sorted(set(old) | set(options))
+        if old.get(k) != options.get(k)
+    ]
     if differ:
-        raise UserError(f"{url}: study {study.study_name!r} was started with other options ({'; '.join(differ[:3])}); "
-                        f"use the same options, another --out or --study-name")
+        raise UserError(
+            f"{url}: study {study.study_name!r} was started with other options ({'; '.join(differ[:3])}); "
+            f"use the same options, another --out or --study-name"
+        )
 
 
 def worker_attrs(number: int) -> dict:
@@ -152,8 +170,12 @@ def n_finished(optuna, study, running: bool = False) -> int:
     """Finished trials: complete, pruned, or failed with a recorded error (diverged); ``running``:
     and those being trained now (by any process)."""
     TrialState = optuna.trial.TrialState
-    return sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) or (running and t.state == TrialState.RUNNING)
-               or (t.state == TrialState.FAIL and "error" in t.user_attrs) for t in study.get_trials(deepcopy=False))
+    return sum(
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        or (running and t.state == TrialState.RUNNING)
+        or (t.state == TrialState.FAIL and "error" in t.user_attrs)
+        for t in study.get_trials(deepcopy=False)
+    )
 
 
 class EpochReporter:
