@@ -98,14 +98,19 @@ def test_ignore_is_inferred_only_where_unambiguous(tmp_path, values, expected):
     assert infer_ignore_value([_save(tmp_path / "m.png", m)]) == expected
 
 
-def test_resampled_mask_keeps_unlabelled_areas():
+def test_resampled_mask_keeps_unlabelled_areas_and_thin_scribbles():
     from biomedseg.transforms.resample import resample_mask
 
     m = np.zeros((40, 40), np.uint8)
     m[:, 20:] = IGNORE_INDEX
     m[5:15, 5:15] = 1
     out = resample_mask(m, (20, 20), 2, 0)
-    assert (out[:, 11:] == IGNORE_INDEX).all() and (out[:, :9] != IGNORE_INDEX).all() and (out == 1).any()
+    assert (out[:, 11:] == IGNORE_INDEX).all() and (out[:, :10] != IGNORE_INDEX).all() and (out == 1).any()
+    scribble = np.full((90, 90), IGNORE_INDEX, np.uint8)
+    scribble[40:43, 10:80] = 1  # a 3 px stroke, shrunk by 3: still one row of labelled pixels
+    scribble[70:73, 10:80] = 0
+    small = resample_mask(scribble, (30, 30), 2, 0)
+    assert (small == 1).sum() >= 20 and (small == 0).sum() >= 20
 
 
 def test_random_windows_of_a_partial_image_hold_labelled_pixels():

@@ -93,5 +93,5 @@ def resample_mask(
         rescue = (frac[c] >= RESCUE_COVERAGE) & ~near & ((out == background) if background is not None else True)
         out[rescue] = c
     if k <= IGNORE_INDEX and (mask == IGNORE_INDEX).any():
-        out[frac.sum(0) < 0.5] = IGNORE_INDEX
+        out[frac.sum(0) == 0] = IGNORE_INDEX
     return out

@@ -20,12 +20,7 @@ from urllib.parse import quote
 
 from biomedseg.audit.sections import describe_pixel_sizes
 from biomedseg.io.writers import write_text
-from biomedseg.reports.audit.pictures import (  # noqa: F401 - MAX_MASK_PICTURES, PANEL_HEIGHT re-exported
-    MAX_MASK_PICTURES,
-    PANEL_HEIGHT,
-    PICTURE_DIR,
-    draw_pictures,
-)
+from biomedseg.reports.audit.pictures import MAX_MASK_PICTURES, PANEL_HEIGHT, PICTURE_DIR, draw_pictures  # noqa: F401 - MAX_MASK_PICTURES, PANEL_HEIGHT re-exported
 from biomedseg.reports.style import CSS as _CSS
 
 __all__ = ["audit_with_report", "draw_pictures", "write_audit_html", "write_audit_report", "PICTURE_DIR"]
