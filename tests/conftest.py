@@ -150,3 +150,35 @@ def write_fake_run(
     )
     write_run(run, values, info, {"model": state_dict})
     return run
+
+
+@pytest.fixture
+def threshold_run(tmp_path):
+    """A run whose 'network' is a fixed 1x1 convolution: foreground where the image is > 100."""
+    import torch
+    from torch import nn
+
+    from biomedseg.models import create_model, registry
+
+    name = "_test_threshold_logits"
+
+    def factory(in_channels, n_classes, **_):
+        conv = nn.Conv2d(in_channels, n_classes, 1)
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.bias.zero_()
+            conv.weight[1, 0] = 8.0  # z = (x - 100) / 50
+        return conv
+
+    registry.register(name, multiple=1, description="test")(factory)
+    yield write_fake_run(
+        tmp_path / "run",
+        name,
+        create_model(name, 1, 2).state_dict(),
+        None,
+        [],
+        patch_size=32,
+        batch_size=4,
+        overlap=0.25,
+    )
+    registry._REGISTRY.pop(name, None)

@@ -12,13 +12,11 @@ import zlib
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 
 from biomedseg.core.errors import UserError
 from biomedseg.io import read_image, read_raw
 from biomedseg.io.sources import MAX_DECODE_PIXELS, open_source
-from conftest import write_fake_run
 
 RNG = np.random.default_rng(0)
 PILLOW_DEFAULT_LIMIT = int(1024 * 1024 * 1024 // 4 // 3)  # Pillow's documented default
@@ -201,37 +199,6 @@ def _tiles(out, shape):
             x, y, w, h = (int(r[k]) for k in ("x", "y", "w", "h"))
             rec[y : y + h, x : x + w] = read_image(out / "images" / r["file"])
     return rec
-
-
-@pytest.fixture
-def threshold_run(tmp_path):
-    """A run whose network is a fixed 1x1 convolution: foreground where the (grey) image is > 100."""
-    from torch import nn
-
-    from biomedseg.models import create_model, registry
-
-    name = "_test_sources_threshold"
-
-    def factory(in_channels, n_classes, **_):
-        conv = nn.Conv2d(in_channels, n_classes, 1)
-        with torch.no_grad():
-            conv.weight.zero_()
-            conv.bias.zero_()
-            conv.weight[1, 0] = 8.0  # z = (x - 100) / 50
-        return conv
-
-    registry.register(name, multiple=1, description="test")(factory)
-    yield write_fake_run(
-        tmp_path / "run",
-        name,
-        create_model(name, 1, 2).state_dict(),
-        None,
-        [],
-        patch_size=32,
-        batch_size=4,
-        overlap=0.25,
-    )
-    registry._REGISTRY.pop(name, None)
 
 
 @pytest.mark.parametrize("make", [_palette_tiff, _one_strip_tiff], ids=["palette", "one-strip"])

@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
 from PIL import Image
 from scipy import ndimage as ndi
 
@@ -15,7 +14,7 @@ from biomedseg.io import Palette, read_mask, read_raw
 from biomedseg.io.mask_encoding import encode_mask, resolve_encoding, write_mask
 from biomedseg.vector.geojson import write_mask_geojson
 from biomedseg.vector.polygons import PolygonTracer, mask_polygons
-from conftest import TINY, write_fake_run
+from conftest import TINY
 
 shapely = pytest.importorskip("shapely")
 
@@ -212,37 +211,6 @@ def test_masks_in_the_training_masks_colours_and_geojson(colour_run, tmp_path):
         assert dice(back, index) >= 0.99 and np.array_equal(back, index)
         assert len(doc["features"]) == components(index, (1, 2))
     assert predicted >= {0, 1}  # the check covers a foreground class
-
-
-@pytest.fixture
-def threshold_run(tmp_path):
-    """A run whose 'network' is a fixed 1x1 convolution: foreground where the image is > 100."""
-    from torch import nn
-
-    from biomedseg.models import create_model, registry
-
-    name = "_test_threshold_logits"
-
-    def factory(in_channels, n_classes, **_):
-        conv = nn.Conv2d(in_channels, n_classes, 1)
-        with torch.no_grad():
-            conv.weight.zero_()
-            conv.bias.zero_()
-            conv.weight[1, 0] = 8.0  # z = (x - 100) / 50
-        return conv
-
-    registry.register(name, multiple=1, description="test")(factory)
-    yield write_fake_run(
-        tmp_path / "run",
-        name,
-        create_model(name, 1, 2).state_dict(),
-        None,
-        [],
-        patch_size=32,
-        batch_size=4,
-        overlap=0.25,
-    )
-    registry._REGISTRY.pop(name, None)
 
 
 def _blobs(shape, seed):

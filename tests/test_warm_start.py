@@ -17,7 +17,7 @@ from PIL import Image
 
 from biomedseg.models import create_model
 from biomedseg.models.adapt import adapt_state_dict, match_classes, varying_dims
-from biomedseg.training.warm_start import file_sha256
+from biomedseg.models.pretrained import sha256_of as file_sha256
 from conftest import TINY
 
 KW = {"depth": 3, "base_channels": 8, "num_res_units": 1}

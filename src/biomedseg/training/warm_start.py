@@ -21,7 +21,6 @@ checkpoint's SHA-256) so a lineage can be followed.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.core.errors import UserError
+from biomedseg.models.pretrained import sha256_of
 from biomedseg.runs import DatasetInfo, RunFolder, load_checkpoint, open_run
 
 log = logging.getLogger("biomedseg")
@@ -70,14 +70,6 @@ class InitSource:
             "checkpoint": self.checkpoint.name,
             "sha256": self.sha256,
         }
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _best_fold(path: Path) -> tuple[RunFolder, str]:
@@ -122,7 +114,7 @@ def resolve_init(path) -> InitSource:
     state = load_checkpoint(ckpt)
     if not isinstance(state.get("model"), dict):
         raise UserError(f"{ckpt}: not a biomedseg checkpoint (no model weights)")
-    return InitSource(run, ckpt, file_sha256(ckpt), run.config_values(), run.dataset(), origin)
+    return InitSource(run, ckpt, sha256_of(ckpt), run.config_values(), run.dataset(), origin)
 
 
 def _same_pixel_size(a, b) -> bool:
