@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from biomedseg.audit import intensity_variation as IV
-from biomedseg.audit import orientation as O
+from biomedseg.planning import intensity_variation as IV
+from biomedseg.planning import orientation as O
 
 
 def _blobs(rng, h, w, sigma=(4.0, 4.0)):
