@@ -145,6 +145,8 @@ def write_tiff(
     import tifffile
 
     arr = np.ascontiguousarray(array)
+    if arr.ndim == 3 and arr.shape[2] == 1:  # one channel: a 2D page (a 3D array would be a stack of H pages)
+        arr = arr[..., 0]
     if arr.ndim not in (2, 3):
         raise ValueError(f"write_tiff takes (H, W) or (H, W, C), got shape {arr.shape}")
     if tile is None and arr.shape[0] * arr.shape[1] > TILE_PIXELS:

@@ -167,6 +167,11 @@ def open_cv(path) -> CVFolder:
     return cv
 
 
+#: serialises the stale-lock check and removal between threads of this process (between processes a
+#: tiny window remains: two waiters judging the same dead lock at once)
+_TAKEOVER = threading.Lock()
+
+
 @contextlib.contextmanager
 def preparing(path) -> Iterator[None]:
     """Hold ``CV/.prepare.lock`` (created with ``O_CREAT | O_EXCL``, so one process at a time)
@@ -180,10 +185,11 @@ def preparing(path) -> Iterator[None]:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             break
         except FileExistsError:
-            if _stale(lock):
-                log.warning("%s: stale lock of a process that died; taking over", lock)
-                lock.unlink(missing_ok=True)
-                continue
+            with _TAKEOVER:  # threads of one process judge and remove a stale lock one at a time
+                if _stale(lock):
+                    log.warning("%s: stale lock of a process that died; taking over", lock)
+                    lock.unlink(missing_ok=True)
+                    continue
             if not waited:
                 log.info("%s: another process is preparing the folds and the plan; waiting for it", lock.parent)
                 waited = True
