@@ -125,21 +125,12 @@ def test_no_import_cycles_outside_the_model_registry():
     assert not bad, bad
 
 
-def _body_lines(node) -> int:
-    """Lines of a function's body after its signature and docstring (a typer command's options and a
-    docstring are declarations, not logic)."""
-    body = node.body
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
-        body = body[1:] or body
-    return node.end_lineno - body[0].lineno + 1
-
-
 def test_no_function_is_longer_than_80_lines():
     long = []
     for path in PKG.rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                n = _body_lines(node)
+                n = node.end_lineno - node.lineno + 1
                 if n > MAX_FUNCTION_LINES:
                     long.append(f"{path.relative_to(SRC)}:{node.lineno} {node.name} ({n} lines)")
     assert not long, long

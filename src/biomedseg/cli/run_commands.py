@@ -133,34 +133,29 @@ def predict(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Predict masks for new images of any size (sliding window, Gaussian blending; huge images streamed)."""
-    from biomedseg.inference.predict.batch import predict as run_predict
+    _predict_command(**locals())
 
-    _within(0, level=level, skip_blank=skip_blank)
+
+def _predict_command(
+    run, inputs, out, scheduler, no_overlays, no_postprocess, skip_blank, geojson, geojson_objects, compile_mode, **same
+) -> None:
+    """The ``predict`` command after parsing: checks, :class:`PredictOptions` (``same``: options of the same name),
+    local or cluster prediction, the summary line; exit code 1 when an input failed."""
+    from biomedseg.inference.predict.batch import predict as run_predict
     from biomedseg.inference.predict.options import PredictOptions
 
-    _within(1, batch_size=batch_size, threads=threads)
+    _within(0, level=same["level"], skip_blank=skip_blank)
+    _within(1, batch_size=same["batch_size"], threads=same["threads"])
     check_output_dir(out)
-    if rle is not None:
-        check_output_file(rle)
+    if same["rle"] is not None:
+        check_output_file(same["rle"])
     options = PredictOptions(
-        tta=tta,
         overlays=not no_overlays,
-        probabilities=probabilities,
-        overwrite=overwrite,
-        device=device,
-        quiet=quiet,
         postprocess=not no_postprocess,
-        rle=rle,
-        instances=instances,
-        output_format=output_format,
-        level=level,
-        batch_size=batch_size,
         skip_blank_std=skip_blank,
-        mask_format=mask_format,
         geojson=geojson and geojson_objects,
-        engine=engine,
         compile=compile_mode,
-        threads=threads,
+        **same,
     )
     if scheduler is None:
         s = run_predict(run, inputs, out, options)

@@ -97,46 +97,39 @@ def train(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Train a model on DATA and write the run folder --out."""
+    check_output_dir(out)
+    named = (
+        "data",
+        "out",
+        "images",
+        "masks",
+        "config",
+        "resume",
+        "quiet",
+        "plan",
+        "init",
+        "set_",
+        "classifier_head",
+        "allow_unlabelled",
+    )
+    args = locals()
+    flags = {k: v for k, v in args.items() if k not in named + ("named",) and v is not None}  # set flags only
+    run_dir = _train_command(flags, **{k: args[k] for k in named})
+    typer.echo(f"run folder: {run_dir}")
+
+
+def _train_command(flags: dict, set_, classifier_head: bool, allow_unlabelled: bool, **train_args) -> Path:
+    """``train`` after parsing: the flags the user set (an explicit ``--set key=null`` still wins over an
+    unset flag) merged over ``--set`` options, then :func:`biomedseg.training.api.train`."""
     from biomedseg.runs.config import merge, parse_overrides
     from biomedseg.training.api import train as run_train
 
-    check_output_dir(out)
-    flags = {
-        "epochs": epochs,
-        "time_budget": time_budget,
-        "model": model,
-        "loss": loss,
-        "seed": seed,
-        "device": device,
-        "batch_size": batch_size,
-        "patch_size": patch_size,
-        "lr": lr,
-        "optimizer": optimizer,
-        "schedule": schedule,
-        "class_weights": class_weights,
-        "augment": augment,
-        "val_fraction": val_fraction,
-        "precision": precision,
-    }
-    flags = {k: v for k, v in flags.items() if v is not None}  # unset flags: an explicit --set key=null still wins
     overrides = merge(parse_overrides(set_), flags)
     if classifier_head:
         overrides = merge(overrides, {"model_kwargs": {"classifier_head": True}})
     if allow_unlabelled:
         overrides = merge(overrides, {"allow_unlabelled": True})
-    run_dir = run_train(
-        data,
-        out,
-        images=images,
-        masks=masks,
-        config=config,
-        resume=resume,
-        quiet=quiet,
-        plan=plan,
-        init=init,
-        **overrides,
-    )
-    typer.echo(f"run folder: {run_dir}")
+    return run_train(**train_args, **overrides)
 
 
 @app.command("cv")
@@ -261,30 +254,19 @@ def sweep(
 ):
     """Train one run per setting of the swept options (Optuna: grid or TPE, median pruning) and rank
     them by validation Dice; run again to resume, or start more processes on the same study."""
+    _within(1, trials=trials)
+    check_output_dir(out)
+    _sweep_command(**locals())
+
+
+def _sweep_command(data, out, param, set_, epochs, model, loss, seed, device, **sweep_args) -> None:
+    """``sweep`` after parsing: the training options given (over ``--set``), the sweep, its summary lines."""
     from biomedseg.runs.config import merge, parse_overrides
     from biomedseg.sweeps.run import sweep as run_sweep
 
-    _within(1, trials=trials)
-    check_output_dir(out)
     given = {"epochs": epochs, "model": model, "loss": loss, "seed": seed, "device": device}
     overrides = merge(parse_overrides(set_), {k: v for k, v in given.items() if v is not None})
-    s = run_sweep(
-        data,
-        out,
-        param,
-        trials=trials,
-        time_budget_per_trial=time_budget_per_trial,
-        test=test,
-        storage=storage,
-        study_name=study_name,
-        prune=prune,
-        plan=plan,
-        config=config,
-        scheduler=scheduler,
-        quiet=quiet,
-        objective=objective,
-        **overrides,
-    )
+    s = run_sweep(data, out, param, **sweep_args, **overrides)
     typer.echo(
         f"{s['finished']} of {s['target']} trials finished; best: "
         + (f"trial {s['best']}" if s["best"] is not None else "none yet")

@@ -191,6 +191,14 @@ def make_plan(
     plan["compile"] = _plan_compile(budget_s, gpu, can_compile)
     if model == "unet":
         plan["model_kwargs.full_res_channels"] = _plan_full_res(fp, gpu, plan["compile"]["value"], budget_s)
+    plan.update(_objective_entries(fp, rare))
+    return plan
+
+
+def _objective_entries(fp: dict, rare: float) -> dict:
+    """Sampling, loss, augmentation, optimiser, schedule and normalisation entries (``rare``: the share of
+    the rarest foreground class)."""
+    plan: dict[str, dict] = {}
     over = 0.5 if rare < RARE_CLASS_SHARE else 0.33
     plan["fg_oversample"] = {
         "value": over,

@@ -438,16 +438,7 @@ class StreamingPredictor:
                 writer.join()
                 writer.cleanup()
             raise
-        if proba_path is not None:
-            finish_output(proba_part, proba_path)
-            result.outputs.append(proba_path)
-        if mask_sink is not None:
-            mask_sink.finish()
-            result.outputs.append(mask_sink.path)
-        finish_output(mask_part, mask_path)
-        result.outputs.append(mask_path)
-        result.seconds = max(result.seconds, 0.0)
-        return result
+        return _finish_outputs(result, (proba_part, proba_path), mask_sink, (mask_part, mask_path))
 
     def _output_tile(self, out_tile: int | None) -> int:
         """Tile side of written images: ``out_tile`` (else the predictor's), a multiple of 16."""
@@ -455,3 +446,18 @@ class StreamingPredictor:
         if tile % 16:
             tile = max(16, (tile // 16) * 16)
         return tile
+
+
+def _finish_outputs(result: StreamResult, proba: tuple, mask_sink, mask: tuple) -> StreamResult:
+    """Rename the complete outputs (``(partial, final)`` pairs): probabilities first, the sink's file, the
+    mask last (its presence marks the input as done)."""
+    if proba[1] is not None:
+        finish_output(*proba)
+        result.outputs.append(proba[1])
+    if mask_sink is not None:
+        mask_sink.finish()
+        result.outputs.append(mask_sink.path)
+    finish_output(*mask)
+    result.outputs.append(mask[1])
+    result.seconds = max(result.seconds, 0.0)
+    return result

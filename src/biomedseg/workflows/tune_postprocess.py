@@ -223,20 +223,24 @@ def tune_postprocess(
         "adoption_rule": ADOPTION_RULE,
     }
     cfg = PostprocessConfig(classes=new_classes, gating=full_gate, tuning=tuning)
+    _log_tuning(len(cache), split, scores, gate_report, gating.active)
+    if write:
+        save_postprocess(cfg, run_dir)
+    return cfg
+
+
+def _log_tuning(n: int, split: str, scores: dict, gate_report: dict, gated: bool) -> None:
     log.info(
         "post-processing tuned on %d %s images: dice %.4f (argmax) -> %.4f; image_dice %.4f without gating, "
         "%.4f with gating%s",
-        len(cache),
+        n,
         split,
         scores["dice_argmax"],
         scores["dice_tuned"],
         gate_report["image_dice_without_gating"],
         gate_report["image_dice_with_gating"],
-        "" if gating.active else " (gate not adopted)",
+        "" if gated else " (gate not adopted)",
     )
-    if write:
-        save_postprocess(cfg, run_dir)
-    return cfg
 
 
 def _tuning_inputs(run_dir, data, split, images, masks, tta, device, max_pixels, quiet, loaded):
