@@ -81,6 +81,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args(argv)
+    from predict_throughput import cpu_fields  # the CPU model and bf16/AMX/VNNI flags of the RESULT lines
+
+    cpu = cpu_fields()
     from biomedseg.runs.config import parse_overrides
 
     extra, b = parse_overrides(args.set), seconds(args.budget)
@@ -107,7 +110,7 @@ def main(argv=None) -> int:
         print(
             f"RESULT finetune dataset={name} budget={args.budget} source_half_dice={d_src:.4f} "
             f"finetune_dice={d_ft:.4f} "
-            f"scratch_dice={d_sc:.4f} difference={d_ft - d_sc:+.4f} time_ratio={s_ft / s_sc:.2f}",
+            f"scratch_dice={d_sc:.4f} difference={d_ft - d_sc:+.4f} time_ratio={s_ft / s_sc:.2f}{cpu}",
             flush=True,
         )
         lr = float(yaml.safe_load((src / "config.yaml").read_text())["lr"])
@@ -115,7 +118,7 @@ def main(argv=None) -> int:
             run = trained(data, work / name / f"finetune_lr{f:g}", b / 3, {**extra, "lr": lr * f}, init=src)
             print(
                 f"RESULT finetune_lr dataset={name} budget={args.budget} lr_factor={f:g} "
-                f"finetune_dice={scored(run, data)[0]:.4f} scratch_dice={d_sc:.4f}",
+                f"finetune_dice={scored(run, data)[0]:.4f} scratch_dice={d_sc:.4f}{cpu}",
                 flush=True,
             )
     for pair in [p for p in args.cross.split(",") if p]:
@@ -126,7 +129,7 @@ def main(argv=None) -> int:
         (d_ft, _), (d_sc, _) = scored(ft, SHARED / d), scored(scratch, SHARED / d)
         print(
             f"RESULT finetune_cross source={a} target={d} budget={b / 3:.0f}s init_dice={d_ft:.4f} "
-            f"scratch_dice={d_sc:.4f} difference={d_ft - d_sc:+.4f}",
+            f"scratch_dice={d_sc:.4f} difference={d_ft - d_sc:+.4f}{cpu}",
             flush=True,
         )
     print(f"workdir: {work}")

@@ -107,6 +107,9 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--set", action="append", default=[], help="extra training option key=value (both sides)")
     args = ap.parse_args(argv)
+    from predict_throughput import cpu_fields  # the CPU model and bf16/AMX/VNNI flags of the RESULT lines
+
+    cpu = cpu_fields()
     from biomedseg.runs.config import parse_overrides
 
     extra = parse_overrides(args.set)
@@ -128,7 +131,7 @@ def main(argv=None) -> int:
         print(f"| {name} | {args.budget} | {frac:.3f} | {full:.4f} | {scr:.4f} | {scr / full:.3f} |", flush=True)
         print(
             f"RESULT scribbles dataset={name} budget={args.budget} labelled_fraction={frac:.4f} "
-            f"full_dice={full:.4f} scribble_dice={scr:.4f} ratio={scr / full:.3f}",
+            f"full_dice={full:.4f} scribble_dice={scr:.4f} ratio={scr / full:.3f}{cpu}",
             flush=True,
         )
     print(f"workdir: {work}")
