@@ -78,6 +78,9 @@ class PostprocessConfig(BaseModel):
     classes: dict[str, ClassSteps] = Field(default_factory=dict)
     gating: GatingConfig = Field(default_factory=GatingConfig)
     tuning: dict[str, Any] | None = None  # provenance written by tune-postprocess (not used to predict)
+    #: softmax temperature fitted on validation pixels (``tune-postprocess``, ``cv``): probabilities are
+    #: ``softmax(logits / temperature)`` wherever they are written, averaged or thresholded; argmax is unchanged
+    temperature: float = Field(default=1.0, gt=0.0)
 
     @field_validator("classes", mode="before")
     @classmethod
