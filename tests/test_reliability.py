@@ -10,8 +10,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import write_fake_run
 from PIL import Image
+
+from conftest import write_fake_run
 
 SHARP = "_test_over_confident_logits"
 
