@@ -81,17 +81,20 @@ def test_pixel_sample_skips_unlabelled_and_invalid_pixels_and_fits_over_confiden
     assert block["n_pixels"] == 4 * 35 * 30
 
 
-def test_the_chain_applies_its_temperature_before_the_threshold():
-    from biomedseg.postprocess.ops import ClassSteps, PostprocessConfig, apply_postprocess, tempered
+def test_evaluate_decides_on_probabilities_at_the_run_temperature(sharp_run, tmp_path):
+    """A threshold of 0.9 keeps the network's sure foreground at T = 1; at T = 20 every probability
+    is near 0.5, so nothing passes it: evaluate must temper before the chain decides."""
+    from biomedseg.postprocess.ops import ClassSteps, PostprocessConfig, save_postprocess
+    from biomedseg.workflows.evaluation import evaluate
 
-    proba = np.stack([np.full((4, 4), 0.3), np.full((4, 4), 0.7)]).astype(np.float32)
-    cfg = PostprocessConfig(classes={"cell": ClassSteps(threshold=0.6)})
-    assert apply_postprocess(proba, cfg, ["background", "cell"], 0)[0].all()  # 0.7 >= 0.6
-    hot = cfg.model_copy(update={"temperature": 3.0})  # 0.7 at T = 3: sigmoid(logit(0.7) / 3) = 0.57
-    assert tempered(proba, hot)[1, 0, 0] == pytest.approx(1 / (1 + (0.3 / 0.7) ** (1 / 3)), abs=1e-5)
-    assert not apply_postprocess(proba, hot, ["background", "cell"], 0)[0].any()
-    argmax_only = PostprocessConfig(temperature=3.0)
-    assert tempered(proba, cfg) is proba and apply_postprocess(proba, argmax_only, None, 0)[0].all()
+    run, data = sharp_run
+    dice = {}
+    for t in (1.0, 20.0):
+        save_postprocess(PostprocessConfig(classes={"cell": ClassSteps(threshold=0.9)}, temperature=t), run)
+        m = evaluate(run, data, tmp_path / f"ev{t}", split="val", overlays=False, quiet=True, metrics="pixel")
+        dice[t] = m["image_dice"]
+        assert m["calibration"]["temperature"] == t
+    assert dice[1.0] > 0.7 and dice[20.0] < 0.1
 
 
 def test_tune_postprocess_fits_a_temperature_and_evaluate_reports_ranking_and_calibration(sharp_run, tmp_path):

@@ -5,9 +5,6 @@ Small pure functions over numpy arrays (scipy / scikit-image), chained by a
 ``biomedseg tune-postprocess`` or by hand). Every step is optional; an empty config is plain
 argmax. The chain, per foreground class ``c`` (keys of ``classes``: class names or indices):
 
-0. **temperature** (``temperature``, fitted by ``tune-postprocess`` / ``cv``): the probabilities
-   become ``softmax(log p / T)`` (:func:`tempered`); the argmax is unchanged, the thresholds and the
-   gate below act on the tempered values;
 1. **decision**: per-class probability thresholds. Binary (one foreground class): foreground
    where ``p_c >= threshold``. Multiclass: argmax of ``p_k * s_k`` with the scale
    ``s_c = (1 - t_c) / t_c`` (background and classes without threshold: 1), which is exactly the
@@ -278,17 +275,6 @@ def is_gated(
     )
 
 
-def tempered(proba: np.ndarray, cfg: PostprocessConfig | None) -> np.ndarray:
-    """``proba`` at the chain's calibration temperature: ``softmax(log p / cfg.temperature)`` along the
-    class axis (:func:`~biomedseg.metrics.calibration.temper_probabilities`); unchanged (no copy)
-    without a config or at ``temperature == 1``. The argmax never changes."""
-    if cfg is None or cfg.temperature == 1.0:
-        return proba
-    from biomedseg.metrics.calibration import temper_probabilities
-
-    return temper_probabilities(proba, cfg.temperature)
-
-
 def apply_postprocess(
     proba: np.ndarray,
     cfg: PostprocessConfig | None,
@@ -306,11 +292,11 @@ def apply_postprocess(
     ``image_probability``: the classifier head's probability for the image
     (``SlidingWindowPredictor.last_image_probability``), used by
     ``gating.min_classifier_probability``; ``None`` skips that criterion. ``cfg=None`` is plain
-    argmax. ``proba`` are the network's probabilities as predicted (temperature 1): the chain's
-    ``temperature`` is applied here (:func:`tempered`) before the thresholds and the gate, which
-    ``tune-postprocess`` tuned on tempered probabilities.
+    argmax. ``proba`` are the probabilities at the chain's calibration ``temperature`` (applied by
+    the caller, e.g. the predictor's softmax): ``tune-postprocess`` tunes the thresholds and the
+    gate on tempered probabilities.
     """
-    p = np.asarray(tempered(proba, cfg), dtype=np.float32)
+    p = np.asarray(proba, dtype=np.float32)
     k = p.shape[0]
     cfg = cfg or PostprocessConfig()
     per_class = resolve_classes(cfg, k, class_names)

@@ -12,10 +12,11 @@ and the choice, its reason and the empty-case conventions as ``metrics.json`` ``
 the chain has an empty-mask gate (area, max probability or the classifier head's
 ``min_classifier_probability``), ``metrics.json`` also holds ``image_dice_without_gating``.
 
-Trust (issue 22, :mod:`biomedseg.workflows.reliability`): ``per_image.csv`` gains ``uncertainty``
-(the default per-image score) and every per-image score by name, computed on the probabilities at
-the run's calibration temperature (``postprocess.yaml`` ``temperature``; applied even with
-``postprocess=False``: it never changes the argmax); ``metrics.json`` ``uncertainty`` says how well
+Trust (issue 22, :mod:`biomedseg.workflows.reliability`): the probabilities are taken at the run's
+calibration temperature (``postprocess.yaml`` ``temperature``, also with ``postprocess=False``: it
+never changes the argmax), and the chain's thresholds and gate decide on them, as ``tune-postprocess``
+tuned them. ``per_image.csv`` gains ``uncertainty`` (the default per-image score) and every per-image
+score by name, computed on them; ``metrics.json`` ``uncertainty`` says how well
 they rank the errors (Spearman with the per-image Dice, AURC against random order and the best
 order, Dice kept when the most uncertain 10/20/50% go to review) and ``calibration`` the expected
 calibration error at temperature 1 and at the run's temperature.
@@ -34,7 +35,7 @@ from biomedseg.core.errors import UserError
 from biomedseg.data.splits import select_split
 from biomedseg.metrics.choice import GROUPS, parse_metric_names
 from biomedseg.workflows.field_metrics import FieldScorer, write_per_object
-from biomedseg.workflows.reliability import ReliabilityScorer, format_reliability
+from biomedseg.workflows.reliability import ReliabilityScorer, format_reliability, tempered
 
 log = logging.getLogger("biomedseg")
 
@@ -180,9 +181,7 @@ def _score_images(loaded, predictor, samples, scorers, post, ungated, valid_dir,
     from tqdm.auto import tqdm
 
     from biomedseg.core.render import overlay_panel
-    from biomedseg.inference.predict.core import predict_image
     from biomedseg.io import Palette, read_image, read_mask, write_png
-    from biomedseg.io.pixel_size import pixel_size
 
     palette = Palette.from_json(loaded.info.palette)
     classes, bg = loaded.classes, loaded.background
@@ -193,10 +192,10 @@ def _score_images(loaded, predictor, samples, scorers, post, ungated, valid_dir,
         target, n = read_mask(s.mask, palette, strict_index=loaded.info.strict_index)
         snapped += n
         valid = _valid_region(valid_dir, s.id)
-        pred, proba = predict_image(loaded, predictor, image, postprocess=post, pixel_size=pixel_size(s.image))
+        pred, proba, raw = _predict(loaded, predictor, s.image, image, post, trust.temperature)
         acc.update(pred, target, valid=valid, image_id=s.id)
         field.score(s, pred, target, valid, _predicted_instances(field, loaded, post, predictor, proba))
-        trust.score(proba, target, valid)
+        trust.score(raw, proba, target, valid)
         if ungated is not None:  # the same chain without the gate: what gating is worth
             from biomedseg.metrics.pixel import image_dice
             from biomedseg.postprocess.ops import apply_postprocess
@@ -210,6 +209,22 @@ def _score_images(loaded, predictor, samples, scorers, post, ungated, valid_dir,
     if snapped:
         log.warning("%d ground-truth pixels were off the palette and were snapped to the nearest class", snapped)
     return ungated_dice, overlay_paths
+
+
+def _predict(loaded, predictor, path, image, post, temperature: float):
+    """``(mask, probabilities at the run's temperature, probabilities at temperature 1)`` of one image:
+    the post-processing chain (``None``: argmax) decides on the tempered probabilities, as it was tuned."""
+    from biomedseg.inference.predict.core import predict_proba_image
+    from biomedseg.io.pixel_size import pixel_size
+    from biomedseg.postprocess.ops import apply_postprocess
+
+    raw = predict_proba_image(loaded, predictor, image, pixel_size(path))
+    proba = tempered(raw, temperature)
+    if post is None:
+        return proba.argmax(0).astype(np.uint8), proba, raw
+    p_image = getattr(predictor, "last_image_probability", None)
+    mask, _ = apply_postprocess(proba, post, loaded.classes, loaded.background, image_probability=p_image)
+    return mask, proba, raw
 
 
 def _valid_region(valid_dir, sid: str) -> np.ndarray | None:

@@ -81,6 +81,12 @@ def fit_calibration(samples: list[tuple[np.ndarray, np.ndarray]]) -> dict:
     return calibration_block(samples, round(t, 4))
 
 
+def tempered(proba, temperature: float) -> np.ndarray:
+    """``proba`` at ``temperature`` (``softmax(log p / T)``, exact for one network's softmax); the same
+    array at ``T == 1``. The argmax never changes."""
+    return proba if temperature == 1.0 else temper_probabilities(proba, temperature)
+
+
 class ReliabilityScorer:
     """Per-image uncertainty columns and the pixel sample of an evaluation (see module).
 
@@ -95,13 +101,13 @@ class ReliabilityScorer:
         self.rows: list[dict] = []
         self.samples: list[tuple[np.ndarray, np.ndarray]] = []
 
-    def score(self, proba, target, valid=None) -> dict:
-        """Columns of one image from its probabilities as predicted (temperature 1): ``uncertainty``
-        (the default score) and every score of ``IMAGE_SCORES`` by name."""
-        p = proba if self.temperature == 1.0 else temper_probabilities(proba, self.temperature)
-        scores = image_scores(p, self.background)
+    def score(self, raw, proba, target, valid=None) -> dict:
+        """Columns of one image: ``uncertainty`` (the default score) and every score of
+        ``IMAGE_SCORES`` by name, from ``proba`` (at the run's temperature); ``raw``: the same at
+        temperature 1, sampled for the calibration errors."""
+        scores = image_scores(proba, self.background)
         row = {"uncertainty": scores[DEFAULT_SCORE], **scores}
-        self.samples.append(pixel_sample(proba, target, self.per_image, len(self.rows), valid))
+        self.samples.append(pixel_sample(raw, target, self.per_image, len(self.rows), valid))
         self.rows.append(row)
         return row
 
