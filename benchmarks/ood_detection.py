@@ -13,7 +13,11 @@ grey and colour images conformed to the run's channels as ``predict`` does).
 
 Per source: AUROC of the OOD score for "test image of another dataset" against "test image of the
 source dataset" (all five others pooled, and each alone), the same for the ``intensity`` and
-``features`` parts alone, and the share of images flagged (own: false alarms; others: detections).
+``features`` parts alone and for ``predict``'s decision (``auroc_flag``: flagged images first, then by
+score; a flag also comes from a colour image on a grey-trained run or the reverse, which the score
+does not count), and the share of images flagged (own: false alarms; others: detections). Every
+image's result is kept in ``WORKDIR/<source>/ood_scores.json``; a ``RUN/trust.json`` already in the
+work folder's copy is reused.
 Targets (the issue): AUROC >= 0.95 with <= 5% of the own test images flagged.
 """
 
@@ -69,6 +73,8 @@ def describe(run: Path) -> tuple[dict, str]:
     """Write ``RUN/trust.json`` as ``train`` does; ``(description, which function wrote it)``."""
     from biomedseg.trust.descriptor import read_description
 
+    if read_description(run) is not None:
+        return read_description(run), "reused"
     try:
         from biomedseg.workflows.training import describe_run
     except ImportError:
@@ -110,7 +116,10 @@ def score_all(run: Path, description: dict, targets: list[str]) -> dict[str, lis
     loaded = load_run(run, device="cpu")
     predictor = loaded.predictor()
     return {
-        t: [ood_scores(loaded, description, read_image(p), pixel_size(p), predictor=predictor) for p in test_images(t)]
+        t: [
+            {"file": p.name, **ood_scores(loaded, description, read_image(p), pixel_size(p), predictor=predictor)}
+            for p in test_images(t)
+        ]
         for t in targets
     }
 
@@ -133,6 +142,11 @@ def source_result(source: str, scored: dict[str, list[dict]]) -> dict:
             for t, v in others.items()
         },
     }
+    flag_first = (
+        [(r["score"] or 0.0) + (1e6 if r["flag"] else 0.0) for r in own],
+        [(r["score"] or 0.0) + (1e6 if r["flag"] else 0.0) for r in pooled],
+    )
+    out["auroc_flag"] = auroc(*flag_first)
     for part in ("intensity", "features"):
         out[f"auroc_{part}"] = auroc([r["parts"][part] for r in own], [r["parts"][part] for r in pooled])
     reasons = [x for r in own if r["flag"] for x in r["reasons"]]
@@ -145,7 +159,8 @@ def result_line(source: str, r: dict, seconds: dict, writer: str, cpu: str) -> s
     return (
         f"RESULT ood_detection source={source} own_test={r['own_n']} own_flagged={r['own_flagged']:.3f} "
         f"other_test={r['other_n']} other_flagged={r['other_flagged']:.3f} auroc={r['auroc']:.4f} "
-        f"auroc_intensity={r['auroc_intensity']:.4f} auroc_features={r['auroc_features']:.4f} {per} "
+        f"auroc_flag={r['auroc_flag']:.4f} auroc_intensity={r['auroc_intensity']:.4f} "
+        f"auroc_features={r['auroc_features']:.4f} {per} "
         f"own_flag_reasons={'|'.join(r['own_reasons']).replace(' ', '_') or 'none'} "
         f"describe_s={seconds['describe']:.0f} score_s={seconds['score']:.0f} trust_json_by={writer.split(' ')[0]}{cpu}"
     )
@@ -178,6 +193,7 @@ def main(argv=None) -> int:
         description, writer = describe(run)
         t1 = time.perf_counter()
         scored = score_all(run, description, targets)
+        (workdir / source / "ood_scores.json").write_text(json.dumps(scored, indent=1, default=float))
         seconds = {"describe": t1 - t0, "score": time.perf_counter() - t1}
         results[source] = source_result(source, scored)
         print(result_line(source, results[source], seconds, writer, cpu), flush=True)
@@ -188,6 +204,7 @@ def main(argv=None) -> int:
         print(
             f"RESULT ood_detection_summary sources={n} auroc>={AUROC_TARGET}={ok_auc}/{n} "
             f"own_flagged<={OWN_FLAGGED_TARGET:.0%}={ok_own}/{n} "
+            f"auroc_flag>={AUROC_TARGET}={sum(r['auroc_flag'] >= AUROC_TARGET for r in results.values())}/{n} "
             f"mean_auroc={np.mean([r['auroc'] for r in results.values()]):.4f} "
             f"mean_own_flagged={np.mean([r['own_flagged'] for r in results.values()]):.3f} "
             f"mean_other_flagged={np.mean([r['other_flagged'] for r in results.values()]):.3f}",
