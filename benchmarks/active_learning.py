@@ -1,6 +1,6 @@
 """Active learning: images chosen by ``suggest`` against images chosen at random (issue 22).
 
-    python benchmarks/active_learning.py [--datasets hc18_fetal_head,dsb2018_nuclei] [--budget-s 60]
+    python benchmarks/active_learning.py [--datasets hc18_fetal_head,dsb2018_nuclei] [--budget-s 45 | --steps N]
                                          [--rounds 3] [--step 0.1] [--seeds 0,1,2] [--out DIR] [--smoke]
 
 For each dataset (``dataset.json``'s train split; the test split only scores):
@@ -12,6 +12,10 @@ For each dataset (``dataset.json``'s train split; the test split only scores):
   training split, ``--exclude`` the labelled folder) or at random (one arm per ``--seeds`` entry);
   every round trains **from scratch** on the labelled images at the same ``--budget-s``;
 * reference: the same training on all training images at the same budget.
+
+``--steps N`` gives every run N optimizer steps instead of ``--budget-s`` seconds: on a shared, loaded
+machine a time budget buys each run a different number of steps (the table lists them), which can
+outweigh which images were labelled.
 
 Every run is scored with ``biomedseg.evaluate`` on the test split (pooled foreground Dice). Each labelled
 set is a folder of symlinks (``images/``, ``masks/``, ``dataset.json`` naming the ids as its train split)
@@ -95,21 +99,40 @@ def labelled_farm(data: Path, ids: list[str], out: Path) -> Path:
     return out
 
 
-def trained_dice(data: Path, ids: list[str], work: Path, budget_s: float) -> tuple[Path, float]:
-    """Train from scratch on ``ids`` of ``data`` (a symlink farm in ``work/data``) and score on the test split."""
+def train_budget(budget_s: float, steps: int | None) -> dict:
+    """Training options of every run: ``steps`` optimizer steps (one epoch of that many iterations, the
+    same whatever the machine's load) when given, else ``budget_s`` seconds."""
+    if steps:
+        return {"epochs": 1, "iterations_per_epoch": steps}
+    return {"time_budget": budget_s}
+
+
+def steps_trained(run: Path) -> int:
+    """Optimizer steps the run took (``metrics.csv``'s last ``iteration``)."""
+    import csv
+
+    with open(run / "metrics.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return int(rows[-1]["iteration"]) if rows else 0
+
+
+def trained_dice(data: Path, ids: list[str], work: Path, budget: dict) -> tuple[Path, float, int]:
+    """Train from scratch on ``ids`` of ``data`` (a symlink farm in ``work/data``) and score on the test
+    split: ``(run, test Dice, steps trained)``. A finished run and its score are reused."""
     from biomedseg import evaluate, train
     from biomedseg.runs import RunFolder
 
     run = work / "run"
     if not RunFolder(run).paths.curves.is_file():
         farm = labelled_farm(data, ids, work / "data")
-        train(farm, run, time_budget=budget_s, quiet=True, num_threads=1, device="cpu")
+        train(farm, run, quiet=True, num_threads=1, device="cpu", **budget)
     scores = run / "eval_test" / "metrics.json"
     if scores.is_file():
-        return run, float(json.loads(scores.read_text())["dice"])
-    return run, float(
-        evaluate(run, data, run / "eval_test", split="test", quiet=True, device="cpu", overlays=False)["dice"]
-    )
+        dice = float(json.loads(scores.read_text())["dice"])
+    else:
+        out = evaluate(run, data, run / "eval_test", split="test", quiet=True, device="cpu", overlays=False)
+        dice = float(out["dice"])
+    return run, dice, steps_trained(run)
 
 
 def suggested_ids(run: Path, data: Path, labelled: list[str], pool: list[str], count: int, out: Path) -> list[str]:
@@ -136,33 +159,42 @@ def suggested_ids(run: Path, data: Path, labelled: list[str], pool: list[str], c
     return sorted(picks)
 
 
+def _picks(arm, prev: Path | None, data: Path, labelled: list[str], ids: list[str], k: int, where: Path) -> list[str]:
+    """The arm's labelled ids after this round (those of an earlier, interrupted benchmark are reused)."""
+    done = where / "data" / "dataset.json"
+    if done.is_file():
+        return json.loads(done.read_text())["split"]["train"]
+    pool = sorted(set(ids) - set(labelled))
+    if arm == "suggest":
+        return sorted(labelled + suggested_ids(prev, data, labelled, pool, k, where))
+    return sorted(labelled + random_ids(pool, k, arm, int(where.parent.name.removeprefix("round"))))
+
+
 def run_dataset(name: str, args, work: Path) -> dict:
-    """Every run of one data set: ``{"n_train", "fractions", "suggest", "random": {seed: [...]}, "full"}``."""
-    data = SHARED / name
+    """Every run of one data set: ``{"n_train", "step", "fractions", "suggest": [Dice per round], "random":
+    {seed: [...]}, "full", "steps": the same layout, optimizer steps}``."""
+    data, budget = SHARED / name, train_budget(args.budget_s, args.steps)
     ids = training_ids(data)
     k = step_count(len(ids), args.step)
     start = initial_ids(ids, k, args.start_seed)
-    res = {"n_train": len(ids), "step": k, "fractions": [], "suggest": [], "random": {s: [] for s in args.seeds}}
-    run0, d0 = trained_dice(data, start, work / "round0", args.budget_s)
-    res["fractions"].append(len(start) / len(ids))
-    res["suggest"].append(d0)
-    for s in args.seeds:
-        res["random"][s].append(d0)
-    res["full"] = trained_dice(data, ids, work / "full", args.budget_s)[1]
+    res = {"n_train": len(ids), "step": k, "fractions": [len(start) / len(ids)]}
+    run0, d0, s0 = trained_dice(data, start, work / "round0", budget)
+    res["suggest"], res["random"] = [d0], {s: [d0] for s in args.seeds}
+    steps = {"suggest": [s0], "random": {s: [s0] for s in args.seeds}}
+    _, res["full"], steps["full"] = trained_dice(data, ids, work / "full", budget)
+    res["steps"] = steps
     arms = {"suggest": (list(start), run0), **{s: (list(start), None) for s in args.seeds}}
     for r in range(1, args.rounds + 1):
         for arm, (labelled, prev) in arms.items():
-            pool = sorted(set(ids) - set(labelled))
             where = work / f"round{r}" / (arm if arm == "suggest" else f"random{arm}")
-            if arm == "suggest":
-                add = suggested_ids(prev, data, labelled, pool, k, where)
-            else:
-                add = random_ids(pool, k, arm, r)
-            labelled = sorted(labelled + add)
-            run, dice = trained_dice(data, labelled, where, args.budget_s)
+            labelled = _picks(arm, prev, data, labelled, ids, k, where)
+            run, dice, n_steps = trained_dice(data, labelled, where, budget)
             arms[arm] = (labelled, run)
             (res["suggest"] if arm == "suggest" else res["random"][arm]).append(dice)
-            print(f"{name} round {r} {arm}: {len(labelled)} labelled, Dice {dice:.4f}", file=sys.stderr, flush=True)
+            (steps["suggest"] if arm == "suggest" else steps["random"][arm]).append(n_steps)
+            print(
+                f"{name} round {r} {arm}: {len(labelled)} labelled, Dice {dice:.4f}, {n_steps} steps", file=sys.stderr
+            )
         res["fractions"].append(len(arms["suggest"][0]) / len(ids))
     return res
 
@@ -186,10 +218,24 @@ def verdict(res: dict) -> dict:
     }
 
 
+def _steps_cell(res: dict, r: int) -> str:
+    st = res.get("steps")
+    if not st:
+        return ""
+    return f"{st['suggest'][r]}; {'/'.join(str(v[r]) for v in st['random'].values())}; {st['full']}"
+
+
+def _step_range(res: dict) -> str:
+    st = res["steps"]
+    every = [*st["suggest"], *(x for v in st["random"].values() for x in v), st["full"]]
+    return f"{min(every)}-{max(every)}"
+
+
 def table(results: dict) -> list[str]:
     lines = [
-        "| dataset | round | labelled fraction (images) | suggest Dice | random mean ± sd | full-data Dice |",
-        "|---|---|---|---|---|---|",
+        "| dataset | round | labelled fraction (images) | suggest Dice | random mean ± sd | full-data Dice | "
+        "steps (suggest; random; full) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, res in results.items():
         for r, frac in enumerate(res["fractions"]):
@@ -197,18 +243,19 @@ def table(results: dict) -> list[str]:
             n_lab = res["step"] * (r + 1)
             lines.append(
                 f"| {name} | {r} | {frac:.2f} ({n_lab}/{res['n_train']}) | {res['suggest'][r]:.4f} | "
-                f"{m:.4f} ± {sd:.4f} | {res['full']:.4f} |"
+                f"{m:.4f} ± {sd:.4f} | {res['full']:.4f} | {_steps_cell(res, r)} |"
             )
     return lines
 
 
-def result_lines(results: dict, budget_s: float, cpu: str) -> list[str]:
+def result_lines(results: dict, budget: str, cpu: str) -> list[str]:
     out = []
     for name, res in results.items():
         v = verdict(res)
         final_random = mean_sd([x[-1] for x in res["random"].values()])[0]
         out.append(
-            f"RESULT active_learning dataset={name} budget_s={budget_s:g} rounds={v['rounds']} "
+            f"RESULT active_learning dataset={name} budget={budget.replace(' ', '')} steps={_step_range(res)} "
+            f"rounds={v['rounds']} "
             f"suggest_ahead_every_round={'yes' if v['ahead_every_round'] else 'no'} "
             f"rounds_ahead={v['rounds_ahead']}/{v['rounds']} final_fraction={res['fractions'][-1]:.2f} "
             f"final_suggest={v['final']:.4f} final_random_mean={final_random:.4f} full={res['full']:.4f} "
@@ -217,7 +264,7 @@ def result_lines(results: dict, budget_s: float, cpu: str) -> list[str]:
     return out
 
 
-def plot(results: dict, path: Path, budget_s: float) -> Path:
+def plot(results: dict, path: Path, budget: str) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,7 +293,7 @@ def plot(results: dict, path: Path, budget_s: float) -> Path:
         ax.set_ylabel("test Dice")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="lower right")
-    fig.suptitle(f"Dice vs labelled fraction (each run trained from scratch, {budget_s:g} s)")
+    fig.suptitle(f"Dice vs labelled fraction (each run trained from scratch, {budget})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -257,6 +304,7 @@ def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=DATASETS)
     ap.add_argument("--budget-s", type=float, default=DEFAULT_BUDGET_S, help="training seconds per run")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per run instead of --budget-s")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--step", type=float, default=0.1, help="fraction of the training images per round")
     ap.add_argument("--seeds", default="0,1,2", help="seeds of the random arms")
@@ -288,8 +336,9 @@ def main(argv=None) -> int:
         return 1
     (out / "results.json").write_text(json.dumps(results, indent=1))
     print("\n".join(table(results)))
-    print("\n".join(result_lines(results, args.budget_s, cpu_fields())))
-    print(f"plot: {plot(results, out / 'active_learning.png', args.budget_s)}")
+    budget = f"{args.steps} steps" if args.steps else f"{args.budget_s:g} s"
+    print("\n".join(result_lines(results, budget, cpu_fields())))
+    print(f"plot: {plot(results, out / 'active_learning.png', budget)}")
     return 0 if all(math.isfinite(r["full"]) for r in results.values()) else 1
 
 

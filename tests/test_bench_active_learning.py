@@ -84,3 +84,10 @@ def test_verdict_counts_rounds_ahead_of_the_random_mean():
     res["full"] = 0.81
     v = al.verdict(res)
     assert v["ahead_every_round"] and not v["within_full"]
+
+
+def test_budget_is_seconds_or_a_fixed_number_of_steps(tmp_path):
+    assert al.train_budget(45.0, None) == {"time_budget": 45.0}
+    assert al.train_budget(45.0, 120) == {"epochs": 1, "iterations_per_epoch": 120}
+    (tmp_path / "metrics.csv").write_text("epoch,iteration,val_dice\n1,23,0.5\n2,41,0.6\n")
+    assert al.steps_trained(tmp_path) == 41
