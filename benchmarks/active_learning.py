@@ -292,7 +292,7 @@ def plot(results: dict, path: Path, budget: str) -> Path:
         ax.set_xlabel("labelled fraction of the training images")
         ax.set_ylabel("test Dice")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")
     fig.suptitle(f"Dice vs labelled fraction (each run trained from scratch, {budget})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
