@@ -40,9 +40,9 @@ HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "datasets"
 #: one data set of large objects (one head per image), one of many small ones (nuclei)
 DATASETS = "hc18_fetal_head,dsb2018_nuclei"
-#: training seconds per run: 14 runs a data set (1 + 3 suggest + 9 random + 1 reference) fit ~40
-#: minutes of wall time for the two data sets on the loaded 2-core machine, with the ~20 s of setup per
-#: run, the scoring (~20 s per hc18 run) and ``suggest`` (~45 s per hc18 round), as measured there
+#: training seconds per run: 14 runs a data set (1 + 3 suggest + 9 random + 1 reference), plus ~20 s of
+#: setup per run, the scoring (~20 s per hc18 run) and ``suggest`` (~45 s per hc18 round), took 50 minutes
+#: of wall time for the two data sets on the 2-core machine at load 7-10 (benchmarks/RESULTS.md, issue 22)
 DEFAULT_BUDGET_S = 45.0
 #: Dice margin of "as good as training on all images" (the issue's target)
 FULL_MARGIN = 0.01
