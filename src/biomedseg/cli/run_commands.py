@@ -169,6 +169,9 @@ def _predict_command(
     else:  # one job per file on the cluster
         from biomedseg.inference.predict.distributed import predict_distributed
 
+        if same["uncertainty"]:
+            typer.echo("--scheduler: no predictions.csv or uncertainty maps yet (masks only)", err=True)
+
         s = predict_distributed(run, inputs, out, options, address=scheduler)
     typer.echo(
         f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
