@@ -129,9 +129,14 @@ class TrustHooks(PredictHooks):
 
         features, samples, source = self._last
         self._last = (None, None, "entropy")
-        ood = self._ood(prepared, path, image, pixel_size, features)
+        note = ""
+        try:
+            ood = self._ood(prepared, path, image, pixel_size, features)
+        except Exception as exc:  # noqa: BLE001 - the OOD score never costs the input its mask
+            ood, note = None, f"no out-of-distribution score ({type(exc).__name__}: {exc})"
+            log.warning("%s: %s", path, note)
         row = prediction_row(proba, prepared.run.classes, prepared.run.background, mask=mask, ood=ood)
-        self.rows[str(path)] = {"file": str(path), **row, "uncertainty_source": source, "note": ""}
+        self.rows[str(path)] = {"file": str(path), **row, "uncertainty_source": source, "note": note}
         if not self.options.uncertainty:
             return []
         return [_write_uncertainty(out / f"{stem}{UNCERTAINTY_SUFFIX}", proba, samples, pixel_size)]

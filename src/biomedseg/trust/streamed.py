@@ -41,10 +41,16 @@ class BandStats:
         )
 
     def __call__(self, p: np.ndarray) -> np.ndarray:
+        import torch
+
+        from biomedseg.engine.band_accumulator import argmax0
         from biomedseg.metrics.uncertainty import entropy_map
 
         p = np.asarray(p)
-        m = np.asarray(self.decide(p), dtype=np.uint8) if self.decide is not None else p.argmax(0).astype(np.uint8)
+        if self.decide is not None:
+            m = np.asarray(self.decide(p), dtype=np.uint8)
+        else:  # what the streaming predictor does without a decision of its own
+            m = argmax0(torch.from_numpy(p)).numpy()
         for c in range(len(self.classes)):
             on = m == c
             self.area[c] += int(on.sum())
