@@ -274,3 +274,19 @@ def test_exports_carry_the_description_and_exported_predict_uses_it(described_ru
     write_png(tmp_path / "noise.png", np.random.default_rng(1).integers(0, 256, size=(64, 96, 3), dtype=np.uint8))
     s = predict(exported, [str(tmp_path / "noise.png")], tmp_path / "out", **QUIET)
     assert [p.name for p in s.flagged] == ["noise.png"]
+
+
+def test_cli_predict_uncertainty_flag_and_summary_line(threshold_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from biomedseg.cli import app
+    from biomedseg.io import write_png
+
+    write_png(tmp_path / "x.png", _disk(blur=3.0))
+    out = tmp_path / "out"
+    r = CliRunner().invoke(
+        app, ["predict", str(threshold_run), str(tmp_path / "x.png"), "--out", str(out), "--uncertainty", "-q"]
+    )
+    assert r.exit_code == 0, r.output
+    assert f"wrote {out / 'predictions.csv'}" in r.output
+    assert (out / "x_uncertainty.tif").is_file() and (out / "x.png").is_file()
