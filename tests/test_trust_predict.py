@@ -290,3 +290,19 @@ def test_cli_predict_uncertainty_flag_and_summary_line(threshold_run, tmp_path):
     assert r.exit_code == 0, r.output
     assert f"wrote {out / 'predictions.csv'}" in r.output
     assert (out / "x_uncertainty.tif").is_file() and (out / "x.png").is_file()
+
+
+def test_a_broken_description_costs_no_mask(threshold_run, tmp_path, caplog):
+    from biomedseg import predict
+    from biomedseg.io import write_png
+
+    write_png(tmp_path / "x.png", _disk())
+    (threshold_run / "trust.json").write_text("{not json")
+    with caplog.at_level(logging.WARNING, logger="biomedseg"):
+        s = predict(threshold_run, [str(tmp_path / "x.png")], tmp_path / "a", **QUIET)
+    assert s.done and not s.failed and any("training description unreadable" in r.getMessage() for r in caplog.records)
+    (threshold_run / "trust.json").write_text(json.dumps({"channels": 1, "thresholds": {}}))  # no intensity entry
+    s = predict(threshold_run, [str(tmp_path / "x.png")], tmp_path / "b", **QUIET)
+    row = next(iter(_rows(s.predictions).values()))
+    assert s.done and not s.failed and (tmp_path / "b" / "x.png").is_file()
+    assert row["ood_flag"] == "" and row["note"].startswith("no out-of-distribution score (KeyError")

@@ -60,8 +60,13 @@ def description_of(loaded) -> tuple[dict | None, bool]:
 
 
 def trust_hooks(loaded, options) -> TrustHooks:
-    """The ``hooks`` factory of :func:`biomedseg.inference.predict.batch.predict`."""
-    description, first_member = description_of(loaded)
+    """The ``hooks`` factory of :func:`biomedseg.inference.predict.batch.predict`; an unreadable
+    description is a warning (no OOD scores), never a failed batch."""
+    try:
+        description, first_member = description_of(loaded)
+    except (OSError, ValueError) as exc:
+        log.warning("%s: training description unreadable (%s); no out-of-distribution scores", loaded.run_dir, exc)
+        description, first_member = None, False
     return TrustHooks(loaded, options, description, first_member)
 
 
