@@ -306,3 +306,34 @@ def test_a_broken_description_costs_no_mask(threshold_run, tmp_path, caplog):
     row = next(iter(_rows(s.predictions).values()))
     assert s.done and not s.failed and (tmp_path / "b" / "x.png").is_file()
     assert row["ood_flag"] == "" and row["note"].startswith("no out-of-distribution score (KeyError")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_cluster_prediction_writes_the_same_predictions_csv(tmp_path):
+    pytest.importorskip("distributed")
+    from distributed import Client
+
+    from biomedseg import predict
+    from biomedseg.inference.predict.distributed import local_cluster
+    from biomedseg.io import write_png
+    from biomedseg.workflows.prediction import predict_on_cluster
+    from test_distributed import make_run  # a registered architecture: the workers build it too
+
+    for name, img in {"crisp": _disk(), "blurred": _disk(blur=4.0)}.items():
+        write_png(tmp_path / f"{name}.png", img)
+    (tmp_path / "broken.png").write_bytes(b"no")
+    files = [str(tmp_path / n) for n in ("crisp.png", "blurred.png", "broken.png")]
+    run = make_run(tmp_path / "run")
+    local = predict(run, files, tmp_path / "local", uncertainty=True, threads=1, **QUIET)
+    with local_cluster(n_workers=1, threads_per_worker=1) as cluster, Client(cluster) as client:
+        s = predict_on_cluster(run, files, tmp_path / "dask", client=client, uncertainty=True, threads=1, **QUIET)
+    assert [p.name for p, _ in s.failed] == ["broken.png"] and len(s.done) == 2
+    a, b = _rows(local.predictions), _rows(s.predictions)
+    assert list(a) == list(b) == files
+    for f in files[:2]:
+        assert a[f].keys() == b[f].keys() and a[f]["area_cell"] == b[f]["area_cell"]
+        for k in ("mean_foreground_probability", "uncertainty"):
+            assert float(b[f][k]) == pytest.approx(float(a[f][k]), abs=1e-5)
+    assert "cannot read image" in b[files[2]]["note"]
+    assert (tmp_path / "dask" / "blurred_uncertainty.tif").is_file()

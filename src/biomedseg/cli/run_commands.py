@@ -167,12 +167,9 @@ def _predict_command(
     if scheduler is None:
         s = run_predict(run, inputs, out, options)
     else:  # one job per file on the cluster
-        from biomedseg.inference.predict.distributed import predict_distributed
+        from biomedseg.workflows.prediction import predict_on_cluster
 
-        if same["uncertainty"]:
-            typer.echo("--scheduler: no predictions.csv or uncertainty maps yet (masks only)", err=True)
-
-        s = predict_distributed(run, inputs, out, options, address=scheduler)
+        s = predict_on_cluster(run, inputs, out, options, address=scheduler)
     typer.echo(
         f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
         f"{len(s.failed)} failed -> {out}"

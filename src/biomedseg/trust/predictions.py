@@ -84,6 +84,7 @@ class TrustHooks(PredictHooks):
         self.description = description
         self.first_member = first_member
         self.rows: dict[str, dict] = {}
+        self.write_csv = True
         self.flagged: list[Path] = []
         self._last: tuple = (None, None, "entropy")  # features, samples, source of the last image
         self._bands: dict = {}  # input -> its streamed.BandStats
@@ -184,22 +185,55 @@ class TrustHooks(PredictHooks):
 
     # ------------------------------------------------------------------ the batch
     def finish(self, prepared, files, out, summary) -> None:
-        for path, message in summary.failed:
-            self.rows[str(path)] = {"file": str(path), "note": message}
+        """The batch's rows and flagged inputs go into ``summary`` (``rows``, ``flagged``); with
+        ``write_csv`` (not in a Dask task: the client writes) ``predictions.csv`` is written."""
+        for path, _ in summary.failed:
             stats = self._bands.pop(str(path), None)
             if stats is not None:
                 stats.discard()
+        summary.rows.extend(self.rows.values())
         summary.flagged.extend(self.flagged)
-        summary.predictions = write_predictions_csv(out / PREDICTIONS_CSV, files, self.rows)
-        if self.description is None:
-            log.info("%s: no training description (trust.json): no out-of-distribution scores", prepared.run.run_dir)
-        elif self.flagged:
-            log.warning(
-                "%d of %d input(s) unlike the training data (ood_flag in %s)",
-                len(self.flagged),
-                len(files),
-                summary.predictions,
-            )
+        self.rows, self.flagged = {}, []
+        if self.write_csv:
+            write_rows(out, files, summary)
+            if self.description is None:
+                log.info("%s: no training description (trust.json): no OOD scores", prepared.run.run_dir)
+
+
+def trust_rows(loaded, options) -> TrustHooks:
+    """:func:`trust_hooks` for one Dask task: rows in the summary, ``predictions.csv`` left to the
+    client (:func:`write_rows`)."""
+    hooks = trust_hooks(loaded, options)
+    hooks.write_csv = False
+    return hooks
+
+
+def write_rows(out: Path, files: list[Path], summary, warn_each: bool = False) -> Path:
+    """``OUT/predictions.csv`` from ``summary.rows`` (a row naming a resolved path is filed under
+    the input as given), a row with the error of each failed input, and one warning line counting
+    the flagged inputs (``warn_each``: one line per flagged input first, as in a local batch).
+    Sets ``summary.predictions``."""
+    given = {str(Path(f).resolve()): str(f) for f in files}
+    rows = {}
+    for r in summary.rows:
+        name = given.get(r["file"], r["file"])
+        rows[name] = {**r, "file": name}
+    for path, message in summary.failed:  # failed after its row was made (e.g. writing the mask): the error
+        name = given.get(str(path), str(path))
+        rows[name] = {"file": name, "note": message}
+    if warn_each:
+        for r in rows.values():
+            if r.get("ood_flag"):
+                log.warning("%s: unlike the training data (%s); mask written", r["file"], r["ood_reasons"])
+    summary.predictions = write_predictions_csv(Path(out) / PREDICTIONS_CSV, files, rows)
+    if summary.flagged:
+        log.warning(
+            "%d of %d input(s) unlike the training data (ood_flag in %s)",
+            len(summary.flagged),
+            len(files),
+            summary.predictions,
+        )
+    return summary.predictions
 
 
 def _write_uncertainty(path: Path, proba, samples, pixel_size) -> Path:

@@ -66,13 +66,14 @@ class PredictSummary:
     #: as unlike the training data
     predictions: Path | None = None
     flagged: list[Path] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # the rows of predictions.csv (from the hooks)
     # distributed prediction: worker process ids, torch threads of the tasks, network runtimes
     workers: list[int] = field(default_factory=list)
     task_threads: list[int] = field(default_factory=list)
     engines: list[str] = field(default_factory=list)
 
     def merge(self, other: "PredictSummary") -> None:
-        for name in ("done", "skipped", "failed", "outputs", "streamed", "flagged"):
+        for name in ("done", "skipped", "failed", "outputs", "streamed", "flagged", "rows"):
             getattr(self, name).extend(getattr(other, name))
 
 
