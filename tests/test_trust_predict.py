@@ -254,6 +254,19 @@ def test_tta_uncertainty_costs_no_extra_pass_and_keeps_the_tta_prediction(descri
     np.testing.assert_allclose(pa, pb, atol=2e-3)  # mean of the transforms' passes == the TTA pass
     u = tifffile.imread(tmp_path / "b" / "syn_010_uncertainty.tif").astype(np.float32)
     assert u.max() > 0  # the four flips of a little-trained network disagree somewhere
+    # the map is the mutual information of the four flips' own predictions
+    from biomedseg.engine.sliding_window import tta_transforms
+    from biomedseg.inference.predict.core import predict_proba_image
+    from biomedseg.inference.run import load_run
+    from biomedseg.io import read_image
+    from biomedseg.metrics.uncertainty import mutual_information_map
+
+    run, samples = load_run(described_run, device="cpu"), []
+    for t in tta_transforms("flips"):
+        predictor = run.predictor()
+        predictor.transforms = [t]
+        samples.append(predict_proba_image(run, predictor, read_image(f[0])))
+    np.testing.assert_allclose(u, mutual_information_map(np.stack(samples)), atol=1e-3)
     assert next(iter(_rows(tmp_path / "b" / "predictions.csv").values()))["uncertainty_source"] == (
         "tta_mutual_information"
     )

@@ -92,6 +92,7 @@ class TrustHooks(PredictHooks):
     # ------------------------------------------------------------------ plain inputs
     def probabilities(self, prepared, path, image, pixel_size) -> np.ndarray:
         from biomedseg.inference.predict.core import predict_logits_image
+        from biomedseg.metrics.uncertainty import mutual_information_map
         from biomedseg.trust.features import tapped
 
         predictor, run = prepared.predictor, prepared.run
@@ -99,41 +100,49 @@ class TrustHooks(PredictHooks):
         per_transform = self.options.uncertainty and ens is None and len(predictor.transforms) > 1
         with tapped(predictor) as tap:
             if per_transform:
-                logits, samples = self._transform_passes(prepared, image, pixel_size)
+                logits, umap = self._transform_passes(prepared, image, pixel_size)
             else:
-                logits, samples = predict_logits_image(run, predictor, image, pixel_size), None
+                logits, umap = predict_logits_image(run, predictor, image, pixel_size), None
         proba = predictor.to_proba(logits).numpy()
-        source = "tta_mutual_information" if samples is not None else "entropy"
-        if ens is not None and self.options.uncertainty:
+        source = "tta_mutual_information" if umap is not None else "entropy"
+        if ens is not None and self.options.uncertainty:  # the members' tempered softmax, from the same pass
             m, k = len(ens.members), ens.n_classes
             z = logits.float().reshape(m, k, *logits.shape[1:]) / prepared.temperature
-            samples, source = torch.softmax(z, dim=1).numpy(), "member_mutual_information"
-        self._last = (tap.vector(), samples, source)
+            umap, source = mutual_information_map(torch.softmax(z, dim=1).numpy()), "member_mutual_information"
+        self._last = (tap.vector(), umap, source)
         return proba
 
     def _transform_passes(self, prepared, image, pixel_size):
         """Each TTA transform's blended logits on its own (their mean is the TTA pass's logits:
-        blending is linear); ``(mean logits, (S, K, H, W) tempered probabilities)``. A network with a
-        classifier head also gets the ordinary TTA pass (its image probability)."""
+        blending is linear); ``(mean logits, (H, W) mutual information of the transforms' tempered
+        probabilities)``, accumulated pass by pass (three image-sized buffers, whatever the number of
+        transforms). A network with a classifier head also gets the ordinary TTA pass (its image
+        probability)."""
         from biomedseg.inference.predict.core import predict_logits_image
+        from biomedseg.metrics.uncertainty import entropy_map
 
         predictor = prepared.predictor
-        transforms, passes = predictor.transforms, []
+        transforms, n = predictor.transforms, len(predictor.transforms)
+        total = sum_p = sum_h = None
         try:
             for t in transforms:
                 predictor.transforms = [t]
-                passes.append(predict_logits_image(prepared.run, predictor, image, pixel_size))
+                z = predict_logits_image(prepared.run, predictor, image, pixel_size)
+                p = predictor.to_proba(z).numpy()
+                total = z if total is None else total + z
+                sum_p = p if sum_p is None else sum_p + p
+                sum_h = entropy_map(p) if sum_h is None else sum_h + entropy_map(p)
         finally:
             predictor.transforms = transforms
-        samples = np.stack([predictor.to_proba(z).numpy() for z in passes])
+        umap = np.clip(entropy_map(sum_p / n) - sum_h / n, 0.0, 1.0).astype(np.float32)
         if getattr(predictor, "has_head", False):
-            return predict_logits_image(prepared.run, predictor, image, pixel_size), samples
-        return torch.stack(passes).mean(0), samples
+            return predict_logits_image(prepared.run, predictor, image, pixel_size), umap
+        return total / n, umap
 
     def extras(self, prepared, path, out, stem, image, pixel_size, proba, mask) -> list[Path]:
         from biomedseg.trust.rows import prediction_row
 
-        features, samples, source = self._last
+        features, umap, source = self._last
         self._last = (None, None, "entropy")
         note = ""
         try:
@@ -145,7 +154,7 @@ class TrustHooks(PredictHooks):
         self.rows[str(path)] = {"file": str(path), **row, "uncertainty_source": source, "note": note}
         if not self.options.uncertainty:
             return []
-        return [_write_uncertainty(out / f"{stem}{UNCERTAINTY_SUFFIX}", proba, samples, pixel_size)]
+        return [_write_uncertainty(out / f"{stem}{UNCERTAINTY_SUFFIX}", proba, umap, pixel_size)]
 
     def _ood(self, prepared, path, image, pixel_size, features) -> dict | None:
         from biomedseg.trust.ood import ood_scores
@@ -236,14 +245,13 @@ def write_rows(out: Path, files: list[Path], summary, warn_each: bool = False) -
     return summary.predictions
 
 
-def _write_uncertainty(path: Path, proba, samples, pixel_size) -> Path:
-    """``(H, W) float16`` OME-TIFF: mutual information of ``samples`` when given, else the entropy."""
+def _write_uncertainty(path: Path, proba, umap, pixel_size) -> Path:
+    """``(H, W) float16`` OME-TIFF: ``umap`` (the mutual information of TTA transforms or members)
+    when given, else the entropy of ``proba``."""
     from biomedseg.io.ome import write_ome_tiff
-    from biomedseg.metrics.uncertainty import mutual_information_map
     from biomedseg.trust.rows import uncertainty_image
 
-    values = uncertainty_image(proba) if samples is None else mutual_information_map(samples).astype(np.float16)
-    write_ome_tiff(path, values, pixel_size)
+    write_ome_tiff(path, uncertainty_image(proba) if umap is None else np.asarray(umap, np.float16), pixel_size)
     return path
 
 
