@@ -57,21 +57,23 @@ def main() -> None:
         train_s = time.perf_counter() - t
         files = test_files(a.train, a.others)
         kw = dict(quiet=True, overlays=False, compile="off", threads=1)
-        s = biomedseg.predict(run, [f for v in files.values() for f in v], Path(tmp) / "pred", **kw)
-        rows = {r["file"]: r for r in csv.DictReader(open(s.predictions))}
-    own, other = [], []
+        rows = {}
+        for name, fs in files.items():  # one output folder per dataset: file names repeat across datasets
+            s = biomedseg.predict(run, fs, Path(tmp) / "pred" / name, **kw)
+            rows.update({r["file"]: r for r in csv.DictReader(open(s.predictions))})
+    own, other, flagged = [], [], {}
     for name, fs in files.items():
         scores = [float(rows[f]["ood_score"]) for f in fs if rows[f]["ood_score"]]
-        flagged = sum(rows[f]["ood_flag"] == "True" for f in fs)
+        flagged[name] = sum(rows[f]["ood_flag"] == "True" for f in fs)
         reasons = sorted({rows[f]["ood_reasons"] for f in fs if rows[f]["ood_reasons"]})
         (own if name == a.train else other).extend(scores)
-        print(f"{name:20s} {'own' if name == a.train else '   '} flagged {flagged}/{len(fs)}", end=" ")
+        print(f"{name:20s} {'own' if name == a.train else '   '} flagged {flagged[name]}/{len(fs)}", end=" ")
         print(f"ood_score {min(scores):.2f}..{max(scores):.2f} {reasons}")
-    own_flagged = sum(rows[f]["ood_flag"] == "True" for f in files[a.train]) / max(len(files[a.train]), 1)
+    n_other = sum(len(fs) for name, fs in files.items() if name != a.train)
     print(
         f"RESULT ood_smoke train={a.train} budget={a.budget} train_s={train_s:.0f} own={len(own)} "
-        f"other={len(other)} auroc={auroc(own, other):.3f} own_flagged={own_flagged:.3f} "
-        f"other_flagged={len(s.flagged) - round(own_flagged * len(files[a.train]))}/{len(other)}"
+        f"other={len(other)} auroc={auroc(own, other):.3f} own_flagged={flagged[a.train]}/{len(files[a.train])} "
+        f"other_flagged={sum(v for k, v in flagged.items() if k != a.train)}/{n_other}"
     )
 
 
