@@ -3,7 +3,8 @@
 :class:`BandStats` is the per-band class decision of a streamed prediction (it wraps the
 post-processing's per-class thresholds, else argmax, and returns the same mask), and meanwhile
 adds up per class the predicted area, the probability mass and the probability on the predicted
-pixels: enough for the areas, the mean foreground probability and
+pixels, and the entropy: enough for the areas, the mean foreground probability,
+:func:`~biomedseg.metrics.uncertainty.mean_entropy` and
 :func:`~biomedseg.metrics.uncertainty.expected_dice_loss` (sums only) without holding the image.
 Objects (connected across bands) and out-of-distribution scores are not computed for streamed
 inputs. With a target path, each band's entropy goes into a temporary OME-Zarr next to it, turned
@@ -33,6 +34,7 @@ class BandStats:
         self.classes, self.background, self.decide = list(classes), background, decide
         self.shape, self.pixel_size, self.y = tuple(int(s) for s in shape), pixel_size, 0
         self.area, self.mass, self.hit = np.zeros(k, np.int64), np.zeros(k), np.zeros(k)
+        self.entropy = 0.0  # sum of the normalised entropy over the pixels
         self.tmp = None if target is None else Path(target).with_name(Path(target).name + ".tmp.zarr")
         self.store = (
             None
@@ -56,8 +58,10 @@ class BandStats:
             self.area[c] += int(on.sum())
             self.mass[c] += float(p[c].sum(dtype=np.float64))
             self.hit[c] += float(p[c][on].sum(dtype=np.float64))
+        ent = entropy_map(p)
+        self.entropy += float(ent.sum(dtype=np.float64))
         if self.store is not None:
-            self.store.write(self.y, entropy_map(p).astype(np.float16))
+            self.store.write(self.y, ent.astype(np.float16))
         self.y += m.shape[0]
         return m
 
@@ -72,18 +76,26 @@ class BandStats:
             row[f"objects_{self.classes[c]}"] = None
         n_fg = int(self.area[fg].sum()) if fg else 0
         row["mean_foreground_probability"] = float(self.hit[fg].sum() / n_fg) if n_fg else None
+        row["uncertainty"] = self.scores().get(DEFAULT_SCORE)
+        row.update({"ood_score": None, "ood_flag": None, "ood_reasons": None})
+        return row
+
+    def scores(self) -> dict[str, float]:
+        """The per-image scores of :data:`~biomedseg.metrics.uncertainty.IMAGE_SCORES` that sums give:
+        ``mean_entropy`` and ``expected_dice_loss`` (not ``boundary_entropy``: boundaries cross bands)."""
+        fg = [c for c in range(len(self.classes)) if c != self.background]
         dices = [
             2.0 * self.hit[c] / (self.mass[c] + self.area[c]) for c in fg if self.area[c] > 0 or self.mass[c] >= 1.0
         ]
-        score = float(1.0 - np.mean(dices)) if dices else 0.0
-        row["uncertainty"] = score if DEFAULT_SCORE == "expected_dice_loss" else None
-        row.update({"ood_score": None, "ood_flag": None, "ood_reasons": None})
-        return row
+        return {
+            "mean_entropy": self.entropy / max(self.shape[0] * self.shape[1], 1),
+            "expected_dice_loss": float(1.0 - np.mean(dices)) if dices else 0.0,
+        }
 
     def note(self) -> str:
         from biomedseg.metrics.uncertainty import DEFAULT_SCORE
 
-        extra = "" if DEFAULT_SCORE == "expected_dice_loss" else f"; {DEFAULT_SCORE} needs the whole image"
+        extra = "" if DEFAULT_SCORE in self.scores() else f"; {DEFAULT_SCORE} needs the whole image"
         return STREAMED_NOTE + extra
 
     def finish(self, path: Path) -> Path | None:

@@ -23,9 +23,9 @@ from biomedseg.core.errors import UserError
 log = logging.getLogger("biomedseg")
 
 #: training images read for ``trust.json`` at most (an evenly spaced subset beyond)
-TRUST_TRAIN_IMAGES = 32
+TRUST_TRAIN_IMAGES = 64
 #: validation images read for the thresholds at most
-TRUST_VAL_IMAGES = 16
+TRUST_VAL_IMAGES = 32
 
 
 def train(data=None, out=None, **keywords) -> Path:
