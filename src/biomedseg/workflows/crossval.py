@@ -166,8 +166,8 @@ def run_fold(
     cv: CVFolder, i: int, data, split: dict, config, fold_options: dict, tta: str, device: str, quiet: bool
 ) -> None:
     """Train fold ``i`` (resuming its ``last.pt``) unless trained, then predict its out-of-fold images."""
-    from biomedseg.training.api import train
     from biomedseg.workflows.oof import predict_fold_oof
+    from biomedseg.workflows.training import train
 
     state = cv.fold_state(i)
     if state == DONE:
