@@ -75,12 +75,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
 
 
+#: with ``BIOMEDSEG_SCREENSHOTS`` set the images are larger and the run trains longer, so that the
+#: screenshots show a prediction worth looking at (the checks are the same)
+SHOTS = bool(os.environ.get("BIOMEDSEG_SCREENSHOTS"))
+
+
 @pytest.fixture(scope="session")
 def napari_data(tmp_path_factory) -> Path:
     """A tiny synthetic 3-class DATA folder (8 training, 2 test images of 64x96)."""
     from biomedseg.data.synthetic import make_synthetic_dataset
 
-    return make_synthetic_dataset(tmp_path_factory.mktemp("napari") / "data", n_train=8, n_test=2, size=(64, 96))
+    size = (160, 240) if SHOTS else (64, 96)
+    return make_synthetic_dataset(tmp_path_factory.mktemp("napari") / "data", n_train=8, n_test=2, size=size)
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +103,12 @@ def napari_run(napari_data, tmp_path_factory) -> Path:
 
     threads = torch.get_num_threads()
     run = train(
-        napari_data, tmp_path_factory.mktemp("napari_runs") / "run", epochs=1, seed=0, quiet=True, **TINY_NAPARI
+        napari_data,
+        tmp_path_factory.mktemp("napari_runs") / "run",
+        epochs=40 if SHOTS else 1,
+        seed=0,
+        quiet=True,
+        **TINY_NAPARI,
     )
     if read_description(run) is None:  # train writes it once issue 22's wiring lands
         loaded = load_run(run, device="cpu")

@@ -8,6 +8,7 @@ writes nothing.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -115,8 +116,15 @@ def test_predict_layer_equals_the_command_lines_mask(
     # the run's class colours (background transparent)
     colours = labels.colormap.color_dict
     assert colours[0][3] == 0 and colours[1][3] == 1
-    screenshot(viewer, "napari_prediction_uncertainty")
     screenshot(viewer, "napari_predict_widget", w["predict"])
+    if os.environ.get("BIOMEDSEG_SCREENSHOTS"):  # the viewer: image + prediction | uncertainty, side by side
+        for name in ("review", "save", "retrain"):
+            viewer.window._dock_widgets[f"biomedseg: {name}"].hide()
+        viewer.window._qt_window.resize(1900, 900)
+        viewer.grid.enabled, viewer.grid.stride = True, 2
+        viewer.reset_view()
+        screenshot(viewer, "napari_prediction_uncertainty")
+        viewer.grid.enabled = False
 
 
 def test_save_corrections_writes_a_mask_audit_accepts(
@@ -132,11 +140,12 @@ def test_save_corrections_writes_a_mask_audit_accepts(
     wait(qtbot, w["predict"])
     labels = viewer.layers[-2] if viewer.layers[-1].name.endswith("uncertainty") else viewer.layers[-1]
     corrected = np.asarray(labels.data).copy()
-    corrected[10:30, 20:50] = 1  # a correction painted with class 1
+    corrected[10:30, 20:50] = 1  # a correction painted with class 1 (differs from the prediction)
+    assert not np.array_equal(corrected, labels.data)
     labels.data = corrected
     save, data = w["save"], tmp_path / "corrections"
     save.reset_choices()
-    save.labels.value, save.image.value, save.data.value = labels.name, layer.name, data
+    save.labels_layer.value, save.image_layer.value, save.data.value = labels.name, layer.name, data
     written = save.save()
     assert written is not None, save.job.status.value
     np.testing.assert_array_equal(read_raw(written["mask"]), corrected)
@@ -166,7 +175,7 @@ def test_partial_labels_are_saved_as_unlabelled(viewer_with_model, napari_data, 
     viewer.add_labels(partial, name="scribbles")
     save = w["save"]
     save.reset_choices()
-    save.labels.value, save.image.value, save.data.value = "scribbles", layer.name, tmp_path / "partial"
+    save.labels_layer.value, save.image_layer.value, save.data.value = "scribbles", layer.name, tmp_path / "partial"
     written = save.save()
     assert written is not None, save.job.status.value
     assert written["unlabelled"] == int((partial == 255).sum())
@@ -268,7 +277,7 @@ def test_bad_inputs_notify_and_write_nothing(
     viewer.add_labels(np.zeros((64, 96), np.uint8), name="zeros")
     viewer.add_image(np.zeros((64, 96), np.uint8), name="grey")
     save.reset_choices()
-    save.labels.value, save.image.value, save.data.value = "zeros", "grey", ro
+    save.labels_layer.value, save.image_layer.value, save.data.value = "zeros", "grey", ro
     assert save.save() is None and notifications()[-1] == expected
     # nothing written anywhere, and the viewer still works: predicting a good layer succeeds
     assert files_under(ro) == [] and not (tmp_path / "p5").exists() and not (tmp_path / "p").exists()

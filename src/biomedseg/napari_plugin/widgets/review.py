@@ -44,12 +44,12 @@ class ReviewWidget(Container):
         self.extend([self.folder, self.data, self.rank_button, self.position, nav])
         self.job = Job(self, "ranking")
         self.rank_button.changed.connect(self.rank)
-        self.prev_button.changed.connect(lambda *_: self.show(self.index - 1))
-        self.next_button.changed.connect(lambda *_: self.show(self.index + 1))
+        self.prev_button.changed.connect(lambda *_: self.show_image(self.current - 1))
+        self.next_button.changed.connect(lambda *_: self.show_image(self.current + 1))
         self.accept_button.changed.connect(self.accept)
         self.results: dict = {}
         self.order: list[Path] = []
-        self.index = -1
+        self.current = -1
 
     def rank(self, *_) -> None:
         from biomedseg.napari_plugin.corrections import review_files
@@ -60,7 +60,7 @@ class ReviewWidget(Container):
         except UserError as exc:
             self.job.fail(exc)
             return
-        self.results, self.order, self.index = {}, [], -1
+        self.results, self.order, self.current = {}, [], -1
         self.job.start(
             score_folder, state, files, total=len(files), step=self._scored, done=lambda _: self._ranked(state)
         )
@@ -79,16 +79,16 @@ class ReviewWidget(Container):
         self.state = state
         note = f"; {len(failed)} unreadable (skipped): {next(iter(failed.values()))}" if failed else ""
         self.job.status.value = f"{len(self.order)} images, most uncertain first{note}"
-        self.show(0)
+        self.show_image(0)
 
-    def show(self, index: int) -> None:
+    def show_image(self, index: int) -> None:
         from biomedseg.io.images import read_image
         from biomedseg.napari_plugin.layers import add_tuple, mask_layer, uncertainty_layer
 
         if not self.order:
             return
-        self.index = index % len(self.order)
-        file = self.order[self.index]
+        self.current = index % len(self.order)
+        file = self.order[self.current]
         prediction = self.results[file]
         image = read_image(file)
         pixels = image[:, :, 0] if image.shape[2] == 1 else image
@@ -99,7 +99,7 @@ class ReviewWidget(Container):
         add_tuple(self.viewer, mask_layer(prediction.mask.copy(), LABELS_LAYER, s.colors, s.background))
         self.viewer.layers.selection.active = self.viewer.layers[LABELS_LAYER]
         self.position.value = (
-            f"{self.index + 1}/{len(self.order)}: {file.name} (uncertainty {prediction.row['uncertainty']:.3f})"
+            f"{self.current + 1}/{len(self.order)}: {file.name} (uncertainty {prediction.row['uncertainty']:.3f})"
         )
 
     def accept(self, *_) -> dict | None:
@@ -108,9 +108,9 @@ class ReviewWidget(Container):
         from biomedseg.napari_plugin.corrections import SaveOptions, save_correction
 
         try:
-            if self.index < 0 or LABELS_LAYER not in self.viewer.layers:
+            if self.current < 0 or LABELS_LAYER not in self.viewer.layers:
                 raise UserError("nothing to accept: rank a folder first")
-            file = self.order[self.index]
+            file = self.order[self.current]
             labels = self.viewer.layers[LABELS_LAYER].data
             saved = save_correction(
                 self.state,

@@ -23,13 +23,13 @@ class SaveWidget(Container):
     def __init__(self, napari_viewer):
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.labels = ComboBox(label="labels layer", choices=lambda _: labels_layers(self.viewer))
-        self.image = ComboBox(label="image layer", choices=lambda _: image_layers(self.viewer))
+        self.labels_layer = ComboBox(label="labels layer", choices=lambda _: labels_layers(self.viewer))
+        self.image_layer = ComboBox(label="image layer", choices=lambda _: image_layers(self.viewer))
         self.data = FileEdit(mode="d", label="DATA folder")
-        self.name = LineEdit(label="name", tooltip="file name of the mask (default: the image layer's name)")
+        self.file_name = LineEdit(label="name", tooltip="file name of the mask (default: the image layer's name)")
         self.overwrite = CheckBox(value=False, text="replace an existing mask (confirm)")
         self.save_button = PushButton(text="Save corrections")
-        self.extend([self.labels, self.image, self.data, self.name, self.overwrite, self.save_button])
+        self.extend([self.labels_layer, self.image_layer, self.data, self.file_name, self.overwrite, self.save_button])
         self.job = Job(self, "saving")
         self.save_button.changed.connect(self.save)
         for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
@@ -43,12 +43,15 @@ class SaveWidget(Container):
 
         try:
             state = require_model(self.viewer)
-            if not self.labels.value or not self.image.value:
+            if not self.labels_layer.value or not self.image_layer.value:
                 raise UserError("choose a labels layer and the image layer it belongs to")
-            labels, image_layer = self.viewer.layers[self.labels.value], self.viewer.layers[self.image.value]
+            labels, image_layer = (
+                self.viewer.layers[self.labels_layer.value],
+                self.viewer.layers[self.image_layer.value],
+            )
             image = layer_image(image_layer.data, image_layer.rgb, image_layer.name, image_layer.multiscale)
             options = SaveOptions(overwrite=bool(self.overwrite.value), image_source=source_path(image_layer))
-            name = self.name.value.strip() or image_layer.name
+            name = self.file_name.value.strip() or image_layer.name
             self.last = save_correction(state, labels.data, image, str(self.data.value or ""), name, options)
         except (UserError, OSError) as exc:
             self.job.fail(exc)
