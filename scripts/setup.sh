@@ -10,7 +10,7 @@
 # (default python3, 3.11 or newer). torch is pinned first: on these machines torch==2.13.0
 # resolves to a local CPU wheel, while an unpinned torch would pull several GB of CUDA packages.
 # A second run does nothing unless pyproject.toml (or, with --locked, constraints.txt) changed.
-# The napari extra (the plugin and its tests, tests/napari) adds napari 0.9, PyQt5 and pytest-qt
+# The napari extra (the plugin and its tests, tests/napari_plugin) adds napari 0.9, PyQt5 and pytest-qt
 # (about 12 s and 340 MB here); its tests draw with OpenGL, which Qt's offscreen platform gets
 # from an X display: Xvfb (Debian package xvfb, about 5 s) is installed when apt-get can.
 set -euo pipefail
@@ -53,7 +53,7 @@ if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2
 fi
 "$VPY" -m pip install --quiet "${CONSTRAIN[@]}" -e ".[dev,napari]"
 if ! command -v Xvfb >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  apt-get install -y -q xvfb >/dev/null || echo "setup: could not install xvfb: tests/napari will skip" >&2
+  apt-get install -y -q xvfb >/dev/null || echo "setup: could not install xvfb: tests/napari_plugin will skip" >&2
 fi
 rm -f "$VENV"/.biomedseg-setup*
 touch "$STAMP"

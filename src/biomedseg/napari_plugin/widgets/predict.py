@@ -119,5 +119,6 @@ class PredictWidget(Container):
 
         name = f"{state.name}: {layer.name}"
         where = self._placement(layer)
-        add_tuple(self.viewer, mask_layer(levels, name, state.colors, state.background, multiscale=True, **where))
-        self.job.status.value = f"{layer.name}: streamed (huge image); no uncertainty map"
+        data, pyramid = (levels, True) if len(levels) > 1 else (levels[0], False)
+        add_tuple(self.viewer, mask_layer(data, name, state.colors, state.background, multiscale=pyramid, **where))
+        self.job.status.value = f"{layer.name}: streamed (huge image, {len(levels)} level(s)); no uncertainty map"

@@ -13,21 +13,11 @@ import importlib.util
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the suite's conftest helpers
-
-#: the tiny network of these tests (one thread: they run beside the rest of the suite)
-TINY_NAPARI = {
-    "model_kwargs": {"depth": 3, "base_channels": 8, "num_res_units": 0},
-    "patch_size": 64,
-    "batch_size": 4,
-    "iterations_per_epoch": 4,
-    "num_threads": 1,
-}
+from .support import SHOTS, TINY_NAPARI
 
 
 def _missing() -> str | None:
@@ -69,15 +59,12 @@ if SKIP_REASON is None:
 
 
 def pytest_collection_modifyitems(config, items):
-    here = Path(__file__).parent
+    """The tests that open a viewer skip with the reason; the others skip by themselves when they
+    need napari (``pytest.importorskip``) and run without it otherwise."""
+    viewer_tests = Path(__file__).parent / "test_napari_plugin.py"
     for item in items:
-        if SKIP_REASON and here in Path(str(item.fspath)).parents:
+        if SKIP_REASON and Path(str(item.fspath)) == viewer_tests:
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
-
-
-#: with ``BIOMEDSEG_SCREENSHOTS`` set the images are larger and the run trains longer, so that the
-#: screenshots show a prediction worth looking at (the checks are the same)
-SHOTS = bool(os.environ.get("BIOMEDSEG_SCREENSHOTS"))
 
 
 @pytest.fixture(scope="session")
@@ -116,20 +103,3 @@ def napari_run(napari_data, tmp_path_factory) -> Path:
         write_description(run, build_description(loaded, images[:6], [None] * 6, images[6:8], [None] * 2))
     torch.set_num_threads(threads)
     return run
-
-
-def screenshot(viewer, name: str, widget=None) -> Path | None:
-    """Save a screenshot of the viewer window (or of ``widget``) as ``$BIOMEDSEG_SCREENSHOTS/<name>.png``;
-    nothing without that variable (normal runs write nothing in the tree)."""
-    folder = os.environ.get("BIOMEDSEG_SCREENSHOTS")
-    if not folder:
-        return None
-    out = Path(folder) / f"{name}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if widget is not None:
-        widget.native.grab().save(str(out))
-    else:
-        from PIL import Image
-
-        Image.fromarray(viewer.screenshot(canvas_only=False, flash=False)).save(out, optimize=True)
-    return out

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import screenshot
+from .support import screenshot
 
 pytestmark = pytest.mark.slow  # trains a network (the session's tiny run)
 
@@ -287,3 +287,56 @@ def test_bad_inputs_notify_and_write_nothing(
     w["predict"].predict()
     wait(qtbot, w["predict"])
     assert f"{Path(napari_run).name}: grey" in viewer.layers
+
+
+def test_huge_inputs_are_streamed_as_the_command_line_streams_them(
+    viewer_with_model, napari_data, napari_run, qtbot, tmp_path, monkeypatch, capsys
+):
+    """A zarr input is what ``predict`` streams: the widget streams it too (an OME-Zarr mask opened
+    lazily), and the mask equals the command's."""
+    import zarr
+
+    from biomedseg.io.images import read_image
+    from biomedseg.io.zarr_images import open_level
+
+    viewer, w = viewer_with_model
+    image = read_image(napari_data / "images" / "syn_008.png")[:, :, 0]
+    zarr.save_array(str(tmp_path / "slide.zarr"), image)
+    code, err = cli(
+        monkeypatch,
+        capsys,
+        "predict",
+        napari_run,
+        tmp_path / "slide.zarr",
+        "--out",
+        tmp_path / "cli",
+        "--format",
+        "zarr",
+        "--quiet",
+    )
+    assert code == 0, err
+    expected = np.asarray(open_level(tmp_path / "cli" / "slide.zarr").array[...])
+    viewer.add_image(image, name="slide", metadata={"biomedseg_path": str(tmp_path / "slide.zarr")})
+    predict = w["predict"]
+    predict.layer.reset_choices()
+    predict.layer.value, predict.out.value = "slide", tmp_path / "gui"
+    predict.predict()
+    wait(qtbot, predict)
+    labels = viewer.layers[f"{Path(napari_run).name}: slide"]
+    assert "streamed" in predict.job.status.value
+    level0 = labels.data[0] if labels.multiscale else labels.data
+    assert not isinstance(level0, np.ndarray)  # opened lazily (a zarr array), not read into memory
+    np.testing.assert_array_equal(np.asarray(level0[...]), expected)
+
+
+def test_a_dropped_run_folder_opens_its_validation_images_with_predictions(viewer_with_model, napari_run):
+    from biomedseg.napari_plugin.readers import get_reader
+    from biomedseg.runs import open_run
+
+    viewer, _ = viewer_with_model
+    layers = viewer.open(napari_run, plugin="biomedseg")
+    val = open_run(napari_run).dataset().split["val"]
+    assert [layer.name for layer in layers] == [name for v in val for name in (v, f"{Path(napari_run).name}: {v}")]
+    kinds = [type(layer).__name__ for layer in layers]
+    assert kinds == ["Image", "Labels"] * len(val)
+    assert get_reader(str(napari_run)) is not None and get_reader(str(napari_run / "checkpoints")) is None
