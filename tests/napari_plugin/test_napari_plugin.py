@@ -340,3 +340,21 @@ def test_a_dropped_run_folder_opens_its_validation_images_with_predictions(viewe
     kinds = [type(layer).__name__ for layer in layers]
     assert kinds == ["Image", "Labels"] * len(val)
     assert get_reader(str(napari_run)) is not None and get_reader(str(napari_run / "checkpoints")) is None
+
+
+def test_review_in_suggest_order(viewer_with_model, napari_run, qtbot, tmp_path):
+    """With "suggest order" the images come in ``biomedseg suggest``'s order."""
+    from biomedseg.data.synthetic import make_synthetic_dataset
+    from biomedseg.trust.suggest import SuggestOptions, suggest
+
+    viewer, w = viewer_with_model
+    pool = make_synthetic_dataset(tmp_path / "pool", n_train=5, n_test=0, size=(64, 96), seed=7) / "images"
+    expected = [
+        Path(r["file"]) for r in suggest(napari_run, [str(pool)], SuggestOptions(n=5, out=tmp_path / "s.csv"))["rows"]
+    ]
+    review = w["review"]
+    review.folder.value, review.use_suggest.value = pool, True
+    review.rank()
+    wait(qtbot, review)
+    assert review.order == expected and len(expected) == 5, review.job.status.value
+    assert "in suggest order" in review.job.status.value
