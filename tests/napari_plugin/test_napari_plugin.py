@@ -358,3 +358,41 @@ def test_review_in_suggest_order(viewer_with_model, napari_run, qtbot, tmp_path)
     wait(qtbot, review)
     assert review.order == expected and len(expected) == 5, review.job.status.value
     assert "in suggest order" in review.job.status.value
+
+
+def test_cancel_stops_ranking_and_adds_nothing(viewer_with_model, napari_data, qtbot, monkeypatch):
+    viewer, w = viewer_with_model
+    review = w["review"]
+    scored = review._scored
+
+    def cancel_after_first(item):
+        scored(item)
+        review.job.cancel()
+
+    monkeypatch.setattr(review, "_scored", cancel_after_first)
+    review.folder.value = napari_data
+    review.rank()
+    wait(qtbot, review)
+    assert "cancelled" in review.job.status.value
+    assert len(review.results) < 10 and review.order == [] and "review: prediction" not in viewer.layers
+
+
+def test_cancel_stops_training_after_the_epoch(viewer_with_model, napari_data, qtbot, tmp_path, monkeypatch):
+    from biomedseg.runs import open_run
+
+    viewer, w = viewer_with_model
+    retrain = w["retrain"]
+    epoch = retrain._epoch
+
+    def cancel_after_first(item):
+        epoch(item)
+        retrain.job.cancel()
+
+    monkeypatch.setattr(retrain, "_epoch", cancel_after_first)
+    retrain.data.value, retrain.out.value, retrain.time_budget.value = napari_data, tmp_path / "stopped", ""
+    retrain.settings.value = "epochs=20 seed=0 patch_size=64 batch_size=4 iterations_per_epoch=2 num_threads=1"
+    retrain.train()
+    wait(qtbot, retrain)
+    assert retrain.new_run is not None and "stopped early" in retrain.job.status.value
+    rows = (open_run(retrain.new_run).paths.metrics).read_text().strip().splitlines()
+    assert 2 <= len(rows) <= 3  # the header and the first epoch (at most one more was under way)

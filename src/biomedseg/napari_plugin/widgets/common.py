@@ -157,6 +157,8 @@ class Job:
                 self.fail(exc)
 
     def _finished(self) -> None:
+        if self.cancelled.is_set() and not self.soft_cancel:  # a generator stopped: nothing returned
+            self.status.value = f"{self.what}: cancelled"
         self.progress.visible = self.cancel_button.visible = False
         self.worker = None
 
