@@ -22,6 +22,7 @@ def test_manifest_validates():
         assert callable(getattr(__import__(module, fromlist=[attr]), attr)), command.python_name
 
 
+@pytest.mark.slow  # starts a process
 def test_manifest_is_installed_as_an_entry_point():
     npe2 = pytest.importorskip("npe2", reason="npe2 comes with napari: pip install -e '.[napari]'")
     import subprocess

@@ -396,3 +396,33 @@ def test_cancel_stops_training_after_the_epoch(viewer_with_model, napari_data, q
     assert retrain.new_run is not None and "stopped early" in retrain.job.status.value
     rows = (open_run(retrain.new_run).paths.metrics).read_text().strip().splitlines()
     assert 2 <= len(rows) <= 3  # the header and the first epoch (at most one more was under way)
+
+
+def test_an_exported_file_predicts_as_the_command_line_and_cannot_be_fine_tuned(
+    viewer_with_model, napari_data, napari_run, qtbot, tmp_path, monkeypatch, capsys
+):
+    from biomedseg.export.writer import export_run
+    from biomedseg.io.mask_encoding import read_written_mask
+    from biomedseg.napari_plugin.widgets.common import current_model
+
+    viewer, w = viewer_with_model
+    exported = export_run(napari_run, "torchscript", tmp_path / "model.pt").path
+    w["model"].path.value = exported
+    w["model"].load()
+    wait(qtbot, w["model"])
+    assert current_model(viewer).source == exported and "exported file" in w["model"].summary.value
+    image = napari_data / "images" / "syn_009.png"
+    code, err = cli(monkeypatch, capsys, "predict", exported, image, "--out", tmp_path / "pred", "--quiet")
+    assert code == 0, err
+    layer = open_image(viewer, image)
+    w["predict"].layer.reset_choices()
+    w["predict"].layer.value = layer.name
+    w["predict"].predict()
+    wait(qtbot, w["predict"])
+    labels = viewer.layers[f"model.pt: {layer.name}"]
+    np.testing.assert_array_equal(np.asarray(labels.data), read_written_mask(tmp_path / "pred" / "syn_009.png"))
+    retrain = w["retrain"]
+    retrain.data.value, retrain.out.value = napari_data, tmp_path / "child"
+    retrain.train()
+    wait(qtbot, retrain)
+    assert "--init needs a run folder" in notifications()[-1] and not (tmp_path / "child").exists()
