@@ -41,15 +41,16 @@ def test_manifest_is_installed_as_an_entry_point():
 
 def test_readers_open_predicted_masks_and_geojson(tmp_path):
     pytest.importorskip("napari", reason="the readers build napari colormaps: pip install -e '.[napari]'")
+    from biomedseg.io.ome import write_ome_tiff
     from biomedseg.io.writers import write_png
     from biomedseg.napari_plugin.readers import get_reader
 
     mask = np.zeros((32, 48), np.uint8)
     mask[4:20, 6:30] = 2
-    write_png(tmp_path / "a.png", mask)
-    assert get_reader(str(tmp_path / "a.png")) is None  # a plain image: napari's own reader
-    write_png(tmp_path / "a_overlay.png", np.zeros((32, 48, 3), np.uint8))
-    [(data, kwargs, kind)] = get_reader(str(tmp_path / "a.png"))(str(tmp_path / "a.png"))
+    write_ome_tiff(tmp_path / "a.tif", mask, None)
+    assert get_reader(str(tmp_path / "a.tif")) is None  # a plain image: napari's own reader
+    write_png(tmp_path / "a_overlay.png", np.zeros((32, 48, 3), np.uint8))  # what predict writes beside it
+    [(data, kwargs, kind)] = get_reader(str(tmp_path / "a.tif"))(str(tmp_path / "a.tif"))
     assert kind == "labels" and np.array_equal(data, mask)
     assert kwargs["colormap"].color_dict[0][3] == 0 and kwargs["colormap"].color_dict[2][3] == 1
     doc = {

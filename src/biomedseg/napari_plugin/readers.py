@@ -2,9 +2,11 @@
 
 - a run folder (drag it onto napari): its validation images with the run's predictions beside
   each other (at most :data:`MAX_RUN_IMAGES`, predicted as ``predict`` predicts);
-- a predicted mask (``predict``'s ``.png`` / OME-TIFF / OME-Zarr next to its overlay, probabilities,
+- a predicted mask (``predict``'s OME-TIFF / OME-Zarr next to its overlay, probabilities,
   uncertainty map or ``predictions.csv``): a Labels layer in the class colours (OME-Zarr and large
-  TIFF masks opened lazily, every pyramid level);
+  TIFF masks opened lazily, every pyramid level). The manifest claims no ``*.png``, so that napari
+  does not ask which reader to use for every PNG; ``get_reader`` also reads predicted PNG masks
+  when called on one;
 - ``<name>_uncertainty.tif``: an Image layer; ``.geojson``: a Shapes layer of the polygons.
 
 Other files are left to napari's own readers (``get_reader`` returns ``None``).
