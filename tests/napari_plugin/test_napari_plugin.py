@@ -207,6 +207,7 @@ def test_retrain_makes_a_run_evaluate_accepts(
     retrain.use_new_run()
     wait(qtbot, retrain)
     assert current_model(viewer).source == Path(retrain.new_run)
+    assert f"fine-tuned from {Path(napari_run).resolve()}" in w["model"].summary.value  # the Model widget follows
 
 
 def test_review_ranks_most_uncertain_first_and_accepts(viewer_with_model, napari_data, qtbot, tmp_path):

@@ -119,7 +119,8 @@ def model_summary(state: ModelState) -> list[str]:
             lines.append(best)
         parent = state.loaded.run.info().parent
         if parent:
-            lines.append(f"fine-tuned from {parent.get('run', parent) if isinstance(parent, dict) else parent}")
+            where = parent.get("path") or parent.get("run") if isinstance(parent, dict) else parent
+            lines.append(f"fine-tuned from {where}")
     lines.append("out-of-distribution check: " + ("on (trust.json)" if state.trust else "off (no trust.json)"))
     return lines
 
