@@ -53,7 +53,8 @@ if ! "$VPY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswith('2
 fi
 "$VPY" -m pip install --quiet "${CONSTRAIN[@]}" -e ".[dev,napari]"
 if ! command -v Xvfb >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  apt-get install -y -q xvfb >/dev/null || echo "setup: could not install xvfb: tests/napari_plugin will skip" >&2
+  { apt-get install -y -q xvfb || { apt-get update -q && apt-get install -y -q xvfb; }; } >/dev/null \
+    || echo "setup: could not install xvfb: tests/napari_plugin will skip" >&2
 fi
 rm -f "$VENV"/.biomedseg-setup*
 touch "$STAMP"
