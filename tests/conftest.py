@@ -69,6 +69,15 @@ def pytest_terminal_summary(terminalreporter):
     )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def use_leak_safe_log_records():
+    """Overrides the fixture of the same name of napari's pytest plugin (loaded in every session
+    where napari is installed: the ``napari`` extra): it turns the arguments of every log record
+    into strings for the whole session, so ``log.info("%d", numpy_int)`` fails to format. The
+    napari tests do not need it; nothing here does."""
+    yield
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
     """A tiny 3-class synthetic dataset (10 train, 4 test images of 64x96)."""

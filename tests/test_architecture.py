@@ -33,7 +33,11 @@ LAYERS = {
     "workflows": 12,
     "sweeps": 13,
     "cli": 14,
+    "napari_plugin": 15,
 }
+#: GUI toolkits: only the napari plugin (the top layer, the optional extra ``napari``) imports them
+GUI_MODULES = ("napari", "npe2", "qtpy", "magicgui", "superqt", "vispy", "PyQt5", "PyQt6", "PySide2", "PySide6")
+GUI_PACKAGE = "napari_plugin"
 #: cycles allowed (docs/design.md): the model registry imports the families that register themselves
 CYCLE_PACKAGES = {"models"}
 MAX_FUNCTION_LINES = 80
@@ -158,3 +162,20 @@ def test_no_three_modules_share_a_name_prefix_outside_a_package_of_their_own():
             groups.setdefault((path.parent, path.stem.split("_")[0]), []).append(path.name)
     crowded = {f"{d.relative_to(SRC)}/{prefix}_*": names for (d, prefix), names in groups.items() if len(names) >= 3}
     assert not crowded, crowded
+
+
+def test_only_the_napari_plugin_imports_napari_or_qt():
+    """The core install never needs a GUI toolkit: no package but ``napari_plugin`` imports one
+    (``pip install biomedseg`` without the ``napari`` extra works everywhere)."""
+    offenders = []
+    for path in PKG.rglob("*.py"):
+        if path.relative_to(PKG).parts[0] == GUI_PACKAGE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [node.module or ""]
+            offenders += [f"{path.relative_to(SRC)}: {n}" for n in names if n.split(".")[0] in GUI_MODULES]
+    assert not offenders, offenders
