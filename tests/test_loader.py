@@ -116,3 +116,15 @@ def test_training_with_two_workers_ends_with_the_weights_of_the_thread(synthetic
     }
     a, b = (load_checkpoint(runs[w] / "checkpoints" / "last.pt")["model"] for w in (0, 2))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_daemonic_process_gets_the_thread_instead_of_workers(monkeypatch, caplog):
+    import multiprocessing
+
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    loader = BatchLoader(_source(), 2)
+    try:
+        assert loader.num_workers == 0 and "batches come from a thread" in caplog.text
+        assert _same(_take(loader, 0, 2), _take(BatchLoader(_source(), 0), 0, 2))
+    finally:
+        loader.close()

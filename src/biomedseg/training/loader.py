@@ -18,6 +18,7 @@ Rare-class oversampling is the :class:`~biomedseg.data.datasets.PatchSampler`'s,
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Sequence
@@ -25,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from biomedseg.data.datasets import PatchSampler
+
+log = logging.getLogger("biomedseg")
 
 
 class BatchSource:
@@ -145,6 +148,11 @@ class BatchLoader:
     ``close()``; :meth:`close` stops the worker processes (if any)."""
 
     def __init__(self, source: BatchSource, num_workers: int = 0, pin_memory: bool = False, depth: int = 2):
+        import multiprocessing
+
+        if num_workers and multiprocessing.current_process().daemon:  # e.g. a Dask worker: no child processes
+            log.warning("num_workers=%d: this process may not start workers; batches come from a thread", num_workers)
+            num_workers = 0
         self.source, self.num_workers, self.pin_memory, self.depth = source, int(num_workers), pin_memory, depth
         self._keys = _EpochKeys()
         self._loader = None
