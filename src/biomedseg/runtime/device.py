@@ -77,8 +77,9 @@ def loader_workers(setting: int | None, device: torch.device) -> int:
     """Worker processes making training batches (``num_workers``; 0 = one background thread).
 
     The setting if given; else on CUDA ``min(cores - 1, 12)`` (a GPU step takes milliseconds, one
-    thread's augmentation 3-5 ms per patch), on a CPU 0: there the workers compete with the
-    training step's own threads, and the thread was faster (benchmarks/RESULTS.md, issue 27).
+    thread's augmentation 3-5 ms per patch), on a CPU 0: there the step, not the data, is the limit
+    (data wait 0 %) and workers compete with its threads: 1 worker matched the thread, 2 were slower
+    (benchmarks/RESULTS.md, issue 27).
     """
     if setting is not None:
         return int(setting)

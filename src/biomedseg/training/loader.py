@@ -5,9 +5,9 @@ step)`` (:class:`BatchSource`), so a batch does not depend on which thread or pr
 on the batches before it: a seeded run gives the same batches with 0, 1 or 12 workers, and an epoch
 can start at any step (resume mid-epoch) and continue exactly as the uninterrupted run would.
 
-- ``num_workers == 0``: one background thread (:class:`Prefetcher`),
-  the fastest on a CPU-only machine, where worker processes compete with the training step's
-  threads (measured: benchmarks/RESULTS.md, issue 27).
+- ``num_workers == 0``: one background thread (:class:`Prefetcher`), the CPU default: there the
+  step is the limit and worker processes only compete with its threads (measured:
+  benchmarks/RESULTS.md, issue 27).
 - ``num_workers > 0``: a torch ``DataLoader`` over that many persistent worker processes (started
   once per ``fit``, reused across epochs), each making whole batches; pinned batches on CUDA. On
   Linux the workers are forked, so the decoded images are shared copy-on-write with the training
