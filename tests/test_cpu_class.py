@@ -44,6 +44,7 @@ def test_native_bf16_is_reported_where_the_cpu_has_it_and_nothing_limits_it():
     assert _python(code, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_VNNI"}) == "False"  # the avx512 class
 
 
+@pytest.mark.slow  # two torch start-ups
 @pytest.mark.skipif("avx2" not in FLAGS, reason="the CPU has no AVX2")
 def test_the_class_is_set_before_torch_or_by_re_executing(tmp_path):
     script = tmp_path / "bench.py"
