@@ -127,6 +127,12 @@ def test_an_interrupted_cv_resumes_without_retraining_finished_folds(finished_cv
     assert "boundary" in groups and summary["field"]["reason"]
     assert 0.0 <= summary["field_scores"]["out_of_fold"]["nsd"] <= 1.0 and "nsd" in summary["folds"][0]
     assert "field metrics (" in format_summary(summary)
+    # issue 22: the temperature fitted on the out-of-fold probabilities, kept in CV/postprocess.yaml
+    from biomedseg.postprocess.ops import load_postprocess
+
+    calibration = summary["calibration"]
+    assert calibration["n_pixels"] > 0 and 0 <= calibration["ece_after"] <= 1 and 0 <= calibration["ece_before"] <= 1
+    assert load_postprocess(cv.root).temperature == calibration["temperature"] > 0
 
 
 @pytest.mark.slow

@@ -173,7 +173,14 @@ def test_any_failed_input_is_reported_in_one_line_and_the_batch_goes_on(tmp_path
     assert all(str(images) in r.getMessage() for r in errors)  # each names its file
     assert any(r.levelno == logging.DEBUG and r.exc_info for r in caplog.records)  # the traceback, at debug
     # nothing of the failed inputs is left: no mask, no temporary file, no overlay written before the failure
-    assert sorted(p.name for p in out.iterdir()) == ["a.png", "a_overlay.png", "z.png", "z_overlay.png"]
+    # (and predictions.csv: one row per input, the failed ones with their error)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "a.png",
+        "a_overlay.png",
+        "predictions.csv",
+        "z.png",
+        "z_overlay.png",
+    ]
 
 
 def test_a_truncated_uncompressed_tiff_is_reported_and_skipped(tmp_path, restore_threads):
@@ -192,7 +199,7 @@ def test_a_truncated_uncompressed_tiff_is_reported_and_skipped(tmp_path, restore
     s = predict(run, [images], tmp_path / "out", overlays=False, quiet=True, threads=1, compile="off")
     assert [p.name for p in s.done] == ["good.png"]
     assert [p.name for p, _ in s.failed] == ["cut.tif"] and str(bad) in s.failed[0][1]
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.png", "predictions.csv"]
 
 
 @pytest.mark.slow

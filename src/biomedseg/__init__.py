@@ -14,9 +14,9 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": ("biomedseg.training.api", "train"),
+    "train": ("biomedseg.workflows.training", "train"),
     "evaluate": ("biomedseg.workflows.evaluation", "evaluate"),
-    "predict": ("biomedseg.inference.predict.batch", "predict"),
+    "predict": ("biomedseg.workflows.prediction", "predict"),
     "demo": ("biomedseg.workflows.demo", "run_demo"),
 }
 

@@ -81,6 +81,12 @@ def predict(
     out: Path = typer.Option(..., "--out", "-o", help="output folder"),
     tta: str = typer.Option("none", "--tta", help="test-time augmentation: none | flips | flips+rot90"),
     probabilities: bool = typer.Option(False, "--probabilities", help="also write <name>_proba.tif (float16)"),
+    uncertainty: bool = typer.Option(
+        False,
+        "--uncertainty",
+        help="also write <name>_uncertainty.tif (float16; entropy, or disagreement of the --tta transforms "
+        "or of a CV/ensemble folder's members)",
+    ),
     no_overlays: bool = typer.Option(False, "--no-overlays"),
     overwrite: bool = typer.Option(False, "--overwrite", help="redo inputs whose mask already exists"),
     no_postprocess: bool = typer.Option(False, "--no-postprocess", help="ignore RUN/postprocess.yaml (plain argmax)"),
@@ -132,7 +138,8 @@ def predict(
     scheduler: Optional[str] = SchedulerOpt,
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Predict masks for new images of any size (sliding window, Gaussian blending; huge images streamed)."""
+    """Predict masks for new images of any size (sliding window, Gaussian blending; huge images streamed);
+    predictions.csv: areas, objects, uncertainty and out-of-distribution flags per image."""
     _predict_command(**locals())
 
 
@@ -141,8 +148,8 @@ def _predict_command(
 ) -> None:
     """The ``predict`` command after parsing: checks, :class:`PredictOptions` (``same``: options of the same name),
     local or cluster prediction, the summary line; exit code 1 when an input failed."""
-    from biomedseg.inference.predict.batch import predict as run_predict
     from biomedseg.inference.predict.options import PredictOptions
+    from biomedseg.workflows.prediction import predict as run_predict
 
     _within(0, level=same["level"], skip_blank=skip_blank)
     _within(1, batch_size=same["batch_size"], threads=same["threads"])
@@ -160,15 +167,18 @@ def _predict_command(
     if scheduler is None:
         s = run_predict(run, inputs, out, options)
     else:  # one job per file on the cluster
-        from biomedseg.inference.predict.distributed import predict_distributed
+        from biomedseg.workflows.prediction import predict_on_cluster
 
-        s = predict_distributed(run, inputs, out, options, address=scheduler)
+        s = predict_on_cluster(run, inputs, out, options, address=scheduler)
     typer.echo(
         f"{len(s.done)} predicted ({len(s.streamed)} streamed), {len(s.skipped)} skipped (already done), "
         f"{len(s.failed)} failed -> {out}"
     )
     if s.rle is not None:
         typer.echo(f"wrote {s.rle}")
+    if s.predictions is not None:
+        flagged = f" ({len(s.flagged)} unlike the training data: ood_flag)" if s.flagged else ""
+        typer.echo(f"wrote {s.predictions}{flagged}")
     if s.failed:  # each failure was logged once, as it happened
         raise typer.Exit(1)
 

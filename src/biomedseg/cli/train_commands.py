@@ -122,7 +122,7 @@ def _train_command(flags: dict, set_, classifier_head: bool, allow_unlabelled: b
     """``train`` after parsing: the flags the user set (an explicit ``--set key=null`` still wins over an
     unset flag) merged over ``--set`` options, then :func:`biomedseg.training.api.train`."""
     from biomedseg.runs.config import merge, parse_overrides
-    from biomedseg.training.api import train as run_train
+    from biomedseg.workflows.training import train as run_train
 
     overrides = merge(parse_overrides(set_), flags)
     if classifier_head:

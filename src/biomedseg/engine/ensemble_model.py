@@ -62,10 +62,10 @@ class EnsembleModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([net(self.normalize(i, x)).float() for i, net in enumerate(self.members)], dim=1)
 
-    def blended_to_proba(self, y: torch.Tensor) -> torch.Tensor:
+    def blended_to_proba(self, y: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Blended stacked logits ``(M*K, ...)`` -> ``(K, ...)``: the weighted mean over the members
-        of the softmax over each member's ``K`` channels."""
+        of the softmax over each member's ``K`` channels (``softmax(logits / temperature)``)."""
         m, k = len(self.members), self.n_classes
-        p = torch.softmax(y.float().reshape(m, k, *y.shape[1:]), dim=1)
+        p = torch.softmax(y.float().reshape(m, k, *y.shape[1:]) / float(temperature), dim=1)
         w = torch.tensor(self.weights, dtype=p.dtype, device=p.device).reshape(m, *([1] * (p.dim() - 1)))
         return (p * w).sum(0)

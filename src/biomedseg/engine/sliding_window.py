@@ -132,12 +132,17 @@ def tta_forward(
     return total if len(transforms) == 1 else total / len(transforms)
 
 
-def probabilities_of(model):
+def probabilities_of(model, temperature: float = 1.0):
     """How ``model``'s blended outputs ``(K', ...)`` become probabilities ``(K, ...)``: its own
     ``blended_to_proba`` when it has one (an ensemble's stacked member logits, see
-    :mod:`~biomedseg.engine.ensemble_model`), else the softmax over the classes (axis 0)."""
+    :mod:`~biomedseg.engine.ensemble_model`), else the softmax over the classes (axis 0).
+    ``temperature``: the calibration temperature (``postprocess.yaml``): ``softmax(logits / T)``, for an
+    ensemble each member's before they are averaged; the argmax of a single network is unchanged."""
     own = getattr(model, "blended_to_proba", None)
-    return own if callable(own) else (lambda y: torch.softmax(y, dim=0))
+    t = float(temperature)
+    if callable(own):
+        return own if t == 1.0 else (lambda y: own(y, temperature=t))
+    return (lambda y: torch.softmax(y, dim=0)) if t == 1.0 else (lambda y: torch.softmax(y.float() / t, dim=0))
 
 
 # ---------------------------------------------------------------- tile grid (MONAI's)

@@ -37,12 +37,13 @@ import numpy as np
 BOUNDARY_BAND = 2
 #: Fractions (percent) of the most uncertain images sent to review in :func:`risk_coverage`.
 REVIEW_PERCENTS = (10, 20, 50)
-#: The per-image score used where one is needed (``predict``'s CSV, ``suggest``'s ranking).
-#: First measurement (one run per shared dataset, test split, Spearman with per-image Dice):
-#: expected_dice_loss <= -0.4 on 4 of 6 data sets, mean_entropy on 5 of 6 (and the lower AURC on 3,
-#: expected_dice_loss on 2), boundary_entropy on 1 (+0.83 on hc18); to be settled by
-#: ``benchmarks/uncertainty_ranking.py``.
-DEFAULT_SCORE = "expected_dice_loss"
+#: The per-image score used where one is needed (``predict``'s CSV, ``evaluate``'s ``uncertainty``
+#: column, ``suggest``'s ranking), chosen by ``benchmarks/uncertainty_ranking.py`` (one 5-minute run per
+#: shared dataset, temperature fitted on val, test split, ``benchmarks/RESULTS.md`` issue 22):
+#: Spearman with per-image Dice <= -0.4 on 4/6 data sets for mean_entropy (mean -0.45), 3/6 for
+#: expected_dice_loss (mean -0.39), 1/6 for boundary_entropy (mean -0.19); lower AURC than
+#: expected_dice_loss on 5/6. expected_dice_loss was the default before that measurement.
+DEFAULT_SCORE = "mean_entropy"
 _EPS = 1e-12
 
 

@@ -292,7 +292,9 @@ def apply_postprocess(
     ``image_probability``: the classifier head's probability for the image
     (``SlidingWindowPredictor.last_image_probability``), used by
     ``gating.min_classifier_probability``; ``None`` skips that criterion. ``cfg=None`` is plain
-    argmax.
+    argmax. ``proba`` are the probabilities at the chain's calibration ``temperature`` (applied by
+    the caller, e.g. the predictor's softmax): ``tune-postprocess`` tunes the thresholds and the
+    gate on tempered probabilities.
     """
     p = np.asarray(proba, dtype=np.float32)
     k = p.shape[0]

@@ -31,14 +31,17 @@ ADOPTION_RULE = (
 @dataclass
 class _Cached:
     """One validation image: ``proba (K, h, w) float16``, ``target (h, w) uint8``, the
-    downsampling ``factor``, and the classifier head's probability that the image contains
-    foreground (``None`` without a head)."""
+    downsampling ``factor``, the classifier head's probability that the image contains
+    foreground (``None`` without a head), and a sample of its full-resolution labelled pixels
+    (``pixels`` ``(K, m)`` probabilities, ``labels`` ``(m,)``) for the temperature fit."""
 
     id: str
     proba: np.ndarray  # (K, h, w) float16
     target: np.ndarray  # (h, w) uint8
     factor: int
     image_probability: float | None = None
+    pixels: np.ndarray | None = None  # (K, m) float32, full resolution
+    labels: np.ndarray | None = None  # (m,) int64
 
 
 def _dice_from_counts(tp, fp, fn):

@@ -139,6 +139,41 @@ def _field_section(field: Mapping[str, Any]) -> list[str]:
     ]
 
 
+def _trust_section(metrics: Mapping[str, Any]) -> list[str]:
+    """How well the per-image uncertainty ranks the errors, and the calibration error (issue 22)."""
+    u, c = metrics.get("uncertainty") or {}, metrics.get("calibration") or {}
+    out = []
+    scores = u.get("scores") or {}
+    if scores:
+        pcts = list(next(iter(scores.values()))["dice_kept"])
+        head = (
+            "<tr><th>Per-image score</th><th>Spearman with image Dice</th><th>AURC</th><th>AURC random order</th>"
+            "<th>AURC best order</th>" + "".join(f"<th>Dice kept, {_esc(p)}% to review</th>" for p in pcts) + "</tr>"
+        )
+        rows = []
+        for name, r in scores.items():
+            label = f"{name} (the <code>uncertainty</code> column)" if name == u.get("score") else _esc(name)
+            cells = [r.get("spearman"), r.get("aurc"), r.get("aurc_random"), r.get("aurc_oracle")]
+            cells += [r["dice_kept"].get(p) for p in pcts]
+            rows.append(f"<tr><td>{label}</td>" + "".join(_cell(v) for v in cells) + "</tr>")
+        out += [
+            "<h2>Which predictions to trust</h2>",
+            "<p>Per-image uncertainty (higher: less sure) against the per-image Dice: a useful score correlates "
+            "negatively (Spearman) and has a low area under the risk-coverage curve (AURC: the mean of "
+            "1 - Dice of the images kept, keeping the surest first). Dice kept: the mean Dice of the images left "
+            f"when the most uncertain are sent to review (all images: {_fmt(u.get('dice_all'))}).</p>",
+            "<table>\n" + head + "\n" + "\n".join(rows) + "\n</table>",
+        ]
+    if c.get("ece_before") is not None:
+        t = f"{c['temperature']:.3g}"
+        out.append(
+            f"<p>Calibration: expected calibration error {_fmt(c['ece_before'])} at temperature 1, "
+            f"{_fmt(c['ece_after'])} at the run's temperature {_esc(t)} "
+            f"(<code>postprocess.yaml</code>; {_fmt(c.get('n_pixels'))} labelled pixels sampled).</p>"
+        )
+    return out
+
+
 def _class_table(per_class: Mapping[str, Mapping[str, Any]]) -> str:
     head = "<tr><th>Class</th>" + "".join(f"<th>{_esc(label)}</th>" for _, label in _CLASS_COLUMNS) + "</tr>"
     rows = [
@@ -219,6 +254,7 @@ def write_evaluation_report(
     ]
     if metrics.get("field"):
         sections += _field_section(metrics["field"])
+    sections += _trust_section(metrics)
     if per_class:
         chart = plot_class_bars(per_class, out_dir / CLASS_BARS_NAME)
         sections += [

@@ -298,8 +298,8 @@ def _optimize(optuna, study, sw: _Sweep) -> None:
 
 def _objective(optuna, trial, sw: _Sweep) -> float:
     """Train trial ``trial``'s run folder; its best validation Dice (NaN: training diverged)."""
-    from biomedseg.training.api import train
     from biomedseg.training.trainer import TrainingDiverged
+    from biomedseg.workflows.training import train
 
     values = {p.name: p.suggest(trial) for p in sw.space}
     run_dir = sw.paths.trial(trial.number)

@@ -14,7 +14,11 @@
    out-of-fold predictions pooled over the whole pool (the field metrics that ``dataset.json`` or
    the pool's fingerprint chooses included: ``field_scores``, means over images);
    ``CV/config.yaml`` and ``dataset.json``
-   make the CV folder the ensemble of its folds (``evaluate``/``predict`` accept it).
+   make the CV folder the ensemble of its folds (``evaluate``/``predict`` accept it);
+6. the calibration temperature fitted on the out-of-fold probabilities
+   (:func:`~biomedseg.workflows.reliability.calibrate_cv`), stored in ``CV/postprocess.yaml``
+   ``temperature`` and, with the expected calibration error before and after, in ``summary.json``
+   ``calibration``.
 
 Run again, it skips finished folds, resumes a fold interrupted mid-training from its
 ``last.pt``, and predicts the out-of-fold images of a fold trained but not yet predicted.
@@ -162,8 +166,8 @@ def run_fold(
     cv: CVFolder, i: int, data, split: dict, config, fold_options: dict, tta: str, device: str, quiet: bool
 ) -> None:
     """Train fold ``i`` (resuming its ``last.pt``) unless trained, then predict its out-of-fold images."""
-    from biomedseg.training.api import train
     from biomedseg.workflows.oof import predict_fold_oof
+    from biomedseg.workflows.training import train
 
     state = cv.fold_state(i)
     if state == DONE:
@@ -261,8 +265,11 @@ def finish(cv: CVFolder) -> dict:
             "folds %s not finished yet: run `biomedseg cv` again (or --fold K for each)", ", ".join(map(str, missing))
         )
         return {"missing": missing}
+    from biomedseg.workflows.reliability import calibrate_cv
+
     write_ensemble_records(cv, [cv.fold(i) for i in range(k)])
     summary = summarize(cv)
+    summary["calibration"] = calibrate_cv(cv)
     cv.write_summary(summary)
     return summary
 

@@ -31,10 +31,10 @@ def run_demo(out="biomedseg_demo", time_budget: str = DEMO_TIME_BUDGET, seed: in
     """Run generate -> train -> evaluate -> predict in ``out``; returns the test metrics."""
     from biomedseg.data.discovery import DATA_META
     from biomedseg.data.synthetic import make_synthetic_dataset
-    from biomedseg.inference.predict.batch import predict
     from biomedseg.runs import RunFolder, RunPaths
-    from biomedseg.training.api import train
     from biomedseg.workflows.evaluation import evaluate, format_metrics
+    from biomedseg.workflows.prediction import predict
+    from biomedseg.workflows.training import train
 
     out = Path(out)
     t0 = time.perf_counter()

@@ -11,6 +11,15 @@ and the choice, its reason and the empty-case conventions as ``metrics.json`` ``
 (``postprocess=False`` scores the raw argmax); ``metrics.json`` records the chain used. When
 the chain has an empty-mask gate (area, max probability or the classifier head's
 ``min_classifier_probability``), ``metrics.json`` also holds ``image_dice_without_gating``.
+
+Trust (issue 22, :mod:`biomedseg.workflows.reliability`): the probabilities are taken at the run's
+calibration temperature (``postprocess.yaml`` ``temperature``, also with ``postprocess=False``: it
+never changes the argmax), and the chain's thresholds and gate decide on them, as ``tune-postprocess``
+tuned them. ``per_image.csv`` gains ``uncertainty`` (the default per-image score) and every per-image
+score by name, computed on them; ``metrics.json`` ``uncertainty`` says how well
+they rank the errors (Spearman with the per-image Dice, AURC against random order and the best
+order, Dice kept when the most uncertain 10/20/50% go to review) and ``calibration`` the expected
+calibration error at temperature 1 and at the run's temperature.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from biomedseg.core.errors import UserError
 from biomedseg.data.splits import select_split
 from biomedseg.metrics.choice import GROUPS, parse_metric_names
 from biomedseg.workflows.field_metrics import FieldScorer, write_per_object
+from biomedseg.workflows.reliability import ReliabilityScorer, format_reliability, tempered
 
 log = logging.getLogger("biomedseg")
 
@@ -67,18 +77,24 @@ def evaluate(
     classes, bg = loaded.classes, loaded.background
     predictor = loaded.predictor(tta=tta)
     post, ungated = _postprocess_chains(loaded, predictor, postprocess)
+    trust = ReliabilityScorer(_temperature(loaded), bg, len(ids))
     out = Path(out)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     acc = MetricAccumulator(len(classes), classes, bg)
     samples = [by_id[sid] for sid in ids]
     field = FieldScorer.for_data(metrics, source, samples, loaded.info, nsd_tolerance_um)
     ungated_dice, overlay_paths = _score_images(
-        loaded, predictor, samples, acc, post, ungated, valid_dir, out / "overlays" if overlays else None, quiet, field
+        loaded,
+        predictor,
+        samples,
+        (acc, field, trust),
+        post,
+        ungated,
+        valid_dir,
+        out / "overlays" if overlays else None,
+        quiet,
     )
-    field.instances.finish()
-    metrics = acc.summary()
-    metrics.update(field.acc.summary())
-    metrics["field"] = field.summary()
+    metrics, rows = _scores_and_rows(acc, field, trust)
     if ungated is not None:
         metrics["image_dice_without_gating"] = float(np.mean(ungated_dice)) if ungated_dice else float("nan")
     metrics.update(
@@ -93,7 +109,6 @@ def evaluate(
             "postprocess": post.model_dump(mode="json", exclude={"tuning"}) if post is not None else None,
         }
     )
-    rows = [{**r, **{k: v for k, v in f.items() if k != "id"}} for r, f in zip(acc.per_image_rows(), field.acc.rows)]
     write_per_object(out, field.acc.object_rows())
     _write_results(
         out,
@@ -104,6 +119,18 @@ def evaluate(
         title=f"biomedseg evaluation: {Path(source.root).name} ({split})",
     )
     return metrics
+
+
+def _scores_and_rows(acc, field, trust) -> tuple[dict, list[dict]]:
+    """``(metrics, per-image rows)`` of the pixel scores, the field metrics and the uncertainty columns."""
+    field.instances.finish()
+    metrics = {**acc.summary(), **field.acc.summary(), "field": field.summary()}
+    metrics.update(trust.summary([r["image_dice"] for r in acc.per_image_rows()]))
+    rows = [
+        {**r, **{k: v for k, v in f.items() if k != "id"}, **u}
+        for r, f, u in zip(acc.per_image_rows(), field.acc.rows, trust.rows)
+    ]
+    return metrics, rows
 
 
 def _predicted_instances(field: FieldScorer, loaded, post, predictor, proba):
@@ -139,27 +166,36 @@ def _postprocess_chains(loaded, predictor, postprocess: bool):
     return post, ungated
 
 
-def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, overlay_dir, quiet: bool, field):
-    """Predict and score each sample into ``acc``; returns ``(image Dice without the gate (when
-    ``ungated``), overlay paths written in ``overlay_dir`` (when not ``None``))``."""
+def _temperature(loaded) -> float:
+    """The run's calibration temperature (``postprocess.yaml``; 1 without one)."""
+    from biomedseg.postprocess.ops import load_postprocess
+
+    cfg = load_postprocess(loaded.run_dir)
+    return cfg.temperature if cfg is not None else 1.0
+
+
+def _score_images(loaded, predictor, samples, scorers, post, ungated, valid_dir, overlay_dir, quiet: bool):
+    """Predict and score each sample into ``scorers`` (the pixel accumulator, the field metrics, the
+    uncertainty columns); returns ``(image Dice without the gate (when ``ungated``), overlay paths
+    written in ``overlay_dir`` (when not ``None``))``."""
     from tqdm.auto import tqdm
 
     from biomedseg.core.render import overlay_panel
-    from biomedseg.inference.predict.core import predict_image
     from biomedseg.io import Palette, read_image, read_mask, write_png
-    from biomedseg.io.pixel_size import pixel_size
 
     palette = Palette.from_json(loaded.info.palette)
     classes, bg = loaded.classes, loaded.background
+    acc, field, trust = scorers
     ungated_dice, overlay_paths, snapped = [], [], 0
     for s in tqdm(samples, desc="evaluating", unit="img", disable=True if (quiet or len(samples) < 2) else None):
         image = read_image(s.image)
         target, n = read_mask(s.mask, palette, strict_index=loaded.info.strict_index)
         snapped += n
         valid = _valid_region(valid_dir, s.id)
-        pred, proba = predict_image(loaded, predictor, image, postprocess=post, pixel_size=pixel_size(s.image))
+        pred, proba, raw = _predict(loaded, predictor, s.image, image, post, trust.temperature)
         acc.update(pred, target, valid=valid, image_id=s.id)
         field.score(s, pred, target, valid, _predicted_instances(field, loaded, post, predictor, proba))
+        trust.score(raw, proba, target, valid)
         if ungated is not None:  # the same chain without the gate: what gating is worth
             from biomedseg.metrics.pixel import image_dice
             from biomedseg.postprocess.ops import apply_postprocess
@@ -173,6 +209,22 @@ def _score_images(loaded, predictor, samples, acc, post, ungated, valid_dir, ove
     if snapped:
         log.warning("%d ground-truth pixels were off the palette and were snapped to the nearest class", snapped)
     return ungated_dice, overlay_paths
+
+
+def _predict(loaded, predictor, path, image, post, temperature: float):
+    """``(mask, probabilities at the run's temperature, probabilities at temperature 1)`` of one image:
+    the post-processing chain (``None``: argmax) decides on the tempered probabilities, as it was tuned."""
+    from biomedseg.inference.predict.core import predict_proba_image
+    from biomedseg.io.pixel_size import pixel_size
+    from biomedseg.postprocess.ops import apply_postprocess
+
+    raw = predict_proba_image(loaded, predictor, image, pixel_size(path))
+    proba = tempered(raw, temperature)
+    if post is None:
+        return proba.argmax(0).astype(np.uint8), proba, raw
+    p_image = getattr(predictor, "last_image_probability", None)
+    mask, _ = apply_postprocess(proba, post, loaded.classes, loaded.background, image_probability=p_image)
+    return mask, proba, raw
 
 
 def _valid_region(valid_dir, sid: str) -> np.ndarray | None:
@@ -229,6 +281,7 @@ def format_metrics(m: dict) -> str:
             own = [k for k in keys if isinstance(m.get(f"{k}_{name}"), float)]
             if own:
                 lines.append(f"  {name:16s} " + "  ".join(f"{k} {m[f'{k}_{name}']:.4f}" for k in own))
+    lines += format_reliability(m)
     return "\n".join(lines)
 
 

@@ -17,6 +17,14 @@ Every stage is adopted only when it is a reliable gain on the validation images
 (:func:`~biomedseg.postprocess.scores.reliable_gain`); the scoring helpers live in
 :mod:`~biomedseg.postprocess.scores`.
 
+Before the stages, the calibration temperature is fitted on the validation pixels (a seeded sample
+of each image's full-resolution labelled pixels, :func:`~biomedseg.workflows.reliability.fit_calibration`)
+and always kept (``temperature``; it never changes the argmax); the cache is tempered with it, so the
+thresholds and the gate are tuned on tempered probabilities, as
+:func:`~biomedseg.postprocess.ops.apply_postprocess` applies them (a downsampled cache is tempered
+after block-averaging, a close approximation). ``tuning`` records the temperature and the expected
+calibration error before and after it (``ece_before``, ``ece_after``).
+
 The other steps of an existing ``RUN/postprocess.yaml`` (morphology, watershed) are kept and
 applied while searching. The result is written to ``RUN/postprocess.yaml`` with a ``tuning``
 section recording the scores before and after (``dice`` pooled, ``image_dice`` with and
@@ -190,6 +198,7 @@ def tune_postprocess(
     base = load_postprocess(run_dir) or PostprocessConfig()
     per_class = resolve_classes(base, k, classes)
     factor = max(c.factor for c in cache)
+    calibration = _calibrate(cache)
 
     # 0. plain argmax, and the base config's own thresholds
     argmax_masks = [it.proba.astype(np.float32).argmax(0).astype(np.uint8) for it in cache]
@@ -221,12 +230,35 @@ def tune_postprocess(
         "gating_adopted": bool(gating.active),
         "adopted": adopted,
         "adoption_rule": ADOPTION_RULE,
+        **{key: calibration[key] for key in ("temperature", "ece_before", "ece_after")},
     }
-    cfg = PostprocessConfig(classes=new_classes, gating=full_gate, tuning=tuning)
+    cfg = PostprocessConfig(
+        classes=new_classes, gating=full_gate, tuning=tuning, temperature=calibration["temperature"]
+    )
     _log_tuning(len(cache), split, scores, gate_report, gating.active)
     if write:
         save_postprocess(cfg, run_dir)
     return cfg
+
+
+def _calibrate(cache: list[_Cached]) -> dict:
+    """Fit the temperature on the cache's pixel samples and temper the cached probabilities with it
+    (in place); returns :func:`~biomedseg.workflows.reliability.fit_calibration`'s block."""
+    from biomedseg.metrics.calibration import temper_probabilities
+    from biomedseg.workflows.reliability import fit_calibration
+
+    block = fit_calibration([(it.pixels, it.labels) for it in cache if it.pixels is not None])
+    t = block["temperature"]
+    if t != 1.0:
+        for it in cache:
+            it.proba = temper_probabilities(it.proba.astype(np.float32), t).astype(np.float16)
+    log.info(
+        "temperature %.3g fitted on %d validation pixels: ECE %s -> %s",
+        t,
+        block["n_pixels"],
+        *(f"{block[k]:.4f}" if block[k] is not None else "n/a" for k in ("ece_before", "ece_after")),
+    )
+    return block
 
 
 def _log_tuning(n: int, split: str, scores: dict, gate_report: dict, gated: bool) -> None:
@@ -271,23 +303,29 @@ def _oof_cache(cv, data, images, masks, tta, device, max_pixels: int, quiet: boo
             f"{cv.root}: a CV folder is tuned on the out-of-fold predictions of its own data ({root}); "
             "leave DATA out, or tune the CV ensemble on another --split"
         )
+    from biomedseg.workflows.reliability import pixels_per_image
+
     info = cv.fold(0).dataset()
     palette = Palette.from_json(info.palette)
+    n = pixels_per_image(len(cv.folds()["pool"]))
     cache = [
-        _cached(s, proba, palette, info.strict_index, max_pixels, p_image)
-        for s, proba, p_image in out_of_fold(cv, tta, device, quiet)
+        _cached(s, proba, palette, info.strict_index, max_pixels, p_image, (n, i))
+        for i, (s, proba, p_image) in enumerate(out_of_fold(cv, tta, device, quiet))
     ]
     log.info("%s: tuning on the out-of-fold predictions of %d training-pool images", cv.root, len(cache))
     return root, info.classes, info.background, cache
 
 
-def _cached(sample, proba, palette, strict_index: bool, max_pixels: int, image_probability) -> _Cached:
-    """The (downsampled) probabilities and mask of one labelled sample."""
+def _cached(sample, proba, palette, strict_index: bool, max_pixels: int, image_probability, pixels) -> _Cached:
+    """The (downsampled) probabilities and mask of one labelled sample, with ``pixels = (n, seed)``:
+    a sample of ``n`` labelled full-resolution pixels (:func:`~biomedseg.workflows.reliability.pixel_sample`)."""
     from biomedseg.io import read_mask
+    from biomedseg.workflows.reliability import pixel_sample
 
     target, _ = read_mask(sample.mask, palette, strict_index=strict_index)
     p, t, f = _downsample(proba, target, max_pixels)
-    return _Cached(sample.id, p, t, f, image_probability)
+    sample_p, sample_y = pixel_sample(proba, target, *pixels)
+    return _Cached(sample.id, p, t, f, image_probability, sample_p, sample_y)
 
 
 def _mean_image_dice(masks, cache, fg) -> float:
@@ -301,12 +339,15 @@ def _predict_cache(loaded, predictor, samples, max_pixels: int, quiet: bool) -> 
     from biomedseg.inference.predict.core import predict_proba_image
     from biomedseg.io import Palette, read_image
     from biomedseg.io.pixel_size import pixel_size
+    from biomedseg.workflows.reliability import pixels_per_image
 
     palette = Palette.from_json(loaded.info.palette)
+    n = pixels_per_image(len(samples))
     cache: list[_Cached] = []
     for s in tqdm(samples, desc="predicting val", unit="img", disable=True if (quiet or len(samples) < 2) else None):
         proba = predict_proba_image(loaded, predictor, read_image(s.image), pixel_size(s.image))
-        cache.append(_cached(s, proba, palette, loaded.info.strict_index, max_pixels, predictor.last_image_probability))
+        p_image = predictor.last_image_probability
+        cache.append(_cached(s, proba, palette, loaded.info.strict_index, max_pixels, p_image, (n, len(cache))))
     return cache
 
 

@@ -11,6 +11,8 @@ gives from the run folder:
 - ``classes``: names, background, palette (``Palette.to_json``);
 - ``tta``: the default (``none``, as ``predict``) and what post-processing was tuned with;
 - ``postprocess``: the run's ``postprocess.yaml`` chain (``null``: argmax);
+- ``trust``: the run's ``trust.json`` (what it was trained on, for the out-of-distribution warnings of
+  ``predict``; :mod:`biomedseg.trust.descriptor`), ``null`` for a run trained before it existed;
 - ``network``: architecture, inputs/outputs, dynamic axes, opset, what was dropped (deep
   supervision) or kept (classifier head);
 - ``source``: provenance as names and content hashes, never paths of the exporting machine or its
@@ -112,6 +114,14 @@ def _parent(loaded: LoadedRun) -> dict | None:
     return {k: parent.get(k) for k in ("run", "origin", "checkpoint", "sha256")}
 
 
+def _trust_description(loaded: LoadedRun) -> dict | None:
+    """The run's ``trust.json`` as it is (no path in it), or ``None``."""
+    from biomedseg.runs.layout import RunPaths
+
+    path = RunPaths(loaded.run_dir).trust
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
 def build_metadata(loaded: LoadedRun, post, network: dict, checkpoint: str = "best") -> dict:
     """The metadata document of ``loaded`` (a run) with its post-processing ``post`` (or ``None``)
     and the ``network`` section written by the exporter. It names no path of this machine."""
@@ -139,6 +149,7 @@ def build_metadata(loaded: LoadedRun, post, network: dict, checkpoint: str = "be
             "strict_index": info.strict_index,
         },
         "postprocess": _portable(post.model_dump(mode="json")) if post is not None else None,
+        "trust": _trust_description(loaded),
         "dataset": {
             "n_classes": info.n_classes,
             "class_pixel_counts": info.class_pixel_counts,

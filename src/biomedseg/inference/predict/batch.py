@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.core.errors import UserError
-from biomedseg.inference.predict.core import predict_proba_image, warn_if_classifier_gate_unusable
+from biomedseg.inference.predict.core import warn_if_classifier_gate_unusable
+from biomedseg.inference.predict.hooks import PredictHooks
 from biomedseg.inference.predict.options import PredictOptions
 from biomedseg.inference.predict.outputs import (
     OUTPUT_FORMATS,
@@ -61,13 +62,18 @@ class PredictSummary:
     outputs: list[Path] = field(default_factory=list)
     streamed: list[Path] = field(default_factory=list)
     rle: Path | None = None
+    #: ``predictions.csv`` (written by the hooks of :mod:`biomedseg.trust.predictions`), inputs flagged
+    #: as unlike the training data
+    predictions: Path | None = None
+    flagged: list[Path] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # the rows of predictions.csv (from the hooks)
     # distributed prediction: worker process ids, torch threads of the tasks, network runtimes
     workers: list[int] = field(default_factory=list)
     task_threads: list[int] = field(default_factory=list)
     engines: list[str] = field(default_factory=list)
 
     def merge(self, other: "PredictSummary") -> None:
-        for name in ("done", "skipped", "failed", "outputs", "streamed"):
+        for name in ("done", "skipped", "failed", "outputs", "streamed", "flagged", "rows"):
             getattr(self, name).extend(getattr(other, name))
 
 
@@ -82,9 +88,11 @@ class Prepared:
     post: object  # PostprocessConfig or None
     encoding: object  # MaskEncoding
     object_type: str | None  # GeoJSON object type or None
+    temperature: float = 1.0  # calibration temperature already in ``predictor.to_proba``
+    hooks: PredictHooks = field(default_factory=PredictHooks)
 
 
-def predict(run, inputs, out, options: PredictOptions | None = None, **keywords) -> PredictSummary:
+def predict(run, inputs, out, options: PredictOptions | None = None, hooks=None, **keywords) -> PredictSummary:
     """Predict every image of ``inputs`` (files, folders, globs, ``.zarr`` folders) with the run ``run``
     (a run, CV or ensemble folder, a loaded run, or a file written by ``biomedseg export``: ``.onnx``,
     TorchScript ``.pt``, bioimage.io ``.zip``).
@@ -94,6 +102,7 @@ def predict(run, inputs, out, options: PredictOptions | None = None, **keywords)
 
         tta: ``False`` | ``True``/``"flips"`` | ``"flips+rot90"``.
         postprocess: apply ``RUN/postprocess.yaml`` when the run has one.
+        uncertainty: also write ``<stem>_uncertainty.tif`` (with the trust hooks of ``biomedseg.predict``).
         rle: write a Kaggle RLE CSV here (see module docstring).
         instances: also write ``<stem>_instances.tif`` (int32 labels; watershed where configured).
         output_format: ``"png"`` (default; ``.tif`` for masks above ``TIFF_ABOVE_PIXELS``),
@@ -115,10 +124,11 @@ def predict(run, inputs, out, options: PredictOptions | None = None, **keywords)
         threads: intra-op threads (default: the cores available to this process; never the
             training config's ``num_threads``).
 
-    Any exception on one input (an unreadable file, a write error, running out of memory) is
-    reported in one line naming the input (the traceback at debug level) and the others go on;
-    outputs are written atomically. Returns a :class:`PredictSummary`; the CLI exits non-zero when
-    ``failed`` is not empty.
+    ``hooks``: ``make(loaded_run, options) -> PredictHooks`` (:mod:`.hooks`; ``biomedseg.predict``
+    passes the trust rows of :mod:`biomedseg.trust.predictions`). Any exception on one input (an
+    unreadable file, a write error, running out of memory) is reported in one line naming the input
+    (the traceback at debug level) and the others go on; outputs are written atomically. Returns a
+    :class:`PredictSummary`; the CLI exits non-zero when ``failed`` is not empty.
     """
     from biomedseg.inference.exported.engines import open_model_source
     from biomedseg.inference.run import LoadedRun
@@ -135,22 +145,29 @@ def predict(run, inputs, out, options: PredictOptions | None = None, **keywords)
         else open_model_source(run, device=options.device, engine=options.engine, checkpoint=options.checkpoint)
     )
     out = Path(out)
-    prepared = prepare(loaded, options, files, out)
+    prepared = prepare(loaded, options, files, out, hooks)
     return predict_files(prepared, files, out)
 
 
-def prepare(loaded, options: PredictOptions, files: list[Path], out: Path) -> Prepared:
-    """``loaded`` made ready for ``options`` (``files`` and ``out``: what ``compile="auto"`` counts)."""
+def prepare(loaded, options: PredictOptions, files: list[Path], out: Path, hooks=None) -> Prepared:
+    """``loaded`` made ready for ``options`` (``files`` and ``out``: what ``compile="auto"`` counts;
+    ``hooks``: as in :func:`predict`). The calibration temperature of ``postprocess.yaml`` goes into the
+    predictor's probabilities (``--no-postprocess``: none)."""
+    from biomedseg.engine.sliding_window import probabilities_of
     from biomedseg.inference.predict.mask_outputs import geojson_object_type, mask_encoding_for
 
     encoding, object_type = mask_encoding_for(loaded, options.mask_format), geojson_object_type(options.geojson)
     post = loaded.postprocess() if options.postprocess else None
+    temperature = post.temperature if post is not None else 1.0
     if post is not None and post.is_identity:
         post = None
     compiled = _resolve_compile(options.compile, loaded, files, out, options.tta, options.level, options.overwrite)
     predictor = loaded.predictor(tta=options.tta, batch_size=options.batch_size, compile=compiled)
+    if temperature != 1.0:
+        predictor.to_proba = probabilities_of(loaded.model, temperature)
     warn_if_classifier_gate_unusable(post, predictor)
-    return Prepared(loaded, options, predictor, post, encoding, object_type)
+    made = hooks(loaded, options) if hooks is not None else PredictHooks()
+    return Prepared(loaded, options, predictor, post, encoding, object_type, temperature, made)
 
 
 def predict_files(prepared: Prepared, files: list[Path], out: Path) -> PredictSummary:
@@ -170,6 +187,7 @@ def predict_files(prepared: Prepared, files: list[Path], out: Path) -> PredictSu
             _failed(summary, path, exc, written)
     if options.rle is not None:
         summary.rle = write_rle(options.rle, rle_rows, prepared.run, options.instances)
+    prepared.hooks.finish(prepared, files, out, summary)
     return summary
 
 
@@ -258,7 +276,7 @@ def _predict_one(prepared: Prepared, path: Path, out: Path, summary: PredictSumm
     if streamed:
         written.extend(_predict_streamed(prepared, path, out, summary))
         return []
-    proba = predict_proba_image(run, predictor, image, px)
+    proba = prepared.hooks.probabilities(prepared, path, image, px)
     if prepared.post is not None or options.instances:
         from biomedseg.postprocess.ops import apply_postprocess
 
@@ -274,6 +292,7 @@ def _predict_one(prepared: Prepared, path: Path, out: Path, summary: PredictSumm
         mask, inst = proba.argmax(0).astype(np.uint8), None
     labels = _write_extras(prepared, path, out, stem, image, proba, mask, inst, px, written)
     rows = rle_rows_for(stem, mask, labels, run, options.instances) if want_rle else []
+    written.extend(prepared.hooks.extras(prepared, path, out, stem, image, px, proba, mask))
     # the mask is written last: its presence marks the input as done when a run is resumed
     written.append(_write_mask(prepared, path, out, stem, mask, px))
     summary.done.append(path)
@@ -376,9 +395,10 @@ def _predict_streamed(prepared: Prepared, path: Path, out: Path, summary: Predic
         tta=o.tta,
         batch_size=o.batch_size,
         skip_blank_std=o.skip_blank_std,
-        decide=_streamed_decider(prepared, path),
+        decide=prepared.hooks.streamed_decider(prepared, path, out, stem, _streamed_decider(prepared, path)),
         model=prepared.predictor.model,
     )  # the inference copy, compiled or not
+    sp.to_proba = prepared.predictor.to_proba  # the calibration temperature
     with open_source(path, o.level) as src:  # the output keeps the input's tiling when it has one
         tile = src.tile[-1] if src.tile and src.tile[-1] % 16 == 0 and 64 <= src.tile[-1] <= 2048 else None
         ext = ".zarr" if fmt == "zarr" else ".tif"
@@ -400,6 +420,7 @@ def _predict_streamed(prepared: Prepared, path: Path, out: Path, summary: Predic
                 mask_sink=extras.sink,
             )
     remove_other_formats(out, stem, mask_path, path)
+    res.outputs.extend(prepared.hooks.streamed(prepared, path, out, stem))
     log.info(
         "%s: %dx%d streamed in %.1f s (%.2f MPix/s, %d tiles, %d blank)",
         path,

@@ -17,15 +17,19 @@ def predict_proba_image(run, predictor, image: np.ndarray, pixel_size=None) -> n
     """``(H, W, C)`` raw image -> ``(K, H, W) float32`` probabilities. ``pixel_size``: the image's
     ``(y, x)`` µm when known; an image whose pixels differ from the training data's
     (``config.pixel_size``) is predicted on the training grid, its probabilities at its own size."""
+    return predictor.to_proba(predict_logits_image(run, predictor, image, pixel_size)).numpy()
+
+
+def predict_logits_image(run, predictor, image: np.ndarray, pixel_size=None):
+    """``(H, W, C)`` raw image -> ``(K', H, W)`` blended logits (CPU tensor; an ensemble's stacked
+    member logits), on the training grid as in :func:`predict_proba_image`; ``predictor.to_proba`` of
+    them are its probabilities."""
     from biomedseg.engine.scaled import logits_at_pixel_size
     from biomedseg.io import conform_channels
     from biomedseg.io.pixel_size import pixel_size_factor
 
     x = run.normalizer(conform_channels(image, run.info.channels))
-    factor = pixel_size_factor(run.settings.pixel_size, pixel_size)
-    if factor is None:
-        return predictor.predict_proba(x)
-    return predictor.to_proba(logits_at_pixel_size(predictor, x, factor)).numpy()
+    return logits_at_pixel_size(predictor, x, pixel_size_factor(run.settings.pixel_size, pixel_size))
 
 
 def predict_image(

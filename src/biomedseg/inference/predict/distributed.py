@@ -38,21 +38,21 @@ _PREPARED: dict = {}  # (run key, options, worker thread) -> batch.Prepared (the
 _LOCK = threading.Lock()
 
 
-def _worker_prepared(source: str, options: PredictOptions, files: list[Path], out: Path):
-    """The run loaded once per worker process, and made ready (predictor, compiled or not) once per
-    worker thread for ``options``; later tasks reuse both."""
+def _worker_prepared(source: str, options: PredictOptions, files: list[Path], out: Path, hooks=None):
+    """The run loaded once per worker process, and made ready (predictor, compiled or not; ``hooks``
+    as in :func:`~.batch.prepare`) once per worker thread for ``options``; later tasks reuse both."""
     from biomedseg.inference.exported.engines import open_model_source
     from biomedseg.inference.predict.batch import prepare
 
     run_key = (source, options.device, options.checkpoint, options.engine)
-    key = (run_key, options.replace(overwrite=False, quiet=True, threads=None), threading.get_ident())
+    key = (run_key, options.replace(overwrite=False, quiet=True, threads=None), threading.get_ident(), hooks)
     with _LOCK:
         if run_key not in _RUNS:
             _RUNS[run_key] = open_model_source(
                 source, device=options.device, engine=options.engine, checkpoint=options.checkpoint
             )
         if key not in _PREPARED:  # one per worker thread: a predictor keeps per-image state
-            _PREPARED[key] = prepare(_RUNS[run_key], options, files, out)
+            _PREPARED[key] = prepare(_RUNS[run_key], options, files, out, hooks)
         return _PREPARED[key]
 
 
@@ -67,16 +67,17 @@ def prepared_predictors() -> int:
 
 
 def _task(
-    source: str, path: str, out: str, options: PredictOptions, plan: dict[str, int]
+    source: str, path: str, out: str, options: PredictOptions, plan: dict[str, int], hooks=None
 ) -> tuple[PredictSummary, int, int, str]:
-    """One file in a worker: ``(summary, pid, torch threads, engine)``."""
+    """One file in a worker: ``(summary, pid, torch threads, engine)``; ``hooks``: a module-level
+    factory (pickled by name), whose rows come back in the summary."""
     import os
 
     from biomedseg.inference.predict.batch import predict_files
     from biomedseg.runtime.device import configure_threads
 
     threads = configure_threads(options.threads or task_threads(plan))
-    prepared = _worker_prepared(source, options.replace(quiet=True), [Path(path)], Path(out))
+    prepared = _worker_prepared(source, options.replace(quiet=True), [Path(path)], Path(out), hooks)
     summary = predict_files(prepared, [Path(path)], Path(out))
     return summary, os.getpid(), threads, _engine_of(prepared.run)
 
@@ -97,6 +98,7 @@ def predict_distributed(
     address=None,
     n_workers: int = 2,
     threads_per_worker: int = 1,
+    hooks=None,
     **keywords,
 ) -> PredictSummary:
     """Predict ``inputs`` (files, folders, globs) with ``run`` (a run, CV or ensemble folder, or an
@@ -110,6 +112,8 @@ def predict_distributed(
         client: a ``distributed.Client`` to use (not closed).
         address: any ``scheduler`` of :func:`biomedseg.runtime.cluster.connect` (when no ``client``).
         n_workers, threads_per_worker: of the ``LocalCluster`` started when neither is given.
+        hooks: as in :func:`~biomedseg.inference.predict.batch.predict`, run in the tasks (a
+            module-level factory); their rows come back in ``summary.rows``.
 
     Returns the merged :class:`PredictSummary` (``summary.workers`` = distinct worker pids used,
     ``summary.task_threads`` the torch threads of the tasks, ``summary.engines`` their runtimes).
@@ -132,7 +136,7 @@ def predict_distributed(
     with _cluster(client, address, n_workers, threads_per_worker) as c:
         plan = task_threads_by_worker(c) if options.threads is None and todo else {}
         jobs = [
-            (f"predict-{i}-{f.name}", (source, str(f.resolve()), str(out), task_options, plan))
+            (f"predict-{i}-{f.name}", (source, str(f.resolve()), str(out), task_options, plan, hooks))
             for i, f in enumerate(todo)
         ]
         results, failed = run_jobs(c, _task, jobs, quiet=options.quiet, what="files")

@@ -21,6 +21,8 @@ class PredictOptions:
     tta: bool | str = False
     overlays: bool = True
     probabilities: bool = False
+    #: also write ``<stem>_uncertainty.tif`` (float16 per-pixel uncertainty; :mod:`biomedseg.trust.predictions`)
+    uncertainty: bool = False
     overwrite: bool = False
     device: str = "auto"
     quiet: bool = False
