@@ -323,7 +323,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     args = parse(argv)
-    from predict_throughput import cpu_fields  # the CPU model and bf16/AMX/VNNI flags of the RESULT lines
+    from cpu_class import cpu_fields  # the CPU model and bf16/AMX/VNNI flags of the RESULT lines
 
     out = Path(args.out or tempfile.mkdtemp(prefix="biomedseg_active_learning_"))
     results = {}

@@ -7,17 +7,18 @@ grey ``SIZE x SIZE`` PNG predicted with ``biomedseg.predict`` (read, sliding win
 written; no overlay, ``compile="off"``) alternately A B A B ..., medians per thread count.
 
     python benchmarks/channels_last_cpu.py --size 2048 --threads 1 2 --repeats 3
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/channels_last_cpu.py --precision fp32
+    python benchmarks/channels_last_cpu.py --cpu-class avx2 --precision fp32
 
 (the second line stands in for an AVX2-class CPU: no AVX-512 kernels, no native bf16, so
-``precision: auto`` would be fp32 there). One ``RESULT`` line per thread count.
+``precision: auto`` is fp32 there; ``benchmarks/cpu_class.py``). One ``RESULT`` line per thread
+count, naming the CPU class measured.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,14 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-
-def cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "?"
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return ",".join(f for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16") if f in flags)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_class import REPORTED_FLAGS, add_option, apply_cpu_class, class_fields, cpu_info  # noqa: E402
 
 
 def write_runs(root: Path, precision: str) -> dict[bool, Path]:
@@ -70,7 +65,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precision", default="auto")
+    add_option(ap)
     args = ap.parse_args()
+    apply_cpu_class(args.cpu_class)
 
     from biomedseg import predict
     from biomedseg.inference.run import load_run
@@ -81,7 +78,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     image = root / "image.png"
     Image.fromarray(rng.integers(0, 256, (args.size, args.size), dtype=np.uint8)).save(image)
-    env = " ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA") if k in os.environ)
+    flags = ",".join(f for f in REPORTED_FLAGS if f in cpu_info()["flags"])
     for threads in args.threads:
         times: dict[bool, list[float]] = {False: [], True: []}
         for r in range(args.repeats + 1):  # round 0: warm-up
@@ -106,7 +103,7 @@ def main() -> None:
         print(
             f"RESULT channels_last_cpu size={args.size} threads={threads} precision={loaded[True].precision} "
             f"contiguous={off:.2f}s channels_last={on:.2f}s speedup={off / on:.2f} "
-            f"cpu_flags={cpu_flags()} {env or 'native'} torch={torch.__version__}",
+            f"cpu_flags={flags} torch={torch.__version__}" + class_fields(args.cpu_class),
             flush=True,
         )
 

@@ -81,7 +81,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--set", action="append", default=[])
     args = ap.parse_args(argv)
-    from predict_throughput import cpu_fields  # the CPU model and bf16/AMX/VNNI flags of the RESULT lines
+    from cpu_class import cpu_fields  # the CPU model and bf16/AMX/VNNI flags of the RESULT lines
 
     cpu = cpu_fields()
     from biomedseg.runs.config import parse_overrides

@@ -13,20 +13,28 @@ where the overlap factor = tiles x tile pixels / image pixels): the bound no til
 
 Also measured in the same run: biomedseg's streaming predictor with the network in ONNX Runtime
 (fp32, exported in memory as ``predict --engine onnxruntime`` does): the ``onnxruntime=`` field.
-The result line records ``lscpu``'s model name and whether the CPU has the avx512_bf16, amx_bf16
-and avx512_vnni flags.
+The result line records ``lscpu``'s model name, whether the CPU has the avx512_bf16, amx_bf16
+and avx512_vnni flags, and the CPU class measured (``--cpu-class avx2`` measures an AVX2-only CPU
+on a newer one: ``benchmarks/cpu_class.py``).
 
-The last line is the single result line.
+Then, unless ``--e2e-repeats 0``, the end-to-end line of ``benchmarks/predict_e2e.py``:
+``biomedseg.predict`` with its defaults on a run folder versus MONAI on the same loaded weights,
+masks compared (``RESULT predict_e2e``).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_class import add_option, apply_cpu_class, class_fields  # noqa: E402
 
 
 def build_model():
@@ -68,22 +76,6 @@ def onnxruntime_mpix(model, x: np.ndarray, args, kw: dict) -> float | None:
     return x.size / 1e6 / statistics.median(times)
 
 
-def cpu_fields() -> str:
-    """``cpu=<lscpu model name> avx512_bf16=present|absent amx_bf16=... avx512_vnni=...``."""
-    import subprocess
-
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        text = ""
-    info = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    name = "_".join(info.get("Model name", "unknown").split())
-    flags = set(info.get("Flags", "").split())
-    return f" cpu={name} " + " ".join(
-        f"{f}={'present' if f in flags else 'absent'}" for f in ("avx512_bf16", "amx_bf16", "avx512_vnni")
-    )
-
-
 def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=4096, help="image side in pixels")
@@ -106,7 +98,10 @@ def main(argv=None) -> str:
         help="biomedseg: compile the network (on | off | a backend name); "
         "compiling happens in the warm-up and is reported as compile_s",
     )
+    ap.add_argument("--e2e-repeats", type=int, default=2, help="end-to-end predict() vs MONAI pairs (0: skip)")
+    add_option(ap)
     args = ap.parse_args(argv)
+    apply_cpu_class(args.cpu_class)
 
     from monai.inferers import sliding_window_inference
 
@@ -206,8 +201,15 @@ def main(argv=None) -> str:
         f"forward_bound={bound:.3f}MPix/s biomedseg/bound={mpix['biomedseg'] / bound:.2f} "
         f"compiled={compiled} compile_s={compile_s:.1f} forward_eager={fwd_eager:.2f}img/s"
     )
-    line += (f" onnxruntime={ort:.3f}MPix/s" if ort is not None else " onnxruntime=absent") + cpu_fields()
+    line += (f" onnxruntime={ort:.3f}MPix/s" if ort is not None else " onnxruntime=absent") + class_fields(
+        args.cpu_class
+    )
     print(line, flush=True)
+    if args.e2e_repeats:
+        import predict_e2e
+
+        r = predict_e2e.compare(args.size, args.e2e_repeats, "cpu", args.monai_batch)
+        print(predict_e2e.result_line(r, args.size, args.monai_batch, args.cpu_class), flush=True)
     return line
 
 

@@ -103,14 +103,12 @@ def pooled_dice(counts: np.ndarray, classes: list[str]) -> tuple[dict, float]:
 
 
 def cpu_info() -> dict:
-    """lscpu's model name and whether its flags include avx512_bf16 / amx_bf16."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except (OSError, subprocess.SubprocessError):
-        text = ""
-    info = dict((k.strip(), v.strip()) for k, v in (ln.split(":", 1) for ln in text.splitlines() if ":" in ln))
-    flags = set(info.get("Flags", "").split())
-    return {"model": " ".join(info.get("Model name", "unknown").split()), **{f: f in flags for f in BF16_FLAGS}}
+    """lscpu's model name and whether its flags include avx512_bf16 / amx_bf16 (``benchmarks/cpu_class.py``)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from cpu_class import cpu_info as read_cpu
+
+    info = read_cpu()
+    return {"model": info["model"], **{f: f in info["flags"] for f in BF16_FLAGS}}
 
 
 def cache_path(kind: str, dataset: str, budget_s: float, threads: int, cpu: dict) -> Path:

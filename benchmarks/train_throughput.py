@@ -9,16 +9,26 @@ batch. Reference: float32, contiguous tensors, DiceCE loss, AdamW. biomedseg: it
 interleaved (A B A B ...) and medians reported. Also measures the CPU's convolution peak in
 float32 and bfloat16 (a large 3x3 convolution) to express achieved FLOP/s as a fraction of it.
 ``--compile`` adds the step under ``torch.compile`` (inductor; the compile time is printed).
-Prints one RESULT line last.
+
+On a CPU without native bf16 (an AVX2-class CPU, or ``--cpu-class avx2``/``avx512``: see
+``benchmarks/cpu_class.py``) the bf16-autocast variant and the bf16 convolution peak are skipped,
+and the output says so: there bf16 is emulated (about 0.2 images/s, a bf16 conv peak of 0.6
+GFLOP/s), which took the whole script past 10 minutes. The achieved FLOP/s are then compared with
+the fp32 peak. Prints one RESULT line last, naming the CPU class measured.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_class import add_option, apply_cpu_class, class_fields  # noqa: E402
 
 
 def conv_peak(dtype: torch.dtype, reps: int = 5) -> float:
@@ -122,19 +132,23 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per round and side")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--compile", action="store_true", help="also time the step under torch.compile (inductor)")
+    add_option(ap)
     args = ap.parse_args(argv)
+    apply_cpu_class(args.cpu_class)
     from biomedseg.models.summary import model_summary
-    from biomedseg.runtime.device import configure_threads
+    from biomedseg.runtime.device import configure_threads, cpu_has_native_bf16
 
     threads = configure_threads(args.threads)
     gflops_fwd = model_summary("unet", 1, 2, size=args.patch, base_channels=32)["gflops"]
     train_flop = 3 * gflops_fwd * 1e9  # forward + backward (about 2x forward)
     ref = make_reference(args.patch, args.batch)
     ours, precision, cl = make_biomedseg(args.patch, args.batch)
-    variants = {
-        "bf16 autocast": make_biomedseg(args.patch, args.batch, "bf16", False)[0],
-        "channels_last": make_biomedseg(args.patch, args.batch, "fp32", True)[0],
-    }
+    native_bf16 = cpu_has_native_bf16()
+    variants = {"channels_last": make_biomedseg(args.patch, args.batch, "fp32", True)[0]}
+    if native_bf16:
+        variants["bf16 autocast"] = make_biomedseg(args.patch, args.batch, "bf16", False)[0]
+    else:
+        print("bf16 autocast: skipped, this CPU (class) has no native bf16 (emulated bf16 is ~25x slower)")
     if args.compile:
         compiled = make_biomedseg(args.patch, args.batch, compile=True)[0]
         t0 = time.perf_counter()
@@ -148,21 +162,26 @@ def main(argv=None) -> int:
         for k, fn in variants.items():
             times[k].append(timed(fn, 1))
     ips = {k: args.batch / statistics.median(v) for k, v in times.items()}
-    peak32, peak16 = conv_peak(torch.float32), conv_peak(torch.bfloat16)
+    peaks = {"fp32": conv_peak(torch.float32)}
+    if native_bf16:
+        peaks["bf16"] = conv_peak(torch.bfloat16)
     for k, v in ips.items():
         print(f"{k:16s} {v:6.2f} images/s  {v * train_flop / 1e9:7.1f} GFLOP/s")
-    print(f"conv peak: fp32 {peak32 / 1e9:.1f} GFLOP/s, bf16 {peak16 / 1e9:.1f} GFLOP/s")
+    print("conv peak: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in peaks.items()))
     ratio = ips["biomedseg"] / ips["reference"]
-    frac = ips["biomedseg"] * train_flop / peak16
+    peak_of = "bf16" if precision == "bf16" and "bf16" in peaks else "fp32"
+    frac = ips["biomedseg"] * train_flop / peaks[peak_of]
     print(
         f"RESULT train_throughput patch={args.patch} batch={args.batch} threads={threads} "
         f"biomedseg={ips['biomedseg']:.2f}img/s ({precision}, channels_last={cl}) "
-        f"monai_fp32={ips['reference']:.2f}img/s ratio={ratio:.2f} fraction_of_bf16_conv_peak={frac:.2f}"
+        f"monai_fp32={ips['reference']:.2f}img/s ratio={ratio:.2f} fraction_of_{peak_of}_conv_peak={frac:.2f} "
+        f"bf16_variant={'timed' if native_bf16 else 'skipped_no_native_bf16'}"
         + (
             f" compiled={ips['torch.compile']:.2f}img/s compiled_ratio={ips['torch.compile'] / ips['reference']:.2f}"
             if "torch.compile" in ips
             else ""
         )
+        + class_fields(args.cpu_class)
     )
     return 0
 

@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     import torch
 
     sys.path.insert(0, str(HERE))
-    from predict_throughput import cpu_fields  # the CPU model and bf16/AMX/VNNI flags of the RESULT lines
+    from cpu_class import cpu_fields  # the CPU model and bf16/AMX/VNNI flags of the RESULT lines
 
     torch.set_num_threads(args.threads)
     cpu = cpu_fields()

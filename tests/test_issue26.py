@@ -166,7 +166,7 @@ def test_prefetcher_raises_the_error_that_ended_its_thread():
 
     import numpy as np
 
-    from biomedseg.data.datasets import Prefetcher
+    from biomedseg.training.loader import Prefetcher
 
     class DiesOnSecond:
         def __init__(self):

@@ -272,7 +272,7 @@ def test_determinism_is_the_default_on_cpu_only():
 
 
 def test_prefetcher_yields_tensors_in_sampler_order(synthetic_data):
-    from biomedseg.data.datasets import Prefetcher
+    from biomedseg.training.loader import Prefetcher
 
     class Counting:  # a sampler stand-in: batch i is filled with the value i
         def __init__(self):

@@ -7,8 +7,6 @@ batches ``x (B, C, P, P) float32`` and ``y (B, P, P) int64``.
 
 from __future__ import annotations
 
-import queue
-import threading
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -179,64 +177,3 @@ class PatchSampler:
 
     def set_state(self, state: dict) -> None:
         self.rng.bit_generator.state = state
-
-
-class Prefetcher:
-    """Builds batches in a background thread (numpy releases the GIL) so the model never waits.
-
-    Batches come out in the order they were made, so a seeded run stays reproducible. They come out
-    as torch tensors, ``(N, C, H, W) float32`` images and ``(N, H, W) int64`` masks; with
-    ``pin_memory`` (CUDA) they are page-locked in the thread, so ``.to(cuda, non_blocking=True)``
-    overlaps the copy with the running step.
-    """
-
-    def __init__(self, sampler: PatchSampler, batch_size: int, depth: int = 2, pin_memory: bool = False):
-        self.sampler, self.batch_size, self.pin_memory = sampler, batch_size, pin_memory
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self._stop = threading.Event()
-        self._error: BaseException | None = None  # what ended the thread, raised by next()
-        self.thread = threading.Thread(target=self._work, daemon=True)
-        self.thread.start()
-
-    def _work(self):
-        try:
-            self._produce()
-        except BaseException as exc:  # noqa: BLE001 - the thread ends; next() raises it in the caller
-            self._error = exc
-
-    def _produce(self):
-        import torch
-
-        while not self._stop.is_set():
-            try:
-                item = tuple(torch.from_numpy(a) for a in self.sampler.batch(self.batch_size))
-                if self.pin_memory:
-                    item = tuple(t.pin_memory() for t in item)
-            except Exception as exc:  # surfaced in the main thread
-                item = exc
-            while not self._stop.is_set():
-                try:
-                    self.q.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-
-    def next(self):
-        """The next batch; an error of the thread is raised here, also one that ended it (never a
-        wait for a thread that is gone)."""
-        while True:
-            try:
-                item = self.q.get(timeout=0.1)
-                break
-            except queue.Empty:
-                if not self.thread.is_alive() and self.q.empty():
-                    if self._error is not None:
-                        raise self._error from None
-                    raise RuntimeError("the batch thread has stopped (the Prefetcher was closed)") from None
-        if isinstance(item, Exception):
-            raise item
-        return item
-
-    def close(self):
-        self._stop.set()
-        self.thread.join(timeout=5)

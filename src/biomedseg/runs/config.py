@@ -119,6 +119,9 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool | None = None  # None: on for CUDA, off for CPU (slower there, docs/experiments.md)
     num_threads: int | None = Field(None, ge=1)
+    # worker processes making training batches; 0 = one background thread; None: 0 on a CPU (workers
+    # gained nothing there, measured), min(cores - 1, 12) on CUDA (runtime.device.loader_workers)
+    num_workers: int | None = Field(None, ge=0)
     # None: deterministic algorithms on CPU; on CUDA cudnn benchmark mode (fastest kernels, not bitwise reproducible)
     deterministic: bool | None = None
     compile: bool | str = False  # torch.compile the training model: True (inductor) or a backend name

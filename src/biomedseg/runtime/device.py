@@ -18,14 +18,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+#: ``ONEDNN_MAX_CPU_ISA`` values that keep oneDNN below its bf16 instructions (AVX512_CORE_BF16 and up)
+_ONEDNN_ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_native_bf16() -> bool:
-    """True when the CPU executes bfloat16 dot products natively (AVX512_BF16 or AMX)."""
+    """True when the CPU executes bfloat16 dot products natively (AVX512_BF16 or AMX) and PyTorch
+    may use them: not when ``ATEN_CPU_CAPABILITY`` (``torch.backends.cpu.get_cpu_capability()``)
+    is below AVX-512 or ``ONEDNN_MAX_CPU_ISA`` is below AVX512_CORE_BF16, which is how an AVX2-class
+    CPU is stood in for on a newer one (``benchmarks/cpu_class.py``)."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
     except OSError:
         return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    if not ("avx512_bf16" in flags or "amx_bf16" in flags):
+        return False
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").strip().upper() in _ONEDNN_ISA_WITHOUT_BF16:
+        return False
+    return torch.backends.cpu.get_cpu_capability().upper().startswith(("AVX512", "AMX"))
 
 
 def cpp_compiler_available() -> bool:
@@ -55,6 +66,30 @@ def configure_threads(num_threads: int | None) -> int:
             num_threads = os.cpu_count() or 1
     torch.set_num_threads(max(1, int(num_threads)))
     return torch.get_num_threads()
+
+
+#: worker processes of the training loader on CUDA: nnU-Net's dozen augmentation workers, fewer
+#: when the machine has fewer cores (one core stays with the training process)
+MAX_CUDA_LOADER_WORKERS = 12
+
+
+def loader_workers(setting: int | None, device: torch.device) -> int:
+    """Worker processes making training batches (``num_workers``; 0 = one background thread).
+
+    The setting if given; else on CUDA ``min(cores - 1, 12)`` (a GPU step takes milliseconds, one
+    thread's augmentation 3-5 ms per patch), on a CPU 0: there the step, not the data, is the limit
+    (data wait 0 %) and workers compete with its threads: 1 worker matched the thread, 2 were slower
+    (benchmarks/RESULTS.md, issue 27).
+    """
+    if setting is not None:
+        return int(setting)
+    if device.type != "cuda":
+        return 0
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        cores = os.cpu_count() or 1
+    return max(0, min(cores - 1, MAX_CUDA_LOADER_WORKERS))
 
 
 def use_channels_last(setting: bool | None, device: torch.device) -> bool:

@@ -230,19 +230,19 @@ def make_trainer(run: RunFolder, cfg: TrainConfig, data, parts: Parts, rt: Runti
 
     from biomedseg.data.datasets import PatchSampler
     from biomedseg.training.distributed import wrap_model
+    from biomedseg.training.loader import BatchSource
     from biomedseg.training.trainer import Trainer
 
-    def make_sampler(epoch: int) -> PatchSampler:
-        return PatchSampler(
-            data.train,
-            cfg.patch_size,
-            data.n_classes,
-            parts.normalizer,
-            parts.augmenter,
-            cfg.fg_oversample,
-            data.setup.background,
-            seed=[cfg.seed, epoch, rt.dist.rank],
-        )
+    sampler = PatchSampler(
+        data.train,
+        cfg.patch_size,
+        data.n_classes,
+        parts.normalizer,
+        parts.augmenter,
+        cfg.fg_oversample,
+        data.setup.background,
+    )
+    batches = BatchSource(sampler, cfg.batch_size, seed=[cfg.seed, rt.dist.rank])  # one generator per batch
 
     train_model = wrap_model(parts.model, rt.dist, rt.device)
     if cfg.compile:  # after DDP, as PyTorch recommends; checkpoints and validation use the plain module
@@ -254,7 +254,7 @@ def make_trainer(run: RunFolder, cfg: TrainConfig, data, parts: Parts, rt: Runti
         parts.loss_fn,
         parts.optimizer,
         parts.schedule,
-        make_sampler,
+        batches,
         data.val,
         parts.normalizer,
         data.n_classes,

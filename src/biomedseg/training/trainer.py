@@ -27,12 +27,12 @@ import torch
 import torch.nn.functional as F
 
 from biomedseg.core.errors import UserError
-from biomedseg.data.datasets import Prefetcher
 from biomedseg.engine.sliding_window import autocast_context
 from biomedseg.models.heads import find_classifier, foreground_present
 from biomedseg.runs import RunPaths, save_checkpoint
 from biomedseg.training.distributed import DistInfo, any_rank, barrier, broadcast_flag
 from biomedseg.training.ema import checkpoint_weights, make_weight_average, restore_weights
+from biomedseg.training.loader import BatchLoader, BatchSource
 from biomedseg.training.logger import RunLogger
 from biomedseg.training.loop_state import Clock, EpochTally, TrainState
 from biomedseg.training.selection import choose_best
@@ -74,7 +74,9 @@ class Trainer:
     Args:
         model: network producing ``(N, K, H, W)`` logits (already on ``device``).
         loss_fn: ``(logits, target (N, H, W) int64) -> scalar``.
-        make_sampler: ``epoch -> PatchSampler`` (seeded by epoch, so resume is exact).
+        batches: the training batches by ``(epoch, step)`` (:class:`~biomedseg.training.loader.BatchSource`:
+            every batch has its own seeded generator, so resume is exact), made by a background
+            thread or ``cfg.num_workers`` worker processes (:func:`~biomedseg.runtime.device.loader_workers`).
         val_samples: cached validation images (whole images).
         normalizer: maps ``(H, W, C)`` raw images to ``(C, H, W) float32``.
 
@@ -95,7 +97,7 @@ class Trainer:
         loss_fn,
         optimizer,
         schedule,
-        make_sampler,
+        batches: BatchSource | None,
         val_samples,
         normalizer,
         n_classes,
@@ -111,7 +113,11 @@ class Trainer:
     ):
         self.cfg, self.model, self.loss_fn = cfg, model, loss_fn
         self.optimizer, self.schedule = optimizer, schedule
-        self.make_sampler = make_sampler
+        self.batches = batches
+        from biomedseg.runtime.device import loader_workers
+
+        self.num_workers = loader_workers(cfg.num_workers, device)
+        self.loader: BatchLoader | None = None  # made by fit(), its worker processes stopped at its end
         self.val_samples = val_samples
         self.normalizer = normalizer
         self.n_classes, self.class_names, self.background = n_classes, class_names, background
@@ -315,6 +321,7 @@ class Trainer:
         self.saved_epoch = self.saved_epoch or state.epoch or None
         clock = Clock(state.elapsed)
         bar = self._progress_bar(state)
+        self.loader = BatchLoader(self.batches, self.num_workers, pin_memory=self.device.type == "cuda")
         try:
             while not (self.cfg.epochs and state.epoch >= self.cfg.epochs):
                 ep = self._train_epoch(state, clock, bar)
@@ -333,6 +340,7 @@ class Trainer:
                     break
         finally:
             bar.close()
+            self.loader.close()
         return state
 
     def _stop_requested(self, state: TrainState, row: dict, validated: bool) -> bool:
@@ -360,9 +368,7 @@ class Trainer:
     def _train_epoch(self, state: TrainState, clock: Clock, bar) -> EpochTally:
         """The steps of one epoch (fewer when the time budget runs out)."""
         ep = EpochTally()
-        prefetch = Prefetcher(
-            self.make_sampler(state.epoch), self.cfg.batch_size, pin_memory=self.device.type == "cuda"
-        )
+        prefetch = self.loader.epoch(state.epoch, self.ipe)
         try:
             for i in range(self.ipe):
                 if self.budget:  # rank 0's clock decides for every rank
@@ -384,7 +390,7 @@ class Trainer:
             prefetch.close()
         return ep
 
-    def _timed_step(self, state: TrainState, ep: EpochTally, prefetch: Prefetcher, step: int) -> None:
+    def _timed_step(self, state: TrainState, ep: EpochTally, prefetch, step: int) -> None:
         ep.lr = self.schedule.step(self.progress(state))
         t_data = time.perf_counter()
         xb, yb = prefetch.next()
