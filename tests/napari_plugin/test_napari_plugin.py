@@ -364,13 +364,15 @@ def test_review_in_suggest_order(viewer_with_model, napari_run, qtbot, tmp_path)
 def test_cancel_stops_ranking_and_adds_nothing(viewer_with_model, napari_data, qtbot, monkeypatch):
     viewer, w = viewer_with_model
     review = w["review"]
-    scored = review._scored
+    scored = type(review)._scored
 
-    def cancel_after_first(item):
-        scored(item)
-        review.job.cancel()
+    def cancel_after_first(self, item):
+        scored(self, item)
+        self.job.cancel()
 
-    monkeypatch.setattr(review, "_scored", cancel_after_first)
+    # patched on the class: undoing an instance patch deletes the attribute (pytest >= 9.2), which a
+    # magicgui container takes as removing a widget
+    monkeypatch.setattr(type(review), "_scored", cancel_after_first)
     review.folder.value = napari_data
     review.rank()
     wait(qtbot, review)
@@ -383,13 +385,13 @@ def test_cancel_stops_training_after_the_epoch(viewer_with_model, napari_data, q
 
     viewer, w = viewer_with_model
     retrain = w["retrain"]
-    epoch = retrain._epoch
+    epoch = type(retrain)._epoch
 
-    def cancel_after_first(item):
-        epoch(item)
-        retrain.job.cancel()
+    def cancel_after_first(self, item):
+        epoch(self, item)
+        self.job.cancel()
 
-    monkeypatch.setattr(retrain, "_epoch", cancel_after_first)
+    monkeypatch.setattr(type(retrain), "_epoch", cancel_after_first)
     retrain.data.value, retrain.out.value, retrain.time_budget.value = napari_data, tmp_path / "stopped", ""
     retrain.settings.value = "epochs=20 seed=0 patch_size=64 batch_size=4 iterations_per_epoch=2 num_threads=1"
     retrain.train()
