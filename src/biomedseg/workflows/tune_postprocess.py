@@ -18,7 +18,8 @@ Every stage is adopted only when it is a reliable gain on the validation images
 :mod:`~biomedseg.postprocess.scores`.
 
 Before the stages, the calibration temperature is fitted on the validation pixels (a seeded sample
-of each image's full-resolution labelled pixels, :func:`~biomedseg.workflows.reliability.fit_calibration`)
+of each image's full-resolution labelled pixels, :func:`~biomedseg.workflows.reliability.fit_calibration`,
+shrunk toward 1 when the validation images disagree or are few)
 and always kept (``temperature``; it never changes the argmax); the cache is tempered with it, so the
 thresholds and the gate are tuned on tempered probabilities, as
 :func:`~biomedseg.postprocess.ops.apply_postprocess` applies them (a downsampled cache is tempered
@@ -230,7 +231,10 @@ def tune_postprocess(
         "gating_adopted": bool(gating.active),
         "adopted": adopted,
         "adoption_rule": ADOPTION_RULE,
-        **{key: calibration[key] for key in ("temperature", "ece_before", "ece_after")},
+        **{
+            key: calibration[key]
+            for key in ("temperature", "temperature_fitted", "temperature_weight", "ece_before", "ece_after")
+        },
     }
     cfg = PostprocessConfig(
         classes=new_classes, gating=full_gate, tuning=tuning, temperature=calibration["temperature"]
@@ -253,8 +257,11 @@ def _calibrate(cache: list[_Cached]) -> dict:
         for it in cache:
             it.proba = temper_probabilities(it.proba.astype(np.float32), t).astype(np.float16)
     log.info(
-        "temperature %.3g fitted on %d validation pixels: ECE %s -> %s",
+        "temperature %.3g (fitted %.3g, weight %.2f from %d images) on %d validation pixels: ECE %s -> %s",
         t,
+        block["temperature_fitted"],
+        block["temperature_weight"],
+        block["n_images"],
         block["n_pixels"],
         *(f"{block[k]:.4f}" if block[k] is not None else "n/a" for k in ("ece_before", "ece_after")),
     )
