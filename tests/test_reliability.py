@@ -166,3 +166,22 @@ def test_temperature_is_shrunk_toward_one_when_few_images_disagree():
     logs = np.log([1.2, 1.5, 1.9, 1.4])
     assert w == pytest.approx(1 - logs.var(ddof=1) / 4 / np.log(1.5) ** 2)
     assert 1.0 < t < 1.5 and t == pytest.approx(1.5**w)
+
+
+def test_tune_postprocess_fits_the_temperature_inside_the_valid_masks(sharp_run, tmp_path):
+    from biomedseg.core.errors import UserError
+    from biomedseg.workflows.tune_postprocess import tune_postprocess
+
+    run, data = sharp_run
+    whole = tune_postprocess(run, data, split="all", device="cpu", write=False)
+    valid = tmp_path / "fov"
+    valid.mkdir()
+    for p in sorted((data / "images").iterdir()):
+        region = np.zeros((48, 48), np.uint8)
+        region[:, :6] = 255  # a strip of background only: the network is right and sure there
+        Image.fromarray(region).save(valid / p.name)
+    inside = tune_postprocess(run, data, split="all", device="cpu", write=False, valid_dir=valid)
+    assert inside.temperature != whole.temperature
+    next(valid.iterdir()).unlink()
+    with pytest.raises(UserError, match="no valid-region mask"):
+        tune_postprocess(run, data, split="all", device="cpu", write=False, valid_dir=valid)
