@@ -164,6 +164,10 @@ def _tune_min_area(cache, masks, c) -> tuple[int, float, float]:
     return 0, before, before
 
 
+#: what ``tuning`` records of :func:`~biomedseg.workflows.reliability.fit_calibration`'s block
+CALIBRATION_KEYS = ("temperature", "temperature_fitted", "temperature_weight", "ece_before", "ece_after")
+
+
 def tune_postprocess(
     run_dir,
     data=None,
@@ -235,10 +239,7 @@ def tune_postprocess(
         "gating_adopted": bool(gating.active),
         "adopted": adopted,
         "adoption_rule": ADOPTION_RULE,
-        **{
-            key: calibration[key]
-            for key in ("temperature", "temperature_fitted", "temperature_weight", "ece_before", "ece_after")
-        },
+        **{key: calibration[key] for key in CALIBRATION_KEYS},
     }
     cfg = PostprocessConfig(
         classes=new_classes, gating=full_gate, tuning=tuning, temperature=calibration["temperature"]
