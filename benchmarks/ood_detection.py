@@ -4,12 +4,12 @@
 
 For each source dataset: its run (``--runs DIR`` reuses ``DIR/<source>/run``, copied into the work
 folder first because ``trust.json`` is written into it; otherwise one trained at ``--budget``) gets
-its ``RUN/trust.json`` the way ``train`` writes it (``biomedseg.workflows.training.describe_run``
-when present, else the same steps: :func:`biomedseg.trust.ood.build_description` of up to 64
-training and 32 validation images, evenly spaced, and
-:func:`biomedseg.trust.descriptor.write_description`). Then every test image of the six shared
-datasets is scored against it with :func:`biomedseg.trust.ood.ood_scores` (what ``predict`` calls;
-grey and colour images conformed to the run's channels as ``predict`` does).
+its ``RUN/trust.json`` written by the function ``train`` calls
+(:func:`biomedseg.workflows.training.describe_run`: up to 64 training and 32 validation images,
+evenly spaced; the features as one Gaussian or, for training data of several modes, a mixture).
+Then every test image of the six shared datasets is scored against it with
+:func:`biomedseg.trust.ood.ood_scores` (what ``predict`` calls; grey and colour images conformed to
+the run's channels as ``predict`` does).
 
 Per source: AUROC of the OOD score for "test image of another dataset" against "test image of the
 source dataset" (all five others pooled, and each alone), the same for the ``intensity`` and
@@ -37,8 +37,6 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "datasets"
 DATASETS = "isbi2012_em,dsb2018_nuclei,monuseg_histology,hc18_fetal_head,drive_retina,darkfield_bacteria"
-#: what ``train`` reads for trust.json at most (helper of issue 22: TRUST_TRAIN_IMAGES / TRUST_VAL_IMAGES)
-TRAIN_IMAGES, VAL_IMAGES = 64, 32
 AUROC_TARGET, OWN_FLAGGED_TARGET = 0.95, 0.05
 
 
@@ -70,33 +68,21 @@ def _every(items: list, limit: int) -> list:
 
 
 def describe(run: Path) -> tuple[dict, str]:
-    """Write ``RUN/trust.json`` as ``train`` does; ``(description, which function wrote it)``."""
+    """Write ``RUN/trust.json`` with the function ``train`` calls
+    (:func:`biomedseg.workflows.training.describe_run`); ``(description, how it was made)``."""
     from biomedseg.trust.descriptor import read_description
+    from biomedseg.workflows.training import describe_run
 
     if read_description(run) is not None:
         return read_description(run), "reused"
-    try:
-        from biomedseg.workflows.training import describe_run
-    except ImportError:
-        describe_run = None
-    if describe_run is not None:
-        describe_run(run, device="cpu")
-        return read_description(run), "workflows.training.describe_run"
-    from biomedseg.data.splits import select_split
-    from biomedseg.inference.run import load_run
-    from biomedseg.io import read_image
-    from biomedseg.io.pixel_size import pixel_size
-    from biomedseg.trust.descriptor import write_description
-    from biomedseg.trust.ood import build_description
+    describe_run(run, device="cpu")
+    return read_description(run), "workflows.training.describe_run"
 
-    loaded = load_run(run, device="cpu")
-    split = {}
-    for name, limit in (("train", TRAIN_IMAGES), ("val", VAL_IMAGES)):
-        _, ids, by_id = select_split(loaded, None, None, None, name)
-        samples = [by_id[i] for i in _every(list(ids), limit)]
-        split[name] = ([read_image(s.image) for s in samples], [pixel_size(s.image) for s in samples])
-    write_description(run, build_description(loaded, *split["train"], *split["val"]))
-    return read_description(run), "trust.ood.build_description + descriptor.write_description"
+
+def modes_of(description: dict) -> int:
+    """How many modes the description's features have (1: one Gaussian; 0: no features)."""
+    features = description.get("features")
+    return 0 if features is None else len(features.get("modes", [None]))
 
 
 def test_images(name: str) -> list[Path]:
@@ -154,7 +140,7 @@ def source_result(source: str, scored: dict[str, list[dict]]) -> dict:
     return out
 
 
-def result_line(source: str, r: dict, seconds: dict, writer: str, cpu: str) -> str:
+def result_line(source: str, r: dict, seconds: dict, writer: str, cpu: str, description: dict) -> str:
     per = " ".join(f"auroc_vs_{t}={v['auroc']:.3f} flagged_{t}={v['flagged']:.2f}" for t, v in r["per_target"].items())
     return (
         f"RESULT ood_detection source={source} own_test={r['own_n']} own_flagged={r['own_flagged']:.3f} "
@@ -162,6 +148,9 @@ def result_line(source: str, r: dict, seconds: dict, writer: str, cpu: str) -> s
         f"auroc_flag={r['auroc_flag']:.4f} auroc_intensity={r['auroc_intensity']:.4f} "
         f"auroc_features={r['auroc_features']:.4f} {per} "
         f"own_flag_reasons={'|'.join(r['own_reasons']).replace(' ', '_') or 'none'} "
+        f"modes={modes_of(description)} "
+        f"threshold_intensity={description['thresholds'].get('intensity', float('nan')):.4g} "
+        f"threshold_features={description['thresholds'].get('features', float('nan')):.4g} "
         f"describe_s={seconds['describe']:.0f} score_s={seconds['score']:.0f} trust_json_by={writer.split(' ')[0]}{cpu}"
     )
 
@@ -196,7 +185,7 @@ def main(argv=None) -> int:
         (workdir / source / "ood_scores.json").write_text(json.dumps(scored, indent=1, default=float))
         seconds = {"describe": t1 - t0, "score": time.perf_counter() - t1}
         results[source] = source_result(source, scored)
-        print(result_line(source, results[source], seconds, writer, cpu), flush=True)
+        print(result_line(source, results[source], seconds, writer, cpu, description), flush=True)
     if results:
         n = len(results)
         ok_auc = sum(r["auroc"] >= AUROC_TARGET for r in results.values())

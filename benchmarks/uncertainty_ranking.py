@@ -8,8 +8,9 @@ copied into the work folder first because ``tune-postprocess`` writes into it; o
 ``biomedseg.train(DATA, time_budget=B)``), then the user's two commands:
 
 1. ``biomedseg.tune_postprocess(RUN)`` on the validation split: fits the calibration temperature on
-   the validation pixels (``postprocess.yaml`` ``temperature``; ``tuning.ece_before/after``) and tunes
-   the chain on the tempered probabilities;
+   the validation pixels (``postprocess.yaml`` ``temperature``; ``tuning.ece_before/after``; inside
+   the field of view for DRIVE, as ``evaluate`` scores it) and tunes the chain on the tempered
+   probabilities;
 2. ``biomedseg.evaluate(RUN, DATA, split="test")``: ``metrics.json`` ``uncertainty`` (Spearman of
    every per-image score with the per-image Dice, AURC against random order and the best order,
    Dice kept when the most uncertain 10/20/50% go to review) and ``calibration`` (test ECE at
@@ -63,8 +64,8 @@ def measure(name: str, run: Path, workdir: Path) -> dict:
 
     data = SHARED / name
     t0 = time.perf_counter()
-    cfg = tune_postprocess(run, split="val", device="cpu")
     fov = data / "fov" if (data / "fov").is_dir() else None
+    cfg = tune_postprocess(run, split="val", device="cpu", valid_dir=fov)
     m = evaluate(
         run, data, workdir / name / "eval", split="test", metrics="pixel", overlays=False, quiet=True,
         valid_dir=fov, device="cpu",
@@ -82,7 +83,9 @@ def result_line(r: dict, cpu: str) -> str:
     return (
         f"RESULT uncertainty_ranking dataset={r['name']} test_images={m['n_images']} image_dice={m['image_dice']:.4f} "
         f"score={u['score']} {scores} aurc_random={u['aurc_random']:.4f} aurc_oracle={u['aurc_oracle']:.4f} {kept} "
-        f"temperature={c['temperature']:.3f} ece_val_before={t['ece_before']:.4f} ece_val_after={t['ece_after']:.4f} "
+        f"temperature={c['temperature']:.3f} temperature_fitted={t.get('temperature_fitted', float('nan')):.3f} "
+        f"temperature_weight={t.get('temperature_weight', float('nan')):.3f} "
+        f"ece_val_before={t['ece_before']:.4f} ece_val_after={t['ece_after']:.4f} "
         f"ece_test_before={c['ece_before']:.4f} ece_test_after={c['ece_after']:.4f} seconds={r['seconds']:.0f}{cpu}"
     )
 

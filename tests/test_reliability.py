@@ -136,3 +136,52 @@ def test_tune_postprocess_fits_a_temperature_and_evaluate_reports_ranking_and_ca
     assert "Which predictions to trust" in page and "expected calibration error" in page
     text = format_metrics(m)
     assert "spearman with image Dice" in text and "calibration: ECE" in text
+
+
+def _miscalibrated_image(factor: float, seed: int):
+    """Pixel sample of one image whose probabilities are ``softmax(factor * logits)`` with labels drawn
+    from ``softmax(logits)``: over-confident for ``factor > 1`` (its best temperature is about ``factor``)."""
+    from biomedseg.metrics.calibration import softmax
+    from biomedseg.workflows.reliability import pixel_sample
+
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 1.5, size=(2, 60, 60))
+    labels = (rng.random((60, 60))[None] > np.cumsum(softmax(logits, axis=0), axis=0)).sum(axis=0)
+    return pixel_sample(softmax(factor * logits, axis=0), labels, 5000, seed)
+
+
+def test_temperature_is_shrunk_toward_one_when_few_images_disagree():
+    from biomedseg.workflows.reliability import fit_calibration, shrunk_temperature
+
+    agree = fit_calibration([_miscalibrated_image(2.0, i) for i in range(5)])
+    assert agree["temperature"] > 1.7 and agree["temperature_weight"] > 0.95  # consistent: kept
+    assert agree["temperature"] == pytest.approx(agree["temperature_fitted"], rel=0.02)
+    disagree = fit_calibration([_miscalibrated_image(2.0, 0), _miscalibrated_image(0.7, 1)])
+    assert disagree["temperature_fitted"] != 1.0 and disagree["n_images"] == 2
+    assert disagree["temperature"] == 1.0 and disagree["temperature_weight"] == 0.0  # no evidence it carries
+    one = fit_calibration([_miscalibrated_image(2.0, 0)])
+    assert one["temperature_fitted"] > 1.7 and one["temperature"] == 1.0  # one image is one piece of evidence
+    # the rule: log T shrunk by max(0, 1 - se^2 / log(T)^2), se^2 the per-image variance of log T over n
+    t, w = shrunk_temperature(1.5, [1.2, 1.5, 1.9, 1.4])
+    logs = np.log([1.2, 1.5, 1.9, 1.4])
+    assert w == pytest.approx(1 - logs.var(ddof=1) / 4 / np.log(1.5) ** 2)
+    assert 1.0 < t < 1.5 and t == pytest.approx(1.5**w)
+
+
+def test_tune_postprocess_fits_the_temperature_inside_the_valid_masks(sharp_run, tmp_path):
+    from biomedseg.core.errors import UserError
+    from biomedseg.workflows.tune_postprocess import tune_postprocess
+
+    run, data = sharp_run
+    whole = tune_postprocess(run, data, split="all", device="cpu", write=False)
+    valid = tmp_path / "fov"
+    valid.mkdir()
+    for p in sorted((data / "images").iterdir()):
+        region = np.zeros((48, 48), np.uint8)
+        region[:, :6] = 255  # a strip of background only: the network is right and sure there
+        Image.fromarray(region).save(valid / p.name)
+    inside = tune_postprocess(run, data, split="all", device="cpu", write=False, valid_dir=valid)
+    assert inside.temperature != whole.temperature
+    next(valid.iterdir()).unlink()
+    with pytest.raises(UserError, match="no valid-region mask"):
+        tune_postprocess(run, data, split="all", device="cpu", write=False, valid_dir=valid)

@@ -192,6 +192,9 @@ def tune_postprocess(
     masks: Optional[Path] = MasksOpt,
     tta: str = typer.Option("none", "--tta", help="none | flips | flips+rot90 (use what you will predict with)"),
     no_gating: bool = typer.Option(False, "--no-gating", help="do not tune the empty-mask gate"),
+    valid_dir: Optional[Path] = typer.Option(
+        None, "--valid-masks", help="fit the temperature only on pixels inside these masks (e.g. DRIVE fov/)"
+    ),
     device: str = typer.Option("auto"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -202,7 +205,16 @@ def tune_postprocess(
 
     check_output_file(RunPaths(run).postprocess)
     cfg = run_tune(
-        run, data, split=split, images=images, masks=masks, tta=tta, gate=not no_gating, device=device, quiet=quiet
+        run,
+        data,
+        split=split,
+        images=images,
+        masks=masks,
+        tta=tta,
+        gate=not no_gating,
+        device=device,
+        quiet=quiet,
+        valid_dir=valid_dir,
     )
     t = cfg.tuning
     typer.echo(

@@ -14,7 +14,10 @@
   several stains or modalities is not reduced to one average;
 - ``features``: the globally pooled bottleneck features of the training images
   (:mod:`.features`: per channel mean and standard deviation) as a shrunk low-rank Gaussian of
-  the standardised features: ``mean (D,)``, ``scale (D,)``, the first ``r <= MAX_RANK`` principal
+  the standardised features (training data of several modes, e.g. fluorescence + brightfield +
+  H&E: ``{"n", "dim", "modes": [...]}``, one such Gaussian per mode with its ``typical`` held-out
+  distance, :mod:`.modes`; files written before modes have the single Gaussian and still read):
+  ``mean (D,)``, ``scale (D,)``, the first ``r <= MAX_RANK`` principal
   ``components (r, D)`` with their ``variances (r,)`` and one ``residual_variance`` for the
   remaining ``D - r`` directions (each variance shrunk towards the average variance by
   ``SHRINKAGE``), ``n`` images and ``dim`` D; ``None`` when the architecture's bottleneck is
@@ -22,7 +25,7 @@
   whatever the number of training images. The
   Mahalanobis distance under this covariance is :func:`feature_distance`;
 - ``held_out``: the training images' intensity distance to the nearest *other* prototype and
-  feature distance under a Gaussian fitted without them (``HELD_OUT_FOLDS`` folds): one number per
+  feature distance under a Gaussian (their mode's) fitted without them (``HELD_OUT_FOLDS`` folds): one number per
   image per part, what a new image of the same data scores, used with the validation images to set
   the thresholds;
 - ``thresholds`` (added by :func:`build_description` / :func:`~.ood.calibrate_thresholds`): per
@@ -37,24 +40,27 @@ from pathlib import Path
 
 import numpy as np
 
+from biomedseg.trust.gaussian import (  # noqa: F401 - part of this module's interface
+    HELD_OUT_FOLDS,
+    MAX_RANK,
+    SHRINKAGE,
+    feature_distance,
+    fit_feature_gaussian,
+    held_out_feature_distances,
+)
+
 #: Histogram bins between the robust bounds (plus one below and one above).
 INTENSITY_BINS = 64
 #: Percentiles of the training pixels used as histogram bounds.
 INTENSITY_BOUNDS = (0.5, 99.5)
 #: Pixels sampled per image and channel for the bounds.
 SAMPLE_PER_IMAGE = 4096
-#: Largest number of principal directions of the feature covariance stored.
-MAX_RANK = 32
-#: Weight of the average variance in each stored variance (covariance shrinkage).
-SHRINKAGE = 0.1
 #: Training images described at most (a fixed, evenly spaced subset beyond).
 MAX_IMAGES = 400
 #: Per-image intensity histograms kept as prototypes (evenly spaced over the training images).
 MAX_PROTOTYPES = 64
 #: Fewest training images for feature statistics (fewer: ``features`` is ``None``).
 MIN_FEATURE_IMAGES = 5
-#: Folds of the held-out feature distances of the training images.
-HELD_OUT_FOLDS = 5
 
 
 def is_colour(image: np.ndarray) -> bool:
@@ -76,59 +82,6 @@ def channel_histogram(image: np.ndarray, low, high, bins: int = INTENSITY_BINS) 
         h = np.bincount(np.clip(idx, 0, bins + 1), minlength=bins + 2).astype(np.float64)
         out.append(h / max(h.sum(), 1.0))
     return np.array(out)
-
-
-def fit_feature_gaussian(features: np.ndarray, max_rank: int = MAX_RANK, shrinkage: float = SHRINKAGE) -> dict:
-    """``(N, D)`` pooled features -> the low-rank shrunk Gaussian stored under ``features``: each
-    dimension standardised first (``mean``, ``scale``: its standard deviation, floored), then
-    principal directions of the standardised features with shrunk variances."""
-    x = np.asarray(features, dtype=np.float64)
-    n, d = x.shape
-    mean = x.mean(axis=0)
-    sd = x.std(axis=0, ddof=1) if n > 1 else np.ones(d)
-    scale = np.maximum(sd, 1e-3 * max(float(np.median(sd)), 1e-6))
-    z = (x - mean) / scale
-    _, s, vt = np.linalg.svd(z, full_matrices=False)
-    var = s**2 / max(n - 1, 1)
-    total = float((z**2).sum() / max(n - 1, 1))
-    avg = max(total / d, 1e-8)
-    r = int(min(max_rank, max(n - 1, 0), d))
-    rest = max(total - float(var[:r].sum()), 0.0) / max(d - r, 1)
-    return {
-        "n": n,
-        "dim": d,
-        "mean": mean.tolist(),
-        "scale": scale.tolist(),
-        "components": vt[:r].tolist(),
-        "variances": ((1 - shrinkage) * var[:r] + shrinkage * avg).tolist(),
-        "residual_variance": (1 - shrinkage) * rest + shrinkage * avg,
-    }
-
-
-def feature_distance(gaussian: dict, vector: np.ndarray) -> float:
-    """Squared Mahalanobis distance of one feature vector under :func:`fit_feature_gaussian`'s
-    covariance, divided by the dimension (about 1 for a typical training image)."""
-    d = (np.asarray(vector, dtype=np.float64) - np.asarray(gaussian["mean"])) / np.asarray(gaussian["scale"])
-    comps = np.asarray(gaussian["components"], dtype=np.float64).reshape(-1, d.size)
-    proj = comps @ d
-    inside = float((proj**2 / np.asarray(gaussian["variances"], dtype=np.float64)).sum()) if proj.size else 0.0
-    residual = max(float(d @ d) - float(proj @ proj), 0.0) / float(gaussian["residual_variance"])
-    return (inside + residual) / d.size
-
-
-def held_out_feature_distances(features: np.ndarray, folds: int = HELD_OUT_FOLDS) -> list[float]:
-    """Each training image's :func:`feature_distance` under a Gaussian fitted without it (``folds``-fold):
-    what a new image from the same data scores, for the threshold (fitted images sit too close)."""
-    x = np.asarray(features, dtype=np.float64)
-    n = len(x)
-    if n < 4:
-        return []
-    fold = np.arange(n) % min(folds, n)
-    out = np.empty(n)
-    for k in np.unique(fold):
-        g = fit_feature_gaussian(x[fold != k])
-        out[fold == k] = [feature_distance(g, v) for v in x[fold == k]]
-    return out.tolist()
 
 
 def _sizes(shapes: list[tuple[int, int]]) -> dict:
@@ -209,6 +162,7 @@ def describe_training_data(
     vectors = [predict_with_features(loaded_run, predictor, img, size)[1] for img, size in pairs]
     intensity, held_intensity = _intensity([img for img, _ in pairs], channels)
     feats = np.stack(vectors) if all(v is not None for v in vectors) and len(vectors) >= MIN_FEATURE_IMAGES else None
+    features, held_features = _features(feats)
     return {
         "version": 1,
         "channels": channels,
@@ -217,12 +171,23 @@ def describe_training_data(
         "pixel_size": _pixel_sizes([s for _, s in pairs]),
         "image_sizes": _sizes([i.shape[:2] for i, _ in pairs]),
         "intensity": intensity,
-        "features": None if feats is None else fit_feature_gaussian(feats),
-        "held_out": {
-            "intensity": held_intensity,
-            "features": [] if feats is None else held_out_feature_distances(feats),
-        },
+        "features": features,
+        "held_out": {"intensity": held_intensity, "features": held_features},
     }
+
+
+def _features(feats: np.ndarray | None) -> tuple[dict | None, list[float]]:
+    """The ``features`` entry and the training images' held-out distances: one Gaussian
+    (:func:`fit_feature_gaussian`), or a mixture (:func:`~.modes.fit_modes`) when
+    :func:`~.modes.choose_modes` finds several modes in the pooled features."""
+    from biomedseg.trust.modes import choose_modes, fit_modes
+
+    if feats is None:
+        return None, []
+    labels = choose_modes(feats)
+    if labels.max() == 0:
+        return fit_feature_gaussian(feats), held_out_feature_distances(feats)
+    return fit_modes(feats, labels)
 
 
 def write_description(run_dir, description: dict) -> Path:

@@ -10,8 +10,14 @@ Parts (each ``None`` when it cannot be measured):
 - ``features``: squared Mahalanobis distance of the pooled bottleneck features divided by their
   dimension (:func:`~.descriptor.feature_distance`).
 
-Thresholds: :func:`calibrate_thresholds` takes the parts of the validation images and keeps per
-part the ``THRESHOLD_PERCENTILE`` th percentile, never below ``MIN_THRESHOLDS``. An image's
+Training data with several modes (:mod:`.modes`): the feature distance is to the nearest mode,
+divided by that mode's typical distance, so each mode gets its own tightness (intensity: the
+nearest per-image prototype already).
+
+Thresholds: :func:`calibrate_thresholds` takes the parts of the validation images and the held-out
+training images and keeps per part the ``THRESHOLD_PERCENTILE`` th percentile, for intensity and
+features at least the log-normal tolerance bound of that percentile (few images), never below
+``MIN_THRESHOLDS``. An image's
 ``score`` is its largest ``part / threshold``; above 1 it is flagged, with one plain reason per
 part above its threshold (and one when it is colour and the training images are grey, or the
 reverse).
@@ -26,6 +32,10 @@ import numpy as np
 PARTS = ("pixel_size", "intensity", "features")
 #: Percentile of the validation images' parts used as the threshold.
 THRESHOLD_PERCENTILE = 99.0
+#: Confidence of the tolerance bound that the intensity and feature thresholds are at least: one half,
+#: the log-normal estimate of the percentile itself (0.95 made the thresholds of a ten-image run so
+#: wide that random colour noise passed the intensity part).
+TOLERANCE_CONFIDENCE = 0.5
 #: Smallest thresholds: pixel sizes within 25% and tiny histogram shifts are never flagged.
 MIN_THRESHOLDS = {"pixel_size": math.log2(1.25), "intensity": 0.02, "features": 1e-6}
 
@@ -47,7 +57,8 @@ def image_parts(description: dict, image: np.ndarray, pixel_size=None, features=
     """``{"pixel_size", "intensity", "features"}`` of one raw ``(H, W, C)`` image (see module);
     ``features``: its pooled bottleneck vector (:mod:`.features`) or ``None``."""
     from biomedseg.io import conform_channels
-    from biomedseg.trust.descriptor import channel_histogram, feature_distance, nearest_histogram_distance
+    from biomedseg.trust.descriptor import channel_histogram, nearest_histogram_distance
+    from biomedseg.trust.modes import mixture_distance
 
     parts: dict[str, float | None] = {p: None for p in PARTS}
     parts["pixel_size"] = pixel_size_part(description, pixel_size)
@@ -56,19 +67,40 @@ def image_parts(description: dict, image: np.ndarray, pixel_size=None, features=
     parts["intensity"] = nearest_histogram_distance(hist, np.asarray(ref.get("prototypes") or [ref["histogram"]]))
     gaussian = description.get("features")
     if gaussian is not None and features is not None and len(features) == gaussian["dim"]:
-        parts["features"] = feature_distance(gaussian, features)
+        parts["features"] = mixture_distance(gaussian, features)
     return parts
 
 
+def tolerance_bound(values, coverage: float = THRESHOLD_PERCENTILE / 100, confidence: float = TOLERANCE_CONFIDENCE):
+    """Upper one-sided normal tolerance bound of ``log(values)``, back in the values' units (at
+    ``confidence`` 0.5: ``exp(mean + z * sd)``, the log-normal estimate of the percentile): with
+    ``confidence`` it lies above ``coverage`` of the population the values came from (``k``:
+    Natrella's approximation of the tolerance factor); ``None`` for fewer than 3 positive values."""
+    from scipy.stats import norm
+
+    v = np.log([x for x in values if x > 0])
+    n = v.size
+    if n < 3:
+        return None
+    zp, zg = norm.ppf(coverage), norm.ppf(confidence)
+    a, b = 1 - zg**2 / (2 * (n - 1)), zp**2 - zg**2 / n
+    k = (zp + math.sqrt(max(zp**2 - a * b, 0.0))) / a
+    return float(np.exp(v.mean() + k * v.std(ddof=1)))
+
+
 def calibrate_thresholds(parts_of_images: list[dict], percentile: float = THRESHOLD_PERCENTILE) -> dict:
-    """Per part: the ``percentile`` of the values over the (validation) images (the smallest
-    value with that share of the images at or below it: the largest of fewer than 100 images), at
-    least ``MIN_THRESHOLDS``; a part no image has is left out."""
+    """Per part: the ``percentile`` of the values over the (validation and held-out training)
+    images (the smallest value with that share of the images at or below it: the largest of fewer
+    than 100 images); for ``intensity`` and ``features`` at least their :func:`tolerance_bound`
+    (the largest of a few values lies below the percentile it stands for: a new image of the same
+    data exceeds the largest of ``n`` with probability ``1 / (n + 1)``); at least ``MIN_THRESHOLDS``;
+    a part no image has is left out."""
     out = {}
     for p in PARTS:
         values = [d[p] for d in parts_of_images if d.get(p) is not None]
         if values:
-            out[p] = max(float(np.percentile(values, percentile, method="higher")), MIN_THRESHOLDS[p])
+            bound = tolerance_bound(values) if p in ("intensity", "features") else None
+            out[p] = max(float(np.percentile(values, percentile, method="higher")), bound or 0.0, MIN_THRESHOLDS[p])
     return out
 
 

@@ -9,8 +9,9 @@ temperature (fitted by ``tune-postprocess`` and ``cv``, reported by ``evaluate``
   Dice kept when the most uncertain 10/20/50% go to review) and the expected calibration error at
   temperature 1 and at the run's temperature.
 - :func:`pixel_sample` / :func:`fit_calibration`: the temperature minimising the pixels' negative
-  log-likelihood (:func:`~biomedseg.metrics.calibration.fit_temperature_maps`) with the ECE before
-  and after it; :func:`calibrate_cv`: the same over a CV folder's out-of-fold predictions, stored in
+  log-likelihood (:func:`~biomedseg.metrics.calibration.fit_temperature_maps`), shrunk toward 1 when
+  the images disagree or are few (:func:`shrunk_temperature`), with the ECE before and after it;
+  :func:`calibrate_cv`: the same over a CV folder's out-of-fold predictions, stored in
   ``CV/postprocess.yaml`` ``temperature`` (the rest of the file is kept).
 
 Pixels are sampled from each image's labelled (and valid) pixels: at least
@@ -74,11 +75,38 @@ def calibration_block(samples: list[tuple[np.ndarray, np.ndarray]], temperature:
     }
 
 
+def shrunk_temperature(pooled: float, per_image: list[float]) -> tuple[float, float]:
+    """``(temperature, weight)``: ``pooled`` (fitted on all images' pixels) shrunk toward 1 in
+    ``log T`` by the positive-part James-Stein weight ``max(0, 1 - se^2 / log(pooled)^2)``, where
+    ``se^2`` is the variance of the per-image ``log T`` over the images divided by their number: the
+    images, not the pixels, are the independent evidence that the temperature carries to new
+    images. Temperatures that agree across many images are kept; two images that disagree (or a
+    single one) give ``T = 1``, the network's own probabilities."""
+    logs = np.log(np.asarray(per_image, dtype=np.float64))
+    m = float(np.log(pooled))
+    if logs.size < 2 or m == 0.0:
+        return (1.0 if logs.size < 2 else float(pooled)), (0.0 if logs.size < 2 else 1.0)
+    se2 = float(logs.var(ddof=1)) / logs.size
+    w = max(0.0, 1.0 - se2 / m**2)
+    return float(np.exp(w * m)), w
+
+
 def fit_calibration(samples: list[tuple[np.ndarray, np.ndarray]]) -> dict:
-    """The temperature fitted on ``samples`` (:func:`pixel_sample`) and :func:`calibration_block` at it."""
+    """The temperature fitted on ``samples`` (:func:`pixel_sample`, one per image), shrunk toward 1 by
+    how much the images agree (:func:`shrunk_temperature`), and :func:`calibration_block` at it;
+    ``temperature_fitted``: before the shrinkage, ``temperature_weight``: the weight, ``n_images``."""
     samples = [s for s in samples if s[1].size]
-    t = fit_temperature_maps([s[0] for s in samples], [s[1] for s in samples]) if samples else 1.0
-    return calibration_block(samples, round(t, 4))
+    if not samples:
+        return {**calibration_block(samples, 1.0), "temperature_fitted": 1.0, "temperature_weight": 0.0, "n_images": 0}
+    pooled = fit_temperature_maps([s[0] for s in samples], [s[1] for s in samples])
+    per_image = [fit_temperature_maps([p], [y]) for p, y in samples]
+    t, w = shrunk_temperature(pooled, per_image)
+    return {
+        **calibration_block(samples, round(t, 4)),
+        "temperature_fitted": round(pooled, 4),
+        "temperature_weight": round(w, 4),
+        "n_images": len(samples),
+    }
 
 
 def tempered(proba, temperature: float) -> np.ndarray:

@@ -18,7 +18,8 @@ Every stage is adopted only when it is a reliable gain on the validation images
 :mod:`~biomedseg.postprocess.scores`.
 
 Before the stages, the calibration temperature is fitted on the validation pixels (a seeded sample
-of each image's full-resolution labelled pixels, :func:`~biomedseg.workflows.reliability.fit_calibration`)
+of each image's full-resolution labelled pixels, :func:`~biomedseg.workflows.reliability.fit_calibration`,
+shrunk toward 1 when the validation images disagree or are few)
 and always kept (``temperature``; it never changes the argmax); the cache is tempered with it, so the
 thresholds and the gate are tuned on tempered probabilities, as
 :func:`~biomedseg.postprocess.ops.apply_postprocess` applies them (a downsampled cache is tempered
@@ -163,6 +164,10 @@ def _tune_min_area(cache, masks, c) -> tuple[int, float, float]:
     return 0, before, before
 
 
+#: what ``tuning`` records of :func:`~biomedseg.workflows.reliability.fit_calibration`'s block
+CALIBRATION_KEYS = ("temperature", "temperature_fitted", "temperature_weight", "ece_before", "ece_after")
+
+
 def tune_postprocess(
     run_dir,
     data=None,
@@ -179,6 +184,7 @@ def tune_postprocess(
     write: bool = True,
     quiet: bool = True,
     loaded=None,
+    valid_dir=None,
 ) -> PostprocessConfig:
     """Tune per-class thresholds, minimum object areas and the empty-mask gate on ``split``.
 
@@ -189,9 +195,12 @@ def tune_postprocess(
     A cross-validation folder (``biomedseg cv``) is tuned, on ``split="val"``, on the out-of-fold
     predictions of its whole training pool (``tuning.split`` is ``"out-of-fold"``); its
     ``postprocess.yaml`` then applies to the ensemble of its folds.
+
+    ``valid_dir``: a folder of ``<id>.*`` valid-region masks (as ``evaluate``'s, e.g. DRIVE's field of
+    view): the temperature is fitted on the pixels inside them only, the pixels ``evaluate`` scores.
     """
     run_dir, source_root, classes, bg, cache, split = _tuning_inputs(
-        run_dir, data, split, images, masks, tta, device, max_pixels, quiet, loaded
+        run_dir, data, split, images, masks, tta, device, max_pixels, quiet, loaded, valid_dir
     )
     k = len(classes)
     fg = foreground(k, bg)
@@ -230,7 +239,7 @@ def tune_postprocess(
         "gating_adopted": bool(gating.active),
         "adopted": adopted,
         "adoption_rule": ADOPTION_RULE,
-        **{key: calibration[key] for key in ("temperature", "ece_before", "ece_after")},
+        **{key: calibration[key] for key in CALIBRATION_KEYS},
     }
     cfg = PostprocessConfig(
         classes=new_classes, gating=full_gate, tuning=tuning, temperature=calibration["temperature"]
@@ -253,8 +262,11 @@ def _calibrate(cache: list[_Cached]) -> dict:
         for it in cache:
             it.proba = temper_probabilities(it.proba.astype(np.float32), t).astype(np.float16)
     log.info(
-        "temperature %.3g fitted on %d validation pixels: ECE %s -> %s",
+        "temperature %.3g (fitted %.3g, weight %.2f from %d images) on %d validation pixels: ECE %s -> %s",
         t,
+        block["temperature_fitted"],
+        block["temperature_weight"],
+        block["n_images"],
         block["n_pixels"],
         *(f"{block[k]:.4f}" if block[k] is not None else "n/a" for k in ("ece_before", "ece_after")),
     )
@@ -275,7 +287,7 @@ def _log_tuning(n: int, split: str, scores: dict, gate_report: dict, gated: bool
     )
 
 
-def _tuning_inputs(run_dir, data, split, images, masks, tta, device, max_pixels, quiet, loaded):
+def _tuning_inputs(run_dir, data, split, images, masks, tta, device, max_pixels, quiet, loaded, valid_dir=None):
     """``(folder, data root, classes, background, cache, split name)``: the cache of predictions to
     tune on, from the out-of-fold predictions of a CV folder or by predicting ``split``."""
     from biomedseg.data.splits import select_split
@@ -284,14 +296,15 @@ def _tuning_inputs(run_dir, data, split, images, masks, tta, device, max_pixels,
 
     if not isinstance(loaded, LoadedRun) and split == "val" and is_cv(run_dir):
         cv = open_cv(run_dir)
-        return (cv.root, *_oof_cache(cv, data, images, masks, tta, device, max_pixels, quiet), OUT_OF_FOLD)
+        return (cv.root, *_oof_cache(cv, data, images, masks, tta, device, max_pixels, quiet, valid_dir), OUT_OF_FOLD)
     loaded = loaded if isinstance(loaded, LoadedRun) else load_run(run_dir, device=device)
     source, ids, by_id = select_split(loaded, data, images, masks, split)
-    cache = _predict_cache(loaded, loaded.predictor(tta=tta), [by_id[sid] for sid in ids], max_pixels, quiet)
+    samples = [by_id[sid] for sid in ids]
+    cache = _predict_cache(loaded, loaded.predictor(tta=tta), samples, max_pixels, quiet, valid_dir)
     return Path(loaded.run_dir), source.root, loaded.classes, loaded.background, cache, split
 
 
-def _oof_cache(cv, data, images, masks, tta, device, max_pixels: int, quiet: bool):
+def _oof_cache(cv, data, images, masks, tta, device, max_pixels: int, quiet: bool, valid_dir=None):
     """``(data root, classes, background, cache)`` of the out-of-fold predictions of ``cv``."""
     from biomedseg.core.errors import UserError
     from biomedseg.io import Palette
@@ -309,30 +322,40 @@ def _oof_cache(cv, data, images, masks, tta, device, max_pixels: int, quiet: boo
     palette = Palette.from_json(info.palette)
     n = pixels_per_image(len(cv.folds()["pool"]))
     cache = [
-        _cached(s, proba, palette, info.strict_index, max_pixels, p_image, (n, i))
+        _cached(s, proba, palette, info.strict_index, max_pixels, p_image, (n, i), _valid_region(valid_dir, s.id))
         for i, (s, proba, p_image) in enumerate(out_of_fold(cv, tta, device, quiet))
     ]
     log.info("%s: tuning on the out-of-fold predictions of %d training-pool images", cv.root, len(cache))
     return root, info.classes, info.background, cache
 
 
-def _cached(sample, proba, palette, strict_index: bool, max_pixels: int, image_probability, pixels) -> _Cached:
+def _cached(
+    sample, proba, palette, strict_index: bool, max_pixels: int, image_probability, pixels, valid=None
+) -> _Cached:
     """The (downsampled) probabilities and mask of one labelled sample, with ``pixels = (n, seed)``:
-    a sample of ``n`` labelled full-resolution pixels (:func:`~biomedseg.workflows.reliability.pixel_sample`)."""
+    a sample of ``n`` labelled full-resolution pixels (inside ``valid`` when given,
+    :func:`~biomedseg.workflows.reliability.pixel_sample`)."""
     from biomedseg.io import read_mask
     from biomedseg.workflows.reliability import pixel_sample
 
     target, _ = read_mask(sample.mask, palette, strict_index=strict_index)
     p, t, f = _downsample(proba, target, max_pixels)
-    sample_p, sample_y = pixel_sample(proba, target, *pixels)
+    sample_p, sample_y = pixel_sample(proba, target, *pixels, valid)
     return _Cached(sample.id, p, t, f, image_probability, sample_p, sample_y)
+
+
+def _valid_region(valid_dir, sid: str):
+    """``evaluate``'s valid-region mask of ``sid`` (``None`` without ``valid_dir``)."""
+    from biomedseg.workflows.evaluation import _valid_region as region
+
+    return region(valid_dir, sid)
 
 
 def _mean_image_dice(masks, cache, fg) -> float:
     return float(np.mean([_image_dice(m, it.target, fg) for m, it in zip(masks, cache)]))
 
 
-def _predict_cache(loaded, predictor, samples, max_pixels: int, quiet: bool) -> list[_Cached]:
+def _predict_cache(loaded, predictor, samples, max_pixels: int, quiet: bool, valid_dir=None) -> list[_Cached]:
     """Predict each labelled sample once and keep its (downsampled) probabilities and mask."""
     from tqdm.auto import tqdm
 
@@ -347,7 +370,8 @@ def _predict_cache(loaded, predictor, samples, max_pixels: int, quiet: bool) -> 
     for s in tqdm(samples, desc="predicting val", unit="img", disable=True if (quiet or len(samples) < 2) else None):
         proba = predict_proba_image(loaded, predictor, read_image(s.image), pixel_size(s.image))
         p_image = predictor.last_image_probability
-        cache.append(_cached(s, proba, palette, loaded.info.strict_index, max_pixels, p_image, (n, len(cache))))
+        valid = _valid_region(valid_dir, s.id)
+        cache.append(_cached(s, proba, palette, loaded.info.strict_index, max_pixels, p_image, (n, len(cache)), valid))
     return cache
 
 
