@@ -41,10 +41,9 @@ def _from_strokes(fp: dict) -> set[str]:
 
 
 def _widths_known(fp: dict) -> bool:
-    """Every foreground class with object sizes has a measured width, or sizes from strokes (partial
-    labels: a stroke's width is the annotator's, not the object's, so only the sizes bound the floor)."""
-    known = set(_foreground(fp, "structure_width")) | _from_strokes(fp)
-    return bool(known) and set(_foreground(fp, "object_diameter_p10")) <= known
+    """Widths were measured, or the sizes come from strokes (partial labels: a stroke's width is the
+    annotator's, not the object's, so only the small objects' sizes bound the floor)."""
+    return bool(_foreground(fp, "structure_width")) or bool(_from_strokes(fp))
 
 
 def scale_floor(fp: dict) -> tuple[float, str]:
