@@ -1,7 +1,7 @@
 """Scribble labels against full labels at the same training budget (issue 23).
 
     python benchmarks/scribbles.py [--datasets isbi2012_em,...] [--budget 5m] [--fraction 0.05]
-                                   [--workdir DIR] [--set key=value ...]
+                                   [--workdir DIR] [--set key=value ...] [--together]
 
 For each shared dataset, its training masks become scribbles (:func:`scribble_mask`): strokes along the
 skeleton of every object and of the background, a pixel wide on each side, thinned at random to about
@@ -11,8 +11,9 @@ the project). Then ``biomedseg.train`` with its default plan, at the same ``--bu
 and on the scribbles, and ``biomedseg.evaluate`` of both on the test split with the full masks.
 
 Prints a markdown row and a ``RESULT`` line per dataset: test Dice of each, their ratio (target >= 0.9 on
-four of the six datasets) and the labelled fraction the scribbles kept. With ``--workdir`` finished
-runs are reused.
+four of the six datasets), the labelled fraction the scribbles kept and the steps each arm trained (a time
+budget buys fewer on a loaded machine; ``--together`` trains both arms at once, so they share the load).
+With ``--workdir`` finished runs are reused.
 """
 
 from __future__ import annotations
@@ -93,6 +94,18 @@ def trained(data: Path, run: Path, budget: str, extra: dict) -> Path:
     return train(data, run, time_budget=budget, quiet=True, **extra)
 
 
+def steps_trained(run: Path) -> int:
+    """Optimisation steps the run took (its last ``metrics.csv`` row): on a shared machine a time budget buys
+    different numbers of steps, so the table shows them next to the Dice."""
+    import csv
+
+    from biomedseg.runs import RunFolder
+
+    with open(RunFolder(run).paths.metrics, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return int(float(rows[-1]["iteration"])) if rows else 0
+
+
 def test_dice(run: Path, data: Path, out: Path) -> float:
     from biomedseg.workflows.evaluation import evaluate
 
@@ -106,6 +119,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fraction", type=float, default=0.05)
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--set", action="append", default=[], help="extra training option key=value (both sides)")
+    ap.add_argument("--together", action="store_true", help="train (and evaluate) the two arms at the same time")
     args = ap.parse_args(argv)
     from cpu_class import cpu_fields  # the CPU model and bf16/AMX/VNNI flags of the RESULT lines
 
@@ -114,24 +128,37 @@ def main(argv=None) -> int:
 
     extra = parse_overrides(args.set)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="biomedseg_scribbles_"))
-    print("| dataset | budget | labelled fraction | full-label Dice | scribble Dice | ratio |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| dataset | budget | labelled fraction | full-label Dice | scribble Dice | ratio | steps (full / scribble) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for name in args.datasets.split(","):
         data = SHARED / name
         if not (data / "images").is_dir():
             print(f"skip {name}: not found under {SHARED}", file=sys.stderr)
             continue
         frac = make_scribbles(data, work / name / "scribbles", args.fraction)
-        full = test_dice(trained(data, work / name / "full", args.budget, extra), data, work / name / "eval_full")
-        scr = test_dice(
-            trained(work / name / "scribbles", work / name / "scribble_run", args.budget, extra),
-            data,
-            work / name / "eval_scribbles",
+        arms = [(data, work / name / "full", work / name / "eval_full")]
+        arms.append((work / name / "scribbles", work / name / "scribble_run", work / name / "eval_scribbles"))
+        if args.together:  # both arms at once: on a shared machine they then meet the same load
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+                runs = list(pool.map(trained, *zip(*[(d, r, args.budget, extra) for d, r, _ in arms])))
+                full, scr = pool.map(test_dice, runs, [data, data], [e for _, _, e in arms])
+        else:
+            runs = [trained(d, r, args.budget, extra) for d, r, _ in arms]
+            full, scr = (test_dice(r, data, e) for r, (_, _, e) in zip(runs, arms))
+        full_run, scr_run = runs
+        steps = f"{steps_trained(full_run)} / {steps_trained(scr_run)}"
+        print(
+            f"| {name} | {args.budget} | {frac:.3f} | {full:.4f} | {scr:.4f} | {scr / full:.3f} | {steps} |", flush=True
         )
-        print(f"| {name} | {args.budget} | {frac:.3f} | {full:.4f} | {scr:.4f} | {scr / full:.3f} |", flush=True)
         print(
             f"RESULT scribbles dataset={name} budget={args.budget} labelled_fraction={frac:.4f} "
-            f"full_dice={full:.4f} scribble_dice={scr:.4f} ratio={scr / full:.3f}{cpu}",
+            f"full_dice={full:.4f} scribble_dice={scr:.4f} ratio={scr / full:.3f} "
+            f"steps={steps.replace(' ', '')}{cpu}",
             flush=True,
         )
     print(f"workdir: {work}")

@@ -49,7 +49,10 @@ def fingerprint_from_samples(
     of its skeleton; about 7 for ISBI membranes, 3 for DRIVE vessels, over 20 for nuclei);
     ``pixel_size`` ``[y, x]`` (µm) when given (known for the images); ``labelled_fraction`` (pixels
     with a class: partial labels leave the rest unlabelled, and every statistic counts labelled pixels only;
-    object sizes and widths come from fully labelled images alone: strokes are not objects).
+    object sizes and widths come from fully labelled images). A foreground class labelled only in partly
+    labelled images (scribbles) takes its object sizes from its strokes (:func:`stroke_extents`: a stroke
+    lies inside its object, so its length is a lower bound of the object's extent) and has no width;
+    ``object_size_source`` names those classes (``"strokes"``).
     """
     from scipy import ndimage
     from skimage.morphology import skeletonize
@@ -60,11 +63,15 @@ def fingerprint_from_samples(
     diam: dict[int, list[float]] = {c: [] for c in range(n_classes)}
     skeleton = np.zeros(n_classes, np.int64)
     whole = np.zeros(n_classes, np.int64)  # pixels of the fully labelled images: object sizes come from them
+    strokes: dict[int, list[float]] = {c: [] for c in range(n_classes)}
     for s in samples:
         bc = np.bincount(s.mask.ravel(), minlength=n_classes)[:n_classes]
         counts += bc
         holders += bc > 0
-        if bc.sum() < s.mask.size:  # partly labelled (scribbles): its objects' sizes are unknown
+        if bc.sum() < s.mask.size:  # partly labelled (scribbles): only its strokes' extents are known
+            for c in range(n_classes):
+                if c != background and bc[c]:
+                    strokes[c].extend(stroke_extents(s.mask == c))
             continue
         whole += bc
         for c in range(n_classes):
@@ -76,6 +83,9 @@ def fingerprint_from_samples(
             if n:
                 areas = np.bincount(lab.ravel())[1:]
                 diam[c].extend((2 * np.sqrt(areas / np.pi)).tolist())
+    from_strokes = [c for c in range(n_classes) if not diam[c] and strokes[c]]
+    for c in from_strokes:  # no fully labelled image holds the class: its strokes bound its objects from below
+        diam[c] = strokes[c]
     bits = max(8 * s.image.dtype.itemsize for s in samples)  # 8 (uint8), 16 (uint16), 32 (float32)
     fp = {
         "n_images": len(samples),
@@ -94,9 +104,23 @@ def fingerprint_from_samples(
             class_names[c]: round(float(whole[c] / skeleton[c]), 2) for c in range(n_classes) if skeleton[c]
         },
     }
+    if from_strokes:
+        fp["object_size_source"] = {class_names[c]: "strokes" for c in from_strokes}
     if pixel_size is not None:
         fp["pixel_size"] = [float(v) for v in pixel_size]
     return fp
+
+
+def stroke_extents(labelled: np.ndarray) -> list[float]:
+    """Extents (pixels) of the strokes in ``labelled`` (``(H, W) bool``, one class's labelled pixels of a
+    partly labelled mask): the diagonal of each 8-connected component's bounding box, about a stroke's
+    length whatever its direction. A stroke drawn inside an object is at most as long as the object is wide
+    across, so these are lower bounds of the objects' extents (for a round object, of its diameter less
+    its stroke's distance from the rim at both ends)."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(labelled, np.ones((3, 3), bool))
+    return [float(np.hypot(sl[0].stop - sl[0].start, sl[1].stop - sl[1].start)) for sl in ndimage.find_objects(lab)]
 
 
 def steps_per_pass(area: float, patch_size: int, batch_size: int) -> int:

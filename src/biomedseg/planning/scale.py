@@ -9,7 +9,9 @@ fingerprint measured (:func:`~biomedseg.planning.planner.fingerprint_from_sample
 * **resolution**: the thinnest foreground structure keeps at least ``THIN_STRUCTURE_WIDTH`` pixels
   of width (so thin structures, already under it, keep scale 1), and the small objects (10th
   percentile) at least ``MIN_OBJECT_PIXELS`` of diameter;
-* a scale above ``MAX_USEFUL_SCALE`` is not worth resampling: scale 1.
+* a scale above ``MAX_USEFUL_SCALE`` is not worth resampling: scale 1;
+* with scribbles (partial labels), the object sizes are the strokes' extents (lower bounds) and the
+  widths are unknown: the floor then follows from the small objects alone.
 
 The scale is snapped so that a patch of ``cap`` pixels is a whole number of native pixels.
 """
@@ -31,6 +33,17 @@ MAX_USEFUL_SCALE = 0.8
 def _foreground(fp: dict, key: str) -> dict[str, float]:
     names, bg = fp.get("class_names", []), fp.get("background")
     return {c: float(v) for c, v in fp.get(key, {}).items() if c not in names or names.index(c) != bg}
+
+
+def _from_strokes(fp: dict) -> set[str]:
+    """Classes whose object sizes come from scribble strokes (``fingerprint["object_size_source"]``)."""
+    return {c for c, src in (fp.get("object_size_source") or {}).items() if src == "strokes"}
+
+
+def _widths_known(fp: dict) -> bool:
+    """Widths were measured, or the sizes come from strokes (partial labels: a stroke's width is the
+    annotator's, not the object's, so only the small objects' sizes bound the floor)."""
+    return bool(_foreground(fp, "structure_width")) or bool(_from_strokes(fp))
 
 
 def scale_floor(fp: dict) -> tuple[float, str]:
@@ -56,14 +69,15 @@ def plan_working_scale(fp: dict, cap: int) -> dict:
     side = max(h, w)
     large = max(_foreground(fp, "object_diameter_p90").values(), default=0.0)
     context = min(float(side), CONTEXT_DIAMETERS * large)
+    strokes = " of the labelled strokes, a lower bound" if _from_strokes(fp) else ""
     what = (
         f"the whole {h}x{w} image"
         if context >= side
-        else f"{CONTEXT_DIAMETERS} typical objects ({large:.0f}px, 90th percentile)"
+        else f"{CONTEXT_DIAMETERS} typical objects ({large:.0f}px, 90th percentile{strokes})"
     )
     if context <= cap:
         return {"value": 1.0, "reason": f"{what} fits a {cap}px patch at native resolution"}
-    if not _foreground(fp, "structure_width") or not _foreground(fp, "object_diameter_p10"):
+    if not _foreground(fp, "object_diameter_p10") or not _widths_known(fp):
         return {"value": 1.0, "reason": "structure widths and small-object sizes not measured: native resolution"}
     floor, floor_why = scale_floor(fp)
     if floor >= MAX_USEFUL_SCALE:
