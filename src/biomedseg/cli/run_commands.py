@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from biomedseg.cli.app import DataArg, ImagesOpt, MasksOpt, SchedulerOpt, _within, app
+from biomedseg.core.errors import UserError
 from biomedseg.engine.defaults import COMPILE_MIN_TILES, DEFAULT_COMPILE
 from biomedseg.inference.exported.options import DEFAULT_ENGINE, DEFAULT_EXPORT_ENGINE, DEFAULT_LICENSE
 from biomedseg.io.mask_encoding import DEFAULT_MASK_FORMAT
@@ -251,12 +252,25 @@ def export(
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing --out"),
     license_: str = typer.Option(DEFAULT_LICENSE, "--license", help="bioimage.io: SPDX licence id of the model"),
     author: Optional[List[str]] = typer.Option(None, "--author", help="bioimage.io: author name (repeatable)"),
+    int8: bool = typer.Option(False, "--int8", help="onnx: static int8 quantisation (ONNX Runtime, calibrated)"),
+    calibrate: Optional[Path] = typer.Option(
+        None, "--calibrate", help="--int8: folder of images to calibrate on (default: the run's validation images)"
+    ),
 ):
     """Export a run's network with everything predict needs (normalisation, sliding window, classes,
     post-processing) as metadata, after a parity check against PyTorch on the run's validation images."""
     from biomedseg.export.writer import export_run
 
-    r = export_run(run, fmt, out, checkpoint=checkpoint, overwrite=overwrite, license=license_, authors=author)
+    if calibrate is not None and not int8:
+        raise UserError("--calibrate: only with --int8")
+    quant = None
+    if int8:
+        from biomedseg.export.quantize import Int8Options
+
+        quant = Int8Options(calibrate=calibrate)
+    r = export_run(
+        run, fmt, out, checkpoint=checkpoint, overwrite=overwrite, license=license_, authors=author, int8=quant
+    )
     for report in r.parity:
         typer.echo(f"parity {report.summary()}")
     typer.echo(f"wrote {r.path} and {r.parity_path}")

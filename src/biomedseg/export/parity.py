@@ -42,15 +42,17 @@ class ParityReport:
     pixels: int = 0
     max_abs_diff: float = 0.0
     argmax_agreement: float = 1.0
+    limit_abs_diff: float = MAX_ABS_DIFF  # looser for an int8 export (export.quantize)
+    limit_agreement: float = MIN_AGREEMENT
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_diff <= MAX_ABS_DIFF and self.argmax_agreement >= MIN_AGREEMENT
+        return self.max_abs_diff <= self.limit_abs_diff and self.argmax_agreement >= self.limit_agreement
 
     def summary(self) -> str:
         return (
-            f"{self.engine}: max |p - p_torch| {self.max_abs_diff:.2e} (<= {MAX_ABS_DIFF:g}), argmax agreement "
-            f"{100 * self.argmax_agreement:.4f}% (>= {100 * MIN_AGREEMENT:g}%) on {len(self.ids)} {self.inputs} "
+            f"{self.engine}: max |p - p_torch| {self.max_abs_diff:.2e} (<= {self.limit_abs_diff:g}), argmax agreement "
+            f"{100 * self.argmax_agreement:.4f}% (>= {100 * self.limit_agreement:g}%) on {len(self.ids)} {self.inputs} "
             f"({self.pixels} pixels)"
         )
 
@@ -58,7 +60,7 @@ class ParityReport:
         return {
             **dataclasses.asdict(self),
             "passed": self.passed,
-            "thresholds": {"max_abs_diff": MAX_ABS_DIFF, "min_argmax_agreement": MIN_AGREEMENT},
+            "thresholds": {"max_abs_diff": self.limit_abs_diff, "min_argmax_agreement": self.limit_agreement},
         }
 
 
@@ -93,13 +95,22 @@ def synthetic_images(loaded, seed: int = SYNTHETIC_SEED) -> list[tuple[str, np.n
     ]
 
 
-def check_parity(reference, exported, images: list[tuple[str, np.ndarray]], description: str) -> ParityReport:
+def check_parity(
+    reference,
+    exported,
+    images: list[tuple[str, np.ndarray]],
+    description: str,
+    max_abs_diff: float = MAX_ABS_DIFF,
+    min_agreement: float = MIN_AGREEMENT,
+) -> ParityReport:
     """Compare ``exported`` (an ExportedRun) with ``reference`` (the run, PyTorch) on ``images``."""
     from biomedseg.inference.predict.core import predict_proba_image
 
     ref = dataclasses.replace(reference, precision="fp32")
     ref_predictor, exp_predictor = ref.predictor(), exported.predictor()
-    report = ParityReport(engine=exported.engine, inputs=description)
+    report = ParityReport(
+        engine=exported.engine, inputs=description, limit_abs_diff=max_abs_diff, limit_agreement=min_agreement
+    )
     agree = 0
     for sid, image in images:
         p_ref = predict_proba_image(ref, ref_predictor, image)

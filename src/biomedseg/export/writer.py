@@ -78,6 +78,8 @@ def _write(fmt: str, loaded, post, part: Path, images, options: dict) -> dict:
         import onnx
 
         doc = build_metadata(loaded, post, section, checkpoint)
+        if options.get("int8"):
+            proto, doc = _quantize(loaded, proto, doc, part, options["int8"])
         graph.set_onnx_metadata(proto, metadata_json(doc))
         onnx.save_model(proto, str(part))
         return doc
@@ -89,6 +91,32 @@ def _write(fmt: str, loaded, post, part: Path, images, options: dict) -> dict:
     return doc
 
 
+def _calibration(loaded, int8) -> tuple[list, str]:
+    """``(tiles, description)`` to calibrate ``--int8`` with (before anything else: its errors first)."""
+    from biomedseg.export.quantize import calibration_images, calibration_tiles
+
+    images, description = calibration_images(loaded, int8)
+    return calibration_tiles(loaded, images, int8.max_tiles, int8.seed), description
+
+
+def _quantize(loaded, proto, doc: dict, part: Path, int8):
+    """The int8 model of ``proto`` and its metadata (:mod:`~biomedseg.export.quantize`); ``int8``:
+    ``(tiles, description)`` of :func:`_calibration`."""
+    from biomedseg.export.quantize import quantization_section, quantize_onnx
+
+    tiles, description = int8
+    quantized = quantize_onnx(proto, part, tiles)
+    section = quantization_section(description, len(tiles), int(loaded.tile_size))
+    doc = {**doc, "int8": True, "quantization": section, "network": {**doc["network"], "dtype": "int8 (QDQ)"}}
+    return quantized, doc
+
+
+def _int8_limits() -> dict:
+    from biomedseg.export.quantize import INT8_MIN_AGREEMENT
+
+    return {"max_abs_diff": 1.0, "min_agreement": INT8_MIN_AGREEMENT}
+
+
 def export_run(
     run,
     fmt: str,
@@ -98,24 +126,29 @@ def export_run(
     overwrite: bool = False,
     license: str = DEFAULT_LICENSE,
     authors: list[str] | None = None,
+    int8=None,
 ) -> ExportResult:
-    """Export ``run`` as ``fmt`` to ``out`` with the built-in parity check (module docstring)."""
+    """Export ``run`` as ``fmt`` to ``out`` with the built-in parity check (module docstring).
+    ``int8``: an :class:`~biomedseg.export.quantize.Int8Options` to quantise (ONNX only)."""
     from biomedseg.export.parity import check_parity, validation_images
     from biomedseg.inference.exported.engines import open_exported
     from biomedseg.inference.run import load_run
     from biomedseg.io.writers import write_json
 
     out = _check_out(fmt, out, overwrite, checkpoint)
+    if int8 is not None and fmt != "onnx":
+        raise UserError(f"--int8: only with --format onnx (not {fmt})")
     loaded = load_run(run, checkpoint=checkpoint, device="cpu", precision="fp32")
     post = loaded.postprocess()
+    calibration = _calibration(loaded, int8) if int8 is not None else None
     images, description = validation_images(loaded)
     part = out.with_name(f"{out.stem}.partial{out.suffix}")
     try:
-        doc = _write(
-            fmt, loaded, post, part, images, {"checkpoint": checkpoint, "license": license, "authors": authors or []}
-        )
+        options = {"checkpoint": checkpoint, "license": license, "authors": authors or [], "int8": calibration}
+        doc = _write(fmt, loaded, post, part, images, options)
+        limits = _int8_limits() if int8 is not None else {}
         reports = [
-            check_parity(loaded, open_exported(part, device="cpu", engine=engine), images, description)
+            check_parity(loaded, open_exported(part, device="cpu", engine=engine), images, description, **limits)
             for engine in PARITY_ENGINES[fmt]
         ]
         failed = [r for r in reports if not r.passed]
@@ -132,6 +165,7 @@ def export_run(
             "format": fmt,
             "run": doc["source"]["run"],
             "checkpoint": checkpoint,
+            "int8": int8 is not None,
             "reports": [r.to_json() for r in reports],
         },
     )
