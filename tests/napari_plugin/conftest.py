@@ -13,6 +13,7 @@ import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,17 @@ def _missing() -> str | None:
     return None
 
 
+def _stop_unused(proc: subprocess.Popen) -> None:
+    """At exit, stop Xvfb only if no Qt application connected to it.
+
+    Killing the server under a live Qt connection makes Xlib's fatal-IO handler end the process
+    with status 1 after pytest passed; a connected server ends by itself (``-terminate``).
+    """
+    qt = sys.modules.get("qtpy.QtWidgets")
+    if qt is None or qt.QApplication.instance() is None:
+        proc.terminate()
+
+
 def _start_xvfb() -> str | None:
     """Start ``Xvfb`` on a free display for this process; returns why not, or ``None``."""
     if os.environ.get("DISPLAY"):
@@ -36,7 +48,8 @@ def _start_xvfb() -> str | None:
         return "no X display and no Xvfb: napari needs OpenGL (apt-get install xvfb, or set DISPLAY)"
     read, write = os.pipe()
     proc = subprocess.Popen(
-        [xvfb, "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        # -terminate: the server ends when its last client (this process's Qt) disconnects
+        [xvfb, "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp", "-terminate"],
         pass_fds=(write,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -47,7 +60,7 @@ def _start_xvfb() -> str | None:
     if not number:
         proc.kill()
         return "Xvfb did not start"
-    atexit.register(proc.terminate)
+    atexit.register(_stop_unused, proc)
     os.environ["DISPLAY"] = f":{number}"
     return None
 
