@@ -9,9 +9,11 @@ a display cannot be had. ``BIOMEDSEG_SCREENSHOTS=docs/images`` makes them save s
 from __future__ import annotations
 
 import atexit
+import ctypes
 import importlib.util
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,12 +30,18 @@ def _missing() -> str | None:
     return None
 
 
-def _stop_unused(proc: subprocess.Popen) -> None:
-    """At exit, stop Xvfb only if no Qt application connected to it.
+def _end_with_parent() -> None:
+    """In the Xvfb child: receive SIGTERM when the test process has exited (Linux ``PR_SET_PDEATHSIG``).
 
-    Killing the server under a live Qt connection makes Xlib's fatal-IO handler end the process
-    with status 1 after pytest passed; a connected server ends by itself (``-terminate``).
+    Stopping the server from an ``atexit`` handler instead kills it under Qt's still-open connection,
+    and Xlib's fatal-IO handler then ends the test process with status 1 after every test passed.
     """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+
+
+def _stop_unused(proc: subprocess.Popen) -> None:
+    """At exit, stop Xvfb at once when no Qt application connected to it (otherwise it ends with us)."""
     qt = sys.modules.get("qtpy.QtWidgets")
     if qt is None or qt.QApplication.instance() is None:
         proc.terminate()
@@ -48,9 +56,9 @@ def _start_xvfb() -> str | None:
         return "no X display and no Xvfb: napari needs OpenGL (apt-get install xvfb, or set DISPLAY)"
     read, write = os.pipe()
     proc = subprocess.Popen(
-        # -terminate: the server ends when its last client (this process's Qt) disconnects
-        [xvfb, "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp", "-terminate"],
+        [xvfb, "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
         pass_fds=(write,),
+        preexec_fn=_end_with_parent,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
