@@ -15,7 +15,12 @@ loaded once with ``load_run`` (what ``predict RUN`` does). One random grey ``SIZ
 Interleaved A B A B, medians; ``equal=`` is the share of pixels where biomedseg's written mask
 equals MONAI's argmax.
 
+``--run RUN`` measures a trained run folder instead (its own tile, overlap and width) and
+``--image FILE`` a real image instead of noise: random weights on noise predict a noise mask,
+whose PNG, object count and overlay cost more than a real mask's (the realistic line).
+
     python benchmarks/predict_e2e.py --size 4096 --repeats 2 [--cpu-class avx2]
+    python benchmarks/predict_e2e.py --run RUN --image MOSAIC.png --repeats 3 --cpu-class avx2
 """
 
 from __future__ import annotations
@@ -69,8 +74,11 @@ def monai_mask(loaded, image, batch: int):
         return torch.softmax(logits[0].float(), 0).argmax(0).to(torch.uint8).cpu().numpy()
 
 
-def compare(size: int, repeats: int, device: str = "auto", monai_batch: int = 4, model_kwargs=None) -> dict:
-    """Times and mask agreement of ``predict`` (defaults) vs MONAI on one ``size``² image."""
+def compare(
+    size: int, repeats: int, device: str = "auto", monai_batch: int = 4, model_kwargs=None, run=None, image_path=None
+) -> dict:
+    """Times and mask agreement of ``predict`` (defaults) vs MONAI on one ``size``² noise image
+    (or ``image_path``), with the default run (or the run folder ``run``)."""
     import numpy as np
     from PIL import Image
 
@@ -79,9 +87,12 @@ def compare(size: int, repeats: int, device: str = "auto", monai_batch: int = 4,
     from biomedseg.io import read_image
 
     root = Path(tempfile.mkdtemp(prefix="predict_e2e_"))
-    loaded = load_run(write_default_run(root, **(model_kwargs or {})), device=device)
+    loaded = load_run(run or write_default_run(root, **(model_kwargs or {})), device=device)
     path = root / "image.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8)).save(path)
+    if image_path is None:
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (size, size), dtype=np.uint8)).save(path)
+    else:
+        path = Path(image_path)
     image = read_image(path)
 
     def ours(i: int) -> float:
@@ -102,8 +113,9 @@ def compare(size: int, repeats: int, device: str = "auto", monai_batch: int = 4,
             f"  e2e round {r + 1}: biomedseg {times['biomedseg'][-1]:.2f} s, monai {times['monai'][-1]:.2f} s",
             flush=True,
         )
-    written = np.array(Image.open(root / f"out{repeats}" / "image.png"))
-    mpix = {k: size * size / 1e6 / statistics.median(v) for k, v in times.items()}
+    written = np.array(Image.open(root / f"out{repeats}" / f"{path.stem}.png"))
+    pixels = image.shape[0] * image.shape[1]
+    mpix = {k: pixels / 1e6 / statistics.median(v) for k, v in times.items()}
     return {
         "mpix": mpix,
         "first_s": first,
@@ -113,6 +125,8 @@ def compare(size: int, repeats: int, device: str = "auto", monai_batch: int = 4,
         "device": str(loaded.device),
         "tile": loaded.tile_size,
         "overlap": loaded.settings.overlap,
+        "size": f"{image.shape[1]}x{image.shape[0]}",
+        "source": f"run={Path(run).name} image={path.name}" if run or image_path else "default_run noise",
     }
 
 
@@ -120,7 +134,8 @@ def result_line(r: dict, size: int, monai_batch: int, cpu_class: str | None) -> 
     import torch
 
     line = (
-        f"RESULT predict_e2e size={size} tile={r['tile']} overlap={r['overlap']} device={r['device']} "
+        f"RESULT predict_e2e size={r['size']} {r['source']} tile={r['tile']} overlap={r['overlap']} "
+        f"device={r['device']} "
         f"threads={torch.get_num_threads()} biomedseg_predict={r['mpix']['biomedseg']:.3f}MPix/s "
         f"({r['precision']}, channels_last={r['channels_last']}, defaults) monai_swi={r['mpix']['monai']:.3f}MPix/s "
         f"(fp32, batch {monai_batch}) ratio={r['mpix']['biomedseg'] / r['mpix']['monai']:.2f} "
@@ -135,10 +150,12 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--monai-batch", type=int, default=4)
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--run", help="a trained run folder (default: the default U-Net, random weights)")
+    ap.add_argument("--image", help="an image file (default: --size x --size grey noise)")
     add_option(ap)
     args = ap.parse_args(argv)
     apply_cpu_class(args.cpu_class)
-    r = compare(args.size, args.repeats, args.device, args.monai_batch)
+    r = compare(args.size, args.repeats, args.device, args.monai_batch, run=args.run, image_path=args.image)
     print(result_line(r, args.size, args.monai_batch, args.cpu_class), flush=True)
     return 0
 

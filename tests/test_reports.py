@@ -99,6 +99,43 @@ def test_class_overlay_and_colorize():
     assert len(many) == 40 and len(set(many)) == 40
 
 
+def test_class_overlay_equals_a_float_blend_on_any_image():
+    """The lookup-table overlay gives the same bytes as blending a float copy of the image per
+    class (uint8 grey, uint16 colour, float, background None, a transparent class)."""
+    rng = np.random.default_rng(3)
+    images = [
+        rng.integers(0, 256, (40, 30), dtype=np.uint8),
+        rng.integers(0, 65535, (20, 25, 3), dtype=np.uint16),
+        rng.random((15, 10)).astype(np.float32),
+    ]
+    for image in images:
+        mask = rng.integers(0, 5, image.shape[:2]).astype(np.uint8)
+        for colors, background, alpha in [
+            (None, 0, 0.45),
+            ([(9, 8, 7), None, (1, 2, 3), (200, 0, 5), (4, 4, 4)], None, 0.3),
+        ]:
+            expected = to_display_rgb(image).astype(np.float32)
+            palette = colors or class_colors(5)
+            for c in range(5):
+                if c != background and palette[c] is not None:
+                    sel = mask == c
+                    expected[sel] = expected[sel] * (1 - alpha) + np.asarray(palette[c], np.float32) * alpha
+            expected = np.clip(np.rint(expected), 0, 255).astype(np.uint8)
+            got = class_overlay(image, mask, colors=colors, alpha=alpha, background=background)
+            np.testing.assert_array_equal(got, expected)
+
+
+def test_class_argmax_equals_numpy_argmax_with_ties():
+    from biomedseg.core.labels import class_argmax
+
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3, 6):
+        p = rng.integers(0, 4, (k, 33, 17)).astype(np.float32)  # many ties: the first maximum wins
+        got = class_argmax(p)
+        assert got.dtype == np.uint8
+        np.testing.assert_array_equal(got, p.argmax(0))
+
+
 def test_overlay_panel_shapes_and_labels():
     rng = np.random.default_rng(1)
     h, w = 64, 96

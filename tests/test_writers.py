@@ -29,9 +29,10 @@ def _leftovers(folder: Path) -> list[str]:
         RNG.integers(0, 256, (9, 13, 3)).astype(np.uint8),
     ],
 )
-def test_write_png_roundtrip(tmp_path, array):
+@pytest.mark.parametrize("preview", [False, True])
+def test_write_png_roundtrip(tmp_path, array, preview):
     path = tmp_path / "out.png"
-    write_png(path, array)
+    write_png(path, array, preview=preview)  # a preview is compressed faster, still lossless
     back = np.asarray(Image.open(path))
     assert back.dtype == array.dtype
     np.testing.assert_array_equal(back, array)

@@ -117,8 +117,15 @@ def check_output_file(path: str | os.PathLike) -> Path:
     return p
 
 
-def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
-    """Write ``(H, W)`` uint8/uint16, ``(H, W, 1)`` or ``(H, W, 3)`` uint8 as PNG (lossless)."""
+#: zlib level of pictures written for people to look at (``write_png(..., preview=True)``): level 1
+#: encodes a 2048x2048 RGB overlay ~4.6x faster than Pillow's default 6 (0.25 s vs 1.15 s) and, on
+#: noisy images, even smaller; data (masks, tiles) keeps the default.
+PREVIEW_PNG_LEVEL = 1
+
+
+def write_png(path: str | os.PathLike, array: np.ndarray, preview: bool = False) -> None:
+    """Write ``(H, W)`` uint8/uint16, ``(H, W, 1)`` or ``(H, W, 3)`` uint8 as PNG (lossless);
+    ``preview``: a picture (overlay, panel) compressed fast (:data:`PREVIEW_PNG_LEVEL`)."""
     from PIL import Image
 
     arr = np.asarray(array)
@@ -131,7 +138,7 @@ def write_png(path: str | os.PathLike, array: np.ndarray) -> None:
         raise ValueError(f"write_png takes (H, W) uint8/uint16 or (H, W, 3) uint8, got {arr.shape} {arr.dtype}")
     image = Image.fromarray(np.ascontiguousarray(arr))
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG")
+        image.save(tmp, format="PNG", **({"compress_level": PREVIEW_PNG_LEVEL} if preview else {}))
 
 
 def write_tiff(

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from biomedseg.core.errors import UserError
+from biomedseg.core.labels import class_argmax
 from biomedseg.runs.layout import POSTPROCESS as FILENAME  # messages name the file
 from biomedseg.runs.postprocess import (  # noqa: F401  (the chain's records, re-exported)
     ClassSteps,
@@ -93,10 +94,10 @@ def decide(proba: np.ndarray, thresholds: dict[int, float] | None = None, backgr
         fg = 1 - background
         t = thresholds.get(fg)
         if t is None:
-            return p.argmax(0).astype(np.uint8)
+            return class_argmax(p)
         return np.where(p[fg] >= t, fg, background).astype(np.uint8)
     if not thresholds:
-        return p.argmax(0).astype(np.uint8)
+        return class_argmax(p)
     s = class_scales(thresholds, k).reshape((k,) + (1,) * (p.ndim - 1))
     return (p * s).argmax(0).astype(np.uint8)
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.core.errors import UserError
+from biomedseg.core.labels import class_argmax
 from biomedseg.data.splits import select_split
 from biomedseg.metrics.choice import GROUPS, parse_metric_names
 from biomedseg.workflows.field_metrics import FieldScorer, write_per_object
@@ -204,7 +205,7 @@ def _score_images(loaded, predictor, samples, scorers, post, ungated, valid_dir,
             ungated_dice.append(image_dice(plain, target, len(classes), bg, valid=valid))
         if overlay_dir is not None:
             p = overlay_dir / f"{s.id}.png"
-            write_png(p, overlay_panel(image, pred, target, classes, background=bg, valid=valid))
+            write_png(p, overlay_panel(image, pred, target, classes, background=bg, valid=valid), preview=True)
             overlay_paths.append(p)
     if snapped:
         log.warning("%d ground-truth pixels were off the palette and were snapped to the nearest class", snapped)
@@ -221,7 +222,7 @@ def _predict(loaded, predictor, path, image, post, temperature: float):
     raw = predict_proba_image(loaded, predictor, image, pixel_size(path))
     proba = tempered(raw, temperature)
     if post is None:
-        return proba.argmax(0).astype(np.uint8), proba, raw
+        return class_argmax(proba), proba, raw
     p_image = getattr(predictor, "last_image_probability", None)
     mask, _ = apply_postprocess(proba, post, loaded.classes, loaded.background, image_probability=p_image)
     return mask, proba, raw

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from biomedseg.core.errors import UserError
+from biomedseg.core.labels import class_argmax
 from biomedseg.inference.predict.core import warn_if_classifier_gate_unusable
 from biomedseg.inference.predict.hooks import PredictHooks
 from biomedseg.inference.predict.options import PredictOptions
@@ -289,7 +290,7 @@ def _predict_one(prepared: Prepared, path: Path, out: Path, summary: PredictSumm
             image_probability=getattr(predictor, "last_image_probability", None),
         )
     else:
-        mask, inst = proba.argmax(0).astype(np.uint8), None
+        mask, inst = class_argmax(proba), None
     labels = _write_extras(prepared, path, out, stem, image, proba, mask, inst, px, written)
     rows = rle_rows_for(stem, mask, labels, run, options.instances) if want_rle else []
     written.extend(prepared.hooks.extras(prepared, path, out, stem, image, px, proba, mask))
@@ -313,7 +314,7 @@ def _write_extras(
         from biomedseg.core.render import class_overlay
 
         ov = out / f"{stem}_overlay.png"
-        write_png(ov, class_overlay(image, mask, background=run.background))
+        write_png(ov, class_overlay(image, mask, background=run.background), preview=True)
         written.append(ov)
     if options.probabilities:
         pp = out / f"{stem}_proba.tif"

@@ -10,6 +10,8 @@ import logging
 
 import numpy as np
 
+from biomedseg.core.labels import class_argmax
+
 log = logging.getLogger("biomedseg")
 
 
@@ -42,7 +44,7 @@ def predict_image(
     """
     proba = predict_proba_image(run, predictor, image, pixel_size)
     if postprocess is None:
-        return proba.argmax(0).astype(np.uint8), proba
+        return class_argmax(proba), proba
     from biomedseg.postprocess.ops import apply_postprocess
 
     mask, _ = apply_postprocess(
