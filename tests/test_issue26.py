@@ -293,7 +293,7 @@ def test_one_outlier_step_measurement_does_not_flip_the_planned_width():
     from biomedseg.planning.planner import make_plan
     from test_planner import FP
 
-    budget = 600  # 0.5 s per step at width 32: ~1000 steps fit, full width; 2.1 s: ~240, narrowed
+    budget = 600  # 0.4 s per step at width 32: ~1275 steps fit, full width; 2.1 s: ~240, narrowed
 
     def fake_timer(script):
         calls = {}
@@ -305,10 +305,10 @@ def test_one_outlier_step_measurement_does_not_flip_the_planned_width():
 
         return step_time, calls
 
-    step_time, calls = fake_timer({32: [2.1, 0.5, 0.5], 16: [0.13]})  # the first measurement is an outlier
+    step_time, calls = fake_timer({32: [2.1, 0.4, 0.4], 16: [0.13]})  # the first measurement is an outlier
     entry = make_plan(FP, budget, "cpu", step_time=step_time)["model_kwargs.base_channels"]
     assert entry["value"] == 32, entry["reason"]
-    assert "0.50s per step" in entry["reason"] and "0.50-2.10s" in entry["reason"]  # the spread is shown
+    assert "0.40s per step" in entry["reason"] and "0.40-2.10s" in entry["reason"]  # the spread is shown
     assert calls[32] == 3  # re-measured: the first two disagreed
 
     step_time, calls = fake_timer({32: [2.1], 16: [0.55]})  # a machine that is slow every time still narrows

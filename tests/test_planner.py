@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import yaml
 
-from biomedseg.planning.planner import MIN_STEPS_FULL_WIDTH, apply_plan, make_plan
+from biomedseg.planning.planner import apply_plan, make_plan
+from biomedseg.planning.width_curves import crossover_steps
 
 FP = {
     "n_images": 20,
@@ -64,9 +65,9 @@ def test_every_value_has_a_reason():
 
 
 def test_width_follows_measured_steps():
-    budget = 600
-    slow = make_plan(FP, budget, "cpu", step_time=lambda *a: budget / (MIN_STEPS_FULL_WIDTH / 2))
-    fast = make_plan(FP, budget, "cpu", step_time=lambda *a: budget / (MIN_STEPS_FULL_WIDTH * 4))
+    budget, crossover = 600, crossover_steps()
+    slow = make_plan(FP, budget, "cpu", step_time=lambda *a: budget / (crossover / 2))
+    fast = make_plan(FP, budget, "cpu", step_time=lambda *a: budget / (crossover * 4))
     assert slow["model_kwargs.base_channels"]["value"] == 16
     assert "measured" in slow["model_kwargs.base_channels"]["reason"]
     assert fast["model_kwargs.base_channels"]["value"] == 32

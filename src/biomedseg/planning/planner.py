@@ -16,11 +16,9 @@ from biomedseg.planning.augment import plan_augment
 from biomedseg.planning.ensemble import plan_ensemble
 from biomedseg.planning.scale import CONTEXT_DIAMETERS, THIN_STRUCTURE_WIDTH, plan_working_scale
 from biomedseg.planning.timing import measure_robustly, measure_step_time, step_timer  # noqa: F401
+from biomedseg.planning.width_curves import full_width_wins
 from biomedseg.transforms.normalize import CLIP_PERCENTILES
 
-# Fewer optimisation steps than this in the budget and the full-width U-Net under-trains: a 4x
-# cheaper one (base 16) wins (ISBI, 10 min, docs/experiments.md).
-MIN_STEPS_FULL_WIDTH = 400
 #: the planner never narrows a network below this width (channels of the first stage)
 MIN_WIDTH = 16
 #: pixels per training step on CPU (8 patches of 256x256): larger patches come in smaller batches.
@@ -407,23 +405,18 @@ def _plan_width(
     width, (t, spread) = full, measure_robustly(step_time, patch, batch, depth, full)
     steps = int(0.85 * budget_s / t)
     first = f"measured {t:.2f}s per step at {key}={full} ({spread}): ~{steps} steps fit the budget"
-    if steps >= MIN_STEPS_FULL_WIDTH:
-        return full, first, t
-    while steps < MIN_STEPS_FULL_WIDTH and width // 2 >= MIN_WIDTH:
+    keep, why = full_width_wins(steps)
+    if keep:
+        return full, f"{first}; {why}: full width", t
+    while not keep and width // 2 >= MIN_WIDTH:
         width //= 2
         if width // 2 >= MIN_WIDTH:  # another halving may follow: measure this width
             t = measure_robustly(step_time, patch, batch, depth, width)[0]
         else:
             t = t / 4  # channels halved: about 4x fewer FLOPs
         steps = int(0.85 * budget_s / t)
-    return (
-        width,
-        (
-            f"{first} (< {MIN_STEPS_FULL_WIDTH}); {key}={width} is ~{(full // width) ** 2}x cheaper "
-            f"and takes ~{steps} steps, which wins on short budgets"
-        ),
-        t,
-    )
+        keep = full_width_wins(steps)[0]
+    return (width, f"{first}; {why}: {key}={width}, ~{(full // width) ** 2}x cheaper, takes ~{steps} steps", t)
 
 
 def _default_lr(optimizer: str) -> float:
