@@ -201,3 +201,30 @@ def test_augment_preview(tmp_path):
     assert w == 4 * 256 + 3 * 4 and h == 3 * 256 + 2 * 4
     with pytest.raises(UserError):
         augment_preview(data, tmp_path / "x.png", preset="nope")
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "reflect"])
+@pytest.mark.parametrize("shape", [(64, 64), (37, 50)])
+def test_warp_equals_scipy_map_coordinates_inside_and_beyond_the_edges(mode, shape):
+    """``warp`` (grid_sample for the reflecting modes) gives SciPy's values: bilinear image to
+    float rounding, nearest-neighbour mask on every pixel not at a rounding tie, for coordinates
+    that leave the image by up to a third of its size (the reflection)."""
+    from biomedseg.transforms.augment_base import NDIMAGE_MODE
+    from biomedseg.transforms.spatial import warp
+
+    rng = np.random.default_rng(1)
+    h, w = shape
+    image = rng.standard_normal((3, h, w)).astype(np.float32)
+    mask = rng.integers(0, 4, (h, w))
+    mask[0, 0] = 255  # the ignore value travels unchanged
+    coords = np.stack(np.meshgrid(np.linspace(-h / 3, h * 4 / 3, h), np.linspace(-w / 3, w * 4 / 3, w), indexing="ij"))
+    coords = (coords + rng.uniform(-0.4, 0.4, coords.shape)).astype(np.float32)
+    out, m = warp(image, mask, coords, mode)
+    nd = NDIMAGE_MODE[mode]
+    for c in range(3):
+        ref = ndimage.map_coordinates(image[c], coords, order=1, mode=nd, prefilter=False)
+        np.testing.assert_allclose(out[c], ref, atol=1e-4)
+    ref_m = ndimage.map_coordinates(mask, coords, order=0, mode=nd, prefilter=False)
+    tie = np.any(np.abs(np.abs(coords - np.floor(coords)) - 0.5) < 1e-3, axis=0)
+    assert m.dtype == np.int64 and np.array_equal(m[~tie], ref_m[~tie])
+    assert set(np.unique(m)) <= set(np.unique(mask))

@@ -26,8 +26,8 @@ class GaussianNoise(RandomTransform):
         self.p, self.std = check_probability(p), parse_range(std, "std")
 
     def apply(self, image, mask, rng):
-        sigma = rng.uniform(*self.std)
-        return (image + rng.normal(0.0, sigma, image.shape).astype(np.float32)).astype(np.float32), mask
+        sigma = np.float32(rng.uniform(*self.std))  # float32 draws: half the time of float64 ones
+        return (image + rng.standard_normal(image.shape, dtype=np.float32) * sigma).astype(np.float32), mask
 
 
 class UniformNoise(RandomTransform):

