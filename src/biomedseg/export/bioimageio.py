@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from biomedseg.core.errors import UserError
+from biomedseg.export.parity import MAX_ABS_DIFF, MIN_AGREEMENT
 
 #: the architecture's paper, cited in the package (U-Net's for architectures not listed)
 CITATIONS = {
@@ -256,8 +257,8 @@ same PyTorch network (dynamic batch and spatial axes).
 Before writing this package, `biomedseg export` predicted the run's validation images (or, when
 its training data was gone, synthetic images) through biomedseg's sliding window with each of
 the two weights and with the original PyTorch network, and required a largest probability
-difference of at most 1e-4 and argmax agreement on at least 99.99% of the pixels; the numbers
-are in the `.parity.json` file written beside the package. The test tensors were computed by
+difference of at most {MAX_ABS_DIFF:g} and argmax agreement on at least {100 * MIN_AGREEMENT:g}% of the
+pixels; the numbers are in the `.parity.json` file written beside the package. The test tensors were computed by
 the PyTorch network.
 """
 

@@ -26,7 +26,11 @@ from biomedseg.core.errors import UserError
 
 log = logging.getLogger("biomedseg")
 
-MAX_ABS_DIFF = 1e-4  # fp32
+#: fp32: another runtime's kernels sum in another order; through a deep network with instance norms
+#: that moved probabilities by up to 3.85e-4 on a trained run (dsb2018_nuclei, 5-minute default
+#: plan; argmax agreeing on 99.9999% of 1.77 M pixels), which 1e-4 refused. A wrong graph or wrong
+#: weights move them by 1e-2 and more; the argmax agreement below is the decisive check.
+MAX_ABS_DIFF = 1e-3
 MIN_AGREEMENT = 0.9999
 MAX_IMAGES = 8  # validation images checked at most (the first ones of the split)
 SYNTHETIC_SEED = 0
