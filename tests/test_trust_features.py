@@ -27,7 +27,32 @@ def test_features_come_from_the_same_pass_and_leave_the_probabilities_alone(trai
     )  # means and stds
     other = predict_with_features(run, predictor, np.flipud(255 - image).copy())[1]
     assert not np.allclose(feats, other)
-    assert not module._forward_hooks  # the hook is removed afterwards
+    assert len(module._forward_hooks) == 1  # one persistent hook, whatever the number of images
+    np.testing.assert_allclose(predict_with_features(run, predictor, image)[1], feats, rtol=1e-6)  # reset per image
+
+
+def test_compiled_network_is_not_recompiled_by_the_feature_tap(trained_run, synthetic_data):
+    """The tap's hooks stay the same and sum into tensors: a compiled predictor compiles its graph
+    once for many images (a hook appending to a list recompiled it on every tile batch) and gives
+    the eager features."""
+    import torch._dynamo
+    from torch._dynamo.utils import counters
+
+    from biomedseg.inference.run import load_run
+    from biomedseg.io import read_image
+    from biomedseg.trust.features import predict_with_features
+
+    images = [read_image(p) for p in sorted((synthetic_data / "images").glob("*.png"))[:3]]
+    eager_run = load_run(trained_run, device="cpu")
+    eager = [predict_with_features(eager_run, eager_run.predictor(), im)[1] for im in images]
+    run = load_run(trained_run, device="cpu")
+    predictor = run.predictor(compile="aot_eager")  # dynamo without inductor: no C++ compiler needed
+    torch._dynamo.reset()
+    counters.clear()
+    got = [predict_with_features(run, predictor, im)[1] for im in images * 2]
+    assert counters["stats"]["unique_graphs"] <= 2, dict(counters["stats"])  # before and after the first sums
+    for g, e in zip(got, eager * 2):
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["unet-classic", "segnet"])

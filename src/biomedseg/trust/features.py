@@ -82,13 +82,26 @@ def bottleneck_sites(model: nn.Module) -> list[tuple[nn.Module, str]]:
     return [(net.get_submodule(path), "output")]
 
 
+#: attribute of a network that holds its persistent :class:`FeatureTap` (see :func:`tapped`)
+_TAP_ATTR = "_biomedseg_feature_tap"
+
+
 class FeatureTap:
-    """Collects the pooled bottleneck of every forward pass through ``sites`` while active: per
-    tile and channel the mean and the standard deviation over the spatial positions."""
+    """Collects the pooled bottleneck of every forward pass through ``sites``: per tile and channel
+    the mean and the standard deviation over the spatial positions, summed over the tiles into one
+    tensor per site (with the tile count), so memory does not grow with the image.
+
+    ``with FeatureTap(sites) as tap`` registers the hooks and removes them at exit. :func:`tapped`
+    instead keeps one tap on the network for its lifetime and resets it per image: a compiled
+    network (``torch.compile``) then sees the same hooks every time, and their in-place tensor
+    sums are part of its graph (a hook that appended to a Python list made the compiled network
+    recompile on every tile batch, then fall back to eager).
+    """
 
     def __init__(self, sites: list[tuple[nn.Module, str]]):
         self.sites = sites
-        self.pooled: list[list[torch.Tensor]] = [[] for _ in sites]
+        self.sums: list[torch.Tensor | None] = [None for _ in sites]
+        self.counts = [torch.zeros((), dtype=torch.float32) for _ in sites]
         self._handles = []
 
     def _hook(self, i: int, where: str):
@@ -98,38 +111,60 @@ class FeatureTap:
                 t = t[0]
             if isinstance(t, torch.Tensor) and t.dim() == 4:
                 t = t.detach().float()
-                self.pooled[i].append(torch.cat([t.mean(dim=(2, 3)), t.std(dim=(2, 3), correction=0)], 1).cpu())
+                pooled = torch.cat([t.mean(dim=(2, 3)), t.std(dim=(2, 3), correction=0)], 1).sum(dim=0)
+                if self.sums[i] is None:
+                    self.sums[i] = torch.zeros_like(pooled)
+                    self.counts[i] = self.counts[i].to(pooled.device)
+                self.sums[i].add_(pooled)
+                self.counts[i].add_(t.shape[0])
 
         return keep
 
-    def __enter__(self) -> FeatureTap:
-        for i, (module, where) in enumerate(self.sites):
-            hook = self._hook(i, where)
-            self._handles.append(
-                module.register_forward_pre_hook(hook) if where == "input" else module.register_forward_hook(hook)
-            )
+    def attach(self) -> FeatureTap:
+        """Register the hooks (once)."""
+        if not self._handles:
+            for i, (module, where) in enumerate(self.sites):
+                hook = self._hook(i, where)
+                self._handles.append(
+                    module.register_forward_pre_hook(hook) if where == "input" else module.register_forward_hook(hook)
+                )
         return self
+
+    def __enter__(self) -> FeatureTap:
+        return self.attach()
 
     def __exit__(self, *exc) -> None:
         for h in self._handles:
             h.remove()
         self._handles = []
 
+    def reset(self) -> None:
+        """Forget what was collected (a new image): new zero tensors of the same shapes (those of
+        the last image may be inference tensors, which cannot be zeroed in place outside
+        ``torch.inference_mode``)."""
+        self.sums = [None if s is None else torch.zeros_like(s) for s in self.sums]
+        self.counts = [torch.zeros_like(c) for c in self.counts]
+
     def vector(self) -> np.ndarray | None:
         """``(D,) float32`` (``D = 2 x`` bottleneck channels per site: means, then standard
         deviations): per site the average over the tiles seen, concatenated; ``None`` if a site saw
         nothing."""
-        if not self.sites or any(not p for p in self.pooled):
+        if not self.sites or any(s is None or float(c) == 0 for s, c in zip(self.sums, self.counts)):
             return None
-        return np.concatenate([torch.cat(p).mean(dim=0).numpy() for p in self.pooled]).astype(np.float32)
+        return np.concatenate([(s / c).cpu().numpy() for s, c in zip(self.sums, self.counts)]).astype(np.float32)
 
 
 @contextmanager
 def tapped(predictor):
-    """``with tapped(predictor) as tap: ...predict...; tap.vector()`` on the predictor's network."""
-    tap = FeatureTap(bottleneck_sites(predictor.model))
-    with tap:
-        yield tap
+    """``with tapped(predictor) as tap: ...predict...; tap.vector()`` on the predictor's network:
+    its persistent tap (registered at the first call, kept on the network), reset at the start of
+    the block; read the vector before the network runs again."""
+    model = predictor.model
+    tap = model.__dict__.get(_TAP_ATTR)
+    if tap is None:
+        tap = model.__dict__[_TAP_ATTR] = FeatureTap(bottleneck_sites(model)).attach()
+    tap.reset()
+    yield tap
 
 
 def predict_with_features(run, predictor, image: np.ndarray, pixel_size=None) -> tuple[np.ndarray, np.ndarray | None]:
