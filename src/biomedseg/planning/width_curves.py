@@ -39,11 +39,16 @@ class WidthTrial(NamedTuple):
         return self.narrow_dice - self.full_dice
 
 
+_AVX2_1T, _S13 = "avx2 fp32, 1 thread each", "docs/experiments.md §13"
 #: side-by-side trials, width 32 (full) vs 16 (narrow) of the default U-Net
 WIDTH_TRIALS: tuple[WidthTrial, ...] = (
     WidthTrial("isbi2012_em", "avx512 fp32, 1 thread each", 10, 71, 190, 0.748, 0.804, "docs/experiments.md §1"),
     WidthTrial("isbi2012_em", "avx512 fp32, 2 threads", 30, 1062, 2283, 0.8302, 0.8310, "docs/experiments.md §7"),
     WidthTrial("breast ultrasound (not shared)", "avx2 fp32, 2 threads", 15, 431, 1107, 0.668, 0.744, "issue 27"),
+    # session 11, `--cpu-class avx2` environment, both widths side by side with 1 thread each
+    WidthTrial("hc18_fetal_head", _AVX2_1T, 15, 286, 925, 0.9635, 0.9778, _S13),
+    WidthTrial("monuseg_histology", _AVX2_1T, 15, 1092, 3569, 0.8007, 0.7857, _S13),
+    WidthTrial("dsb2018_nuclei", _AVX2_1T, 15, 1456, 4631, 0.8903, 0.8920, _S13),
 )
 #: an expected Dice gain of the narrow network up to this is a tie, which the full width takes
 TIE_DICE = 0.005
