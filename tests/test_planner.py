@@ -121,7 +121,7 @@ def test_other_architectures_are_narrowed_only_when_the_budget_is_short():
 
     plan = make_plan(FP, budget, "cpu", step_time=step_time, model="unet-classic", width_option=("base_channels", 64))
     assert plan["model_kwargs.base_channels"]["value"] == 16  # 64 -> 32 (~160 steps) -> 16 (~640)
-    assert calls == [64, 64, 32, 32]  # measured the published width and the intermediate one (twice each)
+    assert calls == [64, 64, 32, 32, 16, 16]  # the published width and each narrower one (twice each)
     assert "base_channels=64" in plan["model_kwargs.base_channels"]["reason"]
     roomy = make_plan(
         FP, budget, "cpu", step_time=lambda *a: budget / 4000, model="vgg16-unet", width_option=("width", 64)

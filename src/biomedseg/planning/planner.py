@@ -409,14 +409,11 @@ def _plan_width(
     if keep:
         return full, f"{first}; {why}: full width", t
     while not keep and width // 2 >= MIN_WIDTH:
-        width //= 2
-        if width // 2 >= MIN_WIDTH:  # another halving may follow: measure this width
-            t = measure_robustly(step_time, patch, batch, depth, width)[0]
-        else:
-            t = t / 4  # channels halved: about 4x fewer FLOPs
+        width //= 2  # measured, not assumed: half the channels cost 2.2-3.3x less per CPU step, not 4x
+        t = measure_robustly(step_time, patch, batch, depth, width)[0]
         steps = int(0.85 * budget_s / t)
         keep = full_width_wins(steps)[0]
-    return (width, f"{first}; {why}: {key}={width}, ~{(full // width) ** 2}x cheaper, takes ~{steps} steps", t)
+    return width, f"{first}; {why}: {key}={width}, measured {t:.2f}s per step, takes ~{steps} steps", t
 
 
 def _default_lr(optimizer: str) -> float:
