@@ -10,8 +10,8 @@ For each dataset and model: ``train(DATA, RUN, time_budget=B, model=NAME)`` with
 it), so models can be run one at a time and the table printed at the end. Columns: parameters
 and GFLOPs per 256x256 image of the configuration actually trained (the planner narrows an
 architecture's width option, ``base_channels`` or ``width``, when its published width gets too few
-steps in the budget, `planning/width_curves.py`; the "width" column shows the trained value and the published one), training
-images/s (median over epochs of
+steps in the budget, `planning/width_curves.py`; the "width" column shows the trained value and
+the published one), training images/s (median over epochs of
 ``RUN/metrics.csv``), epochs, and test Dice per class. ISBI also gets an Otsu baseline row
 (dark = membrane).
 """
