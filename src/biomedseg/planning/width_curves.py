@@ -49,6 +49,8 @@ WIDTH_TRIALS: tuple[WidthTrial, ...] = (
     WidthTrial("hc18_fetal_head", _AVX2_1T, 15, 286, 925, 0.9635, 0.9778, _S13),
     WidthTrial("monuseg_histology", _AVX2_1T, 15, 1092, 3569, 0.8007, 0.7857, _S13),
     WidthTrial("dsb2018_nuclei", _AVX2_1T, 15, 1456, 4631, 0.8903, 0.8920, _S13),
+    WidthTrial("darkfield_bacteria", _AVX2_1T, 15, 355, 1169, 0.5005, 0.7294, _S13),
+    WidthTrial("drive_retina", _AVX2_1T, 15, 1462, 4812, 0.8150, 0.8155, _S13),
 )
 #: an expected Dice gain of the narrow network up to this is a tie, which the full width takes
 TIE_DICE = 0.005
