@@ -197,7 +197,7 @@ def step_predict(s: Setup) -> str:
 
     size = 160 if s.dry else 4096
     r = predict_e2e.compare(size, 1 if s.dry else 2, str(s.device), 4, s.net)
-    return f"RESULT gpu_suite step=predict {s.name()} " + predict_e2e.result_line(r, size, 4, None).split(" ", 2)[2]
+    return f"RESULT gpu_suite step=predict {s.name()} " + predict_e2e.result_line(r, 4, None).split(" ", 2)[2]
 
 
 def step_isbi(s: Setup) -> str:

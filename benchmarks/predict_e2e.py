@@ -126,11 +126,11 @@ def compare(
         "tile": loaded.tile_size,
         "overlap": loaded.settings.overlap,
         "size": f"{image.shape[1]}x{image.shape[0]}",
-        "source": f"run={Path(run).name} image={path.name}" if run or image_path else "default_run noise",
+        "source": f"run={Path(run).name if run else 'default'} image={path.name if image_path else 'noise'}",
     }
 
 
-def result_line(r: dict, size: int, monai_batch: int, cpu_class: str | None) -> str:
+def result_line(r: dict, monai_batch: int, cpu_class: str | None) -> str:
     import torch
 
     line = (
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     apply_cpu_class(args.cpu_class)
     r = compare(args.size, args.repeats, args.device, args.monai_batch, run=args.run, image_path=args.image)
-    print(result_line(r, args.size, args.monai_batch, args.cpu_class), flush=True)
+    print(result_line(r, args.monai_batch, args.cpu_class), flush=True)
     return 0
 
 

@@ -209,7 +209,7 @@ def main(argv=None) -> str:
         import predict_e2e
 
         r = predict_e2e.compare(args.size, args.e2e_repeats, "cpu", args.monai_batch)
-        print(predict_e2e.result_line(r, args.size, args.monai_batch, args.cpu_class), flush=True)
+        print(predict_e2e.result_line(r, args.monai_batch, args.cpu_class), flush=True)
     return line
 
 
